@@ -1,0 +1,113 @@
+//! Issuers sign a CSR for a volume. Backends (the embedded local CA here; cert-manager and the
+//! Kubernetes CSR API later) plug in behind [`Issuer`].
+
+pub mod local;
+
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use sha2::{Digest, Sha256};
+
+use crate::request::CertRequest;
+
+/// One issuance: a CSR plus what the issuer needs to know about it.
+#[derive(Clone, Debug)]
+pub struct IssueRequest {
+    /// Stable name for this issuance, derived from node, volume and revision (see
+    /// [`request_name`]). Issuers use it to recognise a request they have seen before a crash and
+    /// adopt it instead of filing a second one.
+    pub name: String,
+    pub volume_id: String,
+    pub node_id: String,
+    /// PKCS#10 CSR, PEM.
+    pub csr_pem: String,
+    /// The same CSR, DER.
+    pub csr_der: Vec<u8>,
+    /// Issuance parameters (issuer ref, duration, usages, is-ca, pod, annotations).
+    pub cert: Arc<CertRequest>,
+}
+
+/// What an issuer returns.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Issued {
+    /// PEM: the leaf first, then any intermediates.
+    pub chain_pem: String,
+    /// PEM of the issuing CA. May be empty: some issuers do not know their root.
+    pub ca_pem: String,
+}
+
+/// Why an issuance did not produce a certificate. Every variant says what a retry would do.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum IssueError {
+    /// Transient: the issuer could not be reached or is overloaded; retry with the same request.
+    #[error("issuer unavailable: {message}")]
+    Unavailable { message: String },
+    /// Waiting for the request took longer than allowed; a retry resumes waiting for it.
+    #[error("timed out waiting for request {request} to be signed")]
+    Timeout { request: String },
+    /// An approver denied the request. Final for this request.
+    #[error("request {request} was denied: {message}")]
+    Denied { request: String, message: String },
+    /// The issuer tried and failed. Final for this request.
+    #[error("request {request} failed: {message}")]
+    Failed { request: String, message: String },
+    /// The issuer cannot serve this request as asked (bad issuer ref, unsupported parameters).
+    #[error("request {request} is invalid: {message}")]
+    Invalid { request: String, message: String },
+}
+
+impl IssueError {
+    /// Whether retrying the same request may succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            IssueError::Unavailable { .. } | IssueError::Timeout { .. }
+        )
+    }
+}
+
+/// A certificate issuer.
+pub trait Issuer: Send + Sync + std::fmt::Debug + 'static {
+    /// Short name of the backend for logs and tables, e.g. `local`.
+    fn kind(&self) -> &'static str;
+
+    /// Signs `req`. Calling it again with the same `req.name` after a crash must not file a second
+    /// request: the issuer adopts the one it already has.
+    fn issue<'a>(&'a self, req: &'a IssueRequest) -> BoxFuture<'a, Result<Issued, IssueError>>;
+
+    /// Forgets requests that are no longer needed (pruned history, unpublished volumes). Names the
+    /// issuer never saw are ignored.
+    fn forget<'a>(&'a self, names: &'a [String]) -> BoxFuture<'a, Result<(), IssueError>>;
+}
+
+/// The deterministic name of a volume's `revision`-th issuance on `node_id`.
+///
+/// A valid Kubernetes object name (RFC 1123 subdomain, well under 253 characters), stable across
+/// restarts so a retried issuance finds the request filed before a crash.
+pub fn request_name(node_id: &str, volume_id: &str, revision: u64) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(node_id.as_bytes());
+    hasher.update([0u8]);
+    hasher.update(volume_id.as_bytes());
+    let digest = hasher.finalize();
+    format!("certvol-{}-{revision}", hex::encode(&digest[..10]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_names_are_stable_distinct_and_valid() {
+        let a = request_name("node-1", "csi-abc", 1);
+        assert_eq!(a, request_name("node-1", "csi-abc", 1));
+        assert_ne!(a, request_name("node-1", "csi-abc", 2));
+        assert_ne!(a, request_name("node-2", "csi-abc", 1));
+        assert!(a.len() <= 63);
+        assert!(
+            a.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        );
+    }
+}

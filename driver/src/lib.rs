@@ -1,0 +1,31 @@
+//! certvol: a CSI node plugin that gives every pod its own X.509 certificate on an inline
+//! ephemeral volume.
+//!
+//! Modules, from pure data at the bottom to I/O at the edge:
+//! `request` (what a volume asks for) · `attrs` (volume context → request) · `clock` ·
+//! `keys` (key generation, CSR) · `pki` (certificate parsing and checks) · `issuer` (trait + local CA)
+//! · `fsutil`, `store` (metadata on disk) · `mount` (tmpfs and bind mounts) · `writer` (the `..data`
+//! swap) · `volume` (publish, unpublish, renew) · `scheduler` (one renewal queue) · `recovery`
+//! (start-up reconcile) · `csi` (gRPC services, the one error → status map) · `node` (the server) ·
+//! `kubelet` (a CSI client acting as kubelet, for the demo and the e2e harness) · `demo`.
+
+#![forbid(unsafe_code)]
+
+pub mod attrs;
+pub mod clock;
+pub mod crashpoint;
+pub mod csi;
+pub mod demo;
+pub mod fsutil;
+pub mod issuer;
+pub mod keys;
+pub mod kubelet;
+pub mod mount;
+pub mod node;
+pub mod pki;
+pub mod recovery;
+pub mod request;
+pub mod scheduler;
+pub mod store;
+pub mod volume;
+pub mod writer;

@@ -1,0 +1,211 @@
+//! The `certvol` binary: `node` serves CSI on a node, `demo` shows it all on one machine.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use tokio::signal::unix::{SignalKind, signal};
+
+use certvol_driver::node::{self, DEFAULT_DATA_ROOT, DEFAULT_DRIVER_NAME, IssuerKind, NodeOptions};
+
+/// certvol: a CSI node plugin that gives every pod its own X.509 certificate through an inline
+/// ephemeral volume.
+#[derive(Debug, Parser)]
+#[command(name = "certvol", version, about, long_about = None)]
+struct Cli {
+    /// Log level (error, warn, info, debug, trace) or a tracing filter; RUST_LOG overrides it.
+    #[arg(long, global = true, default_value = "info")]
+    log_level: String,
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the CSI node plugin (Identity and Node services) on a unix socket.
+    Node(Box<NodeArgs>),
+    /// Run the node plugin with the embedded local CA on a temporary socket and data root, act as
+    /// kubelet against it, and show issuance, renewal and clean-up. Needs no cluster.
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct NodeArgs {
+    /// CSI endpoint to serve.
+    #[arg(long, env = "CSI_ENDPOINT", default_value = "unix:///csi/csi.sock")]
+    endpoint: String,
+    /// This node's name (spec.nodeName); names requests and NodeGetInfo.
+    #[arg(long, env = "NODE_NAME")]
+    node_id: String,
+    /// CSI driver name reported by GetPluginInfo; must match the CSIDriver object.
+    #[arg(long, default_value = DEFAULT_DRIVER_NAME)]
+    driver_name: String,
+    /// Persistent directory for volume state and tmpfs mounts (never under /tmp).
+    #[arg(long, default_value = DEFAULT_DATA_ROOT)]
+    data_root: PathBuf,
+    /// Issuer backend.
+    #[arg(long, value_enum, default_value_t = IssuerKind::Local)]
+    issuer: IssuerKind,
+    /// Local CA certificate (PEM). Without it, a CA is generated once and kept in the data root.
+    #[arg(long, requires = "local_ca_key")]
+    local_ca_cert: Option<PathBuf>,
+    /// Local CA private key (PEM).
+    #[arg(long, requires = "local_ca_cert")]
+    local_ca_key: Option<PathBuf>,
+    /// Longest validity the local CA signs (Go duration); longer requests are capped.
+    #[arg(long, default_value = "8760h", value_parser = parse_duration)]
+    local_ca_max_duration: Duration,
+    /// Size limit of each volume's tmpfs (bytes, or with a K/M/Ki/Mi suffix).
+    #[arg(long, default_value = "4Mi", value_parser = parse_size)]
+    tmpfs_size: u64,
+    /// Use plain directories when tmpfs cannot be mounted (keys on disk): demos and tests only.
+    #[arg(long)]
+    allow_no_tmpfs: bool,
+    /// How long a publish waits for its certificate before answering DeadlineExceeded (kubelet's
+    /// retry then resumes the same request).
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    issue_timeout: Duration,
+    /// How many issued requests per volume the issuer keeps.
+    #[arg(long, default_value_t = 1)]
+    request_history: usize,
+    /// How many renewals may run at once.
+    #[arg(long, default_value_t = 4)]
+    renew_concurrency: usize,
+    /// After SIGTERM, how long in-flight calls and renewals may take to finish.
+    #[arg(long, default_value = "20s", value_parser = parse_duration)]
+    grace_period: Duration,
+}
+
+#[derive(Debug, clap::Args)]
+struct DemoArgs {
+    /// Keep the temporary data root and print its path instead of deleting it.
+    #[arg(long)]
+    keep: bool,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    certvol_driver::attrs::parse_duration(s)
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    let (digits, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size; accepted: e.g. 4194304, 4Mi, 512Ki, 4M"))?;
+    let mult: u64 = match unit {
+        "" => 1,
+        "K" | "k" => 1000,
+        "Ki" => 1024,
+        "M" => 1000 * 1000,
+        "Mi" => 1024 * 1024,
+        _ => {
+            return Err(format!(
+                "{s:?}: unknown unit {unit:?}; accepted: K, Ki, M, Mi"
+            ));
+        }
+    };
+    n.checked_mul(mult)
+        .filter(|&n| n >= 64 * 1024)
+        .ok_or_else(|| format!("{s:?} is out of range; accepted: 64Ki or more"))
+}
+
+fn init_logging(level: &str, format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+async fn terminated() {
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = tokio::signal::ctrl_c() => {},
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Node(args) => {
+            init_logging(&cli.log_level, cli.log_format);
+            let args = *args;
+            let mounter = node::choose_mounter(args.allow_no_tmpfs)?;
+            let opts = NodeOptions {
+                endpoint: args.endpoint,
+                node_id: args.node_id,
+                driver_name: args.driver_name,
+                data_root: args.data_root,
+                issuer: args.issuer,
+                local_ca_cert: args.local_ca_cert,
+                local_ca_key: args.local_ca_key,
+                local_ca_max_duration: args.local_ca_max_duration,
+                tmpfs_size: args.tmpfs_size,
+                issue_timeout: args.issue_timeout,
+                request_history: args.request_history,
+                renew_concurrency: args.renew_concurrency,
+                grace_period: args.grace_period,
+            };
+            node::run(opts, mounter, terminated())
+                .await
+                .context("certvol node")?;
+            Ok(())
+        }
+        Command::Demo(args) => {
+            // The demo prints its own narrative; the plugin's logs would interleave with it.
+            let level = if cli.log_level == "info" {
+                "error"
+            } else {
+                cli.log_level.as_str()
+            };
+            init_logging(level, cli.log_format);
+            let ok = certvol_driver::demo::run(args.keep)
+                .await
+                .context("certvol demo")?;
+            if !ok {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cli_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("4Mi").unwrap(), 4 << 20);
+        assert_eq!(parse_size("512Ki").unwrap(), 512 << 10);
+        assert_eq!(parse_size("1M").unwrap(), 1_000_000);
+        assert!(parse_size("1Gi").is_err());
+        assert!(parse_size("10").is_err());
+        assert!(parse_size("abc").is_err());
+    }
+}

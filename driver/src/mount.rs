@@ -1,0 +1,830 @@
+//! tmpfs and read-only bind mounts, plus a reader for the kernel's mount table.
+//!
+//! Key material lives on a per-volume tmpfs so it never touches a disk; the pod sees that tmpfs
+//! through a read-only bind mount so it cannot tamper with what the driver renews. [`DirMounter`]
+//! imitates both with plain directories and symlinks for demos that cannot run as root.
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::fmt::Debug;
+use std::fs;
+use std::io;
+use std::os::unix::ffi::OsStringExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+
+use nix::errno::Errno;
+use nix::mount::{MntFlags, MsFlags};
+
+/// One line of `/proc/self/mountinfo`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MountInfo {
+    pub mount_id: u32,
+    pub parent_id: u32,
+    /// The directory of the file system that is mounted here ("/" unless a bind of a subtree).
+    pub root: String,
+    pub mount_point: PathBuf,
+    /// Per-mount options, e.g. "ro,nosuid,nodev,noexec,relatime".
+    pub options: String,
+    pub fs_type: String,
+    pub source: String,
+    /// Per-superblock options, e.g. "rw,size=1024k,mode=750".
+    pub super_options: String,
+}
+
+impl MountInfo {
+    /// Whether `opt` (a whole option such as "nodev" or "mode=750") appears in the per-mount or the
+    /// per-superblock options.
+    pub fn has_option(&self, opt: &str) -> bool {
+        self.options
+            .split(',')
+            .chain(self.super_options.split(','))
+            .any(|o| o == opt)
+    }
+}
+
+/// Parses `/proc/self/mountinfo` text (see proc(5)).
+///
+/// Octal escapes such as `\040` (space) are decoded; the optional fields between the mount options
+/// and the " - " separator are skipped. Lines that do not have the expected shape are skipped too,
+/// so one odd entry cannot hide the rest of the table.
+pub fn parse_mountinfo(text: &str) -> Vec<MountInfo> {
+    text.lines().filter_map(parse_line).collect()
+}
+
+fn parse_line(line: &str) -> Option<MountInfo> {
+    // Fields are separated by single spaces; the kernel escapes spaces inside fields, so an empty
+    // field (e.g. an empty source) must be kept rather than collapsed.
+    let fields: Vec<&str> = line.split(' ').collect();
+    if fields.len() < 8 {
+        return None;
+    }
+    let sep = 6 + fields[6..].iter().position(|f| *f == "-")?;
+    let after = &fields[sep + 1..];
+    if after.len() < 2 {
+        return None;
+    }
+    Some(MountInfo {
+        mount_id: fields[0].parse().ok()?,
+        parent_id: fields[1].parse().ok()?,
+        root: unescape_lossy(fields[3]),
+        mount_point: PathBuf::from(OsString::from_vec(unescape(fields[4]))),
+        options: fields[5].to_owned(),
+        fs_type: unescape_lossy(after[0]),
+        source: unescape_lossy(after[1]),
+        super_options: after.get(2).map(|s| unescape_lossy(s)).unwrap_or_default(),
+    })
+}
+
+/// Decodes the kernel's `\ooo` escapes (used for space, tab, newline and backslash).
+fn unescape(field: &str) -> Vec<u8> {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\'
+            && let Some(digits) = bytes.get(i + 1..i + 4)
+            && digits.iter().all(|d| (b'0'..=b'7').contains(d))
+        {
+            let value = digits
+                .iter()
+                .fold(0u32, |acc, d| acc * 8 + u32::from(d - b'0'));
+            // "\777" does not fit a byte; the kernel never writes it, so keep it literally.
+            if let Ok(byte) = u8::try_from(value) {
+                out.push(byte);
+                i += 4;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    out
+}
+
+fn unescape_lossy(field: &str) -> String {
+    String::from_utf8_lossy(&unescape(field)).into_owned()
+}
+
+/// Mounting, as the volume code needs it. Real mounts in production, fake ones in demos.
+pub trait Mounter: Send + Sync + Debug + 'static {
+    /// Mounts a tmpfs at `path` (an existing directory) with nodev,nosuid,noexec, a size limit of
+    /// `size_bytes` and root directory mode `mode`, with `source` as the mount source so that our
+    /// mounts can be recognised in mountinfo.
+    fn mount_tmpfs(&self, path: &Path, source: &str, size_bytes: u64, mode: u32) -> io::Result<()>;
+    /// Bind-mounts `src` at `target` (an existing directory) read-only with nodev,nosuid,noexec.
+    /// On failure nothing stays mounted at `target`.
+    fn bind_read_only(&self, src: &Path, target: &Path) -> io::Result<()>;
+    /// Unmounts `path` (not lazily); Ok(()) if it is not mounted or does not exist.
+    fn unmount(&self, path: &Path) -> io::Result<()>;
+    /// The current mount table.
+    fn mounts(&self) -> io::Result<Vec<MountInfo>>;
+    /// Whether `path` is a mount point.
+    fn is_mounted(&self, path: &Path) -> io::Result<bool>;
+    /// Whether key material written under this mounter's tmpfs stays in memory (false for the
+    /// directory fallback, which writes to whatever disk backs the directory).
+    fn memory_backed(&self) -> bool;
+}
+
+/// Real mounts through mount(2) and umount(2). Needs CAP_SYS_ADMIN.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct KernelMounter;
+
+const PROTECTIVE_FLAGS: MsFlags = MsFlags::MS_NODEV
+    .union(MsFlags::MS_NOSUID)
+    .union(MsFlags::MS_NOEXEC);
+
+/// Keeps the errno's kind (callers match on it) while saying which operation on which path failed.
+fn errno_error(errno: Errno, what: String) -> io::Error {
+    io::Error::new(io::Error::from(errno).kind(), format!("{what}: {errno}"))
+}
+
+fn invalid_input(msg: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidInput, msg)
+}
+
+fn check_tmpfs_args(path: &Path, source: &str, size_bytes: u64, mode: u32) -> io::Result<()> {
+    if size_bytes == 0 {
+        // tmpfs treats size=0 as "no limit", which would let a volume fill the node's memory.
+        return Err(invalid_input(format!(
+            "tmpfs size for {} must be at least 1 byte (0 would mean unlimited)",
+            path.display()
+        )));
+    }
+    if mode & !0o7777 != 0 {
+        return Err(invalid_input(format!(
+            "tmpfs mode {mode:o} for {} is not a permission mode (accepted: 0 to 7777 octal)",
+            path.display()
+        )));
+    }
+    if source.is_empty() || source.contains(['\0', ' ', '\t', '\n', '\\']) {
+        return Err(invalid_input(format!(
+            "tmpfs source {source:?} for {} must be non-empty without whitespace, NUL or backslash",
+            path.display()
+        )));
+    }
+    Ok(())
+}
+
+impl Mounter for KernelMounter {
+    fn mount_tmpfs(&self, path: &Path, source: &str, size_bytes: u64, mode: u32) -> io::Result<()> {
+        check_tmpfs_args(path, source, size_bytes, mode)?;
+        let data = format!("size={size_bytes},mode={mode:o}");
+        nix::mount::mount(
+            Some(source),
+            path,
+            Some("tmpfs"),
+            PROTECTIVE_FLAGS,
+            Some(data.as_str()),
+        )
+        .map_err(|e| errno_error(e, format!("mounting tmpfs at {}", path.display())))
+    }
+
+    fn bind_read_only(&self, src: &Path, target: &Path) -> io::Result<()> {
+        nix::mount::mount(
+            Some(src),
+            target,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .map_err(|e| {
+            errno_error(
+                e,
+                format!("bind-mounting {} at {}", src.display(), target.display()),
+            )
+        })?;
+        // A bind mount ignores MS_RDONLY and friends on creation; only a remount of the bind
+        // applies them, hence the two steps.
+        let remount = nix::mount::mount(
+            None::<&str>,
+            target,
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | PROTECTIVE_FLAGS,
+            None::<&str>,
+        );
+        if let Err(e) = remount {
+            // A writable bind left behind would let the pod modify its key material.
+            let _ = nix::mount::umount2(target, MntFlags::empty());
+            return Err(errno_error(
+                e,
+                format!("making the bind mount at {} read-only", target.display()),
+            ));
+        }
+        Ok(())
+    }
+
+    fn unmount(&self, path: &Path) -> io::Result<()> {
+        match nix::mount::umount2(path, MntFlags::empty()) {
+            Ok(()) | Err(Errno::EINVAL) | Err(Errno::ENOENT) => Ok(()),
+            Err(e) => Err(errno_error(e, format!("unmounting {}", path.display()))),
+        }
+    }
+
+    fn mounts(&self) -> io::Result<Vec<MountInfo>> {
+        let raw = fs::read("/proc/self/mountinfo")
+            .map_err(|e| io::Error::new(e.kind(), format!("reading /proc/self/mountinfo: {e}")))?;
+        Ok(parse_mountinfo(&String::from_utf8_lossy(&raw)))
+    }
+
+    fn is_mounted(&self, path: &Path) -> io::Result<bool> {
+        let canonical = match fs::canonicalize(path) {
+            Ok(p) => p,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => {
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!("resolving {}: {e}", path.display()),
+                ));
+            }
+        };
+        Ok(self.mounts()?.iter().any(|m| m.mount_point == canonical))
+    }
+
+    fn memory_backed(&self) -> bool {
+        true
+    }
+}
+
+/// A stand-in for [`KernelMounter`] for demos without root. It gives none of the protection of
+/// real mounts: a "tmpfs" is a plain directory (so keys land on disk, no size limit), and a
+/// "read-only bind" is a symlink from the target to the source (so it is writable). The fake
+/// mounts are remembered in memory only, for [`Mounter::mounts`] and [`Mounter::is_mounted`].
+#[derive(Debug, Default)]
+pub struct DirMounter {
+    state: Mutex<DirState>,
+}
+
+#[derive(Debug, Default)]
+struct DirState {
+    next_id: u32,
+    mounts: BTreeMap<PathBuf, FakeMount>,
+}
+
+#[derive(Debug)]
+struct FakeMount {
+    id: u32,
+    kind: FakeKind,
+}
+
+#[derive(Debug)]
+enum FakeKind {
+    Tmpfs {
+        source: String,
+        size_bytes: u64,
+        mode: u32,
+    },
+    Bind {
+        src: PathBuf,
+    },
+}
+
+impl DirMounter {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, DirState> {
+        // The state is a plain map updated in single statements, so it is consistent even if a
+        // panic poisoned the lock.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The identity of a fake mount point: absolute, with the parent resolved but the last component
+/// kept as is, because a fake bind turns that last component into a symlink to somewhere else.
+fn record_key(path: &Path) -> io::Result<PathBuf> {
+    let absolute = std::path::absolute(path)?;
+    match (absolute.parent(), absolute.file_name()) {
+        (Some(parent), Some(name)) => Ok(fs::canonicalize(parent)
+            .unwrap_or_else(|_| parent.to_path_buf())
+            .join(name)),
+        _ => Ok(absolute),
+    }
+}
+
+fn already_mounted(path: &Path) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::AlreadyExists,
+        format!(
+            "{} is already a (fake) mount point; the directory mounter cannot stack mounts",
+            path.display()
+        ),
+    )
+}
+
+fn context(e: io::Error, what: String) -> io::Error {
+    io::Error::new(e.kind(), format!("{what}: {e}"))
+}
+
+/// What the kernel does to a tmpfs's files on unmount: they are gone.
+fn clear_dir(dir: &Path) -> io::Result<()> {
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    for entry in entries {
+        let entry = entry?;
+        if entry.file_type()?.is_dir() {
+            fs::remove_dir_all(entry.path())?;
+        } else {
+            fs::remove_file(entry.path())?;
+        }
+    }
+    Ok(())
+}
+
+impl Mounter for DirMounter {
+    fn mount_tmpfs(&self, path: &Path, source: &str, size_bytes: u64, mode: u32) -> io::Result<()> {
+        check_tmpfs_args(path, source, size_bytes, mode)?;
+        let key = record_key(path)?;
+        let mut state = self.lock();
+        if state.mounts.contains_key(&key) {
+            return Err(already_mounted(path));
+        }
+        crate::fsutil::create_dir_mode(path, mode)
+            .map_err(|e| context(e, format!("creating directory {}", path.display())))?;
+        state.next_id += 1;
+        let id = state.next_id;
+        state.mounts.insert(
+            key,
+            FakeMount {
+                id,
+                kind: FakeKind::Tmpfs {
+                    source: source.to_owned(),
+                    size_bytes,
+                    mode,
+                },
+            },
+        );
+        Ok(())
+    }
+
+    fn bind_read_only(&self, src: &Path, target: &Path) -> io::Result<()> {
+        let src = fs::canonicalize(src)
+            .map_err(|e| context(e, format!("resolving bind source {}", src.display())))?;
+        if !src.is_dir() {
+            return Err(io::Error::new(
+                io::ErrorKind::NotADirectory,
+                format!("bind source {} is not a directory", src.display()),
+            ));
+        }
+        let key = record_key(target)?;
+        let mut state = self.lock();
+        if state.mounts.contains_key(&key) {
+            return Err(already_mounted(target));
+        }
+        // remove_dir only removes an empty directory: a kernel bind would merely hide existing
+        // contents, and a fake must not destroy them instead.
+        match fs::remove_dir(target) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(context(
+                    e,
+                    format!(
+                        "replacing bind target {} with a symlink (it must be an empty directory)",
+                        target.display()
+                    ),
+                ));
+            }
+        }
+        std::os::unix::fs::symlink(&src, target).map_err(|e| {
+            context(
+                e,
+                format!("linking {} to {}", target.display(), src.display()),
+            )
+        })?;
+        state.next_id += 1;
+        let id = state.next_id;
+        state.mounts.insert(
+            key,
+            FakeMount {
+                id,
+                kind: FakeKind::Bind { src },
+            },
+        );
+        Ok(())
+    }
+
+    fn unmount(&self, path: &Path) -> io::Result<()> {
+        let key = record_key(path)?;
+        let mut state = self.lock();
+        let Some(mount) = state.mounts.get(&key) else {
+            return Ok(());
+        };
+        match &mount.kind {
+            FakeKind::Tmpfs { .. } => clear_dir(path)
+                .map_err(|e| context(e, format!("clearing fake tmpfs {}", path.display())))?,
+            FakeKind::Bind { .. } => match fs::symlink_metadata(path) {
+                Ok(meta) if meta.file_type().is_symlink() => fs::remove_file(path)
+                    .map_err(|e| context(e, format!("removing fake bind {}", path.display())))?,
+                Ok(_) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!(
+                            "fake bind mount point {} is no longer a symlink; leaving it alone",
+                            path.display()
+                        ),
+                    ));
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(context(e, format!("inspecting {}", path.display()))),
+            },
+        }
+        state.mounts.remove(&key);
+        Ok(())
+    }
+
+    fn mounts(&self) -> io::Result<Vec<MountInfo>> {
+        let state = self.lock();
+        let tmpfs_entry = |kind: &FakeKind| match kind {
+            FakeKind::Tmpfs {
+                source,
+                size_bytes,
+                mode,
+            } => Some((
+                "tmpfs".to_owned(),
+                source.clone(),
+                format!("rw,size={size_bytes},mode={mode:o}"),
+            )),
+            FakeKind::Bind { .. } => None,
+        };
+        Ok(state
+            .mounts
+            .iter()
+            .map(|(point, mount)| {
+                let (rw, root, (fs_type, source, super_options)) = match &mount.kind {
+                    FakeKind::Tmpfs { .. } => (
+                        "rw",
+                        "/".to_owned(),
+                        tmpfs_entry(&mount.kind).unwrap_or_default(),
+                    ),
+                    // Like the kernel, a bind of (a directory inside) one of our tmpfs mounts
+                    // reports that tmpfs's source, with the directory as the root.
+                    FakeKind::Bind { src } => state
+                        .mounts
+                        .iter()
+                        .filter(|(tmpfs_point, _)| src.starts_with(tmpfs_point))
+                        .max_by_key(|(tmpfs_point, _)| tmpfs_point.components().count())
+                        .and_then(|(tmpfs_point, m)| {
+                            let rel = src.strip_prefix(tmpfs_point).ok()?;
+                            let root = Path::new("/").join(rel).display().to_string();
+                            Some(("ro", root, tmpfs_entry(&m.kind)?))
+                        })
+                        .unwrap_or_else(|| {
+                            let outside =
+                                ("none".to_owned(), src.display().to_string(), String::new());
+                            ("ro", "/".to_owned(), outside)
+                        }),
+                };
+                MountInfo {
+                    mount_id: mount.id,
+                    parent_id: 0,
+                    root,
+                    mount_point: point.clone(),
+                    options: format!("{rw},nosuid,nodev,noexec"),
+                    fs_type,
+                    source,
+                    super_options,
+                }
+            })
+            .collect())
+    }
+
+    fn is_mounted(&self, path: &Path) -> io::Result<bool> {
+        let key = record_key(path)?;
+        Ok(self.lock().mounts.contains_key(&key))
+    }
+
+    fn memory_backed(&self) -> bool {
+        false
+    }
+}
+
+/// True if this process can mount a tmpfs: tries a small throwaway mount in a temporary directory
+/// and unmounts it again.
+pub fn can_mount_tmpfs() -> bool {
+    let Ok(dir) = tempfile::Builder::new().prefix("certvol-probe").tempdir() else {
+        return false;
+    };
+    let mounter = KernelMounter;
+    if mounter
+        .mount_tmpfs(dir.path(), "certvol-probe", 64 * 1024, 0o700)
+        .is_err()
+    {
+        return false;
+    }
+    if mounter.unmount(dir.path()).is_err() {
+        // Nothing uses the probe mount, so detaching it lazily is harmless and avoids leaking it.
+        let _ = nix::mount::umount2(dir.path(), MntFlags::MNT_DETACH);
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    /// Mount tests need root; everywhere else they say so and pass vacuously.
+    fn root_or_skip(test: &str) -> bool {
+        if nix::unistd::geteuid().is_root() {
+            true
+        } else {
+            println!("skipping {test}: needs root to mount");
+            false
+        }
+    }
+
+    /// Unmounts on drop, so a failing assertion cannot leak a mount into the host's table.
+    struct Unmount(PathBuf);
+
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            if KernelMounter.unmount(&self.0).is_err() {
+                let _ = nix::mount::umount2(&self.0, MntFlags::MNT_DETACH);
+            }
+        }
+    }
+
+    fn entry_for(path: &Path) -> MountInfo {
+        let canonical = fs::canonicalize(path).unwrap();
+        KernelMounter
+            .mounts()
+            .unwrap()
+            .into_iter()
+            .rev() // the most recent mount on a point is the visible one
+            .find(|m| m.mount_point == canonical)
+            .unwrap_or_else(|| panic!("{} not in mountinfo", canonical.display()))
+    }
+
+    #[test]
+    fn parses_mountinfo_with_escapes_and_optional_fields() {
+        let text = "\
+22 27 0:21 / /proc rw,relatime - proc proc rw
+36 35 98:0 /mnt1 /mnt/my\\040dir rw,noatime master:1 shared:7 - ext3 /dev/root rw,errors=continue
+garbage line
+40 36 0:50 / /var/lib/kubelet/pods/abc/volumes/x ro,nosuid,nodev,noexec,relatime shared:9 - tmpfs certvol\\134vol rw,size=1024k,mode=750
+41 36 0:51 / /no-separator rw shared:9 tmpfs src rw
+x 36 0:51 / /bad-id rw - tmpfs src rw
+";
+        let mounts = parse_mountinfo(text);
+        assert_eq!(mounts.len(), 3, "malformed lines are skipped: {mounts:?}");
+        assert_eq!(
+            mounts[1],
+            MountInfo {
+                mount_id: 36,
+                parent_id: 35,
+                root: "/mnt1".into(),
+                mount_point: PathBuf::from("/mnt/my dir"),
+                options: "rw,noatime".into(),
+                fs_type: "ext3".into(),
+                source: "/dev/root".into(),
+                super_options: "rw,errors=continue".into(),
+            }
+        );
+        let tmpfs = &mounts[2];
+        assert_eq!(tmpfs.source, "certvol\\vol");
+        assert_eq!(tmpfs.fs_type, "tmpfs");
+        for opt in ["ro", "nosuid", "nodev", "noexec", "size=1024k", "mode=750"] {
+            assert!(tmpfs.has_option(opt), "missing {opt}");
+        }
+        assert!(!tmpfs.has_option("rw,size"));
+        assert!(
+            !tmpfs.has_option("size"),
+            "options match whole, not by prefix"
+        );
+    }
+
+    #[test]
+    fn rejects_unlimited_or_odd_tmpfs_arguments() {
+        let dir = tempfile::tempdir().unwrap();
+        for (source, size, mode) in [
+            ("certvol", 0, 0o750),
+            ("certvol", 1, 0o10000),
+            ("a b", 1, 0o750),
+            ("", 1, 0o750),
+        ] {
+            let err = DirMounter::new()
+                .mount_tmpfs(dir.path(), source, size, mode)
+                .unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+            let err = KernelMounter
+                .mount_tmpfs(dir.path(), source, size, mode)
+                .unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+        }
+    }
+
+    #[test]
+    fn tmpfs_has_protective_options_size_and_mode() {
+        if !root_or_skip("tmpfs_has_protective_options_size_and_mode") {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let point = dir.path().join("vol");
+        fs::create_dir(&point).unwrap();
+        let source = format!("certvol-test-{}", std::process::id());
+        KernelMounter
+            .mount_tmpfs(&point, &source, 64 * 1024, 0o750)
+            .unwrap();
+        let _guard = Unmount(point.clone());
+
+        assert!(KernelMounter.is_mounted(&point).unwrap());
+        let entry = entry_for(&point);
+        assert_eq!(entry.fs_type, "tmpfs");
+        assert_eq!(entry.source, source);
+        for opt in ["rw", "nodev", "nosuid", "noexec", "size=64k", "mode=750"] {
+            assert!(entry.has_option(opt), "missing {opt} in {entry:?}");
+        }
+        let mode = fs::metadata(&point).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode, 0o750);
+
+        // The size limit is real: writing past it fails with ENOSPC.
+        let err = fs::write(point.join("big"), vec![0u8; 128 * 1024]).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::ENOSPC));
+    }
+
+    #[test]
+    fn unmount_is_idempotent_and_discards_contents() {
+        if !root_or_skip("unmount_is_idempotent_and_discards_contents") {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let point = dir.path().join("vol");
+        fs::create_dir(&point).unwrap();
+        KernelMounter
+            .mount_tmpfs(&point, "certvol-test", 64 * 1024, 0o700)
+            .unwrap();
+        let _guard = Unmount(point.clone());
+        fs::write(point.join("key.pem"), b"secret").unwrap();
+
+        KernelMounter.unmount(&point).unwrap();
+        assert!(!KernelMounter.is_mounted(&point).unwrap());
+        assert!(!point.join("key.pem").exists(), "tmpfs contents are gone");
+        KernelMounter.unmount(&point).unwrap();
+        KernelMounter.unmount(&dir.path().join("missing")).unwrap();
+        assert!(
+            !KernelMounter
+                .is_mounted(&dir.path().join("missing"))
+                .unwrap()
+        );
+    }
+
+    #[test]
+    fn read_only_bind_blocks_writes_but_shows_source_changes() {
+        if !root_or_skip("read_only_bind_blocks_writes_but_shows_source_changes") {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        let target = dir.path().join("target");
+        fs::create_dir(&src).unwrap();
+        fs::create_dir(&target).unwrap();
+        fs::write(src.join("tls.crt"), b"one").unwrap();
+
+        KernelMounter.bind_read_only(&src, &target).unwrap();
+        let _guard = Unmount(target.clone());
+
+        assert!(KernelMounter.is_mounted(&target).unwrap());
+        let entry = entry_for(&target);
+        for opt in ["ro", "nodev", "nosuid", "noexec"] {
+            assert!(entry.options.split(',').any(|o| o == opt), "{entry:?}");
+        }
+        assert_eq!(fs::read(target.join("tls.crt")).unwrap(), b"one");
+        let err = fs::write(target.join("tls.crt"), b"tampered").unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EROFS));
+        let err = fs::write(target.join("new"), b"x").unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EROFS));
+
+        fs::write(src.join("tls.crt"), b"two").unwrap();
+        fs::write(src.join("ca.crt"), b"ca").unwrap();
+        assert_eq!(fs::read(target.join("tls.crt")).unwrap(), b"two");
+        assert_eq!(fs::read(target.join("ca.crt")).unwrap(), b"ca");
+
+        KernelMounter.unmount(&target).unwrap();
+        assert!(!KernelMounter.is_mounted(&target).unwrap());
+        assert_eq!(fs::read_dir(&target).unwrap().count(), 0);
+        KernelMounter.unmount(&target).unwrap();
+    }
+
+    #[test]
+    fn bind_of_missing_source_fails_and_leaves_nothing_mounted() {
+        if !root_or_skip("bind_of_missing_source_fails_and_leaves_nothing_mounted") {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("target");
+        fs::create_dir(&target).unwrap();
+        let err = KernelMounter
+            .bind_read_only(&dir.path().join("missing"), &target)
+            .unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::NotFound);
+        assert!(err.to_string().contains("missing"), "{err}");
+        assert!(!KernelMounter.is_mounted(&target).unwrap());
+    }
+
+    #[test]
+    fn can_mount_tmpfs_leaves_no_mount_behind() {
+        let can = can_mount_tmpfs();
+        // Other tests mount concurrently, so look for the probe's own source rather than count.
+        let leftovers: Vec<_> = KernelMounter
+            .mounts()
+            .unwrap()
+            .into_iter()
+            .filter(|m| m.source == "certvol-probe")
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+        if nix::unistd::geteuid().is_root() {
+            // Every other mount test in this module relies on root being able to mount.
+            assert!(can, "root could not mount a tmpfs");
+        }
+    }
+
+    #[test]
+    fn dir_mounter_imitates_tmpfs_and_bind() {
+        let dir = tempfile::tempdir().unwrap();
+        let vol = dir.path().join("vol");
+        let target = dir.path().join("target");
+        fs::create_dir(&target).unwrap();
+        let m = DirMounter::new();
+        assert!(!m.memory_backed());
+        assert!(KernelMounter.memory_backed());
+
+        m.mount_tmpfs(&vol, "certvol-demo", 1024, 0o750).unwrap();
+        assert_eq!(
+            fs::metadata(&vol).unwrap().permissions().mode() & 0o7777,
+            0o750
+        );
+        assert!(m.is_mounted(&vol).unwrap());
+        let err = m
+            .mount_tmpfs(&vol, "certvol-demo", 1024, 0o750)
+            .unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::AlreadyExists);
+        fs::write(vol.join("tls.crt"), b"cert").unwrap();
+
+        m.bind_read_only(&vol, &target).unwrap();
+        assert!(m.is_mounted(&target).unwrap());
+        assert!(
+            fs::symlink_metadata(&target)
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
+        assert_eq!(fs::read(target.join("tls.crt")).unwrap(), b"cert");
+
+        let mounts = m.mounts().unwrap();
+        assert_eq!(mounts.len(), 2);
+        for entry in &mounts {
+            assert_eq!(entry.source, "certvol-demo", "{entry:?}");
+            assert!(entry.has_option("size=1024") && entry.has_option("nodev"));
+        }
+        let bind = mounts.iter().find(|e| e.has_option("ro")).unwrap();
+        assert_eq!(bind.mount_point, record_key(&target).unwrap());
+        assert_eq!(bind.root, "/");
+
+        // A bind of a directory inside the fake tmpfs still names that tmpfs, as the kernel does.
+        let sub_target = dir.path().join("sub-target");
+        fs::create_dir(vol.join("files")).unwrap();
+        fs::create_dir(&sub_target).unwrap();
+        m.bind_read_only(&vol.join("files"), &sub_target).unwrap();
+        let sub = m
+            .mounts()
+            .unwrap()
+            .into_iter()
+            .find(|e| e.mount_point == record_key(&sub_target).unwrap())
+            .unwrap();
+        assert_eq!(
+            (sub.root.as_str(), sub.source.as_str()),
+            ("/files", "certvol-demo")
+        );
+        m.unmount(&sub_target).unwrap();
+
+        m.unmount(&target).unwrap();
+        assert!(!target.exists(), "the fake bind's symlink is removed");
+        assert!(!m.is_mounted(&target).unwrap());
+        m.unmount(&target).unwrap();
+
+        m.unmount(&vol).unwrap();
+        assert!(vol.is_dir());
+        assert_eq!(fs::read_dir(&vol).unwrap().count(), 0, "contents discarded");
+        assert!(!m.is_mounted(&vol).unwrap());
+        assert!(m.mounts().unwrap().is_empty());
+    }
+
+    #[test]
+    fn dir_mounter_refuses_to_bind_over_a_non_empty_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        let target = dir.path().join("target");
+        fs::create_dir(&src).unwrap();
+        fs::create_dir(&target).unwrap();
+        fs::write(target.join("keep"), b"data").unwrap();
+        let m = DirMounter::new();
+        assert!(m.bind_read_only(&src, &target).is_err());
+        assert_eq!(fs::read(target.join("keep")).unwrap(), b"data");
+        assert!(!m.is_mounted(&target).unwrap());
+    }
+}

@@ -1,0 +1,314 @@
+//! `certvol node`: wires the layers together, serves CSI on a unix socket, runs start-up recovery
+//! and the renewal loop, and drains on shutdown. This is the one place background work is spawned.
+
+use std::future::Future;
+use std::io;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use certvol_proto::csi::v1::identity_server::IdentityServer;
+use certvol_proto::csi::v1::node_server::NodeServer;
+use tokio::net::UnixListener;
+use tokio::sync::watch;
+use tokio_stream::wrappers::UnixListenerStream;
+use tracing::{Instrument, error, info, info_span, warn};
+
+use crate::clock::{Clock, SystemClock};
+use crate::csi::{IdentityService, NodeService, Readiness};
+use crate::issuer::Issuer;
+use crate::issuer::local::{LocalCa, LocalCaConfig};
+use crate::mount::{DirMounter, KernelMounter, Mounter};
+use crate::recovery;
+use crate::scheduler;
+use crate::store::Store;
+use crate::volume::{Config, VolumeManager};
+
+/// The default CSI driver name.
+pub const DEFAULT_DRIVER_NAME: &str = "csi.certvol.io";
+/// The default data root: persistent (state must survive restarts) and never under /tmp, which
+/// systemd-tmpfiles cleans.
+pub const DEFAULT_DATA_ROOT: &str = "/var/lib/certvol";
+
+/// Which issuer backend signs certificates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum IssuerKind {
+    /// The embedded local CA (no cluster needed).
+    Local,
+}
+
+/// Everything `certvol node` needs.
+#[derive(Clone, Debug)]
+pub struct NodeOptions {
+    pub endpoint: String,
+    pub node_id: String,
+    pub driver_name: String,
+    pub data_root: PathBuf,
+    pub issuer: IssuerKind,
+    pub local_ca_cert: Option<PathBuf>,
+    pub local_ca_key: Option<PathBuf>,
+    pub local_ca_max_duration: Duration,
+    pub tmpfs_size: u64,
+    pub issue_timeout: Duration,
+    pub request_history: usize,
+    pub renew_concurrency: usize,
+    pub grace_period: Duration,
+}
+
+impl NodeOptions {
+    pub fn new(
+        endpoint: impl Into<String>,
+        node_id: impl Into<String>,
+        data_root: PathBuf,
+    ) -> Self {
+        NodeOptions {
+            endpoint: endpoint.into(),
+            node_id: node_id.into(),
+            driver_name: DEFAULT_DRIVER_NAME.into(),
+            data_root,
+            issuer: IssuerKind::Local,
+            local_ca_cert: None,
+            local_ca_key: None,
+            local_ca_max_duration: Duration::from_secs(365 * 24 * 3600),
+            tmpfs_size: 4 << 20,
+            issue_timeout: Duration::from_secs(60),
+            request_history: 1,
+            renew_concurrency: 4,
+            grace_period: Duration::from_secs(20),
+        }
+    }
+}
+
+/// Why the node plugin could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NodeError {
+    #[error("--endpoint {0:?} is not supported; accepted: unix:///absolute/path/to/csi.sock")]
+    Endpoint(String),
+    #[error(
+        "cannot mount tmpfs here (certvol needs root or CAP_SYS_ADMIN to keep private keys in memory); refusing to start. Pass --allow-no-tmpfs to use plain directories instead (keys then live on disk: for demos and tests only)"
+    )]
+    NoTmpfs,
+    #[error("data root: {0}")]
+    Store(#[from] crate::store::StoreError),
+    #[error("local CA: {0}")]
+    LocalCa(#[from] crate::issuer::local::LocalCaError),
+    #[error("socket {path}: {source}")]
+    Socket {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("recovery: {0}")]
+    Recovery(#[from] crate::volume::VolumeError),
+    #[error("gRPC server: {0}")]
+    Serve(#[from] tonic::transport::Error),
+}
+
+/// Parses `unix:///path` (also `unix:/path`) into a socket path.
+pub fn socket_path(endpoint: &str) -> Result<PathBuf, NodeError> {
+    let path = endpoint
+        .strip_prefix("unix://")
+        .or_else(|| endpoint.strip_prefix("unix:"))
+        .filter(|p| p.starts_with('/'))
+        .ok_or_else(|| NodeError::Endpoint(endpoint.to_string()))?;
+    Ok(PathBuf::from(path))
+}
+
+/// Binds the CSI socket with mode 0600 from its first moment: bind under a temporary name, set the
+/// mode, then rename into place, so no other user can ever connect. A stale socket from an earlier
+/// run is replaced; anything else at the path is an error.
+pub fn bind_socket(path: &Path) -> Result<UnixListener, NodeError> {
+    let err = |source| NodeError::Socket {
+        path: path.to_path_buf(),
+        source,
+    };
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => std::fs::remove_file(path).map_err(err)?,
+        Ok(_) => {
+            return Err(err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                "exists and is not a socket; not replacing it",
+            )));
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(err(e)),
+    }
+    let dir = path.parent().unwrap_or(Path::new("/"));
+    std::fs::create_dir_all(dir).map_err(err)?;
+    let tmp = dir.join(format!(".certvol-{}.sock", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    let listener = UnixListener::bind(&tmp).map_err(err)?;
+    let placed = std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if let Err(e) = placed {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(err(e));
+    }
+    Ok(listener)
+}
+
+/// Chooses how volumes are mounted: tmpfs when possible; plain directories only when allowed.
+pub fn choose_mounter(allow_no_tmpfs: bool) -> Result<Arc<dyn Mounter>, NodeError> {
+    if crate::mount::can_mount_tmpfs() {
+        Ok(Arc::new(KernelMounter))
+    } else if allow_no_tmpfs {
+        warn!(
+            "tmpfs cannot be mounted here; using plain directories (private keys are on disk: demos and tests only)"
+        );
+        Ok(Arc::new(DirMounter::default()))
+    } else {
+        Err(NodeError::NoTmpfs)
+    }
+}
+
+/// Runs the node plugin until `shutdown` resolves, then drains within the grace period. Mounts are
+/// left in place: pods keep their files and the next start recovers them.
+pub async fn run(
+    opts: NodeOptions,
+    mounter: Arc<dyn Mounter>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), NodeError> {
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let socket = socket_path(&opts.endpoint)?;
+    let store = Store::open(&opts.data_root)?;
+    let issuer: Arc<dyn Issuer> = match opts.issuer {
+        IssuerKind::Local => Arc::new(LocalCa::open(
+            LocalCaConfig {
+                dir: store.root().join("local-ca"),
+                cert_file: opts.local_ca_cert.clone(),
+                key_file: opts.local_ca_key.clone(),
+                max_duration: opts.local_ca_max_duration,
+            },
+            clock.clone(),
+        )?),
+    };
+    let mut cfg = Config::new(opts.node_id.clone());
+    cfg.tmpfs_size = opts.tmpfs_size;
+    cfg.issue_timeout = opts.issue_timeout;
+    cfg.request_history = opts.request_history;
+
+    let (sched_handle, sched) = scheduler::channel();
+    let volumes = Arc::new(VolumeManager::new(
+        cfg,
+        store,
+        mounter.clone(),
+        issuer,
+        clock.clone(),
+        sched_handle,
+    ));
+    let ready = Readiness::default();
+    let (stop_tx, stop_rx) = watch::channel(false);
+
+    let listener = bind_socket(&socket)?;
+    info!(
+        socket = %socket.display(),
+        driver = %opts.driver_name,
+        node_id = %opts.node_id,
+        data_root = %opts.data_root.display(),
+        memory_backed = mounter.memory_backed(),
+        "serving CSI"
+    );
+    let identity = IdentityService {
+        driver_name: opts.driver_name.clone(),
+        ready: ready.clone(),
+    };
+    let node = NodeService {
+        node_id: opts.node_id.clone(),
+        volumes: volumes.clone(),
+        ready: ready.clone(),
+    };
+    let mut server_stop = stop_rx.clone();
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(IdentityServer::new(identity))
+            .add_service(NodeServer::new(node))
+            .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async move {
+                let _ = server_stop.wait_for(|stop| *stop).await;
+            })
+            .instrument(info_span!("csi")),
+    );
+    let renewals = tokio::spawn(
+        sched
+            .run(
+                volumes.clone(),
+                clock.clone(),
+                opts.renew_concurrency,
+                stop_rx.clone(),
+            )
+            .instrument(info_span!("scheduler")),
+    );
+
+    // Serve Identity while recovering, so kubelet's registration and liveness see the process;
+    // Probe and Node calls answer "not ready" until the pass is done.
+    let report = recovery::recover(&volumes)
+        .instrument(info_span!("recovery"))
+        .await?;
+    ready.set_ready();
+    info!(kept = report.kept, "ready");
+
+    let mut server = server;
+    tokio::select! {
+        () = shutdown => info!("shutting down: no new CSI calls; in-flight calls finish within the grace period"),
+        joined = &mut server => {
+            let _ = stop_tx.send(true);
+            return match joined {
+                Ok(result) => result.map_err(NodeError::from),
+                Err(e) => { error!(error = %e, "CSI server task failed"); Ok(()) }
+            };
+        }
+    }
+    let _ = stop_tx.send(true);
+    let drained = tokio::time::timeout(opts.grace_period, async {
+        let _ = (&mut server).await;
+        let _ = renewals.await;
+    })
+    .await;
+    if drained.is_err() {
+        warn!(grace = ?opts.grace_period, "grace period over; stopping with work in flight (recovered at next start)");
+        server.abort();
+    }
+    let _ = std::fs::remove_file(&socket);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints() {
+        assert_eq!(
+            socket_path("unix:///csi/csi.sock").unwrap(),
+            PathBuf::from("/csi/csi.sock")
+        );
+        assert_eq!(
+            socket_path("unix:/a.sock").unwrap(),
+            PathBuf::from("/a.sock")
+        );
+        for bad in ["tcp://1.2.3.4:5", "/csi.sock", "unix://relative.sock", ""] {
+            let err = socket_path(bad).unwrap_err().to_string();
+            assert!(err.contains("unix:///"), "{bad}: {err}");
+        }
+    }
+
+    #[tokio::test]
+    async fn socket_is_private_and_stale_socket_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("csi.sock");
+        let first = bind_socket(&path).unwrap();
+        drop(first);
+        // The file of the dropped listener is still there: a stale socket.
+        assert!(path.exists());
+        let _second = bind_socket(&path).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let leftovers = std::fs::read_dir(dir.path()).unwrap().count();
+        assert_eq!(leftovers, 1);
+        let file = dir.path().join("not-a-socket");
+        std::fs::write(&file, b"x").unwrap();
+        assert!(bind_socket(&file).is_err());
+        assert_eq!(std::fs::read(&file).unwrap(), b"x");
+    }
+}

@@ -1,0 +1,163 @@
+//! Start-up reconcile: make disk, mounts and the renewal queue agree again after a restart or a
+//! crash at any point. The CSI Probe reports ready only after this pass.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+
+use tracing::{info, warn};
+
+use crate::store::{Phase, VolumeState};
+use crate::volume::{VolumeError, VolumeManager};
+
+/// What the pass found and did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Report {
+    /// Volumes kept, published or with a request pending.
+    pub kept: usize,
+    /// Of those, renewals that were in flight and resume now.
+    pub resumed: usize,
+    /// Target binds that had disappeared and were made again.
+    pub rebound: usize,
+    /// Volumes removed: interrupted publishes, unfinished unpublishes, volumes whose tmpfs is
+    /// gone (a reboot), unreadable state.
+    pub removed: usize,
+    /// Mounts of ours that no volume claims, unmounted.
+    pub orphan_mounts: usize,
+}
+
+/// Runs the pass. Errors on single volumes are logged and leave that volume for the next start;
+/// only a failure to read the mount table or the data root stops the pass.
+pub async fn recover(mgr: &VolumeManager) -> Result<Report, VolumeError> {
+    let store = mgr.store();
+    let mounter = mgr.mounter();
+    let io = |action: &'static str, path: &std::path::Path| VolumeError::io_at(action, path);
+    let mounts = mounter
+        .mounts()
+        .map_err(io("read the mount table for", store.root()))?;
+    let mounted: HashSet<PathBuf> = mounts.iter().map(|m| m.mount_point.clone()).collect();
+    let mut report = Report::default();
+    // Volume key -> mount points that state accounts for.
+    let mut claimed: HashMap<String, Vec<PathBuf>> = HashMap::new();
+
+    for (paths, loaded) in store.scan()? {
+        let state = match loaded {
+            Ok(Some(state)) => state,
+            Ok(None) => {
+                // A crash before the first state write: only an empty or mounted directory exists.
+                discard(mgr, &paths, None, &mut report).await;
+                continue;
+            }
+            Err(e) => {
+                warn!(volume_key = %paths.key, error = %e, "unreadable volume state; removing the volume");
+                discard(mgr, &paths, None, &mut report).await;
+                continue;
+            }
+        };
+        let volume_id = state.volume_id.clone();
+        let keep = match state.phase {
+            Phase::Mounting | Phase::Unpublishing => false,
+            Phase::Issuing | Phase::Published => mounted.contains(&paths.mem),
+        };
+        if !keep {
+            discard(mgr, &paths, Some(state), &mut report).await;
+            continue;
+        }
+        let mut state = state;
+        if state.phase == Phase::Published && !mounted.contains(&state.target_path) {
+            match rebind(mgr, &state) {
+                Ok(()) => report.rebound += 1,
+                Err(e) => {
+                    warn!(volume_id, error = %e, "the target bind is gone and cannot be made again; removing the volume");
+                    discard(mgr, &paths, Some(state), &mut report).await;
+                    continue;
+                }
+            }
+        }
+        if state.phase == Phase::Published && state.pending.is_some() {
+            report.resumed += 1;
+        }
+        claimed.insert(
+            paths.key.clone(),
+            vec![paths.mem.clone(), state.target_path.clone()],
+        );
+        report.kept += 1;
+        normalise(&mut state);
+        mgr.schedule(&state);
+        mgr.adopt(state);
+    }
+
+    // Mounts of this data root's tmpfs that no kept volume accounts for: binds left by a crash
+    // between mount and state write, or by state that was just discarded.
+    let mounts = mounter
+        .mounts()
+        .map_err(io("read the mount table for", store.root()))?;
+    let mut orphans: Vec<PathBuf> = mounts
+        .iter()
+        .filter_map(|m| {
+            let key = store.key_from_mount_source(&m.source)?;
+            let ours = claimed
+                .get(key)
+                .is_some_and(|points| points.contains(&m.mount_point));
+            (!ours).then(|| m.mount_point.clone())
+        })
+        .collect();
+    // Deepest first, so nested mounts come off before their parents.
+    orphans.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    orphans.dedup();
+    for point in orphans {
+        match mounter.unmount(&point) {
+            Ok(()) => {
+                report.orphan_mounts += 1;
+                info!(mount_point = %point.display(), "unmounted an orphan mount");
+            }
+            Err(e) => {
+                warn!(mount_point = %point.display(), error = %e, "could not unmount an orphan mount")
+            }
+        }
+    }
+    info!(
+        kept = report.kept,
+        resumed = report.resumed,
+        rebound = report.rebound,
+        removed = report.removed,
+        orphan_mounts = report.orphan_mounts,
+        "state recovered"
+    );
+    Ok(report)
+}
+
+/// A published volume whose pending record names a revision it already has is finished work.
+fn normalise(state: &mut VolumeState) {
+    if let (Some(p), Some(c)) = (&state.pending, &state.current)
+        && p.revision <= c.revision
+    {
+        state.pending = None;
+    }
+}
+
+fn rebind(mgr: &VolumeManager, state: &VolumeState) -> Result<(), VolumeError> {
+    let paths = mgr.store().paths(&state.volume_id);
+    mgr.bind_target(&paths, &state.target_path)
+}
+
+async fn discard(
+    mgr: &VolumeManager,
+    paths: &crate::store::VolumePaths,
+    state: Option<VolumeState>,
+    report: &mut Report,
+) {
+    let result = match &state {
+        Some(state) => mgr.remove_volume(state).await,
+        None => mgr
+            .mounter()
+            .unmount(&paths.mem)
+            .map_err(VolumeError::io_at("unmount", &paths.mem))
+            .and_then(|()| mgr.store().remove(paths).map_err(VolumeError::from)),
+    };
+    match result {
+        Ok(()) => report.removed += 1,
+        Err(e) => {
+            warn!(volume_key = %paths.key, error = %e, "could not remove the volume; retried at the next start")
+        }
+    }
+}

@@ -1,0 +1,243 @@
+//! The certificate a volume asks for, as plain data.
+//!
+//! `attrs` turns a CSI volume context into a [`CertRequest`]; `keys` turns one into a key and a CSR;
+//! issuers read the issuance parameters from it. Nothing here does I/O, so every layer above can
+//! depend on it.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Who the volume belongs to, from the `csi.storage.k8s.io/*` keys kubelet adds when the CSIDriver
+/// object sets `podInfoOnMount: true`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodInfo {
+    pub name: String,
+    pub namespace: String,
+    pub uid: String,
+    pub service_account: String,
+}
+
+/// Which issuer signs the request (cert-manager's `issuerRef`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IssuerRef {
+    pub name: String,
+    pub kind: String,
+    pub group: String,
+}
+
+/// Key algorithm and size. Sizes are validated by `attrs`, so every value here can be generated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum KeyAlgorithm {
+    EcdsaP256,
+    EcdsaP384,
+    Ed25519,
+    Rsa2048,
+    Rsa3072,
+    Rsa4096,
+}
+
+impl KeyAlgorithm {
+    /// Short human name used in tables and logs, e.g. `ECDSA P-256`.
+    pub fn label(self) -> &'static str {
+        match self {
+            KeyAlgorithm::EcdsaP256 => "ECDSA P-256",
+            KeyAlgorithm::EcdsaP384 => "ECDSA P-384",
+            KeyAlgorithm::Ed25519 => "Ed25519",
+            KeyAlgorithm::Rsa2048 => "RSA 2048",
+            KeyAlgorithm::Rsa3072 => "RSA 3072",
+            KeyAlgorithm::Rsa4096 => "RSA 4096",
+        }
+    }
+
+    pub fn is_rsa(self) -> bool {
+        matches!(
+            self,
+            KeyAlgorithm::Rsa2048 | KeyAlgorithm::Rsa3072 | KeyAlgorithm::Rsa4096
+        )
+    }
+}
+
+/// How the private key file is encoded (cert-manager's `key-encoding`).
+///
+/// `Pkcs1` means the algorithm's traditional format: `RSA PRIVATE KEY` for RSA, SEC1
+/// `EC PRIVATE KEY` for ECDSA. Ed25519 has no such format and is written as PKCS#8, as
+/// cert-manager does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum KeyEncoding {
+    Pkcs1,
+    Pkcs8,
+}
+
+/// Key usages with cert-manager's names (`spec.usages` of a CertificateRequest).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum KeyUsage {
+    Signing,
+    DigitalSignature,
+    ContentCommitment,
+    KeyEncipherment,
+    KeyAgreement,
+    DataEncipherment,
+    CertSign,
+    CrlSign,
+    EncipherOnly,
+    DecipherOnly,
+    Any,
+    ServerAuth,
+    ClientAuth,
+    CodeSigning,
+    EmailProtection,
+    SMime,
+    IpsecEndSystem,
+    IpsecTunnel,
+    IpsecUser,
+    Timestamping,
+    OcspSigning,
+    MicrosoftSgc,
+    NetscapeSgc,
+}
+
+impl KeyUsage {
+    /// Every usage with its cert-manager spelling, in the CRD's enum order.
+    pub const ALL: [(KeyUsage, &'static str); 23] = [
+        (KeyUsage::Signing, "signing"),
+        (KeyUsage::DigitalSignature, "digital signature"),
+        (KeyUsage::ContentCommitment, "content commitment"),
+        (KeyUsage::KeyEncipherment, "key encipherment"),
+        (KeyUsage::KeyAgreement, "key agreement"),
+        (KeyUsage::DataEncipherment, "data encipherment"),
+        (KeyUsage::CertSign, "cert sign"),
+        (KeyUsage::CrlSign, "crl sign"),
+        (KeyUsage::EncipherOnly, "encipher only"),
+        (KeyUsage::DecipherOnly, "decipher only"),
+        (KeyUsage::Any, "any"),
+        (KeyUsage::ServerAuth, "server auth"),
+        (KeyUsage::ClientAuth, "client auth"),
+        (KeyUsage::CodeSigning, "code signing"),
+        (KeyUsage::EmailProtection, "email protection"),
+        (KeyUsage::SMime, "s/mime"),
+        (KeyUsage::IpsecEndSystem, "ipsec end system"),
+        (KeyUsage::IpsecTunnel, "ipsec tunnel"),
+        (KeyUsage::IpsecUser, "ipsec user"),
+        (KeyUsage::Timestamping, "timestamping"),
+        (KeyUsage::OcspSigning, "ocsp signing"),
+        (KeyUsage::MicrosoftSgc, "microsoft sgc"),
+        (KeyUsage::NetscapeSgc, "netscape sgc"),
+    ];
+
+    /// cert-manager's spelling of this usage.
+    pub fn name(self) -> &'static str {
+        KeyUsage::ALL
+            .iter()
+            .find(|(u, _)| *u == self)
+            .map(|(_, n)| *n)
+            .unwrap_or("unknown")
+    }
+
+    /// Parses cert-manager's spelling (case-sensitive, as the CRD enum is).
+    pub fn from_name(name: &str) -> Option<KeyUsage> {
+        KeyUsage::ALL
+            .iter()
+            .find(|(_, n)| *n == name)
+            .map(|(u, _)| *u)
+    }
+
+    /// Whether this usage lands in the ExtendedKeyUsage extension rather than KeyUsage.
+    pub fn is_extended(self) -> bool {
+        matches!(
+            self,
+            KeyUsage::Any
+                | KeyUsage::ServerAuth
+                | KeyUsage::ClientAuth
+                | KeyUsage::CodeSigning
+                | KeyUsage::EmailProtection
+                | KeyUsage::SMime
+                | KeyUsage::IpsecEndSystem
+                | KeyUsage::IpsecTunnel
+                | KeyUsage::IpsecUser
+                | KeyUsage::Timestamping
+                | KeyUsage::OcspSigning
+                | KeyUsage::MicrosoftSgc
+                | KeyUsage::NetscapeSgc
+        )
+    }
+}
+
+/// Subject distinguished name, either from the individual fields or from `literal-subject`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Subject {
+    pub common_name: Option<String>,
+    pub organizations: Vec<String>,
+    pub organizational_units: Vec<String>,
+    pub countries: Vec<String>,
+    pub provinces: Vec<String>,
+    pub localities: Vec<String>,
+    pub street_addresses: Vec<String>,
+    pub postal_codes: Vec<String>,
+    pub serial_number: Option<String>,
+    /// RFC 4514 string (`literal-subject`). When set, the fields above are empty: cert-manager
+    /// forbids combining them.
+    pub literal: Option<String>,
+}
+
+/// Subject alternative names, after `${POD_NAME}`-style variables were expanded.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sans {
+    pub dns_names: Vec<String>,
+    pub ip_addresses: Vec<std::net::IpAddr>,
+    pub uris: Vec<String>,
+}
+
+impl Sans {
+    pub fn is_empty(&self) -> bool {
+        self.dns_names.is_empty() && self.ip_addresses.is_empty() && self.uris.is_empty()
+    }
+}
+
+/// File names inside the volume. Plain names only (validated by `attrs`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileNames {
+    pub ca: String,
+    pub certificate: String,
+    pub private_key: String,
+}
+
+impl Default for FileNames {
+    fn default() -> Self {
+        FileNames {
+            ca: "ca.crt".into(),
+            certificate: "tls.crt".into(),
+            private_key: "tls.key".into(),
+        }
+    }
+}
+
+/// Everything a volume asks for: what to put in the certificate, how to issue and store it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertRequest {
+    pub pod: PodInfo,
+    pub issuer: IssuerRef,
+    pub subject: Subject,
+    pub sans: Sans,
+    /// Requested validity. Issuers may cap it.
+    pub duration: Duration,
+    /// Renew this long before expiry; `None` means the renewer's default (2/3 of the lifetime).
+    pub renew_before: Option<Duration>,
+    pub is_ca: bool,
+    /// Key usages and extended key usages, sorted and deduplicated.
+    pub usages: Vec<KeyUsage>,
+    pub key_algorithm: KeyAlgorithm,
+    pub key_encoding: KeyEncoding,
+    pub reuse_private_key: bool,
+    /// `renew: "false"` turns background renewal off.
+    pub renew: bool,
+    pub files: FileNames,
+    /// Group for the files from the `fs-group` attribute; kubelet's `volume_mount_group` is used
+    /// when this is unset.
+    pub fs_group: Option<u32>,
+    /// Attributes under other prefixes, passed to issuers as request annotations.
+    pub annotations: BTreeMap<String, String>,
+}

@@ -1,0 +1,75 @@
+//! The `certvol` binary's command line as a user meets it. (Being an integration test of this
+//! package also makes `cargo test --workspace` build the binary the e2e harness runs.)
+
+use std::process::Command;
+
+fn certvol(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_certvol"))
+        .args(args)
+        .env_remove("NODE_NAME")
+        .env_remove("CSI_ENDPOINT")
+        .output()
+        .expect("run certvol")
+}
+
+#[test]
+fn help_lists_the_subcommands_and_node_flags() {
+    let out = certvol(&["--help"]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    for word in ["node", "demo"] {
+        assert!(text.contains(word), "{text}");
+    }
+    let out = certvol(&["node", "--help"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    for flag in [
+        "--endpoint",
+        "--node-id",
+        "--driver-name",
+        "--data-root",
+        "--issuer",
+        "--local-ca-cert",
+        "--tmpfs-size",
+        "--allow-no-tmpfs",
+        "[default: /var/lib/certvol]",
+        "[default: csi.certvol.io]",
+    ] {
+        assert!(text.contains(flag), "missing {flag} in:\n{text}");
+    }
+}
+
+#[test]
+fn version_is_the_crate_version() {
+    let out = certvol(&["--version"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("certvol {}", env!("CARGO_PKG_VERSION"))
+    );
+}
+
+#[test]
+fn bad_flags_are_explained() {
+    let out = certvol(&["node"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--node-id"));
+
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    let out = certvol(&[
+        "node",
+        "--node-id",
+        "n1",
+        "--allow-no-tmpfs",
+        "--endpoint",
+        "tcp://127.0.0.1:1",
+        "--data-root",
+        root.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("unix:///"), "{err}");
+
+    let out = certvol(&["node", "--node-id", "n1", "--tmpfs-size", "lots"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--tmpfs-size"));
+}

@@ -1,0 +1,334 @@
+//! End-to-end harness: runs the real `certvol` binary on a private socket and data root and drives
+//! it as kubelet does (through `certvol_driver::kubelet`). Each [`Env`] lives in its own temporary
+//! directory and unmounts everything below it when dropped, so tests leave no mounts behind even
+//! when they fail.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use certvol_driver::kubelet::{InlineVolume, Kubelet, Pod};
+use certvol_driver::mount::{self, MountInfo};
+use certvol_driver::pki::{self, CertInfo};
+use certvol_driver::store::{Store, VolumeState};
+
+pub use certvol_driver::kubelet;
+
+/// Finds the `certvol` binary: `$CERTVOL_BIN`, else next to the test executable's directory
+/// (`target/<profile>/certvol`), which `cargo test --workspace` builds before running tests.
+pub fn certvol_bin() -> PathBuf {
+    if let Some(bin) = std::env::var_os("CERTVOL_BIN") {
+        return PathBuf::from(bin);
+    }
+    let exe = std::env::current_exe().unwrap_or_default();
+    let mut dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let bin = dir.join("certvol");
+    assert!(
+        bin.exists(),
+        "certvol binary not found at {}: run the tests with `cargo test --workspace` (which builds it) or set CERTVOL_BIN",
+        bin.display()
+    );
+    bin
+}
+
+/// Whether this process can make real mounts; the harness needs it (CI runs as root).
+pub fn can_mount() -> bool {
+    mount::can_mount_tmpfs()
+}
+
+/// One isolated node: data root, kubelet pods dir, socket, logs.
+pub struct Env {
+    dir: tempfile::TempDir,
+    pub data_root: PathBuf,
+    pub pods_dir: PathBuf,
+    pub socket: PathBuf,
+    runs: usize,
+}
+
+impl Env {
+    pub fn new() -> Env {
+        let dir = tempfile::Builder::new()
+            .prefix("certvol-e2e-")
+            .tempdir_in(std::env::temp_dir())
+            .expect("create temp dir");
+        let base = dir.path().to_path_buf();
+        let env = Env {
+            data_root: base.join("data-root"),
+            pods_dir: base.join("kubelet/pods"),
+            socket: base.join("plugins/csi.sock"),
+            dir,
+            runs: 0,
+        };
+        fs::create_dir_all(&env.pods_dir).expect("create pods dir");
+        env
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Starts `certvol node` with `extra` arguments and environment, waiting until Probe is ready.
+    pub async fn start_with(&mut self, extra: &[&str], envs: &[(&str, &str)]) -> Driver {
+        let driver = self.spawn(extra, envs);
+        let kubelet = self.kubelet();
+        if let Err(e) = kubelet.wait_ready(Duration::from_secs(30)).await {
+            panic!(
+                "driver did not become ready: {e}\n--- log ---\n{}",
+                fs::read_to_string(&driver.log).unwrap_or_default()
+            );
+        }
+        driver
+    }
+
+    pub async fn start(&mut self) -> Driver {
+        self.start_with(&[], &[]).await
+    }
+
+    /// Spawns without waiting for readiness.
+    pub fn spawn(&mut self, extra: &[&str], envs: &[(&str, &str)]) -> Driver {
+        self.runs += 1;
+        let log = self.dir.path().join(format!("driver-{}.log", self.runs));
+        let out = fs::File::create(&log).expect("create log");
+        let mut cmd = Command::new(certvol_bin());
+        cmd.arg("--log-level")
+            .arg("debug")
+            .arg("node")
+            .arg("--endpoint")
+            .arg(format!("unix://{}", self.socket.display()))
+            .arg("--node-id")
+            .arg("e2e-node")
+            .arg("--data-root")
+            .arg(&self.data_root)
+            .arg("--grace-period")
+            .arg("5s")
+            .args(extra)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(out);
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("spawn certvol");
+        Driver { child, log }
+    }
+
+    pub fn kubelet(&self) -> Kubelet {
+        Kubelet::connect(&self.socket, &self.pods_dir).expect("kubelet client")
+    }
+
+    pub fn store(&self) -> Store {
+        Store::open(&self.data_root).expect("open store")
+    }
+
+    /// State of a volume as the driver recorded it.
+    pub fn state(&self, pod: &Pod, volume: &InlineVolume) -> Option<VolumeState> {
+        let id = kubelet::volume_id(&pod.uid, &volume.name);
+        self.store().load(&id).expect("read state")
+    }
+
+    /// Mounts under this environment's directory.
+    pub fn mounts(&self) -> Vec<MountInfo> {
+        let base = fs::canonicalize(self.dir.path()).unwrap_or_else(|_| self.dir.path().into());
+        read_mounts()
+            .into_iter()
+            .filter(|m| m.mount_point.starts_with(&base))
+            .collect()
+    }
+
+    /// Names of the requests the local CA has signed and still remembers.
+    pub fn issued(&self) -> Vec<String> {
+        let dir = self.data_root.join("local-ca/issued");
+        let mut names: Vec<String> = fs::read_dir(dir)
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .filter_map(|e| e.file_name().to_str().map(str::to_string))
+                    .filter(|n| !n.starts_with('.'))
+                    .map(|n| n.strip_suffix(".crt").map(str::to_string).unwrap_or(n))
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        names
+    }
+
+    /// Everything the driver logged in every run so far.
+    pub fn logs(&self) -> String {
+        (1..=self.runs)
+            .map(|i| {
+                fs::read_to_string(self.dir.path().join(format!("driver-{i}.log")))
+                    .unwrap_or_default()
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+impl Default for Env {
+    fn default() -> Self {
+        Env::new()
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        // Deepest first so binds inside tmpfs mounts come off before their parents. Lazy unmount:
+        // a failing test may still hold a file open.
+        let mut points: Vec<PathBuf> = self.mounts().into_iter().map(|m| m.mount_point).collect();
+        points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+        for p in points {
+            let _ = nix::mount::umount2(&p, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+}
+
+pub fn read_mounts() -> Vec<MountInfo> {
+    fs::read_to_string("/proc/self/mountinfo")
+        .map(|t| mount::parse_mountinfo(&t))
+        .unwrap_or_default()
+}
+
+/// A running driver process. Killed (SIGKILL) when dropped.
+pub struct Driver {
+    child: Child,
+    pub log: PathBuf,
+}
+
+impl Driver {
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// SIGKILL, as a crash or an OOM kill would stop it.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then waits up to `timeout` for the exit.
+    pub fn terminate(&mut self, timeout: Duration) -> io::Result<ExitStatus> {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.pid()),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .map_err(io::Error::from)?;
+        self.wait_exit(timeout)
+    }
+
+    /// Waits for the process to exit by itself (e.g. at a crash point).
+    pub fn wait_exit(&mut self, timeout: Duration) -> io::Result<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "driver did not exit",
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// What a pod reads from its volume, parsed and checked.
+#[derive(Debug)]
+pub struct VolumeFiles {
+    pub leaf: CertInfo,
+    pub chain: Vec<CertInfo>,
+    pub ca: Vec<CertInfo>,
+    pub key_pem: String,
+}
+
+/// Reads key, chain and CA through the target path (as a pod would) and checks the key matches
+/// the certificate and the chain verifies against the CA.
+pub fn read_volume(target: &Path) -> Result<VolumeFiles, String> {
+    read_volume_named(target, "tls.crt", "tls.key", "ca.crt")
+}
+
+pub fn read_volume_named(
+    target: &Path,
+    cert: &str,
+    key: &str,
+    ca: &str,
+) -> Result<VolumeFiles, String> {
+    // Read all three from one resolved `..data` generation, as an application that reloads its
+    // pair should: separate opens of the visible names may straddle a renewal.
+    let mut files = certvol_driver::writer::read_all(target, &[key, cert, ca])
+        .map_err(|e| format!("read {}: {e}", target.display()))?
+        .into_iter()
+        .map(|b| String::from_utf8(b).map_err(|e| e.to_string()));
+    let mut next = || files.next().unwrap_or_else(|| Err("missing file".into()));
+    let (key_pem, chain_pem, ca_pem) = (next()?, next()?, next()?);
+    let chain = pki::parse_pem_chain(&chain_pem).map_err(|e| format!("{cert}: {e}"))?;
+    let ca = pki::parse_pem_chain(&ca_pem).map_err(|e| format!("{ca}: {e}"))?;
+    let key =
+        certvol_driver::keys::PrivateKey::from_pem(&key_pem).map_err(|e| format!("{key}: {e}"))?;
+    let leaf = chain.first().cloned().ok_or("empty chain")?;
+    if !pki::key_matches(&leaf, &key).map_err(|e| e.to_string())? {
+        return Err(format!(
+            "key does not match certificate {}",
+            leaf.serial_hex
+        ));
+    }
+    pki::verify_chain(&chain, &ca, std::time::SystemTime::now()).map_err(|e| e.to_string())?;
+    Ok(VolumeFiles {
+        leaf,
+        chain,
+        ca,
+        key_pem,
+    })
+}
+
+/// A pod with a certvol volume asking the local CA for `dns` names, plus extra attributes.
+pub fn volume<'a>(extra: impl IntoIterator<Item = (&'a str, &'a str)>) -> InlineVolume {
+    let mut v = InlineVolume::new(
+        "tls",
+        [
+            ("csi.certvol.io/issuer-name", "local"),
+            (
+                "csi.certvol.io/dns-names",
+                "${POD_NAME}.${POD_NAMESPACE}.svc",
+            ),
+        ],
+    );
+    for (k, val) in extra {
+        v.attributes.insert(k.to_string(), val.to_string());
+    }
+    v
+}
+
+/// Polls `f` until it returns `Some` or `timeout` passes. For tests observing the driver from the
+/// outside, as a pod would.
+pub async fn eventually<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
