@@ -143,13 +143,24 @@ async fn terminated() {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    match run(cli).await {
+        Ok(code) => code,
+        Err(err) => {
+            // One line with the whole cause chain: what an operator reads in `kubectl logs`.
+            eprintln!("certvol: error: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
     match cli.command {
         Command::Node(args) => {
             init_logging(&cli.log_level, cli.log_format);
             let args = *args;
-            let mounter = node::choose_mounter(args.allow_no_tmpfs)?;
+            let mounter = node::choose_mounter(args.allow_no_tmpfs).context("certvol node")?;
             let opts = NodeOptions {
                 endpoint: args.endpoint,
                 node_id: args.node_id,
@@ -168,7 +179,7 @@ async fn main() -> anyhow::Result<()> {
             node::run(opts, mounter, terminated())
                 .await
                 .context("certvol node")?;
-            Ok(())
+            Ok(std::process::ExitCode::SUCCESS)
         }
         Command::Demo(args) => {
             // The demo prints its own narrative; the plugin's logs would interleave with it.
@@ -181,10 +192,11 @@ async fn main() -> anyhow::Result<()> {
             let ok = certvol_driver::demo::run(args.keep)
                 .await
                 .context("certvol demo")?;
-            if !ok {
-                std::process::exit(1);
-            }
-            Ok(())
+            Ok(if ok {
+                std::process::ExitCode::SUCCESS
+            } else {
+                std::process::ExitCode::FAILURE
+            })
         }
     }
 }

@@ -98,6 +98,10 @@ pub struct VolumeState {
     pub current: Option<CertRecord>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pending: Option<PendingRecord>,
+    /// Highest revision ever filed for this volume. A request that ended in a final state
+    /// (denied, failed) keeps its name, so the next attempt must use a higher revision.
+    #[serde(default)]
+    pub last_revision: u64,
     /// Names of requests this volume filed that the issuer may still hold, oldest first.
     #[serde(default)]
     pub requests: Vec<String>,
@@ -398,6 +402,7 @@ mod tests {
                 renew_at: t + Duration::from_secs(2400),
             }),
             pending: None,
+            last_revision: 1,
             requests: vec!["certvol-abc-1".into()],
             renewal: RenewalRecord::default(),
         }

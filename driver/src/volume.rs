@@ -332,6 +332,7 @@ impl VolumeManager {
                 phase: Phase::Mounting,
                 current: None,
                 pending: None,
+                last_revision: 0,
                 requests: Vec::new(),
                 renewal: RenewalRecord::default(),
             };
@@ -346,7 +347,10 @@ impl VolumeManager {
 
         let mut issued = None;
         if state.current.is_none() {
-            let revision = state.pending.as_ref().map_or(1, |p| p.revision);
+            let revision = state
+                .pending
+                .as_ref()
+                .map_or(state.last_revision + 1, |p| p.revision);
             self.issue_revision("publish", &paths, state, req, revision, None)
                 .await?;
             issued = Some(revision);
@@ -472,6 +476,7 @@ impl VolumeManager {
                 };
                 fsutil::atomic_write(&pending_key, key.pkcs8_der(), 0o600)
                     .map_err(VolumeError::io_at("write", &pending_key))?;
+                state.last_revision = state.last_revision.max(revision);
                 state.pending = Some(PendingRecord {
                     revision,
                     request_name: request_name.clone(),
@@ -679,7 +684,7 @@ impl VolumeManager {
     }
 
     /// One renewal of a published volume. Failures keep the old, still-valid files in place.
-    pub async fn renew(&self, volume_id: &str) -> RenewOutcome {
+    pub async fn renew_volume(&self, volume_id: &str) -> RenewOutcome {
         let (slot, mut guard) = match self.lock(volume_id).await {
             Ok(locked) => locked,
             Err(e) => {
@@ -713,7 +718,9 @@ impl VolumeManager {
         let revision = state
             .pending
             .as_ref()
-            .map_or(current.revision + 1, |p| p.revision);
+            .map_or(state.last_revision.max(current.revision) + 1, |p| {
+                p.revision
+            });
         let result = async {
             let reuse = if req.reuse_private_key && state.pending.is_none() {
                 let der = fs::read(paths.current_key())
@@ -791,7 +798,7 @@ impl VolumeManager {
 
 impl Renewer for VolumeManager {
     fn renew(self: Arc<Self>, volume_id: String) -> BoxFuture<'static, RenewOutcome> {
-        Box::pin(async move { VolumeManager::renew(&self, &volume_id).await })
+        Box::pin(async move { self.renew_volume(&volume_id).await })
     }
 }
 
@@ -855,4 +862,321 @@ pub fn next_renewal(state: &VolumeState) -> Option<SystemTime> {
         .next_attempt
         .or(state.current.as_ref().map(|c| c.renew_at))
         .map(store::to_system)
+}
+
+#[cfg(test)]
+mod tests {
+    //! The volume layer against a scriptable issuer and directory mounts: no root, no socket.
+    use super::*;
+    use crate::clock::SystemClock;
+    use crate::issuer::Issued;
+    use crate::issuer::local::{LocalCa, LocalCaConfig};
+    use crate::mount::DirMounter;
+    use std::sync::atomic::{AtomicU8, Ordering};
+
+    const OK: u8 = 0;
+    const UNAVAILABLE: u8 = 1;
+    const DENIED: u8 = 2;
+    const WRONG_KEY: u8 = 3;
+
+    /// The local CA behind a switch that makes it fail the way remote issuers do.
+    #[derive(Debug)]
+    struct Scripted {
+        ca: LocalCa,
+        mode: AtomicU8,
+        calls: StdMutex<Vec<String>>,
+    }
+
+    impl Issuer for Scripted {
+        fn kind(&self) -> &'static str {
+            "scripted"
+        }
+        fn issue<'a>(&'a self, req: &'a IssueRequest) -> BoxFuture<'a, Result<Issued, IssueError>> {
+            Box::pin(async move {
+                self.calls.lock().unwrap().push(req.name.clone());
+                match self.mode.load(Ordering::SeqCst) {
+                    UNAVAILABLE => Err(IssueError::Unavailable {
+                        message: "connection refused".into(),
+                    }),
+                    DENIED => Err(IssueError::Denied {
+                        request: req.name.clone(),
+                        message: "policy says no".into(),
+                    }),
+                    WRONG_KEY => {
+                        let other = PrivateKey::generate(req.cert.key_algorithm).unwrap();
+                        let csr = keys::build_csr(&req.cert, &other).unwrap();
+                        let mut swapped = req.clone();
+                        swapped.name = format!("{}-other", req.name);
+                        swapped.csr_der = csr.der;
+                        swapped.csr_pem = csr.pem;
+                        self.ca.issue(&swapped).await
+                    }
+                    _ => self.ca.issue(req).await,
+                }
+            })
+        }
+        fn forget<'a>(&'a self, names: &'a [String]) -> BoxFuture<'a, Result<(), IssueError>> {
+            self.ca.forget(names)
+        }
+    }
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        mgr: Arc<VolumeManager>,
+        issuer: Arc<Scripted>,
+        pods: PathBuf,
+        _scheduler: crate::scheduler::Scheduler,
+    }
+
+    fn fixture() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        let store = Store::open(&dir.path().join("root")).unwrap();
+        let ca = LocalCa::open(
+            LocalCaConfig {
+                dir: store.root().join("local-ca"),
+                cert_file: None,
+                key_file: None,
+                max_duration: Duration::from_secs(86400),
+            },
+            clock.clone(),
+        )
+        .unwrap();
+        let issuer = Arc::new(Scripted {
+            ca,
+            mode: AtomicU8::new(OK),
+            calls: StdMutex::new(Vec::new()),
+        });
+        let (handle, scheduler) = crate::scheduler::channel();
+        let mgr = Arc::new(VolumeManager::new(
+            Config::new("node-a"),
+            store,
+            Arc::new(DirMounter::default()),
+            issuer.clone(),
+            clock,
+            handle,
+        ));
+        let pods = dir.path().join("pods");
+        Fixture {
+            _dir: dir,
+            mgr,
+            issuer,
+            pods,
+            _scheduler: scheduler,
+        }
+    }
+
+    fn params(f: &Fixture, name: &str) -> PublishParams {
+        let target = f
+            .pods
+            .join(name)
+            .join("volumes/kubernetes.io~csi/tls/mount");
+        fs::create_dir_all(target.parent().unwrap()).unwrap();
+        let context = [
+            ("csi.certvol.io/issuer-name", "ca"),
+            ("csi.certvol.io/dns-names", "${POD_NAME}.svc"),
+            ("csi.storage.k8s.io/pod.name", name),
+            ("csi.storage.k8s.io/pod.namespace", "default"),
+            ("csi.storage.k8s.io/pod.uid", "uid"),
+            ("csi.storage.k8s.io/serviceAccount.name", "default"),
+            ("csi.storage.k8s.io/ephemeral", "true"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        PublishParams {
+            volume_id: format!("csi-{name}"),
+            target_path: target,
+            context,
+            mount_group: None,
+        }
+    }
+
+    fn cert_of(target: &Path) -> Vec<u8> {
+        fs::read(target.join("tls.crt")).unwrap()
+    }
+
+    fn set(f: &Fixture, mode: u8) {
+        f.issuer.mode.store(mode, Ordering::SeqCst);
+    }
+
+    fn calls(f: &Fixture) -> Vec<String> {
+        f.issuer.calls.lock().unwrap().clone()
+    }
+
+    #[tokio::test]
+    async fn publish_then_republish_issues_once() {
+        let f = fixture();
+        let p = params(&f, "web");
+        assert_eq!(
+            f.mgr.publish(p.clone()).await.unwrap(),
+            Published::Issued { revision: 1 }
+        );
+        assert_eq!(
+            f.mgr.publish(p.clone()).await.unwrap(),
+            Published::Unchanged
+        );
+        assert_eq!(calls(&f).len(), 1);
+        let state = f.mgr.store().load("csi-web").unwrap().unwrap();
+        assert_eq!(state.phase, Phase::Published);
+        assert_eq!(
+            state.requests,
+            vec![issuer::request_name("node-a", "csi-web", 1)]
+        );
+        let cert =
+            pki::parse_pem_chain(&String::from_utf8(cert_of(&p.target_path)).unwrap()).unwrap();
+        assert_eq!(cert[0].dns_names, vec!["web.svc".to_string()]);
+    }
+
+    #[tokio::test]
+    async fn transient_failure_keeps_the_pending_request_and_the_retry_resumes_it() {
+        let f = fixture();
+        let p = params(&f, "slow");
+        set(&f, UNAVAILABLE);
+        let err = f.mgr.publish(p.clone()).await.unwrap_err();
+        assert!(
+            matches!(err, VolumeError::Issue(IssueError::Unavailable { .. })),
+            "{err}"
+        );
+        let state = f.mgr.store().load("csi-slow").unwrap().unwrap();
+        assert_eq!(state.phase, Phase::Issuing);
+        let pending = state.pending.clone().unwrap();
+        assert!(f.mgr.store().paths("csi-slow").pending_key().exists());
+
+        set(&f, OK);
+        f.mgr.publish(p.clone()).await.unwrap();
+        // Same request name both times: the retry resumed, it did not file a second request.
+        assert_eq!(
+            calls(&f),
+            vec![pending.request_name.clone(), pending.request_name]
+        );
+        assert!(!f.mgr.store().paths("csi-slow").pending_key().exists());
+    }
+
+    #[tokio::test]
+    async fn final_failures_leave_nothing_behind() {
+        for mode in [DENIED, WRONG_KEY] {
+            let f = fixture();
+            let p = params(&f, "nope");
+            set(&f, mode);
+            let err = f.mgr.publish(p.clone()).await.unwrap_err();
+            match mode {
+                DENIED => assert!(err.to_string().contains("denied: policy says no"), "{err}"),
+                _ => assert!(
+                    matches!(err, VolumeError::BadCertificate { .. })
+                        && err.to_string().contains("does not match"),
+                    "{err}"
+                ),
+            }
+            assert!(f.mgr.store().load("csi-nope").unwrap().is_none());
+            assert!(!f.mgr.store().paths("csi-nope").dir.exists());
+            assert!(fs::symlink_metadata(&p.target_path).is_err(), "no target");
+            assert_eq!(f.mgr.volume_count(), 0);
+        }
+    }
+
+    #[tokio::test]
+    async fn failed_renewals_keep_the_old_files_back_off_and_recover() {
+        let f = fixture();
+        let p = params(&f, "renew");
+        f.mgr.publish(p.clone()).await.unwrap();
+        let before = cert_of(&p.target_path);
+
+        set(&f, UNAVAILABLE);
+        let outcome = f.mgr.renew_volume("csi-renew").await;
+        let RenewOutcome::Failed { retry_at } = outcome else {
+            panic!("{outcome:?}")
+        };
+        assert!(retry_at > SystemTime::now());
+        assert_eq!(cert_of(&p.target_path), before, "old files stay in place");
+        let state = f.mgr.store().load("csi-renew").unwrap().unwrap();
+        assert_eq!(state.renewal.failures, 1);
+        assert!(
+            state
+                .renewal
+                .last_error
+                .as_deref()
+                .unwrap()
+                .contains("connection refused")
+        );
+        let rev2 = issuer::request_name("node-a", "csi-renew", 2);
+        assert_eq!(state.pending.as_ref().unwrap().request_name, rev2);
+
+        // Denied is final for that request: the next attempt files revision 3.
+        set(&f, DENIED);
+        assert!(matches!(
+            f.mgr.renew_volume("csi-renew").await,
+            RenewOutcome::Failed { .. }
+        ));
+        let state = f.mgr.store().load("csi-renew").unwrap().unwrap();
+        assert_eq!(state.renewal.failures, 2);
+        assert!(state.pending.is_none());
+
+        set(&f, OK);
+        let outcome = f.mgr.renew_volume("csi-renew").await;
+        assert!(
+            matches!(outcome, RenewOutcome::Renewed { .. }),
+            "{outcome:?}"
+        );
+        assert_ne!(cert_of(&p.target_path), before);
+        let state = f.mgr.store().load("csi-renew").unwrap().unwrap();
+        assert_eq!(state.renewal, RenewalRecord::default());
+        let rev3 = issuer::request_name("node-a", "csi-renew", 3);
+        assert_eq!(state.current.as_ref().unwrap().request_name, rev3);
+        assert_eq!(
+            state.requests,
+            vec![rev3],
+            "older requests pruned (history 1)"
+        );
+        let names = calls(&f);
+        assert_eq!(
+            names[1..],
+            [
+                rev2.clone(),
+                rev2,
+                issuer::request_name("node-a", "csi-renew", 3)
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn unpublish_removes_everything_and_tolerates_unknown_volumes() {
+        let f = fixture();
+        let p = params(&f, "gone");
+        f.mgr.publish(p.clone()).await.unwrap();
+        f.mgr.unpublish("csi-gone", &p.target_path).await.unwrap();
+        assert!(fs::symlink_metadata(&p.target_path).is_err());
+        assert!(!f.mgr.store().paths("csi-gone").dir.exists());
+        assert!(f.issuer.ca.issued_names().unwrap().is_empty());
+        f.mgr.unpublish("csi-gone", &p.target_path).await.unwrap();
+        f.mgr
+            .unpublish("csi-never", &f.pods.join("never/mount"))
+            .await
+            .unwrap();
+        assert!(matches!(
+            f.mgr.renew_volume("csi-gone").await,
+            RenewOutcome::Done
+        ));
+    }
+
+    #[tokio::test]
+    async fn targets_that_are_symlinks_or_relative_are_refused() {
+        let f = fixture();
+        let mut p = params(&f, "sym");
+        let elsewhere = f.pods.join("elsewhere");
+        fs::create_dir_all(&elsewhere).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, &p.target_path).unwrap();
+        let err = f.mgr.publish(p.clone()).await.unwrap_err();
+        assert!(err.to_string().contains("symbolic link"), "{err}");
+        assert_eq!(
+            fs::read_dir(&elsewhere).unwrap().count(),
+            0,
+            "nothing written through it"
+        );
+        p.target_path = PathBuf::from("relative/mount");
+        p.volume_id = "csi-rel".into();
+        let err = f.mgr.publish(p).await.unwrap_err();
+        assert!(matches!(err, VolumeError::InvalidArgument(_)), "{err}");
+        assert!(calls(&f).is_empty());
+    }
 }
