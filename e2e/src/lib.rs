@@ -104,13 +104,14 @@ impl Env {
             .arg("e2e-node")
             .arg("--data-root")
             .arg(&self.data_root)
-            .arg("--grace-period")
-            .arg("5s")
             .args(extra)
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(out);
+        if !extra.contains(&"--grace-period") {
+            cmd.args(["--grace-period", "5s"]);
+        }
         for (k, v) in envs {
             cmd.env(k, v);
         }

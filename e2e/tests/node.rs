@@ -918,3 +918,40 @@ async fn sigterm_drains_and_leaves_mounts_for_the_next_start() {
     let id = volume_id(&pod.uid, &vol.name);
     assert!(env.store().load(&id).unwrap().is_some());
 }
+
+#[tokio::test]
+async fn sigterm_lets_an_in_flight_publish_finish() {
+    require_root!();
+    let mut env = Env::new();
+    let mut driver = env.start_with(&["--grace-period", "60s"], &[]).await;
+    let kubelet = env.kubelet();
+    let pod = Pod::new("default", "in-flight");
+    // RSA 4096 generation keeps the publish busy for a while.
+    let vol = volume([
+        ("csi.certvol.io/key-algorithm", "RSA"),
+        ("csi.certvol.io/key-size", "4096"),
+    ]);
+    let call = {
+        let (k, p, v) = (kubelet.clone(), pod.clone(), vol.clone());
+        tokio::spawn(async move { k.publish(&p, &v).await })
+    };
+    // SIGTERM once the publish has started (its state exists).
+    eventually(Duration::from_secs(10), || {
+        env.state(&pod, &vol).map(|_| ())
+    })
+    .await
+    .expect("publish started");
+    let status = tokio::task::spawn_blocking(move || {
+        let status = driver.terminate(Duration::from_secs(60));
+        (driver, status)
+    });
+    let target = call
+        .await
+        .unwrap()
+        .expect("the in-flight publish completes");
+    let (_driver, status) = status.await.unwrap();
+    assert!(status.expect("driver exits").success());
+    let files = read_volume(&target).unwrap();
+    assert_eq!(files.leaf.key_algorithm, "RSA 4096");
+    assert_eq!(env.state(&pod, &vol).unwrap().phase, Phase::Published);
+}
