@@ -366,3 +366,156 @@ impl Node for NodeService {
         }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::attrs;
+    use csi::volume_capability::{AccessMode, MountVolume};
+
+    fn request() -> csi::NodePublishVolumeRequest {
+        csi::NodePublishVolumeRequest {
+            volume_id: "csi-1".into(),
+            target_path: "/var/lib/kubelet/pods/u/volumes/kubernetes.io~csi/tls/mount".into(),
+            volume_capability: Some(csi::VolumeCapability {
+                access_mode: Some(AccessMode {
+                    mode: Mode::SingleNodeWriter as i32,
+                }),
+                access_type: Some(AccessType::Mount(MountVolume {
+                    volume_mount_group: "2000".into(),
+                    ..Default::default()
+                })),
+            }),
+            readonly: true,
+            volume_context: HashMap::from([(EPHEMERAL_KEY.to_string(), "true".to_string())]),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_kubelet_request_passes_with_its_mount_group() {
+        let params = validate_publish(request()).unwrap();
+        assert_eq!(params.volume_id, "csi-1");
+        assert_eq!(params.mount_group, Some(2000));
+    }
+
+    #[test]
+    fn status_codes_are_chosen_in_one_place() {
+        let attr_err = attrs::parse(&HashMap::new()).unwrap_err();
+        let cases: Vec<(RpcError, Code)> = vec![
+            (RpcError::Invalid("x".into()), Code::InvalidArgument),
+            (RpcError::Recovering, Code::Unavailable),
+            (
+                RpcError::Unsupported("NodeStageVolume"),
+                Code::Unimplemented,
+            ),
+            (VolumeError::from(attr_err).into(), Code::InvalidArgument),
+            (
+                VolumeError::OtherTarget {
+                    volume_id: "v".into(),
+                    existing: "/a".into(),
+                    requested: "/b".into(),
+                }
+                .into(),
+                Code::FailedPrecondition,
+            ),
+            (
+                VolumeError::Incompatible {
+                    volume_id: "v".into(),
+                    target: "/a".into(),
+                }
+                .into(),
+                Code::AlreadyExists,
+            ),
+            (
+                VolumeError::Issue(IssueError::Unavailable {
+                    message: "down".into(),
+                })
+                .into(),
+                Code::Unavailable,
+            ),
+            (
+                VolumeError::Issue(IssueError::Timeout {
+                    request: "r".into(),
+                })
+                .into(),
+                Code::DeadlineExceeded,
+            ),
+            (
+                VolumeError::Issue(IssueError::Denied {
+                    request: "r".into(),
+                    message: "no".into(),
+                })
+                .into(),
+                Code::PermissionDenied,
+            ),
+            (
+                VolumeError::Issue(IssueError::Failed {
+                    request: "r".into(),
+                    message: "boom".into(),
+                })
+                .into(),
+                Code::FailedPrecondition,
+            ),
+            (VolumeError::Internal("bug".into()).into(), Code::Internal),
+        ];
+        for (err, code) in cases {
+            let status = err.status();
+            assert_eq!(status.code(), code, "{err}");
+            assert_eq!(status.message(), err.to_string());
+        }
+    }
+
+    #[tokio::test]
+    async fn probe_reports_ready_only_after_recovery() {
+        let ready = Readiness::default();
+        let identity = IdentityService {
+            driver_name: "csi.certvol.io".into(),
+            ready: ready.clone(),
+        };
+        let probe = identity
+            .probe(Request::new(csi::ProbeRequest {}))
+            .await
+            .unwrap();
+        assert_eq!(probe.get_ref().ready, Some(false));
+        ready.set_ready();
+        let probe = identity
+            .probe(Request::new(csi::ProbeRequest {}))
+            .await
+            .unwrap();
+        assert_eq!(probe.get_ref().ready, Some(true));
+        let info = identity
+            .get_plugin_info(Request::new(csi::GetPluginInfoRequest {}))
+            .await
+            .unwrap();
+        assert_eq!(info.get_ref().vendor_version, env!("CARGO_PKG_VERSION"));
+    }
+
+    #[test]
+    fn rejections_name_the_field() {
+        type Mutation = fn(&mut csi::NodePublishVolumeRequest);
+        let cases: [(&str, Mutation); 6] = [
+            ("volume_id", |r| r.volume_id.clear()),
+            ("target_path", |r| r.target_path.clear()),
+            ("volume_capability is required", |r| {
+                r.volume_capability = None
+            }),
+            ("read-only", |r| r.readonly = false),
+            (EPHEMERAL_KEY, |r| {
+                r.volume_context.clear();
+            }),
+            ("access_mode", |r| {
+                if let Some(cap) = r.volume_capability.as_mut() {
+                    cap.access_mode = None;
+                }
+            }),
+        ];
+        for (field, mutate) in cases {
+            let mut req = request();
+            mutate(&mut req);
+            let err = validate_publish(req).unwrap_err();
+            assert!(matches!(err, RpcError::Invalid(_)), "{field}");
+            assert!(err.to_string().contains(field), "{field}: {err}");
+        }
+    }
+}
