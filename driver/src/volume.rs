@@ -624,7 +624,10 @@ impl VolumeManager {
             .unmount(&paths.mem)
             .map_err(VolumeError::io_at("unmount", &paths.mem))?;
         if !state.requests.is_empty()
-            && let Err(e) = self.issuer.forget(&state.requests).await
+            && let Err(e) = self
+                .issuer
+                .forget(namespace_of(state), &state.requests)
+                .await
         {
             // The issuer keeps the requests (e.g. garbage collection removes them with the pod);
             // the volume itself is gone either way.
@@ -782,7 +785,7 @@ impl VolumeManager {
             return;
         }
         let old: Vec<String> = state.requests[..state.requests.len() - keep].to_vec();
-        match self.issuer.forget(&old).await {
+        match self.issuer.forget(namespace_of(state), &old).await {
             Ok(()) => {
                 state.requests.drain(..old.len());
                 if let Err(e) = self.store.save(state) {
@@ -800,6 +803,14 @@ impl Renewer for VolumeManager {
     fn renew(self: Arc<Self>, volume_id: String) -> BoxFuture<'static, RenewOutcome> {
         Box::pin(async move { self.renew_volume(&volume_id).await })
     }
+}
+
+/// The pod's namespace, where the volume's requests were filed.
+fn namespace_of(state: &VolumeState) -> &str {
+    state
+        .context
+        .get("csi.storage.k8s.io/pod.namespace")
+        .map_or("", String::as_str)
 }
 
 /// Key generation is CPU-bound (seconds for RSA 4096), so it runs off the async worker threads.
@@ -915,8 +926,12 @@ mod tests {
                 }
             })
         }
-        fn forget<'a>(&'a self, names: &'a [String]) -> BoxFuture<'a, Result<(), IssueError>> {
-            self.ca.forget(names)
+        fn forget<'a>(
+            &'a self,
+            namespace: &'a str,
+            names: &'a [String],
+        ) -> BoxFuture<'a, Result<(), IssueError>> {
+            self.ca.forget(namespace, names)
         }
     }
 

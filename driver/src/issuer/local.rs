@@ -329,7 +329,11 @@ impl Issuer for LocalCa {
         Box::pin(async move { self.issue_sync(req) })
     }
 
-    fn forget<'a>(&'a self, names: &'a [String]) -> BoxFuture<'a, Result<(), IssueError>> {
+    fn forget<'a>(
+        &'a self,
+        _namespace: &'a str,
+        names: &'a [String],
+    ) -> BoxFuture<'a, Result<(), IssueError>> {
         Box::pin(async move {
             let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
             let mut removed = false;
@@ -872,7 +876,7 @@ mod tests {
             )))
             .unwrap();
         }
-        block_on(ca.forget(&["a".into(), "never-seen".into(), "../x".into()])).unwrap();
+        block_on(ca.forget("default", &["a".into(), "never-seen".into(), "../x".into()])).unwrap();
         assert_eq!(ca.issued_names().unwrap(), ["b"]);
         // After forgetting, the name can be signed again (for any key).
         let other = PrivateKey::generate(KeyAlgorithm::EcdsaP256).unwrap();

@@ -76,9 +76,13 @@ pub trait Issuer: Send + Sync + std::fmt::Debug + 'static {
     /// request: the issuer adopts the one it already has.
     fn issue<'a>(&'a self, req: &'a IssueRequest) -> BoxFuture<'a, Result<Issued, IssueError>>;
 
-    /// Forgets requests that are no longer needed (pruned history, unpublished volumes). Names the
-    /// issuer never saw are ignored.
-    fn forget<'a>(&'a self, names: &'a [String]) -> BoxFuture<'a, Result<(), IssueError>>;
+    /// Forgets requests that are no longer needed (pruned history, unpublished volumes). They were
+    /// filed in `namespace` (the pod's). Names the issuer never saw are ignored.
+    fn forget<'a>(
+        &'a self,
+        namespace: &'a str,
+        names: &'a [String],
+    ) -> BoxFuture<'a, Result<(), IssueError>>;
 }
 
 /// The deterministic name of a volume's `revision`-th issuance on `node_id`.
