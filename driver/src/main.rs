@@ -53,9 +53,14 @@ struct NodeArgs {
     /// Persistent directory for volume state and tmpfs mounts (never under /tmp).
     #[arg(long, default_value = DEFAULT_DATA_ROOT)]
     data_root: PathBuf,
-    /// Issuer backend.
-    #[arg(long, value_enum, default_value_t = IssuerKind::Local)]
+    /// Issuer backend: cert-manager CertificateRequests (needs the Kubernetes API: in-cluster
+    /// service account or KUBECONFIG) or the embedded local CA.
+    #[arg(long, value_enum, default_value_t = IssuerKind::CertManager)]
     issuer: IssuerKind,
+    /// cert-manager mode: file each request with the pod's own service-account token, which
+    /// kubelet passes when the CSIDriver sets tokenRequests and requiresRepublish.
+    #[arg(long)]
+    use_token_request: bool,
     /// Local CA certificate (PEM). Without it, a CA is generated once and kept in the data root.
     #[arg(long, requires = "local_ca_key")]
     local_ca_cert: Option<PathBuf>,
@@ -172,6 +177,7 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 local_ca_max_duration: args.local_ca_max_duration,
                 tmpfs_size: args.tmpfs_size,
                 issue_timeout: args.issue_timeout,
+                use_token_request: args.use_token_request,
                 request_history: args.request_history,
                 renew_concurrency: args.renew_concurrency,
                 grace_period: args.grace_period,

@@ -18,12 +18,14 @@ use tracing::{Instrument, error, info, info_span, warn};
 use crate::clock::{Clock, SystemClock};
 use crate::csi::{IdentityService, NodeService, Readiness};
 use crate::issuer::Issuer;
+use crate::issuer::certmanager::{CertManagerConfig, CertManagerIssuer};
 use crate::issuer::local::{LocalCa, LocalCaConfig};
 use crate::mount::{DirMounter, KernelMounter, Mounter};
 use crate::recovery;
 use crate::scheduler;
 use crate::store::Store;
 use crate::volume::{Config, VolumeManager};
+use futures::future::BoxFuture;
 
 /// The default CSI driver name.
 pub const DEFAULT_DRIVER_NAME: &str = "csi.certvol.io";
@@ -34,6 +36,9 @@ pub const DEFAULT_DATA_ROOT: &str = "/var/lib/certvol";
 /// Which issuer backend signs certificates.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum IssuerKind {
+    /// cert-manager CertificateRequests, through the Kubernetes API (in-cluster config or
+    /// KUBECONFIG).
+    CertManager,
     /// The embedded local CA (no cluster needed).
     Local,
 }
@@ -51,6 +56,8 @@ pub struct NodeOptions {
     pub local_ca_max_duration: Duration,
     pub tmpfs_size: u64,
     pub issue_timeout: Duration,
+    /// cert-manager mode: create requests with the pod's own token (kubelet `tokenRequests`).
+    pub use_token_request: bool,
     pub request_history: usize,
     pub renew_concurrency: usize,
     pub grace_period: Duration,
@@ -73,6 +80,7 @@ impl NodeOptions {
             local_ca_max_duration: Duration::from_secs(365 * 24 * 3600),
             tmpfs_size: 4 << 20,
             issue_timeout: Duration::from_secs(60),
+            use_token_request: false,
             request_history: 1,
             renew_concurrency: 4,
             grace_period: Duration::from_secs(20),
@@ -102,6 +110,10 @@ pub enum NodeError {
     },
     #[error("recovery: {0}")]
     Recovery(#[from] crate::volume::VolumeError),
+    #[error(
+        "Kubernetes API configuration (in-cluster service account or KUBECONFIG) for --issuer cert-manager: {0}"
+    )]
+    Kube(String),
     #[error("gRPC server: {0}")]
     Serve(#[from] tonic::transport::Error),
 }
@@ -173,7 +185,27 @@ pub async fn run(
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let socket = socket_path(&opts.endpoint)?;
     let store = Store::open(&opts.data_root)?;
+    // Background futures of the issuer (the cert-manager watch), spawned below with the rest.
+    let mut issuer_tasks: Vec<(tracing::Span, BoxFuture<'static, ()>)> = Vec::new();
     let issuer: Arc<dyn Issuer> = match opts.issuer {
+        IssuerKind::CertManager => {
+            let config = kube::Config::infer()
+                .await
+                .map_err(|e| NodeError::Kube(e.to_string()))?;
+            let client = kube::Client::try_from(config.clone())
+                .map_err(|e| NodeError::Kube(e.to_string()))?;
+            let (issuer, watch) = CertManagerIssuer::new(
+                client,
+                CertManagerConfig {
+                    node_id: opts.node_id.clone(),
+                    wait_timeout: opts.issue_timeout,
+                    use_token_request: opts.use_token_request,
+                    kube_config: Some(config),
+                },
+            );
+            issuer_tasks.push((info_span!("cert-manager-watch"), Box::pin(watch)));
+            Arc::new(issuer)
+        }
         IssuerKind::Local => Arc::new(LocalCa::open(
             LocalCaConfig {
                 dir: store.root().join("local-ca"),
@@ -229,6 +261,10 @@ pub async fn run(
             })
             .instrument(info_span!("csi")),
     );
+    let mut background = Vec::new();
+    for (span, task) in issuer_tasks {
+        background.push(tokio::spawn(task.instrument(span)));
+    }
     let renewals = tokio::spawn(
         sched
             .run(
@@ -268,6 +304,9 @@ pub async fn run(
     if drained.is_err() {
         warn!(grace = ?opts.grace_period, "grace period over; stopping with work in flight (recovered at next start)");
         server.abort();
+    }
+    for task in background {
+        task.abort();
     }
     let _ = std::fs::remove_file(&socket);
     Ok(())

@@ -21,6 +21,7 @@ use crate::attrs::{self, AttrError};
 use crate::clock::Clock;
 use crate::crashpoint;
 use crate::fsutil;
+use crate::issuer::certmanager::{BearerToken, token_from_context};
 use crate::issuer::{self, IssueError, IssueRequest, Issuer};
 use crate::keys::{self, KeyError, PrivateKey};
 use crate::mount::Mounter;
@@ -151,6 +152,9 @@ pub struct VolumeManager {
     clock: Arc<dyn Clock>,
     scheduler: SchedulerHandle,
     slots: StdMutex<HashMap<String, Slot>>,
+    /// The newest service-account token kubelet passed for each volume (token-request mode).
+    /// Memory only: never written to state, never logged; refreshed by every republish.
+    tokens: StdMutex<HashMap<String, BearerToken>>,
 }
 
 impl VolumeManager {
@@ -170,6 +174,7 @@ impl VolumeManager {
             clock,
             scheduler,
             slots: StdMutex::new(HashMap::new()),
+            tokens: StdMutex::new(HashMap::new()),
         }
     }
 
@@ -258,6 +263,12 @@ impl VolumeManager {
     pub async fn publish(&self, params: PublishParams) -> Result<Published, VolumeError> {
         let req = Arc::new(attrs::parse(&params.context)?);
         let context = attrs::stable_context(&params.context);
+        if let Some(token) = token_from_context(&params.context).map_err(|e| {
+            VolumeError::InvalidArgument(format!("volume context {}: {e}", attrs::TOKENS_KEY))
+        })? && let Ok(mut tokens) = self.tokens.lock()
+        {
+            tokens.insert(params.volume_id.clone(), token);
+        }
         let (slot, mut guard) = self.lock(&params.volume_id).await?;
 
         if let Some(state) = guard.as_ref() {
@@ -505,9 +516,16 @@ impl VolumeManager {
             csr_pem: csr.pem,
             csr_der: csr.der,
             cert: req.clone(),
+            token: self
+                .tokens
+                .lock()
+                .ok()
+                .and_then(|t| t.get(&state.volume_id).cloned()),
         };
         let issued =
-            match tokio::time::timeout(self.cfg.issue_timeout, self.issuer.issue(&ireq)).await {
+            // Issuers answer Timeout themselves at `issue_timeout`; this outer limit only guards
+            // against one that does not.
+            match tokio::time::timeout(self.cfg.issue_timeout + Duration::from_secs(5), self.issuer.issue(&ireq)).await {
                 Ok(result) => {
                     let issued = result?;
                     crashpoint::hit(&format!("{op}:signed"));
@@ -611,6 +629,9 @@ impl VolumeManager {
     /// and state last, recording `Unpublishing` first so that a crash part-way is finished later.
     pub(crate) async fn remove_volume(&self, state: &VolumeState) -> Result<(), VolumeError> {
         self.scheduler.cancel(&state.volume_id);
+        if let Ok(mut tokens) = self.tokens.lock() {
+            tokens.remove(&state.volume_id);
+        }
         let paths = self.store.paths(&state.volume_id);
         if state.phase != Phase::Unpublishing && paths.state.exists() {
             let mut marked = state.clone();

@@ -3,6 +3,9 @@
 //! directory and unmounts everything below it when dropped, so tests leave no mounts behind even
 //! when they fail.
 
+pub mod apiserver;
+pub mod signer;
+
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -111,6 +114,9 @@ impl Env {
             .stderr(out);
         if !extra.contains(&"--grace-period") {
             cmd.args(["--grace-period", "5s"]);
+        }
+        if !extra.contains(&"--issuer") {
+            cmd.args(["--issuer", "local"]);
         }
         for (k, v) in envs {
             cmd.env(k, v);

@@ -618,6 +618,7 @@ mod tests {
             csr_pem: csr.pem,
             csr_der: csr.der,
             cert: Arc::new(cert),
+            token: None,
         }
     }
 

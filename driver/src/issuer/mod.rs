@@ -1,6 +1,7 @@
 //! Issuers sign a CSR for a volume. Backends (the embedded local CA here; cert-manager and the
 //! Kubernetes CSR API later) plug in behind [`Issuer`].
 
+pub mod certmanager;
 pub mod local;
 
 use std::sync::Arc;
@@ -25,6 +26,9 @@ pub struct IssueRequest {
     pub csr_der: Vec<u8>,
     /// Issuance parameters (issuer ref, duration, usages, is-ca, pod, annotations).
     pub cert: Arc<CertRequest>,
+    /// The pod's service-account token from kubelet's `tokenRequests`, for issuers that file
+    /// requests as the pod (cert-manager's token-request mode). Redacted from `Debug`.
+    pub token: Option<certmanager::BearerToken>,
 }
 
 /// What an issuer returns.

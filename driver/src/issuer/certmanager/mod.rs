@@ -1,0 +1,928 @@
+//! Issuance through cert-manager: one `CertificateRequest` (cert-manager.io/v1) per issuance, in
+//! the pod's namespace, owned by the pod, and a single node-scoped watch that every issuance waits
+//! on.
+//!
+//! API traffic per issuance is one CREATE (plus one DELETE when the volume layer forgets it); the
+//! result arrives on the shared watch, so waiting costs no GETs or LISTs. After a crash the same
+//! deterministic request name meets 409 AlreadyExists and the existing request is adopted; a retry
+//! of a request the watch already shows files nothing at all.
+
+pub mod events;
+pub mod resource;
+pub mod token;
+pub mod watch;
+
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use kube::Api;
+use kube::api::{DeleteParams, PostParams};
+use tracing::{debug, info, warn};
+use x509_parser::certification_request::X509CertificationRequest;
+use x509_parser::prelude::FromDer;
+
+pub use resource::{CertificateRequest, outcome};
+pub use token::{BearerToken, token_from_context};
+
+use self::events::EventSink;
+use self::resource::{LABEL_NODE, describe_status, label_value};
+use self::watch::{RequestCache, Waited};
+use super::{IssueError, IssueRequest, Issued, Issuer};
+
+/// Field manager name on the requests the driver creates.
+const FIELD_MANAGER: &str = "certvol";
+
+/// Configuration of the cert-manager backend.
+#[derive(Clone)]
+pub struct CertManagerConfig {
+    /// This node's id (`--node-id`); requests are labelled with it and the watch selects on it.
+    pub node_id: String,
+    /// How long one `issue()` waits for cert-manager's answer before returning
+    /// [`IssueError::Timeout`] (a retry resumes waiting for the same request).
+    pub wait_timeout: Duration,
+    /// Create requests with the pod's service-account token (from kubelet's `tokenRequests`)
+    /// instead of the driver's identity, so approver policies see the pod as the requester.
+    pub use_token_request: bool,
+    /// The driver's own client configuration, the base of the per-pod clients in token-request
+    /// mode (same server, CA and timeouts; only the credentials are replaced). Required when
+    /// `use_token_request` is set.
+    pub kube_config: Option<kube::Config>,
+}
+
+impl fmt::Debug for CertManagerConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CertManagerConfig")
+            .field("node_id", &self.node_id)
+            .field("wait_timeout", &self.wait_timeout)
+            .field("use_token_request", &self.use_token_request)
+            .field(
+                "kube_config",
+                &self.kube_config.as_ref().map(|c| c.cluster_url.to_string()),
+            )
+            .finish()
+    }
+}
+
+/// The cert-manager issuer backend ([`Issuer::kind`] `cert-manager`).
+pub struct CertManagerIssuer {
+    client: kube::Client,
+    cfg: CertManagerConfig,
+    node_label: String,
+    cache: Arc<RequestCache>,
+    events: EventSink,
+}
+
+impl fmt::Debug for CertManagerIssuer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CertManagerIssuer")
+            .field("cfg", &self.cfg)
+            .field("node_label", &self.node_label)
+            .field("cached_requests", &self.cache.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl CertManagerIssuer {
+    /// Returns the issuer and the watch loop future; the caller (node::run) spawns the future with
+    /// a tracing span. Until the future runs, issuances create their requests but time out waiting.
+    pub fn new(
+        client: kube::Client,
+        cfg: CertManagerConfig,
+    ) -> (Self, impl Future<Output = ()> + Send + 'static) {
+        let node_label = label_value(&cfg.node_id);
+        let cache = RequestCache::new();
+        let watch = watch::run(
+            Api::<CertificateRequest>::all(client.clone()),
+            format!("{LABEL_NODE}={node_label}"),
+            cache.clone(),
+        );
+        let events = EventSink::new(client.clone(), cfg.node_id.clone());
+        let issuer = CertManagerIssuer {
+            client,
+            cfg,
+            node_label,
+            cache,
+            events,
+        };
+        (issuer, watch)
+    }
+
+    /// The client that files the request: the driver's own, or one authenticated as the pod.
+    fn creating_client(
+        &self,
+        req: &IssueRequest,
+        request: &str,
+    ) -> Result<kube::Client, IssueError> {
+        if !self.cfg.use_token_request {
+            return Ok(self.client.clone());
+        }
+        let invalid = |message: &str| IssueError::Invalid {
+            request: request.to_owned(),
+            message: message.to_owned(),
+        };
+        let Some(token) = req.token.as_ref() else {
+            return Err(invalid(
+                "the driver files CertificateRequests with the pod's service-account token, but kubelet passed none: the CSIDriver object must set tokenRequests (with audience \"\") and requiresRepublish: true",
+            ));
+        };
+        let Some(base) = self.cfg.kube_config.as_ref() else {
+            return Err(invalid(
+                "token-request mode is on but the driver was started without its API client configuration",
+            ));
+        };
+        let mut config = base.clone();
+        // Everything that identified the driver goes (token file, client certificate, exec
+        // plugin); the pod's token is the only credential.
+        config.auth_info = kube::config::AuthInfo {
+            token: Some(token.expose().into()),
+            ..kube::config::AuthInfo::default()
+        };
+        kube::Client::try_from(config).map_err(|e| IssueError::Unavailable {
+            message: format!("cannot build an API client with the pod's token: {e}"),
+        })
+    }
+
+    /// Creates the request; on 409 AlreadyExists adopts the existing one. Returns whether it was
+    /// adopted and the created object's uid.
+    async fn file(
+        &self,
+        req: &IssueRequest,
+        request: &str,
+    ) -> Result<(bool, Option<String>), IssueError> {
+        let client = self.creating_client(req, request)?;
+        let cr = resource::build(req, &self.node_label);
+        let api: Api<CertificateRequest> = Api::namespaced(client, &req.cert.pod.namespace);
+        let params = PostParams {
+            field_manager: Some(FIELD_MANAGER.into()),
+            ..PostParams::default()
+        };
+        match api.create(&params, &cr).await {
+            Ok(created) => {
+                info!(%request, issuer = %req.cert.issuer.name, "created CertificateRequest");
+                Ok((false, created.metadata.uid))
+            }
+            Err(kube::Error::Api(status)) if status.is_already_exists() => {
+                // Same deterministic name: this node filed it before a restart. Never file a second.
+                info!(%request, "CertificateRequest already exists; adopting it");
+                Ok((true, None))
+            }
+            Err(error) => Err(create_error(request, error)),
+        }
+    }
+
+    /// Files (or adopts) the request and waits for its result. A timeout also returns what the
+    /// request looked like, for the event on the pod.
+    async fn issue_inner(
+        &self,
+        req: &IssueRequest,
+    ) -> Result<Issued, (IssueError, Option<String>)> {
+        let namespace = req.cert.pod.namespace.as_str();
+        let request = format!("{namespace}/{}", req.name);
+        if namespace.is_empty() {
+            return Err((
+                IssueError::Invalid {
+                    request: req.name.clone(),
+                    message: "the pod's namespace is unknown: the CSIDriver object must set podInfoOnMount: true".into(),
+                },
+                None,
+            ));
+        }
+        let key = (namespace.to_owned(), req.name.clone());
+        // Subscribe before creating: a result that lands between the create and the first look at
+        // the cache must still wake this waiter.
+        let changes = self.cache.subscribe();
+        let (adopted, uid) = if let Some(known) = self.cache.get(&key) {
+            // Already on the node's watch (a retry after a timeout, or filed before a restart):
+            // nothing to file, and no API call at all.
+            debug!(%request, "CertificateRequest already on the watch; waiting for it");
+            (true, known.metadata.uid)
+        } else {
+            self.file(req, &request).await.map_err(|e| (e, None))?
+        };
+
+        let our_key = spki_of_der(&req.csr_der);
+        let check = |cr: &CertificateRequest| {
+            if adopted
+                && let (Some(ours), Some(theirs)) =
+                    (our_key.as_deref(), spki_of_pem(&cr.spec.request.0))
+                && ours != theirs.as_slice()
+            {
+                return Some(Err(IssueError::Failed {
+                    request: request.clone(),
+                    message: "a CertificateRequest with this name already exists for a different private key".into(),
+                }));
+            }
+            outcome(cr)
+        };
+        match self.cache.wait(&key, changes, uid, self.cfg.wait_timeout, check).await {
+            Waited::Done(result) => result.map_err(|e| (e, None)),
+            Waited::Deleted => Err((
+                IssueError::Failed {
+                    request,
+                    message: "the CertificateRequest was deleted before it was signed (was its pod deleted?)".into(),
+                },
+                None,
+            )),
+            Waited::TimedOut { last, synced } => {
+                let state = match (last, synced) {
+                    (Some(cr), _) => describe_status(&cr),
+                    (None, true) => "the request has not appeared on the node's watch".into(),
+                    (None, false) => {
+                        "the node's CertificateRequest watch has not synced yet (is the API server reachable and may the driver list/watch certificaterequests?)".into()
+                    }
+                };
+                warn!(%request, %state, timeout = ?self.cfg.wait_timeout, "timed out waiting for CertificateRequest");
+                Err((IssueError::Timeout { request }, Some(state)))
+            }
+        }
+    }
+
+    /// Records a warning event on the pod for a final (or timed-out) failure.
+    async fn report(&self, req: &IssueRequest, error: &IssueError, timeout_state: Option<&str>) {
+        let (reason, request, message) = match error {
+            IssueError::Denied { request, message } => (
+                events::REASON_DENIED,
+                request,
+                format!("CertificateRequest {request} was denied: {message}"),
+            ),
+            IssueError::Failed { request, message } => (
+                events::REASON_FAILED,
+                request,
+                format!("CertificateRequest {request} failed: {message}"),
+            ),
+            IssueError::Invalid { request, message } => (
+                events::REASON_INVALID,
+                request,
+                format!("CertificateRequest {request} is invalid: {message}"),
+            ),
+            IssueError::Timeout { request } => (
+                events::REASON_TIMEOUT,
+                request,
+                format!(
+                    "CertificateRequest {request} was not signed within {:?}; status: {}",
+                    self.cfg.wait_timeout,
+                    timeout_state.unwrap_or("unknown")
+                ),
+            ),
+            // Transient API trouble is the node's problem, not something the pod's owner can fix.
+            _ => return,
+        };
+        self.events
+            .report(&req.cert.pod, reason, request, &message)
+            .await;
+    }
+}
+
+/// Maps a failed CREATE to the issuance error the volume layer acts on.
+fn create_error(request: &str, error: kube::Error) -> IssueError {
+    match error {
+        kube::Error::Api(status) => match status.code {
+            // Schema or webhook rejection: this request can never be filed as it is.
+            400 | 422 => IssueError::Invalid {
+                request: request.to_owned(),
+                message: format!(
+                    "the API server rejected the CertificateRequest: {}",
+                    status.message
+                ),
+            },
+            404 => IssueError::Unavailable {
+                message: format!(
+                    "creating CertificateRequest {request}: {} (is cert-manager's CRD installed?)",
+                    status.message
+                ),
+            },
+            // 401/403 (an expired pod token, missing RBAC, a terminating namespace), 409 conflicts,
+            // 429 and 5xx may all clear up without a new request: retry.
+            _ => IssueError::Unavailable {
+                message: format!(
+                    "creating CertificateRequest {request}: {} {}: {}",
+                    status.code, status.reason, status.message
+                ),
+            },
+        },
+        other => IssueError::Unavailable {
+            message: format!("creating CertificateRequest {request}: {other}"),
+        },
+    }
+}
+
+/// The raw SubjectPublicKeyInfo of a DER CSR, or `None` when it does not parse.
+fn spki_of_der(der: &[u8]) -> Option<Vec<u8>> {
+    let (_, csr) = X509CertificationRequest::from_der(der).ok()?;
+    Some(csr.certification_request_info.subject_pki.raw.to_vec())
+}
+
+/// The raw SubjectPublicKeyInfo of a PEM CSR (`spec.request`), or `None` when it does not parse.
+fn spki_of_pem(pem: &[u8]) -> Option<Vec<u8>> {
+    let (_, pem) = x509_parser::pem::parse_x509_pem(pem).ok()?;
+    spki_of_der(&pem.contents)
+}
+
+impl Issuer for CertManagerIssuer {
+    fn kind(&self) -> &'static str {
+        "cert-manager"
+    }
+
+    fn issue<'a>(&'a self, req: &'a IssueRequest) -> BoxFuture<'a, Result<Issued, IssueError>> {
+        Box::pin(async move {
+            match self.issue_inner(req).await {
+                Ok(issued) => Ok(issued),
+                Err((error, timeout_state)) => {
+                    self.report(req, &error, timeout_state.as_deref()).await;
+                    Err(error)
+                }
+            }
+        })
+    }
+
+    fn forget<'a>(
+        &'a self,
+        namespace: &'a str,
+        names: &'a [String],
+    ) -> BoxFuture<'a, Result<(), IssueError>> {
+        Box::pin(async move {
+            if namespace.is_empty() || names.is_empty() {
+                // Without a namespace no request was ever filed (issue() refuses those).
+                return Ok(());
+            }
+            let api: Api<CertificateRequest> = Api::namespaced(self.client.clone(), namespace);
+            let mut first_error = None;
+            for name in names {
+                match api.delete(name, &DeleteParams::background()).await {
+                    Ok(_) => debug!(namespace, name, "deleted CertificateRequest"),
+                    Err(kube::Error::Api(status)) if status.is_not_found() => {}
+                    Err(error) => {
+                        warn!(namespace, name, %error, "could not delete CertificateRequest");
+                        first_error.get_or_insert(IssueError::Unavailable {
+                            message: format!(
+                                "deleting CertificateRequest {namespace}/{name}: {error}"
+                            ),
+                        });
+                    }
+                }
+            }
+            first_error.map_or(Ok(()), Err)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+    use std::sync::Mutex;
+
+    use k8s_openapi::ByteString;
+    use kube::client::Body;
+    use kube::runtime::watcher::Event;
+    use serde_json::{Value, json};
+    // kube does not re-export the `http` crate; tonic does (the same http 1.x).
+    use tonic::codegen::http::{Request, Response};
+
+    use super::*;
+    use crate::issuer::certmanager::resource::tests::{cert_request, issue_request};
+    use crate::issuer::certmanager::resource::{CertificateRequestStatus, Condition};
+
+    /// One API call as the fake API server saw it.
+    #[derive(Clone, Debug)]
+    struct Call {
+        method: String,
+        path: String,
+        body: Value,
+    }
+
+    /// A scripted stand-in for the API server behind a `kube::Client`: records every call and
+    /// answers CertificateRequest creates/deletes from a script (default: success).
+    #[derive(Default)]
+    struct Fake {
+        calls: Mutex<Vec<Call>>,
+        replies: Mutex<VecDeque<(u16, &'static str)>>,
+    }
+
+    impl Fake {
+        fn calls(&self) -> Vec<Call> {
+            self.calls.lock().unwrap().clone()
+        }
+
+        fn count(&self, method: &str, resource: &str) -> usize {
+            self.calls()
+                .iter()
+                .filter(|c| c.method == method && c.path.contains(resource))
+                .count()
+        }
+
+        fn script(&self, code: u16, reason: &'static str) {
+            self.replies.lock().unwrap().push_back((code, reason));
+        }
+    }
+
+    fn status(code: u16, reason: &str) -> Value {
+        json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+               "message": format!("scripted {reason}"), "reason": reason, "code": code})
+    }
+
+    fn client(fake: Arc<Fake>) -> kube::Client {
+        let service = tower::service_fn(move |req: Request<Body>| {
+            let fake = fake.clone();
+            async move {
+                let (parts, body) = req.into_parts();
+                let bytes = body.collect_bytes().await?;
+                let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+                let path = parts
+                    .uri
+                    .path_and_query()
+                    .map(|p| p.to_string())
+                    .unwrap_or_default();
+                fake.calls.lock().unwrap().push(Call {
+                    method: parts.method.to_string(),
+                    path: path.clone(),
+                    body: body.clone(),
+                });
+                let scripted = if path.contains("certificaterequests") {
+                    fake.replies.lock().unwrap().pop_front()
+                } else {
+                    None
+                };
+                let (code, reply) = match scripted {
+                    Some((code, reason)) => (code, status(code, reason)),
+                    None if parts.method == "POST" => (201, body),
+                    None => (
+                        200,
+                        json!({"kind": "Status", "apiVersion": "v1", "status": "Success"}),
+                    ),
+                };
+                let response = Response::builder()
+                    .status(code)
+                    .header("content-type", "application/json")
+                    .body(Body::from(serde_json::to_vec(&reply)?))?;
+                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(response)
+            }
+        });
+        kube::Client::new(service, "default")
+    }
+
+    fn issuer(fake: &Arc<Fake>, wait: Duration) -> CertManagerIssuer {
+        let cfg = CertManagerConfig {
+            node_id: "node-1".into(),
+            wait_timeout: wait,
+            use_token_request: false,
+            kube_config: None,
+        };
+        // The watch future is not run: tests feed the cache directly, as the watch would.
+        let (issuer, _watch) = CertManagerIssuer::new(client(fake.clone()), cfg);
+        issuer
+    }
+
+    fn with_conditions(
+        req: &IssueRequest,
+        conditions: &[(&str, &str, &str, &str)],
+        certificate: Option<&str>,
+    ) -> CertificateRequest {
+        let mut cr = resource::build(req, "node-1");
+        cr.status = Some(CertificateRequestStatus {
+            conditions: conditions
+                .iter()
+                .map(|(t, s, r, m)| Condition {
+                    type_: (*t).into(),
+                    status: (*s).into(),
+                    reason: Some((*r).into()),
+                    message: Some((*m).into()),
+                    last_transition_time: None,
+                })
+                .collect(),
+            certificate: certificate.map(|c| ByteString(c.as_bytes().to_vec())),
+            ..Default::default()
+        });
+        cr
+    }
+
+    const LEAF: &str = "-----BEGIN CERTIFICATE-----\nleaf\n-----END CERTIFICATE-----\n";
+
+    #[tokio::test]
+    async fn one_create_then_the_result_from_the_watch() {
+        let fake = Arc::new(Fake::default());
+        let issuer = Arc::new(issuer(&fake, Duration::from_secs(10)));
+        let req = issue_request(cert_request());
+        let task = {
+            let (issuer, req) = (issuer.clone(), req.clone());
+            tokio::spawn(async move { issuer.issue(&req).await })
+        };
+        while fake.count("POST", "certificaterequests") == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        issuer
+            .cache
+            .apply(Event::Apply(with_conditions(&req, &[], None)));
+        issuer.cache.apply(Event::Apply(with_conditions(
+            &req,
+            &[
+                ("Approved", "True", "cert-manager.io", "ok"),
+                ("Ready", "True", "Issued", "ok"),
+            ],
+            Some(LEAF),
+        )));
+        let issued = task.await.unwrap().unwrap();
+        assert_eq!(issued.chain_pem, LEAF);
+        assert_eq!(issued.ca_pem, "");
+
+        let calls = fake.calls();
+        assert_eq!(calls.len(), 1, "exactly one API call: {calls:?}");
+        let create = &calls[0];
+        assert_eq!(create.method, "POST");
+        assert!(
+            create
+                .path
+                .starts_with("/apis/cert-manager.io/v1/namespaces/shop/certificaterequests?"),
+            "{}",
+            create.path
+        );
+        assert!(
+            create.path.contains("fieldManager=certvol"),
+            "{}",
+            create.path
+        );
+        assert_eq!(create.body["metadata"]["name"], req.name);
+        assert_eq!(create.body["metadata"]["labels"][LABEL_NODE], "node-1");
+        assert_eq!(create.body["metadata"]["ownerReferences"][0]["kind"], "Pod");
+        assert_eq!(create.body["spec"]["issuerRef"]["name"], "ca-issuer");
+    }
+
+    #[tokio::test]
+    async fn an_existing_request_is_adopted_never_created_twice() {
+        let fake = Arc::new(Fake::default());
+        fake.script(409, "AlreadyExists");
+        let issuer = Arc::new(issuer(&fake, Duration::from_secs(10)));
+        let req = issue_request(cert_request());
+        // Filed before a restart; the new watch has not listed it yet.
+        let task = {
+            let (issuer, req) = (issuer.clone(), req.clone());
+            tokio::spawn(async move { issuer.issue(&req).await })
+        };
+        while fake.count("POST", "certificaterequests") == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        issuer.cache.apply(Event::Apply(with_conditions(
+            &req,
+            &[("Ready", "True", "Issued", "ok")],
+            Some(LEAF),
+        )));
+        assert_eq!(task.await.unwrap().unwrap().chain_pem, LEAF);
+        assert_eq!(
+            fake.calls().len(),
+            1,
+            "one create (409), no GET: {:?}",
+            fake.calls()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_request_already_on_the_watch_costs_no_api_call() {
+        let fake = Arc::new(Fake::default());
+        let issuer = issuer(&fake, Duration::from_secs(10));
+        let req = issue_request(cert_request());
+        // A retry after a timeout: the watch already shows the request, now signed.
+        issuer.cache.apply(Event::Apply(with_conditions(
+            &req,
+            &[("Ready", "True", "Issued", "ok")],
+            Some(LEAF),
+        )));
+        assert_eq!(issuer.issue(&req).await.unwrap().chain_pem, LEAF);
+        assert!(fake.calls().is_empty(), "{:?}", fake.calls());
+    }
+
+    #[tokio::test]
+    async fn an_adopted_request_for_another_key_fails() {
+        let fake = Arc::new(Fake::default());
+        let issuer = issuer(&fake, Duration::from_secs(10));
+        let cert = cert_request();
+        let csr_for = |cert: &crate::request::CertRequest| {
+            let key = crate::keys::PrivateKey::generate(cert.key_algorithm).unwrap();
+            crate::keys::build_csr(cert, &key).unwrap()
+        };
+        let (ours, theirs) = (csr_for(&cert), csr_for(&cert));
+        let mut req = issue_request(cert);
+        (req.csr_pem, req.csr_der) = (theirs.pem, theirs.der);
+        issuer
+            .cache
+            .apply(Event::Apply(with_conditions(&req, &[], None)));
+        (req.csr_pem, req.csr_der) = (ours.pem, ours.der);
+        match issuer.issue(&req).await {
+            Err(IssueError::Failed { message, .. }) => {
+                assert!(message.contains("different private key"), "{message}")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn denial_is_final_and_reported_once_on_the_pod() {
+        let fake = Arc::new(Fake::default());
+        let issuer = issuer(&fake, Duration::from_secs(10));
+        let req = issue_request(cert_request());
+        issuer.cache.apply(Event::Apply(with_conditions(
+            &req,
+            &[(
+                "Denied",
+                "True",
+                "policy.cert-manager.io",
+                "no policy allows this request",
+            )],
+            None,
+        )));
+        for _ in 0..2 {
+            match issuer.issue(&req).await {
+                Err(IssueError::Denied { request, message }) => {
+                    assert_eq!(request, format!("shop/{}", req.name));
+                    assert_eq!(message, "no policy allows this request");
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        let events: Vec<Call> = fake
+            .calls()
+            .into_iter()
+            .filter(|c| c.path.contains("/events"))
+            .collect();
+        assert_eq!(events.len(), 1, "deduplicated: {events:?}");
+        let ev = &events[0];
+        assert_eq!(ev.method, "POST");
+        assert!(
+            ev.path.starts_with("/api/v1/namespaces/shop/events"),
+            "{}",
+            ev.path
+        );
+        assert_eq!(ev.body["reason"], "CertificateRequestDenied");
+        assert_eq!(ev.body["type"], "Warning");
+        assert_eq!(
+            ev.body["involvedObject"],
+            json!({"apiVersion": "v1", "kind": "Pod", "name": "web-0", "namespace": "shop",
+                   "uid": "6f1c1f8e-1111-2222-3333-444455556666"})
+        );
+        let message = ev.body["message"].as_str().unwrap();
+        assert!(
+            message.contains(&req.name) && message.contains("no policy allows this request"),
+            "{message}"
+        );
+    }
+
+    #[tokio::test]
+    async fn create_errors_map_to_invalid_or_unavailable() {
+        let fake = Arc::new(Fake::default());
+        let issuer = issuer(&fake, Duration::from_secs(10));
+        let req = issue_request(cert_request());
+
+        fake.script(422, "Invalid");
+        match issuer.issue(&req).await {
+            Err(IssueError::Invalid { message, .. }) => {
+                assert!(message.contains("scripted Invalid"), "{message}")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            fake.count("POST", "/events"),
+            1,
+            "webhook rejection is reported on the pod"
+        );
+
+        for (code, reason) in [
+            (503, "ServiceUnavailable"),
+            (500, "InternalError"),
+            (403, "Forbidden"),
+            (429, "TooManyRequests"),
+        ] {
+            fake.script(code, reason);
+            let err = issuer.issue(&req).await.unwrap_err();
+            assert!(
+                matches!(err, IssueError::Unavailable { .. }),
+                "{code}: {err:?}"
+            );
+            assert!(err.is_transient());
+        }
+        assert_eq!(
+            fake.count("POST", "/events"),
+            1,
+            "transient errors are not events"
+        );
+    }
+
+    #[tokio::test]
+    async fn connection_refused_is_unavailable() {
+        let cfg = CertManagerConfig {
+            node_id: "node-1".into(),
+            wait_timeout: Duration::from_secs(1),
+            use_token_request: false,
+            kube_config: None,
+        };
+        // Bind then drop a listener: nothing accepts on that port any more.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let config = kube::Config::new(format!("http://127.0.0.1:{port}").parse().unwrap());
+        let client = kube::Client::try_from(config).unwrap();
+        let (issuer, _watch) = CertManagerIssuer::new(client, cfg);
+        let err = issuer
+            .issue(&issue_request(cert_request()))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, IssueError::Unavailable { .. }), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn timeout_names_the_request_and_reports_its_status() {
+        let fake = Arc::new(Fake::default());
+        let issuer = issuer(&fake, Duration::from_millis(50));
+        let req = issue_request(cert_request());
+        issuer.cache.apply(Event::Apply(with_conditions(
+            &req,
+            &[("Ready", "False", "Pending", "Waiting on approval")],
+            None,
+        )));
+        match issuer.issue(&req).await {
+            Err(IssueError::Timeout { request }) => {
+                assert_eq!(request, format!("shop/{}", req.name))
+            }
+            other => panic!("{other:?}"),
+        }
+        let events: Vec<Call> = fake
+            .calls()
+            .into_iter()
+            .filter(|c| c.path.contains("/events"))
+            .collect();
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].body["reason"], "CertificateRequestTimeout");
+        let message = events[0].body["message"].as_str().unwrap();
+        assert!(
+            message.contains("Ready=False (Pending: Waiting on approval)"),
+            "{message}"
+        );
+    }
+
+    #[tokio::test]
+    async fn deletion_while_waiting_fails_clearly() {
+        let fake = Arc::new(Fake::default());
+        let issuer = Arc::new(issuer(&fake, Duration::from_secs(10)));
+        let req = issue_request(cert_request());
+        let task = {
+            let (issuer, req) = (issuer.clone(), req.clone());
+            tokio::spawn(async move { issuer.issue(&req).await })
+        };
+        while fake.count("POST", "certificaterequests") == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        issuer
+            .cache
+            .apply(Event::Apply(with_conditions(&req, &[], None)));
+        issuer
+            .cache
+            .apply(Event::Delete(with_conditions(&req, &[], None)));
+        match task.await.unwrap() {
+            Err(IssueError::Failed { message, .. }) => {
+                assert!(message.contains("deleted"), "{message}")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(fake.count("POST", "/events"), 1);
+    }
+
+    #[tokio::test]
+    async fn requests_without_pod_info_or_token_are_invalid_without_api_calls() {
+        let fake = Arc::new(Fake::default());
+        let issuer = issuer(&fake, Duration::from_secs(1));
+        let mut cert = cert_request();
+        cert.pod.namespace.clear();
+        match issuer.issue(&issue_request(cert)).await {
+            Err(IssueError::Invalid { message, .. }) => {
+                assert!(message.contains("podInfoOnMount"), "{message}")
+            }
+            other => panic!("{other:?}"),
+        }
+
+        let cfg = CertManagerConfig {
+            node_id: "node-1".into(),
+            wait_timeout: Duration::from_secs(1),
+            use_token_request: true,
+            kube_config: Some(kube::Config::new("http://127.0.0.1:1".parse().unwrap())),
+        };
+        let (token_issuer, _watch) = CertManagerIssuer::new(client(fake.clone()), cfg);
+        match token_issuer.issue(&issue_request(cert_request())).await {
+            Err(IssueError::Invalid { message, .. }) => {
+                assert!(
+                    message.contains("tokenRequests") && message.contains("requiresRepublish"),
+                    "{message}"
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(fake.count("POST", "certificaterequests"), 0);
+    }
+
+    #[tokio::test]
+    async fn token_mode_creates_with_the_pods_token() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        // A one-shot HTTP server that captures the create's headers and answers 409, so the
+        // issuer adopts a request whose result is already in the cache.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let server = tokio::spawn(async move {
+            let (mut conn, _) = listener.accept().await.unwrap();
+            let mut seen = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !String::from_utf8_lossy(&seen).contains("\r\n\r\n") {
+                let n = conn.read(&mut buf).await.unwrap();
+                assert!(n > 0);
+                seen.extend_from_slice(&buf[..n]);
+            }
+            let body = serde_json::to_string(&status(409, "AlreadyExists")).unwrap();
+            let reply = format!(
+                "HTTP/1.1 409 Conflict\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            conn.write_all(reply.as_bytes()).await.unwrap();
+            String::from_utf8_lossy(&seen).to_string()
+        });
+
+        let fake = Arc::new(Fake::default());
+        let mut base = kube::Config::new(url.parse().unwrap());
+        base.auth_info.token = Some("driver-token".into());
+        let cfg = CertManagerConfig {
+            node_id: "node-1".into(),
+            wait_timeout: Duration::from_secs(5),
+            use_token_request: true,
+            kube_config: Some(base),
+        };
+        let (issuer, _watch) = CertManagerIssuer::new(client(fake.clone()), cfg);
+        let issuer = Arc::new(issuer);
+        let mut req = issue_request(cert_request());
+        req.token = Some(BearerToken::new("pod-token-123".to_owned().into()));
+        let task = {
+            let (issuer, req) = (issuer.clone(), req.clone());
+            tokio::spawn(async move { issuer.issue(&req).await })
+        };
+        // The server has answered the create (409): the result now arrives on the watch.
+        let head = server.await.unwrap().to_ascii_lowercase();
+        issuer.cache.apply(Event::Apply(with_conditions(
+            &req,
+            &[("Ready", "True", "Issued", "ok")],
+            Some(LEAF),
+        )));
+        assert_eq!(task.await.unwrap().unwrap().chain_pem, LEAF);
+
+        assert!(
+            head.starts_with("post /apis/cert-manager.io/v1/namespaces/shop/certificaterequests"),
+            "{head}"
+        );
+        assert!(
+            head.contains("authorization: bearer pod-token-123"),
+            "{head}"
+        );
+        assert!(!head.contains("driver-token"));
+        assert_eq!(
+            fake.count("POST", "certificaterequests"),
+            0,
+            "the driver's client did not create"
+        );
+        assert!(!format!("{issuer:?} {req:?}").contains("pod-token-123"));
+    }
+
+    #[tokio::test]
+    async fn forget_deletes_each_request_and_tolerates_missing_ones() {
+        let fake = Arc::new(Fake::default());
+        let issuer = issuer(&fake, Duration::from_secs(1));
+        fake.script(404, "NotFound");
+        let names = vec!["a".to_owned(), "b".to_owned()];
+        issuer.forget("shop", &names).await.unwrap();
+        let deletes: Vec<String> = fake
+            .calls()
+            .into_iter()
+            .filter(|c| c.method == "DELETE")
+            .map(|c| c.path)
+            .collect();
+        assert_eq!(deletes.len(), 2);
+        assert!(
+            deletes[0]
+                .starts_with("/apis/cert-manager.io/v1/namespaces/shop/certificaterequests/a"),
+            "{deletes:?}"
+        );
+        assert!(
+            deletes[1]
+                .starts_with("/apis/cert-manager.io/v1/namespaces/shop/certificaterequests/b"),
+            "{deletes:?}"
+        );
+
+        fake.script(503, "ServiceUnavailable");
+        let err = issuer.forget("shop", &names).await.unwrap_err();
+        assert!(matches!(err, IssueError::Unavailable { .. }), "{err:?}");
+        assert_eq!(
+            fake.count("DELETE", "certificaterequests"),
+            4,
+            "the second name is still tried"
+        );
+
+        issuer.forget("", &names).await.unwrap();
+        assert_eq!(fake.count("DELETE", "certificaterequests"), 4);
+    }
+}

@@ -1,0 +1,523 @@
+//! One node-scoped watch on CertificateRequests feeding an in-memory cache that issuances wait on.
+//!
+//! Every issuance on the node shares this single watch (selected by the `certvol.io/node` label),
+//! so waiting costs no GETs or LISTs of its own: an issuance creates its request and then waits for
+//! the cache to show a final status.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use futures::StreamExt;
+use kube::Api;
+use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, Event};
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+
+use super::resource::CertificateRequest;
+use crate::issuer::{IssueError, Issued};
+
+/// `(namespace, name)` of a request.
+pub type Key = (String, String);
+
+fn key_of(cr: &CertificateRequest) -> Option<Key> {
+    Some((cr.metadata.namespace.clone()?, cr.metadata.name.clone()?))
+}
+
+#[derive(Default)]
+struct State {
+    live: HashMap<Key, CertificateRequest>,
+    /// Objects listed since the watcher's last `Init`: the watcher relists after a 410 Gone or a
+    /// reconnect, and what the relist does not contain was deleted meanwhile.
+    relist: Option<HashMap<Key, CertificateRequest>>,
+    /// Whether a full list has completed at least once (for timeout diagnostics).
+    synced: bool,
+    /// Recently deleted requests: key → (change number of the deletion, uid). A waiter may wake
+    /// only after both the ADDED and the DELETED event of its request were applied (the change
+    /// counter coalesces), so "absent now" alone cannot tell "not seen yet" from "already gone".
+    tombstones: HashMap<Key, (u64, Option<String>)>,
+    tombstone_order: VecDeque<Key>,
+}
+
+/// How many deletions are remembered; waiters look them up within moments of the event.
+const TOMBSTONES: usize = 1024;
+
+impl State {
+    fn bury(&mut self, key: Key, change: u64, cr: &CertificateRequest) {
+        if self.tombstone_order.len() >= TOMBSTONES
+            && let Some(old) = self.tombstone_order.pop_front()
+        {
+            self.tombstones.remove(&old);
+        }
+        self.tombstones
+            .insert(key.clone(), (change, cr.metadata.uid.clone()));
+        self.tombstone_order.push_back(key);
+    }
+}
+
+/// The cache of this node's CertificateRequests plus a change counter waiters subscribe to.
+pub struct RequestCache {
+    state: Mutex<State>,
+    changes: watch::Sender<u64>,
+}
+
+/// A waiter's view of the change counter, taken before its request was created.
+pub struct Subscription {
+    changes: watch::Receiver<u64>,
+    since: u64,
+}
+
+/// How waiting for a request ended.
+#[derive(Debug)]
+pub enum Waited {
+    /// The check function returned a final result.
+    Done(Result<Issued, IssueError>),
+    /// The request was in the cache and then disappeared (deleted, e.g. garbage-collected).
+    Deleted,
+    /// No final result in time. Carries the last version seen, if any.
+    TimedOut {
+        last: Option<Box<CertificateRequest>>,
+        synced: bool,
+    },
+}
+
+impl RequestCache {
+    pub fn new() -> Arc<Self> {
+        Arc::new(RequestCache {
+            state: Mutex::new(State::default()),
+            changes: watch::Sender::new(0),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock leaves plain maps behind, which are still consistent
+        // enough to serve: the next relist replaces them anyway.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Subscribe before creating a request, so that a change between the create and the first
+    /// look at the cache still wakes the waiter, and a deletion after this point is recognised.
+    pub fn subscribe(&self) -> Subscription {
+        let changes = self.changes.subscribe();
+        let since = *changes.borrow();
+        Subscription { changes, since }
+    }
+
+    pub fn get(&self, key: &Key) -> Option<CertificateRequest> {
+        self.lock().live.get(key).cloned()
+    }
+
+    pub fn len(&self) -> usize {
+        self.lock().live.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.lock().live.is_empty()
+    }
+
+    /// Applies one watcher event and wakes waiters.
+    pub fn apply(&self, event: Event<CertificateRequest>) {
+        // managedFields can outweigh the rest of the object and nothing here reads them.
+        let event = event.modify(|cr| cr.metadata.managed_fields = None);
+        // The number this change will carry once sent: only `apply` moves the counter, and only
+        // the single watch loop calls it, so reading it first is exact.
+        let change = self.changes.borrow().wrapping_add(1);
+        {
+            let mut state = self.lock();
+            match event {
+                Event::Init => state.relist = Some(HashMap::new()),
+                Event::InitApply(cr) => {
+                    if let Some(key) = key_of(&cr) {
+                        // Listed objects are current, so they go live at once: a result that lands
+                        // during a long relist is seen without waiting for InitDone.
+                        if let Some(relist) = state.relist.as_mut() {
+                            relist.insert(key.clone(), cr.clone());
+                        }
+                        state.live.insert(key, cr);
+                    }
+                }
+                Event::InitDone => {
+                    if let Some(relist) = state.relist.take() {
+                        // Whatever the relist lacks was deleted while the watch was down.
+                        let old = std::mem::replace(&mut state.live, relist);
+                        for (key, cr) in old {
+                            if !state.live.contains_key(&key) {
+                                state.bury(key, change, &cr);
+                            }
+                        }
+                    }
+                    state.synced = true;
+                }
+                Event::Apply(cr) => {
+                    if let Some(key) = key_of(&cr) {
+                        if let Some(relist) = state.relist.as_mut() {
+                            relist.insert(key.clone(), cr.clone());
+                        }
+                        state.live.insert(key, cr);
+                    }
+                }
+                Event::Delete(cr) => {
+                    if let Some(key) = key_of(&cr) {
+                        if let Some(relist) = state.relist.as_mut() {
+                            relist.remove(&key);
+                        }
+                        state.live.remove(&key);
+                        state.bury(key, change, &cr);
+                    }
+                }
+            }
+        }
+        self.changes.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Whether `key` was deleted after change `since`, or is the deletion of the object `uid`.
+    fn deleted(&self, key: &Key, since: u64, uid: Option<&str>) -> bool {
+        match self.lock().tombstones.get(key) {
+            None => false,
+            Some((change, dead_uid)) => match (uid, dead_uid.as_deref()) {
+                (Some(ours), Some(dead)) => ours == dead,
+                _ => *change > since,
+            },
+        }
+    }
+
+    /// Waits up to `timeout` for `check` to return a final result for `key`, looking at the cache
+    /// first (the result may already be there) and then after every change. `subscription` must
+    /// be taken before the request is created; `uid` is the created object's, if known.
+    pub async fn wait<F>(
+        &self,
+        key: &Key,
+        subscription: Subscription,
+        uid: Option<String>,
+        timeout: Duration,
+        check: F,
+    ) -> Waited
+    where
+        F: Fn(&CertificateRequest) -> Option<Result<Issued, IssueError>>,
+    {
+        let Subscription { mut changes, since } = subscription;
+        let mut uid = uid;
+        let mut last: Option<CertificateRequest> = None;
+        let waiting = async {
+            loop {
+                changes.borrow_and_update();
+                match self.get(key) {
+                    Some(cr) => {
+                        if let Some(result) = check(&cr) {
+                            return Waited::Done(result);
+                        }
+                        if uid.is_none() {
+                            uid = cr.metadata.uid.clone();
+                        }
+                        last = Some(cr);
+                    }
+                    None if last.is_some() => return Waited::Deleted,
+                    None if self.deleted(key, since, uid.as_deref()) => return Waited::Deleted,
+                    None => {}
+                }
+                if changes.changed().await.is_err() {
+                    // The sender lives as long as the cache; this only happens while shutting down.
+                    return Waited::Done(Err(IssueError::Unavailable {
+                        message: "the CertificateRequest watch has stopped".into(),
+                    }));
+                }
+            }
+        };
+        match tokio::time::timeout(timeout, waiting).await {
+            Ok(waited) => waited,
+            Err(_) => Waited::TimedOut {
+                last: last.map(Box::new),
+                synced: self.lock().synced,
+            },
+        }
+    }
+}
+
+/// Runs the node's watch until the process ends: lists and watches every CertificateRequest
+/// matching `selector` cluster-wide, relisting after 410 Gone, backing off on errors.
+pub async fn run(api: Api<CertificateRequest>, selector: String, cache: Arc<RequestCache>) {
+    info!(%selector, "watching CertificateRequests");
+    let config = watcher::Config::default().labels(&selector);
+    let mut stream = watcher::watcher(api, config).default_backoff().boxed();
+    let mut healthy = true;
+    while let Some(item) = stream.next().await {
+        match item {
+            Ok(event) => {
+                if !healthy {
+                    info!("CertificateRequest watch recovered");
+                    healthy = true;
+                }
+                if matches!(event, Event::InitDone) {
+                    debug!("CertificateRequest list complete");
+                }
+                cache.apply(event);
+            }
+            Err(error) => {
+                // Waiters keep waiting: the watcher relists once the API server answers again,
+                // and results that arrived meanwhile show up in that list.
+                warn!(%error, "CertificateRequest watch failed; retrying with backoff");
+                healthy = false;
+            }
+        }
+    }
+    warn!("CertificateRequest watch ended");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::issuer::certmanager::resource::{self, CertificateRequestStatus, Condition};
+    use k8s_openapi::ByteString;
+
+    fn cr(name: &str, ready: Option<(&str, &str)>) -> CertificateRequest {
+        let mut cr = resource::build(
+            &resource::tests::issue_request(resource::tests::cert_request()),
+            "node-1",
+        );
+        cr.metadata.name = Some(name.into());
+        if let Some((status, reason)) = ready {
+            cr.status = Some(CertificateRequestStatus {
+                conditions: vec![Condition {
+                    type_: "Ready".into(),
+                    status: status.into(),
+                    reason: Some(reason.into()),
+                    message: Some(format!("{reason} message")),
+                    last_transition_time: None,
+                }],
+                certificate: (status == "True").then(|| ByteString(b"LEAF".to_vec())),
+                ..Default::default()
+            });
+        }
+        cr
+    }
+
+    fn key(name: &str) -> Key {
+        ("shop".into(), name.into())
+    }
+
+    #[tokio::test]
+    async fn a_result_already_in_the_cache_is_returned_at_once() {
+        let cache = RequestCache::new();
+        cache.apply(Event::Apply(cr("a", Some(("True", "Issued")))));
+        let waited = cache
+            .wait(
+                &key("a"),
+                cache.subscribe(),
+                None,
+                Duration::from_secs(5),
+                resource::outcome,
+            )
+            .await;
+        assert!(
+            matches!(waited, Waited::Done(Ok(ref i)) if i.chain_pem == "LEAF"),
+            "{waited:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn waiters_wake_on_later_changes() {
+        let cache = RequestCache::new();
+        let rx = cache.subscribe();
+        let waiter = {
+            let cache = cache.clone();
+            tokio::spawn(async move {
+                cache
+                    .wait(
+                        &key("a"),
+                        rx,
+                        None,
+                        Duration::from_secs(5),
+                        resource::outcome,
+                    )
+                    .await
+            })
+        };
+        tokio::task::yield_now().await;
+        cache.apply(Event::Apply(cr("a", None)));
+        cache.apply(Event::Apply(cr("other", Some(("False", "Failed")))));
+        cache.apply(Event::Apply(cr("a", Some(("False", "Pending")))));
+        cache.apply(Event::Apply(cr("a", Some(("False", "Failed")))));
+        let waited = waiter.await.unwrap();
+        assert!(
+            matches!(waited, Waited::Done(Err(IssueError::Failed { ref message, .. })) if message == "Failed message"),
+            "{waited:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn deletion_while_waiting_is_reported() {
+        let cache = RequestCache::new();
+        cache.apply(Event::Apply(cr("a", None)));
+        let rx = cache.subscribe();
+        let waiter = {
+            let cache = cache.clone();
+            tokio::spawn(async move {
+                cache
+                    .wait(
+                        &key("a"),
+                        rx,
+                        None,
+                        Duration::from_secs(5),
+                        resource::outcome,
+                    )
+                    .await
+            })
+        };
+        tokio::task::yield_now().await;
+        cache.apply(Event::Delete(cr("a", None)));
+        assert!(matches!(waiter.await.unwrap(), Waited::Deleted));
+    }
+
+    #[tokio::test]
+    async fn a_deletion_coalesced_with_the_creation_is_still_seen() {
+        let cache = RequestCache::new();
+        let rx = cache.subscribe();
+        // Both events land before the waiter first looks.
+        let mut ours = cr("a", None);
+        ours.metadata.uid = Some("uid-ours".into());
+        cache.apply(Event::Apply(ours.clone()));
+        cache.apply(Event::Delete(ours));
+        let waited = cache
+            .wait(
+                &key("a"),
+                rx,
+                Some("uid-ours".into()),
+                Duration::from_secs(5),
+                resource::outcome,
+            )
+            .await;
+        assert!(matches!(waited, Waited::Deleted), "{waited:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_older_deletion_of_the_same_name_is_not_ours() {
+        let cache = RequestCache::new();
+        let mut old = cr("a", None);
+        old.metadata.uid = Some("uid-old".into());
+        cache.apply(Event::Apply(old.clone()));
+        cache.apply(Event::Delete(old));
+        // Deleted before this waiter subscribed, and another uid: keep waiting for ours.
+        let waited = cache
+            .wait(
+                &key("a"),
+                cache.subscribe(),
+                Some("uid-new".into()),
+                Duration::from_secs(5),
+                resource::outcome,
+            )
+            .await;
+        assert!(matches!(waited, Waited::TimedOut { .. }), "{waited:?}");
+        let waited = cache
+            .wait(
+                &key("a"),
+                cache.subscribe(),
+                None,
+                Duration::from_secs(5),
+                resource::outcome,
+            )
+            .await;
+        assert!(matches!(waited, Waited::TimedOut { .. }), "{waited:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn timeout_reports_the_last_status_seen() {
+        let cache = RequestCache::new();
+        cache.apply(Event::Apply(cr("a", Some(("False", "Pending")))));
+        let waited = cache
+            .wait(
+                &key("a"),
+                cache.subscribe(),
+                None,
+                Duration::from_secs(30),
+                resource::outcome,
+            )
+            .await;
+        match waited {
+            Waited::TimedOut {
+                last: Some(last),
+                synced,
+            } => {
+                assert!(!synced);
+                assert_eq!(last.metadata.name.as_deref(), Some("a"));
+            }
+            other => panic!("{other:?}"),
+        }
+        let waited = cache
+            .wait(
+                &key("never"),
+                cache.subscribe(),
+                None,
+                Duration::from_secs(30),
+                resource::outcome,
+            )
+            .await;
+        assert!(matches!(waited, Waited::TimedOut { last: None, .. }));
+    }
+
+    #[tokio::test]
+    async fn relist_keeps_results_that_arrive_meanwhile_and_drops_deleted_objects() {
+        let cache = RequestCache::new();
+        cache.apply(Event::Init);
+        cache.apply(Event::InitApply(cr("gone", None)));
+        cache.apply(Event::InitApply(cr("a", None)));
+        cache.apply(Event::InitDone);
+        assert_eq!(cache.len(), 2);
+
+        // A waiter for "a"; then the watch breaks (410 Gone) and the watcher relists.
+        let rx = cache.subscribe();
+        let waiter = {
+            let cache = cache.clone();
+            tokio::spawn(async move {
+                cache
+                    .wait(
+                        &key("a"),
+                        rx,
+                        None,
+                        Duration::from_secs(5),
+                        resource::outcome,
+                    )
+                    .await
+            })
+        };
+        tokio::task::yield_now().await;
+        cache.apply(Event::Init);
+        // During the relist the old view stays in place...
+        assert!(cache.get(&key("gone")).is_some());
+        // ...and the signed result is in the list: the waiter must see it.
+        cache.apply(Event::InitApply(cr("a", Some(("True", "Issued")))));
+        let waited = waiter.await.unwrap();
+        assert!(matches!(waited, Waited::Done(Ok(_))), "{waited:?}");
+        cache.apply(Event::InitDone);
+        // "gone" was deleted while the watch was down: the relist drops it.
+        assert!(cache.get(&key("gone")).is_none());
+        assert!(cache.get(&key("a")).is_some());
+        assert_eq!(cache.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_request_missing_from_a_relist_counts_as_deleted() {
+        let cache = RequestCache::new();
+        cache.apply(Event::Apply(cr("a", None)));
+        let rx = cache.subscribe();
+        let waiter = {
+            let cache = cache.clone();
+            tokio::spawn(async move {
+                cache
+                    .wait(
+                        &key("a"),
+                        rx,
+                        None,
+                        Duration::from_secs(5),
+                        resource::outcome,
+                    )
+                    .await
+            })
+        };
+        tokio::task::yield_now().await;
+        cache.apply(Event::Init);
+        cache.apply(Event::InitApply(cr("b", None)));
+        cache.apply(Event::InitDone);
+        assert!(matches!(waiter.await.unwrap(), Waited::Deleted));
+    }
+}

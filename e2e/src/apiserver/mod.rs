@@ -1,0 +1,626 @@
+//! A faithful in-process stand-in for the parts of kube-apiserver (plus cert-manager's webhook and
+//! the garbage collector) that certvol talks to: CertificateRequests validated against the real
+//! CRD, Pods, Events, watches with a retained event log, and fault injection.
+//!
+//! There is no cluster in CI, so everything the driver relies on must behave here as it does on a
+//! real cluster: server-set metadata, 409/404/422/410 with Status bodies, pruning, label selectors,
+//! resumable watches that expire, owner-reference garbage collection.
+
+mod http;
+mod meta;
+mod schema;
+mod selector;
+mod store;
+mod webhook;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+pub use schema::{Schema, SchemaError};
+pub use selector::{FieldSelector, LabelSelector};
+pub use store::{DeleteOptions, Store, crd_path};
+
+/// The kinds this server stores.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Kind {
+    CertificateRequest,
+    Pod,
+    /// Events of both APIs: core/v1 and events.k8s.io/v1 are views of one resource, as on a real
+    /// cluster. The store keeps each event in the version it was written with; the HTTP API
+    /// converts to the version a client reads through.
+    Event,
+}
+
+impl Kind {
+    pub fn kind_name(self) -> &'static str {
+        match self {
+            Kind::CertificateRequest => "CertificateRequest",
+            Kind::Pod => "Pod",
+            Kind::Event => "Event",
+        }
+    }
+
+    /// The plural resource name used in URLs.
+    pub fn plural(self) -> &'static str {
+        match self {
+            Kind::CertificateRequest => "certificaterequests",
+            Kind::Pod => "pods",
+            Kind::Event => "events",
+        }
+    }
+
+    pub fn group(self) -> &'static str {
+        match self {
+            Kind::CertificateRequest => "cert-manager.io",
+            Kind::Pod | Kind::Event => "",
+        }
+    }
+
+    /// The apiVersion objects get when created in-process.
+    pub fn api_version(self) -> &'static str {
+        match self {
+            Kind::CertificateRequest => "cert-manager.io/v1",
+            Kind::Pod | Kind::Event => "v1",
+        }
+    }
+
+    /// `certificaterequests.cert-manager.io`, as error messages name resources.
+    pub fn qualified_resource(self) -> String {
+        match self.group() {
+            "" => self.plural().to_string(),
+            g => format!("{}.{g}", self.plural()),
+        }
+    }
+
+    fn qualified_kind(self) -> String {
+        match self.group() {
+            "" => self.kind_name().to_string(),
+            g => format!("{}.{g}", self.kind_name()),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventType {
+    Added,
+    Modified,
+    Deleted,
+}
+
+impl EventType {
+    pub fn wire_name(self) -> &'static str {
+        match self {
+            EventType::Added => "ADDED",
+            EventType::Modified => "MODIFIED",
+            EventType::Deleted => "DELETED",
+        }
+    }
+}
+
+/// One change, as watches see it. `object.metadata.resourceVersion` is the change's revision
+/// (for deletions too, as etcd-backed watches report them).
+#[derive(Clone, Debug)]
+pub struct WatchEvent {
+    pub kind: Kind,
+    pub event_type: EventType,
+    pub object: Value,
+}
+
+impl WatchEvent {
+    pub fn resource_version(&self) -> u64 {
+        resource_version_of(&self.object)
+    }
+}
+
+/// The numeric resourceVersion of an object (0 when missing).
+pub fn resource_version_of(obj: &Value) -> u64 {
+    obj.pointer("/metadata/resourceVersion")
+        .and_then(Value::as_str)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+/// One field violation, as `metav1.StatusCause`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FieldCause {
+    /// `FieldValueRequired`, `FieldValueInvalid`, ...
+    pub reason: &'static str,
+    pub field: String,
+    /// Full message, apiserver style: `spec.issuerRef.name: Required value`.
+    pub message: String,
+}
+
+impl FieldCause {
+    pub fn required(field: &str) -> FieldCause {
+        FieldCause {
+            reason: "FieldValueRequired",
+            field: field.into(),
+            message: format!("{field}: Required value"),
+        }
+    }
+    pub fn invalid(field: &str, value: &str, detail: &str) -> FieldCause {
+        FieldCause {
+            reason: "FieldValueInvalid",
+            field: field.into(),
+            message: format!("{field}: Invalid value: \"{value}\": {detail}"),
+        }
+    }
+    pub fn not_supported(field: &str, value: &str, detail: &str) -> FieldCause {
+        FieldCause {
+            reason: "FieldValueNotSupported",
+            field: field.into(),
+            message: format!("{field}: Unsupported value: \"{value}\": {detail}"),
+        }
+    }
+    pub fn forbidden(field: &str, detail: &str) -> FieldCause {
+        FieldCause {
+            reason: "FieldValueForbidden",
+            field: field.into(),
+            message: format!("{field}: Forbidden: {detail}"),
+        }
+    }
+    pub fn duplicate(field: &str, value: &str) -> FieldCause {
+        FieldCause {
+            reason: "FieldValueDuplicate",
+            field: field.into(),
+            message: format!("{field}: Duplicate value: {value}"),
+        }
+    }
+    pub fn too_long(field: &str, detail: &str) -> FieldCause {
+        FieldCause {
+            reason: "FieldValueTooLong",
+            field: field.into(),
+            message: format!("{field}: Too long: {detail}"),
+        }
+    }
+    pub fn too_many(field: &str, n: u64, max: u64) -> FieldCause {
+        FieldCause {
+            reason: "FieldValueTooMany",
+            field: field.into(),
+            message: format!("{field}: Too many: {n}: must have at most {max} items"),
+        }
+    }
+}
+
+/// API errors, each with the HTTP code and the `Status` body kube-apiserver would send.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{resource} \"{name}\" already exists")]
+    AlreadyExists { resource: String, name: String },
+    #[error("{resource} \"{name}\" not found")]
+    NotFound { resource: String, name: String },
+    #[error("{kind} \"{name}\" is invalid: {}", join_causes(causes))]
+    Invalid {
+        kind: String,
+        name: String,
+        causes: Vec<FieldCause>,
+    },
+    #[error("Operation cannot be fulfilled on {resource} \"{name}\": {message}")]
+    Conflict {
+        resource: String,
+        name: String,
+        message: String,
+    },
+    #[error("{0}")]
+    Gone(String),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    MethodNotAllowed(String),
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    #[error("{0}")]
+    Internal(String),
+    /// A fault injected by a test.
+    #[error("injected fault: HTTP {code}")]
+    Injected { code: u16 },
+}
+
+fn join_causes(causes: &[FieldCause]) -> String {
+    let msgs: Vec<&str> = causes.iter().map(|c| c.message.as_str()).collect();
+    if msgs.len() == 1 {
+        msgs[0].to_string()
+    } else {
+        format!("[{}]", msgs.join(", "))
+    }
+}
+
+/// The `reason` kube-apiserver uses for a status code.
+fn reason_for(code: u16) -> &'static str {
+    match code {
+        400 => "BadRequest",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "NotFound",
+        405 => "MethodNotAllowed",
+        409 => "Conflict",
+        410 => "Expired",
+        415 => "UnsupportedMediaType",
+        422 => "Invalid",
+        429 => "TooManyRequests",
+        503 => "ServiceUnavailable",
+        504 => "Timeout",
+        _ => "InternalError",
+    }
+}
+
+impl ApiError {
+    pub fn status_code(&self) -> u16 {
+        match self {
+            ApiError::AlreadyExists { .. } | ApiError::Conflict { .. } => 409,
+            ApiError::NotFound { .. } => 404,
+            ApiError::Invalid { .. } => 422,
+            ApiError::Gone(_) => 410,
+            ApiError::BadRequest(_) => 400,
+            ApiError::MethodNotAllowed(_) => 405,
+            ApiError::UnsupportedMediaType(_) => 415,
+            ApiError::Internal(_) => 500,
+            ApiError::Injected { code } => *code,
+        }
+    }
+
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ApiError::AlreadyExists { .. } => "AlreadyExists",
+            other => reason_for(other.status_code()),
+        }
+    }
+
+    /// The `metav1.Status` body.
+    pub fn status(&self) -> Value {
+        let mut details = serde_json::Map::new();
+        match self {
+            ApiError::AlreadyExists { resource, name }
+            | ApiError::NotFound { resource, name }
+            | ApiError::Conflict { resource, name, .. } => {
+                let (plural, group) = resource.split_once('.').unwrap_or((resource, ""));
+                details.insert("name".into(), json!(name));
+                details.insert("group".into(), json!(group));
+                details.insert("kind".into(), json!(plural));
+            }
+            ApiError::Invalid { kind, name, causes } => {
+                let (k, group) = kind.split_once('.').unwrap_or((kind, ""));
+                details.insert("name".into(), json!(name));
+                details.insert("group".into(), json!(group));
+                details.insert("kind".into(), json!(k));
+                let causes: Vec<Value> = causes
+                    .iter()
+                    .map(|c| json!({"reason": c.reason, "message": c.message, "field": c.field}))
+                    .collect();
+                details.insert("causes".into(), json!(causes));
+            }
+            _ => {}
+        }
+        let mut status = json!({
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": {},
+            "status": "Failure",
+            "message": self.to_string(),
+            "reason": self.reason(),
+            "code": self.status_code(),
+        });
+        if !details.is_empty() {
+            status["details"] = Value::Object(details);
+        }
+        status
+    }
+
+    fn not_found(kind: Kind, name: &str) -> ApiError {
+        ApiError::NotFound {
+            resource: kind.qualified_resource(),
+            name: name.into(),
+        }
+    }
+
+    fn conflict(kind: Kind, name: &str) -> ApiError {
+        ApiError::Conflict {
+            resource: kind.qualified_resource(),
+            name: name.into(),
+            message: "the object has been modified; please apply your changes to the latest version and try again".into(),
+        }
+    }
+
+    fn invalid_options(message: &str) -> ApiError {
+        ApiError::Invalid {
+            kind: "PatchOptions.meta.k8s.io".into(),
+            name: String::new(),
+            causes: vec![FieldCause {
+                reason: "FieldValueRequired",
+                field: "fieldManager".into(),
+                message: message.into(),
+            }],
+        }
+    }
+
+    fn invalid(kind: Kind, name: &str, causes: Vec<FieldCause>) -> ApiError {
+        ApiError::Invalid {
+            kind: kind.qualified_kind(),
+            name: name.into(),
+            causes,
+        }
+    }
+}
+
+/// Who made a request, as authentication (TokenReview) reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Identity {
+    pub username: String,
+    pub groups: Vec<String>,
+    pub uid: String,
+}
+
+impl Identity {
+    /// The identity of in-process writes and of bearer tokens nobody registered: the driver's
+    /// own service account.
+    pub fn default_service_account() -> Identity {
+        Identity {
+            username: "system:serviceaccount:certvol:certvol".into(),
+            groups: vec![
+                "system:serviceaccounts".into(),
+                "system:serviceaccounts:certvol".into(),
+                "system:authenticated".into(),
+            ],
+            uid: "00000000-0000-4000-8000-00000000ce57".into(),
+        }
+    }
+
+    pub fn anonymous() -> Identity {
+        Identity {
+            username: "system:anonymous".into(),
+            groups: vec!["system:unauthenticated".into()],
+            uid: String::new(),
+        }
+    }
+}
+
+/// Fault injection, shared by every clone.
+#[derive(Clone)]
+pub struct Faults {
+    state: Arc<FaultState>,
+    store: Store,
+}
+
+struct FaultState {
+    fail: Mutex<(usize, u16)>,
+    latency: Mutex<Duration>,
+    /// Bumped to close every open watch stream.
+    drop_watches: tokio::sync::watch::Sender<u64>,
+}
+
+impl Faults {
+    fn new(store: Store) -> Faults {
+        let (drop_watches, _) = tokio::sync::watch::channel(0);
+        Faults {
+            state: Arc::new(FaultState {
+                fail: Mutex::new((0, 500)),
+                latency: Mutex::new(Duration::ZERO),
+                drop_watches,
+            }),
+            store,
+        }
+    }
+
+    /// The next `n` HTTP requests fail with `status` (and a Status body).
+    pub fn fail_next(&self, n: usize, status: u16) {
+        *self.state.fail.lock().unwrap_or_else(|p| p.into_inner()) = (n, status);
+    }
+
+    /// Every HTTP request waits this long before it is handled.
+    pub fn set_latency(&self, latency: Duration) {
+        *self.state.latency.lock().unwrap_or_else(|p| p.into_inner()) = latency;
+    }
+
+    /// Closes every open watch stream now, as an apiserver restart or a load balancer would.
+    pub fn drop_watches(&self) {
+        self.state.drop_watches.send_modify(|g| *g += 1);
+    }
+
+    /// Compacts the event log: watches resuming from any earlier resourceVersion get 410 Gone.
+    pub fn expire_history(&self) {
+        self.store.expire_history();
+    }
+
+    /// The next `n` updates (PUT/PATCH over HTTP and `Store::update_status`) get 409 Conflict.
+    pub fn conflict_next(&self, n: usize) {
+        self.store.add_conflicts(n);
+    }
+
+    fn latency(&self) -> Duration {
+        *self.state.latency.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Takes one injected failure, if any is pending.
+    fn take_failure(&self) -> Option<u16> {
+        let mut f = self.state.fail.lock().unwrap_or_else(|p| p.into_inner());
+        if f.0 > 0 {
+            f.0 -= 1;
+            Some(f.1)
+        } else {
+            None
+        }
+    }
+
+    fn watch_closer(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.state.drop_watches.subscribe()
+    }
+}
+
+/// One HTTP request as the server saw it.
+#[derive(Clone, Debug)]
+pub struct RequestRecord {
+    /// get, list, watch, create, update, patch, delete (or the HTTP method for unknown paths).
+    pub verb: String,
+    pub kind: Option<Kind>,
+    pub namespace: Option<String>,
+    pub name: Option<String>,
+    /// `status` for the status subresource.
+    pub subresource: Option<String>,
+    pub status: u16,
+    /// The bearer token presented (tests only: the token-request scenario checks it).
+    pub token: Option<String>,
+    pub path: String,
+}
+
+pub(crate) struct Shared {
+    store: Store,
+    faults: Faults,
+    requests: Mutex<Vec<RequestRecord>>,
+    tokens: Mutex<HashMap<String, Identity>>,
+}
+
+impl Shared {
+    fn identity(&self, token: Option<&str>) -> Identity {
+        match token {
+            None => Identity::anonymous(),
+            Some(t) => self
+                .tokens
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(t)
+                .cloned()
+                .unwrap_or_else(Identity::default_service_account),
+        }
+    }
+
+    fn record(&self, r: RequestRecord) {
+        self.requests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(r);
+    }
+}
+
+/// The HTTP server. Serves until dropped.
+pub struct ApiServer {
+    shared: Arc<Shared>,
+    addr: std::net::SocketAddr,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl ApiServer {
+    /// Loads the CRD, binds 127.0.0.1:0 and serves on a thread of its own until dropped.
+    pub async fn start() -> std::io::Result<ApiServer> {
+        let store =
+            Store::new().map_err(|e| std::io::Error::new(std::io::ErrorKind::NotFound, e))?;
+        let shared = Arc::new(Shared {
+            faults: Faults::new(store.clone()),
+            store,
+            requests: Mutex::new(Vec::new()),
+            tokens: Mutex::new(HashMap::new()),
+        });
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        listener.set_nonblocking(true)?;
+        let addr = listener.local_addr()?;
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let router = http::router(shared.clone());
+        let faults = shared.faults.clone();
+        // The server gets its own thread and runtime: a test that blocks its own (current-thread)
+        // runtime, e.g. waiting synchronously for the driver process, must not freeze the API
+        // the driver is talking to.
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        std::thread::Builder::new()
+            .name("e2e-apiserver".into())
+            .spawn(move || {
+                runtime.block_on(async move {
+                    let listener = match tokio::net::TcpListener::from_std(listener) {
+                        Ok(l) => l,
+                        Err(e) => {
+                            tracing::error!(error = %e, "e2e API server cannot listen");
+                            return;
+                        }
+                    };
+                    let shutdown = async move {
+                        let _ = rx.await;
+                        // Open watches would keep graceful shutdown waiting forever.
+                        faults.drop_watches();
+                    };
+                    if let Err(e) = axum::serve(listener, router)
+                        .with_graceful_shutdown(shutdown)
+                        .await
+                    {
+                        tracing::warn!(error = %e, "e2e API server stopped");
+                    }
+                });
+            })?;
+        Ok(ApiServer {
+            shared,
+            addr,
+            shutdown: Some(tx),
+        })
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn store(&self) -> Store {
+        self.shared.store.clone()
+    }
+
+    pub fn faults(&self) -> Faults {
+        self.shared.faults.clone()
+    }
+
+    pub fn requests(&self) -> Vec<RequestRecord> {
+        self.shared
+            .requests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// How many requests with `verb` on `kind` were served (whatever their status).
+    pub fn count(&self, verb: &str, kind: Kind) -> usize {
+        self.requests()
+            .iter()
+            .filter(|r| r.verb == verb && r.kind == Some(kind))
+            .count()
+    }
+
+    /// A kubeconfig with one cluster (server = url, plain HTTP), a user with `token`, and the
+    /// current context set.
+    pub fn write_kubeconfig(&self, path: &Path, token: &str) -> std::io::Result<()> {
+        let cfg = json!({
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "e2e", "cluster": {"server": self.url()}}],
+            "users": [{"name": "e2e", "user": {"token": token}}],
+            "contexts": [{"name": "e2e", "context": {"cluster": "e2e", "user": "e2e", "namespace": "default"}}],
+            "current-context": "e2e",
+            "preferences": {},
+        });
+        let text = serde_yaml::to_string(&cfg).map_err(std::io::Error::other)?;
+        std::fs::write(path, text)
+    }
+
+    /// Registers the identity behind a bearer token (what a TokenReview would answer).
+    pub fn add_token(&self, token: &str, username: &str, groups: &[&str], uid: &str) {
+        self.shared
+            .tokens
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(
+                token.to_string(),
+                Identity {
+                    username: username.into(),
+                    groups: groups.iter().map(|g| g.to_string()).collect(),
+                    uid: uid.into(),
+                },
+            );
+    }
+}
+
+impl Drop for ApiServer {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
