@@ -15,6 +15,7 @@ pub const ENV: &str = "CERTVOL_CRASH_AT";
 pub const POINTS: &[&str] = &[
     "publish:mounted",
     "publish:key-saved",
+    "certmanager:created",
     "publish:signed",
     "publish:files-written",
     "publish:recorded",

@@ -19,6 +19,7 @@ pub mod demo;
 pub mod fsutil;
 pub mod issuer;
 pub mod keys;
+pub mod kubeclient;
 pub mod kubelet;
 pub mod mount;
 pub mod node;

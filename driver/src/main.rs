@@ -61,6 +61,12 @@ struct NodeArgs {
     /// kubelet passes when the CSIDriver sets tokenRequests and requiresRepublish.
     #[arg(long)]
     use_token_request: bool,
+    /// Kubernetes API requests per second (client-side limit, like client-go's --kube-api-qps).
+    #[arg(long, default_value_t = 10.0)]
+    kube_api_qps: f64,
+    /// Kubernetes API burst above the QPS limit.
+    #[arg(long, default_value_t = 20)]
+    kube_api_burst: u32,
     /// Local CA certificate (PEM). Without it, a CA is generated once and kept in the data root.
     #[arg(long, requires = "local_ca_key")]
     local_ca_cert: Option<PathBuf>,
@@ -178,6 +184,10 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 tmpfs_size: args.tmpfs_size,
                 issue_timeout: args.issue_timeout,
                 use_token_request: args.use_token_request,
+                api_rate_limit: certvol_driver::kubeclient::RateLimit {
+                    qps: args.kube_api_qps,
+                    burst: args.kube_api_burst,
+                },
                 request_history: args.request_history,
                 renew_concurrency: args.renew_concurrency,
                 grace_period: args.grace_period,

@@ -58,6 +58,8 @@ pub struct NodeOptions {
     pub issue_timeout: Duration,
     /// cert-manager mode: create requests with the pod's own token (kubelet `tokenRequests`).
     pub use_token_request: bool,
+    /// Client-side rate limit of the Kubernetes API client.
+    pub api_rate_limit: crate::kubeclient::RateLimit,
     pub request_history: usize,
     pub renew_concurrency: usize,
     pub grace_period: Duration,
@@ -81,6 +83,7 @@ impl NodeOptions {
             tmpfs_size: 4 << 20,
             issue_timeout: Duration::from_secs(60),
             use_token_request: false,
+            api_rate_limit: crate::kubeclient::RateLimit::default(),
             request_history: 1,
             renew_concurrency: 4,
             grace_period: Duration::from_secs(20),
@@ -192,7 +195,7 @@ pub async fn run(
             let config = kube::Config::infer()
                 .await
                 .map_err(|e| NodeError::Kube(e.to_string()))?;
-            let client = kube::Client::try_from(config.clone())
+            let client = crate::kubeclient::client(config.clone(), opts.api_rate_limit)
                 .map_err(|e| NodeError::Kube(e.to_string()))?;
             let (issuer, watch) = CertManagerIssuer::new(
                 client,

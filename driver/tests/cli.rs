@@ -31,6 +31,9 @@ fn help_lists_the_subcommands_and_node_flags() {
         "--local-ca-cert",
         "--tmpfs-size",
         "--allow-no-tmpfs",
+        "--use-token-request",
+        "--kube-api-qps",
+        "[default: cert-manager]",
         "[default: /var/lib/certvol]",
         "[default: csi.certvol.io]",
     ] {

@@ -162,6 +162,7 @@ impl CertManagerIssuer {
         match api.create(&params, &cr).await {
             Ok(created) => {
                 info!(%request, issuer = %req.cert.issuer.name, "created CertificateRequest");
+                crate::crashpoint::hit("certmanager:created");
                 Ok((false, created.metadata.uid))
             }
             Err(kube::Error::Api(status)) if status.is_already_exists() => {
