@@ -4,6 +4,7 @@
 //! when they fail.
 
 pub mod apiserver;
+pub mod cluster;
 pub mod signer;
 
 use std::fs;
@@ -90,6 +91,22 @@ impl Env {
 
     pub async fn start(&mut self) -> Driver {
         self.start_with(&[], &[]).await
+    }
+
+    /// Starts `certvol node --issuer cert-manager` with `cluster`'s kubeconfig as its identity
+    /// (KUBECONFIG), plus `extra` arguments and environment, waiting until Probe is ready.
+    pub async fn start_cert_manager(
+        &mut self,
+        cluster: &cluster::Cluster,
+        extra: &[&str],
+        envs: &[(&str, &str)],
+    ) -> Driver {
+        let mut args = vec!["--issuer", "cert-manager"];
+        args.extend_from_slice(extra);
+        let kubeconfig = cluster.kubeconfig.display().to_string();
+        let mut env: Vec<(&str, &str)> = vec![("KUBECONFIG", &kubeconfig)];
+        env.extend_from_slice(envs);
+        self.start_with(&args, &env).await
     }
 
     /// Spawns without waiting for readiness.
