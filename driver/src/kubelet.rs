@@ -23,6 +23,9 @@ pub struct Pod {
     pub service_account: String,
     /// `securityContext.fsGroup`: passed as `volume_mount_group`.
     pub fs_group: Option<u32>,
+    /// The service-account token kubelet requests for the pod when the CSIDriver lists
+    /// `tokenRequests` (audience ""), passed as `csi.storage.k8s.io/serviceAccount.tokens`.
+    pub token: Option<String>,
 }
 
 impl Pod {
@@ -43,6 +46,7 @@ impl Pod {
             ),
             service_account: "default".into(),
             fs_group: None,
+            token: None,
         }
     }
 }
@@ -156,6 +160,17 @@ impl Kubelet {
             pod.service_account.clone(),
         );
         context.insert("csi.storage.k8s.io/ephemeral".into(), "true".into());
+        if let Some(token) = &pod.token {
+            let expires = time::OffsetDateTime::now_utc() + time::Duration::hours(1);
+            let expires = expires
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default();
+            context.insert(
+                "csi.storage.k8s.io/serviceAccount.tokens".into(),
+                serde_json::json!({"": {"token": token, "expirationTimestamp": expires}})
+                    .to_string(),
+            );
+        }
         csi::NodePublishVolumeRequest {
             volume_id: volume_id(&pod.uid, &volume.name),
             publish_context: HashMap::new(),

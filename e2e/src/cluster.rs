@@ -182,6 +182,7 @@ impl Cluster {
             uid,
             service_account: "default".into(),
             fs_group: None,
+            token: None,
         }
     }
 

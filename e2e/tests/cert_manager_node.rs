@@ -5,7 +5,6 @@
 //! clean-up, and token-request mode.
 
 use std::collections::BTreeSet;
-use std::os::unix::fs::DirBuilderExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -570,30 +569,9 @@ async fn token_request_mode_files_as_the_pod_and_never_persists_the_token() {
 
     // kubelet with tokenRequests in the CSIDriver: the pod's token in the volume context.
     let kubelet = env.kubelet();
-    let mut request = kubelet.publish_request(&pod, &vol);
-    request.volume_context.insert(
-        "csi.storage.k8s.io/serviceAccount.tokens".into(),
-        serde_json::json!({"": {"token": token, "expirationTimestamp": "2099-01-01T00:00:00Z"}})
-            .to_string(),
-    );
-    let target = kubelet.target_path(&pod, &vol);
-    let parent = target.parent().unwrap();
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o750)
-        .create(parent)
-        .unwrap();
-    std::fs::write(
-        parent.join("vol_data.json"),
-        serde_json::json!({"volumeHandle": vid(&pod, &vol), "specVolID": vol.name, "volumeLifecycleMode": "Ephemeral"})
-            .to_string(),
-    )
-    .unwrap();
-    kubelet
-        .node()
-        .node_publish_volume(request)
-        .await
-        .expect("publish");
+    let mut pod = pod;
+    pod.token = Some(token.clone());
+    let target = kubelet.publish(&pod, &vol).await.expect("publish");
     read_volume(&target).expect("consistent volume");
 
     let creates: Vec<_> = standin
@@ -628,17 +606,8 @@ async fn token_request_mode_files_as_the_pod_and_never_persists_the_token() {
 
     // requiresRepublish: kubelet calls again with a fresh token; nothing is filed again.
     let fresh = format!("e2e-pod-token-{:032x}", rand::random::<u128>());
-    let mut again = kubelet.publish_request(&pod, &vol);
-    again.volume_context.insert(
-        "csi.storage.k8s.io/serviceAccount.tokens".into(),
-        serde_json::json!({"": {"token": fresh, "expirationTimestamp": "2099-01-01T00:00:00Z"}})
-            .to_string(),
-    );
-    kubelet
-        .node()
-        .node_publish_volume(again)
-        .await
-        .expect("republish");
+    pod.token = Some(fresh.clone());
+    kubelet.publish(&pod, &vol).await.expect("republish");
     assert_eq!(standin.api.count("create", Kind::CertificateRequest), 1);
 
     // Tokens are credentials: nothing the driver writes or logs may contain them.
