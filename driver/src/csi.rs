@@ -2,9 +2,10 @@
 //! one mapping from certvol's errors to gRPC status codes.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::SystemTime;
 
 use certvol_proto::csi::v1 as csi;
 use csi::identity_server::Identity;
@@ -15,6 +16,7 @@ use tonic::{Code, Request, Response, Status};
 use tracing::{Instrument, info_span, warn};
 
 use crate::issuer::IssueError;
+use crate::store::{self, Phase, VolumeState};
 use crate::volume::{PublishParams, VolumeError, VolumeManager};
 
 /// The volume context key kubelet sets to "true" for inline ephemeral volumes.
@@ -32,6 +34,9 @@ pub enum RpcError {
     Recovering,
     #[error("{0} is not supported by certvol (node plugin for inline ephemeral volumes only)")]
     Unsupported(&'static str),
+    /// The volume does not exist (at the given path).
+    #[error("{0}")]
+    NotFound(String),
     #[error(transparent)]
     Volume(#[from] VolumeError),
 }
@@ -45,6 +50,7 @@ impl RpcError {
             RpcError::Invalid(_) => Code::InvalidArgument,
             RpcError::Recovering => Code::Unavailable,
             RpcError::Unsupported(_) => Code::Unimplemented,
+            RpcError::NotFound(_) => Code::NotFound,
             RpcError::Volume(e) => match e {
                 VolumeError::Attributes(_) | VolumeError::InvalidArgument(_) => {
                     Code::InvalidArgument
@@ -204,6 +210,83 @@ pub fn validate_publish(req: csi::NodePublishVolumeRequest) -> Result<PublishPar
     })
 }
 
+/// How long NodeGetVolumeStats waits for a volume busy with a renewal before reading its
+/// recorded state instead.
+const STATS_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Consecutive failed renewals after which a volume is reported abnormal. One or two failures
+/// are routine (an issuer restart); three in a row usually need a human.
+pub const ABNORMAL_RENEWAL_FAILURES: u32 = 3;
+
+/// The health kubelet shows for a volume (VolumeCondition): abnormal when the certificate the pod
+/// reads has expired or renewal keeps failing, since either will soon break the pod's TLS.
+pub fn volume_condition(state: &VolumeState, now: SystemTime) -> csi::VolumeCondition {
+    let abnormal = |message: String| csi::VolumeCondition {
+        abnormal: true,
+        message,
+    };
+    let Some(current) = state.current.as_ref() else {
+        return abnormal("no certificate has been issued for this volume yet".into());
+    };
+    let not_after = rfc3339(current.not_after);
+    if now > store::to_system(current.not_after) {
+        let mut message = format!("certificate expired at {not_after}");
+        if let Some(err) = &state.renewal.last_error {
+            message.push_str(&format!("; last renewal error: {err}"));
+        }
+        return abnormal(message);
+    }
+    let failures = state.renewal.failures;
+    if failures >= ABNORMAL_RENEWAL_FAILURES {
+        let last = state
+            .renewal
+            .last_error
+            .as_deref()
+            .unwrap_or("unknown error");
+        return abnormal(format!(
+            "renewal failed {failures} times in a row (last error: {last}); certificate valid until {not_after}"
+        ));
+    }
+    csi::VolumeCondition {
+        abnormal: false,
+        message: format!("certificate valid until {not_after}"),
+    }
+}
+
+fn rfc3339(t: time::OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| t.to_string())
+}
+
+/// Byte and inode usage of the filesystem at `path` (the volume's tmpfs, seen through its bind).
+pub fn filesystem_usage(path: &Path) -> Result<Vec<csi::VolumeUsage>, VolumeError> {
+    use csi::volume_usage::Unit;
+    let st = nix::sys::statvfs::statvfs(path)
+        .map_err(|e| VolumeError::Internal(format!("statvfs {}: {e}", path.display())))?;
+    let to_i64 = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+    let frag = st.fragment_size() as u64;
+    let blocks = st.blocks() as u64;
+    let bfree = st.blocks_free() as u64;
+    let bavail = st.blocks_available() as u64;
+    let files = st.files() as u64;
+    let ffree = st.files_free() as u64;
+    let favail = st.files_available() as u64;
+    Ok(vec![
+        csi::VolumeUsage {
+            total: to_i64(blocks.saturating_mul(frag)),
+            used: to_i64(blocks.saturating_sub(bfree).saturating_mul(frag)),
+            available: to_i64(bavail.saturating_mul(frag)),
+            unit: Unit::Bytes as i32,
+        },
+        csi::VolumeUsage {
+            total: to_i64(files),
+            used: to_i64(files.saturating_sub(ffree)),
+            available: to_i64(favail),
+            unit: Unit::Inodes as i32,
+        },
+    ])
+}
+
 fn pod_of(context: &HashMap<String, String>) -> String {
     let get = |k: &str| context.get(k).map(String::as_str).unwrap_or("").to_string();
     format!(
@@ -257,6 +340,7 @@ impl Node for NodeService {
         &self,
         request: Request<csi::NodePublishVolumeRequest>,
     ) -> Result<Response<csi::NodePublishVolumeResponse>, Status> {
+        let started = std::time::Instant::now();
         let req = request.into_inner();
         let volume_id = req.volume_id.clone();
         let pod = pod_of(&req.volume_context);
@@ -273,16 +357,20 @@ impl Node for NodeService {
             Ok::<_, RpcError>(())
         }
         .await;
-        match result {
+        let answer = match result {
             Ok(()) => Ok(Response::new(csi::NodePublishVolumeResponse {})),
             Err(e) => Err(fail("NodePublishVolume", &volume_id, &pod, e)),
-        }
+        };
+        let code = answer.as_ref().map_or_else(Status::code, |_| Code::Ok);
+        crate::metrics::global().rpc("NodePublishVolume", code, started.elapsed());
+        answer
     }
 
     async fn node_unpublish_volume(
         &self,
         request: Request<csi::NodeUnpublishVolumeRequest>,
     ) -> Result<Response<csi::NodeUnpublishVolumeResponse>, Status> {
+        let started = std::time::Instant::now();
         let req = request.into_inner();
         let volume_id = req.volume_id.clone();
         let result = async {
@@ -308,23 +396,83 @@ impl Node for NodeService {
             Ok(())
         }
         .await;
-        match result {
+        let answer = match result {
             Ok(()) => Ok(Response::new(csi::NodeUnpublishVolumeResponse {})),
             Err(e) => Err(fail("NodeUnpublishVolume", &volume_id, "", e)),
-        }
+        };
+        let code = answer.as_ref().map_or_else(Status::code, |_| Code::Ok);
+        crate::metrics::global().rpc("NodeUnpublishVolume", code, started.elapsed());
+        answer
     }
 
     async fn node_get_volume_stats(
         &self,
         request: Request<csi::NodeGetVolumeStatsRequest>,
     ) -> Result<Response<csi::NodeGetVolumeStatsResponse>, Status> {
-        let volume_id = request.into_inner().volume_id;
-        Err(fail(
-            "NodeGetVolumeStats",
-            &volume_id,
-            "",
-            RpcError::Unsupported("NodeGetVolumeStats"),
-        ))
+        let req = request.into_inner();
+        let result = async {
+            if req.volume_id.is_empty() {
+                return Err(RpcError::Invalid("volume_id is required".into()));
+            }
+            if req.volume_path.is_empty() {
+                return Err(RpcError::Invalid("volume_path is required".into()));
+            }
+            self.check_ready()?;
+            // A renewal holds the volume's lock while the issuer works (possibly minutes with
+            // cert-manager). kubelet polls stats on a short deadline, so after a brief wait fall
+            // back to state.json, which is written atomically before every step and so is always
+            // a consistent (if slightly older) record.
+            let state =
+                match tokio::time::timeout(STATS_LOCK_WAIT, self.volumes.status(&req.volume_id))
+                    .await
+                {
+                    Ok(state) => state?,
+                    Err(_) => {
+                        let volumes = self.volumes.clone();
+                        let id = req.volume_id.clone();
+                        tokio::task::spawn_blocking(move || volumes.store().load(&id))
+                            .await
+                            .map_err(|e| VolumeError::Internal(format!("state read failed: {e}")))?
+                            .map_err(VolumeError::from)?
+                    }
+                };
+            let path = PathBuf::from(&req.volume_path);
+            let state = match state {
+                Some(s) if s.phase == Phase::Published && s.target_path == path => s,
+                Some(s) if s.target_path != path => {
+                    return Err(RpcError::NotFound(format!(
+                        "volume {} is published at {}, not at {}",
+                        req.volume_id,
+                        s.target_path.display(),
+                        path.display()
+                    )));
+                }
+                Some(s) => {
+                    return Err(RpcError::NotFound(format!(
+                        "volume {} is not published (phase {:?})",
+                        req.volume_id, s.phase
+                    )));
+                }
+                None => {
+                    return Err(RpcError::NotFound(format!(
+                        "volume {} is not known to certvol on this node",
+                        req.volume_id
+                    )));
+                }
+            };
+            let condition = volume_condition(&state, self.volumes.clock().now());
+            let usage = tokio::task::spawn_blocking(move || filesystem_usage(&path))
+                .await
+                .map_err(|e| VolumeError::Internal(format!("statvfs task failed: {e}")))??;
+            Ok(csi::NodeGetVolumeStatsResponse {
+                usage,
+                volume_condition: Some(condition),
+            })
+        }
+        .await;
+        result
+            .map(Response::new)
+            .map_err(|e| fail("NodeGetVolumeStats", &req.volume_id, "", e))
     }
 
     async fn node_expand_volume(
@@ -349,9 +497,15 @@ impl Node for NodeService {
             r#type: Some(Type::Rpc(Rpc { r#type: t as i32 })),
         };
         // VOLUME_MOUNT_GROUP: kubelet passes the pod's fsGroup and leaves ownership to us, so
-        // non-root pods can read their key without an attribute.
+        // non-root pods can read their key without an attribute. GET_VOLUME_STATS and
+        // VOLUME_CONDITION: kubelet polls NodeGetVolumeStats and surfaces an abnormal condition
+        // (expired certificate, failing renewal) as an event on the pod.
         Ok(Response::new(csi::NodeGetCapabilitiesResponse {
-            capabilities: vec![cap(rpc::Type::VolumeMountGroup)],
+            capabilities: vec![
+                cap(rpc::Type::VolumeMountGroup),
+                cap(rpc::Type::GetVolumeStats),
+                cap(rpc::Type::VolumeCondition),
+            ],
         }))
     }
 
@@ -405,6 +559,7 @@ mod tests {
         let cases: Vec<(RpcError, Code)> = vec![
             (RpcError::Invalid("x".into()), Code::InvalidArgument),
             (RpcError::Recovering, Code::Unavailable),
+            (RpcError::NotFound("gone".into()), Code::NotFound),
             (
                 RpcError::Unsupported("NodeStageVolume"),
                 Code::Unimplemented,
@@ -489,6 +644,231 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(info.get_ref().vendor_version, env!("CARGO_PKG_VERSION"));
+    }
+
+    fn sample_state(not_after: SystemTime) -> VolumeState {
+        let t = store::to_offset(not_after);
+        VolumeState {
+            version: store::STATE_VERSION,
+            volume_id: "csi-1".into(),
+            target_path: "/pods/u/volumes/kubernetes.io~csi/tls/mount".into(),
+            node_id: "node-1".into(),
+            issuer: "local".into(),
+            context: Default::default(),
+            mount_group: None,
+            phase: Phase::Published,
+            current: Some(store::CertRecord {
+                revision: 1,
+                request_name: "certvol-1".into(),
+                serial: "01".into(),
+                not_before: t - std::time::Duration::from_secs(3600),
+                not_after: t,
+                renew_at: t - std::time::Duration::from_secs(1200),
+            }),
+            pending: None,
+            last_revision: 1,
+            requests: vec!["certvol-1".into()],
+            renewal: Default::default(),
+        }
+    }
+
+    #[test]
+    fn condition_is_normal_while_the_certificate_is_valid() {
+        let not_after = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_800_000_000);
+        let mut state = sample_state(not_after);
+        state.renewal.failures = ABNORMAL_RENEWAL_FAILURES - 1;
+        state.renewal.last_error = Some("issuer unavailable".into());
+        let now = not_after - std::time::Duration::from_secs(60);
+        let c = volume_condition(&state, now);
+        assert!(!c.abnormal);
+        assert_eq!(c.message, "certificate valid until 2027-01-15T08:00:00Z");
+    }
+
+    #[test]
+    fn condition_is_abnormal_when_expired_or_renewal_keeps_failing() {
+        let not_after = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_800_000_000);
+        let mut state = sample_state(not_after);
+        let expired = volume_condition(&state, not_after + std::time::Duration::from_secs(1));
+        assert!(expired.abnormal);
+        assert_eq!(
+            expired.message,
+            "certificate expired at 2027-01-15T08:00:00Z"
+        );
+
+        state.renewal.failures = ABNORMAL_RENEWAL_FAILURES;
+        state.renewal.last_error = Some("request certvol-2 was denied: policy".into());
+        let failing = volume_condition(&state, not_after - std::time::Duration::from_secs(600));
+        assert!(failing.abnormal);
+        assert!(
+            failing.message.contains("renewal failed 3 times in a row")
+                && failing
+                    .message
+                    .contains("request certvol-2 was denied: policy")
+                && failing.message.contains("valid until 2027-01-15T08:00:00Z"),
+            "{}",
+            failing.message
+        );
+
+        state.current = None;
+        assert!(volume_condition(&state, not_after).abnormal);
+    }
+
+    struct NodeFixture {
+        _dir: tempfile::TempDir,
+        node: NodeService,
+        pods: PathBuf,
+        _scheduler: crate::scheduler::Scheduler,
+    }
+
+    fn node_fixture() -> NodeFixture {
+        use crate::clock::{Clock, SystemClock};
+        use crate::issuer::local::{LocalCa, LocalCaConfig};
+        let dir = tempfile::tempdir().unwrap();
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        let store = store::Store::open(&dir.path().join("root")).unwrap();
+        let ca = LocalCa::open(
+            LocalCaConfig {
+                dir: store.root().join("local-ca"),
+                cert_file: None,
+                key_file: None,
+                max_duration: std::time::Duration::from_secs(86400),
+            },
+            clock.clone(),
+        )
+        .unwrap();
+        let (handle, scheduler) = crate::scheduler::channel();
+        let volumes = Arc::new(VolumeManager::new(
+            crate::volume::Config::new("node-a"),
+            store,
+            Arc::new(crate::mount::DirMounter::default()),
+            Arc::new(ca),
+            clock,
+            handle,
+        ));
+        let ready = Readiness::default();
+        ready.set_ready();
+        NodeFixture {
+            pods: dir.path().join("pods"),
+            _dir: dir,
+            node: NodeService {
+                node_id: "node-a".into(),
+                volumes,
+                ready,
+            },
+            _scheduler: scheduler,
+        }
+    }
+
+    async fn stats(
+        node: &NodeService,
+        volume_id: &str,
+        path: &str,
+    ) -> Result<csi::NodeGetVolumeStatsResponse, Status> {
+        node.node_get_volume_stats(Request::new(csi::NodeGetVolumeStatsRequest {
+            volume_id: volume_id.into(),
+            volume_path: path.into(),
+            staging_target_path: String::new(),
+        }))
+        .await
+        .map(Response::into_inner)
+    }
+
+    #[tokio::test]
+    async fn capabilities_advertise_stats_and_condition() {
+        use csi::node_service_capability::{Type, rpc};
+        let f = node_fixture();
+        let caps = f
+            .node
+            .node_get_capabilities(Request::new(csi::NodeGetCapabilitiesRequest {}))
+            .await
+            .unwrap()
+            .into_inner();
+        let types: Vec<i32> = caps
+            .capabilities
+            .iter()
+            .filter_map(|c| match c.r#type {
+                Some(Type::Rpc(ref r)) => Some(r.r#type),
+                None => None,
+            })
+            .collect();
+        for want in [
+            rpc::Type::VolumeMountGroup,
+            rpc::Type::GetVolumeStats,
+            rpc::Type::VolumeCondition,
+        ] {
+            assert!(types.contains(&(want as i32)), "{want:?} in {types:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn volume_stats_check_arguments_and_report_a_published_volume() {
+        let f = node_fixture();
+        let err = stats(&f.node, "", "/x").await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument);
+        assert!(err.message().contains("volume_id"), "{}", err.message());
+        let err = stats(&f.node, "csi-1", "").await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument);
+        assert!(err.message().contains("volume_path"), "{}", err.message());
+        let err = stats(&f.node, "csi-unknown", "/x").await.unwrap_err();
+        assert_eq!(err.code(), Code::NotFound);
+        assert_eq!(f.node.volumes.volume_count(), 0, "no slot left behind");
+
+        let mut req = request();
+        req.target_path = f
+            .pods
+            .join("u/volumes/kubernetes.io~csi/tls/mount")
+            .display()
+            .to_string();
+        std::fs::create_dir_all(std::path::Path::new(&req.target_path).parent().unwrap()).unwrap();
+        req.volume_context.extend(
+            [
+                ("csi.certvol.io/issuer-name", "ca"),
+                ("csi.certvol.io/dns-names", "web.svc"),
+                ("csi.storage.k8s.io/pod.name", "web"),
+                ("csi.storage.k8s.io/pod.namespace", "default"),
+                ("csi.storage.k8s.io/pod.uid", "u"),
+                ("csi.storage.k8s.io/serviceAccount.name", "default"),
+            ]
+            .map(|(k, v)| (k.to_string(), v.to_string())),
+        );
+        let target = req.target_path.clone();
+        f.node.node_publish_volume(Request::new(req)).await.unwrap();
+
+        let resp = stats(&f.node, "csi-1", &target).await.unwrap();
+        let cond = resp.volume_condition.unwrap();
+        assert!(!cond.abnormal, "{}", cond.message);
+        assert!(
+            cond.message.starts_with("certificate valid until "),
+            "{}",
+            cond.message
+        );
+        let bytes = resp
+            .usage
+            .iter()
+            .find(|u| u.unit == csi::volume_usage::Unit::Bytes as i32)
+            .unwrap();
+        assert!(
+            bytes.total > 0 && bytes.used > 0 && bytes.available > 0,
+            "{bytes:?}"
+        );
+        assert!(bytes.used <= bytes.total);
+        let inodes = resp
+            .usage
+            .iter()
+            .find(|u| u.unit == csi::volume_usage::Unit::Inodes as i32)
+            .unwrap();
+        assert!(inodes.used <= inodes.total, "{inodes:?}");
+
+        // While a renewal holds the volume's lock, stats still answer, from state.json.
+        {
+            let (_slot, _busy) = f.node.volumes.lock("csi-1").await.unwrap();
+            let resp = stats(&f.node, "csi-1", &target).await.unwrap();
+            assert!(!resp.volume_condition.unwrap().abnormal);
+        }
+
+        let err = stats(&f.node, "csi-1", "/elsewhere").await.unwrap_err();
+        assert_eq!(err.code(), Code::NotFound);
+        assert!(err.message().contains(&target), "{}", err.message());
     }
 
     #[test]

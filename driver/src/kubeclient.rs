@@ -30,7 +30,72 @@ impl Default for RateLimit {
 /// Builds a client from `config` whose requests pass through the limiter.
 pub fn client(config: kube::Config, limit: RateLimit) -> Result<kube::Client, kube::Error> {
     let builder = kube::client::ClientBuilder::try_from(config)?;
-    Ok(builder.with_layer(&RateLimitLayer(limit)).build())
+    Ok(builder
+        .with_layer(&RateLimitLayer(limit))
+        .with_layer(&CountLayer)
+        .build())
+}
+
+/// Tower layer for [`Counted`].
+#[derive(Clone, Copy, Debug)]
+pub struct CountLayer;
+
+impl<S> Layer<S> for CountLayer {
+    type Service = Counted<S>;
+    fn layer(&self, inner: S) -> Counted<S> {
+        Counted(inner)
+    }
+}
+
+/// Counts every API request in `certvol_kube_requests_total{verb,code}` once its response
+/// headers (or its error) arrive; a watch therefore counts when it is established. Layers added
+/// with `with_layer` sit outside kube's own retry of 429/503/504, so a call counts once, with its
+/// final status.
+#[derive(Clone, Debug)]
+pub struct Counted<S>(S);
+
+/// The Kubernetes verb of a request, as far as method and query tell it. `get` also covers
+/// `list`: telling them apart would mean parsing resource paths, and both are reads.
+fn verb_of<B>(req: &axum::http::Request<B>) -> &'static str {
+    use axum::http::Method;
+    let watching = req
+        .uri()
+        .query()
+        .is_some_and(|q| q.split('&').any(|kv| kv == "watch=true" || kv == "watch=1"));
+    match *req.method() {
+        Method::GET if watching => "watch",
+        Method::GET => "get",
+        Method::POST => "create",
+        Method::PUT => "update",
+        Method::PATCH => "patch",
+        Method::DELETE => "delete",
+        _ => "other",
+    }
+}
+
+impl<S, B, R> Service<axum::http::Request<B>> for Counted<S>
+where
+    S: Service<axum::http::Request<B>, Response = axum::http::Response<R>>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: axum::http::Request<B>) -> Self::Future {
+        let verb = verb_of(&req);
+        let response = self.0.call(req);
+        Box::pin(async move {
+            let result = response.await;
+            let code = result.as_ref().ok().map(|r| r.status().as_u16());
+            crate::metrics::global().kube_request(verb, code);
+            result
+        })
+    }
 }
 
 /// Tower layer for [`RateLimited`].
@@ -189,6 +254,28 @@ mod tests {
             .map(|d| d.as_millis() as u64)
             .collect();
         assert_eq!(times, vec![0, 0, 60_000, 60_000, 60_100]);
+    }
+
+    #[test]
+    fn verbs_from_method_and_query() {
+        let req = |method: &str, uri: &str| {
+            axum::http::Request::builder()
+                .method(method)
+                .uri(uri)
+                .body(())
+                .unwrap()
+        };
+        let path = "/apis/cert-manager.io/v1/certificaterequests";
+        assert_eq!(verb_of(&req("GET", path)), "get");
+        assert_eq!(
+            verb_of(&req("GET", &format!("{path}?labelSelector=a&watch=true"))),
+            "watch"
+        );
+        assert_eq!(verb_of(&req("GET", &format!("{path}?watch=false"))), "get");
+        assert_eq!(verb_of(&req("POST", path)), "create");
+        assert_eq!(verb_of(&req("DELETE", path)), "delete");
+        assert_eq!(verb_of(&req("PATCH", path)), "patch");
+        assert_eq!(verb_of(&req("PUT", path)), "update");
     }
 
     #[tokio::test(start_paused = true)]

@@ -37,6 +37,27 @@ enum Command {
     /// Run the node plugin with the embedded local CA on a temporary socket and data root, act as
     /// kubelet against it, and show issuance, renewal and clean-up. Needs no cluster.
     Demo(DemoArgs),
+    /// Show the volumes in a node's data root: pod, issuer, certificate, renewal health.
+    /// Read-only; never prints keys.
+    Inspect(InspectArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct InspectArgs {
+    /// The data root `certvol node` uses.
+    #[arg(long, default_value = DEFAULT_DATA_ROOT)]
+    data_root: PathBuf,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = InspectFormat::Table)]
+    output: InspectFormat,
+    /// Show one volume in detail: a volume id, a unique prefix of one, or a pod as namespace/name.
+    volume: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum InspectFormat {
+    Table,
+    Json,
 }
 
 #[derive(Debug, clap::Args)]
@@ -95,6 +116,10 @@ struct NodeArgs {
     /// After SIGTERM, how long in-flight calls and renewals may take to finish.
     #[arg(long, default_value = "20s", value_parser = parse_duration)]
     grace_period: Duration,
+    /// Where to serve Prometheus /metrics and the /healthz and /readyz probes (IP:PORT); "off"
+    /// or an empty value disables the endpoint.
+    #[arg(long, env = "METRICS_ADDRESS", default_value = certvol_driver::ops::DEFAULT_ADDRESS, value_parser = certvol_driver::ops::parse_address)]
+    metrics_address: ::std::option::Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -191,10 +216,22 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 request_history: args.request_history,
                 renew_concurrency: args.renew_concurrency,
                 grace_period: args.grace_period,
+                metrics_address: args.metrics_address,
             };
             node::run(opts, mounter, terminated())
                 .await
                 .context("certvol node")?;
+            Ok(std::process::ExitCode::SUCCESS)
+        }
+        Command::Inspect(args) => {
+            init_logging(&cli.log_level, cli.log_format);
+            let format = match args.output {
+                InspectFormat::Table => certvol_driver::inspect::Format::Table,
+                InspectFormat::Json => certvol_driver::inspect::Format::Json,
+            };
+            let out = certvol_driver::inspect::run(&args.data_root, format, args.volume.as_deref())
+                .context("certvol inspect")?;
+            print!("{out}");
             Ok(std::process::ExitCode::SUCCESS)
         }
         Command::Demo(args) => {

@@ -3,6 +3,7 @@
 
 use std::future::Future;
 use std::io;
+use std::net::SocketAddr;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -63,6 +64,8 @@ pub struct NodeOptions {
     pub request_history: usize,
     pub renew_concurrency: usize,
     pub grace_period: Duration,
+    /// Where to serve `/metrics`, `/healthz` and `/readyz`; `None` serves nothing.
+    pub metrics_address: Option<SocketAddr>,
 }
 
 impl NodeOptions {
@@ -87,6 +90,7 @@ impl NodeOptions {
             request_history: 1,
             renew_concurrency: 4,
             grace_period: Duration::from_secs(20),
+            metrics_address: None,
         }
     }
 }
@@ -119,6 +123,8 @@ pub enum NodeError {
     Kube(String),
     #[error("gRPC server: {0}")]
     Serve(#[from] tonic::transport::Error),
+    #[error(transparent)]
+    Ops(#[from] crate::ops::OpsError),
 }
 
 /// Parses `unix:///path` (also `unix:/path`) into a socket path.
@@ -190,6 +196,9 @@ pub async fn run(
     let store = Store::open(&opts.data_root)?;
     // Background futures of the issuer (the cert-manager watch), spawned below with the rest.
     let mut issuer_tasks: Vec<(tracing::Span, BoxFuture<'static, ()>)> = Vec::new();
+    // Whether the issuer can be reached, for /readyz: the local CA always; cert-manager once its
+    // watch has listed the node's requests (the API server answered and RBAC allows the watch).
+    let mut issuer_reachable: Arc<dyn Fn() -> bool + Send + Sync> = Arc::new(|| true);
     let issuer: Arc<dyn Issuer> = match opts.issuer {
         IssuerKind::CertManager => {
             let config = kube::Config::infer()
@@ -207,7 +216,10 @@ pub async fn run(
                 },
             );
             issuer_tasks.push((info_span!("cert-manager-watch"), Box::pin(watch)));
-            Arc::new(issuer)
+            let issuer = Arc::new(issuer);
+            let probe = issuer.clone();
+            issuer_reachable = Arc::new(move || probe.synced());
+            issuer as Arc<dyn Issuer>
         }
         IssuerKind::Local => Arc::new(LocalCa::open(
             LocalCaConfig {
@@ -236,6 +248,12 @@ pub async fn run(
     let ready = Readiness::default();
     let (stop_tx, stop_rx) = watch::channel(false);
 
+    // Bound before the CSI socket: a taken port fails start-up with a clear error instead of
+    // leaving a node plugin that looks healthy but cannot be scraped or probed.
+    let ops_listener = match opts.metrics_address {
+        Some(address) => Some(crate::ops::bind(address).await?),
+        None => None,
+    };
     let listener = bind_socket(&socket)?;
     info!(
         socket = %socket.display(),
@@ -265,6 +283,34 @@ pub async fn run(
             .instrument(info_span!("csi")),
     );
     let mut background = Vec::new();
+    if let Some(ops_listener) = ops_listener {
+        info!(address = %ops_listener.local_addr().map_or_else(|e| e.to_string(), |a| a.to_string()), "serving /metrics, /healthz, /readyz");
+        let (recovered, stopping) = (ready.clone(), stop_rx.clone());
+        let check: crate::ops::ReadyCheck = Arc::new(move || {
+            if *stopping.borrow() {
+                Err("shutting down".into())
+            } else if !recovered.is_ready() {
+                Err("recovering volume state after a restart".into())
+            } else if !issuer_reachable() {
+                Err("the issuer is not reachable yet (the CertificateRequest watch has not listed once)".into())
+            } else {
+                Ok(())
+            }
+        });
+        // Serves through the drain (readiness then answers "shutting down") until the task is
+        // aborted with the rest of the background work when `run` returns.
+        background.push(tokio::spawn(
+            async move {
+                let stopped = std::future::pending();
+                if let Err(e) =
+                    crate::ops::serve(ops_listener, crate::metrics::global(), check, stopped).await
+                {
+                    error!(error = %e, "metrics endpoint stopped");
+                }
+            }
+            .instrument(info_span!("ops")),
+        ));
+    }
     for (span, task) in issuer_tasks {
         background.push(tokio::spawn(task.instrument(span)));
     }
@@ -281,9 +327,21 @@ pub async fn run(
 
     // Serve Identity while recovering, so kubelet's registration and liveness see the process;
     // Probe and Node calls answer "not ready" until the pass is done.
-    let report = recovery::recover(&volumes)
+    let report = match recovery::recover(&volumes)
         .instrument(info_span!("recovery"))
-        .await?;
+        .await
+    {
+        Ok(report) => report,
+        Err(e) => {
+            // Stop what was started (the metrics port, the watch): a caller that retries `run`
+            // in-process must find the port free.
+            let _ = stop_tx.send(true);
+            for task in &background {
+                task.abort();
+            }
+            return Err(e.into());
+        }
+    };
     ready.set_ready();
     info!(kept = report.kept, "ready");
 
@@ -292,6 +350,9 @@ pub async fn run(
         () = shutdown => info!("shutting down: no new CSI calls; in-flight calls finish within the grace period"),
         joined = &mut server => {
             let _ = stop_tx.send(true);
+            for task in &background {
+                task.abort();
+            }
             return match joined {
                 Ok(result) => result.map_err(NodeError::from),
                 Err(e) => { error!(error = %e, "CSI server task failed"); Ok(()) }

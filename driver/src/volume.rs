@@ -24,6 +24,7 @@ use crate::fsutil;
 use crate::issuer::certmanager::{BearerToken, token_from_context};
 use crate::issuer::{self, IssueError, IssueRequest, Issuer};
 use crate::keys::{self, KeyError, PrivateKey};
+use crate::metrics::IssueOutcome;
 use crate::mount::Mounter;
 use crate::pki;
 use crate::request::CertRequest;
@@ -240,6 +241,16 @@ impl VolumeManager {
         }
     }
 
+    /// A copy of a volume's current state (`None` if certvol has none), for read-only views such
+    /// as NodeGetVolumeStats. Taken under the volume's lock so it is never a half-done step.
+    pub async fn status(&self, volume_id: &str) -> Result<Option<VolumeState>, VolumeError> {
+        let (slot, guard) = self.lock(volume_id).await?;
+        let state = guard.clone();
+        // An unknown id must not leave an empty slot behind.
+        self.release(volume_id, &slot, &guard);
+        Ok(state)
+    }
+
     /// Drops a volume's slot once it has no state (after unpublish or a failed first publish).
     fn release(&self, volume_id: &str, slot: &Slot, guard: &Option<VolumeState>) {
         if guard.is_some() {
@@ -254,6 +265,12 @@ impl VolumeManager {
 
     /// Inserts state found on disk at start-up (recovery) without touching the disk again.
     pub(crate) fn adopt(&self, state: VolumeState) {
+        if state.phase == Phase::Published
+            && let Some(current) = &state.current
+        {
+            crate::metrics::global()
+                .track_volume(&state.volume_id, store::to_system(current.not_after));
+        }
         if let Ok(mut slots) = self.slots.lock() {
             slots.insert(state.volume_id.clone(), Arc::new(Mutex::new(Some(state))));
         }
@@ -304,6 +321,12 @@ impl VolumeManager {
             && let Some(state) = guard.as_ref()
         {
             self.schedule(state);
+        }
+        if result.is_ok()
+            && let Some(current) = guard.as_ref().and_then(|s| s.current.as_ref())
+        {
+            crate::metrics::global()
+                .track_volume(&params.volume_id, store::to_system(current.not_after));
         }
         self.release(&params.volume_id, &slot, &guard);
         result
@@ -527,11 +550,13 @@ impl VolumeManager {
             // against one that does not.
             match tokio::time::timeout(self.cfg.issue_timeout + Duration::from_secs(5), self.issuer.issue(&ireq)).await {
                 Ok(result) => {
+                    crate::metrics::global().issuance(self.issuer.kind(), IssueOutcome::of(&result));
                     let issued = result?;
                     crashpoint::hit(&format!("{op}:signed"));
                     issued
                 }
                 Err(_) => {
+                    crate::metrics::global().issuance(self.issuer.kind(), IssueOutcome::Timeout);
                     return Err(IssueError::Timeout {
                         request: request_name,
                     }
@@ -655,6 +680,7 @@ impl VolumeManager {
             warn!(volume_id = %state.volume_id, error = %e, "could not delete the volume's issuer requests");
         }
         self.store.remove(&paths)?;
+        crate::metrics::global().untrack_volume(&state.volume_id);
         info!(volume_id = %state.volume_id, "volume removed");
         Ok(())
     }
@@ -760,6 +786,11 @@ impl VolumeManager {
         .await;
         match result {
             Ok(()) => {
+                crate::metrics::global().renewal(true);
+                if let Some(c) = &state.current {
+                    crate::metrics::global()
+                        .track_volume(&state.volume_id, store::to_system(c.not_after));
+                }
                 self.prune_requests(state).await;
                 info!(volume_id = %state.volume_id, revision, "certificate renewed");
                 match &state.current {
@@ -770,6 +801,7 @@ impl VolumeManager {
                 }
             }
             Err(err) => {
+                crate::metrics::global().renewal(false);
                 if let VolumeError::Issue(e) = &err
                     && !e.is_transient()
                 {

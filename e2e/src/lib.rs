@@ -135,6 +135,10 @@ impl Env {
         if !extra.contains(&"--issuer") {
             cmd.args(["--issuer", "local"]);
         }
+        // The default metrics port is fixed; parallel tests would collide on it.
+        if !extra.contains(&"--metrics-address") {
+            cmd.args(["--metrics-address", "off"]);
+        }
         for (k, v) in envs {
             cmd.env(k, v);
         }

@@ -487,7 +487,11 @@ async fn csi_argument_checks_and_identity() {
         .collect();
     assert_eq!(
         types,
-        vec![csi::node_service_capability::rpc::Type::VolumeMountGroup as i32]
+        vec![
+            csi::node_service_capability::rpc::Type::VolumeMountGroup as i32,
+            csi::node_service_capability::rpc::Type::GetVolumeStats as i32,
+            csi::node_service_capability::rpc::Type::VolumeCondition as i32,
+        ]
     );
     let node = kubelet
         .node()

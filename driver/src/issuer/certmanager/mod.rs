@@ -110,6 +110,12 @@ impl CertManagerIssuer {
         (issuer, watch)
     }
 
+    /// Whether the node's CertificateRequest watch has listed at least once, i.e. the API server
+    /// was reachable and the driver may watch requests (part of `/readyz`).
+    pub fn synced(&self) -> bool {
+        self.cache.synced()
+    }
+
     /// The client that files the request: the driver's own, or one authenticated as the pod.
     fn creating_client(
         &self,

@@ -116,6 +116,11 @@ impl RequestCache {
         self.lock().live.is_empty()
     }
 
+    /// Whether a full list has completed at least once (the node's readiness for cert-manager).
+    pub fn synced(&self) -> bool {
+        self.lock().synced
+    }
+
     /// Applies one watcher event and wakes waiters.
     pub fn apply(&self, event: Event<CertificateRequest>) {
         // managedFields can outweigh the rest of the object and nothing here reads them.

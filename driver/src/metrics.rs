@@ -1,0 +1,422 @@
+//! Prometheus metrics: one process-wide registry of `certvol_*` families, recorded by the CSI,
+//! volume and Kubernetes-client layers and served by [`crate::ops`].
+//!
+//! Labels are deliberately low-cardinality (RPC name, gRPC code, issuer kind, outcome, HTTP verb and
+//! status): never a pod, volume or request name, which would grow the series count with the
+//! workload.
+
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::{Duration, SystemTime};
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, text};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use tonic::Code;
+
+type Labels = Vec<(&'static str, String)>;
+
+/// `certvol_next_expiry_seconds`, exposed only while there is a certificate: a registered gauge
+/// would always show a sample, and 0 would read as "a certificate expires now". [`Metrics::refresh`]
+/// computes the value before each encoding.
+#[derive(Debug, Default)]
+struct NextExpiry(Mutex<Option<f64>>);
+
+impl Collector for NextExpiry {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let Some(secs) = self.0.lock().ok().and_then(|v| *v) else {
+            return Ok(());
+        };
+        let gauge = ConstGauge::new(secs);
+        let metric = encoder.encode_descriptor(
+            "next_expiry_seconds",
+            "Seconds until the nearest notAfter among the published certificates (negative once expired)",
+            None,
+            gauge.metric_type(),
+        )?;
+        gauge.encode(metric)
+    }
+}
+
+/// The content type of [`Metrics::encode`]'s output (OpenMetrics text, which Prometheus scrapes).
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// How one issuance ended, as the `outcome` label of `certvol_issuance_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IssueOutcome {
+    Issued,
+    Denied,
+    Failed,
+    Invalid,
+    Timeout,
+    Unavailable,
+}
+
+impl IssueOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IssueOutcome::Issued => "issued",
+            IssueOutcome::Denied => "denied",
+            IssueOutcome::Failed => "failed",
+            IssueOutcome::Invalid => "invalid",
+            IssueOutcome::Timeout => "timeout",
+            IssueOutcome::Unavailable => "unavailable",
+        }
+    }
+
+    /// The outcome of an issuer's answer.
+    pub fn of<T>(result: &Result<T, crate::issuer::IssueError>) -> Self {
+        use crate::issuer::IssueError as E;
+        match result {
+            Ok(_) => IssueOutcome::Issued,
+            Err(E::Denied { .. }) => IssueOutcome::Denied,
+            Err(E::Failed { .. }) => IssueOutcome::Failed,
+            Err(E::Invalid { .. }) => IssueOutcome::Invalid,
+            Err(E::Timeout { .. }) => IssueOutcome::Timeout,
+            Err(E::Unavailable { .. }) => IssueOutcome::Unavailable,
+        }
+    }
+}
+
+/// The gRPC code's canonical name as gRPC's own Go implementation spells it (the convention of
+/// go-grpc-prometheus' `grpc_code` label, so dashboards carry over).
+pub fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "Canceled",
+        Code::Unknown => "Unknown",
+        Code::InvalidArgument => "InvalidArgument",
+        Code::DeadlineExceeded => "DeadlineExceeded",
+        Code::NotFound => "NotFound",
+        Code::AlreadyExists => "AlreadyExists",
+        Code::PermissionDenied => "PermissionDenied",
+        Code::ResourceExhausted => "ResourceExhausted",
+        Code::FailedPrecondition => "FailedPrecondition",
+        Code::Aborted => "Aborted",
+        Code::OutOfRange => "OutOfRange",
+        Code::Unimplemented => "Unimplemented",
+        Code::Internal => "Internal",
+        Code::Unavailable => "Unavailable",
+        Code::DataLoss => "DataLoss",
+        Code::Unauthenticated => "Unauthenticated",
+    }
+}
+
+/// The metric families and the registry that encodes them.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    publish_duration: Histogram,
+    unpublish_duration: Histogram,
+    rpcs: Family<Labels, Counter>,
+    issuances: Family<Labels, Counter>,
+    renewals: Family<Labels, Counter>,
+    kube_requests: Family<Labels, Counter>,
+    volumes: Gauge,
+    next_expiry: Arc<NextExpiry>,
+    /// Expiry (notAfter) of every published volume's current certificate, keyed by volume id.
+    /// Kept here (not as labels) so the gauges can be computed at scrape time.
+    expiries: Mutex<HashMap<String, SystemTime>>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// A fresh, independent set of families (tests use their own; the driver uses [`global`]).
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("certvol");
+        // 5 ms .. ~82 s: a local-CA publish takes milliseconds, a cert-manager one seconds, and
+        // the default issue timeout is 60 s.
+        let latency = || Histogram::new(exponential_buckets(0.005, 2.0, 15));
+        let publish_duration = latency();
+        let unpublish_duration = latency();
+        let rpcs = Family::<Labels, Counter>::default();
+        let issuances = Family::<Labels, Counter>::default();
+        let renewals = Family::<Labels, Counter>::default();
+        let kube_requests = Family::<Labels, Counter>::default();
+        let volumes = Gauge::default();
+        let next_expiry = Arc::new(NextExpiry::default());
+        registry.register(
+            "publish_duration_seconds",
+            "Duration of NodePublishVolume calls, issuance included",
+            publish_duration.clone(),
+        );
+        registry.register(
+            "unpublish_duration_seconds",
+            "Duration of NodeUnpublishVolume calls",
+            unpublish_duration.clone(),
+        );
+        // The text encoder appends `_total` to counters.
+        registry.register(
+            "rpc",
+            "CSI Node RPCs answered, by RPC and gRPC code",
+            rpcs.clone(),
+        );
+        registry.register(
+            "issuance",
+            "Issuer answers, by issuer kind and outcome (issued, denied, failed, invalid, timeout, unavailable)",
+            issuances.clone(),
+        );
+        registry.register(
+            "renewals",
+            "Certificate renewals attempted, by outcome (renewed, failed)",
+            renewals.clone(),
+        );
+        registry.register(
+            "kube_requests",
+            "Kubernetes API requests, by verb and HTTP status code (\"error\" when no response arrived)",
+            kube_requests.clone(),
+        );
+        registry.register(
+            "volumes",
+            "Published volumes this node manages",
+            volumes.clone(),
+        );
+        registry.register_collector(Box::new(next_expiry.clone()));
+        Metrics {
+            registry,
+            publish_duration,
+            unpublish_duration,
+            rpcs,
+            issuances,
+            renewals,
+            kube_requests,
+            volumes,
+            next_expiry,
+            expiries: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Records one answered NodePublishVolume / NodeUnpublishVolume (other RPCs only count).
+    pub fn rpc(&self, rpc: &'static str, code: Code, elapsed: Duration) {
+        match rpc {
+            "NodePublishVolume" => self.publish_duration.observe(elapsed.as_secs_f64()),
+            "NodeUnpublishVolume" => self.unpublish_duration.observe(elapsed.as_secs_f64()),
+            _ => {}
+        }
+        self.rpcs
+            .get_or_create(&vec![
+                ("rpc", rpc.to_string()),
+                ("code", code_name(code).to_string()),
+            ])
+            .inc();
+    }
+
+    pub fn issuance(&self, issuer: &'static str, outcome: IssueOutcome) {
+        self.issuances
+            .get_or_create(&vec![
+                ("issuer", issuer.to_string()),
+                ("outcome", outcome.as_str().to_string()),
+            ])
+            .inc();
+    }
+
+    pub fn renewal(&self, renewed: bool) {
+        let outcome = if renewed { "renewed" } else { "failed" };
+        self.renewals
+            .get_or_create(&vec![("outcome", outcome.to_string())])
+            .inc();
+    }
+
+    /// `code` is the HTTP status, or `None` when the request failed without a response.
+    pub fn kube_request(&self, verb: &'static str, code: Option<u16>) {
+        let code = code.map_or_else(|| "error".to_string(), |c| c.to_string());
+        self.kube_requests
+            .get_or_create(&vec![("verb", verb.to_string()), ("code", code)])
+            .inc();
+    }
+
+    /// A volume is published (or renewed) with a certificate valid until `not_after`.
+    pub fn track_volume(&self, volume_id: &str, not_after: SystemTime) {
+        if let Ok(mut map) = self.expiries.lock() {
+            map.insert(volume_id.to_string(), not_after);
+        }
+    }
+
+    /// A volume is gone.
+    pub fn untrack_volume(&self, volume_id: &str) {
+        if let Ok(mut map) = self.expiries.lock() {
+            map.remove(volume_id);
+        }
+    }
+
+    /// Brings the volume gauges up to `now` (called on every scrape).
+    pub fn refresh(&self, now: SystemTime) {
+        let (count, nearest) = match self.expiries.lock() {
+            Ok(map) => (map.len(), map.values().min().copied()),
+            Err(_) => return,
+        };
+        self.volumes.set(i64::try_from(count).unwrap_or(i64::MAX));
+        // Negative once expired, so an alert on "< 0" still fires.
+        let secs = nearest.map(|at| match at.duration_since(now) {
+            Ok(d) => d.as_secs_f64(),
+            Err(e) => -e.duration().as_secs_f64(),
+        });
+        if let Ok(mut value) = self.next_expiry.0.lock() {
+            *value = secs;
+        }
+    }
+
+    /// The OpenMetrics text exposition of every family, gauges refreshed to `now`.
+    pub fn encode(&self, now: SystemTime) -> Result<String, std::fmt::Error> {
+        self.refresh(now);
+        let mut out = String::new();
+        text::encode(&mut out, &self.registry)?;
+        Ok(out)
+    }
+}
+
+static GLOBAL: LazyLock<Metrics> = LazyLock::new(Metrics::new);
+
+/// The process-wide metrics the driver records into and `/metrics` serves.
+pub fn global() -> &'static Metrics {
+    &GLOBAL
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::issuer::IssueError;
+
+    fn line_value(text: &str, prefix: &str) -> Option<f64> {
+        text.lines()
+            .find(|l| l.starts_with(prefix) && l[prefix.len()..].starts_with(' '))
+            .and_then(|l| l[prefix.len()..].trim().parse().ok())
+    }
+
+    #[test]
+    fn families_encode_with_names_and_labels() {
+        let m = Metrics::new();
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let empty = m.encode(now).unwrap();
+        // Plain metrics are exposed from the start; labelled families once they have a series,
+        // and the expiry gauge has no sample without volumes.
+        assert!(empty.contains("# TYPE certvol_publish_duration_seconds histogram"));
+        assert!(!empty.contains("certvol_rpc"), "{empty}");
+        assert_eq!(line_value(&empty, "certvol_volumes"), Some(0.0));
+        assert_eq!(line_value(&empty, "certvol_next_expiry_seconds"), None);
+        assert!(empty.ends_with("# EOF\n"));
+
+        m.rpc("NodePublishVolume", Code::Ok, Duration::from_millis(30));
+        m.rpc("NodePublishVolume", Code::Ok, Duration::from_millis(10));
+        m.rpc(
+            "NodePublishVolume",
+            Code::DeadlineExceeded,
+            Duration::from_secs(60),
+        );
+        m.rpc("NodeUnpublishVolume", Code::Ok, Duration::from_millis(1));
+        m.issuance("local", IssueOutcome::of(&Ok::<(), IssueError>(())));
+        m.issuance(
+            "cert-manager",
+            IssueOutcome::of::<()>(&Err(IssueError::Denied {
+                request: "r".into(),
+                message: "no".into(),
+            })),
+        );
+        m.renewal(true);
+        m.renewal(false);
+        m.renewal(false);
+        m.kube_request("create", Some(201));
+        m.kube_request("get", None);
+        m.track_volume("a", now + Duration::from_secs(3600));
+        m.track_volume("b", now + Duration::from_secs(600));
+        m.track_volume("c", now + Duration::from_secs(7200));
+        m.untrack_volume("c");
+
+        let text = m.encode(now).unwrap();
+        assert!(text.contains("# TYPE certvol_rpc counter"), "{text}");
+        assert!(
+            text.contains("# TYPE certvol_next_expiry_seconds gauge"),
+            "{text}"
+        );
+        let v = |prefix: &str| line_value(&text, prefix);
+        assert_eq!(
+            v(r#"certvol_rpc_total{rpc="NodePublishVolume",code="OK"}"#),
+            Some(2.0)
+        );
+        assert_eq!(
+            v(r#"certvol_rpc_total{rpc="NodePublishVolume",code="DeadlineExceeded"}"#),
+            Some(1.0)
+        );
+        assert_eq!(
+            v(r#"certvol_rpc_total{rpc="NodeUnpublishVolume",code="OK"}"#),
+            Some(1.0)
+        );
+        assert_eq!(v("certvol_publish_duration_seconds_count"), Some(3.0));
+        assert_eq!(v("certvol_unpublish_duration_seconds_count"), Some(1.0));
+        let sum = v("certvol_publish_duration_seconds_sum").unwrap();
+        assert!((sum - 60.04).abs() < 1e-9, "{sum}");
+        assert_eq!(
+            v(r#"certvol_publish_duration_seconds_bucket{le="0.01"}"#),
+            Some(1.0)
+        );
+        assert_eq!(
+            v(r#"certvol_issuance_total{issuer="local",outcome="issued"}"#),
+            Some(1.0)
+        );
+        assert_eq!(
+            v(r#"certvol_issuance_total{issuer="cert-manager",outcome="denied"}"#),
+            Some(1.0)
+        );
+        assert_eq!(v(r#"certvol_renewals_total{outcome="renewed"}"#), Some(1.0));
+        assert_eq!(v(r#"certvol_renewals_total{outcome="failed"}"#), Some(2.0));
+        assert_eq!(
+            v(r#"certvol_kube_requests_total{verb="create",code="201"}"#),
+            Some(1.0)
+        );
+        assert_eq!(
+            v(r#"certvol_kube_requests_total{verb="get",code="error"}"#),
+            Some(1.0)
+        );
+        assert_eq!(v("certvol_volumes"), Some(2.0));
+        assert_eq!(v("certvol_next_expiry_seconds"), Some(600.0), "{text}");
+
+        // An expired certificate reads negative; the last volume gone removes the sample.
+        let later = now + Duration::from_secs(700);
+        assert_eq!(
+            line_value(&m.encode(later).unwrap(), "certvol_next_expiry_seconds"),
+            Some(-100.0)
+        );
+        m.untrack_volume("a");
+        m.untrack_volume("b");
+        let gone = m.encode(later).unwrap();
+        assert_eq!(line_value(&gone, "certvol_volumes"), Some(0.0));
+        assert_eq!(line_value(&gone, "certvol_next_expiry_seconds"), None);
+    }
+
+    #[test]
+    fn issue_outcomes_cover_every_error() {
+        let r = |e| IssueOutcome::of::<()>(&Err(e));
+        let s = String::new;
+        assert_eq!(
+            r(IssueError::Timeout { request: s() }),
+            IssueOutcome::Timeout
+        );
+        assert_eq!(
+            r(IssueError::Unavailable { message: s() }),
+            IssueOutcome::Unavailable
+        );
+        assert_eq!(
+            r(IssueError::Failed {
+                request: s(),
+                message: s()
+            }),
+            IssueOutcome::Failed
+        );
+        assert_eq!(
+            r(IssueError::Invalid {
+                request: s(),
+                message: s()
+            }),
+            IssueOutcome::Invalid
+        );
+    }
+}

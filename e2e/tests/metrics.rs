@@ -1,0 +1,246 @@
+//! The real `certvol node` binary's operational endpoint: `/metrics` after two publishes through
+//! kubelet's CSI calls, `/healthz` and `/readyz`, scraped with plain HTTP as Prometheus and the
+//! kubelet probes do.
+
+use std::net::SocketAddr;
+
+use certvol_driver::kubelet::Pod;
+use certvol_e2e::cluster::{Cluster, cm_volume};
+use certvol_e2e::{Env, can_mount, volume};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// `GET path` over HTTP/1.1: (status, body), or `None` if nothing answers.
+async fn get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    let mut conn = tokio::net::TcpStream::connect(addr).await.ok()?;
+    conn.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .ok()?;
+    let mut raw = String::new();
+    conn.read_to_string(&mut raw).await.ok()?;
+    let (head, body) = raw.split_once("\r\n\r\n")?;
+    let status = head.split(' ').nth(1)?.parse().ok()?;
+    Some((status, body.to_string()))
+}
+
+/// The value of the sample line `series` (name plus labels exactly as exposed).
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
+#[tokio::test]
+async fn metrics_and_probes_after_two_publishes() {
+    if !can_mount() {
+        eprintln!("skipped: needs root to mount tmpfs (CI runs as root)");
+        return;
+    }
+    // A free port: bind, note it, release it for the driver.
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap();
+    let mut env = Env::new();
+    let address = addr.to_string();
+    let _driver = env.start_with(&["--metrics-address", &address], &[]).await;
+
+    // Probe answered ready, so recovery is done; the local CA is always reachable.
+    let (status, body) = get(addr, "/healthz").await.expect("/healthz answers");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(get(addr, "/readyz").await.map(|r| r.0), Some(200));
+
+    let kubelet = env.kubelet();
+    let vol = volume([("csi.certvol.io/duration", "2h")]);
+    let pods = [Pod::new("shop", "web-0"), Pod::new("shop", "web-1")];
+    for pod in &pods {
+        kubelet.publish(pod, &vol).await.expect("publish");
+    }
+
+    let (status, text) = get(addr, "/metrics").await.expect("/metrics answers");
+    assert_eq!(status, 200);
+    let v = |series: &str| sample(&text, series);
+    assert_eq!(v("certvol_volumes"), Some(2.0), "{text}");
+    assert_eq!(
+        v("certvol_publish_duration_seconds_count"),
+        Some(2.0),
+        "{text}"
+    );
+    assert_eq!(
+        v(r#"certvol_rpc_total{rpc="NodePublishVolume",code="OK"}"#),
+        Some(2.0),
+        "{text}"
+    );
+    assert_eq!(
+        v(r#"certvol_issuance_total{issuer="local",outcome="issued"}"#),
+        Some(2.0),
+        "{text}"
+    );
+    let expiry = v("certvol_next_expiry_seconds").expect("next expiry sample");
+    assert!(expiry > 7000.0 && expiry <= 7200.0, "{expiry}");
+    // No pod or volume names in any series.
+    assert!(!text.contains("web-0") && !text.contains("csi-"), "{text}");
+
+    assert_eq!(get(addr, "/readyz").await.map(|r| r.0), Some(200));
+
+    // Unpublishing one volume leaves one, the second unpublish of the same volume is a no-op OK.
+    kubelet.unpublish(&pods[0], &vol).await.expect("unpublish");
+    kubelet
+        .unpublish(&pods[0], &vol)
+        .await
+        .expect("repeated unpublish");
+    let (_, text) = get(addr, "/metrics").await.expect("/metrics answers");
+    let v = |series: &str| sample(&text, series);
+    assert_eq!(v("certvol_volumes"), Some(1.0), "{text}");
+    assert_eq!(
+        v("certvol_unpublish_duration_seconds_count"),
+        Some(2.0),
+        "{text}"
+    );
+    assert_eq!(
+        v(r#"certvol_rpc_total{rpc="NodeUnpublishVolume",code="OK"}"#),
+        Some(2.0),
+        "{text}"
+    );
+    assert!(v("certvol_next_expiry_seconds").is_some(), "{text}");
+}
+
+#[tokio::test]
+async fn cert_manager_issuance_and_api_requests_are_counted() {
+    if !can_mount() {
+        eprintln!("skipped: needs root to mount tmpfs (CI runs as root)");
+        return;
+    }
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap();
+    let address = addr.to_string();
+    let mut env = Env::new();
+    let cluster = Cluster::start(env.path()).await;
+    let _driver = env
+        .start_cert_manager(&cluster, &["--metrics-address", &address], &[])
+        .await;
+
+    // Ready once the node's CertificateRequest watch has listed.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        if get(addr, "/readyz").await.map(|r| r.0) == Some(200) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "/readyz never answered 200: {:?}\n{}",
+            get(addr, "/readyz").await,
+            env.logs()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+
+    let ns = cluster.namespace();
+    let name = if cluster.is_real() {
+        format!("metrics-{:08x}", rand::random::<u32>())
+    } else {
+        "metrics-0".to_owned()
+    };
+    let pod = cluster.create_pod(&ns, &name).await;
+    let vol = cm_volume(&cluster.issuer_name(), [("csi.certvol.io/duration", "2h")]);
+    env.kubelet().publish(&pod, &vol).await.expect("publish");
+
+    let (status, text) = get(addr, "/metrics").await.expect("/metrics answers");
+    assert_eq!(status, 200);
+    let v = |series: &str| sample(&text, series);
+    assert_eq!(
+        v(r#"certvol_issuance_total{issuer="cert-manager",outcome="issued"}"#),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(v("certvol_volumes"), Some(1.0), "{text}");
+    // The request was filed, and the node's watch is established.
+    assert!(
+        v(r#"certvol_kube_requests_total{verb="create",code="201"}"#).is_some_and(|n| n >= 1.0),
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with(r#"certvol_kube_requests_total{verb="watch",code="200"}"#)),
+        "{text}"
+    );
+    assert!(!text.contains(&name), "{text}");
+}
+
+#[tokio::test]
+async fn a_taken_metrics_port_stops_start_up_with_a_clear_error() {
+    if !can_mount() {
+        eprintln!("skipped: needs root to mount tmpfs (CI runs as root)");
+        return;
+    }
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = taken.local_addr().unwrap().to_string();
+    let mut env = Env::new();
+    let mut driver = env.spawn(&["--metrics-address", &address], &[]);
+    let status = driver
+        .wait_exit(std::time::Duration::from_secs(30))
+        .expect("the driver exits");
+    assert!(!status.success());
+    let log = driver.log_text();
+    assert!(
+        log.contains("--metrics-address") && log.contains(&address),
+        "{log}"
+    );
+    // It never served CSI.
+    assert!(!env.socket.exists());
+}
+
+#[tokio::test]
+async fn not_ready_until_the_certificate_request_watch_has_listed() {
+    if !can_mount() {
+        eprintln!("skipped: needs root to mount tmpfs (CI runs as root)");
+        return;
+    }
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap();
+    const FAILURES: usize = 5;
+    let address = addr.to_string();
+    let mut env = Env::new();
+    let cluster = Cluster::start(env.path()).await;
+    let Some(standin) = cluster.standin.as_ref() else {
+        eprintln!("skipped on a real cluster: needs the stand-in's fault injection");
+        return;
+    };
+    // The API server answers the driver's first lists with 403 (as while its RBAC is not yet in
+    // place; the client does not retry that itself); the watch backs off and lists again.
+    standin.api.faults().fail_next(FAILURES, 403);
+    let _driver = env
+        .start_cert_manager(&cluster, &["--metrics-address", &address], &[])
+        .await;
+
+    // CSI Probe is ready (recovery done) but the issuer is not reachable yet.
+    let (status, body) = get(addr, "/readyz").await.expect("/readyz answers");
+    assert_eq!(status, 503, "{body}\n{}", env.logs());
+    assert!(body.contains("issuer is not reachable"), "{body}");
+    assert_eq!(get(addr, "/healthz").await.map(|r| r.0), Some(200));
+
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while get(addr, "/readyz").await.map(|r| r.0) != Some(200) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never ready\n{}",
+            env.logs()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let (_, text) = get(addr, "/metrics").await.expect("/metrics answers");
+    assert_eq!(
+        sample(
+            &text,
+            r#"certvol_kube_requests_total{verb="get",code="403"}"#
+        ),
+        Some(FAILURES as f64),
+        "{text}"
+    );
+}
