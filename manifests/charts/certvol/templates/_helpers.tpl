@@ -1,0 +1,70 @@
+{{/* Name of the chart, overridable. */}}
+{{- define "certvol.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Object name prefix: the release name, or release-chart when they differ. */}}
+{{- define "certvol.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else if contains (include "certvol.name" .) .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name (include "certvol.name" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "certvol.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "certvol.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "certvol.labels" -}}
+{{ include "certvol.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/*
+An image reference from {repository, tag, digest}; a digest wins over the tag. The second
+argument is the default tag (the chart's appVersion for certvol itself).
+*/}}
+{{- define "certvol.image" -}}
+{{- $img := index . 0 -}}
+{{- $defaultTag := index . 1 -}}
+{{- if $img.digest -}}
+{{- printf "%s@%s" $img.repository $img.digest -}}
+{{- else -}}
+{{- printf "%s:%s" $img.repository (default $defaultTag $img.tag) -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+Checks values whose mistakes would otherwise only show at runtime, and returns "cert-manager"
+or "local".
+*/}}
+{{- define "certvol.issuer" -}}
+{{- $issuer := .Values.issuer -}}
+{{- if not (has $issuer (list "cert-manager" "local")) -}}
+{{- fail (printf "issuer must be \"cert-manager\" or \"local\", not %q" $issuer) -}}
+{{- end -}}
+{{- if and (eq $issuer "local") .Values.certManager.tokenRequest -}}
+{{- fail "certManager.tokenRequest needs issuer: cert-manager (the local CA files no requests)" -}}
+{{- end -}}
+{{- if and (ne $issuer "local") .Values.local.caSecretName -}}
+{{- fail "local.caSecretName is only used with issuer: local" -}}
+{{- end -}}
+{{- if not (has .Values.logFormat (list "text" "json")) -}}
+{{- fail (printf "logFormat must be \"text\" or \"json\", not %q" .Values.logFormat) -}}
+{{- end -}}
+{{- $issuer -}}
+{{- end -}}
+
+{{/* kubelet's plugin directory for this driver; the CSI socket lives in it. */}}
+{{- define "certvol.pluginDir" -}}
+{{- printf "%s/plugins/%s" (trimSuffix "/" .Values.kubeletRootDir) .Values.driverName -}}
+{{- end -}}
