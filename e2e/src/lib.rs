@@ -360,3 +360,48 @@ pub async fn eventually<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) 
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// A thread that keeps reading a volume as an application reloading its pair would (one `..data`
+/// generation per read, checking key, chain and CA belong together) until stopped.
+pub struct PairReader {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<ReaderReport>,
+}
+
+/// What a [`PairReader`] saw.
+#[derive(Debug, Default)]
+pub struct ReaderReport {
+    /// Consistent reads.
+    pub reads: u64,
+    /// Distinct certificate serials seen.
+    pub serials: std::collections::BTreeSet<String>,
+    /// Inconsistent or failed reads.
+    pub errors: Vec<String>,
+}
+
+impl PairReader {
+    pub fn start(target: &Path) -> PairReader {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let (flag, target) = (stop.clone(), target.to_path_buf());
+        let thread = std::thread::spawn(move || {
+            let mut report = ReaderReport::default();
+            while !flag.load(Ordering::Relaxed) {
+                match read_volume(&target) {
+                    Ok(f) => {
+                        report.serials.insert(f.leaf.serial_hex);
+                        report.reads += 1;
+                    }
+                    Err(e) => report.errors.push(e),
+                }
+            }
+            report
+        });
+        PairReader { stop, thread }
+    }
+
+    pub fn stop(self) -> ReaderReport {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().unwrap_or_default()
+    }
+}

@@ -6,10 +6,8 @@
 //! By default against the in-process API stand-in and cert-manager stand-in; the scenarios that
 //! need the stand-in's controls (CA rotation, fault injection) skip themselves on a real cluster.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::future::Future;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use certvol_driver::issuer::certmanager::CertificateRequest;
@@ -18,7 +16,7 @@ use certvol_driver::kubelet::{InlineVolume, Pod, volume_id};
 use certvol_driver::pki;
 use certvol_e2e::apiserver::{ApiServer, Kind};
 use certvol_e2e::cluster::{Cluster, NODE_ID, cm_volume};
-use certvol_e2e::{Env, can_mount, eventually, read_volume};
+use certvol_e2e::{Env, PairReader, ReaderReport, can_mount, eventually, read_volume};
 
 macro_rules! require_root {
     () => {
@@ -155,34 +153,19 @@ async fn renewal_files_a_new_request_swaps_files_atomically_and_prunes_the_old_r
     let target = kubelet.publish(&pod, &vol).await.expect("publish");
     let first = serial(&target);
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let reads = Arc::new(AtomicU64::new(0));
-    let bad = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let reader = {
-        let (stop, reads, bad, target) = (stop.clone(), reads.clone(), bad.clone(), target.clone());
-        std::thread::spawn(move || {
-            let mut serials = BTreeSet::new();
-            while !stop.load(Ordering::Relaxed) {
-                // One `..data` generation per read: key, chain and CA must always belong together.
-                match read_volume(&target) {
-                    Ok(f) => {
-                        serials.insert(f.leaf.serial_hex);
-                        reads.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Err(e) => bad.lock().unwrap().push(e),
-                }
-            }
-            serials
-        })
-    };
+    // One `..data` generation per read: key, chain and CA must always belong together.
+    let reader = PairReader::start(&target);
     // Two renewals: at about 4 s and 8 s (two thirds of 6 s each).
     let renewed = eventually(Duration::from_secs(25), || {
         let s = env.state(&pod, &vol)?;
         (s.current.as_ref()?.revision >= 3).then_some(s)
     })
     .await;
-    stop.store(true, Ordering::Relaxed);
-    let serials = reader.join().unwrap();
+    let ReaderReport {
+        reads,
+        serials,
+        errors: bad,
+    } = reader.stop();
     let renewed = renewed.unwrap_or_else(|| {
         panic!(
             "two renewals within 25 s; state {:?}\n--- log ---\n{}",
@@ -190,15 +173,12 @@ async fn renewal_files_a_new_request_swaps_files_atomically_and_prunes_the_old_r
             env.logs()
         )
     });
-    // The reader has stopped: take its findings out so no lock is held across later awaits.
-    let bad = std::mem::take(&mut *bad.lock().unwrap());
     assert!(
         bad.is_empty(),
         "a reader saw {} inconsistent reads, e.g. {:?}",
         bad.len(),
         bad.first()
     );
-    let reads = reads.load(Ordering::Relaxed);
     assert!(reads > 50, "reader made only {reads} reads");
     assert!(
         serials.len() >= 3,

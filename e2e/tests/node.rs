@@ -5,14 +5,12 @@
 use std::collections::HashMap;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use certvol_driver::crashpoint;
 use certvol_driver::kubelet::{InlineVolume, Pod, volume_id};
 use certvol_driver::store::Phase;
-use certvol_e2e::{Env, can_mount, eventually, read_volume, volume};
+use certvol_e2e::{Env, PairReader, ReaderReport, can_mount, eventually, read_volume, volume};
 use certvol_proto::csi::v1 as csi;
 use tonic::Code;
 
@@ -551,46 +549,26 @@ async fn renewal_swaps_files_atomically_under_a_concurrent_reader_and_prunes_req
     let target = kubelet.publish(&pod, &vol).await.unwrap();
     let first = read_volume(&target).unwrap().leaf.serial_hex;
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let reads = Arc::new(AtomicU64::new(0));
-    let bad = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let reader = {
-        let (stop, reads, bad, target) = (stop.clone(), reads.clone(), bad.clone(), target.clone());
-        std::thread::spawn(move || {
-            let mut serials = std::collections::BTreeSet::new();
-            while !stop.load(Ordering::Relaxed) {
-                match read_volume(&target) {
-                    Ok(f) => {
-                        serials.insert(f.leaf.serial_hex);
-                        reads.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Err(e) => bad.lock().unwrap().push(e),
-                }
-            }
-            serials
-        })
-    };
+    let reader = PairReader::start(&target);
     // Two renewals: at about 4 s and 8 s.
     let renewed = eventually(Duration::from_secs(20), || {
         let s = env.state(&pod, &vol)?;
         (s.current.as_ref()?.revision >= 3).then_some(s)
     })
     .await;
-    stop.store(true, Ordering::Relaxed);
-    let serials = reader.join().unwrap();
+    let ReaderReport {
+        reads,
+        serials,
+        errors: bad,
+    } = reader.stop();
     let renewed = renewed.expect("two renewals within 20 s");
-    let bad = bad.lock().unwrap();
     assert!(
         bad.is_empty(),
         "a reader saw {} inconsistent reads, e.g. {:?}",
         bad.len(),
         bad.first()
     );
-    assert!(
-        reads.load(Ordering::Relaxed) > 50,
-        "reader made {} reads",
-        reads.load(Ordering::Relaxed)
-    );
+    assert!(reads > 50, "reader made {reads} reads");
     assert!(serials.len() >= 3, "reader saw {serials:?}");
     let now = read_volume(&target).unwrap();
     assert_ne!(now.leaf.serial_hex, first);

@@ -381,7 +381,6 @@ mod tests {
     use std::collections::VecDeque;
     use std::sync::Mutex;
 
-    use k8s_openapi::ByteString;
     use kube::client::Body;
     use kube::runtime::watcher::Event;
     use serde_json::{Value, json};
@@ -390,7 +389,6 @@ mod tests {
 
     use super::*;
     use crate::issuer::certmanager::resource::tests::{cert_request, issue_request};
-    use crate::issuer::certmanager::resource::{CertificateRequestStatus, Condition};
 
     /// One API call as the fake API server saw it.
     #[derive(Clone, Debug)]
@@ -487,22 +485,7 @@ mod tests {
         conditions: &[(&str, &str, &str, &str)],
         certificate: Option<&str>,
     ) -> CertificateRequest {
-        let mut cr = resource::build(req, "node-1");
-        cr.status = Some(CertificateRequestStatus {
-            conditions: conditions
-                .iter()
-                .map(|(t, s, r, m)| Condition {
-                    type_: (*t).into(),
-                    status: (*s).into(),
-                    reason: Some((*r).into()),
-                    message: Some((*m).into()),
-                    last_transition_time: None,
-                })
-                .collect(),
-            certificate: certificate.map(|c| ByteString(c.as_bytes().to_vec())),
-            ..Default::default()
-        });
-        cr
+        resource::tests::with_status(req, conditions, certificate, None)
     }
 
     const LEAF: &str = "-----BEGIN CERTIFICATE-----\nleaf\n-----END CERTIFICATE-----\n";

@@ -388,7 +388,17 @@ pub(crate) mod tests {
         cert: Option<&str>,
         ca: Option<&str>,
     ) -> CertificateRequest {
-        let mut cr = build(&issue_request(cert_request()), "node-1");
+        with_status(&issue_request(cert_request()), conditions, cert, ca)
+    }
+
+    /// The request `req` files, with a status of (type, status, reason, message) conditions.
+    pub(crate) fn with_status(
+        req: &IssueRequest,
+        conditions: &[(&str, &str, &str, &str)],
+        cert: Option<&str>,
+        ca: Option<&str>,
+    ) -> CertificateRequest {
+        let mut cr = build(req, "node-1");
         cr.status = Some(CertificateRequestStatus {
             conditions: conditions
                 .iter()
