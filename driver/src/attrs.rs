@@ -43,7 +43,8 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use crate::request::{
-    CertRequest, FileNames, IssuerRef, KeyAlgorithm, KeyEncoding, KeyUsage, PodInfo, Sans, Subject,
+    CaSource, CertRequest, FileNames, IssuerRef, KeyAlgorithm, KeyEncoding, KeyUsage, KubeCsrRef,
+    PodInfo, Sans, Subject,
 };
 
 /// certvol's own attribute prefix; wins over [`CERT_MANAGER_PREFIX`] when both set a key.
@@ -66,7 +67,7 @@ const DEFAULT_DURATION_TEXT: &str = "2160h";
 
 /// Every key accepted under [`CERTVOL_PREFIX`]; the first [`CERT_MANAGER_KEY_COUNT`] are
 /// cert-manager csi-driver's (same spelling) and also accepted under [`CERT_MANAGER_PREFIX`].
-const KEYS: [&str; 29] = [
+const KEYS: [&str; 31] = [
     "issuer-name",
     "issuer-kind",
     "issuer-group",
@@ -97,6 +98,8 @@ const KEYS: [&str; 29] = [
     "fs-group",
     // certvol extensions from here on.
     "renew",
+    "signer-name",
+    "ca-source",
 ];
 const CERT_MANAGER_KEY_COUNT: usize = 28;
 
@@ -257,20 +260,29 @@ pub fn stable_context(ctx: &HashMap<String, String>) -> BTreeMap<String, String>
 pub fn parse(ctx: &HashMap<String, String>) -> Result<CertRequest, AttrError> {
     let attrs = Attrs::collect(ctx)?;
 
-    let issuer_name = attrs.get("issuer-name").ok_or_else(|| AttrError::Missing {
-        attribute: format!("{CERT_MANAGER_PREFIX}issuer-name"),
-        why: format!(
-            "it names the cert-manager issuer that signs the certificate (\"{CERTVOL_PREFIX}\
-             issuer-name\" works too)"
-        ),
-    })?;
-    let home = if issuer_name.key.starts_with(CERTVOL_PREFIX) {
-        CERTVOL_PREFIX
-    } else {
-        CERT_MANAGER_PREFIX
+    let kube_csr = parse_kube_csr(&attrs)?;
+    let issuer_name = match (attrs.get("issuer-name"), &kube_csr) {
+        (Some(a), _) => Some(a),
+        // A Kubernetes CSR signer stands in for the cert-manager issuer.
+        (None, Some(_)) => None,
+        (None, None) => {
+            return Err(AttrError::Missing {
+                attribute: format!("{CERT_MANAGER_PREFIX}issuer-name"),
+                why: format!(
+                    "it names the cert-manager issuer that signs the certificate (\"{CERTVOL_PREFIX}\
+                     issuer-name\" works too; with --issuer kubernetes-csr set \"{CERTVOL_PREFIX}\
+                     signer-name\" instead)"
+                ),
+            });
+        }
+    };
+    // signer-name exists under our prefix only, so a spec without issuer-name is ours.
+    let home = match issuer_name {
+        Some(a) if a.key.starts_with(CERT_MANAGER_PREFIX) => CERT_MANAGER_PREFIX,
+        _ => CERTVOL_PREFIX,
     };
     let issuer = IssuerRef {
-        name: issuer_name.value.to_owned(),
+        name: issuer_name.map(|a| a.value.to_owned()).unwrap_or_default(),
         kind: attrs.value_or("issuer-kind", "Issuer"),
         group: attrs.value_or("issuer-group", "cert-manager.io"),
     };
@@ -330,6 +342,7 @@ pub fn parse(ctx: &HashMap<String, String>) -> Result<CertRequest, AttrError> {
     Ok(CertRequest {
         pod: attrs.pod.clone(),
         issuer,
+        kube_csr,
         subject,
         sans,
         duration,
@@ -344,6 +357,118 @@ pub fn parse(ctx: &HashMap<String, String>) -> Result<CertRequest, AttrError> {
         fs_group,
         annotations: attrs.annotations,
     })
+}
+
+const SIGNER_NAME_HELP: &str = "a signer name of the form \"example.com/signer-name\" (a fully \
+                                qualified DNS domain, \"/\", then a path)";
+const CA_SOURCE_HELP: &str = "\"clustertrustbundle-signer\" (the default), \
+                              \"clustertrustbundle:NAME\", \"configmap:NAME/KEY\" or \
+                              \"secret:NAME/KEY\" (in the pod's namespace)";
+
+/// `signer-name` and `ca-source` (Kubernetes CSR API backend).
+fn parse_kube_csr(attrs: &Attrs<'_>) -> Result<Option<KubeCsrRef>, AttrError> {
+    let source = attrs.get("ca-source");
+    let Some(signer) = attrs.get("signer-name") else {
+        if let Some(source) = source {
+            return Err(AttrError::Missing {
+                attribute: format!("{CERTVOL_PREFIX}signer-name"),
+                why: format!(
+                    "{:?} only applies to Kubernetes CSR API volumes, which name their signer",
+                    source.key
+                ),
+            });
+        }
+        return Ok(None);
+    };
+    if let Err(problem) = check_signer_name(signer.value) {
+        return Err(invalid(signer, problem, SIGNER_NAME_HELP));
+    }
+    let ca_source = match source {
+        None => CaSource::default(),
+        Some(a) => parse_ca_source(a.value).map_err(|p| invalid(a, p, CA_SOURCE_HELP))?,
+    };
+    Ok(Some(KubeCsrRef {
+        signer_name: signer.value.to_owned(),
+        ca_source,
+    }))
+}
+
+/// The API server's rule for `spec.signerName`: `domain/path`, the domain a DNS subdomain with at
+/// least two labels, the path non-empty segments of alphanumerics, `-`, `_` and `.`.
+fn check_signer_name(name: &str) -> Result<(), &'static str> {
+    let Some((domain, path)) = name.split_once('/') else {
+        return Err("has no \"/\" between domain and path");
+    };
+    if name.len() > 571 {
+        return Err("is longer than 571 characters");
+    }
+    if !domain.contains('.') || check_dns_name(domain).is_err() || domain.len() > 253 {
+        return Err("does not start with a fully qualified lowercase DNS domain");
+    }
+    if domain.bytes().any(|b| b.is_ascii_uppercase() || b == b'*') {
+        return Err("does not start with a fully qualified lowercase DNS domain");
+    }
+    let path_ok = path.len() <= 317
+        && path.split('/').all(|seg| {
+            !seg.is_empty()
+                && seg
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        });
+    if !path_ok {
+        return Err("has an empty or invalid path after the domain");
+    }
+    Ok(())
+}
+
+/// A DNS-subdomain object name (ConfigMaps, Secrets): lowercase alphanumerics, '-' and '.',
+/// alphanumeric at both ends, at most 253 characters.
+fn is_object_name(name: &str) -> bool {
+    let edge = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit();
+    let bytes = name.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= 253
+        && edge(bytes[0])
+        && edge(bytes[bytes.len() - 1])
+        && bytes.iter().all(|&b| edge(b) || b == b'-' || b == b'.')
+}
+
+fn parse_ca_source(value: &str) -> Result<CaSource, &'static str> {
+    let name_key = |rest: &str| -> Result<(String, String), &'static str> {
+        let (name, key) = rest
+            .split_once('/')
+            .ok_or("needs NAME/KEY after the colon")?;
+        if is_object_name(name)
+            && !key.is_empty()
+            && key.len() <= 253
+            && key
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        {
+            Ok((name.to_owned(), key.to_owned()))
+        } else {
+            Err("names an invalid object name or key")
+        }
+    };
+    if value == "clustertrustbundle-signer" {
+        return Ok(CaSource::ClusterTrustBundleSigner);
+    }
+    if let Some(name) = value.strip_prefix("clustertrustbundle:") {
+        // ClusterTrustBundle names may carry the signer name with ':' for '/'.
+        if !is_object_name(&name.replace(':', "-")) {
+            return Err("names an invalid ClusterTrustBundle");
+        }
+        return Ok(CaSource::ClusterTrustBundle(name.to_owned()));
+    }
+    if let Some(rest) = value.strip_prefix("configmap:") {
+        let (name, key) = name_key(rest)?;
+        return Ok(CaSource::ConfigMap { name, key });
+    }
+    if let Some(rest) = value.strip_prefix("secret:") {
+        let (name, key) = name_key(rest)?;
+        return Ok(CaSource::Secret { name, key });
+    }
+    Err("is not a known CA source")
 }
 
 /// One set attribute: the key as written and its (non-empty) value.
@@ -1127,6 +1252,7 @@ mod tests {
                 kind: "Issuer".into(),
                 group: "cert-manager.io".into(),
             },
+            kube_csr: None,
             subject: Subject {
                 common_name: Some("app".into()),
                 ..Subject::default()
@@ -1204,6 +1330,21 @@ mod tests {
 
     /// Accepted values, one row per key and behaviour: extra attributes → check.
     #[test]
+    fn signer_name_replaces_issuer_name() {
+        let req = parse(&ctx(&[
+            ("csi.certvol.io/signer-name", "example.com/workloads"),
+            ("csi.certvol.io/dns-names", "a.example"),
+        ]))
+        .unwrap();
+        assert_eq!(req.issuer.name, "");
+        assert_eq!(req.kube_csr.unwrap().signer_name, "example.com/workloads");
+        // A certvol spec: ECDSA by default.
+        assert_eq!(req.key_algorithm, KeyAlgorithm::EcdsaP256);
+        let err = parse(&ctx(&[("csi.certvol.io/dns-names", "a.example")])).unwrap_err();
+        assert!(err.to_string().contains("signer-name"), "{err}");
+    }
+
+    #[test]
     fn accepted_values_table() {
         let rows: &[AcceptedRow] = &[
             (
@@ -1215,6 +1356,63 @@ mod tests {
                 "issuer-group",
                 &[("csi.cert-manager.io/issuer-group", "example.com")],
                 |r| assert_eq!(r.issuer.group, "example.com"),
+            ),
+            (
+                "signer-name with the default CA source",
+                &[("csi.certvol.io/signer-name", "example.com/workloads/v1")],
+                |r| {
+                    let k = r.kube_csr.as_ref().unwrap();
+                    assert_eq!(k.signer_name, "example.com/workloads/v1");
+                    assert_eq!(k.ca_source, CaSource::ClusterTrustBundleSigner);
+                },
+            ),
+            (
+                "ca-source: a named ClusterTrustBundle",
+                &[
+                    ("csi.certvol.io/signer-name", "example.com/w"),
+                    (
+                        "csi.certvol.io/ca-source",
+                        "clustertrustbundle:example.com:w:v2",
+                    ),
+                ],
+                |r| {
+                    assert_eq!(
+                        r.kube_csr.as_ref().unwrap().ca_source,
+                        CaSource::ClusterTrustBundle("example.com:w:v2".into())
+                    )
+                },
+            ),
+            (
+                "ca-source: a ConfigMap key",
+                &[
+                    ("csi.certvol.io/signer-name", "example.com/w"),
+                    ("csi.certvol.io/ca-source", "configmap:corp-ca/ca.crt"),
+                ],
+                |r| {
+                    assert_eq!(
+                        r.kube_csr.as_ref().unwrap().ca_source,
+                        CaSource::ConfigMap {
+                            name: "corp-ca".into(),
+                            key: "ca.crt".into()
+                        }
+                    )
+                },
+            ),
+            (
+                "ca-source: a Secret key",
+                &[
+                    ("csi.certvol.io/signer-name", "example.com/w"),
+                    ("csi.certvol.io/ca-source", "secret:corp-ca/tls_ca.pem"),
+                ],
+                |r| {
+                    assert_eq!(
+                        r.kube_csr.as_ref().unwrap().ca_source,
+                        CaSource::Secret {
+                            name: "corp-ca".into(),
+                            key: "tls_ca.pem".into()
+                        }
+                    )
+                },
             ),
             (
                 "ours wins over cert-manager's",
@@ -1582,6 +1780,61 @@ mod tests {
                 vec![("csi.cert-manager.io/dns-names-x", "")],
                 "csi.cert-manager.io/dns-names-x",
                 "is not a known attribute (did you mean \"csi.cert-manager.io/dns-names\"?)",
+            ),
+            // Kubernetes CSR API keys
+            (
+                vec![("csi.certvol.io/signer-name", "example.com")],
+                "csi.certvol.io/signer-name",
+                "value \"example.com\" has no \"/\" between domain and path; accepted: a signer name of the form \"example.com/signer-name\"",
+            ),
+            (
+                vec![("csi.certvol.io/signer-name", "Example.com/x")],
+                "csi.certvol.io/signer-name",
+                "does not start with a fully qualified lowercase DNS domain",
+            ),
+            (
+                vec![("csi.certvol.io/signer-name", "localhost/x")],
+                "csi.certvol.io/signer-name",
+                "does not start with a fully qualified lowercase DNS domain",
+            ),
+            (
+                vec![("csi.certvol.io/signer-name", "example.com/a//b")],
+                "csi.certvol.io/signer-name",
+                "has an empty or invalid path after the domain",
+            ),
+            (
+                vec![
+                    ("csi.certvol.io/signer-name", "example.com/x"),
+                    ("csi.certvol.io/ca-source", "configmap:corp-ca"),
+                ],
+                "csi.certvol.io/ca-source",
+                "value \"configmap:corp-ca\" needs NAME/KEY after the colon; accepted: \"clustertrustbundle-signer\" (the default)",
+            ),
+            (
+                vec![
+                    ("csi.certvol.io/signer-name", "example.com/x"),
+                    ("csi.certvol.io/ca-source", "secret:Bad_Name/ca.crt"),
+                ],
+                "csi.certvol.io/ca-source",
+                "names an invalid object name or key",
+            ),
+            (
+                vec![
+                    ("csi.certvol.io/signer-name", "example.com/x"),
+                    ("csi.certvol.io/ca-source", "vault:pki"),
+                ],
+                "csi.certvol.io/ca-source",
+                "is not a known CA source; accepted: \"clustertrustbundle-signer\"",
+            ),
+            (
+                vec![("csi.certvol.io/ca-source", "configmap:corp-ca/ca.crt")],
+                "csi.certvol.io/signer-name",
+                "is required: \"csi.certvol.io/ca-source\" only applies to Kubernetes CSR API volumes",
+            ),
+            (
+                vec![("csi.cert-manager.io/signer-name", "example.com/x")],
+                "csi.cert-manager.io/signer-name",
+                "is a certvol extension; write it as \"csi.certvol.io/signer-name\"",
             ),
             // WrongPrefix
             (

@@ -16,6 +16,7 @@ pub const POINTS: &[&str] = &[
     "publish:mounted",
     "publish:key-saved",
     "certmanager:created",
+    "kubecsr:created",
     "publish:signed",
     "publish:files-written",
     "publish:recorded",

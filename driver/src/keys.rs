@@ -923,6 +923,7 @@ mod tests {
                 kind: "Issuer".into(),
                 group: "cert-manager.io".into(),
             },
+            kube_csr: None,
             subject: Subject {
                 common_name: Some("web.default.svc".into()),
                 organizations: vec!["Acme".into(), "Acme Ümlaut".into()],

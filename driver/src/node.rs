@@ -20,6 +20,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::csi::{IdentityService, NodeService, Readiness};
 use crate::issuer::Issuer;
 use crate::issuer::certmanager::{CertManagerConfig, CertManagerIssuer};
+use crate::issuer::kubecsr::{KubeCsrConfig, KubeCsrIssuer};
 use crate::issuer::local::{LocalCa, LocalCaConfig};
 use crate::mount::{DirMounter, KernelMounter, Mounter};
 use crate::recovery;
@@ -40,6 +41,9 @@ pub enum IssuerKind {
     /// cert-manager CertificateRequests, through the Kubernetes API (in-cluster config or
     /// KUBECONFIG).
     CertManager,
+    /// Kubernetes CertificateSigningRequests (certificates.k8s.io/v1) for the volume's
+    /// `signer-name`, through the Kubernetes API (in-cluster config or KUBECONFIG).
+    KubernetesCsr,
     /// The embedded local CA (no cluster needed).
     Local,
 }
@@ -118,7 +122,7 @@ pub enum NodeError {
     #[error("recovery: {0}")]
     Recovery(#[from] crate::volume::VolumeError),
     #[error(
-        "Kubernetes API configuration (in-cluster service account or KUBECONFIG) for --issuer cert-manager: {0}"
+        "Kubernetes API configuration (in-cluster service account or KUBECONFIG) for --issuer cert-manager or kubernetes-csr: {0}"
     )]
     Kube(String),
     #[error("gRPC server: {0}")]
@@ -221,6 +225,25 @@ pub async fn run(
             issuer_reachable = Arc::new(move || probe.synced());
             issuer as Arc<dyn Issuer>
         }
+        IssuerKind::KubernetesCsr => {
+            let config = kube::Config::infer()
+                .await
+                .map_err(|e| NodeError::Kube(e.to_string()))?;
+            let client = crate::kubeclient::client(config, opts.api_rate_limit)
+                .map_err(|e| NodeError::Kube(e.to_string()))?;
+            let (issuer, watch) = KubeCsrIssuer::new(
+                client,
+                KubeCsrConfig {
+                    node_id: opts.node_id.clone(),
+                    wait_timeout: opts.issue_timeout,
+                },
+            );
+            issuer_tasks.push((info_span!("kubernetes-csr-watch"), Box::pin(watch)));
+            let issuer = Arc::new(issuer);
+            let probe = issuer.clone();
+            issuer_reachable = Arc::new(move || probe.synced());
+            issuer as Arc<dyn Issuer>
+        }
         IssuerKind::Local => Arc::new(LocalCa::open(
             LocalCaConfig {
                 dir: store.root().join("local-ca"),
@@ -292,7 +315,10 @@ pub async fn run(
             } else if !recovered.is_ready() {
                 Err("recovering volume state after a restart".into())
             } else if !issuer_reachable() {
-                Err("the issuer is not reachable yet (the CertificateRequest watch has not listed once)".into())
+                Err(
+                    "the issuer is not reachable yet (the request watch has not listed once)"
+                        .into(),
+                )
             } else {
                 Ok(())
             }

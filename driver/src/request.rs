@@ -215,11 +215,51 @@ impl Default for FileNames {
     }
 }
 
+/// Where a Kubernetes-CSR volume's `ca.crt` comes from (`ca-source`): the CSR API returns only
+/// the certificate, never the CA that signed it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CaSource {
+    /// Every ClusterTrustBundle whose `spec.signerName` is the request's signer name.
+    #[default]
+    ClusterTrustBundleSigner,
+    /// The ClusterTrustBundle with this name.
+    ClusterTrustBundle(String),
+    /// A key of a ConfigMap in the pod's namespace.
+    ConfigMap { name: String, key: String },
+    /// A key of a Secret in the pod's namespace.
+    Secret { name: String, key: String },
+}
+
+impl std::fmt::Display for CaSource {
+    /// The attribute spelling, so messages name the source as the user wrote it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CaSource::ClusterTrustBundleSigner => f.write_str("clustertrustbundle-signer"),
+            CaSource::ClusterTrustBundle(name) => write!(f, "clustertrustbundle:{name}"),
+            CaSource::ConfigMap { name, key } => write!(f, "configmap:{name}/{key}"),
+            CaSource::Secret { name, key } => write!(f, "secret:{name}/{key}"),
+        }
+    }
+}
+
+/// A volume's Kubernetes CSR API parameters (`signer-name`, `ca-source`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KubeCsrRef {
+    /// `spec.signerName` of the CertificateSigningRequest, e.g. `example.com/workloads`.
+    pub signer_name: String,
+    pub ca_source: CaSource,
+}
+
 /// Everything a volume asks for: what to put in the certificate, how to issue and store it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CertRequest {
     pub pod: PodInfo,
+    /// cert-manager's issuer; its name is empty when only `signer-name` was given.
     pub issuer: IssuerRef,
+    /// Set when the volume names a Kubernetes CSR signer (`signer-name`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kube_csr: Option<KubeCsrRef>,
     pub subject: Subject,
     pub sans: Sans,
     /// Requested validity. Issuers may cap it.

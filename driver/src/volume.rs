@@ -279,6 +279,7 @@ impl VolumeManager {
     /// NodePublishVolume: make the volume's certificate available read-only at the target.
     pub async fn publish(&self, params: PublishParams) -> Result<Published, VolumeError> {
         let req = Arc::new(attrs::parse(&params.context)?);
+        self.issuer.check_request(&req)?;
         let context = attrs::stable_context(&params.context);
         if let Some(token) = token_from_context(&params.context).map_err(|e| {
             VolumeError::InvalidArgument(format!("volume context {}: {e}", attrs::TOKENS_KEY))

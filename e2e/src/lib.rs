@@ -5,6 +5,7 @@
 
 pub mod apiserver;
 pub mod cluster;
+pub mod kubesigner;
 pub mod signer;
 
 use std::fs;

@@ -34,6 +34,7 @@ fn cert_request(pod: &str, uid: &str) -> CertRequest {
             kind: "Issuer".into(),
             group: "cert-manager.io".into(),
         },
+        kube_csr: None,
         subject: Subject {
             common_name: Some(format!("{pod}.example.com")),
             ..Subject::default()

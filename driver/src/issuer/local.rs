@@ -582,6 +582,7 @@ mod tests {
                 kind: "Issuer".into(),
                 group: "certvol".into(),
             },
+            kube_csr: None,
             subject: Subject {
                 common_name: Some("web".into()),
                 ..Subject::default()

@@ -2,7 +2,9 @@
 //! Kubernetes CSR API later) plug in behind [`Issuer`].
 
 pub mod certmanager;
+pub mod kubecsr;
 pub mod local;
+pub mod watch;
 
 use std::sync::Arc;
 
@@ -75,6 +77,12 @@ impl IssueError {
 pub trait Issuer: Send + Sync + std::fmt::Debug + 'static {
     /// Short name of the backend for logs and tables, e.g. `local`.
     fn kind(&self) -> &'static str;
+
+    /// Whether this issuer can serve a volume asking for `req`, checked before anything is
+    /// written, so a volume that names the wrong kind of issuer fails with InvalidArgument.
+    fn check_request(&self, _req: &CertRequest) -> Result<(), crate::attrs::AttrError> {
+        Ok(())
+    }
 
     /// Signs `req`. Calling it again with the same `req.name` after a crash must not file a second
     /// request: the issuer adopts the one it already has.

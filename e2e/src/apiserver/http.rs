@@ -29,6 +29,9 @@ const CR_SELECTABLE: &[&str] = &[
     "spec.issuerRef.name",
 ];
 
+/// Fields CertificateSigningRequest and ClusterTrustBundle field selectors may use.
+const SIGNER_SELECTABLE: &[&str] = &["metadata.name", "spec.signerName"];
+
 /// Watches end after this long when the client gives no timeoutSeconds (apiserver picks 30-60 min).
 const DEFAULT_WATCH_TIMEOUT: Duration = Duration::from_secs(1800);
 
@@ -68,16 +71,27 @@ fn parse_route(path: &str) -> Option<Route> {
         ("cert-manager.io/v1", "certificaterequests") => Kind::CertificateRequest,
         ("v1", "pods") => Kind::Pod,
         ("v1", "events") | ("events.k8s.io/v1", "events") => Kind::Event,
+        ("certificates.k8s.io/v1", "certificatesigningrequests") => Kind::CertificateSigningRequest,
+        ("certificates.k8s.io/v1", "clustertrustbundles") => Kind::ClusterTrustBundle,
         _ => return None,
     };
-    if name.is_some() && namespace.is_none() {
-        // Every kind here is namespaced: single objects only exist under /namespaces/{ns}.
+    if kind.namespaced() && name.is_some() && namespace.is_none() {
+        // Single namespaced objects only exist under /namespaces/{ns}.
         return None;
     }
-    if let Some(s) = &sub
-        && !(s == "status" && kind != Kind::Event)
-    {
+    if !kind.namespaced() && namespace.is_some() {
+        // Cluster-scoped kinds have no namespaced URLs.
         return None;
+    }
+    if let Some(s) = &sub {
+        let allowed = match kind {
+            Kind::Event | Kind::ClusterTrustBundle => false,
+            Kind::CertificateSigningRequest => s == "status" || s == "approval",
+            _ => s == "status",
+        };
+        if !allowed {
+            return None;
+        }
     }
     Some(Route {
         kind,
@@ -189,7 +203,7 @@ fn dispatch(
 ) -> Result<Response, ApiError> {
     let ns = r.namespace.as_deref().unwrap_or("");
     let name = r.name.as_deref().unwrap_or("");
-    let status_only = r.subresource.as_deref() == Some("status");
+    let sub = super::Subresource::from_path(r.subresource.as_deref());
     let store = &s.store;
     match verb {
         "get" => {
@@ -202,7 +216,7 @@ fn dispatch(
         "list" => list(s, r, q),
         "watch" => watch(s, r, q),
         "create" => {
-            if r.name.is_some() || r.namespace.is_none() {
+            if r.name.is_some() || (r.kind.namespaced() && r.namespace.is_none()) {
                 return Err(ApiError::MethodNotAllowed(
                     "create is only allowed on the namespaced collection".into(),
                 ));
@@ -217,7 +231,7 @@ fn dispatch(
             require_name(r)?;
             let mut obj = parse_body(body)?;
             check_api_version(r, &mut obj)?;
-            let updated = store.replace(r.kind, ns, name, obj, status_only)?;
+            let updated = store.modify_sub(r.kind, ns, name, sub, |_| Ok(obj))?;
             let updated = as_version(&r.group_version, updated);
             Ok(json_response(200, &updated))
         }
@@ -233,7 +247,7 @@ fn dispatch(
                 .trim()
                 .to_string();
             let patch = parse_patch(r, &ctype, q, body)?;
-            let updated = store.modify(r.kind, ns, name, status_only, |current| {
+            let updated = store.modify_sub(r.kind, ns, name, sub, |current| {
                 apply_patch(&as_version(&r.group_version, current.clone()), &patch)
             })?;
             let updated = as_version(&r.group_version, updated);
@@ -338,7 +352,11 @@ fn selectors(
 ) -> Result<(LabelSelector, FieldSelector), ApiError> {
     let labels = LabelSelector::parse(q.get("labelSelector").map_or("", String::as_str))
         .map_err(|e| ApiError::BadRequest(format!("unable to parse requirement: {e}")))?;
-    let allowed = (r.kind == Kind::CertificateRequest).then_some(CR_SELECTABLE);
+    let allowed = match r.kind {
+        Kind::CertificateRequest => Some(CR_SELECTABLE),
+        Kind::CertificateSigningRequest | Kind::ClusterTrustBundle => Some(SIGNER_SELECTABLE),
+        _ => None,
+    };
     let fields = FieldSelector::parse(q.get("fieldSelector").map_or("", String::as_str), allowed)
         .map_err(ApiError::BadRequest)?;
     Ok((labels, fields))

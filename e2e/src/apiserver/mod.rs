@@ -6,6 +6,7 @@
 //! real cluster: server-set metadata, 409/404/422/410 with Status bodies, pruning, label selectors,
 //! resumable watches that expire, owner-reference garbage collection.
 
+mod csr;
 mod http;
 mod meta;
 mod schema;
@@ -20,6 +21,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
+pub use csr::{KNOWN_USAGES, MIN_EXPIRATION_SECONDS, Subresource};
 pub use schema::{Schema, SchemaError};
 pub use selector::{FieldSelector, LabelSelector};
 pub use store::{DeleteOptions, Store, crd_path};
@@ -33,6 +35,10 @@ pub enum Kind {
     /// cluster. The store keeps each event in the version it was written with; the HTTP API
     /// converts to the version a client reads through.
     Event,
+    /// certificates.k8s.io/v1, cluster-scoped, with `/status` and `/approval`.
+    CertificateSigningRequest,
+    /// certificates.k8s.io/v1, cluster-scoped.
+    ClusterTrustBundle,
 }
 
 impl Kind {
@@ -41,6 +47,8 @@ impl Kind {
             Kind::CertificateRequest => "CertificateRequest",
             Kind::Pod => "Pod",
             Kind::Event => "Event",
+            Kind::CertificateSigningRequest => "CertificateSigningRequest",
+            Kind::ClusterTrustBundle => "ClusterTrustBundle",
         }
     }
 
@@ -50,6 +58,8 @@ impl Kind {
             Kind::CertificateRequest => "certificaterequests",
             Kind::Pod => "pods",
             Kind::Event => "events",
+            Kind::CertificateSigningRequest => "certificatesigningrequests",
+            Kind::ClusterTrustBundle => "clustertrustbundles",
         }
     }
 
@@ -57,6 +67,7 @@ impl Kind {
         match self {
             Kind::CertificateRequest => "cert-manager.io",
             Kind::Pod | Kind::Event => "",
+            Kind::CertificateSigningRequest | Kind::ClusterTrustBundle => "certificates.k8s.io",
         }
     }
 
@@ -65,7 +76,16 @@ impl Kind {
         match self {
             Kind::CertificateRequest => "cert-manager.io/v1",
             Kind::Pod | Kind::Event => "v1",
+            Kind::CertificateSigningRequest | Kind::ClusterTrustBundle => "certificates.k8s.io/v1",
         }
+    }
+
+    /// Whether objects live in a namespace (cluster-scoped kinds are stored under namespace "").
+    pub fn namespaced(self) -> bool {
+        !matches!(
+            self,
+            Kind::CertificateSigningRequest | Kind::ClusterTrustBundle
+        )
     }
 
     /// `certificaterequests.cert-manager.io`, as error messages name resources.

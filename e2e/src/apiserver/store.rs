@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use serde_json::{Value, json};
 use tokio::sync::broadcast;
 
+use super::csr::{self, Subresource};
 use super::schema::{Schema, SchemaError};
 use super::selector::{FieldSelector, LabelSelector};
 use super::{ApiError, EventType, FieldCause, Identity, Kind, WatchEvent, meta, webhook};
@@ -138,6 +139,10 @@ impl Store {
             .as_object_mut()
             .ok_or_else(|| ApiError::BadRequest("metadata must be an object".into()))?;
         match meta.get("namespace").and_then(Value::as_str) {
+            // Cluster-scoped objects have no namespace: the apiserver clears whatever was sent.
+            _ if !kind.namespaced() => {
+                meta.remove("namespace");
+            }
             None | Some("") => {
                 meta.insert("namespace".into(), json!(namespace));
             }
@@ -201,6 +206,10 @@ impl Store {
             .unwrap_or("")
             .to_string();
         let mut causes = meta::validate(&Value::Object(meta.clone()));
+        if kind == Kind::ClusterTrustBundle {
+            // Its names follow their own rule (signer prefix with ':'), checked with the spec.
+            causes.retain(|c| c.field != "metadata.name");
+        }
         if kind == Kind::CertificateRequest {
             // The status subresource makes create ignore any status the client sent.
             map.remove("status");
@@ -210,9 +219,17 @@ impl Store {
                 causes.extend(webhook::validate_create(&obj));
             }
         }
+        if kind == Kind::CertificateSigningRequest {
+            csr::prepare_create(&mut obj, who);
+            causes.extend(csr::validate(&obj));
+        }
+        if kind == Kind::ClusterTrustBundle {
+            causes.extend(csr::validate_trust_bundle(None, &obj));
+        }
         if !causes.is_empty() {
             return Err(ApiError::invalid(kind, &name, causes));
         }
+        let namespace = if kind.namespaced() { namespace } else { "" };
         let key = (kind, namespace.to_string(), name.clone());
         if inner.objects.contains_key(&key) {
             return Err(ApiError::AlreadyExists {
@@ -319,6 +336,26 @@ impl Store {
         status_only: bool,
         f: impl FnOnce(&Value) -> Result<Value, ApiError>,
     ) -> Result<Value, ApiError> {
+        let sub = if status_only {
+            Subresource::Status
+        } else {
+            Subresource::Main
+        };
+        self.modify_sub(kind, namespace, name, sub, f)
+    }
+
+    /// [`Store::modify`] through a named endpoint: the main resource, `/status` or (for
+    /// CertificateSigningRequests) `/approval`.
+    pub fn modify_sub(
+        &self,
+        kind: Kind,
+        namespace: &str,
+        name: &str,
+        sub: Subresource,
+        f: impl FnOnce(&Value) -> Result<Value, ApiError>,
+    ) -> Result<Value, ApiError> {
+        let status_only = sub == Subresource::Status;
+        let namespace = if kind.namespaced() { namespace } else { "" };
         let mut inner = self.lock();
         if inner.conflicts_pending > 0 {
             inner.conflicts_pending -= 1;
@@ -352,7 +389,38 @@ impl Store {
         {
             return Err(ApiError::conflict(kind, name));
         }
-        let mut new = if status_only {
+        let mut new = if kind == Kind::CertificateSigningRequest {
+            let mut n = csr::prepare_update(&old, &obj, sub);
+            // Server-owned metadata survives any update (the strategy kept the rest as sent).
+            if sub == Subresource::Main {
+                for f in [
+                    "uid",
+                    "creationTimestamp",
+                    "generation",
+                    "name",
+                    "namespace",
+                    "resourceVersion",
+                    "deletionTimestamp",
+                    "deletionGracePeriodSeconds",
+                ] {
+                    match (old["metadata"].get(f), n["metadata"].as_object_mut()) {
+                        (Some(v), Some(m)) => {
+                            m.insert(f.into(), v.clone());
+                        }
+                        (None, Some(m)) => {
+                            m.remove(f);
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            n
+        } else if sub == Subresource::Approval {
+            return Err(ApiError::NotFound {
+                resource: kind.qualified_resource(),
+                name: format!("{name}/approval"),
+            });
+        } else if status_only {
             let mut n = old.clone();
             match obj.get_mut("status").map(Value::take) {
                 Some(s) => n["status"] = s,
@@ -410,9 +478,18 @@ impl Store {
             Some(m) => meta::validate(m),
             None => Vec::new(),
         };
+        if kind == Kind::ClusterTrustBundle {
+            causes.retain(|c| c.field != "metadata.name");
+        }
         if kind == Kind::CertificateRequest {
             causes.extend(self.schema.prune_and_validate(&mut new));
             causes.extend(webhook::validate_update(&old, &new));
+        }
+        if kind == Kind::CertificateSigningRequest {
+            causes.extend(csr::validate_update(&old, &new));
+        }
+        if kind == Kind::ClusterTrustBundle {
+            causes.extend(csr::validate_trust_bundle(Some(&old), &new));
         }
         if old.pointer("/metadata/deletionTimestamp").is_some() {
             let had = old

@@ -10,7 +10,9 @@
 pub mod events;
 pub mod resource;
 pub mod token;
-pub mod watch;
+
+/// The shared request watch (it began here, with cert-manager's requests).
+pub use super::watch;
 
 use std::fmt;
 use std::future::Future;
@@ -71,7 +73,7 @@ pub struct CertManagerIssuer {
     client: kube::Client,
     cfg: CertManagerConfig,
     node_label: String,
-    cache: Arc<RequestCache>,
+    cache: Arc<RequestCache<CertificateRequest>>,
     events: EventSink,
 }
 
@@ -317,13 +319,13 @@ fn create_error(request: &str, error: kube::Error) -> IssueError {
 }
 
 /// The raw SubjectPublicKeyInfo of a DER CSR, or `None` when it does not parse.
-fn spki_of_der(der: &[u8]) -> Option<Vec<u8>> {
+pub(crate) fn spki_of_der(der: &[u8]) -> Option<Vec<u8>> {
     let (_, csr) = X509CertificationRequest::from_der(der).ok()?;
     Some(csr.certification_request_info.subject_pki.raw.to_vec())
 }
 
 /// The raw SubjectPublicKeyInfo of a PEM CSR (`spec.request`), or `None` when it does not parse.
-fn spki_of_pem(pem: &[u8]) -> Option<Vec<u8>> {
+pub(crate) fn spki_of_pem(pem: &[u8]) -> Option<Vec<u8>> {
     let (_, pem) = x509_parser::pem::parse_x509_pem(pem).ok()?;
     spki_of_der(&pem.contents)
 }
@@ -331,6 +333,19 @@ fn spki_of_pem(pem: &[u8]) -> Option<Vec<u8>> {
 impl Issuer for CertManagerIssuer {
     fn kind(&self) -> &'static str {
         "cert-manager"
+    }
+
+    fn check_request(
+        &self,
+        req: &crate::request::CertRequest,
+    ) -> Result<(), crate::attrs::AttrError> {
+        if req.issuer.name.is_empty() {
+            return Err(crate::attrs::AttrError::Missing {
+                attribute: format!("{}issuer-name", crate::attrs::CERT_MANAGER_PREFIX),
+                why: "this node issues through cert-manager (--issuer cert-manager); \"signer-name\" is for --issuer kubernetes-csr".into(),
+            });
+        }
+        Ok(())
     }
 
     fn issue<'a>(&'a self, req: &'a IssueRequest) -> BoxFuture<'a, Result<Issued, IssueError>> {
@@ -377,7 +392,7 @@ impl Issuer for CertManagerIssuer {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::collections::VecDeque;
     use std::sync::Mutex;
 
@@ -392,33 +407,33 @@ mod tests {
 
     /// One API call as the fake API server saw it.
     #[derive(Clone, Debug)]
-    struct Call {
-        method: String,
-        path: String,
-        body: Value,
+    pub(crate) struct Call {
+        pub(crate) method: String,
+        pub(crate) path: String,
+        pub(crate) body: Value,
     }
 
     /// A scripted stand-in for the API server behind a `kube::Client`: records every call and
     /// answers CertificateRequest creates/deletes from a script (default: success).
     #[derive(Default)]
-    struct Fake {
+    pub(crate) struct Fake {
         calls: Mutex<Vec<Call>>,
         replies: Mutex<VecDeque<(u16, &'static str)>>,
     }
 
     impl Fake {
-        fn calls(&self) -> Vec<Call> {
+        pub(crate) fn calls(&self) -> Vec<Call> {
             self.calls.lock().unwrap().clone()
         }
 
-        fn count(&self, method: &str, resource: &str) -> usize {
+        pub(crate) fn count(&self, method: &str, resource: &str) -> usize {
             self.calls()
                 .iter()
                 .filter(|c| c.method == method && c.path.contains(resource))
                 .count()
         }
 
-        fn script(&self, code: u16, reason: &'static str) {
+        pub(crate) fn script(&self, code: u16, reason: &'static str) {
             self.replies.lock().unwrap().push_back((code, reason));
         }
     }
@@ -428,7 +443,7 @@ mod tests {
                "message": format!("scripted {reason}"), "reason": reason, "code": code})
     }
 
-    fn client(fake: Arc<Fake>) -> kube::Client {
+    pub(crate) fn client(fake: Arc<Fake>) -> kube::Client {
         let service = tower::service_fn(move |req: Request<Body>| {
             let fake = fake.clone();
             async move {
@@ -445,7 +460,10 @@ mod tests {
                     path: path.clone(),
                     body: body.clone(),
                 });
-                let scripted = if path.contains("certificaterequests") {
+                // Scripted replies answer the issuer's request objects of either backend.
+                let scripted = if path.contains("certificaterequests")
+                    || path.contains("certificatesigningrequests")
+                {
                     fake.replies.lock().unwrap().pop_front()
                 } else {
                     None

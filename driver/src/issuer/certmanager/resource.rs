@@ -349,6 +349,7 @@ pub(crate) mod tests {
                 kind: "ClusterIssuer".into(),
                 group: "cert-manager.io".into(),
             },
+            kube_csr: None,
             subject: Subject::default(),
             sans: Sans::default(),
             duration: Duration::from_secs(90 * 24 * 3600),

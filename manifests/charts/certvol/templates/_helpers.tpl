@@ -49,11 +49,14 @@ or "local".
 */}}
 {{- define "certvol.issuer" -}}
 {{- $issuer := .Values.issuer -}}
-{{- if not (has $issuer (list "cert-manager" "local")) -}}
-{{- fail (printf "issuer must be \"cert-manager\" or \"local\", not %q" $issuer) -}}
+{{- if not (has $issuer (list "cert-manager" "kubernetes-csr" "local")) -}}
+{{- fail (printf "issuer must be \"cert-manager\", \"kubernetes-csr\" or \"local\", not %q" $issuer) -}}
 {{- end -}}
-{{- if and (eq $issuer "local") .Values.certManager.tokenRequest -}}
-{{- fail "certManager.tokenRequest needs issuer: cert-manager (the local CA files no requests)" -}}
+{{- if and (ne $issuer "cert-manager") .Values.certManager.tokenRequest -}}
+{{- fail "certManager.tokenRequest needs issuer: cert-manager (only cert-manager requests are filed with the pod's token)" -}}
+{{- end -}}
+{{- if and (ne $issuer "kubernetes-csr") (or .Values.kubernetesCsr.readConfigMaps .Values.kubernetesCsr.readSecrets) -}}
+{{- fail "kubernetesCsr.readConfigMaps and kubernetesCsr.readSecrets are only used with issuer: kubernetes-csr" -}}
 {{- end -}}
 {{- if and (ne $issuer "local") .Values.local.caSecretName -}}
 {{- fail "local.caSecretName is only used with issuer: local" -}}

@@ -1,4 +1,5 @@
-//! One node-scoped watch on CertificateRequests feeding an in-memory cache that issuances wait on.
+//! One node-scoped watch on the issuer's request objects (cert-manager CertificateRequests or
+//! Kubernetes CertificateSigningRequests) feeding an in-memory cache that issuances wait on.
 //!
 //! Every issuance on the node shares this single watch (selected by the `certvol.io/node` label),
 //! so waiting costs no GETs or LISTs of its own: an issuance creates its request and then waits for
@@ -9,28 +10,31 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use futures::StreamExt;
-use kube::Api;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
+use kube::{Api, Resource};
+use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
-use super::resource::CertificateRequest;
 use crate::issuer::{IssueError, Issued};
 
-/// `(namespace, name)` of a request.
+/// `(namespace, name)` of a request; the namespace is empty for cluster-scoped kinds.
 pub type Key = (String, String);
 
-fn key_of(cr: &CertificateRequest) -> Option<Key> {
-    Some((cr.metadata.namespace.clone()?, cr.metadata.name.clone()?))
+fn key_of<R: Resource>(cr: &R) -> Option<Key> {
+    let meta = cr.meta();
+    Some((
+        meta.namespace.clone().unwrap_or_default(),
+        meta.name.clone()?,
+    ))
 }
 
-#[derive(Default)]
-struct State {
-    live: HashMap<Key, CertificateRequest>,
+struct State<R> {
+    live: HashMap<Key, R>,
     /// Objects listed since the watcher's last `Init`: the watcher relists after a 410 Gone or a
     /// reconnect, and what the relist does not contain was deleted meanwhile.
-    relist: Option<HashMap<Key, CertificateRequest>>,
+    relist: Option<HashMap<Key, R>>,
     /// Whether a full list has completed at least once (for timeout diagnostics).
     synced: bool,
     /// Recently deleted requests: key → (change number of the deletion, uid). A waiter may wake
@@ -40,25 +44,37 @@ struct State {
     tombstone_order: VecDeque<Key>,
 }
 
+impl<R> Default for State<R> {
+    fn default() -> Self {
+        State {
+            live: HashMap::new(),
+            relist: None,
+            synced: false,
+            tombstones: HashMap::new(),
+            tombstone_order: VecDeque::new(),
+        }
+    }
+}
+
 /// How many deletions are remembered; waiters look them up within moments of the event.
 const TOMBSTONES: usize = 1024;
 
-impl State {
-    fn bury(&mut self, key: Key, change: u64, cr: &CertificateRequest) {
+impl<R: Resource> State<R> {
+    fn bury(&mut self, key: Key, change: u64, cr: &R) {
         if self.tombstone_order.len() >= TOMBSTONES
             && let Some(old) = self.tombstone_order.pop_front()
         {
             self.tombstones.remove(&old);
         }
         self.tombstones
-            .insert(key.clone(), (change, cr.metadata.uid.clone()));
+            .insert(key.clone(), (change, cr.meta().uid.clone()));
         self.tombstone_order.push_back(key);
     }
 }
 
-/// The cache of this node's CertificateRequests plus a change counter waiters subscribe to.
-pub struct RequestCache {
-    state: Mutex<State>,
+/// The cache of this node's requests plus a change counter waiters subscribe to.
+pub struct RequestCache<R> {
+    state: Mutex<State<R>>,
     changes: watch::Sender<u64>,
 }
 
@@ -70,19 +86,16 @@ pub struct Subscription {
 
 /// How waiting for a request ended.
 #[derive(Debug)]
-pub enum Waited {
+pub enum Waited<R> {
     /// The check function returned a final result.
     Done(Result<Issued, IssueError>),
     /// The request was in the cache and then disappeared (deleted, e.g. garbage-collected).
     Deleted,
     /// No final result in time. Carries the last version seen, if any.
-    TimedOut {
-        last: Option<Box<CertificateRequest>>,
-        synced: bool,
-    },
+    TimedOut { last: Option<Box<R>>, synced: bool },
 }
 
-impl RequestCache {
+impl<R: Resource + Clone> RequestCache<R> {
     pub fn new() -> Arc<Self> {
         Arc::new(RequestCache {
             state: Mutex::new(State::default()),
@@ -90,7 +103,7 @@ impl RequestCache {
         })
     }
 
-    fn lock(&self) -> MutexGuard<'_, State> {
+    fn lock(&self) -> MutexGuard<'_, State<R>> {
         // A panic while holding the lock leaves plain maps behind, which are still consistent
         // enough to serve: the next relist replaces them anyway.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
@@ -104,7 +117,7 @@ impl RequestCache {
         Subscription { changes, since }
     }
 
-    pub fn get(&self, key: &Key) -> Option<CertificateRequest> {
+    pub fn get(&self, key: &Key) -> Option<R> {
         self.lock().live.get(key).cloned()
     }
 
@@ -122,9 +135,9 @@ impl RequestCache {
     }
 
     /// Applies one watcher event and wakes waiters.
-    pub fn apply(&self, event: Event<CertificateRequest>) {
+    pub fn apply(&self, event: Event<R>) {
         // managedFields can outweigh the rest of the object and nothing here reads them.
-        let event = event.modify(|cr| cr.metadata.managed_fields = None);
+        let event = event.modify(|cr| cr.meta_mut().managed_fields = None);
         // The number this change will carry once sent: only `apply` moves the counter, and only
         // the single watch loop calls it, so reading it first is exact.
         let change = self.changes.borrow().wrapping_add(1);
@@ -197,13 +210,13 @@ impl RequestCache {
         uid: Option<String>,
         timeout: Duration,
         check: F,
-    ) -> Waited
+    ) -> Waited<R>
     where
-        F: Fn(&CertificateRequest) -> Option<Result<Issued, IssueError>>,
+        F: Fn(&R) -> Option<Result<Issued, IssueError>>,
     {
         let Subscription { mut changes, since } = subscription;
         let mut uid = uid;
-        let mut last: Option<CertificateRequest> = None;
+        let mut last: Option<R> = None;
         let waiting = async {
             loop {
                 changes.borrow_and_update();
@@ -213,7 +226,7 @@ impl RequestCache {
                             return Waited::Done(result);
                         }
                         if uid.is_none() {
-                            uid = cr.metadata.uid.clone();
+                            uid = cr.meta().uid.clone();
                         }
                         last = Some(cr);
                     }
@@ -224,7 +237,7 @@ impl RequestCache {
                 if changes.changed().await.is_err() {
                     // The sender lives as long as the cache; this only happens while shutting down.
                     return Waited::Done(Err(IssueError::Unavailable {
-                        message: "the CertificateRequest watch has stopped".into(),
+                        message: "the request watch has stopped".into(),
                     }));
                 }
             }
@@ -239,10 +252,15 @@ impl RequestCache {
     }
 }
 
-/// Runs the node's watch until the process ends: lists and watches every CertificateRequest
+/// Runs the node's watch until the process ends: lists and watches every request of `R`
 /// matching `selector` cluster-wide, relisting after 410 Gone, backing off on errors.
-pub async fn run(api: Api<CertificateRequest>, selector: String, cache: Arc<RequestCache>) {
-    info!(%selector, "watching CertificateRequests");
+pub async fn run<R>(api: Api<R>, selector: String, cache: Arc<RequestCache<R>>)
+where
+    R: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    R::DynamicType: Default,
+{
+    let kind = R::kind(&R::DynamicType::default()).into_owned();
+    info!(%selector, %kind, "watching requests");
     let config = watcher::Config::default().labels(&selector);
     let mut stream = watcher::watcher(api, config).default_backoff().boxed();
     let mut healthy = true;
@@ -250,29 +268,31 @@ pub async fn run(api: Api<CertificateRequest>, selector: String, cache: Arc<Requ
         match item {
             Ok(event) => {
                 if !healthy {
-                    info!("CertificateRequest watch recovered");
+                    info!(%kind, "request watch recovered");
                     healthy = true;
                 }
                 if matches!(event, Event::InitDone) {
-                    debug!("CertificateRequest list complete");
+                    debug!(%kind, "request list complete");
                 }
                 cache.apply(event);
             }
             Err(error) => {
                 // Waiters keep waiting: the watcher relists once the API server answers again,
                 // and results that arrived meanwhile show up in that list.
-                warn!(%error, "CertificateRequest watch failed; retrying with backoff");
+                warn!(%error, %kind, "request watch failed; retrying with backoff");
                 healthy = false;
             }
         }
     }
-    warn!("CertificateRequest watch ended");
+    warn!(%kind, "request watch ended");
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::issuer::certmanager::resource::{self, CertificateRequestStatus, Condition};
+    use crate::issuer::certmanager::resource::{
+        self, CertificateRequest, CertificateRequestStatus, Condition,
+    };
     use k8s_openapi::ByteString;
 
     fn cr(name: &str, ready: Option<(&str, &str)>) -> CertificateRequest {

@@ -1,0 +1,233 @@
+//! Where a Kubernetes-CSR volume's `ca.crt` comes from. The CSR API answers with the certificate
+//! only, so the CA is read from the source the volume's `ca-source` names: ClusterTrustBundles of
+//! the signer (the default), one named ClusterTrustBundle, or a ConfigMap or Secret key in the
+//! pod's namespace.
+//!
+//! Resolution sits behind [`CaResolver`] so that a watch-driven trust-source cache can replace the
+//! direct API reads of [`KubeCaResolver`] without touching the issuer.
+
+use std::fmt;
+
+use futures::future::BoxFuture;
+use k8s_openapi::api::certificates::v1::ClusterTrustBundle;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use kube::Api;
+use kube::api::ListParams;
+
+use crate::request::CaSource;
+
+/// Why a CA could not be resolved.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CaError {
+    /// The named source does not exist, or holds no such key, or (by signer) no bundle matches.
+    #[error("{source_name}: {what}")]
+    Missing { source_name: String, what: String },
+    /// The source exists but holds no usable PEM certificate.
+    #[error("{source_name}: {what}")]
+    Unusable { source_name: String, what: String },
+    /// The API server could not be asked (transient).
+    #[error("{source_name}: {message}")]
+    Unavailable {
+        source_name: String,
+        message: String,
+    },
+}
+
+impl CaError {
+    pub fn is_transient(&self) -> bool {
+        matches!(self, CaError::Unavailable { .. })
+    }
+}
+
+/// Resolves a volume's CA source to PEM text (one or more CERTIFICATE blocks).
+pub trait CaResolver: Send + Sync + fmt::Debug + 'static {
+    /// `namespace` is the pod's (ConfigMap and Secret sources live there); `signer_name` is the
+    /// volume's `signer-name`.
+    fn resolve<'a>(
+        &'a self,
+        namespace: &'a str,
+        signer_name: &'a str,
+        source: &'a CaSource,
+    ) -> BoxFuture<'a, Result<String, CaError>>;
+}
+
+/// Reads the source from the API server on every call.
+pub struct KubeCaResolver {
+    client: kube::Client,
+}
+
+impl fmt::Debug for KubeCaResolver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KubeCaResolver").finish_non_exhaustive()
+    }
+}
+
+impl KubeCaResolver {
+    pub fn new(client: kube::Client) -> Self {
+        KubeCaResolver { client }
+    }
+}
+
+/// Keeps the CERTIFICATE blocks of `pem` (re-encoded, in order); errors when there are none or
+/// the text is not PEM.
+pub fn certificates_only(pem: &[u8]) -> Result<String, String> {
+    let mut out = String::new();
+    for block in x509_parser::pem::Pem::iter_from_buffer(pem) {
+        let block = block.map_err(|e| format!("is not PEM text ({e})"))?;
+        if block.label != "CERTIFICATE" {
+            continue;
+        }
+        block
+            .parse_x509()
+            .map_err(|e| format!("holds a certificate that does not parse ({e})"))?;
+        out.push_str(&crate::keys::pem_encode("CERTIFICATE", &block.contents)?);
+    }
+    if out.is_empty() {
+        return Err("holds no PEM CERTIFICATE block".into());
+    }
+    Ok(out)
+}
+
+fn api_error(source_name: &str, what: &str, error: kube::Error) -> CaError {
+    match error {
+        kube::Error::Api(status) if status.is_not_found() => CaError::Missing {
+            source_name: source_name.to_owned(),
+            what: format!("{what} not found"),
+        },
+        other => CaError::Unavailable {
+            source_name: source_name.to_owned(),
+            message: format!("reading {what}: {other}"),
+        },
+    }
+}
+
+fn usable(source_name: &str, what: &str, bytes: &[u8]) -> Result<String, CaError> {
+    certificates_only(bytes).map_err(|problem| CaError::Unusable {
+        source_name: source_name.to_owned(),
+        what: format!("{what} {problem}"),
+    })
+}
+
+impl CaResolver for KubeCaResolver {
+    fn resolve<'a>(
+        &'a self,
+        namespace: &'a str,
+        signer_name: &'a str,
+        source: &'a CaSource,
+    ) -> BoxFuture<'a, Result<String, CaError>> {
+        Box::pin(async move {
+            let source_name = source.to_string();
+            let missing = |what: String| CaError::Missing {
+                source_name: source_name.clone(),
+                what,
+            };
+            match source {
+                CaSource::ClusterTrustBundleSigner => {
+                    let api: Api<ClusterTrustBundle> = Api::all(self.client.clone());
+                    let params =
+                        ListParams::default().fields(&format!("spec.signerName={signer_name}"));
+                    let what = format!("ClusterTrustBundles with spec.signerName {signer_name:?}");
+                    let list = api
+                        .list(&params)
+                        .await
+                        .map_err(|e| api_error(&source_name, &what, e))?;
+                    let mut bundles: Vec<ClusterTrustBundle> = list.items;
+                    // Several bundles (a CA rotation in progress) all count, in a stable order.
+                    bundles.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+                    if bundles.is_empty() {
+                        return Err(missing(format!(
+                            "no ClusterTrustBundle has spec.signerName {signer_name:?}"
+                        )));
+                    }
+                    let mut pem = String::new();
+                    for b in &bundles {
+                        let name = b.metadata.name.as_deref().unwrap_or("");
+                        pem.push_str(&usable(
+                            &source_name,
+                            &format!("ClusterTrustBundle {name}"),
+                            b.spec.trust_bundle.as_bytes(),
+                        )?);
+                    }
+                    Ok(pem)
+                }
+                CaSource::ClusterTrustBundle(name) => {
+                    let api: Api<ClusterTrustBundle> = Api::all(self.client.clone());
+                    let what = format!("ClusterTrustBundle {name}");
+                    let b = api
+                        .get(name)
+                        .await
+                        .map_err(|e| api_error(&source_name, &what, e))?;
+                    usable(&source_name, &what, b.spec.trust_bundle.as_bytes())
+                }
+                CaSource::ConfigMap { name, key } => {
+                    let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), namespace);
+                    let what = format!("ConfigMap {namespace}/{name}");
+                    let cm = api
+                        .get(name)
+                        .await
+                        .map_err(|e| api_error(&source_name, &what, e))?;
+                    let value = cm
+                        .data
+                        .as_ref()
+                        .and_then(|d| d.get(key))
+                        .map(|v| v.as_bytes().to_vec())
+                        .or_else(|| {
+                            cm.binary_data
+                                .as_ref()
+                                .and_then(|d| d.get(key))
+                                .map(|v| v.0.clone())
+                        })
+                        .ok_or_else(|| missing(format!("{what} has no key {key:?}")))?;
+                    usable(&source_name, &format!("{what} key {key:?}"), &value)
+                }
+                CaSource::Secret { name, key } => {
+                    let api: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
+                    let what = format!("Secret {namespace}/{name}");
+                    let secret = api
+                        .get(name)
+                        .await
+                        .map_err(|e| api_error(&source_name, &what, e))?;
+                    let value = secret
+                        .data
+                        .as_ref()
+                        .and_then(|d| d.get(key))
+                        .map(|v| v.0.clone())
+                        .ok_or_else(|| missing(format!("{what} has no key {key:?}")))?;
+                    usable(&source_name, &format!("{what} key {key:?}"), &value)
+                }
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ca_pem() -> String {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.self_signed(&key).unwrap().pem()
+    }
+
+    #[test]
+    fn only_certificates_are_kept() {
+        let ca = ca_pem();
+        let mixed =
+            format!("{ca}-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n{ca}");
+        let kept = certificates_only(mixed.as_bytes()).unwrap();
+        assert_eq!(kept.matches("BEGIN CERTIFICATE").count(), 2);
+        assert!(!kept.contains("PRIVATE KEY"));
+        assert!(
+            certificates_only(b"")
+                .unwrap_err()
+                .contains("no PEM CERTIFICATE")
+        );
+        assert!(
+            certificates_only(b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n")
+                .is_err()
+        );
+    }
+}

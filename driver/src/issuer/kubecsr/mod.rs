@@ -1,0 +1,691 @@
+//! Issuance through the Kubernetes CSR API: one `CertificateSigningRequest`
+//! (certificates.k8s.io/v1, cluster-scoped) per issuance for the volume's `signer-name`, and a
+//! single node-scoped watch that every issuance waits on (the same [`RequestCache`] the
+//! cert-manager backend uses).
+//!
+//! API traffic per issuance is the CA lookup (see [`ca`]), one CREATE, and one DELETE when the
+//! volume layer forgets the request. After a crash the deterministic request name meets 409
+//! AlreadyExists and the existing request is adopted once its `spec.request` is shown to carry
+//! our key; a retry of a request the watch already shows files nothing.
+//!
+//! The driver never approves its own requests: an approver (a controller, or an administrator
+//! with `kubectl certificate approve`) must, and the signer for `signer-name` then issues.
+
+pub mod ca;
+pub mod resource;
+
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
+use kube::Api;
+use kube::api::{DeleteParams, PostParams};
+use tracing::{debug, info, warn};
+
+use self::ca::{CaError, CaResolver, KubeCaResolver};
+use super::certmanager::events::EventSink;
+use super::certmanager::resource::{LABEL_NODE, label_value};
+use super::certmanager::{spki_of_der, spki_of_pem};
+use super::watch::{self, RequestCache, Waited};
+use super::{IssueError, IssueRequest, Issued, Issuer};
+use crate::attrs::{AttrError, CERTVOL_PREFIX};
+use crate::request::{CaSource, CertRequest};
+
+/// Field manager name on the requests the driver creates.
+const FIELD_MANAGER: &str = "certvol";
+
+pub const REASON_DENIED: &str = "CertificateSigningRequestDenied";
+pub const REASON_FAILED: &str = "CertificateSigningRequestFailed";
+pub const REASON_INVALID: &str = "CertificateSigningRequestInvalid";
+pub const REASON_TIMEOUT: &str = "CertificateSigningRequestTimeout";
+/// The volume's `ca-source` could not be read.
+pub const REASON_CA: &str = "CASourceUnavailable";
+
+/// Configuration of the Kubernetes CSR backend.
+#[derive(Clone, Debug)]
+pub struct KubeCsrConfig {
+    /// This node's id (`--node-id`); requests are labelled with it and the watch selects on it.
+    pub node_id: String,
+    /// How long one `issue()` waits for the signer before returning [`IssueError::Timeout`].
+    pub wait_timeout: Duration,
+}
+
+/// The Kubernetes CSR API issuer backend ([`Issuer::kind`] `kubernetes-csr`).
+pub struct KubeCsrIssuer {
+    client: kube::Client,
+    cfg: KubeCsrConfig,
+    node_label: String,
+    cache: Arc<RequestCache<CertificateSigningRequest>>,
+    events: EventSink,
+    ca: Arc<dyn CaResolver>,
+}
+
+impl fmt::Debug for KubeCsrIssuer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KubeCsrIssuer")
+            .field("cfg", &self.cfg)
+            .field("node_label", &self.node_label)
+            .field("cached_requests", &self.cache.len())
+            .field("ca", &self.ca)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `csi.certvol.io/ca-source`, as messages name it.
+fn ca_source_attribute() -> String {
+    format!("{CERTVOL_PREFIX}ca-source")
+}
+
+impl KubeCsrIssuer {
+    /// Returns the issuer (reading CAs straight from the API) and the watch loop future, which the
+    /// caller spawns.
+    pub fn new(
+        client: kube::Client,
+        cfg: KubeCsrConfig,
+    ) -> (Self, impl Future<Output = ()> + Send + 'static) {
+        let node_label = label_value(&cfg.node_id);
+        let cache = RequestCache::new();
+        let watch = watch::run(
+            Api::<CertificateSigningRequest>::all(client.clone()),
+            format!("{LABEL_NODE}={node_label}"),
+            cache.clone(),
+        );
+        let events = EventSink::new(client.clone(), cfg.node_id.clone());
+        let issuer = KubeCsrIssuer {
+            ca: Arc::new(KubeCaResolver::new(client.clone())),
+            client,
+            cfg,
+            node_label,
+            cache,
+            events,
+        };
+        (issuer, watch)
+    }
+
+    /// Replaces how CA sources are read (e.g. with a watch-driven trust cache).
+    pub fn with_ca_resolver(mut self, resolver: Arc<dyn CaResolver>) -> Self {
+        self.ca = resolver;
+        self
+    }
+
+    /// Whether the node's request watch has listed at least once (part of `/readyz`).
+    pub fn synced(&self) -> bool {
+        self.cache.synced()
+    }
+
+    /// Creates the request; on 409 AlreadyExists adopts the existing one. Returns whether it was
+    /// adopted and the created object's uid.
+    async fn file(
+        &self,
+        req: &IssueRequest,
+        csr: &CertificateSigningRequest,
+    ) -> Result<(bool, Option<String>), IssueError> {
+        let api: Api<CertificateSigningRequest> = Api::all(self.client.clone());
+        let params = PostParams {
+            field_manager: Some(FIELD_MANAGER.into()),
+            ..PostParams::default()
+        };
+        match api.create(&params, csr).await {
+            Ok(created) => {
+                info!(request = %req.name, signer = %csr.spec.signer_name, "created CertificateSigningRequest");
+                crate::crashpoint::hit("kubecsr:created");
+                Ok((false, created.metadata.uid))
+            }
+            Err(kube::Error::Api(status)) if status.is_already_exists() => {
+                // Same deterministic name: this node filed it before a restart. Never file a second.
+                info!(request = %req.name, "CertificateSigningRequest already exists; adopting it");
+                Ok((true, None))
+            }
+            Err(error) => Err(create_error(&req.name, error)),
+        }
+    }
+
+    async fn issue_inner(
+        &self,
+        req: &IssueRequest,
+    ) -> Result<Issued, (IssueError, Option<String>)> {
+        let request = req.name.clone();
+        let invalid = |message: String| {
+            (
+                IssueError::Invalid {
+                    request: request.clone(),
+                    message,
+                },
+                None,
+            )
+        };
+        let Some(signer) = req.cert.kube_csr.as_ref() else {
+            return Err(invalid(format!(
+                "this node issues through the Kubernetes CSR API (--issuer kubernetes-csr): set \"{CERTVOL_PREFIX}signer-name\""
+            )));
+        };
+        let namespace = req.cert.pod.namespace.as_str();
+        if namespace.is_empty()
+            && matches!(
+                signer.ca_source,
+                CaSource::ConfigMap { .. } | CaSource::Secret { .. }
+            )
+        {
+            return Err(invalid(format!(
+                "{}: {} is read from the pod's namespace, which is unknown: the CSIDriver object must set podInfoOnMount: true",
+                ca_source_attribute(),
+                signer.ca_source
+            )));
+        }
+        // The CA first: without one the volume cannot be completed, and failing before the
+        // request is filed leaves nothing to clean up.
+        let ca_pem = self
+            .ca
+            .resolve(namespace, &signer.signer_name, &signer.ca_source)
+            .await
+            .map_err(|e| (ca_error(&request, e), None))?;
+
+        let key = (String::new(), req.name.clone());
+        // Subscribe before creating: a result that lands between the create and the first look at
+        // the cache must still wake this waiter.
+        let changes = self.cache.subscribe();
+        let (adopted, uid) = if let Some(known) = self.cache.get(&key) {
+            debug!(%request, "CertificateSigningRequest already on the watch; waiting for it");
+            (true, known.metadata.uid)
+        } else {
+            let csr = resource::build(req, signer, &self.node_label);
+            self.file(req, &csr).await.map_err(|e| (e, None))?
+        };
+
+        let our_key = spki_of_der(&req.csr_der);
+        let check = |csr: &CertificateSigningRequest| {
+            if adopted {
+                let same_key = match (our_key.as_deref(), spki_of_pem(&csr.spec.request.0)) {
+                    (Some(ours), Some(theirs)) => ours == theirs.as_slice(),
+                    _ => false,
+                };
+                if !same_key {
+                    return Some(Err(IssueError::Failed {
+                        request: request.clone(),
+                        message: "a CertificateSigningRequest with this name already exists for a different private key (or with an unreadable spec.request); delete it to issue again".into(),
+                    }));
+                }
+                if csr.spec.signer_name != signer.signer_name {
+                    return Some(Err(IssueError::Failed {
+                        request: request.clone(),
+                        message: format!(
+                            "a CertificateSigningRequest with this name already exists for signer {:?}, not {:?}",
+                            csr.spec.signer_name, signer.signer_name
+                        ),
+                    }));
+                }
+            }
+            resource::outcome(csr)
+        };
+        match self
+            .cache
+            .wait(&key, changes, uid, self.cfg.wait_timeout, check)
+            .await
+        {
+            Waited::Done(Ok(issued)) => Ok(Issued {
+                chain_pem: issued.chain_pem,
+                ca_pem,
+            }),
+            Waited::Done(Err(e)) => Err((e, None)),
+            Waited::Deleted => Err((
+                IssueError::Failed {
+                    request,
+                    message: "the CertificateSigningRequest was deleted before it was signed"
+                        .into(),
+                },
+                None,
+            )),
+            Waited::TimedOut { last, synced } => {
+                let state = match (last, synced) {
+                    (Some(csr), _) => resource::describe_status(&csr),
+                    (None, true) => "the request has not appeared on the node's watch".into(),
+                    (None, false) => "the node's CertificateSigningRequest watch has not synced yet (is the API server reachable and may the driver list/watch certificatesigningrequests?)".into(),
+                };
+                warn!(%request, %state, timeout = ?self.cfg.wait_timeout, "timed out waiting for CertificateSigningRequest");
+                Err((IssueError::Timeout { request }, Some(state)))
+            }
+        }
+    }
+
+    /// Records a warning event on the pod for a final (or timed-out) failure.
+    async fn report(&self, req: &IssueRequest, error: &IssueError, timeout_state: Option<&str>) {
+        let (reason, request, message) = match error {
+            IssueError::Denied { request, message } => (
+                REASON_DENIED,
+                request,
+                format!("CertificateSigningRequest {request} was denied: {message}"),
+            ),
+            IssueError::Failed { request, message } => (
+                REASON_FAILED,
+                request,
+                format!("CertificateSigningRequest {request} failed: {message}"),
+            ),
+            IssueError::Invalid { request, message }
+                if message.starts_with(&ca_source_attribute()) =>
+            {
+                (REASON_CA, request, message.clone())
+            }
+            IssueError::Invalid { request, message } => (
+                REASON_INVALID,
+                request,
+                format!("CertificateSigningRequest {request} is invalid: {message}"),
+            ),
+            IssueError::Timeout { request } => (
+                REASON_TIMEOUT,
+                request,
+                format!(
+                    "CertificateSigningRequest {request} was not signed within {:?}; status: {}",
+                    self.cfg.wait_timeout,
+                    timeout_state.unwrap_or("unknown")
+                ),
+            ),
+            // Transient API trouble is the node's problem, not something the pod's owner can fix.
+            _ => return,
+        };
+        self.events
+            .report(&req.cert.pod, reason, request, &message)
+            .await;
+    }
+}
+
+/// A CA source that cannot be read: missing or unusable ones are final for this publish (named
+/// by the attribute, so the pod's owner knows what to fix); API trouble is transient.
+fn ca_error(request: &str, error: CaError) -> IssueError {
+    if error.is_transient() {
+        return IssueError::Unavailable {
+            message: format!("{}: {error}", ca_source_attribute()),
+        };
+    }
+    IssueError::Invalid {
+        request: request.to_owned(),
+        message: format!(
+            "{}: {error} (the CSR API returns no CA, so ca.crt must come from this source)",
+            ca_source_attribute()
+        ),
+    }
+}
+
+/// Maps a failed CREATE to the issuance error the volume layer acts on.
+fn create_error(request: &str, error: kube::Error) -> IssueError {
+    match error {
+        kube::Error::Api(status) => match status.code {
+            // Validation: this request can never be filed as it is.
+            400 | 422 => IssueError::Invalid {
+                request: request.to_owned(),
+                message: format!(
+                    "the API server rejected the CertificateSigningRequest: {}",
+                    status.message
+                ),
+            },
+            // 401/403 (missing RBAC), 404, 409 conflicts, 429 and 5xx may clear up: retry.
+            _ => IssueError::Unavailable {
+                message: format!(
+                    "creating CertificateSigningRequest {request}: {} {}: {}",
+                    status.code, status.reason, status.message
+                ),
+            },
+        },
+        other => IssueError::Unavailable {
+            message: format!("creating CertificateSigningRequest {request}: {other}"),
+        },
+    }
+}
+
+impl Issuer for KubeCsrIssuer {
+    fn kind(&self) -> &'static str {
+        "kubernetes-csr"
+    }
+
+    fn check_request(&self, req: &CertRequest) -> Result<(), AttrError> {
+        if req.kube_csr.is_none() {
+            return Err(AttrError::Missing {
+                attribute: format!("{CERTVOL_PREFIX}signer-name"),
+                why: "this node issues through the Kubernetes CSR API (--issuer kubernetes-csr), which needs the signer's name, e.g. \"example.com/workloads\"".into(),
+            });
+        }
+        if req.duration < resource::MIN_EXPIRATION {
+            return Err(AttrError::Invalid {
+                attribute: format!("{CERTVOL_PREFIX}duration"),
+                value: format!("{:?}", req.duration),
+                problem: "is shorter than the Kubernetes CSR API allows (expirationSeconds >= 600)"
+                    .into(),
+                accepted: "a Go duration of at least \"10m\"".into(),
+            });
+        }
+        Ok(())
+    }
+
+    fn issue<'a>(&'a self, req: &'a IssueRequest) -> BoxFuture<'a, Result<Issued, IssueError>> {
+        Box::pin(async move {
+            match self.issue_inner(req).await {
+                Ok(issued) => Ok(issued),
+                Err((error, timeout_state)) => {
+                    self.report(req, &error, timeout_state.as_deref()).await;
+                    Err(error)
+                }
+            }
+        })
+    }
+
+    fn forget<'a>(
+        &'a self,
+        _namespace: &'a str,
+        names: &'a [String],
+    ) -> BoxFuture<'a, Result<(), IssueError>> {
+        // Requests are cluster-scoped and their names unique per node and volume, so the pod's
+        // namespace plays no part.
+        Box::pin(async move {
+            let api: Api<CertificateSigningRequest> = Api::all(self.client.clone());
+            let mut first_error = None;
+            for name in names {
+                match api.delete(name, &DeleteParams::background()).await {
+                    Ok(_) => debug!(name, "deleted CertificateSigningRequest"),
+                    Err(kube::Error::Api(status)) if status.is_not_found() => {}
+                    Err(error) => {
+                        warn!(name, %error, "could not delete CertificateSigningRequest");
+                        first_error.get_or_insert(IssueError::Unavailable {
+                            message: format!("deleting CertificateSigningRequest {name}: {error}"),
+                        });
+                    }
+                }
+            }
+            first_error.map_or(Ok(()), Err)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use kube::runtime::watcher::Event;
+
+    use super::*;
+    use crate::issuer::certmanager::resource::tests::{cert_request, issue_request};
+    use crate::issuer::certmanager::tests::{Fake, client};
+    use resource::tests::{signer, with_status};
+
+    /// A CA resolver answering from a fixed result, recording what it was asked.
+    #[derive(Debug)]
+    struct FixedCa {
+        answer: Result<String, &'static str>,
+        asked: Mutex<Vec<(String, String, CaSource)>>,
+    }
+
+    impl CaResolver for FixedCa {
+        fn resolve<'a>(
+            &'a self,
+            namespace: &'a str,
+            signer_name: &'a str,
+            source: &'a CaSource,
+        ) -> BoxFuture<'a, Result<String, CaError>> {
+            self.asked.lock().unwrap().push((
+                namespace.to_owned(),
+                signer_name.to_owned(),
+                source.clone(),
+            ));
+            let result = match &self.answer {
+                Ok(pem) => Ok(pem.clone()),
+                Err(what) => Err(CaError::Missing {
+                    source_name: source.to_string(),
+                    what: (*what).to_owned(),
+                }),
+            };
+            Box::pin(async move { result })
+        }
+    }
+
+    const CA: &str = "-----BEGIN CERTIFICATE-----\nca\n-----END CERTIFICATE-----\n";
+    const LEAF: &str = "-----BEGIN CERTIFICATE-----\nleaf\n-----END CERTIFICATE-----\n";
+
+    fn issuer(fake: &Arc<Fake>, ca: Result<String, &'static str>) -> (KubeCsrIssuer, Arc<FixedCa>) {
+        let cfg = KubeCsrConfig {
+            node_id: "node-1".into(),
+            wait_timeout: Duration::from_secs(10),
+        };
+        let resolver = Arc::new(FixedCa {
+            answer: ca,
+            asked: Mutex::new(Vec::new()),
+        });
+        // The watch future is not run: tests feed the cache directly, as the watch would.
+        let (issuer, _watch) = KubeCsrIssuer::new(client(fake.clone()), cfg);
+        (issuer.with_ca_resolver(resolver.clone()), resolver)
+    }
+
+    /// An issuance with a real CSR (adoption compares its public key).
+    fn csr_request() -> IssueRequest {
+        let mut cert = cert_request();
+        cert.kube_csr = Some(signer());
+        let key = crate::keys::PrivateKey::generate(cert.key_algorithm).unwrap();
+        let csr = crate::keys::build_csr(&cert, &key).unwrap();
+        let mut req = issue_request(cert);
+        (req.csr_pem, req.csr_der) = (csr.pem, csr.der);
+        req
+    }
+
+    #[tokio::test]
+    async fn one_create_then_the_result_from_the_watch_with_the_resolved_ca() {
+        let fake = Arc::new(Fake::default());
+        let (issuer, resolver) = issuer(&fake, Ok(CA.into()));
+        let issuer = Arc::new(issuer);
+        let req = csr_request();
+        let task = {
+            let (issuer, req) = (issuer.clone(), req.clone());
+            tokio::spawn(async move { issuer.issue(&req).await })
+        };
+        while fake.count("POST", "certificatesigningrequests") == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        issuer
+            .cache
+            .apply(Event::Apply(with_status(&req, &[], None)));
+        issuer.cache.apply(Event::Apply(with_status(
+            &req,
+            &[("Approved", "AutoApproved", "ok")],
+            Some(LEAF),
+        )));
+        let issued = task.await.unwrap().unwrap();
+        assert_eq!(issued.chain_pem, LEAF);
+        assert_eq!(issued.ca_pem, CA);
+        assert_eq!(
+            resolver.asked.lock().unwrap().as_slice(),
+            [(
+                "shop".to_owned(),
+                "example.com/workloads".to_owned(),
+                CaSource::ClusterTrustBundleSigner
+            )]
+        );
+        let calls = fake.calls();
+        assert_eq!(calls.len(), 1, "exactly one API call: {calls:?}");
+        assert!(
+            calls[0]
+                .path
+                .starts_with("/apis/certificates.k8s.io/v1/certificatesigningrequests?"),
+            "{}",
+            calls[0].path
+        );
+        assert_eq!(calls[0].body["spec"]["signerName"], "example.com/workloads");
+        assert_eq!(calls[0].body["metadata"]["name"], req.name);
+    }
+
+    #[tokio::test]
+    async fn an_adopted_request_for_another_key_or_signer_fails() {
+        let fake = Arc::new(Fake::default());
+        let (issuer, _) = issuer(&fake, Ok(CA.into()));
+        let cert = {
+            let mut c = cert_request();
+            c.kube_csr = Some(signer());
+            c
+        };
+        let csr_for = |cert: &CertRequest| {
+            let key = crate::keys::PrivateKey::generate(cert.key_algorithm).unwrap();
+            crate::keys::build_csr(cert, &key).unwrap()
+        };
+        let (ours, theirs) = (csr_for(&cert), csr_for(&cert));
+        let mut req = issue_request(cert);
+        (req.csr_pem, req.csr_der) = (theirs.pem, theirs.der);
+        issuer
+            .cache
+            .apply(Event::Apply(with_status(&req, &[], None)));
+        (req.csr_pem, req.csr_der) = (ours.pem.clone(), ours.der.clone());
+        match issuer.issue(&req).await {
+            Err(IssueError::Failed { message, .. }) => {
+                assert!(message.contains("different private key"), "{message}")
+            }
+            other => panic!("{other:?}"),
+        }
+
+        // Same key, other signer.
+        let mut existing = with_status(&req, &[], None);
+        existing.spec.signer_name = "other.example/x".into();
+        issuer.cache.apply(Event::Apply(existing));
+        match issuer.issue(&req).await {
+            Err(IssueError::Failed { message, .. }) => {
+                assert!(message.contains("other.example/x"), "{message}")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            fake.count("POST", "certificatesigningrequests"),
+            0,
+            "adopted, never filed"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_existing_request_is_adopted_after_409() {
+        let fake = Arc::new(Fake::default());
+        fake.script(409, "AlreadyExists");
+        let (issuer, _) = issuer(&fake, Ok(CA.into()));
+        let issuer = Arc::new(issuer);
+        let req = csr_request();
+        let task = {
+            let (issuer, req) = (issuer.clone(), req.clone());
+            tokio::spawn(async move { issuer.issue(&req).await })
+        };
+        while fake.count("POST", "certificatesigningrequests") == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        issuer.cache.apply(Event::Apply(with_status(
+            &req,
+            &[("Approved", "AutoApproved", "ok")],
+            Some(LEAF),
+        )));
+        assert_eq!(task.await.unwrap().unwrap().chain_pem, LEAF);
+        assert_eq!(
+            fake.calls().len(),
+            1,
+            "one create (409), no GET: {:?}",
+            fake.calls()
+        );
+    }
+
+    #[tokio::test]
+    async fn denial_and_failure_carry_reason_and_message_and_an_event() {
+        let fake = Arc::new(Fake::default());
+        let (issuer, _) = issuer(&fake, Ok(CA.into()));
+        let req = csr_request();
+        issuer.cache.apply(Event::Apply(with_status(
+            &req,
+            &[("Denied", "PolicyDenied", "not for you")],
+            None,
+        )));
+        match issuer.issue(&req).await {
+            Err(IssueError::Denied { message, .. }) => {
+                assert_eq!(message, "PolicyDenied: not for you")
+            }
+            other => panic!("{other:?}"),
+        }
+        let events: Vec<_> = fake
+            .calls()
+            .into_iter()
+            .filter(|c| c.path.contains("/events"))
+            .collect();
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].body["reason"], REASON_DENIED);
+
+        issuer.cache.apply(Event::Apply(with_status(
+            &req,
+            &[
+                ("Approved", "A", "ok"),
+                ("Failed", "SignerValidationFailure", "bad"),
+            ],
+            None,
+        )));
+        match issuer.issue(&req).await {
+            Err(IssueError::Failed { message, .. }) => {
+                assert_eq!(message, "SignerValidationFailure: bad")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(fake.count("POST", "/events"), 2);
+    }
+
+    #[tokio::test]
+    async fn a_missing_ca_source_files_nothing_and_names_the_attribute() {
+        let fake = Arc::new(Fake::default());
+        let (issuer, _) = issuer(&fake, Err("ConfigMap shop/corp-ca not found"));
+        match issuer.issue(&csr_request()).await {
+            Err(IssueError::Invalid { message, .. }) => {
+                assert!(
+                    message.starts_with("csi.certvol.io/ca-source: clustertrustbundle-signer: ConfigMap shop/corp-ca not found"),
+                    "{message}"
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(fake.count("POST", "certificatesigningrequests"), 0);
+        let events: Vec<_> = fake
+            .calls()
+            .into_iter()
+            .filter(|c| c.path.contains("/events"))
+            .collect();
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].body["reason"], REASON_CA);
+    }
+
+    #[tokio::test]
+    async fn requests_the_backend_cannot_serve_are_refused_before_anything_is_written() {
+        let fake = Arc::new(Fake::default());
+        let (issuer, _) = issuer(&fake, Ok(CA.into()));
+        let err = issuer.check_request(&cert_request()).unwrap_err();
+        assert_eq!(err.attribute(), "csi.certvol.io/signer-name");
+        let mut short = cert_request();
+        short.kube_csr = Some(signer());
+        short.duration = Duration::from_secs(300);
+        let err = issuer.check_request(&short).unwrap_err();
+        assert_eq!(err.attribute(), "csi.certvol.io/duration");
+        assert!(err.to_string().contains("10m"), "{err}");
+        short.duration = Duration::from_secs(600);
+        issuer.check_request(&short).unwrap();
+        assert!(fake.calls().is_empty());
+    }
+
+    #[tokio::test]
+    async fn forget_deletes_cluster_scoped_requests_by_name() {
+        let fake = Arc::new(Fake::default());
+        let (issuer, _) = issuer(&fake, Ok(CA.into()));
+        fake.script(404, "NotFound");
+        issuer
+            .forget("shop", &["a".to_owned(), "b".to_owned()])
+            .await
+            .unwrap();
+        let deletes: Vec<String> = fake
+            .calls()
+            .into_iter()
+            .filter(|c| c.method == "DELETE")
+            .map(|c| c.path)
+            .collect();
+        assert_eq!(deletes.len(), 2);
+        assert!(
+            deletes[1].starts_with("/apis/certificates.k8s.io/v1/certificatesigningrequests/b"),
+            "{deletes:?}"
+        );
+        fake.script(503, "ServiceUnavailable");
+        let err = issuer.forget("", &["c".to_owned()]).await.unwrap_err();
+        assert!(err.is_transient(), "{err:?}");
+    }
+}

@@ -1,0 +1,287 @@
+//! The `CertificateSigningRequest` (certificates.k8s.io/v1) as the driver writes and reads it: pure
+//! functions to build one from an [`IssueRequest`] and to read the outcome from the conditions
+//! the approver and the signer set.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::certificates::v1::{
+    CertificateSigningRequest, CertificateSigningRequestCondition, CertificateSigningRequestSpec,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+use crate::issuer::certmanager::resource::{
+    LABEL_NODE, LABEL_POD, LABEL_VOLUME, hashed_label, label_value,
+};
+use crate::issuer::{IssueError, IssueRequest, Issued};
+use crate::request::KubeCsrRef;
+
+/// Label holding the pod's namespace: requests are cluster-scoped, so the name alone does not say
+/// whose they are.
+pub const LABEL_NAMESPACE: &str = "certvol.io/namespace";
+
+/// The shortest `expirationSeconds` the API accepts (10 minutes).
+pub const MIN_EXPIRATION: Duration = Duration::from_secs(600);
+
+/// `spec.expirationSeconds` for a requested duration: whole seconds, at most `i32::MAX`.
+pub fn expiration_seconds(duration: Duration) -> i32 {
+    i32::try_from(duration.as_secs()).unwrap_or(i32::MAX)
+}
+
+/// Builds the request for `req` and its signer, labelled for `node_label`'s watch. No owner
+/// reference: a cluster-scoped object cannot be owned by a namespaced pod, so `forget` (and the
+/// cluster's CSR cleaner for requests of vanished nodes) removes it.
+pub fn build(
+    req: &IssueRequest,
+    signer: &KubeCsrRef,
+    node_label: &str,
+) -> CertificateSigningRequest {
+    let cert = &req.cert;
+    let pod = &cert.pod;
+    let labels = BTreeMap::from([
+        (LABEL_NODE.to_owned(), node_label.to_owned()),
+        (LABEL_VOLUME.to_owned(), hashed_label(&req.volume_id)),
+        (LABEL_POD.to_owned(), label_value(&pod.name)),
+        (LABEL_NAMESPACE.to_owned(), label_value(&pod.namespace)),
+    ]);
+    CertificateSigningRequest {
+        metadata: ObjectMeta {
+            name: Some(req.name.clone()),
+            labels: Some(labels),
+            annotations: (!cert.annotations.is_empty()).then(|| cert.annotations.clone()),
+            ..ObjectMeta::default()
+        },
+        spec: CertificateSigningRequestSpec {
+            request: ByteString(req.csr_pem.as_bytes().to_vec()),
+            signer_name: signer.signer_name.clone(),
+            expiration_seconds: Some(expiration_seconds(cert.duration)),
+            usages: Some(cert.usages.iter().map(|u| u.name().to_owned()).collect()),
+            ..CertificateSigningRequestSpec::default()
+        },
+        status: None,
+    }
+}
+
+fn condition<'a>(
+    csr: &'a CertificateSigningRequest,
+    type_: &str,
+) -> Option<&'a CertificateSigningRequestCondition> {
+    csr.status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == type_ && c.status == "True")
+}
+
+/// `reason: message`, or whichever of the two is set.
+fn message_of(c: &CertificateSigningRequestCondition) -> String {
+    let reason = c.reason.as_deref().filter(|r| !r.is_empty());
+    let message = c.message.as_deref().filter(|m| !m.is_empty());
+    match (reason, message) {
+        (Some(r), Some(m)) => format!("{r}: {m}"),
+        (Some(r), None) => format!("{r} (no message)"),
+        (None, Some(m)) => m.to_owned(),
+        (None, None) => "no reason given".to_owned(),
+    }
+}
+
+/// What a request's status says: `None` while pending, otherwise the final result. Denied and
+/// Failed are final (the signer never signs such a request); a certificate ends the wait. The CA
+/// is not part of the answer (the CSR API has none), so `ca_pem` is empty here.
+pub fn outcome(csr: &CertificateSigningRequest) -> Option<Result<Issued, IssueError>> {
+    let request = csr.metadata.name.clone().unwrap_or_default();
+    if let Some(c) = condition(csr, "Denied") {
+        return Some(Err(IssueError::Denied {
+            request,
+            message: message_of(c),
+        }));
+    }
+    if let Some(c) = condition(csr, "Failed") {
+        return Some(Err(IssueError::Failed {
+            request,
+            message: message_of(c),
+        }));
+    }
+    let cert = csr.status.as_ref()?.certificate.as_ref()?;
+    if cert.0.is_empty() {
+        return None;
+    }
+    Some(match String::from_utf8(cert.0.clone()) {
+        Ok(chain_pem) => Ok(Issued {
+            chain_pem,
+            ca_pem: String::new(),
+        }),
+        Err(_) => Err(IssueError::Failed {
+            request,
+            message: "status.certificate is not PEM text".into(),
+        }),
+    })
+}
+
+/// A one-line summary of the status, for timeout messages.
+pub fn describe_status(csr: &CertificateSigningRequest) -> String {
+    let conditions = csr
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_deref())
+        .unwrap_or_default();
+    if conditions.is_empty() {
+        return "no conditions yet (not approved or denied by any approver)".into();
+    }
+    let mut parts: Vec<String> = conditions
+        .iter()
+        .map(|c| match (c.reason.as_deref(), c.message.as_deref()) {
+            (Some(r), Some(m)) if !m.is_empty() => format!("{}={} ({r}: {m})", c.type_, c.status),
+            (Some(r), _) => format!("{}={} ({r})", c.type_, c.status),
+            _ => format!("{}={}", c.type_, c.status),
+        })
+        .collect();
+    if condition(csr, "Approved").is_some() {
+        parts.push(format!(
+            "waiting for the signer {:?} to issue the certificate",
+            csr.spec.signer_name
+        ));
+    }
+    parts.join(", ")
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use k8s_openapi::api::certificates::v1::CertificateSigningRequestStatus;
+
+    use super::*;
+    use crate::issuer::certmanager::resource::tests::{cert_request, issue_request};
+    use crate::request::CaSource;
+
+    pub(crate) fn signer() -> KubeCsrRef {
+        KubeCsrRef {
+            signer_name: "example.com/workloads".into(),
+            ca_source: CaSource::ClusterTrustBundleSigner,
+        }
+    }
+
+    /// The request `req` files, with (type, reason, message) conditions (status True).
+    pub(crate) fn with_status(
+        req: &IssueRequest,
+        conditions: &[(&str, &str, &str)],
+        cert: Option<&str>,
+    ) -> CertificateSigningRequest {
+        let mut csr = build(req, &signer(), "node-1");
+        csr.status = Some(CertificateSigningRequestStatus {
+            conditions: Some(
+                conditions
+                    .iter()
+                    .map(|(t, r, m)| CertificateSigningRequestCondition {
+                        type_: (*t).into(),
+                        status: "True".into(),
+                        reason: Some((*r).into()),
+                        message: Some((*m).into()),
+                        ..Default::default()
+                    })
+                    .collect(),
+            ),
+            certificate: cert.map(|c| ByteString(c.as_bytes().to_vec())),
+        });
+        csr
+    }
+
+    #[test]
+    fn built_request_carries_signer_expiration_usages_and_labels() {
+        let req = issue_request(cert_request());
+        let csr = build(&req, &signer(), "node-1");
+        assert_eq!(csr.metadata.name.as_deref(), Some(req.name.as_str()));
+        assert_eq!(csr.metadata.namespace, None);
+        assert_eq!(csr.metadata.owner_references, None);
+        let labels = csr.metadata.labels.unwrap();
+        assert_eq!(labels[LABEL_NODE], "node-1");
+        assert_eq!(labels[LABEL_NAMESPACE], "shop");
+        assert_eq!(labels[LABEL_POD], "web-0");
+        assert_eq!(csr.spec.signer_name, "example.com/workloads");
+        assert_eq!(csr.spec.expiration_seconds, Some(90 * 24 * 3600));
+        assert_eq!(
+            csr.spec.usages.unwrap(),
+            ["digital signature", "key encipherment", "server auth"]
+        );
+        assert_eq!(csr.spec.request.0, req.csr_pem.as_bytes());
+        assert_eq!(csr.spec.username, None, "set by the API server, never sent");
+    }
+
+    #[test]
+    fn outcome_follows_the_conditions() {
+        let req = issue_request(cert_request());
+        assert!(outcome(&with_status(&req, &[], None)).is_none());
+        assert!(
+            outcome(&with_status(
+                &req,
+                &[("Approved", "AutoApproved", "ok")],
+                None
+            ))
+            .is_none()
+        );
+        match outcome(&with_status(
+            &req,
+            &[("Denied", "PolicyDenied", "not allowed")],
+            None,
+        )) {
+            Some(Err(IssueError::Denied { request, message })) => {
+                assert_eq!(request, req.name);
+                assert_eq!(message, "PolicyDenied: not allowed");
+            }
+            other => panic!("{other:?}"),
+        }
+        let failed = with_status(
+            &req,
+            &[
+                ("Approved", "A", "ok"),
+                ("Failed", "SignerValidationFailure", "bad usages"),
+            ],
+            None,
+        );
+        match outcome(&failed) {
+            Some(Err(IssueError::Failed { message, .. })) => {
+                assert_eq!(message, "SignerValidationFailure: bad usages")
+            }
+            other => panic!("{other:?}"),
+        }
+        let issued = with_status(&req, &[("Approved", "A", "ok")], Some("PEM"));
+        assert_eq!(
+            outcome(&issued).unwrap().unwrap(),
+            Issued {
+                chain_pem: "PEM".into(),
+                ca_pem: String::new()
+            }
+        );
+        // A False condition is no verdict.
+        let mut not_denied = with_status(&req, &[("Denied", "x", "y")], None);
+        not_denied
+            .status
+            .as_mut()
+            .unwrap()
+            .conditions
+            .as_mut()
+            .unwrap()[0]
+            .status = "False".into();
+        assert!(outcome(&not_denied).is_none());
+    }
+
+    #[test]
+    fn status_summary_says_who_is_waited_for() {
+        let req = issue_request(cert_request());
+        assert!(describe_status(&with_status(&req, &[], None)).contains("not approved"));
+        let s = describe_status(&with_status(
+            &req,
+            &[("Approved", "AutoApproved", "ok")],
+            None,
+        ));
+        assert!(s.contains("Approved=True (AutoApproved: ok)"), "{s}");
+        assert!(s.contains("example.com/workloads"), "{s}");
+    }
+
+    #[test]
+    fn expiration_is_clamped_to_i32() {
+        assert_eq!(expiration_seconds(Duration::from_secs(600)), 600);
+        assert_eq!(expiration_seconds(Duration::from_secs(u64::MAX)), i32::MAX);
+    }
+}
