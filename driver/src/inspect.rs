@@ -61,7 +61,8 @@ pub struct VolumeView {
     pub pod_name: Option<String>,
     /// Issuer backend (`local`, `cert-manager`).
     pub issuer: Option<String>,
-    /// The issuer-name attribute (cert-manager's issuerRef name).
+    /// The issuer-name attribute (cert-manager's issuerRef name), or signer-name for a
+    /// Kubernetes CSR volume that names no issuer.
     pub issuer_name: Option<String>,
     pub issuer_kind: Option<String>,
     pub common_name: Option<String>,
@@ -256,7 +257,10 @@ pub fn view(paths: &VolumePaths, state: &VolumeState) -> VolumeView {
         issuer: Some(state.issuer.clone()),
         issuer_name: request
             .as_ref()
-            .map(|r| r.issuer.name.clone())
+            .map(|r| match &r.kube_csr {
+                Some(k) if r.issuer.name.is_empty() => k.signer_name.clone(),
+                _ => r.issuer.name.clone(),
+            })
             .or_else(|| get(&format!("{}issuer-name", attrs::CERTVOL_PREFIX)))
             .or_else(|| get(&format!("{}issuer-name", attrs::CERT_MANAGER_PREFIX))),
         issuer_kind: request.as_ref().map(|r| r.issuer.kind.clone()),

@@ -897,6 +897,23 @@ pub(crate) mod tests {
     }
 
     #[tokio::test]
+    async fn a_volume_naming_only_a_kubernetes_signer_is_refused_up_front() {
+        let fake = Arc::new(Fake::default());
+        let issuer = issuer(&fake, Duration::from_secs(1));
+        issuer.check_request(&cert_request()).unwrap();
+        let mut only_signer = cert_request();
+        only_signer.issuer.name.clear();
+        only_signer.kube_csr = Some(crate::request::KubeCsrRef {
+            signer_name: "example.com/workloads".into(),
+            ca_source: crate::request::CaSource::default(),
+        });
+        let err = issuer.check_request(&only_signer).unwrap_err();
+        assert_eq!(err.attribute(), "csi.cert-manager.io/issuer-name");
+        assert!(err.to_string().contains("kubernetes-csr"), "{err}");
+        assert!(fake.calls().is_empty());
+    }
+
+    #[tokio::test]
     async fn forget_deletes_each_request_and_tolerates_missing_ones() {
         let fake = Arc::new(Fake::default());
         let issuer = issuer(&fake, Duration::from_secs(1));
