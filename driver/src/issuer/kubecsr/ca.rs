@@ -203,7 +203,188 @@ impl CaResolver for KubeCaResolver {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use kube::client::Body;
+    use serde_json::{Value, json};
+    use tonic::codegen::http::{Request, Response};
+
     use super::*;
+
+    /// An API server answering GET/LIST from a map of path → (code, body), recording the paths.
+    fn client(
+        answers: Vec<(&'static str, u16, Value)>,
+        seen: Arc<Mutex<Vec<String>>>,
+    ) -> kube::Client {
+        let service = tower::service_fn(move |req: Request<Body>| {
+            let answers = answers.clone();
+            let seen = seen.clone();
+            async move {
+                let path = req
+                    .uri()
+                    .path_and_query()
+                    .map(|p| p.to_string())
+                    .unwrap_or_default();
+                seen.lock().unwrap().push(path.clone());
+                let (code, body) = answers
+                    .iter()
+                    .find(|(p, _, _)| path.starts_with(p))
+                    .map(|(_, c, b)| (*c, b.clone()))
+                    .unwrap_or((
+                        404,
+                        json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                               "message": "not found", "reason": "NotFound", "code": 404}),
+                    ));
+                let response = Response::builder()
+                    .status(code)
+                    .header("content-type", "application/json")
+                    .body(Body::from(serde_json::to_vec(&body)?))?;
+                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(response)
+            }
+        });
+        kube::Client::new(service, "default")
+    }
+
+    fn ctb(name: &str, pem: &str) -> Value {
+        json!({"apiVersion": "certificates.k8s.io/v1", "kind": "ClusterTrustBundle",
+               "metadata": {"name": name},
+               "spec": {"signerName": "example.com/w", "trustBundle": pem}})
+    }
+
+    #[tokio::test]
+    async fn every_source_kind_is_read_from_its_object() {
+        let (ca1, ca2) = (ca_pem(), ca_pem());
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        use base64::Engine as _;
+        let answers = vec![
+            (
+                "/apis/certificates.k8s.io/v1/clustertrustbundles?",
+                200,
+                json!({"apiVersion": "certificates.k8s.io/v1", "kind": "ClusterTrustBundleList",
+                       "metadata": {"resourceVersion": "1"},
+                       "items": [ctb("example.com:w:b", &ca2), ctb("example.com:w:a", &ca1)]}),
+            ),
+            (
+                "/apis/certificates.k8s.io/v1/clustertrustbundles/example.com:w:a",
+                200,
+                ctb("example.com:w:a", &ca1),
+            ),
+            (
+                "/api/v1/namespaces/shop/configmaps/corp-ca",
+                200,
+                json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "corp-ca"},
+                       "data": {"ca.crt": ca1}}),
+            ),
+            (
+                "/api/v1/namespaces/shop/secrets/corp-ca",
+                200,
+                json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "corp-ca"},
+                       "data": {"ca.pem": base64::engine::general_purpose::STANDARD.encode(&ca2),
+                                "junk": base64::engine::general_purpose::STANDARD.encode("not pem")}}),
+            ),
+        ];
+        let resolver = KubeCaResolver::new(client(answers, seen.clone()));
+        let resolve = |source: CaSource| {
+            let resolver = &resolver;
+            async move { resolver.resolve("shop", "example.com/w", &source).await }
+        };
+
+        // By signer: every bundle, ordered by name.
+        let both = resolve(CaSource::ClusterTrustBundleSigner).await.unwrap();
+        assert_eq!(both, format!("{ca1}{ca2}").replace("\r\n", "\n"));
+        assert!(
+            seen.lock().unwrap()[0].contains("fieldSelector=spec.signerName%3Dexample.com%2Fw"),
+            "{:?}",
+            seen.lock().unwrap()
+        );
+        assert_eq!(
+            resolve(CaSource::ClusterTrustBundle("example.com:w:a".into()))
+                .await
+                .unwrap(),
+            ca1
+        );
+        let cm = CaSource::ConfigMap {
+            name: "corp-ca".into(),
+            key: "ca.crt".into(),
+        };
+        assert_eq!(resolve(cm).await.unwrap(), ca1);
+        let secret = |key: &str| CaSource::Secret {
+            name: "corp-ca".into(),
+            key: key.into(),
+        };
+        assert_eq!(resolve(secret("ca.pem")).await.unwrap(), ca2);
+
+        // What goes wrong, named.
+        match resolve(secret("missing")).await {
+            Err(CaError::Missing { source_name, what }) => {
+                assert_eq!(source_name, "secret:corp-ca/missing");
+                assert_eq!(what, "Secret shop/corp-ca has no key \"missing\"");
+            }
+            other => panic!("{other:?}"),
+        }
+        match resolve(secret("junk")).await {
+            Err(CaError::Unusable { what, .. }) => {
+                assert!(what.contains("no PEM CERTIFICATE"), "{what}")
+            }
+            other => panic!("{other:?}"),
+        }
+        let gone = CaSource::ConfigMap {
+            name: "gone".into(),
+            key: "ca.crt".into(),
+        };
+        match resolve(gone).await {
+            Err(e @ CaError::Missing { .. }) => {
+                assert_eq!(
+                    e.to_string(),
+                    "configmap:gone/ca.crt: ConfigMap shop/gone not found"
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn no_bundle_for_the_signer_and_api_trouble_are_told_apart() {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let answers = vec![
+            (
+                "/apis/certificates.k8s.io/v1/clustertrustbundles?",
+                200,
+                json!({"apiVersion": "certificates.k8s.io/v1", "kind": "ClusterTrustBundleList",
+                       "metadata": {"resourceVersion": "1"}, "items": []}),
+            ),
+            (
+                "/apis/certificates.k8s.io/v1/clustertrustbundles/broken",
+                503,
+                json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                       "message": "etcd unavailable", "reason": "ServiceUnavailable", "code": 503}),
+            ),
+        ];
+        let resolver = KubeCaResolver::new(client(answers, seen));
+        match resolver
+            .resolve("shop", "example.com/w", &CaSource::ClusterTrustBundleSigner)
+            .await
+        {
+            Err(e @ CaError::Missing { .. }) => {
+                assert!(!e.is_transient());
+                assert!(
+                    e.to_string()
+                        .contains("no ClusterTrustBundle has spec.signerName \"example.com/w\""),
+                    "{e}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        let err = resolver
+            .resolve(
+                "shop",
+                "example.com/w",
+                &CaSource::ClusterTrustBundle("broken".into()),
+            )
+            .await
+            .unwrap_err();
+        assert!(err.is_transient(), "{err:?}");
+    }
 
     fn ca_pem() -> String {
         let key = rcgen::KeyPair::generate().unwrap();
