@@ -59,11 +59,15 @@ impl Setup {
     }
 
     async fn start_driver(&mut self, envs: &[(&str, &str)]) -> Driver {
+        self.start_driver_with_timeout("10s", envs).await
+    }
+
+    async fn start_driver_with_timeout(&mut self, timeout: &str, envs: &[(&str, &str)]) -> Driver {
         let mut all = vec![("KUBECONFIG", self.kubeconfig.as_str())];
         all.extend_from_slice(envs);
         self.env
             .start_with(
-                &["--issuer", "kubernetes-csr", "--issue-timeout", "10s"],
+                &["--issuer", "kubernetes-csr", "--issue-timeout", timeout],
                 &all,
             )
             .await
@@ -284,11 +288,18 @@ async fn issuance_end_to_end_with_the_ca_from_a_cluster_trust_bundle() {
         "tls.crt is status.certificate"
     );
 
-    // A longer request is capped at the signer's maximum.
+    // A longer request is capped at the signer's maximum; the second volume adds no list or
+    // watch of its own (one shared watch per node).
+    let list_watch = || {
+        s.api.count("list", Kind::CertificateSigningRequest)
+            + s.api.count("watch", Kind::CertificateSigningRequest)
+    };
+    let before = list_watch();
     let pod2 = s.create_pod("web-1");
     let vol2 = csr_volume([("csi.certvol.io/duration", "5h")]);
     let target2 = kubelet.publish(&pod2, &vol2).await.expect("publish");
     assert_eq!(lifetime(&target2), MAX_LIFETIME);
+    assert_eq!(list_watch(), before, "{:?}", s.api.requests());
 
     // API traffic: one create per issuance and no GET of a CSR (the result comes on the watch);
     // the driver never writes approval or status.
@@ -417,6 +428,34 @@ async fn denied_and_failed_requests_give_clear_errors_and_events() {
     assert_eq!(s.pod_events(&pod, kubecsr::REASON_FAILED).len(), 1);
     assert_nothing_left(&s.env, &pod, &vol);
     assert_eq!(s.signer.signed(), 0);
+}
+
+#[tokio::test]
+async fn an_unanswered_request_times_out_with_an_event_and_the_retry_resumes_it() {
+    require_root!();
+    let mut s = Setup::new().await;
+    s.publish_trust_bundle();
+    s.signer.set_policy(|_| Decision::Ignore);
+    let _driver = s.start_driver_with_timeout("2s", &[]).await;
+    let pod = s.create_pod("web-0");
+    let vol = csr_volume([]);
+    let message = publish_fails(&s.env, &pod, &vol, Code::DeadlineExceeded).await;
+    assert!(message.contains("timed out"), "{message}");
+    let events = s.pod_events(&pod, kubecsr::REASON_TIMEOUT);
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert!(
+        events[0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("no conditions yet (not approved or denied by any approver)"),
+        "{events:?}"
+    );
+    // An approver turns up; kubelet's retry waits for the same request.
+    s.signer.set_policy(|_| Decision::Approve);
+    let target = s.env.kubelet().publish(&pod, &vol).await.expect("retry");
+    read_volume(&target).expect("consistent volume");
+    assert_eq!(s.volume_requests(&pod, &vol).len(), 1);
+    assert_eq!(s.successful_creates(), 1, "{:?}", s.api.requests());
 }
 
 #[tokio::test]
