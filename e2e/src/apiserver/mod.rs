@@ -11,6 +11,7 @@ mod meta;
 mod schema;
 mod selector;
 mod store;
+mod trust;
 mod webhook;
 
 use std::collections::HashMap;
@@ -33,6 +34,10 @@ pub enum Kind {
     /// cluster. The store keeps each event in the version it was written with; the HTTP API
     /// converts to the version a client reads through.
     Event,
+    ConfigMap,
+    Secret,
+    /// certificates.k8s.io ClusterTrustBundle (cluster-scoped), served as v1beta1 and v1.
+    ClusterTrustBundle,
 }
 
 impl Kind {
@@ -41,6 +46,9 @@ impl Kind {
             Kind::CertificateRequest => "CertificateRequest",
             Kind::Pod => "Pod",
             Kind::Event => "Event",
+            Kind::ConfigMap => "ConfigMap",
+            Kind::Secret => "Secret",
+            Kind::ClusterTrustBundle => "ClusterTrustBundle",
         }
     }
 
@@ -50,13 +58,17 @@ impl Kind {
             Kind::CertificateRequest => "certificaterequests",
             Kind::Pod => "pods",
             Kind::Event => "events",
+            Kind::ConfigMap => "configmaps",
+            Kind::Secret => "secrets",
+            Kind::ClusterTrustBundle => "clustertrustbundles",
         }
     }
 
     pub fn group(self) -> &'static str {
         match self {
             Kind::CertificateRequest => "cert-manager.io",
-            Kind::Pod | Kind::Event => "",
+            Kind::ClusterTrustBundle => "certificates.k8s.io",
+            Kind::Pod | Kind::Event | Kind::ConfigMap | Kind::Secret => "",
         }
     }
 
@@ -64,8 +76,19 @@ impl Kind {
     pub fn api_version(self) -> &'static str {
         match self {
             Kind::CertificateRequest => "cert-manager.io/v1",
-            Kind::Pod | Kind::Event => "v1",
+            Kind::ClusterTrustBundle => trust::CTB_VERSIONS[0],
+            Kind::Pod | Kind::Event | Kind::ConfigMap | Kind::Secret => "v1",
         }
+    }
+
+    /// Whether objects live in a namespace (cluster-scoped ones are stored under namespace "").
+    pub fn namespaced(self) -> bool {
+        !matches!(self, Kind::ClusterTrustBundle)
+    }
+
+    /// Whether the kind has a status subresource.
+    pub fn has_status(self) -> bool {
+        matches!(self, Kind::CertificateRequest | Kind::Pod)
     }
 
     /// `certificaterequests.cert-manager.io`, as error messages name resources.
