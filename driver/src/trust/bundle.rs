@@ -147,7 +147,7 @@ pub(crate) fn entries(text: &str) -> Vec<Result<Vec<u8>, RejectReason>> {
             continue;
         };
         match x509_parser::parse_x509_certificate(&der) {
-            Ok((trailing, _)) if trailing.is_empty() => out.push(Ok(der)),
+            Ok(([], _)) => out.push(Ok(der)),
             Ok(_) => out.push(Err(RejectReason::Der(
                 "trailing bytes after the certificate".into(),
             ))),

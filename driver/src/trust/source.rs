@@ -356,7 +356,11 @@ mod tests {
 
     #[test]
     fn key_refs() {
-        let rows: [(&str, Result<(Option<&str>, &str, &str), &str>); 7] = [
+        type Row<'a> = (
+            &'a str,
+            Result<(Option<&'a str>, &'a str, &'a str), &'a str>,
+        );
+        let rows: [Row; 7] = [
             ("ca/ca.crt", Ok((None, "ca", "ca.crt"))),
             ("ns/ca/ca.crt", Ok((Some("ns"), "ca", "ca.crt"))),
             ("ca", Err("is not NAME/KEY")),
@@ -382,7 +386,8 @@ mod tests {
     #[test]
     fn namespace_policy_table() {
         // trust namespace, expected result (labels in order, or the error's namespace + fragment)
-        let rows: [(Option<&str>, Result<Vec<&str>, (&str, &str)>); 3] = [
+        type Row<'a> = (Option<&'a str>, Result<Vec<&'a str>, (&'a str, &'a str)>);
+        let rows: [Row; 3] = [
             (
                 Some("certvol"),
                 Ok(vec![

@@ -599,7 +599,9 @@ mod tests {
         }
     }
 
-    fn snap(objects: &[(&str, &[(&str, &[u8])])]) -> Snapshot {
+    type Entries<'a> = &'a [(&'a str, &'a [u8])];
+
+    fn snap(objects: &[(&str, Entries)]) -> Snapshot {
         Snapshot {
             objects: Some(
                 objects
@@ -633,7 +635,8 @@ mod tests {
             content(&source(cm.clone(), Some("ca.crt")), &pending),
             Ok(None)
         );
-        let rows: Vec<(ResolvedSource, Snapshot, Result<Vec<&str>, &str>)> = vec![
+        type Row<'a> = (ResolvedSource, Snapshot, Result<Vec<&'a str>, &'a str>);
+        let rows: Vec<Row> = vec![
             (
                 source(cm.clone(), Some("ca.crt")),
                 snap(&[("ca", &[("ca.crt", b"PEM")])]),

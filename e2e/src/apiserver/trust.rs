@@ -369,7 +369,7 @@ fn check_trust_bundle(text: &str) -> Vec<String> {
             continue;
         };
         let ca = match x509_parser::parse_x509_certificate(&der) {
-            Ok((rest, cert)) if rest.is_empty() => cert
+            Ok(([], cert)) => cert
                 .basic_constraints()
                 .ok()
                 .flatten()
