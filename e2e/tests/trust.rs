@@ -673,6 +673,12 @@ async fn cache_follows_configmap_updates_and_shares_watches() {
             .all(|r| r.namespace.as_deref() == Some(NS)),
         "{cm_requests:?}"
     );
+    assert!(
+        cm_requests
+            .iter()
+            .all(|r| r.query.contains("fieldSelector=metadata.name%3Dcorp")),
+        "{cm_requests:?}"
+    );
 
     // Dropping the last subscriber stops the watch.
     drop(v1);
@@ -909,4 +915,46 @@ async fn an_unreachable_api_times_out_with_the_watch_error() {
         msg.contains("403"),
         "the watch's last error explains why: {msg}"
     );
+}
+
+#[tokio::test]
+async fn cache_recovers_from_dropped_and_expired_watches() {
+    let (server, client) = start().await;
+    let (cache, driver) = TrustCache::new(client.clone(), None);
+    tokio::spawn(driver);
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), NS);
+    let (one, two) = (cert("one", true), cert("two", true));
+    cms.create(
+        &PostParams::default(),
+        &configmap("corp", &[("ca.crt", one.as_str())]),
+    )
+    .await
+    .expect("create");
+    let mut spec = spec_with(&["corp/ca.crt"], &[]);
+    spec.issuer_ca = false;
+    let mut v = cache.subscribe(&spec, NS).expect("policy");
+    v.ready(WITHIN).await.expect("ready");
+    // The watch is cut and its history compacted while the object changes: the watcher must
+    // relist (410 Gone on resume) and still deliver the new content.
+    server.faults().drop_watches();
+    server.faults().expire_history();
+    cms.patch(
+        "corp",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"data": {"ca.crt": two}})),
+    )
+    .await
+    .expect("patch");
+    assert!(
+        tokio::time::timeout(Duration::from_secs(10), v.changed())
+            .await
+            .expect("notified after the relist")
+    );
+    assert_eq!(subjects(&v.bundle("").unwrap().pem()), vec!["CN=two"]);
+    let relisted = server
+        .requests()
+        .iter()
+        .filter(|r| r.kind == Some(Kind::ConfigMap) && r.verb == "list")
+        .count();
+    assert!(relisted >= 2, "a relist happened: {relisted} lists");
 }

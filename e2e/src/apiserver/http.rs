@@ -154,6 +154,7 @@ async fn handle(
         status: 0,
         token: token.clone(),
         path: uri.path().to_string(),
+        query: uri.query().unwrap_or_default().to_string(),
     };
     let latency = s.faults.latency();
     if !latency.is_zero() {

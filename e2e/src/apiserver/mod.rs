@@ -489,6 +489,8 @@ pub struct RequestRecord {
     /// The bearer token presented (tests only: the token-request scenario checks it).
     pub token: Option<String>,
     pub path: String,
+    /// The raw query string (selectors, resourceVersion, watch flags), empty when none.
+    pub query: String,
 }
 
 pub(crate) struct Shared {
