@@ -131,7 +131,7 @@ pub struct TrustCache {
 }
 
 /// One subscriber's view of one watched object; dropping it releases the watch.
-pub struct Subscription {
+struct Subscription {
     object: ObjectRef,
     rx: watch::Receiver<Snapshot>,
     shared: Arc<Shared>,
@@ -618,6 +618,14 @@ mod tests {
             ),
             error: None,
         }
+    }
+
+    #[test]
+    fn cache_and_subscriptions_can_move_between_tasks() {
+        fn send_sync<T: Send + Sync>() {}
+        fn send<T: Send>() {}
+        send_sync::<TrustCache>();
+        send::<VolumeTrust>();
     }
 
     #[test]
