@@ -17,7 +17,7 @@ use tokio::sync::{broadcast, mpsc};
 
 use super::{
     ApiError, FieldSelector, Kind, LabelSelector, RequestRecord, Shared, WatchEvent,
-    resource_version_of,
+    resource_version_of, trust,
 };
 
 /// Fields a CertificateRequest field selector may use: metadata plus the CRD's selectableFields.
@@ -51,7 +51,7 @@ fn parse_route(path: &str) -> Option<Route> {
     let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
     let (gv, rest) = match segs.as_slice() {
         ["api", "v1", rest @ ..] => ("v1".to_string(), rest),
-        ["apis", group, "v1", rest @ ..] => (format!("{group}/v1"), rest),
+        ["apis", group, version, rest @ ..] => (format!("{group}/{version}"), rest),
         _ => return None,
     };
     let (namespace, rest) = match rest {
@@ -68,14 +68,22 @@ fn parse_route(path: &str) -> Option<Route> {
         ("cert-manager.io/v1", "certificaterequests") => Kind::CertificateRequest,
         ("v1", "pods") => Kind::Pod,
         ("v1", "events") | ("events.k8s.io/v1", "events") => Kind::Event,
+        ("v1", "configmaps") => Kind::ConfigMap,
+        ("v1", "secrets") => Kind::Secret,
+        (gv, "clustertrustbundles") if trust::CTB_VERSIONS.contains(&gv) => {
+            Kind::ClusterTrustBundle
+        }
         _ => return None,
     };
-    if name.is_some() && namespace.is_none() {
-        // Every kind here is namespaced: single objects only exist under /namespaces/{ns}.
+    if kind.namespaced() && name.is_some() && namespace.is_none() {
+        // Single namespaced objects only exist under /namespaces/{ns}.
+        return None;
+    }
+    if !kind.namespaced() && namespace.is_some() {
         return None;
     }
     if let Some(s) = &sub
-        && !(s == "status" && kind != Kind::Event)
+        && !(s == "status" && kind.has_status())
     {
         return None;
     }
@@ -146,6 +154,7 @@ async fn handle(
         status: 0,
         token: token.clone(),
         path: uri.path().to_string(),
+        query: uri.query().unwrap_or_default().to_string(),
     };
     let latency = s.faults.latency();
     if !latency.is_zero() {
@@ -202,7 +211,7 @@ fn dispatch(
         "list" => list(s, r, q),
         "watch" => watch(s, r, q),
         "create" => {
-            if r.name.is_some() || r.namespace.is_none() {
+            if r.name.is_some() || (r.kind.namespaced() && r.namespace.is_none()) {
                 return Err(ApiError::MethodNotAllowed(
                     "create is only allowed on the namespaced collection".into(),
                 ));
@@ -312,6 +321,11 @@ const EVENT_RENAMES: &[(&str, &str)] = &[
 /// resource, so an event written through one is readable through the other.
 fn as_version(group_version: &str, mut obj: Value) -> Value {
     let from = obj.get("apiVersion").and_then(Value::as_str).unwrap_or("");
+    // ClusterTrustBundle's versions share one schema: only the apiVersion differs.
+    if obj.get("kind").and_then(Value::as_str) == Some("ClusterTrustBundle") {
+        obj["apiVersion"] = json!(group_version);
+        return obj;
+    }
     if obj.get("kind").and_then(Value::as_str) != Some("Event") || from == group_version {
         return obj;
     }
@@ -338,7 +352,13 @@ fn selectors(
 ) -> Result<(LabelSelector, FieldSelector), ApiError> {
     let labels = LabelSelector::parse(q.get("labelSelector").map_or("", String::as_str))
         .map_err(|e| ApiError::BadRequest(format!("unable to parse requirement: {e}")))?;
-    let allowed = (r.kind == Kind::CertificateRequest).then_some(CR_SELECTABLE);
+    let allowed = match r.kind {
+        Kind::CertificateRequest => Some(CR_SELECTABLE),
+        Kind::ConfigMap => Some(trust::CONFIGMAP_SELECTABLE),
+        Kind::Secret => Some(trust::SECRET_SELECTABLE),
+        Kind::ClusterTrustBundle => Some(trust::CTB_SELECTABLE),
+        Kind::Pod | Kind::Event => None,
+    };
     let fields = FieldSelector::parse(q.get("fieldSelector").map_or("", String::as_str), allowed)
         .map_err(ApiError::BadRequest)?;
     Ok((labels, fields))
