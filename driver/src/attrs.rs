@@ -46,6 +46,7 @@ use crate::request::{
     CaSource, CertRequest, FileNames, IssuerRef, KeyAlgorithm, KeyEncoding, KeyUsage, KubeCsrRef,
     PodInfo, Sans, Subject,
 };
+use crate::trust::source::{self as trust_source, KeyRef, SignerSelector, TrustSpec};
 
 /// certvol's own attribute prefix; wins over [`CERT_MANAGER_PREFIX`] when both set a key.
 pub const CERTVOL_PREFIX: &str = "csi.certvol.io/";
@@ -67,7 +68,7 @@ const DEFAULT_DURATION_TEXT: &str = "2160h";
 
 /// Every key accepted under [`CERTVOL_PREFIX`]; the first [`CERT_MANAGER_KEY_COUNT`] are
 /// cert-manager csi-driver's (same spelling) and also accepted under [`CERT_MANAGER_PREFIX`].
-const KEYS: [&str; 31] = [
+const KEYS: [&str; 39] = [
     "issuer-name",
     "issuer-kind",
     "issuer-group",
@@ -100,6 +101,14 @@ const KEYS: [&str; 31] = [
     "renew",
     "signer-name",
     "ca-source",
+    "trust-bundle-file",
+    "trust-issuer-ca",
+    "trust-configmaps",
+    "trust-secrets",
+    "trust-cluster-bundles",
+    "trust-signer-name",
+    "trust-signer-labels",
+    "trust-public-roots",
 ];
 const CERT_MANAGER_KEY_COUNT: usize = 28;
 
@@ -206,8 +215,8 @@ pub enum AttrError {
     },
 
     #[error(
-        "volume attribute {attribute:?}: file name {name:?} is also used by {other}; the CA, \
-         certificate and private key files need distinct names"
+        "volume attribute {attribute:?}: file name {name:?} is also used by {other}; every \
+         file in the volume needs a distinct name"
     )]
     DuplicateFileName {
         attribute: String,
@@ -338,6 +347,7 @@ pub fn parse(ctx: &HashMap<String, String>) -> Result<CertRequest, AttrError> {
         .unwrap_or(true);
     let files = parse_files(&attrs, home)?;
     let fs_group = attrs.get("fs-group").map(parse_gid).transpose()?;
+    let trust = parse_trust(&attrs, &files, home)?;
 
     Ok(CertRequest {
         pod: attrs.pod.clone(),
@@ -356,6 +366,7 @@ pub fn parse(ctx: &HashMap<String, String>) -> Result<CertRequest, AttrError> {
         files,
         fs_group,
         annotations: attrs.annotations,
+        trust,
     })
 }
 
@@ -1154,6 +1165,208 @@ fn parse_files(attrs: &Attrs<'_>, home: &str) -> Result<FileNames, AttrError> {
     })
 }
 
+/// The `trust-*` attributes (all certvol only). A bundle is requested when a source or the file
+/// name is set, or `trust-issuer-ca`/`trust-public-roots` is "true"; explicit "false" values alone
+/// request nothing.
+fn parse_trust(
+    attrs: &Attrs<'_>,
+    files: &FileNames,
+    home: &str,
+) -> Result<Option<TrustSpec>, AttrError> {
+    let flag = |name: &str| attrs.get(name).map(parse_bool).transpose();
+    let issuer_ca = flag("trust-issuer-ca")?;
+    let public_roots = flag("trust-public-roots")?;
+    let file = attrs.get("trust-bundle-file");
+    let key = |name: &str| {
+        attrs
+            .get(name)
+            .map_or_else(|| format!("{CERTVOL_PREFIX}{name}"), |a| a.key.to_owned())
+    };
+    let key_refs = |name: &str| -> Result<Vec<KeyRef>, AttrError> {
+        let Some(a) = attrs.get(name) else {
+            return Ok(Vec::new());
+        };
+        let accepted = "NAME/KEY (the pod's namespace) or NAMESPACE/NAME/KEY (the node's \
+                        --trust-namespace only), separated by commas";
+        let mut out: Vec<KeyRef> = Vec::new();
+        for entry in split_list(a.value) {
+            let r = KeyRef::parse(&entry).map_err(|p| invalid_entry(a, &entry, p, accepted))?;
+            if !out.contains(&r) {
+                out.push(r);
+            }
+        }
+        if out.is_empty() {
+            return Err(invalid(a, "lists no entry", accepted));
+        }
+        Ok(out)
+    };
+    let config_maps = key_refs("trust-configmaps")?;
+    let secrets = key_refs("trust-secrets")?;
+    let mut cluster_bundles: Vec<String> = Vec::new();
+    if let Some(a) = attrs.get("trust-cluster-bundles") {
+        const ACCEPTED: &str = "ClusterTrustBundle names (lowercase letters, digits, '-', '.' \
+                                and the ':' of signer prefixes), separated by commas";
+        for entry in split_list(a.value) {
+            if !trust_source::is_cluster_bundle_name(&entry) {
+                return Err(invalid_entry(
+                    a,
+                    &entry,
+                    "is not a ClusterTrustBundle name",
+                    ACCEPTED,
+                ));
+            }
+            if !cluster_bundles.contains(&entry) {
+                cluster_bundles.push(entry);
+            }
+        }
+        if cluster_bundles.is_empty() {
+            return Err(invalid(a, "lists no ClusterTrustBundle", ACCEPTED));
+        }
+    }
+    let labels = match attrs.get("trust-signer-labels") {
+        None => None,
+        Some(a) => {
+            const ACCEPTED: &str = "label requirements KEY=VALUE separated by commas, such as \
+                                    \"env=prod,team=web\"";
+            let mut labels = BTreeMap::new();
+            for entry in split_list(a.value) {
+                let Some((k, v)) = entry.split_once('=') else {
+                    return Err(invalid_entry(a, &entry, "is not KEY=VALUE", ACCEPTED));
+                };
+                let (k, v) = (k.trim(), v.trim());
+                if !trust_source::is_label_key(k) {
+                    return Err(invalid_entry(
+                        a,
+                        &entry,
+                        "has an invalid label key",
+                        ACCEPTED,
+                    ));
+                }
+                if !trust_source::is_label_value(v) {
+                    return Err(invalid_entry(
+                        a,
+                        &entry,
+                        "has an invalid label value",
+                        ACCEPTED,
+                    ));
+                }
+                if labels
+                    .insert(k.to_owned(), v.to_owned())
+                    .is_some_and(|old| old != v)
+                {
+                    return Err(invalid_entry(
+                        a,
+                        &entry,
+                        "sets a label key a second time with another value",
+                        ACCEPTED,
+                    ));
+                }
+            }
+            Some(labels)
+        }
+    };
+    let signer = match attrs.get("trust-signer-name") {
+        Some(a) => {
+            if let Err(problem) = trust_source::check_signer_name(a.value) {
+                return Err(invalid(
+                    a,
+                    problem,
+                    "a signer name DOMAIN/PATH such as \"example.com/my-signer\"",
+                ));
+            }
+            Some(SignerSelector {
+                signer_name: a.value.to_owned(),
+                labels: labels.unwrap_or_default(),
+            })
+        }
+        None => {
+            if labels.is_some() {
+                return Err(AttrError::Missing {
+                    attribute: key("trust-signer-name"),
+                    why: format!(
+                        "{:?} only restricts the ClusterTrustBundles selected by signer name",
+                        key("trust-signer-labels")
+                    ),
+                });
+            }
+            None
+        }
+    };
+    let requested = file.is_some()
+        || !config_maps.is_empty()
+        || !secrets.is_empty()
+        || !cluster_bundles.is_empty()
+        || signer.is_some()
+        || issuer_ca == Some(true)
+        || public_roots == Some(true);
+    if !requested {
+        return Ok(None);
+    }
+    let issuer_ca = issuer_ca.unwrap_or(true);
+    let public_roots = public_roots.unwrap_or(false);
+    if !issuer_ca
+        && !public_roots
+        && config_maps.is_empty()
+        && secrets.is_empty()
+        && cluster_bundles.is_empty()
+        && signer.is_none()
+    {
+        return Err(AttrError::Missing {
+            attribute: key("trust-configmaps"),
+            why: format!(
+                "the volume asks for a trust bundle ({:?} is set) but {:?} is \"false\" and no \
+                 other source is set (trust-configmaps, trust-secrets, trust-cluster-bundles, \
+                 trust-signer-name, trust-public-roots)",
+                key("trust-bundle-file"),
+                key("trust-issuer-ca"),
+            ),
+        });
+    }
+    let bundle_file = match file {
+        Some(a) => {
+            if let Err(problem) = check_file_name(a.value) {
+                return Err(invalid(
+                    a,
+                    problem,
+                    "a plain file name such as \"ca-bundle.crt\": no '/', not starting with \
+                     \"..\", no leading or trailing spaces, at most 255 bytes",
+                ));
+            }
+            a.value.to_owned()
+        }
+        None => trust_source::DEFAULT_BUNDLE_FILE.to_owned(),
+    };
+    for (other, name) in [
+        ("ca-file", &files.ca),
+        ("certificate-file", &files.certificate),
+        ("privatekey-file", &files.private_key),
+    ] {
+        if *name == bundle_file {
+            return Err(AttrError::DuplicateFileName {
+                attribute: key("trust-bundle-file"),
+                name: bundle_file,
+                other: match attrs.get(other) {
+                    Some(a) => format!("{:?}", a.key),
+                    None => format!("{:?} (its default)", format!("{home}{other}")),
+                },
+            });
+        }
+    }
+    Ok(Some(TrustSpec {
+        bundle_file,
+        issuer_ca,
+        config_maps,
+        config_maps_attribute: key("trust-configmaps"),
+        secrets,
+        secrets_attribute: key("trust-secrets"),
+        cluster_bundles,
+        cluster_bundles_attribute: key("trust-cluster-bundles"),
+        signer,
+        signer_attribute: key("trust-signer-name"),
+        public_roots,
+    }))
+}
+
 fn check_file_name(name: &str) -> Result<(), &'static str> {
     if name.len() > 255 {
         return Err("is longer than 255 bytes");
@@ -1273,6 +1486,7 @@ mod tests {
             },
             fs_group: None,
             annotations: BTreeMap::new(),
+            trust: None,
         };
         assert_eq!(req, expected);
     }
@@ -1737,6 +1951,78 @@ mod tests {
                 |r| {
                     assert_eq!(r.subject.common_name, None);
                     assert_eq!(r.sans.ip_addresses.len(), 1);
+                },
+            ),
+            ("no trust attribute: no bundle", &[], |r| {
+                assert_eq!(r.trust, None)
+            }),
+            (
+                "explicit false values alone ask for no bundle",
+                &[
+                    ("csi.certvol.io/trust-issuer-ca", "false"),
+                    ("csi.certvol.io/trust-public-roots", "false"),
+                ],
+                |r| assert_eq!(r.trust, None),
+            ),
+            (
+                "a ConfigMap source: default file name, issuing CA included",
+                &[(
+                    "csi.certvol.io/trust-configmaps",
+                    "ca/ca.crt, certvol/roots/all.pem,ca/ca.crt",
+                )],
+                |r| {
+                    let t = r.trust.as_ref().unwrap();
+                    assert_eq!(t.bundle_file, "ca-bundle.crt");
+                    assert!(t.issuer_ca);
+                    assert!(!t.public_roots);
+                    let refs: Vec<(Option<&str>, &str, &str)> = t
+                        .config_maps
+                        .iter()
+                        .map(|k| (k.namespace.as_deref(), k.name.as_str(), k.key.as_str()))
+                        .collect();
+                    assert_eq!(
+                        refs,
+                        vec![
+                            (None, "ca", "ca.crt"),
+                            (Some("certvol"), "roots", "all.pem")
+                        ]
+                    );
+                    assert_eq!(t.config_maps_attribute, "csi.certvol.io/trust-configmaps");
+                },
+            ),
+            (
+                "every source kind and a chosen file",
+                &[
+                    ("csi.certvol.io/trust-bundle-file", "trust.pem"),
+                    ("csi.certvol.io/trust-issuer-ca", "false"),
+                    ("csi.certvol.io/trust-secrets", "s/ca.crt"),
+                    (
+                        "csi.certvol.io/trust-cluster-bundles",
+                        "example.com:foo:v1,plain",
+                    ),
+                    ("csi.certvol.io/trust-signer-name", "example.com/foo"),
+                    ("csi.certvol.io/trust-signer-labels", "env=prod, team=web"),
+                    ("csi.certvol.io/trust-public-roots", "true"),
+                ],
+                |r| {
+                    let t = r.trust.as_ref().unwrap();
+                    assert_eq!(t.bundle_file, "trust.pem");
+                    assert!(!t.issuer_ca);
+                    assert!(t.public_roots);
+                    assert_eq!(t.secrets[0].name, "s");
+                    assert_eq!(t.cluster_bundles, vec!["example.com:foo:v1", "plain"]);
+                    let s = t.signer.as_ref().unwrap();
+                    assert_eq!(s.signer_name, "example.com/foo");
+                    assert_eq!(s.label_selector(), "env=prod,team=web");
+                },
+            ),
+            (
+                "public roots alone",
+                &[("csi.certvol.io/trust-public-roots", "true")],
+                |r| {
+                    let t = r.trust.as_ref().unwrap();
+                    assert!(t.public_roots && t.issuer_ca);
+                    assert!(t.config_maps.is_empty());
                 },
             ),
         ];
@@ -2236,6 +2522,99 @@ mod tests {
                 ],
                 "csi.certvol.io/common-name",
                 "\"csi.certvol.io/uri-sans\"",
+            ),
+            // trust-*
+            (
+                vec![("csi.cert-manager.io/trust-configmaps", "ca/ca.crt")],
+                "csi.cert-manager.io/trust-configmaps",
+                "is a certvol extension; write it as \"csi.certvol.io/trust-configmaps\"",
+            ),
+            (
+                vec![("csi.certvol.io/trust-configmaps", "ca/ca.crt,just-a-name")],
+                "csi.certvol.io/trust-configmaps",
+                "entry \"just-a-name\" is not NAME/KEY or NAMESPACE/NAME/KEY; accepted: NAME/KEY (the pod's namespace)",
+            ),
+            (
+                vec![("csi.certvol.io/trust-secrets", "Bad/ca.crt")],
+                "csi.certvol.io/trust-secrets",
+                "entry \"Bad/ca.crt\" has an object name that is not a DNS subdomain",
+            ),
+            (
+                vec![("csi.certvol.io/trust-secrets", "s/a b")],
+                "csi.certvol.io/trust-secrets",
+                "has a key that is not a valid data key",
+            ),
+            (
+                vec![("csi.certvol.io/trust-configmaps", " , ")],
+                "csi.certvol.io/trust-configmaps",
+                "lists no entry",
+            ),
+            (
+                vec![("csi.certvol.io/trust-cluster-bundles", "ok,Not_OK")],
+                "csi.certvol.io/trust-cluster-bundles",
+                "entry \"Not_OK\" is not a ClusterTrustBundle name",
+            ),
+            (
+                vec![("csi.certvol.io/trust-signer-name", "my-signer")],
+                "csi.certvol.io/trust-signer-name",
+                "value \"my-signer\" is not of the form DOMAIN/PATH; accepted: a signer name",
+            ),
+            (
+                vec![("csi.certvol.io/trust-signer-labels", "env=prod")],
+                "csi.certvol.io/trust-signer-name",
+                "is required: \"csi.certvol.io/trust-signer-labels\" only restricts",
+            ),
+            (
+                vec![
+                    ("csi.certvol.io/trust-signer-name", "example.com/s"),
+                    ("csi.certvol.io/trust-signer-labels", "env"),
+                ],
+                "csi.certvol.io/trust-signer-labels",
+                "entry \"env\" is not KEY=VALUE",
+            ),
+            (
+                vec![
+                    ("csi.certvol.io/trust-signer-name", "example.com/s"),
+                    ("csi.certvol.io/trust-signer-labels", "env=a,env=b"),
+                ],
+                "csi.certvol.io/trust-signer-labels",
+                "sets a label key a second time",
+            ),
+            (
+                vec![("csi.certvol.io/trust-public-roots", "yes")],
+                "csi.certvol.io/trust-public-roots",
+                "is not a boolean",
+            ),
+            (
+                vec![("csi.certvol.io/trust-issuer-ca", "TRUE")],
+                "csi.certvol.io/trust-issuer-ca",
+                "is not a boolean",
+            ),
+            (
+                vec![
+                    ("csi.certvol.io/trust-bundle-file", "b.pem"),
+                    ("csi.certvol.io/trust-issuer-ca", "false"),
+                ],
+                "csi.certvol.io/trust-configmaps",
+                "asks for a trust bundle (\"csi.certvol.io/trust-bundle-file\" is set) but \"csi.certvol.io/trust-issuer-ca\" is \"false\"",
+            ),
+            (
+                vec![("csi.certvol.io/trust-bundle-file", "../x")],
+                "csi.certvol.io/trust-bundle-file",
+                "contains '/'",
+            ),
+            (
+                vec![("csi.certvol.io/trust-bundle-file", "ca.crt")],
+                "csi.certvol.io/trust-bundle-file",
+                "file name \"ca.crt\" is also used by \"csi.cert-manager.io/ca-file\" (its default)",
+            ),
+            (
+                vec![
+                    ("csi.certvol.io/trust-public-roots", "true"),
+                    ("csi.cert-manager.io/certificate-file", "ca-bundle.crt"),
+                ],
+                "csi.certvol.io/trust-bundle-file",
+                "is also used by \"csi.cert-manager.io/certificate-file\"",
             ),
         ];
         for (extra, attribute, fragment) in rows {

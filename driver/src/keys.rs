@@ -950,6 +950,7 @@ mod tests {
             files: FileNames::default(),
             fs_group: None,
             annotations: BTreeMap::new(),
+            trust: None,
         }
     }
 

@@ -7,7 +7,8 @@
 //! · `fsutil`, `store` (metadata on disk) · `mount` (tmpfs and bind mounts) · `writer` (the `..data`
 //! swap) · `volume` (publish, unpublish, renew) · `scheduler` (one renewal queue) · `recovery`
 //! (start-up reconcile) · `csi` (gRPC services, the one error → status map) · `node` (the server) ·
-//! `kubelet` (a CSI client acting as kubelet, for the demo and the e2e harness) · `demo`.
+//! `kubelet` (a CSI client acting as kubelet, for the demo and the e2e harness) · `demo` ·
+//! `trust` (trust bundles: sources, assembly, CA rotation overlap, the watch-driven cache).
 
 #![forbid(unsafe_code)]
 
@@ -31,5 +32,6 @@ pub mod recovery;
 pub mod request;
 pub mod scheduler;
 pub mod store;
+pub mod trust;
 pub mod volume;
 pub mod writer;

@@ -201,7 +201,8 @@ pub async fn run(
     // Background futures of the issuer (the cert-manager watch), spawned below with the rest.
     let mut issuer_tasks: Vec<(tracing::Span, BoxFuture<'static, ()>)> = Vec::new();
     // Whether the issuer can be reached, for /readyz: the local CA always; cert-manager once its
-    // watch has listed the node's requests (the API server answered and RBAC allows the watch).
+    // watch has listed the node's requests and is not failing now (the API server answers and
+    // RBAC allows the watch).
     let mut issuer_reachable: Arc<dyn Fn() -> bool + Send + Sync> = Arc::new(|| true);
     let issuer: Arc<dyn Issuer> = match opts.issuer {
         IssuerKind::CertManager => {
@@ -222,7 +223,7 @@ pub async fn run(
             issuer_tasks.push((info_span!("cert-manager-watch"), Box::pin(watch)));
             let issuer = Arc::new(issuer);
             let probe = issuer.clone();
-            issuer_reachable = Arc::new(move || probe.synced());
+            issuer_reachable = Arc::new(move || probe.reachable());
             issuer as Arc<dyn Issuer>
         }
         IssuerKind::KubernetesCsr => {
@@ -241,7 +242,7 @@ pub async fn run(
             issuer_tasks.push((info_span!("kubernetes-csr-watch"), Box::pin(watch)));
             let issuer = Arc::new(issuer);
             let probe = issuer.clone();
-            issuer_reachable = Arc::new(move || probe.synced());
+            issuer_reachable = Arc::new(move || probe.reachable());
             issuer as Arc<dyn Issuer>
         }
         IssuerKind::Local => Arc::new(LocalCa::open(
@@ -315,10 +316,7 @@ pub async fn run(
             } else if !recovered.is_ready() {
                 Err("recovering volume state after a restart".into())
             } else if !issuer_reachable() {
-                Err(
-                    "the issuer is not reachable yet (the request watch has not listed once)"
-                        .into(),
-                )
+                Err("the issuer is not reachable (the request watch has not listed yet, or its last attempt failed; see the log)".into())
             } else {
                 Ok(())
             }

@@ -280,4 +280,8 @@ pub struct CertRequest {
     pub fs_group: Option<u32>,
     /// Attributes under other prefixes, passed to issuers as request annotations.
     pub annotations: BTreeMap<String, String>,
+    /// The trust bundle the volume asks for (`trust-*` attributes), if any. Absent in state
+    /// written before trust bundles existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trust: Option<crate::trust::TrustSpec>,
 }

@@ -58,6 +58,7 @@ fn cert_request(pod: &str, uid: &str) -> CertRequest {
         files: FileNames::default(),
         fs_group: None,
         annotations: BTreeMap::from([("team.example.com/owner".into(), "payments".into())]),
+        trust: None,
     }
 }
 

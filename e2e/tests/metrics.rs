@@ -196,7 +196,7 @@ async fn a_taken_metrics_port_stops_start_up_with_a_clear_error() {
 }
 
 #[tokio::test]
-async fn not_ready_until_the_certificate_request_watch_has_listed() {
+async fn not_ready_until_the_certificate_request_watch_lists_nor_while_it_fails() {
     if !can_mount() {
         eprintln!("skipped: needs root to mount tmpfs (CI runs as root)");
         return;
@@ -204,7 +204,7 @@ async fn not_ready_until_the_certificate_request_watch_has_listed() {
     let addr = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .unwrap();
-    const FAILURES: usize = 5;
+    const FAILURES: usize = 3;
     let address = addr.to_string();
     let mut env = Env::new();
     let cluster = Cluster::start(env.path()).await;
@@ -243,4 +243,33 @@ async fn not_ready_until_the_certificate_request_watch_has_listed() {
         Some(FAILURES as f64),
         "{text}"
     );
+
+    // Later the API server stops answering the watch (its RBAC withdrawn, say): the node turns
+    // not ready while the watch fails, and ready again once it answers.
+    standin.api.faults().fail_next(2, 403);
+    standin.api.faults().drop_watches();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (status, body) = get(addr, "/readyz").await.expect("/readyz answers");
+        if status == 503 {
+            assert!(body.contains("issuer is not reachable"), "{body}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "/readyz stayed 200 while the watch failed\n{}",
+            env.logs()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(get(addr, "/healthz").await.map(|r| r.0), Some(200));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while get(addr, "/readyz").await.map(|r| r.0) != Some(200) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never ready again\n{}",
+            env.logs()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 }

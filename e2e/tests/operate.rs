@@ -97,6 +97,8 @@ async fn inspect_lists_what_the_pods_really_hold() {
         "{table}"
     );
     assert!(!table.contains("PRIVATE KEY"), "{table}");
+    // Shown with --nocapture: the sample output quoted in the docs.
+    println!("$ certvol inspect\n{table}");
 
     // One volume in detail, by pod and by id prefix.
     let detail = stdout_of(&inspect(&env.data_root, &["shop/web-0"]));
@@ -111,6 +113,7 @@ async fn inspect_lists_what_the_pods_really_hold() {
         assert!(detail.contains(&want), "{want:?} in\n{detail}");
     }
     assert!(!detail.contains("PRIVATE KEY"), "{detail}");
+    println!("$ certvol inspect shop/web-0\n{detail}");
     let state = env.state(&web, &vol).expect("state");
     let requests = &state.requests;
     assert!(

@@ -10,7 +10,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use futures::StreamExt;
-use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, Resource};
 use serde::de::DeserializeOwned;
@@ -37,6 +36,9 @@ struct State<R> {
     relist: Option<HashMap<Key, R>>,
     /// Whether a full list has completed at least once (for timeout diagnostics).
     synced: bool,
+    /// Whether the last thing the watch stream yielded was an error (API server unreachable,
+    /// RBAC withdrawn): cleared by the next event, which only arrives once the server answers.
+    failing: bool,
     /// Recently deleted requests: key → (change number of the deletion, uid). A waiter may wake
     /// only after both the ADDED and the DELETED event of its request were applied (the change
     /// counter coalesces), so "absent now" alone cannot tell "not seen yet" from "already gone".
@@ -50,6 +52,7 @@ impl<R> Default for State<R> {
             live: HashMap::new(),
             relist: None,
             synced: false,
+            failing: false,
             tombstones: HashMap::new(),
             tombstone_order: VecDeque::new(),
         }
@@ -129,9 +132,16 @@ impl<R: Resource + Clone> RequestCache<R> {
         self.lock().live.is_empty()
     }
 
-    /// Whether a full list has completed at least once (the node's readiness for cert-manager).
-    pub fn synced(&self) -> bool {
-        self.lock().synced
+    /// Whether the watch is serving: it has listed once and its latest attempt did not fail.
+    /// This is the cert-manager part of the node's readiness.
+    pub fn healthy(&self) -> bool {
+        let state = self.lock();
+        state.synced && !state.failing
+    }
+
+    /// Records that the watch stream failed; the watcher retries with backoff.
+    pub fn watch_failed(&self) {
+        self.lock().failing = true;
     }
 
     /// Applies one watcher event and wakes waiters.
@@ -143,6 +153,11 @@ impl<R: Resource + Clone> RequestCache<R> {
         let change = self.changes.borrow().wrapping_add(1);
         {
             let mut state = self.lock();
+            // The watcher yields `Init` before it sends its list request; everything else
+            // carries an answer from the API server.
+            if !matches!(event, Event::Init) {
+                state.failing = false;
+            }
             match event {
                 Event::Init => state.relist = Some(HashMap::new()),
                 Event::InitApply(cr) => {
@@ -253,7 +268,11 @@ impl<R: Resource + Clone> RequestCache<R> {
 }
 
 /// Runs the node's watch until the process ends: lists and watches every request of `R`
-/// matching `selector` cluster-wide, relisting after 410 Gone, backing off on errors.
+/// matching `selector` cluster-wide, relisting after 410 Gone.
+///
+/// After an error the watch starts over with a fresh list once a backoff has passed, instead of
+/// letting the watcher resume its watch: a resumed watch yields nothing until a request changes,
+/// so only a completed relist proves the API server answers again (readiness depends on it).
 pub async fn run<R>(api: Api<R>, selector: String, cache: Arc<RequestCache<R>>)
 where
     R: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
@@ -261,30 +280,46 @@ where
 {
     let kind = R::kind(&R::DynamicType::default()).into_owned();
     info!(%selector, %kind, "watching requests");
-    let config = watcher::Config::default().labels(&selector);
-    let mut stream = watcher::watcher(api, config).default_backoff().boxed();
-    let mut healthy = true;
-    while let Some(item) = stream.next().await {
-        match item {
-            Ok(event) => {
-                if !healthy {
-                    info!(%kind, "request watch recovered");
-                    healthy = true;
+    let mut failures: u32 = 0;
+    loop {
+        let config = watcher::Config::default().labels(&selector);
+        let mut stream = watcher::watcher(api.clone(), config).boxed();
+        // The watcher's stream does not end on its own; if it ever does, start over like after
+        // an error.
+        let mut delay = retry_delay(failures.saturating_add(1), rand::random::<f64>());
+        while let Some(item) = stream.next().await {
+            match item {
+                Ok(event) => {
+                    if matches!(event, Event::InitDone) {
+                        if failures > 0 {
+                            info!(%kind, "request watch recovered");
+                        }
+                        debug!(%kind, "request list complete");
+                        failures = 0;
+                    }
+                    cache.apply(event);
                 }
-                if matches!(event, Event::InitDone) {
-                    debug!(%kind, "request list complete");
+                Err(error) => {
+                    // Waiters keep waiting: results that arrive meanwhile show up in the relist.
+                    cache.watch_failed();
+                    failures = failures.saturating_add(1);
+                    delay = retry_delay(failures, rand::random::<f64>());
+                    warn!(%error, %kind, retry_in = ?delay, "request watch failed; relisting after a backoff");
+                    break;
                 }
-                cache.apply(event);
-            }
-            Err(error) => {
-                // Waiters keep waiting: the watcher relists once the API server answers again,
-                // and results that arrived meanwhile show up in that list.
-                warn!(%error, %kind, "request watch failed; retrying with backoff");
-                healthy = false;
             }
         }
+        tokio::time::sleep(delay).await;
     }
-    warn!(%kind, "request watch ended");
+}
+
+/// Backoff before relisting after `failures` consecutive failed attempts (at least 1): 1 s
+/// doubling to 30 s, shortened by up to a fifth at random (`jitter` in [0, 1)) so that the nodes
+/// of a cluster do not relist in lockstep after an API server outage.
+pub fn retry_delay(failures: u32, jitter: f64) -> Duration {
+    let exp = failures.saturating_sub(1).min(5);
+    let base = Duration::from_secs(1u64 << exp).min(Duration::from_secs(30));
+    base.mul_f64(1.0 - 0.2 * jitter.clamp(0.0, 1.0))
 }
 
 #[cfg(test)]
@@ -478,6 +513,47 @@ mod tests {
             )
             .await;
         assert!(matches!(waited, Waited::TimedOut { last: None, .. }));
+    }
+
+    #[test]
+    fn retry_delay_doubles_to_thirty_seconds_and_jitter_only_shortens() {
+        let table = [
+            (1, 0.0, 1_000),
+            (2, 0.0, 2_000),
+            (3, 0.0, 4_000),
+            (5, 0.0, 16_000),
+            (6, 0.0, 30_000),
+            (40, 0.0, 30_000),
+            (1, 0.5, 900),
+            (6, 0.999_999, 24_000),
+        ];
+        for (failures, jitter, millis) in table {
+            assert_eq!(
+                retry_delay(failures, jitter).as_millis(),
+                millis,
+                "failures={failures} jitter={jitter}"
+            );
+        }
+    }
+
+    #[test]
+    fn healthy_after_the_first_list_and_again_once_a_failed_watch_answers() {
+        let cache = RequestCache::<CertificateRequest>::new();
+        assert!(!cache.healthy(), "not before the first list");
+        cache.apply(Event::Init);
+        assert!(!cache.healthy(), "not while listing the first time");
+        cache.apply(Event::InitDone);
+        assert!(cache.healthy());
+        cache.watch_failed();
+        assert!(
+            !cache.healthy(),
+            "a failed watch attempt makes the issuer unreachable"
+        );
+        // The relist has not been answered yet.
+        cache.apply(Event::Init);
+        assert!(!cache.healthy());
+        cache.apply(Event::InitDone);
+        assert!(cache.healthy());
     }
 
     #[tokio::test]

@@ -1,4 +1,4 @@
-//! certificates.k8s.io/v1 CertificateSigningRequests (cluster-scoped) and ClusterTrustBundles, with
+//! certificates.k8s.io/v1 CertificateSigningRequests (cluster-scoped), with
 //! kube-apiserver's registry strategy and validation:
 //!
 //! * create: the requester's identity (`spec.username`, `uid`, `groups`, `extra`) is set from the
@@ -13,10 +13,6 @@
 //!   duplicates, `expirationSeconds` >= 600, at most one Approved/Denied/Failed condition each,
 //!   Approved and Denied mutually exclusive, such conditions never removed,
 //!   `status.certificate` PEM CERTIFICATE blocks only and never changed once set.
-//!
-//! ClusterTrustBundles: `spec.trustBundle` holds at least one PEM CERTIFICATE block (nothing
-//! else); with `spec.signerName` set, the name must start with the signer name (`/` → `:`) and
-//! `:`, and the signer name is immutable.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -441,74 +437,6 @@ pub fn validate_update(old: &Value, new: &Value) -> Vec<FieldCause> {
             "status.certificate",
             "updates may not modify existing certificate content",
         ));
-    }
-    causes
-}
-
-/// ClusterTrustBundle validation (create and update).
-pub fn validate_trust_bundle(old: Option<&Value>, obj: &Value) -> Vec<FieldCause> {
-    let mut causes = Vec::new();
-    let name = obj
-        .pointer("/metadata/name")
-        .and_then(Value::as_str)
-        .unwrap_or("");
-    let signer = obj
-        .pointer("/spec/signerName")
-        .and_then(Value::as_str)
-        .unwrap_or("");
-    if name.is_empty() || name == "." || name == ".." || name.contains(['/', '%']) {
-        causes.push(FieldCause::invalid(
-            "metadata.name",
-            name,
-            "may not be '.' or '..' and may not contain '/' or '%'",
-        ));
-    }
-    if signer.is_empty() && name.contains(':') {
-        causes.push(FieldCause::invalid(
-            "metadata.name",
-            name,
-            "ClusterTrustBundle without signer name must not have \":\" in its name",
-        ));
-    }
-    if !signer.is_empty() {
-        match validate_signer_name(signer) {
-            Err(e) => causes.push(FieldCause::invalid("spec.signerName", signer, &e)),
-            Ok(()) => {
-                let prefix = format!("{}:", signer.replace('/', ":"));
-                if !name.starts_with(&prefix) {
-                    causes.push(FieldCause::invalid(
-                        "metadata.name",
-                        name,
-                        &format!("ClusterTrustBundle for signerName {signer} must be named with prefix {prefix}"),
-                    ));
-                }
-            }
-        }
-    }
-    if let Some(old) = old {
-        let was = old
-            .pointer("/spec/signerName")
-            .and_then(Value::as_str)
-            .unwrap_or("");
-        if was != signer {
-            causes.push(FieldCause::invalid(
-                "spec.signerName",
-                signer,
-                "field is immutable",
-            ));
-        }
-    }
-    match obj.pointer("/spec/trustBundle").and_then(Value::as_str) {
-        None | Some("") => causes.push(FieldCause::required("spec.trustBundle")),
-        Some(pem) => {
-            if let Err(e) = check_certificates(pem.as_bytes()) {
-                causes.push(FieldCause::invalid(
-                    "spec.trustBundle",
-                    "<value omitted>",
-                    &e,
-                ));
-            }
-        }
     }
     causes
 }

@@ -17,7 +17,7 @@ use tokio::sync::{broadcast, mpsc};
 
 use super::{
     ApiError, FieldSelector, Kind, LabelSelector, RequestRecord, Shared, WatchEvent,
-    resource_version_of,
+    resource_version_of, trust,
 };
 
 /// Fields a CertificateRequest field selector may use: metadata plus the CRD's selectableFields.
@@ -29,8 +29,8 @@ const CR_SELECTABLE: &[&str] = &[
     "spec.issuerRef.name",
 ];
 
-/// Fields CertificateSigningRequest and ClusterTrustBundle field selectors may use.
-const SIGNER_SELECTABLE: &[&str] = &["metadata.name", "spec.signerName"];
+/// Fields a CertificateSigningRequest field selector may use.
+const CSR_SELECTABLE: &[&str] = &["metadata.name", "spec.signerName"];
 
 /// Watches end after this long when the client gives no timeoutSeconds (apiserver picks 30-60 min).
 const DEFAULT_WATCH_TIMEOUT: Duration = Duration::from_secs(1800);
@@ -54,7 +54,7 @@ fn parse_route(path: &str) -> Option<Route> {
     let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
     let (gv, rest) = match segs.as_slice() {
         ["api", "v1", rest @ ..] => ("v1".to_string(), rest),
-        ["apis", group, "v1", rest @ ..] => (format!("{group}/v1"), rest),
+        ["apis", group, version, rest @ ..] => (format!("{group}/{version}"), rest),
         _ => return None,
     };
     let (namespace, rest) = match rest {
@@ -71,8 +71,12 @@ fn parse_route(path: &str) -> Option<Route> {
         ("cert-manager.io/v1", "certificaterequests") => Kind::CertificateRequest,
         ("v1", "pods") => Kind::Pod,
         ("v1", "events") | ("events.k8s.io/v1", "events") => Kind::Event,
+        ("v1", "configmaps") => Kind::ConfigMap,
+        ("v1", "secrets") => Kind::Secret,
+        (gv, "clustertrustbundles") if trust::CTB_VERSIONS.contains(&gv) => {
+            Kind::ClusterTrustBundle
+        }
         ("certificates.k8s.io/v1", "certificatesigningrequests") => Kind::CertificateSigningRequest,
-        ("certificates.k8s.io/v1", "clustertrustbundles") => Kind::ClusterTrustBundle,
         _ => return None,
     };
     if kind.namespaced() && name.is_some() && namespace.is_none() {
@@ -83,15 +87,11 @@ fn parse_route(path: &str) -> Option<Route> {
         // Cluster-scoped kinds have no namespaced URLs.
         return None;
     }
-    if let Some(s) = &sub {
-        let allowed = match kind {
-            Kind::Event | Kind::ClusterTrustBundle => false,
-            Kind::CertificateSigningRequest => s == "status" || s == "approval",
-            _ => s == "status",
-        };
-        if !allowed {
-            return None;
-        }
+    if let Some(s) = &sub
+        && !((s == "status" && kind.has_status())
+            || (s == "approval" && kind == Kind::CertificateSigningRequest))
+    {
+        return None;
     }
     Some(Route {
         kind,
@@ -160,6 +160,7 @@ async fn handle(
         status: 0,
         token: token.clone(),
         path: uri.path().to_string(),
+        query: uri.query().unwrap_or_default().to_string(),
     };
     let latency = s.faults.latency();
     if !latency.is_zero() {
@@ -326,6 +327,11 @@ const EVENT_RENAMES: &[(&str, &str)] = &[
 /// resource, so an event written through one is readable through the other.
 fn as_version(group_version: &str, mut obj: Value) -> Value {
     let from = obj.get("apiVersion").and_then(Value::as_str).unwrap_or("");
+    // ClusterTrustBundle's versions share one schema: only the apiVersion differs.
+    if obj.get("kind").and_then(Value::as_str) == Some("ClusterTrustBundle") {
+        obj["apiVersion"] = json!(group_version);
+        return obj;
+    }
     if obj.get("kind").and_then(Value::as_str) != Some("Event") || from == group_version {
         return obj;
     }
@@ -354,8 +360,11 @@ fn selectors(
         .map_err(|e| ApiError::BadRequest(format!("unable to parse requirement: {e}")))?;
     let allowed = match r.kind {
         Kind::CertificateRequest => Some(CR_SELECTABLE),
-        Kind::CertificateSigningRequest | Kind::ClusterTrustBundle => Some(SIGNER_SELECTABLE),
-        _ => None,
+        Kind::ConfigMap => Some(trust::CONFIGMAP_SELECTABLE),
+        Kind::Secret => Some(trust::SECRET_SELECTABLE),
+        Kind::ClusterTrustBundle => Some(trust::CTB_SELECTABLE),
+        Kind::CertificateSigningRequest => Some(CSR_SELECTABLE),
+        Kind::Pod | Kind::Event => None,
     };
     let fields = FieldSelector::parse(q.get("fieldSelector").map_or("", String::as_str), allowed)
         .map_err(ApiError::BadRequest)?;

@@ -1,6 +1,8 @@
 //! A faithful in-process stand-in for the parts of kube-apiserver (plus cert-manager's webhook and
 //! the garbage collector) that certvol talks to: CertificateRequests validated against the real
-//! CRD, Pods, Events, watches with a retained event log, and fault injection.
+//! CRD, Pods, Events, the trust sources (ConfigMaps, Secrets and cluster-scoped
+//! ClusterTrustBundles, validated as the apiserver's built-in rules do: see `trust`), watches
+//! with a retained event log, and fault injection.
 //!
 //! There is no cluster in CI, so everything the driver relies on must behave here as it does on a
 //! real cluster: server-set metadata, 409/404/422/410 with Status bodies, pruning, label selectors,
@@ -12,6 +14,7 @@ mod meta;
 mod schema;
 mod selector;
 mod store;
+mod trust;
 mod webhook;
 
 use std::collections::HashMap;
@@ -35,10 +38,12 @@ pub enum Kind {
     /// cluster. The store keeps each event in the version it was written with; the HTTP API
     /// converts to the version a client reads through.
     Event,
-    /// certificates.k8s.io/v1, cluster-scoped, with `/status` and `/approval`.
-    CertificateSigningRequest,
-    /// certificates.k8s.io/v1, cluster-scoped.
+    ConfigMap,
+    Secret,
+    /// certificates.k8s.io ClusterTrustBundle (cluster-scoped), served as v1beta1 and v1.
     ClusterTrustBundle,
+    /// certificates.k8s.io/v1, cluster-scoped, with `/status` and `/approval` (see `csr`).
+    CertificateSigningRequest,
 }
 
 impl Kind {
@@ -47,6 +52,8 @@ impl Kind {
             Kind::CertificateRequest => "CertificateRequest",
             Kind::Pod => "Pod",
             Kind::Event => "Event",
+            Kind::ConfigMap => "ConfigMap",
+            Kind::Secret => "Secret",
             Kind::CertificateSigningRequest => "CertificateSigningRequest",
             Kind::ClusterTrustBundle => "ClusterTrustBundle",
         }
@@ -58,6 +65,8 @@ impl Kind {
             Kind::CertificateRequest => "certificaterequests",
             Kind::Pod => "pods",
             Kind::Event => "events",
+            Kind::ConfigMap => "configmaps",
+            Kind::Secret => "secrets",
             Kind::CertificateSigningRequest => "certificatesigningrequests",
             Kind::ClusterTrustBundle => "clustertrustbundles",
         }
@@ -66,8 +75,8 @@ impl Kind {
     pub fn group(self) -> &'static str {
         match self {
             Kind::CertificateRequest => "cert-manager.io",
-            Kind::Pod | Kind::Event => "",
-            Kind::CertificateSigningRequest | Kind::ClusterTrustBundle => "certificates.k8s.io",
+            Kind::ClusterTrustBundle | Kind::CertificateSigningRequest => "certificates.k8s.io",
+            Kind::Pod | Kind::Event | Kind::ConfigMap | Kind::Secret => "",
         }
     }
 
@@ -75,16 +84,25 @@ impl Kind {
     pub fn api_version(self) -> &'static str {
         match self {
             Kind::CertificateRequest => "cert-manager.io/v1",
-            Kind::Pod | Kind::Event => "v1",
-            Kind::CertificateSigningRequest | Kind::ClusterTrustBundle => "certificates.k8s.io/v1",
+            Kind::ClusterTrustBundle => trust::CTB_VERSIONS[0],
+            Kind::CertificateSigningRequest => "certificates.k8s.io/v1",
+            Kind::Pod | Kind::Event | Kind::ConfigMap | Kind::Secret => "v1",
         }
     }
 
-    /// Whether objects live in a namespace (cluster-scoped kinds are stored under namespace "").
+    /// Whether objects live in a namespace (cluster-scoped ones are stored under namespace "").
     pub fn namespaced(self) -> bool {
         !matches!(
             self,
-            Kind::CertificateSigningRequest | Kind::ClusterTrustBundle
+            Kind::ClusterTrustBundle | Kind::CertificateSigningRequest
+        )
+    }
+
+    /// Whether the kind has a status subresource.
+    pub fn has_status(self) -> bool {
+        matches!(
+            self,
+            Kind::CertificateRequest | Kind::Pod | Kind::CertificateSigningRequest
         )
     }
 
@@ -484,6 +502,8 @@ pub struct RequestRecord {
     /// The bearer token presented (tests only: the token-request scenario checks it).
     pub token: Option<String>,
     pub path: String,
+    /// The raw query string (selectors, resourceVersion, watch flags), empty when none.
+    pub query: String,
 }
 
 pub(crate) struct Shared {

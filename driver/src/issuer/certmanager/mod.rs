@@ -112,10 +112,10 @@ impl CertManagerIssuer {
         (issuer, watch)
     }
 
-    /// Whether the node's CertificateRequest watch has listed at least once, i.e. the API server
-    /// was reachable and the driver may watch requests (part of `/readyz`).
-    pub fn synced(&self) -> bool {
-        self.cache.synced()
+    /// Whether the node's CertificateRequest watch has listed at least once and is not failing
+    /// now, i.e. the API server answers and the driver may watch requests (part of `/readyz`).
+    pub fn reachable(&self) -> bool {
+        self.cache.healthy()
     }
 
     /// The client that files the request: the driver's own, or one authenticated as the pod.

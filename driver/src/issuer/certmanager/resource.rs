@@ -367,6 +367,7 @@ pub(crate) mod tests {
             files: FileNames::default(),
             fs_group: None,
             annotations: BTreeMap::from([("team.example.com/owner".into(), "payments".into())]),
+            trust: None,
         }
     }
 

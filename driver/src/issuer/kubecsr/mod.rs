@@ -111,9 +111,10 @@ impl KubeCsrIssuer {
         self
     }
 
-    /// Whether the node's request watch has listed at least once (part of `/readyz`).
-    pub fn synced(&self) -> bool {
-        self.cache.synced()
+    /// Whether the node's request watch is serving: listed once and not failing since (part of
+    /// `/readyz`).
+    pub fn reachable(&self) -> bool {
+        self.cache.healthy()
     }
 
     /// Creates the request; on 409 AlreadyExists adopts the existing one. Returns whether it was

@@ -30,16 +30,21 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- end -}}
 
 {{/*
-An image reference from {repository, tag, digest}; a digest wins over the tag. The second
-argument is the default tag (the chart's appVersion for certvol itself).
+An image reference from {registry, repository, tag, digest}; a digest wins over the tag, and a
+registry, when set, is prepended to the repository. The second argument is the default tag (the
+chart's appVersion for certvol itself).
 */}}
 {{- define "certvol.image" -}}
 {{- $img := index . 0 -}}
 {{- $defaultTag := index . 1 -}}
+{{- $repo := $img.repository -}}
+{{- if $img.registry -}}
+{{- $repo = printf "%s/%s" (trimSuffix "/" $img.registry) $repo -}}
+{{- end -}}
 {{- if $img.digest -}}
-{{- printf "%s@%s" $img.repository $img.digest -}}
+{{- printf "%s@%s" $repo $img.digest -}}
 {{- else -}}
-{{- printf "%s:%s" $img.repository (default $defaultTag $img.tag) -}}
+{{- printf "%s:%s" $repo (default $defaultTag $img.tag) -}}
 {{- end -}}
 {{- end -}}
 
