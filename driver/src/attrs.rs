@@ -371,7 +371,7 @@ pub fn parse(ctx: &HashMap<String, String>) -> Result<CertRequest, AttrError> {
 }
 
 const SIGNER_NAME_HELP: &str = "a signer name of the form \"example.com/signer-name\" (a fully \
-                                qualified DNS domain, \"/\", then a path)";
+                                qualified DNS domain, \"/\", then letters, digits, '-', '_' and '.')";
 const CA_SOURCE_HELP: &str = "\"clustertrustbundle-signer\" (the default), \
                               \"clustertrustbundle:NAME\", \"configmap:NAME/KEY\" or \
                               \"secret:NAME/KEY\" (in the pod's namespace)";
@@ -391,7 +391,7 @@ fn parse_kube_csr(attrs: &Attrs<'_>) -> Result<Option<KubeCsrRef>, AttrError> {
         }
         return Ok(None);
     };
-    if let Err(problem) = check_signer_name(signer.value) {
+    if let Err(problem) = trust_source::check_signer_name(signer.value) {
         return Err(invalid(signer, problem, SIGNER_NAME_HELP));
     }
     let ca_source = match source {
@@ -404,58 +404,12 @@ fn parse_kube_csr(attrs: &Attrs<'_>) -> Result<Option<KubeCsrRef>, AttrError> {
     }))
 }
 
-/// The API server's rule for `spec.signerName`: `domain/path`, the domain a DNS subdomain with at
-/// least two labels, the path non-empty segments of alphanumerics, `-`, `_` and `.`.
-fn check_signer_name(name: &str) -> Result<(), &'static str> {
-    let Some((domain, path)) = name.split_once('/') else {
-        return Err("has no \"/\" between domain and path");
-    };
-    if name.len() > 571 {
-        return Err("is longer than 571 characters");
-    }
-    if !domain.contains('.') || check_dns_name(domain).is_err() || domain.len() > 253 {
-        return Err("does not start with a fully qualified lowercase DNS domain");
-    }
-    if domain.bytes().any(|b| b.is_ascii_uppercase() || b == b'*') {
-        return Err("does not start with a fully qualified lowercase DNS domain");
-    }
-    let path_ok = path.len() <= 317
-        && path.split('/').all(|seg| {
-            !seg.is_empty()
-                && seg
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-        });
-    if !path_ok {
-        return Err("has an empty or invalid path after the domain");
-    }
-    Ok(())
-}
-
-/// A DNS-subdomain object name (ConfigMaps, Secrets): lowercase alphanumerics, '-' and '.',
-/// alphanumeric at both ends, at most 253 characters.
-fn is_object_name(name: &str) -> bool {
-    let edge = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit();
-    let bytes = name.as_bytes();
-    !bytes.is_empty()
-        && bytes.len() <= 253
-        && edge(bytes[0])
-        && edge(bytes[bytes.len() - 1])
-        && bytes.iter().all(|&b| edge(b) || b == b'-' || b == b'.')
-}
-
 fn parse_ca_source(value: &str) -> Result<CaSource, &'static str> {
     let name_key = |rest: &str| -> Result<(String, String), &'static str> {
         let (name, key) = rest
             .split_once('/')
             .ok_or("needs NAME/KEY after the colon")?;
-        if is_object_name(name)
-            && !key.is_empty()
-            && key.len() <= 253
-            && key
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-        {
+        if trust_source::is_dns_subdomain(name) && trust_source::is_data_key(key) {
             Ok((name.to_owned(), key.to_owned()))
         } else {
             Err("names an invalid object name or key")
@@ -465,8 +419,7 @@ fn parse_ca_source(value: &str) -> Result<CaSource, &'static str> {
         return Ok(CaSource::ClusterTrustBundleSigner);
     }
     if let Some(name) = value.strip_prefix("clustertrustbundle:") {
-        // ClusterTrustBundle names may carry the signer name with ':' for '/'.
-        if !is_object_name(&name.replace(':', "-")) {
+        if !trust_source::is_cluster_bundle_name(name) {
             return Err("names an invalid ClusterTrustBundle");
         }
         return Ok(CaSource::ClusterTrustBundle(name.to_owned()));
@@ -1573,10 +1526,10 @@ mod tests {
             ),
             (
                 "signer-name with the default CA source",
-                &[("csi.certvol.io/signer-name", "example.com/workloads/v1")],
+                &[("csi.certvol.io/signer-name", "example.com/workloads.v1")],
                 |r| {
                     let k = r.kube_csr.as_ref().unwrap();
-                    assert_eq!(k.signer_name, "example.com/workloads/v1");
+                    assert_eq!(k.signer_name, "example.com/workloads.v1");
                     assert_eq!(k.ca_source, CaSource::ClusterTrustBundleSigner);
                 },
             ),
@@ -2071,22 +2024,22 @@ mod tests {
             (
                 vec![("csi.certvol.io/signer-name", "example.com")],
                 "csi.certvol.io/signer-name",
-                "value \"example.com\" has no \"/\" between domain and path; accepted: a signer name of the form \"example.com/signer-name\"",
+                "value \"example.com\" is not of the form DOMAIN/PATH; accepted: a signer name of the form \"example.com/signer-name\"",
             ),
             (
                 vec![("csi.certvol.io/signer-name", "Example.com/x")],
                 "csi.certvol.io/signer-name",
-                "does not start with a fully qualified lowercase DNS domain",
+                "has a domain part that is not a fully qualified DNS name",
             ),
             (
                 vec![("csi.certvol.io/signer-name", "localhost/x")],
                 "csi.certvol.io/signer-name",
-                "does not start with a fully qualified lowercase DNS domain",
+                "has a domain part that is not a fully qualified DNS name",
             ),
             (
-                vec![("csi.certvol.io/signer-name", "example.com/a//b")],
+                vec![("csi.certvol.io/signer-name", "example.com/a b")],
                 "csi.certvol.io/signer-name",
-                "has an empty or invalid path after the domain",
+                "has a path part that is not letters, digits, '-', '_' and '.'",
             ),
             (
                 vec![
