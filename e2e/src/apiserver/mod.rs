@@ -1,8 +1,9 @@
 //! A faithful in-process stand-in for the parts of kube-apiserver (plus cert-manager's webhook and
 //! the garbage collector) that certvol talks to: CertificateRequests validated against the real
 //! CRD, Pods, Events, the trust sources (ConfigMaps, Secrets and cluster-scoped
-//! ClusterTrustBundles, validated as the apiserver's built-in rules do: see `trust`), watches
-//! with a retained event log, and fault injection.
+//! ClusterTrustBundles, validated as the apiserver's built-in rules do: see `trust`),
+//! CertificateSigningRequests with their `/status` and `/approval` subresources (see `csr`),
+//! watches with a retained event log, and fault injection.
 //!
 //! There is no cluster in CI, so everything the driver relies on must behave here as it does on a
 //! real cluster: server-set metadata, 409/404/422/410 with Status bodies, pruning, label selectors,
