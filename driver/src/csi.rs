@@ -207,6 +207,7 @@ pub fn validate_publish(req: csi::NodePublishVolumeRequest) -> Result<PublishPar
         target_path: PathBuf::from(req.target_path),
         context: req.volume_context,
         mount_group,
+        secrets: req.secrets,
     })
 }
 
@@ -551,6 +552,24 @@ mod tests {
         let params = validate_publish(request()).unwrap();
         assert_eq!(params.volume_id, "csi-1");
         assert_eq!(params.mount_group, Some(2000));
+    }
+
+    #[test]
+    fn publish_secrets_are_carried_but_never_printed() {
+        let mut req = request();
+        req.secrets = HashMap::from([("pkcs12-password".to_string(), "s3cret-1".to_string())]);
+        req.volume_context.insert(
+            "csi.cert-manager.io/pkcs12-password".into(),
+            "literal-2".into(),
+        );
+        let params = validate_publish(req).unwrap();
+        assert_eq!(params.secrets["pkcs12-password"], "s3cret-1");
+        let shown = format!("{params:?}");
+        assert!(
+            !shown.contains("s3cret-1") && !shown.contains("literal-2"),
+            "{shown}"
+        );
+        assert!(shown.contains("pkcs12-password"), "{shown}");
     }
 
     #[test]
