@@ -16,6 +16,7 @@ use tonic::{Code, Request, Response, Status};
 use tracing::{Instrument, info_span, warn};
 
 use crate::issuer::IssueError;
+use crate::layout::LayoutError;
 use crate::store::{self, Phase, VolumeState};
 use crate::volume::{PublishParams, VolumeError, VolumeManager};
 
@@ -65,7 +66,10 @@ impl RpcError {
                         Code::FailedPrecondition
                     }
                 },
-                VolumeError::BadCertificate { .. } => Code::FailedPrecondition,
+                VolumeError::BadCertificate { .. }
+                | VolumeError::Layout(LayoutError::EmptyTruststore { .. }) => {
+                    Code::FailedPrecondition
+                }
                 _ => Code::Internal,
             },
         };
@@ -630,6 +634,20 @@ mod tests {
                 })
                 .into(),
                 Code::FailedPrecondition,
+            ),
+            (
+                VolumeError::Layout(LayoutError::EmptyTruststore {
+                    file: "trust.p12".into(),
+                })
+                .into(),
+                Code::FailedPrecondition,
+            ),
+            (
+                VolumeError::Layout(LayoutError::NoPassword {
+                    file: "ks.p12".into(),
+                })
+                .into(),
+                Code::Internal,
             ),
             (VolumeError::Internal("bug".into()).into(), Code::Internal),
         ];

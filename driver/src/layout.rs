@@ -104,6 +104,13 @@ pub enum LayoutError {
     EmptyChain,
     #[error("{file:?} is a PKCS#12 file but no password was given for it")]
     NoPassword { file: String },
+    /// Java refuses a truststore without entries only when it first needs it; fail at publish.
+    #[error(
+        "the PKCS#12 truststore {file:?} would hold no certificate: the issuer returned no CA and \
+         the volume has no trust bundle; add trust sources (the trust-* attributes) or remove \
+         the truststore"
+    )]
+    EmptyTruststore { file: String },
     #[error("building the PKCS#12 file {file:?}: {message}")]
     Pkcs12 { file: String, message: String },
 }
@@ -161,6 +168,9 @@ pub fn render(req: &CertRequest, material: &Material) -> Result<Vec<FileSpec>, L
         if let Some(name) = &p12.truststore {
             let password = password_for(material, name)?;
             let trusted = pem_certificates(material.trust_bundle(), "the trust bundle")?;
+            if trusted.is_empty() {
+                return Err(LayoutError::EmptyTruststore { file: name.clone() });
+            }
             let der = truststore(&trusted, password, p12.profile)
                 .map_err(|message| pkcs12_error(name, message))?;
             files.push(FileSpec::new(name.clone(), der));
@@ -601,6 +611,30 @@ mod tests {
         assert!(
             matches!(&err, LayoutError::NoPassword { file } if file == "keystore.p12"),
             "{err}"
+        );
+
+        // A truststore from an issuer without CA and no bundle would be empty.
+        let req = request(pkcs12(None, Some("trust.p12"), Pkcs12Profile::Modern));
+        let m = Material {
+            ca_pem: String::new(),
+            ..material(&p)
+        };
+        let err = render(&req, &m).unwrap_err();
+        assert!(
+            matches!(&err, LayoutError::EmptyTruststore { file } if file == "trust.p12"),
+            "{err}"
+        );
+        // ...while a keystore then simply holds the chain.
+        let req = request(pkcs12(Some("ks.p12"), None, Pkcs12Profile::Modern));
+        let files = by_name(&render(&req, &m).unwrap());
+        let (ok, info) = openssl_pkcs12(
+            &files["ks.p12"],
+            &["-info", "-nokeys", "-passin", "pass:s3cret pass"],
+        );
+        assert!(ok, "{info}");
+        assert_eq!(
+            pem_blocks(&info, "CERTIFICATE"),
+            [p.leaf_pem.clone(), p.intermediate_pem.clone()]
         );
 
         let m = Material {

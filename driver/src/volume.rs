@@ -685,6 +685,8 @@ impl VolumeManager {
                 key,
                 chain_pem: issued.chain_pem,
                 ca_pem: issued.ca_pem,
+                // No trust sources are resolved yet: the bundle is the issuing CA. Trust
+                // sources fill this with the volume's current bundle, so that a renewal keeps it.
                 trust_bundle_pem: None,
                 pkcs12_password: password,
             },
