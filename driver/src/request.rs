@@ -228,6 +228,13 @@ impl FileNames {
             self.certificate.as_str(),
             self.private_key.as_str(),
         ];
+        names.extend(self.optional());
+        names
+    }
+
+    /// The names of the optional files the volume asks for, in a fixed order.
+    pub fn optional(&self) -> Vec<&str> {
+        let mut names = Vec::new();
         let optional = [&self.key_chain, &self.chain, &self.trust_bundle];
         names.extend(optional.into_iter().flatten().map(String::as_str));
         if let Some(p) = &self.pkcs12 {
