@@ -351,13 +351,19 @@ async fn renewals_rewrite_the_keystore_also_after_a_driver_restart() {
         env.logs()
     );
 
-    let files = read_volume(&target).expect("consistent PEM files");
-    let (_, now, key) = open_keystore(&keystore, PASSWORD);
+    read_volume(&target).expect("consistent PEM files");
+    // Keystore and tls.crt from one `..data` generation, as a reloading application reads them.
+    let both = certvol_driver::writer::read_all(&target, &["keystore.p12", "tls.crt"])
+        .expect("read one generation");
+    let copy = env.path().join("renewed.p12");
+    std::fs::write(&copy, &both[0]).unwrap();
+    let (_, now, key) = open_keystore(&copy, PASSWORD);
+    let leaf = pki::parse_pem_chain(std::str::from_utf8(&both[1]).unwrap()).unwrap();
     assert_ne!(
         now[0].der, first[0].der,
         "the keystore holds the new certificate"
     );
-    assert_eq!(now[0].der, files.leaf.der, "…the same as tls.crt");
+    assert_eq!(now[0].der, leaf[0].der, "…the same as tls.crt");
     assert!(pki::key_matches(&now[0], &key).unwrap());
     assert_eq!(mode(&keystore), 0o400);
     let state = env.state(&pod, &vol).unwrap();
