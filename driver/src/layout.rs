@@ -647,6 +647,66 @@ mod tests {
         ));
     }
 
+    /// `keytool -list -v` on `der`, or `None` when no JDK is installed (CI images may lack one).
+    fn keytool_list(der: &[u8], password: &str) -> Option<String> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.p12");
+        std::fs::write(&path, der).unwrap();
+        let out = match Command::new("keytool")
+            .args([
+                "-list",
+                "-v",
+                "-storetype",
+                "PKCS12",
+                "-storepass",
+                password,
+            ])
+            .arg("-keystore")
+            .arg(&path)
+            .output()
+        {
+            Ok(out) => out,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                eprintln!("skipped: keytool (a JDK) is not installed");
+                return None;
+            }
+            Err(e) => panic!("run keytool: {e}"),
+        };
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "keytool failed: {text}");
+        Some(text)
+    }
+
+    #[test]
+    fn java_reads_the_keystore_and_the_truststore() {
+        let p = pki(KeyAlgorithm::EcdsaP256);
+        let mut m = material(&p);
+        m.trust_bundle_pem = Some(format!("{}{}", p.root_pem, p.intermediate_pem));
+        for profile in [Pkcs12Profile::Modern, Pkcs12Profile::Legacy] {
+            let req = request(pkcs12(Some("ks.p12"), Some("ts.p12"), profile));
+            let files = by_name(&render(&req, &m).unwrap());
+            let Some(ks) = keytool_list(&files["ks.p12"], "s3cret pass") else {
+                return;
+            };
+            assert!(ks.contains("Your keystore contains 1 entry"), "{ks}");
+            assert!(ks.contains("Alias name: certificate"), "{ks}");
+            assert!(ks.contains("Entry type: PrivateKeyEntry"), "{ks}");
+            assert!(ks.contains("Certificate chain length: 3"), "{ks}");
+            let ts = keytool_list(&files["ts.p12"], "s3cret pass").unwrap_or_default();
+            assert!(ts.contains("Your keystore contains 2 entries"), "{ts}");
+            assert!(ts.contains("Alias name: ca-1"), "{ts}");
+            assert_eq!(
+                ts.matches("Entry type: trustedCertEntry").count(),
+                2,
+                "{ts}"
+            );
+        }
+    }
+
     #[test]
     fn debug_never_shows_secrets() {
         let p = pki(KeyAlgorithm::EcdsaP256);
