@@ -13,9 +13,19 @@
 //! non-empty one under cert-manager's.
 //!
 //! Unknown keys under either prefix are errors: a typo such as `isuer-name` must not silently
-//! turn into a default. cert-manager keys certvol does not implement yet (the PKCS#12 keystore)
-//! are rejected with a "not supported yet" error rather than ignored, since ignoring them would
-//! leave the pod without the files it expects. `renew` exists only under our prefix.
+//! turn into a default. Spellings that look like cert-manager's but never were csi-driver keys
+//! (`keystore-pkcs12-*`, `disable-auto-renew`) are rejected with a hint naming the right key.
+//! certvol's extensions (`renew`, the extra file layouts, `pkcs12-profile`,
+//! `pkcs12-password-key`, `truststore-pkcs12-file`) exist only under our prefix.
+//!
+//! # PKCS#12 passwords
+//!
+//! The password of the keystore and truststore comes from the Secret named by the volume's
+//! `nodePublishSecretRef` (kubelet sends its data with NodePublishVolume), key
+//! `pkcs12-password-key` (default [`DEFAULT_PKCS12_PASSWORD_KEY`]); see [`pkcs12_password`].
+//! The literal `pkcs12-password` attribute exists only for parity with cert-manager: it puts the
+//! password in the pod spec for everyone who can read the pod. [`stable_context`] drops it, so
+//! it never reaches `state.json`.
 //!
 //! `csi.storage.k8s.io/*` keys fill [`PodInfo`] and are never annotations (the service account
 //! tokens and `ephemeral` are dropped here; the CSI layer checks `ephemeral` itself). Keys under
@@ -42,9 +52,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::time::Duration;
 
+use crate::layout::Password;
 use crate::request::{
     CaSource, CertRequest, FileNames, IssuerRef, KeyAlgorithm, KeyEncoding, KeyUsage, KubeCsrRef,
-    PodInfo, Sans, Subject,
+    PasswordSource, Pkcs12Files, Pkcs12Profile, PodInfo, Sans, Subject,
 };
 use crate::trust::source::{self as trust_source, KeyRef, SignerSelector, TrustSpec};
 
@@ -68,7 +79,7 @@ const DEFAULT_DURATION_TEXT: &str = "2160h";
 
 /// Every key accepted under [`CERTVOL_PREFIX`]; the first [`CERT_MANAGER_KEY_COUNT`] are
 /// cert-manager csi-driver's (same spelling) and also accepted under [`CERT_MANAGER_PREFIX`].
-const KEYS: [&str; 39] = [
+const KEYS: [&str; 47] = [
     "issuer-name",
     "issuer-kind",
     "issuer-group",
@@ -97,10 +108,18 @@ const KEYS: [&str; 39] = [
     "certificate-file",
     "privatekey-file",
     "fs-group",
+    "pkcs12-enable",
+    "pkcs12-filename",
+    "pkcs12-password",
     // certvol extensions from here on.
     "renew",
     "signer-name",
     "ca-source",
+    "key-chain-file",
+    "chain-file",
+    "pkcs12-profile",
+    "pkcs12-password-key",
+    "truststore-pkcs12-file",
     "trust-bundle-file",
     "trust-issuer-ca",
     "trust-configmaps",
@@ -110,23 +129,36 @@ const KEYS: [&str; 39] = [
     "trust-signer-labels",
     "trust-public-roots",
 ];
-const CERT_MANAGER_KEY_COUNT: usize = 28;
+const CERT_MANAGER_KEY_COUNT: usize = 31;
 
-/// cert-manager keys (current and older spellings) that certvol does not implement yet.
-const UNSUPPORTED_KEYS: [(&str, &str); 7] = [
-    ("pkcs12-enable", PKCS12_HINT),
-    ("pkcs12-filename", PKCS12_HINT),
-    ("pkcs12-password", PKCS12_HINT),
-    ("keystore-pkcs12-enable", PKCS12_HINT),
-    ("keystore-pkcs12-file", PKCS12_HINT),
-    ("keystore-pkcs12-password", PKCS12_HINT),
+/// Keys that look like cert-manager's but are not accepted, each with what to write instead.
+const UNSUPPORTED_KEYS: [(&str, &str); 4] = [
+    // cert-manager's csi-driver never had these spellings (its own docs once mentioned them);
+    // cert-manager's Certificate resource calls the feature `keystores.pkcs12`.
+    (
+        "keystore-pkcs12-enable",
+        "csi-driver spells it \"pkcs12-enable\"; write \"csi.cert-manager.io/pkcs12-enable\"",
+    ),
+    (
+        "keystore-pkcs12-file",
+        "csi-driver spells it \"pkcs12-filename\"; write \"csi.cert-manager.io/pkcs12-filename\"",
+    ),
+    (
+        "keystore-pkcs12-password",
+        "csi-driver spells it \"pkcs12-password\"; write \"csi.cert-manager.io/pkcs12-password\", \
+         or better keep the password in the Secret of nodePublishSecretRef \
+         (\"csi.certvol.io/pkcs12-password-key\")",
+    ),
     (
         "disable-auto-renew",
         "to turn renewal off, set \"csi.certvol.io/renew\" to \"false\"",
     ),
 ];
-const PKCS12_HINT: &str = "certvol writes PEM files only (no PKCS#12 keystore); remove the \
-                           attribute and read the PEM certificate and key instead";
+
+/// cert-manager csi-driver's default keystore file name.
+pub const DEFAULT_PKCS12_FILE: &str = "keystore.p12";
+/// Default key of the nodePublishSecretRef Secret holding the keystore password.
+pub const DEFAULT_PKCS12_PASSWORD_KEY: &str = "pkcs12-password";
 
 /// Subject fields that `literal-subject` replaces.
 const SUBJECT_FIELDS: [&str; 8] = [
@@ -184,7 +216,7 @@ pub enum AttrError {
     #[error("volume attribute {attribute:?} is a certvol extension; write it as {expected:?}")]
     WrongPrefix { attribute: String, expected: String },
 
-    #[error("volume attribute {attribute:?} is not supported yet by certvol: {hint}")]
+    #[error("volume attribute {attribute:?} is not supported by certvol: {hint}")]
     NotSupported {
         attribute: String,
         hint: &'static str,
@@ -224,6 +256,26 @@ pub enum AttrError {
         other: String,
     },
 
+    /// An attribute that only means something together with another one.
+    #[error(
+        "volume attribute {attribute:?} has no effect without {requires}; accepted: set that \
+         too, or remove {attribute:?}"
+    )]
+    Requires { attribute: String, requires: String },
+
+    /// The keystore password is not where the volume says it is.
+    #[error(
+        "volume attribute {attribute:?}: the PKCS#12 password is read from key {key:?} of the \
+         Secret named by the volume's nodePublishSecretRef, but {found}; accepted: a \
+         nodePublishSecretRef Secret holding a non-empty {key:?} (or, for cert-manager parity \
+         only, a literal \"csi.cert-manager.io/pkcs12-password\")"
+    )]
+    MissingSecretKey {
+        attribute: String,
+        key: String,
+        found: String,
+    },
+
     #[error(
         "the volume asks for a certificate without any identity: set {attribute:?} or at least \
          one of \"{prefix}dns-names\", \"{prefix}ip-sans\", \"{prefix}uri-sans\" or \
@@ -250,18 +302,70 @@ impl AttrError {
             | AttrError::UnknownVariable { attribute, .. }
             | AttrError::MissingPodInfo { attribute, .. }
             | AttrError::DuplicateFileName { attribute, .. }
+            | AttrError::Requires { attribute, .. }
+            | AttrError::MissingSecretKey { attribute, .. }
             | AttrError::NothingRequested { attribute, .. } => attribute,
         }
     }
 }
 
 /// The volume context without keys that change between republishes (the service account
-/// tokens), as a sorted map, so the volume layer can tell a repeated publish from a changed one.
+/// tokens) or that are secrets (a literal `pkcs12-password`), as a sorted map, so the volume
+/// layer can tell a repeated publish from a changed one and can record it in `state.json`.
 pub fn stable_context(ctx: &HashMap<String, String>) -> BTreeMap<String, String> {
     ctx.iter()
-        .filter(|(k, _)| k.as_str() != TOKENS_KEY)
+        .filter(|(k, _)| k.as_str() != TOKENS_KEY && !is_literal_password_key(k))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect()
+}
+
+/// Whether `key` is a literal `pkcs12-password` attribute, whose value is a secret.
+pub fn is_literal_password_key(key: &str) -> bool {
+    [CERTVOL_PREFIX, CERT_MANAGER_PREFIX]
+        .iter()
+        .any(|p| key.strip_prefix(p) == Some("pkcs12-password"))
+}
+
+/// The password of the volume's PKCS#12 files: the nodePublishSecretRef Secret's key when
+/// kubelet sent it (the Secret wins over a literal), else the literal `pkcs12-password`
+/// attribute (cert-manager parity). A key named explicitly by `pkcs12-password-key` must be in
+/// the Secret.
+pub fn pkcs12_password(
+    source: &PasswordSource,
+    ctx: &HashMap<String, String>,
+    secrets: &HashMap<String, String>,
+) -> Result<Password, AttrError> {
+    match secrets.get(&source.secret_key) {
+        Some(value) if !value.is_empty() => return Ok(Password::new(value.clone())),
+        _ => {}
+    }
+    let literal = source
+        .literal_attribute
+        .as_ref()
+        .and_then(|k| ctx.get(k))
+        .filter(|v| !v.is_empty());
+    if let (Some(literal), None) = (literal, &source.secret_key_attribute) {
+        return Ok(Password::new(literal.clone()));
+    }
+    let found = match secrets.get(&source.secret_key) {
+        Some(_) => "its value is empty".to_owned(),
+        None if secrets.is_empty() => "kubelet sent no Secret (set nodePublishSecretRef on the \
+                                       pod's csi volume)"
+            .to_owned(),
+        None => {
+            let mut keys: Vec<&str> = secrets.keys().map(String::as_str).collect();
+            keys.sort_unstable();
+            format!("the Secret has no such key (its keys: {})", keys.join(", "))
+        }
+    };
+    Err(AttrError::MissingSecretKey {
+        attribute: source
+            .secret_key_attribute
+            .clone()
+            .unwrap_or_else(|| format!("{CERTVOL_PREFIX}pkcs12-password-key")),
+        key: source.secret_key.clone(),
+        found,
+    })
 }
 
 /// Parses a CSI volume context into the certificate it asks for. See the module docs for the
@@ -345,9 +449,10 @@ pub fn parse(ctx: &HashMap<String, String>) -> Result<CertRequest, AttrError> {
         .map(parse_bool)
         .transpose()?
         .unwrap_or(true);
-    let files = parse_files(&attrs, home)?;
+    let mut files = parse_files(&attrs, home)?;
     let fs_group = attrs.get("fs-group").map(parse_gid).transpose()?;
     let trust = parse_trust(&attrs, &files, home)?;
+    files.trust_bundle = trust.as_ref().map(|t| t.bundle_file.clone());
 
     Ok(CertRequest {
         pod: attrs.pod.clone(),
@@ -521,7 +626,7 @@ fn known_name(
     }
     if let Some((_, hint)) = UNSUPPORTED_KEYS.iter().find(|(k, _)| *k == name) {
         // Turning a feature off that we lack anyway asks for nothing we cannot do.
-        if name.ends_with("pkcs12-enable") && attr.value == "false" {
+        if name == "keystore-pkcs12-enable" && attr.value == "false" {
             return Ok(None);
         }
         return Err(AttrError::NotSupported {
@@ -1061,61 +1166,210 @@ fn parse_key(attrs: &Attrs<'_>, home: &str) -> Result<(KeyAlgorithm, KeyEncoding
     Ok((algorithm, encoding))
 }
 
+const FILE_NAME_HELP: &str = "a plain file name such as \"tls.crt\": no '/', not starting \
+                              with \"..\", no leading or trailing spaces, at most 255 bytes";
+
+/// One file name of the volume: the attribute that chose it (as written, or as it would be
+/// written for a default) and whether the user wrote it.
+struct Chosen {
+    attribute: String,
+    name: String,
+    explicit: bool,
+}
+
+fn file_attr(attr: Attr<'_>) -> Result<Chosen, AttrError> {
+    check_file_name(attr.value).map_err(|problem| invalid(attr, problem, FILE_NAME_HELP))?;
+    Ok(Chosen {
+        attribute: attr.key.to_owned(),
+        name: attr.value.to_owned(),
+        explicit: true,
+    })
+}
+
+fn prefix_of(attr: Attr<'_>) -> &'static str {
+    if attr.key.starts_with(CERT_MANAGER_PREFIX) {
+        CERT_MANAGER_PREFIX
+    } else {
+        CERTVOL_PREFIX
+    }
+}
+
 fn parse_files(attrs: &Attrs<'_>, home: &str) -> Result<FileNames, AttrError> {
     let defaults = FileNames::default();
-    let slots = [
-        ("ca-file", defaults.ca),
-        ("certificate-file", defaults.certificate),
-        ("privatekey-file", defaults.private_key),
-    ];
-    // (attribute as written or as it would be written, file name, explicitly set?)
-    let mut chosen: Vec<(String, String, bool)> = Vec::with_capacity(3);
-    for (name, default) in slots {
-        match attrs.get(name) {
-            Some(a) => {
-                if let Err(problem) = check_file_name(a.value) {
-                    return Err(invalid(
-                        a,
-                        problem,
-                        "a plain file name such as \"tls.crt\": no '/', not starting with \
-                         \"..\", no leading or trailing spaces, at most 255 bytes",
-                    ));
-                }
-                chosen.push((a.key.to_owned(), a.value.to_owned(), true));
-            }
-            None => chosen.push((format!("{home}{name}"), default, false)),
+    let mut chosen: Vec<Chosen> = Vec::new();
+    let mut pem = |name: &str, default: String| -> Result<String, AttrError> {
+        let c = match attrs.get(name) {
+            Some(a) => file_attr(a)?,
+            None => Chosen {
+                attribute: format!("{home}{name}"),
+                name: default,
+                explicit: false,
+            },
+        };
+        let name = c.name.clone();
+        chosen.push(c);
+        Ok(name)
+    };
+    let ca = pem("ca-file", defaults.ca)?;
+    let certificate = pem("certificate-file", defaults.certificate)?;
+    let private_key = pem("privatekey-file", defaults.private_key)?;
+
+    let optional = |name: &str, chosen: &mut Vec<Chosen>| -> Result<Option<String>, AttrError> {
+        let Some(a) = attrs.get(name) else {
+            return Ok(None);
+        };
+        let c = file_attr(a)?;
+        let name = c.name.clone();
+        chosen.push(c);
+        Ok(Some(name))
+    };
+    let key_chain = optional("key-chain-file", &mut chosen)?;
+    let chain = optional("chain-file", &mut chosen)?;
+    let pkcs12 = parse_pkcs12(attrs, &mut chosen)?;
+    check_distinct(&chosen)?;
+    Ok(FileNames {
+        ca,
+        certificate,
+        private_key,
+        key_chain,
+        chain,
+        trust_bundle: None,
+        pkcs12,
+    })
+}
+
+/// The PKCS#12 keystore (`pkcs12-enable`, `pkcs12-filename`) and truststore
+/// (`truststore-pkcs12-file`), with their shared profile and password source.
+fn parse_pkcs12(
+    attrs: &Attrs<'_>,
+    chosen: &mut Vec<Chosen>,
+) -> Result<Option<Pkcs12Files>, AttrError> {
+    let enable = attrs.get("pkcs12-enable");
+    let enabled = enable.map(parse_bool).transpose()?.unwrap_or(false);
+    let keystore = match (enabled, attrs.get("pkcs12-filename")) {
+        (true, Some(a)) => Some(file_attr(a)?),
+        (true, None) => Some(Chosen {
+            attribute: format!(
+                "{}pkcs12-filename",
+                enable.map_or(CERT_MANAGER_PREFIX, prefix_of)
+            ),
+            name: DEFAULT_PKCS12_FILE.to_owned(),
+            explicit: false,
+        }),
+        (false, Some(a)) => {
+            return Err(AttrError::Requires {
+                attribute: a.key.to_owned(),
+                requires: format!("\"{}pkcs12-enable\" set to \"true\"", prefix_of(a)),
+            });
         }
+        (false, None) => None,
+    };
+    let truststore = attrs
+        .get("truststore-pkcs12-file")
+        .map(file_attr)
+        .transpose()?;
+    let keystore_name = keystore.as_ref().map(|c| c.name.clone());
+    let truststore_name = truststore.as_ref().map(|c| c.name.clone());
+    chosen.extend(keystore);
+    chosen.extend(truststore);
+
+    let settings = ["pkcs12-profile", "pkcs12-password-key", "pkcs12-password"];
+    if keystore_name.is_none() && truststore_name.is_none() {
+        if let Some(a) = settings.iter().find_map(|k| attrs.get(k)) {
+            return Err(AttrError::Requires {
+                attribute: a.key.to_owned(),
+                requires: format!(
+                    "a PKCS#12 file (\"{}pkcs12-enable\" set to \"true\", or \
+                     \"{CERTVOL_PREFIX}truststore-pkcs12-file\")",
+                    prefix_of(a)
+                ),
+            });
+        }
+        return Ok(None);
     }
-    for i in 0..chosen.len() {
-        for j in i + 1..chosen.len() {
-            if chosen[i].1 != chosen[j].1 {
+
+    let profile = match attrs.get("pkcs12-profile") {
+        None => Pkcs12Profile::default(),
+        Some(a) => match a.value {
+            "modern" => Pkcs12Profile::Modern,
+            "legacy" => Pkcs12Profile::Legacy,
+            _ => {
+                return Err(invalid(
+                    a,
+                    "is not a PKCS#12 profile",
+                    "\"modern\" (AES-256-CBC, PBKDF2-HMAC-SHA256, SHA-256 MAC; the default) or \
+                     \"legacy\" (3DES, SHA-1 MAC; for Java before 8u301)",
+                ));
+            }
+        },
+    };
+    let secret_key = attrs.get("pkcs12-password-key");
+    if let Some(a) = secret_key {
+        check_secret_key(a.value).map_err(|problem| {
+            invalid(
+                a,
+                problem,
+                "a Secret data key: letters, digits, '-', '_' and '.', at most 253 characters",
+            )
+        })?;
+    }
+    Ok(Some(Pkcs12Files {
+        keystore: keystore_name,
+        truststore: truststore_name,
+        profile,
+        password: PasswordSource {
+            secret_key: secret_key
+                .map_or(DEFAULT_PKCS12_PASSWORD_KEY, |a| a.value)
+                .to_owned(),
+            secret_key_attribute: secret_key.map(|a| a.key.to_owned()),
+            literal_attribute: attrs.get("pkcs12-password").map(|a| a.key.to_owned()),
+        },
+    }))
+}
+
+/// Kubernetes' rule for ConfigMap and Secret data keys.
+fn check_secret_key(key: &str) -> Result<(), &'static str> {
+    if key.len() > 253 {
+        return Err("is longer than 253 characters");
+    }
+    if !key
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    {
+        return Err("contains a character other than letters, digits, '-', '_' and '.'");
+    }
+    if key == "." || key == ".." {
+        return Err("is \".\" or \"..\"");
+    }
+    Ok(())
+}
+
+/// Every file name of the volume must be distinct; blames an attribute the user wrote (at least
+/// one of two equal names is explicit, since the defaults differ).
+fn check_distinct(chosen: &[Chosen]) -> Result<(), AttrError> {
+    for (i, first) in chosen.iter().enumerate() {
+        for second in &chosen[i + 1..] {
+            if first.name != second.name {
                 continue;
             }
-            // Blame an attribute the user wrote; at least one of the two is, since the
-            // defaults differ.
-            let (blamed, other) = if chosen[j].2 {
-                (&chosen[j], &chosen[i])
+            let (blamed, other) = if second.explicit {
+                (second, first)
             } else {
-                (&chosen[i], &chosen[j])
+                (first, second)
             };
-            let other = if other.2 {
-                format!("{:?}", other.0)
+            let other = if other.explicit {
+                format!("{:?}", other.attribute)
             } else {
-                format!("{:?} (its default)", other.0)
+                format!("{:?} (its default)", other.attribute)
             };
             return Err(AttrError::DuplicateFileName {
-                attribute: blamed.0.clone(),
-                name: blamed.1.clone(),
+                attribute: blamed.attribute.clone(),
+                name: blamed.name.clone(),
                 other,
             });
         }
     }
-    let mut names = chosen.into_iter().map(|(_, name, _)| name);
-    Ok(FileNames {
-        ca: names.next().unwrap_or_default(),
-        certificate: names.next().unwrap_or_default(),
-        private_key: names.next().unwrap_or_default(),
-    })
+    Ok(())
 }
 
 /// The `trust-*` attributes (all certvol only). A bundle is requested when a source or the file
@@ -1289,12 +1543,20 @@ fn parse_trust(
         }
         None => trust_source::DEFAULT_BUNDLE_FILE.to_owned(),
     };
+    let pkcs12 = files.pkcs12.as_ref();
     for (other, name) in [
-        ("ca-file", &files.ca),
-        ("certificate-file", &files.certificate),
-        ("privatekey-file", &files.private_key),
+        ("ca-file", Some(&files.ca)),
+        ("certificate-file", Some(&files.certificate)),
+        ("privatekey-file", Some(&files.private_key)),
+        ("key-chain-file", files.key_chain.as_ref()),
+        ("chain-file", files.chain.as_ref()),
+        ("pkcs12-filename", pkcs12.and_then(|p| p.keystore.as_ref())),
+        (
+            "truststore-pkcs12-file",
+            pkcs12.and_then(|p| p.truststore.as_ref()),
+        ),
     ] {
-        if *name == bundle_file {
+        if name == Some(&bundle_file) {
             return Err(AttrError::DuplicateFileName {
                 attribute: key("trust-bundle-file"),
                 name: bundle_file,
@@ -1436,6 +1698,10 @@ mod tests {
                 ca: "ca.crt".into(),
                 certificate: "tls.crt".into(),
                 private_key: "tls.key".into(),
+                key_chain: None,
+                chain: None,
+                trust_bundle: None,
+                pkcs12: None,
             },
             fs_group: None,
             annotations: BTreeMap::new(),
@@ -1484,10 +1750,30 @@ mod tests {
     }
 
     #[test]
-    fn stable_context_drops_only_tokens() {
-        let c = with(&[(TOKENS_KEY, "t1"), ("example.com/x", "y")]);
+    fn stable_context_drops_only_tokens_and_literal_passwords() {
+        let c = with(&[
+            (TOKENS_KEY, "t1"),
+            ("example.com/x", "y"),
+            ("csi.cert-manager.io/pkcs12-enable", "true"),
+            ("csi.cert-manager.io/pkcs12-password", "hunter2"),
+            ("csi.certvol.io/pkcs12-password", "hunter3"),
+            ("csi.certvol.io/pkcs12-password-key", "pw"),
+        ]);
         let stable = stable_context(&c);
         assert!(!stable.contains_key(TOKENS_KEY));
+        assert_eq!(
+            stable.keys().map(String::as_str).collect::<Vec<_>>(),
+            [
+                "csi.cert-manager.io/common-name",
+                "csi.cert-manager.io/issuer-name",
+                "csi.cert-manager.io/pkcs12-enable",
+                "csi.certvol.io/pkcs12-password-key",
+                "example.com/x",
+            ]
+        );
+        assert!(!format!("{stable:?}").contains("hunter"));
+        let c = with(&[(TOKENS_KEY, "t1"), ("example.com/x", "y")]);
+        let stable = stable_context(&c);
         assert_eq!(stable.len(), 3);
         let again = with(&[(TOKENS_KEY, "t2"), ("example.com/x", "y")]);
         assert_eq!(stable, stable_context(&again));
@@ -1857,6 +2143,7 @@ mod tests {
                             ca: "root.pem".into(),
                             certificate: "cert.pem".into(),
                             private_key: ".key.pem".into(),
+                            ..FileNames::default()
                         }
                     )
                 },
@@ -1893,7 +2180,104 @@ mod tests {
             (
                 "pkcs12-enable false asks for nothing",
                 &[("csi.cert-manager.io/pkcs12-enable", "false")],
-                |r| assert!(r.annotations.is_empty()),
+                |r| {
+                    assert!(r.annotations.is_empty());
+                    assert_eq!(r.files.pkcs12, None);
+                },
+            ),
+            (
+                "keystore-pkcs12-enable false asks for nothing",
+                &[("csi.cert-manager.io/keystore-pkcs12-enable", "false")],
+                |r| assert_eq!(r.files.pkcs12, None),
+            ),
+            (
+                "pkcs12-enable defaults: keystore.p12, modern, Secret key pkcs12-password",
+                &[("csi.cert-manager.io/pkcs12-enable", "true")],
+                |r| {
+                    assert_eq!(
+                        r.files.pkcs12,
+                        Some(Pkcs12Files {
+                            keystore: Some("keystore.p12".into()),
+                            truststore: None,
+                            profile: Pkcs12Profile::Modern,
+                            password: PasswordSource {
+                                secret_key: "pkcs12-password".into(),
+                                secret_key_attribute: None,
+                                literal_attribute: None,
+                            },
+                        })
+                    );
+                    assert_eq!(
+                        r.files.all(),
+                        ["ca.crt", "tls.crt", "tls.key", "keystore.p12"]
+                    );
+                },
+            ),
+            (
+                "cert-manager keystore keys verbatim, literal password",
+                &[
+                    ("csi.cert-manager.io/pkcs12-enable", "true"),
+                    ("csi.cert-manager.io/pkcs12-filename", "crt.p12"),
+                    ("csi.cert-manager.io/pkcs12-password", "my-password"),
+                ],
+                |r| {
+                    let p = r.files.pkcs12.as_ref().unwrap();
+                    assert_eq!(p.keystore.as_deref(), Some("crt.p12"));
+                    assert_eq!(
+                        p.password.literal_attribute.as_deref(),
+                        Some("csi.cert-manager.io/pkcs12-password")
+                    );
+                    // The request holds where the password is, never the password.
+                    assert!(!format!("{r:?}").contains("my-password"));
+                },
+            ),
+            (
+                "keystore and truststore under our prefix, legacy, own Secret key",
+                &[
+                    ("csi.certvol.io/pkcs12-enable", "true"),
+                    ("csi.certvol.io/pkcs12-filename", "app.p12"),
+                    ("csi.certvol.io/truststore-pkcs12-file", "trust.p12"),
+                    ("csi.certvol.io/pkcs12-profile", "legacy"),
+                    ("csi.certvol.io/pkcs12-password-key", "keystore.pass_1"),
+                ],
+                |r| {
+                    let p = r.files.pkcs12.as_ref().unwrap();
+                    assert_eq!(p.keystore.as_deref(), Some("app.p12"));
+                    assert_eq!(p.truststore.as_deref(), Some("trust.p12"));
+                    assert_eq!(p.profile, Pkcs12Profile::Legacy);
+                    assert_eq!(p.password.secret_key, "keystore.pass_1");
+                    assert_eq!(
+                        p.password.secret_key_attribute.as_deref(),
+                        Some("csi.certvol.io/pkcs12-password-key")
+                    );
+                },
+            ),
+            (
+                "truststore alone, modern profile explicitly",
+                &[
+                    ("csi.certvol.io/truststore-pkcs12-file", "cacerts.p12"),
+                    ("csi.certvol.io/pkcs12-profile", "modern"),
+                ],
+                |r| {
+                    let p = r.files.pkcs12.as_ref().unwrap();
+                    assert_eq!(
+                        (p.keystore.as_deref(), p.truststore.as_deref()),
+                        (None, Some("cacerts.p12"))
+                    );
+                    assert_eq!(p.profile, Pkcs12Profile::Modern);
+                },
+            ),
+            (
+                "key-chain-file and chain-file",
+                &[
+                    ("csi.certvol.io/key-chain-file", "tls-combined.pem"),
+                    ("csi.certvol.io/chain-file", "intermediates.pem"),
+                ],
+                |r| {
+                    assert_eq!(r.files.key_chain.as_deref(), Some("tls-combined.pem"));
+                    assert_eq!(r.files.chain.as_deref(), Some("intermediates.pem"));
+                    assert_eq!(r.files.pkcs12, None);
+                },
             ),
             (
                 "SANs alone are enough",
@@ -2083,24 +2467,159 @@ mod tests {
             ),
             // NotSupported
             (
-                vec![("csi.cert-manager.io/pkcs12-enable", "true")],
-                "csi.cert-manager.io/pkcs12-enable",
-                "is not supported yet by certvol: certvol writes PEM files only",
+                vec![("csi.cert-manager.io/keystore-pkcs12-file", "ks.p12")],
+                "csi.cert-manager.io/keystore-pkcs12-file",
+                "is not supported by certvol: csi-driver spells it \"pkcs12-filename\"; write \
+                 \"csi.cert-manager.io/pkcs12-filename\"",
             ),
+            (
+                vec![("csi.certvol.io/keystore-pkcs12-enable", "true")],
+                "csi.certvol.io/keystore-pkcs12-enable",
+                "write \"csi.cert-manager.io/pkcs12-enable\"",
+            ),
+            (
+                vec![("csi.cert-manager.io/keystore-pkcs12-password", "x")],
+                "csi.cert-manager.io/keystore-pkcs12-password",
+                "\"csi.certvol.io/pkcs12-password-key\"",
+            ),
+            // WrongPrefix: our keystore extensions
+            (
+                vec![("csi.cert-manager.io/pkcs12-profile", "legacy")],
+                "csi.cert-manager.io/pkcs12-profile",
+                "write it as \"csi.certvol.io/pkcs12-profile\"",
+            ),
+            (
+                vec![("csi.cert-manager.io/pkcs12-password-key", "pw")],
+                "csi.cert-manager.io/pkcs12-password-key",
+                "write it as \"csi.certvol.io/pkcs12-password-key\"",
+            ),
+            (
+                vec![("csi.cert-manager.io/truststore-pkcs12-file", "t.p12")],
+                "csi.cert-manager.io/truststore-pkcs12-file",
+                "write it as \"csi.certvol.io/truststore-pkcs12-file\"",
+            ),
+            (
+                vec![("csi.cert-manager.io/key-chain-file", "k.pem")],
+                "csi.cert-manager.io/key-chain-file",
+                "write it as \"csi.certvol.io/key-chain-file\"",
+            ),
+            (
+                vec![("csi.cert-manager.io/chain-file", "c.pem")],
+                "csi.cert-manager.io/chain-file",
+                "write it as \"csi.certvol.io/chain-file\"",
+            ),
+            // Invalid: PKCS#12 values
+            (
+                vec![("csi.cert-manager.io/pkcs12-enable", "yes")],
+                "csi.cert-manager.io/pkcs12-enable",
+                "value \"yes\" is not a boolean; accepted: \"true\" or \"false\"",
+            ),
+            (
+                vec![
+                    ("csi.certvol.io/pkcs12-enable", "true"),
+                    ("csi.certvol.io/pkcs12-profile", "aes"),
+                ],
+                "csi.certvol.io/pkcs12-profile",
+                "value \"aes\" is not a PKCS#12 profile; accepted: \"modern\"",
+            ),
+            (
+                vec![
+                    ("csi.certvol.io/pkcs12-enable", "true"),
+                    ("csi.certvol.io/pkcs12-password-key", "pass word"),
+                ],
+                "csi.certvol.io/pkcs12-password-key",
+                "contains a character other than letters, digits, '-', '_' and '.'; accepted: a \
+                 Secret data key",
+            ),
+            (
+                vec![
+                    ("csi.cert-manager.io/pkcs12-enable", "true"),
+                    ("csi.cert-manager.io/pkcs12-filename", "../ks.p12"),
+                ],
+                "csi.cert-manager.io/pkcs12-filename",
+                "contains '/'; accepted: a plain file name",
+            ),
+            (
+                vec![("csi.certvol.io/truststore-pkcs12-file", "..trust.p12")],
+                "csi.certvol.io/truststore-pkcs12-file",
+                "starts with \"..\"",
+            ),
+            (
+                vec![("csi.certvol.io/key-chain-file", "a/b.pem")],
+                "csi.certvol.io/key-chain-file",
+                "contains '/'",
+            ),
+            (
+                vec![("csi.certvol.io/chain-file", " chain.pem")],
+                "csi.certvol.io/chain-file",
+                "has leading or trailing spaces",
+            ),
+            // Requires: keystore settings without a keystore
             (
                 vec![("csi.cert-manager.io/pkcs12-filename", "ks.p12")],
                 "csi.cert-manager.io/pkcs12-filename",
-                "not supported yet",
+                "has no effect without \"csi.cert-manager.io/pkcs12-enable\" set to \"true\"",
             ),
             (
-                vec![("csi.certvol.io/pkcs12-password", "hunter2")],
-                "csi.certvol.io/pkcs12-password",
-                "not supported yet",
+                vec![
+                    ("csi.certvol.io/pkcs12-enable", "false"),
+                    ("csi.certvol.io/pkcs12-filename", "ks.p12"),
+                ],
+                "csi.certvol.io/pkcs12-filename",
+                "has no effect without \"csi.certvol.io/pkcs12-enable\" set to \"true\"",
             ),
             (
-                vec![("csi.cert-manager.io/keystore-pkcs12-file", "ks.p12")],
-                "csi.cert-manager.io/keystore-pkcs12-file",
-                "not supported yet",
+                vec![("csi.cert-manager.io/pkcs12-password", "hunter2")],
+                "csi.cert-manager.io/pkcs12-password",
+                "has no effect without a PKCS#12 file (\"csi.cert-manager.io/pkcs12-enable\" set \
+                 to \"true\", or \"csi.certvol.io/truststore-pkcs12-file\")",
+            ),
+            (
+                vec![("csi.certvol.io/pkcs12-profile", "legacy")],
+                "csi.certvol.io/pkcs12-profile",
+                "has no effect without a PKCS#12 file",
+            ),
+            (
+                vec![("csi.certvol.io/pkcs12-password-key", "pw")],
+                "csi.certvol.io/pkcs12-password-key",
+                "has no effect without a PKCS#12 file",
+            ),
+            // DuplicateFileName across every file of the volume
+            (
+                vec![("csi.certvol.io/key-chain-file", "tls.key")],
+                "csi.certvol.io/key-chain-file",
+                "file name \"tls.key\" is also used by \"csi.cert-manager.io/privatekey-file\" \
+                 (its default); every file in the volume needs a distinct name",
+            ),
+            (
+                vec![
+                    ("csi.certvol.io/key-chain-file", "x.pem"),
+                    ("csi.certvol.io/chain-file", "x.pem"),
+                ],
+                "csi.certvol.io/chain-file",
+                "is also used by \"csi.certvol.io/key-chain-file\";",
+            ),
+            (
+                vec![
+                    ("csi.cert-manager.io/pkcs12-enable", "true"),
+                    ("csi.certvol.io/chain-file", "keystore.p12"),
+                ],
+                "csi.certvol.io/chain-file",
+                "is also used by \"csi.cert-manager.io/pkcs12-filename\" (its default)",
+            ),
+            (
+                vec![
+                    ("csi.certvol.io/pkcs12-enable", "true"),
+                    ("csi.certvol.io/pkcs12-filename", "store.p12"),
+                    ("csi.certvol.io/truststore-pkcs12-file", "store.p12"),
+                ],
+                "csi.certvol.io/truststore-pkcs12-file",
+                "is also used by \"csi.certvol.io/pkcs12-filename\";",
+            ),
+            (
+                vec![("csi.certvol.io/truststore-pkcs12-file", "ca.crt")],
+                "csi.certvol.io/truststore-pkcs12-file",
+                "is also used by \"csi.cert-manager.io/ca-file\" (its default)",
             ),
             (
                 vec![("csi.cert-manager.io/disable-auto-renew", "true")],
@@ -2563,6 +3082,23 @@ mod tests {
             ),
             (
                 vec![
+                    ("csi.certvol.io/trust-bundle-file", "all.pem"),
+                    ("csi.certvol.io/key-chain-file", "all.pem"),
+                ],
+                "csi.certvol.io/trust-bundle-file",
+                "file name \"all.pem\" is also used by \"csi.certvol.io/key-chain-file\"",
+            ),
+            (
+                vec![
+                    ("csi.certvol.io/trust-public-roots", "true"),
+                    ("csi.certvol.io/truststore-pkcs12-file", "ca-bundle.crt"),
+                    ("csi.certvol.io/pkcs12-password-key", "pw"),
+                ],
+                "csi.certvol.io/trust-bundle-file",
+                "file name \"ca-bundle.crt\" is also used by \"csi.certvol.io/truststore-pkcs12-file\"",
+            ),
+            (
+                vec![
                     ("csi.certvol.io/trust-public-roots", "true"),
                     ("csi.cert-manager.io/certificate-file", "ca-bundle.crt"),
                 ],
@@ -2590,6 +3126,83 @@ mod tests {
             assert!(!msg.contains("hunter2"), "secret leaked: {msg}");
             assert!(!msg.contains('\n'), "one-line message: {msg}");
         }
+    }
+
+    #[test]
+    fn pkcs12_password_comes_from_the_secret_first_then_the_literal() {
+        let secrets = |pairs: &[(&str, &str)]| -> HashMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let source = |extra: &[(&str, &str)]| {
+            let mut extra = extra.to_vec();
+            extra.push(("csi.cert-manager.io/pkcs12-enable", "true"));
+            let c = with(&extra);
+            let req = parse(&c).unwrap();
+            (req.files.pkcs12.unwrap().password, c)
+        };
+
+        // The default key of the Secret.
+        let (src, c) = source(&[]);
+        let pw = pkcs12_password(&src, &c, &secrets(&[("pkcs12-password", "from-secret")]));
+        assert_eq!(pw.unwrap().expose(), "from-secret");
+
+        // The Secret wins over a literal.
+        let (src, c) = source(&[("csi.cert-manager.io/pkcs12-password", "literal")]);
+        let pw = pkcs12_password(&src, &c, &secrets(&[("pkcs12-password", "from-secret")]));
+        assert_eq!(pw.unwrap().expose(), "from-secret");
+        // ...and the literal is used without one; ours wins over cert-manager's.
+        let pw = pkcs12_password(&src, &c, &HashMap::new());
+        assert_eq!(pw.unwrap().expose(), "literal");
+        let (src, c) = source(&[
+            ("csi.cert-manager.io/pkcs12-password", "theirs"),
+            ("csi.certvol.io/pkcs12-password", "ours"),
+        ]);
+        assert_eq!(
+            pkcs12_password(&src, &c, &HashMap::new()).unwrap().expose(),
+            "ours"
+        );
+
+        // A named key must be in the Secret, even with a literal present.
+        let (src, c) = source(&[
+            ("csi.certvol.io/pkcs12-password-key", "ks-pass"),
+            ("csi.cert-manager.io/pkcs12-password", "literal"),
+        ]);
+        let err = pkcs12_password(
+            &src,
+            &c,
+            &secrets(&[("other", "x"), ("pkcs12-password", "y")]),
+        )
+        .unwrap_err();
+        assert_eq!(err.attribute(), "csi.certvol.io/pkcs12-password-key");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("read from key \"ks-pass\"")
+                && msg.contains("the Secret has no such key (its keys: other, pkcs12-password)"),
+            "{msg}"
+        );
+        assert_eq!(
+            pkcs12_password(&src, &c, &secrets(&[("ks-pass", "named")]))
+                .unwrap()
+                .expose(),
+            "named"
+        );
+
+        // Nothing at all: the message says kubelet sent no Secret, naming the default key.
+        let (src, c) = source(&[]);
+        let err = pkcs12_password(&src, &c, &HashMap::new()).unwrap_err();
+        assert_eq!(err.attribute(), "csi.certvol.io/pkcs12-password-key");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("key \"pkcs12-password\"") && msg.contains("kubelet sent no Secret"),
+            "{msg}"
+        );
+        // An empty value is no password.
+        let err = pkcs12_password(&src, &c, &secrets(&[("pkcs12-password", "")])).unwrap_err();
+        assert!(err.to_string().contains("its value is empty"), "{err}");
+        assert!(!format!("{:?}", Password::new("hunter2")).contains("hunter2"));
     }
 
     #[test]

@@ -16,6 +16,7 @@ use tonic::{Code, Request, Response, Status};
 use tracing::{Instrument, info_span, warn};
 
 use crate::issuer::IssueError;
+use crate::layout::LayoutError;
 use crate::store::{self, Phase, VolumeState};
 use crate::volume::{PublishParams, VolumeError, VolumeManager};
 
@@ -65,7 +66,10 @@ impl RpcError {
                         Code::FailedPrecondition
                     }
                 },
-                VolumeError::BadCertificate { .. } => Code::FailedPrecondition,
+                VolumeError::BadCertificate { .. }
+                | VolumeError::Layout(LayoutError::EmptyTruststore { .. }) => {
+                    Code::FailedPrecondition
+                }
                 _ => Code::Internal,
             },
         };
@@ -207,6 +211,7 @@ pub fn validate_publish(req: csi::NodePublishVolumeRequest) -> Result<PublishPar
         target_path: PathBuf::from(req.target_path),
         context: req.volume_context,
         mount_group,
+        secrets: req.secrets,
     })
 }
 
@@ -554,6 +559,24 @@ mod tests {
     }
 
     #[test]
+    fn publish_secrets_are_carried_but_never_printed() {
+        let mut req = request();
+        req.secrets = HashMap::from([("pkcs12-password".to_string(), "s3cret-1".to_string())]);
+        req.volume_context.insert(
+            "csi.cert-manager.io/pkcs12-password".into(),
+            "literal-2".into(),
+        );
+        let params = validate_publish(req).unwrap();
+        assert_eq!(params.secrets["pkcs12-password"], "s3cret-1");
+        let shown = format!("{params:?}");
+        assert!(
+            !shown.contains("s3cret-1") && !shown.contains("literal-2"),
+            "{shown}"
+        );
+        assert!(shown.contains("pkcs12-password"), "{shown}");
+    }
+
+    #[test]
     fn status_codes_are_chosen_in_one_place() {
         let attr_err = attrs::parse(&HashMap::new()).unwrap_err();
         let cases: Vec<(RpcError, Code)> = vec![
@@ -611,6 +634,20 @@ mod tests {
                 })
                 .into(),
                 Code::FailedPrecondition,
+            ),
+            (
+                VolumeError::Layout(LayoutError::EmptyTruststore {
+                    file: "trust.p12".into(),
+                })
+                .into(),
+                Code::FailedPrecondition,
+            ),
+            (
+                VolumeError::Layout(LayoutError::NoPassword {
+                    file: "ks.p12".into(),
+                })
+                .into(),
+                Code::Internal,
             ),
             (VolumeError::Internal("bug".into()).into(), Code::Internal),
         ];

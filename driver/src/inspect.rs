@@ -48,6 +48,10 @@ pub struct FileNamesView {
     pub certificate: String,
     pub private_key: String,
     pub ca: String,
+    /// The optional files the volume asks for (key-chain, chain, trust bundle, PKCS#12), in
+    /// publish order; absent from JSON when there are none.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub other: Vec<String>,
 }
 
 /// One volume as `inspect` shows it. Field names are the JSON output's stable contract; times are
@@ -207,6 +211,7 @@ pub fn view(paths: &VolumePaths, state: &VolumeState) -> VolumeView {
         certificate: r.files.certificate.clone(),
         private_key: r.files.private_key.clone(),
         ca: r.files.ca.clone(),
+        other: r.files.optional().into_iter().map(str::to_owned).collect(),
     });
     let cert_file = files
         .as_ref()
@@ -464,10 +469,15 @@ pub fn render_detail(v: &VolumeView) -> String {
         &v.files
             .as_ref()
             .map(|f| {
-                format!(
+                let mut text = format!(
                     "{} (certificate), {} (key), {} (CA)",
                     f.certificate, f.private_key, f.ca
-                )
+                );
+                for other in &f.other {
+                    text.push_str(", ");
+                    text.push_str(other);
+                }
+                text
             })
             .unwrap_or_else(|| "-".into()),
     );
@@ -518,6 +528,8 @@ mod tests {
                         "${POD_NAME}.${POD_NAMESPACE}.svc",
                     ),
                     ("csi.certvol.io/certificate-file", "cert.pem"),
+                    ("csi.certvol.io/pkcs12-enable", "true"),
+                    ("csi.certvol.io/chain-file", "chain.pem"),
                     (POD_NAME_KEY, pod),
                     (POD_NAMESPACE_KEY, ns),
                     ("csi.storage.k8s.io/pod.uid", "uid-1"),
@@ -584,6 +596,10 @@ mod tests {
         assert_eq!(v.failures, 1);
         assert_eq!(v.revision, Some(2));
         assert_eq!(v.files.as_ref().unwrap().certificate, "cert.pem");
+        assert_eq!(
+            v.files.as_ref().unwrap().other,
+            ["chain.pem", "keystore.p12"]
+        );
         assert_eq!(v.source, "state");
         assert_eq!(v.problem, None);
     }

@@ -58,6 +58,9 @@ pub struct InlineVolume {
     pub name: String,
     pub read_only: bool,
     pub attributes: BTreeMap<String, String>,
+    /// The data of the Secret named by the volume's `nodePublishSecretRef`; kubelet reads it
+    /// from the API server and sends it as NodePublishVolumeRequest.secrets.
+    pub secrets: BTreeMap<String, String>,
 }
 
 impl InlineVolume {
@@ -69,7 +72,17 @@ impl InlineVolume {
                 .into_iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            secrets: BTreeMap::new(),
         }
+    }
+
+    /// The same volume with a `nodePublishSecretRef` whose Secret holds `data`.
+    pub fn with_secret<'a>(mut self, data: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
+        self.secrets = data
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        self
     }
 }
 
@@ -187,7 +200,7 @@ impl Kubelet {
                 })),
             }),
             readonly: volume.read_only,
-            secrets: HashMap::new(),
+            secrets: volume.secrets.clone().into_iter().collect(),
             volume_context: context,
         }
     }
@@ -268,5 +281,16 @@ mod tests {
         assert_eq!(req.volume_context["csi.storage.k8s.io/ephemeral"], "true");
         assert_eq!(req.volume_context["csi.storage.k8s.io/pod.name"], "web-0");
         assert!(req.readonly);
+        assert!(
+            req.secrets.is_empty(),
+            "no nodePublishSecretRef, no secrets"
+        );
+
+        // With nodePublishSecretRef, the Secret's data travels beside the context, not in it.
+        let vol = vol.with_secret([("pkcs12-password", "s3cret")]);
+        let req = k.publish_request(&pod, &vol);
+        assert_eq!(req.secrets.len(), 1);
+        assert_eq!(req.secrets["pkcs12-password"], "s3cret");
+        assert!(!req.volume_context.values().any(|v| v.contains("s3cret")));
     }
 }

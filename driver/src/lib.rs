@@ -3,10 +3,11 @@
 //!
 //! Modules, from pure data at the bottom to I/O at the edge:
 //! `request` (what a volume asks for) · `attrs` (volume context → request) · `clock` ·
-//! `keys` (key generation, CSR) · `pki` (certificate parsing and checks) · `issuer` (trait + local CA)
-//! · `fsutil`, `store` (metadata on disk) · `mount` (tmpfs and bind mounts) · `writer` (the `..data`
-//! swap) · `volume` (publish, unpublish, renew) · `scheduler` (one renewal queue) · `recovery`
-//! (start-up reconcile) · `csi` (gRPC services, the one error → status map) · `node` (the server) ·
+//! `keys` (key generation, CSR) · `pki` (certificate parsing and checks) · `layout` (issued
+//! material → the volume's files, PEM and PKCS#12) · `issuer` (trait + local CA) · `fsutil`,
+//! `store` (metadata on disk) · `mount` (tmpfs and bind mounts) · `writer` (the `..data` swap) ·
+//! `volume` (publish, unpublish, renew) · `scheduler` (one renewal queue) · `recovery` (start-up
+//! reconcile) · `csi` (gRPC services, the one error → status map) · `node` (the server) ·
 //! `kubelet` (a CSI client acting as kubelet, for the demo and the e2e harness) · `demo` ·
 //! `trust` (trust bundles: sources, assembly, CA rotation overlap, the watch-driven cache).
 
@@ -23,6 +24,7 @@ pub mod issuer;
 pub mod keys;
 pub mod kubeclient;
 pub mod kubelet;
+pub mod layout;
 pub mod metrics;
 pub mod mount;
 pub mod node;

@@ -197,12 +197,56 @@ impl Sans {
     }
 }
 
-/// File names inside the volume. Plain names only (validated by `attrs`).
+/// File names inside the volume. Plain names only, all distinct (validated by `attrs`).
+///
+/// The three PEM files are always written; the others only when named.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileNames {
     pub ca: String,
     pub certificate: String,
     pub private_key: String,
+    /// One PEM file: the private key, then the certificate chain (leaf first), for proxies that
+    /// load both from a single file (`key-chain-file`).
+    #[serde(default)]
+    pub key_chain: Option<String>,
+    /// The chain without the leaf: intermediates only, possibly empty (`chain-file`).
+    #[serde(default)]
+    pub chain: Option<String>,
+    /// The PEM trust bundle (`trust-bundle-file`).
+    #[serde(default)]
+    pub trust_bundle: Option<String>,
+    /// PKCS#12 keystore and/or truststore, when asked for.
+    #[serde(default)]
+    pub pkcs12: Option<Pkcs12Files>,
+}
+
+impl FileNames {
+    /// Every file name the volume publishes, in a fixed order.
+    pub fn all(&self) -> Vec<&str> {
+        let mut names = vec![
+            self.ca.as_str(),
+            self.certificate.as_str(),
+            self.private_key.as_str(),
+        ];
+        names.extend(self.optional());
+        names
+    }
+
+    /// The names of the optional files the volume asks for, in a fixed order.
+    pub fn optional(&self) -> Vec<&str> {
+        let mut names = Vec::new();
+        let optional = [&self.key_chain, &self.chain, &self.trust_bundle];
+        names.extend(optional.into_iter().flatten().map(String::as_str));
+        if let Some(p) = &self.pkcs12 {
+            names.extend(
+                [&p.keystore, &p.truststore]
+                    .into_iter()
+                    .flatten()
+                    .map(String::as_str),
+            );
+        }
+        names
+    }
 }
 
 impl Default for FileNames {
@@ -211,6 +255,10 @@ impl Default for FileNames {
             ca: "ca.crt".into(),
             certificate: "tls.crt".into(),
             private_key: "tls.key".into(),
+            key_chain: None,
+            chain: None,
+            trust_bundle: None,
+            pkcs12: None,
         }
     }
 }
@@ -243,12 +291,59 @@ impl std::fmt::Display for CaSource {
     }
 }
 
+/// How PKCS#12 files are encrypted (`pkcs12-profile`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Pkcs12Profile {
+    /// PBES2 with AES-256-CBC and PBKDF2-HMAC-SHA256, SHA-256 MAC: what OpenSSL 3 and Java 12+
+    /// write by default.
+    #[default]
+    Modern,
+    /// PKCS#12 PBE with SHA-1 and 3DES, SHA-1 MAC: readable by Java 8 before 8u301 and other old
+    /// runtimes that do not know PBES2.
+    Legacy,
+}
+
+impl Pkcs12Profile {
+    pub fn name(self) -> &'static str {
+        match self {
+            Pkcs12Profile::Modern => "modern",
+            Pkcs12Profile::Legacy => "legacy",
+        }
+    }
+}
+
 /// A volume's Kubernetes CSR API parameters (`signer-name`, `ca-source`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KubeCsrRef {
     /// `spec.signerName` of the CertificateSigningRequest, e.g. `example.com/workloads`.
     pub signer_name: String,
     pub ca_source: CaSource,
+}
+
+/// Where the password of the PKCS#12 files comes from. Holds no secret: the literal password
+/// stays in the volume context and the Secret's value in the publish request.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PasswordSource {
+    /// Key of the Secret named by the volume's `nodePublishSecretRef` (kubelet sends its data
+    /// with NodePublishVolume).
+    pub secret_key: String,
+    /// The attribute that set `secret_key`, when set explicitly; `None` means the default key.
+    pub secret_key_attribute: Option<String>,
+    /// The `pkcs12-password` attribute as written, when set (cert-manager parity only).
+    pub literal_attribute: Option<String>,
+}
+
+/// The PKCS#12 files a volume asks for. Both share one password and one profile.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pkcs12Files {
+    /// Keystore with the private key, the chain and the CA (`pkcs12-enable` +
+    /// `pkcs12-filename`).
+    pub keystore: Option<String>,
+    /// Truststore with the trust bundle's certificates (`truststore-pkcs12-file`).
+    pub truststore: Option<String>,
+    pub profile: Pkcs12Profile,
+    pub password: PasswordSource,
 }
 
 /// Everything a volume asks for: what to put in the certificate, how to issue and store it.

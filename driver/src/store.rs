@@ -148,6 +148,10 @@ impl VolumePaths {
     pub fn current_key(&self) -> PathBuf {
         self.keys.join("current.pk8")
     }
+    /// The password of the volume's PKCS#12 files, kept for renewals (tmpfs, 0600).
+    pub fn pkcs12_password(&self) -> PathBuf {
+        self.keys.join("pkcs12-password")
+    }
 }
 
 /// The data root: where state lives and tmpfs mounts are made.

@@ -24,6 +24,7 @@ use crate::fsutil;
 use crate::issuer::certmanager::{BearerToken, token_from_context};
 use crate::issuer::{self, IssueError, IssueRequest, Issuer};
 use crate::keys::{self, KeyError, PrivateKey};
+use crate::layout::{self, LayoutError, Material, Password};
 use crate::metrics::IssueOutcome;
 use crate::mount::Mounter;
 use crate::pki;
@@ -33,7 +34,7 @@ use crate::store::{
     self, CertRecord, PendingRecord, Phase, RenewalRecord, STATE_VERSION, Store, StoreError,
     VolumePaths, VolumeState,
 };
-use crate::writer::{self, FileSpec, WriteError};
+use crate::writer::{self, WriteError};
 
 /// Tunables of the volume layer.
 #[derive(Clone, Debug)]
@@ -62,13 +63,42 @@ impl Config {
 }
 
 /// A NodePublishVolume request after the CSI layer checked its fields.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct PublishParams {
     pub volume_id: String,
     pub target_path: PathBuf,
     pub context: HashMap<String, String>,
     /// kubelet's `volume_mount_group`: the pod's fsGroup.
     pub mount_group: Option<u32>,
+    /// The data of the Secret named by the volume's `nodePublishSecretRef`, which kubelet sends
+    /// with every publish. Secret values: never logged, never recorded in `state.json`.
+    pub secrets: HashMap<String, String>,
+}
+
+impl std::fmt::Debug for PublishParams {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let context: std::collections::BTreeMap<&str, &str> = self
+            .context
+            .iter()
+            .map(|(k, v)| {
+                let shown = if attrs::is_literal_password_key(k) || k == attrs::TOKENS_KEY {
+                    "<redacted>"
+                } else {
+                    v.as_str()
+                };
+                (k.as_str(), shown)
+            })
+            .collect();
+        let mut secret_keys: Vec<&str> = self.secrets.keys().map(String::as_str).collect();
+        secret_keys.sort_unstable();
+        f.debug_struct("PublishParams")
+            .field("volume_id", &self.volume_id)
+            .field("target_path", &self.target_path)
+            .field("context", &context)
+            .field("mount_group", &self.mount_group)
+            .field("secret_keys", &secret_keys)
+            .finish()
+    }
 }
 
 /// What a successful publish did.
@@ -106,6 +136,8 @@ pub enum VolumeError {
     BadCertificate { request: String, message: String },
     #[error("private key: {0}")]
     Key(#[from] KeyError),
+    #[error("building the volume's files: {0}")]
+    Layout(#[from] LayoutError),
     #[error("{action} {path}: {source}")]
     Io {
         action: &'static str,
@@ -156,6 +188,10 @@ pub struct VolumeManager {
     /// The newest service-account token kubelet passed for each volume (token-request mode).
     /// Memory only: never written to state, never logged; refreshed by every republish.
     tokens: StdMutex<HashMap<String, BearerToken>>,
+    /// PKCS#12 passwords by volume id, for renewals; also kept in the volume's private tmpfs
+    /// (`mem/keys/pkcs12-password`) so that renewals after a driver restart can still write the
+    /// keystore. Never on persistent disk.
+    passwords: StdMutex<HashMap<String, Password>>,
 }
 
 impl VolumeManager {
@@ -176,6 +212,7 @@ impl VolumeManager {
             scheduler,
             slots: StdMutex::new(HashMap::new()),
             tokens: StdMutex::new(HashMap::new()),
+            passwords: StdMutex::new(HashMap::new()),
         }
     }
 
@@ -280,6 +317,13 @@ impl VolumeManager {
     pub async fn publish(&self, params: PublishParams) -> Result<Published, VolumeError> {
         let req = Arc::new(attrs::parse(&params.context)?);
         self.issuer.check_request(&req)?;
+        // Resolved before anything is created, so a missing password leaves nothing behind.
+        let password = req
+            .files
+            .pkcs12
+            .as_ref()
+            .map(|p| attrs::pkcs12_password(&p.password, &params.context, &params.secrets))
+            .transpose()?;
         let context = attrs::stable_context(&params.context);
         if let Some(token) = token_from_context(&params.context).map_err(|e| {
             VolumeError::InvalidArgument(format!("volume context {}: {e}", attrs::TOKENS_KEY))
@@ -306,7 +350,7 @@ impl VolumeManager {
         }
 
         let result = self
-            .publish_locked(&params, &req, context, &mut guard)
+            .publish_locked(&params, &req, context, password, &mut guard)
             .await;
         if let Err(err) = &result
             && !err.keeps_pending()
@@ -338,6 +382,7 @@ impl VolumeManager {
         params: &PublishParams,
         req: &Arc<CertRequest>,
         context: std::collections::BTreeMap<String, String>,
+        password: Option<Password>,
         guard: &mut Option<VolumeState>,
     ) -> Result<Published, VolumeError> {
         let paths = self.store.paths(&params.volume_id);
@@ -382,6 +427,9 @@ impl VolumeManager {
 
         let mut issued = None;
         if state.current.is_none() {
+            if let Some(password) = &password {
+                self.keep_password(&paths, &state.volume_id, password)?;
+            }
             let revision = state
                 .pending
                 .as_ref()
@@ -478,6 +526,45 @@ impl VolumeManager {
             .map_err(VolumeError::io_at("bind-mount read-only at", target))
     }
 
+    /// Keeps a volume's PKCS#12 password for its renewals: in memory and in the volume's private
+    /// tmpfs key directory (0600, never bound into the pod, gone with the tmpfs).
+    fn keep_password(
+        &self,
+        paths: &VolumePaths,
+        volume_id: &str,
+        password: &Password,
+    ) -> Result<(), VolumeError> {
+        let path = paths.pkcs12_password();
+        fsutil::atomic_write(&path, password.expose().as_bytes(), 0o600)
+            .map_err(VolumeError::io_at("write", &path))?;
+        if let Ok(mut passwords) = self.passwords.lock() {
+            passwords.insert(volume_id.to_owned(), password.clone());
+        }
+        Ok(())
+    }
+
+    /// The PKCS#12 password kept at publish: from memory, or after a driver restart from the
+    /// volume's tmpfs.
+    fn kept_password(&self, paths: &VolumePaths, volume_id: &str) -> Result<Password, VolumeError> {
+        if let Some(password) = self
+            .passwords
+            .lock()
+            .ok()
+            .and_then(|p| p.get(volume_id).cloned())
+        {
+            return Ok(password);
+        }
+        let path = paths.pkcs12_password();
+        let bytes = Zeroizing::new(fs::read(&path).map_err(VolumeError::io_at("read", &path))?);
+        let text = std::str::from_utf8(&bytes)
+            .map_err(|_| VolumeError::Internal(format!("{} is not UTF-8", path.display())))?;
+        let password = Password::new(text);
+        if let Ok(mut passwords) = self.passwords.lock() {
+            passwords.insert(volume_id.to_owned(), password.clone());
+        }
+        Ok(password)
+    }
+
     /// Steps 4-6 of a publish, shared with renewal: key (new, reused or the pending one from an
     /// interrupted attempt), request, verification, atomic file swap, state update.
     async fn issue_revision(
@@ -489,6 +576,12 @@ impl VolumeManager {
         revision: u64,
         reuse: Option<PrivateKey>,
     ) -> Result<(), VolumeError> {
+        // Before anything is issued: a renewal that could not write the keystore must not
+        // consume a request.
+        let password = match &req.files.pkcs12 {
+            Some(_) => Some(self.kept_password(paths, &state.volume_id)?),
+            None => None,
+        };
         let pending_key = paths.pending_key();
         let resumed = match &state.pending {
             Some(p) if p.revision == revision => match fs::read(&pending_key) {
@@ -587,20 +680,18 @@ impl VolumeManager {
             (leaf.not_before, leaf.not_after, leaf.serial_hex.clone());
 
         let gid = req.fs_group.or(state.mount_group);
-        let files = vec![
-            FileSpec {
-                name: req.files.private_key.clone(),
-                contents: Zeroizing::new(key.to_pem(req.key_encoding)?.as_bytes().to_vec()),
+        let files = layout::render(
+            req,
+            &Material {
+                key,
+                chain_pem: issued.chain_pem,
+                ca_pem: issued.ca_pem,
+                // No trust sources are resolved yet: the bundle is the issuing CA. Trust
+                // sources fill this with the volume's current bundle, so that a renewal keeps it.
+                trust_bundle_pem: None,
+                pkcs12_password: password,
             },
-            FileSpec {
-                name: req.files.certificate.clone(),
-                contents: Zeroizing::new(issued.chain_pem.into_bytes()),
-            },
-            FileSpec {
-                name: req.files.ca.clone(),
-                contents: Zeroizing::new(issued.ca_pem.into_bytes()),
-            },
-        ];
+        )?;
         writer::publish(&paths.files, &files, gid, now)?;
         crashpoint::hit(&format!("{op}:files-written"));
         let current_key = paths.current_key();
@@ -657,6 +748,9 @@ impl VolumeManager {
         self.scheduler.cancel(&state.volume_id);
         if let Ok(mut tokens) = self.tokens.lock() {
             tokens.remove(&state.volume_id);
+        }
+        if let Ok(mut passwords) = self.passwords.lock() {
+            passwords.remove(&state.volume_id);
         }
         let paths = self.store.paths(&state.volume_id);
         if state.phase != Phase::Unpublishing && paths.state.exists() {
@@ -1058,6 +1152,7 @@ mod tests {
             target_path: target,
             context,
             mount_group: None,
+            secrets: HashMap::new(),
         }
     }
 

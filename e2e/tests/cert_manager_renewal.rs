@@ -348,7 +348,14 @@ async fn api_outage_during_renewal_keeps_the_old_certificate_and_recovers() {
         "outage: renewed {:?} after the API came back",
         restored.elapsed()
     );
-    let state = env.state(&pod, &vol).expect("state");
+    // The files are swapped just before state.json records the renewal.
+    let serial = renewed.map(|f| f.leaf.serial_hex).unwrap_or_default();
+    let state = eventually(Duration::from_secs(5), || {
+        env.state(&pod, &vol)
+            .filter(|st| st.current.as_ref().is_some_and(|c| c.serial == serial))
+    })
+    .await
+    .expect("state.json records the renewed certificate");
     assert_eq!(state.renewal.failures, 0, "{:?}", state.renewal);
     // Retries reuse the pending request's name: each revision was created once, none twice.
     assert_eq!(
