@@ -9,6 +9,8 @@ use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use serde::Deserialize;
+
 use certvol_driver::attrs::{self, AttrError, CERT_MANAGER_PREFIX, CERTVOL_PREFIX};
 
 const PREFIXES: [&str; 2] = [CERTVOL_PREFIX, CERT_MANAGER_PREFIX];
@@ -222,4 +224,74 @@ fn every_node_flag_is_documented() {
             "`certvol node` flag {flag} is not documented in README.md or docs/"
         );
     }
+}
+
+/// Every inline certvol volume in the example pod specs (docs/examples/*.yaml)
+/// parses, so an example never shows an attribute the driver would refuse.
+#[test]
+fn example_pod_specs_parse() {
+    let dir = repo_root().join("docs").join("examples");
+    let mut checked = 0;
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("read {}: {e}", dir.display()))
+        .map(|e| e.expect("dir entry").path())
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .collect();
+    paths.sort();
+    assert!(paths.len() >= 3, "the three example pod specs: {paths:?}");
+    for path in paths {
+        let text = std::fs::read_to_string(&path).expect("read example");
+        for doc in serde_yaml::Deserializer::from_str(&text) {
+            let value = serde_yaml::Value::deserialize(doc)
+                .unwrap_or_else(|e| panic!("{}: not YAML: {e}", path.display()));
+            let Some(volumes) = pod_volumes(&value) else {
+                continue;
+            };
+            for volume in volumes {
+                let Some(csi) = volume.get("csi") else {
+                    continue;
+                };
+                let driver = csi.get("driver").and_then(|d| d.as_str()).unwrap_or("");
+                if driver != "csi.certvol.io" {
+                    continue;
+                }
+                let mut ctx: HashMap<String, String> = HashMap::new();
+                if let Some(attrs) = csi.get("volumeAttributes").and_then(|a| a.as_mapping()) {
+                    for (k, v) in attrs {
+                        let (Some(k), Some(v)) = (k.as_str(), v.as_str()) else {
+                            panic!("{}: attributes are strings: {k:?}: {v:?}", path.display());
+                        };
+                        ctx.insert(k.to_owned(), v.to_owned());
+                    }
+                }
+                // What kubelet adds with podInfoOnMount.
+                for (k, v) in [
+                    ("csi.storage.k8s.io/pod.name", "example-0"),
+                    ("csi.storage.k8s.io/pod.namespace", "example"),
+                    ("csi.storage.k8s.io/pod.uid", "0b5c-11"),
+                    ("csi.storage.k8s.io/serviceAccount.name", "example"),
+                ] {
+                    ctx.insert(k.into(), v.into());
+                }
+                if let Err(e) = attrs::parse(&ctx) {
+                    panic!("{}: volume {:?}: {e}", path.display(), volume.get("name"));
+                }
+                checked += 1;
+            }
+        }
+    }
+    assert!(
+        checked >= 3,
+        "found {checked} certvol volumes in the examples"
+    );
+}
+
+/// `spec.volumes` of a Pod, or `spec.template.spec.volumes` of a workload.
+fn pod_volumes(doc: &serde_yaml::Value) -> Option<&Vec<serde_yaml::Value>> {
+    let spec = doc.get("spec")?;
+    let pod = spec
+        .get("template")
+        .and_then(|t| t.get("spec"))
+        .unwrap_or(spec);
+    pod.get("volumes")?.as_sequence()
 }
