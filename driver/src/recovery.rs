@@ -83,6 +83,7 @@ pub async fn recover(mgr: &VolumeManager) -> Result<Report, VolumeError> {
         report.kept += 1;
         normalise(&mut state);
         mgr.schedule(&state);
+        mgr.resume_trust_watch(&state);
         mgr.adopt(state);
     }
 

@@ -107,6 +107,11 @@ pub struct VolumeState {
     pub requests: Vec<String>,
     #[serde(default)]
     pub renewal: RenewalRecord,
+    /// The issuing CAs the volume's trust bundle carries, current first, then retired ones until
+    /// their overlap ends (see `trust::rotation`). Certificates only (public); empty for volumes
+    /// without a trust bundle and in state written before trust bundles existed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub issuing_cas: Vec<crate::trust::IssuingCa>,
 }
 
 /// Why state could not be read or written.
@@ -409,6 +414,7 @@ mod tests {
             last_revision: 1,
             requests: vec!["certvol-abc-1".into()],
             renewal: RenewalRecord::default(),
+            issuing_cas: Vec::new(),
         }
     }
 
