@@ -163,8 +163,15 @@ async fn bundle_from_configmap_issuing_ca_and_public_roots_verifies_private_and_
     let _driver = env.start_cert_manager(&cluster, &[], &[]).await;
     let ns = cluster.namespace();
     let private = private_ca("payments private CA");
-    // The ConfigMap carries the private CA twice and the issuing CA once: both deduplicated.
-    let cm_text = format!("{}{}{}", private.pem, signer_ca, private.pem);
+    // The ConfigMap carries the private CA twice and the issuing CA once (both deduplicated),
+    // and a private key pasted by mistake (reported, never written).
+    let cm_text = format!(
+        "{}{}{}{}",
+        private.pem,
+        signer_ca,
+        "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+        private.pem
+    );
     create_configmap(&cluster, &ns, &configmap("partner-ca", "ca.crt", &cm_text)).await;
     let pod = cluster.create_pod(&ns, "client-0").await;
     let vol = cm_volume(
@@ -195,6 +202,24 @@ async fn bundle_from_configmap_issuing_ca_and_public_roots_verifies_private_and_
     unique.sort();
     unique.dedup();
     assert_eq!(unique.len(), got.len(), "no duplicates");
+
+    assert!(
+        !bundle.contains("PRIVATE KEY"),
+        "the pasted key is not written"
+    );
+    let rejected: Vec<_> = cluster
+        .pod_events(&pod)
+        .await
+        .into_iter()
+        .filter(|e| e["reason"] == events::REASON_TRUST_REJECTED)
+        .collect();
+    assert_eq!(rejected.len(), 1, "{rejected:?}");
+    let message = rejected[0]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains(&format!("ConfigMap {ns}/partner-ca key ca.crt entry 2"))
+            && message.contains("PRIVATE KEY"),
+        "names the source, the entry and why: {message}"
+    );
 
     let bundle_path = target.join(BUNDLE);
     // A server certificate signed by the ConfigMap's private CA verifies.
@@ -472,4 +497,75 @@ async fn local_issuer_refuses_kubernetes_sources_but_serves_public_roots() {
     let mut public = PUBLIC_CHAIN.split_inclusive("-----END CERTIFICATE-----\n");
     let intermediate = public.nth(1).unwrap();
     openssl_verify(&target.join(BUNDLE), intermediate, None, &[]).expect("public intermediate");
+}
+
+#[tokio::test]
+async fn after_a_restart_changes_made_while_the_driver_was_down_reach_the_bundle() {
+    require_root!();
+    let mut env = Env::new();
+    let cluster = Cluster::start(env.path()).await;
+    let mut driver = env.start_cert_manager(&cluster, &[], &[]).await;
+    let ns = cluster.namespace();
+    let first = private_ca("partner CA 1");
+    create_configmap(
+        &cluster,
+        &ns,
+        &configmap("partner-ca", "ca.crt", &first.pem),
+    )
+    .await;
+    let pod = cluster.create_pod(&ns, "restarted-0").await;
+    let vol = cm_volume(
+        &cluster.issuer_name(),
+        [("csi.certvol.io/trust-configmaps", "partner-ca/ca.crt")],
+    );
+    let target = env.kubelet().publish(&pod, &vol).await.expect("publish");
+    let (_, cert) = bundle_and_cert(&target);
+
+    driver.kill9();
+    let second = private_ca("partner CA 2");
+    Api::<ConfigMap>::namespaced(cluster.client.clone(), &ns)
+        .patch(
+            "partner-ca",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"data": {"ca.crt": second.pem}})),
+        )
+        .await
+        .expect("update ConfigMap");
+    let _driver = env.start_cert_manager(&cluster, &[], &[]).await;
+    let new_ca = ders(&second.pem).remove(0);
+    let bundle = eventually(Duration::from_secs(10), || {
+        let (bundle, cert_now) = bundle_and_cert(&target);
+        (ders(&bundle).contains(&new_ca) && cert_now == cert).then_some(bundle)
+    })
+    .await
+    .unwrap_or_else(|| {
+        panic!(
+            "the bundle was not refreshed after the restart\n{}",
+            env.logs()
+        )
+    });
+    assert!(!ders(&bundle).contains(&ders(&first.pem)[0]));
+    assert_eq!(
+        requests_of(&cluster, &pod, &vol).await,
+        1,
+        "no new issuer request"
+    );
+    // And it is watched again: a later change arrives too.
+    let third = private_ca("partner CA 3");
+    Api::<ConfigMap>::namespaced(cluster.client.clone(), &ns)
+        .patch(
+            "partner-ca",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"data": {"ca.crt": third.pem}})),
+        )
+        .await
+        .expect("update ConfigMap");
+    let newest = ders(&third.pem).remove(0);
+    eventually(Duration::from_secs(10), || {
+        ders(&bundle_and_cert(&target).0)
+            .contains(&newest)
+            .then_some(())
+    })
+    .await
+    .unwrap_or_else(|| panic!("later changes are not watched\n{}", env.logs()));
 }
