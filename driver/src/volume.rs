@@ -184,10 +184,21 @@ impl VolumeError {
 type Slot = Arc<Mutex<Option<VolumeState>>>;
 
 /// What an issuance starts from besides the request: a key to reuse (renewal with
-/// `reuse-private-key`) and the volume's trust subscriptions (to build its bundle).
+/// `reuse-private-key`) and where the volume's trust bundle comes from.
 struct With<'a> {
     reuse: Option<PrivateKey>,
-    trust: Option<&'a VolumeTrust>,
+    trust: BundleFrom<'a>,
+}
+
+/// Where an issuance takes the trust bundle's sources from.
+#[derive(Clone, Copy)]
+enum BundleFrom<'a> {
+    /// The volume's subscriptions, listed (`None`: the spec names no Kubernetes objects).
+    Sources(Option<&'a VolumeTrust>),
+    /// A renewal whose sources cannot be read right now: the new issuing CA(s) followed by the
+    /// bundle last written, so that a deleted ConfigMap never lets the certificate expire. The
+    /// refresher rewrites the bundle once the sources are readable again.
+    LastWritten,
 }
 
 /// How volumes get their trust bundles on this node.
@@ -549,7 +560,7 @@ impl VolumeManager {
                 revision,
                 With {
                     reuse: None,
-                    trust: trust.as_ref(),
+                    trust: BundleFrom::Sources(trust.as_ref()),
                 },
             )
             .await?;
@@ -816,7 +827,27 @@ impl VolumeManager {
                     },
                 )
                 .map_err(|e| bad(e.to_string()))?;
-                let bundle = build_bundle(spec, trust, &rotation::in_bundle(&cas, now))?;
+                let issuing = rotation::in_bundle(&cas, now);
+                let bundle = match trust {
+                    BundleFrom::Sources(trust) => build_bundle(spec, trust, &issuing)?,
+                    BundleFrom::LastWritten => {
+                        let name = req
+                            .files
+                            .trust_bundle
+                            .as_deref()
+                            .unwrap_or(&spec.bundle_file);
+                        let old = writer::read(&paths.files, name)?;
+                        let mut sources = Vec::new();
+                        if spec.issuer_ca {
+                            sources.push(SourcePem::new("issuing CA", issuing));
+                        }
+                        sources.push(SourcePem::new(
+                            "the bundle last written",
+                            String::from_utf8_lossy(&old).into_owned(),
+                        ));
+                        trust_bundle::assemble(&sources)
+                    }
+                };
                 (cas, Some(bundle))
             }
             None => (Vec::new(), None),
@@ -903,15 +934,11 @@ impl VolumeManager {
     }
 
     /// Start-up: asks the refresher to re-subscribe a recovered volume with a trust bundle.
-    pub(crate) fn resume_trust_watch(&self, state: &VolumeState) {
-        if state.phase != Phase::Published {
-            return;
-        }
-        let has_trust = attrs::parse(&state.context.clone().into_iter().collect())
-            .is_ok_and(|r| r.trust.is_some());
-        if has_trust && let Some(refresher) = &self.trust.refresher {
+    /// `resume_trust` then checks that the volume is published and has a trust bundle.
+    pub(crate) fn resume_trust_watch(&self, volume_id: &str) {
+        if let Some(refresher) = &self.trust.refresher {
             refresher.send(Message::Resume {
-                volume_id: state.volume_id.clone(),
+                volume_id: volume_id.to_owned(),
             });
         }
     }
@@ -1252,12 +1279,21 @@ impl VolumeManager {
                 p.revision
             });
         let mut trust = None;
+        let mut stale = false;
         let result = async {
-            // Sources first: a renewal whose bundle cannot be built must not consume a request.
             trust = self.open_trust(&req)?;
-            if let Some(trust) = trust.as_mut() {
-                trust.ready(self.cfg.issue_timeout).await?;
+            if let Some(t) = trust.as_mut()
+                && let Err(e) = t.ready(self.cfg.issue_timeout).await
+            {
+                warn!(volume_id = %state.volume_id, error = %e, "renewing with the trust bundle as last written");
+                self.report_source_error(&req, &e).await;
+                stale = true;
             }
+            let bundle_from = if stale {
+                BundleFrom::LastWritten
+            } else {
+                BundleFrom::Sources(trust.as_ref())
+            };
             let reuse = if req.reuse_private_key && state.pending.is_none() {
                 let der = fs::read(paths.current_key())
                     .map(Zeroizing::new)
@@ -1274,7 +1310,7 @@ impl VolumeManager {
                 revision,
                 With {
                     reuse,
-                    trust: trust.as_ref(),
+                    trust: bundle_from,
                 },
             )
             .await

@@ -569,3 +569,79 @@ async fn after_a_restart_changes_made_while_the_driver_was_down_reach_the_bundle
     .await
     .unwrap_or_else(|| panic!("later changes are not watched\n{}", env.logs()));
 }
+
+#[tokio::test]
+async fn a_deleted_source_neither_blocks_renewal_nor_empties_the_bundle() {
+    require_root!();
+    let mut env = Env::new();
+    let cluster = Cluster::start(env.path()).await;
+    let _driver = env
+        .start_cert_manager(&cluster, &["--issue-timeout", "3s"], &[])
+        .await;
+    let ns = cluster.namespace();
+    let partner = private_ca("partner CA");
+    create_configmap(
+        &cluster,
+        &ns,
+        &configmap("partner-ca", "ca.crt", &partner.pem),
+    )
+    .await;
+    let pod = cluster.create_pod(&ns, "renewing-0").await;
+    let vol = cm_volume(
+        &cluster.issuer_name(),
+        [
+            ("csi.certvol.io/duration", "6s"),
+            ("csi.certvol.io/trust-configmaps", "partner-ca/ca.crt"),
+        ],
+    );
+    let target = env.kubelet().publish(&pod, &vol).await.expect("publish");
+    let (_, first_cert) = bundle_and_cert(&target);
+    let partner_ca = ders(&partner.pem).remove(0);
+
+    Api::<ConfigMap>::namespaced(cluster.client.clone(), &ns)
+        .delete("partner-ca", &Default::default())
+        .await
+        .expect("delete ConfigMap");
+    // Renewals go on (a new certificate) and the bundle keeps what it had.
+    let bundle = eventually(Duration::from_secs(20), || {
+        let (bundle, cert) = bundle_and_cert(&target);
+        (cert != first_cert).then_some(bundle)
+    })
+    .await
+    .unwrap_or_else(|| panic!("no renewal while the ConfigMap is gone\n{}", env.logs()));
+    assert!(ders(&bundle).contains(&partner_ca), "the partner CA stays");
+    let reported = cluster.pod_events(&pod).await.into_iter().any(|e| {
+        e["reason"] == events::REASON_TRUST_SOURCE
+            && e["message"]
+                .as_str()
+                .unwrap_or_default()
+                .contains(&format!("ConfigMap {ns}/partner-ca does not exist"))
+    });
+    assert!(reported, "the missing ConfigMap is reported on the pod");
+
+    // Recreated with another CA: the bundle follows.
+    let replacement = private_ca("partner CA 2");
+    create_configmap(
+        &cluster,
+        &ns,
+        &configmap("partner-ca", "ca.crt", &replacement.pem),
+    )
+    .await;
+    let new_ca = ders(&replacement.pem).remove(0);
+    let bundle = eventually(Duration::from_secs(10), || {
+        let bundle = ders(&bundle_and_cert(&target).0);
+        bundle.contains(&new_ca).then_some(bundle)
+    })
+    .await
+    .unwrap_or_else(|| {
+        panic!(
+            "the recreated ConfigMap never reached the bundle\n{}",
+            env.logs()
+        )
+    });
+    assert!(
+        !bundle.contains(&partner_ca),
+        "the deleted CA left: {}",
+        bundle.len()
+    );
+}
