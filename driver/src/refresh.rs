@@ -114,7 +114,9 @@ struct Entry {
 }
 
 impl Refresher {
-    /// Serves messages until every [`RefreshHandle`] is dropped and all work is done.
+    /// Serves messages for the life of the node: the volume manager holds a handle, so the
+    /// channel stays open and `node.rs` aborts this with the rest of the background work. (Should
+    /// every handle go away, it finishes the work in flight and returns.)
     pub async fn run(mut self, mgr: Arc<VolumeManager>) {
         let mut entries: HashMap<String, Entry> = HashMap::new();
         let mut tasks: FuturesUnordered<BoxFuture<'static, Done>> = FuturesUnordered::new();
