@@ -18,6 +18,7 @@ use tracing::{Instrument, info_span, warn};
 use crate::issuer::IssueError;
 use crate::layout::LayoutError;
 use crate::store::{self, Phase, VolumeState};
+use crate::trust::SourceError;
 use crate::volume::{PublishParams, VolumeError, VolumeManager};
 
 /// The volume context key kubelet sets to "true" for inline ephemeral volumes.
@@ -70,6 +71,14 @@ impl RpcError {
                 | VolumeError::Layout(LayoutError::EmptyTruststore { .. }) => {
                     Code::FailedPrecondition
                 }
+                VolumeError::Trust(source) => match source {
+                    SourceError::Policy(_) => Code::InvalidArgument,
+                    SourceError::NotFound { .. }
+                    | SourceError::MissingKey { .. }
+                    | SourceError::NotText { .. }
+                    | SourceError::NoneSelected { .. } => Code::FailedPrecondition,
+                    SourceError::Unavailable { .. } => Code::Unavailable,
+                },
                 _ => Code::Internal,
             },
         };
@@ -649,6 +658,24 @@ mod tests {
                 .into(),
                 Code::Internal,
             ),
+            (
+                VolumeError::Trust(SourceError::NotFound {
+                    attribute: "csi.certvol.io/trust-configmaps".into(),
+                    object: "ConfigMap shop/ca".into(),
+                })
+                .into(),
+                Code::FailedPrecondition,
+            ),
+            (
+                VolumeError::Trust(SourceError::Unavailable {
+                    attribute: "csi.certvol.io/trust-secrets".into(),
+                    object: "Secret shop/ca".into(),
+                    waited: std::time::Duration::from_secs(1),
+                    reason: "forbidden".into(),
+                })
+                .into(),
+                Code::Unavailable,
+            ),
             (VolumeError::Internal("bug".into()).into(), Code::Internal),
         ];
         for (err, code) in cases {
@@ -706,6 +733,7 @@ mod tests {
             last_revision: 1,
             requests: vec!["certvol-1".into()],
             renewal: Default::default(),
+            issuing_cas: Vec::new(),
         }
     }
 

@@ -556,6 +556,7 @@ mod tests {
                 last_error: Some("issuer unavailable: connection refused".into()),
                 next_attempt: None,
             },
+            issuing_cas: Vec::new(),
         }
     }
 

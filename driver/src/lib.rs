@@ -9,7 +9,8 @@
 //! `volume` (publish, unpublish, renew) · `scheduler` (one renewal queue) · `recovery` (start-up
 //! reconcile) · `csi` (gRPC services, the one error → status map) · `node` (the server) ·
 //! `kubelet` (a CSI client acting as kubelet, for the demo and the e2e harness) · `demo` ·
-//! `trust` (trust bundles: sources, assembly, CA rotation overlap, the watch-driven cache).
+//! `trust` (trust bundles: sources, assembly, CA rotation overlap, the watch-driven cache) ·
+//! `events` (Warning events on pods) · `refresh` (the loop keeping trust bundles current).
 
 #![forbid(unsafe_code)]
 
@@ -18,6 +19,7 @@ pub mod clock;
 pub mod crashpoint;
 pub mod csi;
 pub mod demo;
+pub mod events;
 pub mod fsutil;
 pub mod inspect;
 pub mod issuer;
@@ -31,6 +33,7 @@ pub mod node;
 pub mod ops;
 pub mod pki;
 pub mod recovery;
+pub mod refresh;
 pub mod request;
 pub mod scheduler;
 pub mod store;

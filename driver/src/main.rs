@@ -107,6 +107,11 @@ struct NodeArgs {
     /// retry then resumes the same request).
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     issue_timeout: Duration,
+    /// A namespace whose ConfigMaps and Secrets every volume may name as trust sources
+    /// (NAMESPACE/NAME/KEY in trust-configmaps / trust-secrets); unset: only the pod's own
+    /// namespace. Needs Kubernetes API access (not --issuer local).
+    #[arg(long)]
+    trust_namespace: Option<String>,
     /// How many issued requests per volume the issuer keeps.
     #[arg(long, default_value_t = 1)]
     request_history: usize,
@@ -214,6 +219,7 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                     burst: args.kube_api_burst,
                 },
                 request_history: args.request_history,
+                trust_namespace: args.trust_namespace,
                 renew_concurrency: args.renew_concurrency,
                 grace_period: args.grace_period,
                 metrics_address: args.metrics_address,

@@ -106,6 +106,30 @@ pub fn code_name(code: Code) -> &'static str {
     }
 }
 
+/// How a trust bundle rebuild outside issuance ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RefreshOutcome {
+    /// A new generation of the volume's files was written.
+    Updated,
+    /// The rebuilt bundle equals the one in place; nothing was written.
+    Unchanged,
+    /// A source is missing or unreadable; the old files stay.
+    SourceError,
+    /// Anything else (I/O, state); the old files stay.
+    Failed,
+}
+
+impl RefreshOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RefreshOutcome::Updated => "updated",
+            RefreshOutcome::Unchanged => "unchanged",
+            RefreshOutcome::SourceError => "source_error",
+            RefreshOutcome::Failed => "failed",
+        }
+    }
+}
+
 /// The metric families and the registry that encodes them.
 #[derive(Debug)]
 pub struct Metrics {
@@ -115,6 +139,7 @@ pub struct Metrics {
     rpcs: Family<Labels, Counter>,
     issuances: Family<Labels, Counter>,
     renewals: Family<Labels, Counter>,
+    trust_refreshes: Family<Labels, Counter>,
     kube_requests: Family<Labels, Counter>,
     volumes: Gauge,
     next_expiry: Arc<NextExpiry>,
@@ -141,6 +166,7 @@ impl Metrics {
         let rpcs = Family::<Labels, Counter>::default();
         let issuances = Family::<Labels, Counter>::default();
         let renewals = Family::<Labels, Counter>::default();
+        let trust_refreshes = Family::<Labels, Counter>::default();
         let kube_requests = Family::<Labels, Counter>::default();
         let volumes = Gauge::default();
         let next_expiry = Arc::new(NextExpiry::default());
@@ -171,6 +197,11 @@ impl Metrics {
             renewals.clone(),
         );
         registry.register(
+            "trust_bundle_refreshes",
+            "Trust bundle rebuilds outside issuance (a source changed, a retired CA's overlap ended, a restart), by outcome (updated, unchanged, source_error, failed)",
+            trust_refreshes.clone(),
+        );
+        registry.register(
             "kube_requests",
             "Kubernetes API requests, by verb and HTTP status code (\"error\" when no response arrived)",
             kube_requests.clone(),
@@ -188,6 +219,7 @@ impl Metrics {
             rpcs,
             issuances,
             renewals,
+            trust_refreshes,
             kube_requests,
             volumes,
             next_expiry,
@@ -223,6 +255,12 @@ impl Metrics {
         let outcome = if renewed { "renewed" } else { "failed" };
         self.renewals
             .get_or_create(&vec![("outcome", outcome.to_string())])
+            .inc();
+    }
+
+    pub fn trust_refresh(&self, outcome: RefreshOutcome) {
+        self.trust_refreshes
+            .get_or_create(&vec![("outcome", outcome.as_str().to_string())])
             .inc();
     }
 
@@ -324,6 +362,8 @@ mod tests {
         m.renewal(true);
         m.renewal(false);
         m.renewal(false);
+        m.trust_refresh(RefreshOutcome::Updated);
+        m.trust_refresh(RefreshOutcome::SourceError);
         m.kube_request("create", Some(201));
         m.kube_request("get", None);
         m.track_volume("a", now + Duration::from_secs(3600));
@@ -368,6 +408,14 @@ mod tests {
         );
         assert_eq!(v(r#"certvol_renewals_total{outcome="renewed"}"#), Some(1.0));
         assert_eq!(v(r#"certvol_renewals_total{outcome="failed"}"#), Some(2.0));
+        assert_eq!(
+            v(r#"certvol_trust_bundle_refreshes_total{outcome="updated"}"#),
+            Some(1.0)
+        );
+        assert_eq!(
+            v(r#"certvol_trust_bundle_refreshes_total{outcome="source_error"}"#),
+            Some(1.0)
+        );
         assert_eq!(
             v(r#"certvol_kube_requests_total{verb="create",code="201"}"#),
             Some(1.0)

@@ -18,15 +18,18 @@ use tracing::{Instrument, error, info, info_span, warn};
 
 use crate::clock::{Clock, SystemClock};
 use crate::csi::{IdentityService, NodeService, Readiness};
+use crate::events::EventSink;
 use crate::issuer::Issuer;
 use crate::issuer::certmanager::{CertManagerConfig, CertManagerIssuer};
 use crate::issuer::kubecsr::{KubeCsrConfig, KubeCsrIssuer};
 use crate::issuer::local::{LocalCa, LocalCaConfig};
 use crate::mount::{DirMounter, KernelMounter, Mounter};
 use crate::recovery;
+use crate::refresh;
 use crate::scheduler;
 use crate::store::Store;
-use crate::volume::{Config, VolumeManager};
+use crate::trust::TrustCache;
+use crate::volume::{Config, TrustWiring, VolumeManager};
 use futures::future::BoxFuture;
 
 /// The default CSI driver name.
@@ -66,6 +69,9 @@ pub struct NodeOptions {
     /// Client-side rate limit of the Kubernetes API client.
     pub api_rate_limit: crate::kubeclient::RateLimit,
     pub request_history: usize,
+    /// `--trust-namespace`: the namespace whose ConfigMaps and Secrets any volume may name as
+    /// trust sources, besides the pod's own.
+    pub trust_namespace: Option<String>,
     pub renew_concurrency: usize,
     pub grace_period: Duration,
     /// Where to serve `/metrics`, `/healthz` and `/readyz`; `None` serves nothing.
@@ -92,6 +98,7 @@ impl NodeOptions {
             use_token_request: false,
             api_rate_limit: crate::kubeclient::RateLimit::default(),
             request_history: 1,
+            trust_namespace: None,
             renew_concurrency: 4,
             grace_period: Duration::from_secs(20),
             metrics_address: None,
@@ -188,6 +195,17 @@ pub fn choose_mounter(allow_no_tmpfs: bool) -> Result<Arc<dyn Mounter>, NodeErro
     }
 }
 
+/// The trust-source cache and the pod event sink of a node with Kubernetes API access, and the
+/// future that runs the cache's watches (to be spawned with the node's other background work).
+pub fn api_trust(
+    client: &kube::Client,
+    opts: &NodeOptions,
+) -> (TrustCache, Arc<EventSink>, BoxFuture<'static, ()>) {
+    let (cache, watches) = TrustCache::new(client.clone(), opts.trust_namespace.clone());
+    let events = Arc::new(EventSink::new(client.clone(), opts.node_id.clone()));
+    (cache, events, Box::pin(watches))
+}
+
 /// Runs the node plugin until `shutdown` resolves, then drains within the grace period. Mounts are
 /// left in place: pods keep their files and the next start recovers them.
 pub async fn run(
@@ -204,6 +222,11 @@ pub async fn run(
     // watch has listed the node's requests and is not failing now (the API server answers and
     // RBAC allows the watch).
     let mut issuer_reachable: Arc<dyn Fn() -> bool + Send + Sync> = Arc::new(|| true);
+    let (refresh_handle, refresher) = refresh::channel();
+    let mut trust = TrustWiring {
+        refresher: Some(refresh_handle),
+        ..TrustWiring::default()
+    };
     let issuer: Arc<dyn Issuer> = match opts.issuer {
         IssuerKind::CertManager => {
             let config = kube::Config::infer()
@@ -211,6 +234,10 @@ pub async fn run(
                 .map_err(|e| NodeError::Kube(e.to_string()))?;
             let client = crate::kubeclient::client(config.clone(), opts.api_rate_limit)
                 .map_err(|e| NodeError::Kube(e.to_string()))?;
+            let (cache, events, trust_watch) = api_trust(&client, &opts);
+            trust.cache = Some(cache);
+            trust.events = Some(events);
+            issuer_tasks.push((info_span!("trust-watch"), trust_watch));
             let (issuer, watch) = CertManagerIssuer::new(
                 client,
                 CertManagerConfig {
@@ -232,6 +259,10 @@ pub async fn run(
                 .map_err(|e| NodeError::Kube(e.to_string()))?;
             let client = crate::kubeclient::client(config, opts.api_rate_limit)
                 .map_err(|e| NodeError::Kube(e.to_string()))?;
+            let (cache, events, trust_watch) = api_trust(&client, &opts);
+            trust.cache = Some(cache);
+            trust.events = Some(events);
+            issuer_tasks.push((info_span!("trust-watch"), trust_watch));
             let (issuer, watch) = KubeCsrIssuer::new(
                 client,
                 KubeCsrConfig {
@@ -261,14 +292,22 @@ pub async fn run(
     cfg.request_history = opts.request_history;
 
     let (sched_handle, sched) = scheduler::channel();
-    let volumes = Arc::new(VolumeManager::new(
-        cfg,
-        store,
-        mounter.clone(),
-        issuer,
-        clock.clone(),
-        sched_handle,
-    ));
+    if opts.issuer == IssuerKind::Local && opts.trust_namespace.is_some() {
+        warn!(
+            "--trust-namespace has no effect with --issuer local: without Kubernetes API access no ConfigMap or Secret can be read"
+        );
+    }
+    let volumes = Arc::new(
+        VolumeManager::new(
+            cfg,
+            store,
+            mounter.clone(),
+            issuer,
+            clock.clone(),
+            sched_handle,
+        )
+        .with_trust(trust),
+    );
     let ready = Readiness::default();
     let (stop_tx, stop_rx) = watch::channel(false);
 
@@ -338,6 +377,12 @@ pub async fn run(
     for (span, task) in issuer_tasks {
         background.push(tokio::spawn(task.instrument(span)));
     }
+    // Started before recovery, which hands it the recovered volumes with trust bundles.
+    background.push(tokio::spawn(
+        refresher
+            .run(volumes.clone())
+            .instrument(info_span!("trust-refresh")),
+    ));
     let renewals = tokio::spawn(
         sched
             .run(

@@ -83,7 +83,13 @@ pub async fn recover(mgr: &VolumeManager) -> Result<Report, VolumeError> {
         report.kept += 1;
         normalise(&mut state);
         mgr.schedule(&state);
+        let volume_id = state.volume_id.clone();
+        let published = state.phase == Phase::Published;
         mgr.adopt(state);
+        // After adopt: the refresher locks the volume through the slot adopt just made.
+        if published {
+            mgr.resume_trust_watch(&volume_id);
+        }
     }
 
     // Mounts of this data root's tmpfs that no kept volume accounts for: binds left by a crash

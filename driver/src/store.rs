@@ -107,6 +107,11 @@ pub struct VolumeState {
     pub requests: Vec<String>,
     #[serde(default)]
     pub renewal: RenewalRecord,
+    /// The issuing CAs the volume's trust bundle carries, current first, then retired ones until
+    /// their overlap ends (see `trust::rotation`). Certificates only (public); empty for volumes
+    /// without a trust bundle and in state written before trust bundles existed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub issuing_cas: Vec<crate::trust::IssuingCa>,
 }
 
 /// Why state could not be read or written.
@@ -409,6 +414,7 @@ mod tests {
             last_revision: 1,
             requests: vec!["certvol-abc-1".into()],
             renewal: RenewalRecord::default(),
+            issuing_cas: Vec::new(),
         }
     }
 
@@ -431,6 +437,41 @@ mod tests {
         let scanned = store.scan().unwrap();
         assert_eq!(scanned.len(), 1);
         assert_eq!(scanned[0].1.as_ref().unwrap().as_ref(), Some(&state));
+    }
+
+    #[test]
+    fn issuing_cas_round_trip_and_older_state_without_them_still_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut state = sample("csi-trust");
+        let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        state.issuing_cas = vec![
+            crate::trust::IssuingCa {
+                der: vec![0x30, 0x03, 0x02, 0x01, 0x01],
+                not_after: at,
+                keep_until: None,
+            },
+            crate::trust::IssuingCa {
+                der: vec![0x30, 0x00],
+                not_after: at,
+                keep_until: Some(at - Duration::from_secs(60)),
+            },
+        ];
+        store.save(&state).unwrap();
+        assert_eq!(store.load("csi-trust").unwrap(), Some(state.clone()));
+
+        // state.json as written before trust bundles existed: no issuing_cas key.
+        let mut older: serde_json::Value =
+            serde_json::from_str(&fs::read_to_string(store.paths("csi-trust").state).unwrap())
+                .unwrap();
+        older.as_object_mut().unwrap().remove("issuing_cas");
+        fs::write(store.paths("csi-trust").state, older.to_string()).unwrap();
+        let loaded = store.load("csi-trust").unwrap().unwrap();
+        assert!(loaded.issuing_cas.is_empty());
+        // Without CAs nothing new is written either.
+        store.save(&sample("csi-plain")).unwrap();
+        let text = fs::read_to_string(store.paths("csi-plain").state).unwrap();
+        assert!(!text.contains("issuing_cas"), "{text}");
     }
 
     #[test]

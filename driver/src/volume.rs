@@ -20,6 +20,7 @@ use zeroize::Zeroizing;
 use crate::attrs::{self, AttrError};
 use crate::clock::Clock;
 use crate::crashpoint;
+use crate::events::{self, EventSink};
 use crate::fsutil;
 use crate::issuer::certmanager::{BearerToken, token_from_context};
 use crate::issuer::{self, IssueError, IssueRequest, Issuer};
@@ -28,12 +29,16 @@ use crate::layout::{self, LayoutError, Material, Password};
 use crate::metrics::IssueOutcome;
 use crate::mount::Mounter;
 use crate::pki;
+use crate::refresh::{Message, RefreshHandle};
 use crate::request::CertRequest;
 use crate::scheduler::{RenewOutcome, Renewer, SchedulerHandle};
 use crate::store::{
     self, CertRecord, PendingRecord, Phase, RenewalRecord, STATE_VERSION, Store, StoreError,
     VolumePaths, VolumeState,
 };
+use crate::trust::bundle::{self as trust_bundle, Bundle, Rejected, SourcePem};
+use crate::trust::rotation::{self, OverlapPolicy};
+use crate::trust::{SourceError, TrustCache, TrustSpec, VolumeTrust};
 use crate::writer::{self, WriteError};
 
 /// Tunables of the volume layer.
@@ -149,6 +154,9 @@ pub enum VolumeError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Write(#[from] WriteError),
+    /// A trust source could not be read, or the namespace policy forbids it.
+    #[error(transparent)]
+    Trust(#[from] SourceError),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -175,6 +183,94 @@ impl VolumeError {
 
 type Slot = Arc<Mutex<Option<VolumeState>>>;
 
+/// What an issuance starts from besides the request: a key to reuse (renewal with
+/// `reuse-private-key`) and where the volume's trust bundle comes from.
+struct With<'a> {
+    reuse: Option<PrivateKey>,
+    trust: BundleFrom<'a>,
+}
+
+/// Where an issuance takes the trust bundle's sources from.
+#[derive(Clone, Copy)]
+enum BundleFrom<'a> {
+    /// The volume's subscriptions, listed (`None`: the spec names no Kubernetes objects).
+    Sources(Option<&'a VolumeTrust>),
+    /// A renewal whose sources cannot be read right now: the new issuing CA(s) followed by the
+    /// bundle last written, so that a deleted ConfigMap never lets the certificate expire. The
+    /// refresher rewrites the bundle once the sources are readable again.
+    LastWritten,
+}
+
+/// How volumes get their trust bundles on this node.
+#[derive(Clone, Default)]
+pub struct TrustWiring {
+    /// The watch-driven cache of ConfigMaps, Secrets and ClusterTrustBundles; `None` without
+    /// Kubernetes API access (`--issuer local`), where only the issuing CA and the public roots
+    /// can go into a bundle.
+    pub cache: Option<TrustCache>,
+    /// Warning events on pods whose trust sources are missing or hold bad entries.
+    pub events: Option<Arc<EventSink>>,
+    /// The refresher that keeps published bundles current (see `refresh`).
+    pub refresher: Option<RefreshHandle>,
+}
+
+impl std::fmt::Debug for TrustWiring {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TrustWiring")
+            .field("cache", &self.cache.as_ref().map(|c| c.watched()))
+            .field("events", &self.events.is_some())
+            .field("refresher", &self.refresher.is_some())
+            .finish()
+    }
+}
+
+/// What a trust refresh left behind, for the refresher.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refreshed {
+    /// The volume is no longer published (or has no trust bundle): stop watching it.
+    Gone,
+    /// The volume stays; rebuild again at `next_change` (a retired CA's overlap end) or when a
+    /// source changes.
+    Kept { next_change: Option<SystemTime> },
+}
+
+/// The first attribute of `spec` that names Kubernetes objects, if any.
+fn api_attribute(spec: &TrustSpec) -> Option<&str> {
+    if !spec.config_maps.is_empty() {
+        Some(&spec.config_maps_attribute)
+    } else if !spec.secrets.is_empty() {
+        Some(&spec.secrets_attribute)
+    } else if !spec.cluster_bundles.is_empty() {
+        Some(&spec.cluster_bundles_attribute)
+    } else if spec.signer.is_some() {
+        Some(&spec.signer_attribute)
+    } else {
+        None
+    }
+}
+
+/// The bundle of `spec` with `issuing_ca_pem` as the issuing CA: from the volume's
+/// subscriptions when it names Kubernetes objects, else from the issuing CA and public roots.
+fn build_bundle(
+    spec: &TrustSpec,
+    trust: Option<&VolumeTrust>,
+    issuing_ca_pem: &str,
+) -> Result<Bundle, SourceError> {
+    match trust {
+        Some(trust) => trust.bundle(issuing_ca_pem),
+        None => {
+            let mut sources = Vec::new();
+            if spec.issuer_ca {
+                sources.push(SourcePem::new("issuing CA", issuing_ca_pem));
+            }
+            if spec.public_roots {
+                sources.push(trust_bundle::public_roots());
+            }
+            Ok(trust_bundle::assemble(&sources))
+        }
+    }
+}
+
 /// Owns every volume on this node.
 #[derive(Debug)]
 pub struct VolumeManager {
@@ -192,6 +288,7 @@ pub struct VolumeManager {
     /// (`mem/keys/pkcs12-password`) so that renewals after a driver restart can still write the
     /// keystore. Never on persistent disk.
     passwords: StdMutex<HashMap<String, Password>>,
+    trust: TrustWiring,
 }
 
 impl VolumeManager {
@@ -213,7 +310,14 @@ impl VolumeManager {
             slots: StdMutex::new(HashMap::new()),
             tokens: StdMutex::new(HashMap::new()),
             passwords: StdMutex::new(HashMap::new()),
+            trust: TrustWiring::default(),
         }
+    }
+
+    /// Gives the manager its trust-bundle wiring (before it is shared).
+    pub fn with_trust(mut self, trust: TrustWiring) -> Self {
+        self.trust = trust;
+        self
     }
 
     pub fn store(&self) -> &Store {
@@ -349,8 +453,9 @@ impl VolumeManager {
             }
         }
 
+        let mut trust = None;
         let result = self
-            .publish_locked(&params, &req, context, password, &mut guard)
+            .publish_locked(&params, &req, context, password, &mut guard, &mut trust)
             .await;
         if let Err(err) = &result
             && !err.keeps_pending()
@@ -366,6 +471,7 @@ impl VolumeManager {
             && let Some(state) = guard.as_ref()
         {
             self.schedule(state);
+            self.watch_trust(state, &req, trust.take());
         }
         if result.is_ok()
             && let Some(current) = guard.as_ref().and_then(|s| s.current.as_ref())
@@ -374,6 +480,10 @@ impl VolumeManager {
                 .track_volume(&params.volume_id, store::to_system(current.not_after));
         }
         self.release(&params.volume_id, &slot, &guard);
+        drop(guard);
+        if let Err(VolumeError::Trust(e)) = &result {
+            self.report_source_error(&req, e).await;
+        }
         result
     }
 
@@ -384,6 +494,7 @@ impl VolumeManager {
         context: std::collections::BTreeMap<String, String>,
         password: Option<Password>,
         guard: &mut Option<VolumeState>,
+        trust_out: &mut Option<VolumeTrust>,
     ) -> Result<Published, VolumeError> {
         let paths = self.store.paths(&params.volume_id);
         if let Some(state) = guard.as_ref() {
@@ -397,6 +508,13 @@ impl VolumeManager {
                 }
                 Phase::Issuing => {}
             }
+        }
+
+        // Before anything is created: a source that is missing or not allowed leaves nothing
+        // behind, and kubelet's retry finds it once it exists.
+        let mut trust = self.open_trust(req)?;
+        if let Some(trust) = trust.as_mut() {
+            trust.ready(self.cfg.issue_timeout).await?;
         }
 
         if guard.is_none() {
@@ -415,6 +533,7 @@ impl VolumeManager {
                 last_revision: 0,
                 requests: Vec::new(),
                 renewal: RenewalRecord::default(),
+                issuing_cas: Vec::new(),
             };
             self.store.save(&state)?;
             *guard = Some(state);
@@ -434,8 +553,18 @@ impl VolumeManager {
                 .pending
                 .as_ref()
                 .map_or(state.last_revision + 1, |p| p.revision);
-            self.issue_revision("publish", &paths, state, req, revision, None)
-                .await?;
+            self.issue_revision(
+                "publish",
+                &paths,
+                state,
+                req,
+                revision,
+                With {
+                    reuse: None,
+                    trust: BundleFrom::Sources(trust.as_ref()),
+                },
+            )
+            .await?;
             issued = Some(revision);
         }
 
@@ -445,6 +574,7 @@ impl VolumeManager {
         crashpoint::hit("publish:bound");
         state.phase = Phase::Published;
         self.store.save(state)?;
+        *trust_out = trust;
         info!(
             volume_id = %params.volume_id,
             pod = %format_args!("{}/{}", req.pod.namespace, req.pod.name),
@@ -574,8 +704,9 @@ impl VolumeManager {
         state: &mut VolumeState,
         req: &Arc<CertRequest>,
         revision: u64,
-        reuse: Option<PrivateKey>,
+        with: With<'_>,
     ) -> Result<(), VolumeError> {
+        let With { reuse, trust } = with;
         // Before anything is issued: a renewal that could not write the keystore must not
         // consume a request.
         let password = match &req.files.pkcs12 {
@@ -679,6 +810,49 @@ impl VolumeManager {
         let (not_before, not_after, serial) =
             (leaf.not_before, leaf.not_after, leaf.serial_hex.clone());
 
+        // The bundle is built with the new CA (and any retired one still in its overlap) and
+        // written in the same generation as the key and certificate.
+        let (issuing_cas, bundle) = match &req.trust {
+            Some(spec) => {
+                let cas = rotation::rotate(
+                    &state.issuing_cas,
+                    &issued.ca_pem,
+                    now,
+                    OverlapPolicy {
+                        requested_duration: req.duration,
+                        // The certificate being replaced was signed by the CA that may retire.
+                        latest_known_leaf: state
+                            .current
+                            .as_ref()
+                            .map(|c| store::to_system(c.not_after)),
+                    },
+                )
+                .map_err(|e| bad(e.to_string()))?;
+                let issuing = rotation::in_bundle(&cas, now);
+                let bundle = match trust {
+                    BundleFrom::Sources(trust) => build_bundle(spec, trust, &issuing)?,
+                    BundleFrom::LastWritten => {
+                        let name = req
+                            .files
+                            .trust_bundle
+                            .as_deref()
+                            .unwrap_or(&spec.bundle_file);
+                        let old = writer::read(&paths.files, name)?;
+                        let mut sources = Vec::new();
+                        if spec.issuer_ca {
+                            sources.push(SourcePem::new("issuing CA", issuing));
+                        }
+                        sources.push(SourcePem::new(
+                            "the bundle last written",
+                            String::from_utf8_lossy(&old).into_owned(),
+                        ));
+                        trust_bundle::assemble(&sources)
+                    }
+                };
+                (cas, Some(bundle))
+            }
+            None => (Vec::new(), None),
+        };
         let gid = req.fs_group.or(state.mount_group);
         let files = layout::render(
             req,
@@ -686,9 +860,7 @@ impl VolumeManager {
                 key,
                 chain_pem: issued.chain_pem,
                 ca_pem: issued.ca_pem,
-                // No trust sources are resolved yet: the bundle is the issuing CA. Trust
-                // sources fill this with the volume's current bundle, so that a renewal keeps it.
-                trust_bundle_pem: None,
+                trust_bundle_pem: bundle.as_ref().map(Bundle::pem),
                 pkcs12_password: password,
             },
         )?;
@@ -715,9 +887,245 @@ impl VolumeManager {
         });
         state.pending = None;
         state.renewal = RenewalRecord::default();
+        state.issuing_cas = issuing_cas;
         self.store.save(state)?;
         crashpoint::hit(&format!("{op}:recorded"));
+        if let Some(bundle) = &bundle {
+            self.report_rejected(req, &bundle.rejected).await;
+        }
         Ok(())
+    }
+
+    /// Subscribes to the Kubernetes objects the volume's trust spec names. Bad input (a source
+    /// in a namespace the policy forbids, or Kubernetes sources on a node without API access)
+    /// is InvalidArgument.
+    fn open_trust(&self, req: &CertRequest) -> Result<Option<VolumeTrust>, VolumeError> {
+        let Some(spec) = &req.trust else {
+            return Ok(None);
+        };
+        let Some(attribute) = api_attribute(spec) else {
+            return Ok(None);
+        };
+        let Some(cache) = &self.trust.cache else {
+            return Err(VolumeError::InvalidArgument(format!(
+                "volume attribute {attribute:?} names Kubernetes objects, but this node has no \
+                 Kubernetes API access (--issuer local); accepted here: \
+                 {p}trust-issuer-ca and {p}trust-public-roots",
+                p = attrs::CERTVOL_PREFIX
+            )));
+        };
+        cache
+            .subscribe(spec, &req.pod.namespace)
+            .map(Some)
+            .map_err(|e| VolumeError::Trust(e.into()))
+    }
+
+    /// Hands a volume whose bundle was just written to the refresher.
+    fn watch_trust(&self, state: &VolumeState, req: &CertRequest, trust: Option<VolumeTrust>) {
+        if req.trust.is_none() {
+            return;
+        }
+        if let Some(refresher) = &self.trust.refresher {
+            refresher.send(Message::Watch {
+                volume_id: state.volume_id.clone(),
+                trust,
+                next_change: rotation::next_change(&state.issuing_cas, self.clock.now()),
+            });
+        }
+    }
+
+    /// Start-up: asks the refresher to re-subscribe a recovered volume with a trust bundle.
+    /// `resume_trust` then checks that the volume is published and has a trust bundle.
+    pub(crate) fn resume_trust_watch(&self, volume_id: &str) {
+        if let Some(refresher) = &self.trust.refresher {
+            refresher.send(Message::Resume {
+                volume_id: volume_id.to_owned(),
+            });
+        }
+    }
+
+    /// A missing or unreadable source: a Warning event on the pod (the log has the error from
+    /// the caller). Policy errors are the caller's bad input and answered InvalidArgument only.
+    async fn report_source_error(&self, req: &CertRequest, error: &SourceError) {
+        if matches!(error, SourceError::Policy(_)) {
+            return;
+        }
+        if let Some(events) = &self.trust.events {
+            let message = error.to_string();
+            events
+                .report(&req.pod, events::REASON_TRUST_SOURCE, &message, &message)
+                .await;
+        }
+    }
+
+    /// Entries of trust sources that are not certificates are left out: log and event.
+    async fn report_rejected(&self, req: &CertRequest, rejected: &[Rejected]) {
+        for r in rejected {
+            let message = format!("trust bundle: left out {r}");
+            warn!(pod = %format_args!("{}/{}", req.pod.namespace, req.pod.name), "{message}");
+            if let Some(events) = &self.trust.events {
+                events
+                    .report(&req.pod, events::REASON_TRUST_REJECTED, &message, &message)
+                    .await;
+            }
+        }
+    }
+
+    /// Rebuilds a published volume's trust bundle from `trust` (waiting until its sources are
+    /// listed, bounded by the issue timeout) and the recorded issuing CAs, and rewrites its
+    /// files atomically with the same key and certificates. On a source error the old files
+    /// stay. Never talks to the issuer.
+    pub(crate) async fn refresh_trust(
+        &self,
+        volume_id: &str,
+        trust: Option<&mut VolumeTrust>,
+    ) -> Refreshed {
+        let ready = match trust {
+            Some(trust) => trust
+                .ready(self.cfg.issue_timeout)
+                .await
+                .map(|()| Some(&*trust)),
+            None => Ok(None),
+        };
+        let (slot, mut guard) = match self.lock(volume_id).await {
+            Ok(locked) => locked,
+            Err(e) => {
+                warn!(volume_id, error = %e, "trust refresh could not load the volume");
+                crate::metrics::global().trust_refresh(crate::metrics::RefreshOutcome::Failed);
+                return Refreshed::Kept { next_change: None };
+            }
+        };
+        let result = match guard.as_mut() {
+            Some(state) if state.phase == Phase::Published && state.current.is_some() => {
+                match attrs::parse(&state.context.clone().into_iter().collect()) {
+                    Ok(req) if req.trust.is_some() => {
+                        let outcome = match ready {
+                            Ok(trust) => self.rewrite_bundle(state, &req, trust),
+                            Err(e) => Err(VolumeError::Trust(e)),
+                        };
+                        Some((req, outcome, state.issuing_cas.clone()))
+                    }
+                    _ => None,
+                }
+            }
+            _ => None,
+        };
+        self.release(volume_id, &slot, &guard);
+        drop(guard);
+        let Some((req, outcome, cas)) = result else {
+            return Refreshed::Gone;
+        };
+        let metric = match &outcome {
+            Ok(None) => crate::metrics::RefreshOutcome::Unchanged,
+            Ok(Some(rejected)) => {
+                info!(volume_id, "trust bundle rewritten");
+                self.report_rejected(&req, rejected).await;
+                crate::metrics::RefreshOutcome::Updated
+            }
+            Err(VolumeError::Trust(e)) => {
+                warn!(volume_id, error = %e, "trust bundle not refreshed; the volume keeps its current files");
+                self.report_source_error(&req, e).await;
+                crate::metrics::RefreshOutcome::SourceError
+            }
+            Err(e) => {
+                warn!(volume_id, error = %e, "trust bundle not refreshed; the volume keeps its current files");
+                crate::metrics::RefreshOutcome::Failed
+            }
+        };
+        crate::metrics::global().trust_refresh(metric);
+        Refreshed::Kept {
+            next_change: rotation::next_change(&cas, self.clock.now()),
+        }
+    }
+
+    /// Writes a new generation of the volume's files with a freshly built bundle, unless the
+    /// bundle is what the volume already has (`Ok(None)`); returns the rejected entries.
+    fn rewrite_bundle(
+        &self,
+        state: &mut VolumeState,
+        req: &CertRequest,
+        trust: Option<&VolumeTrust>,
+    ) -> Result<Option<Vec<Rejected>>, VolumeError> {
+        let Some(spec) = &req.trust else {
+            return Ok(None);
+        };
+        let now = self.clock.now();
+        let paths = self.store.paths(&state.volume_id);
+        let before = state.issuing_cas.len();
+        state
+            .issuing_cas
+            .retain(|c| c.keep_until.is_none_or(|t| t > now));
+        if state.issuing_cas.len() != before {
+            self.store.save(state)?;
+        }
+        let bundle = build_bundle(spec, trust, &rotation::in_bundle(&state.issuing_cas, now))?;
+        let pem = bundle.pem();
+        let names = &req.files;
+        let bundle_file = names.trust_bundle.as_deref().unwrap_or(&spec.bundle_file);
+        let mut current =
+            writer::read_all(&paths.files, &[bundle_file, &names.certificate, &names.ca])?;
+        // read_all returns one entry per name, in order.
+        let (ca_pem, chain_pem, old_bundle) = match (current.pop(), current.pop(), current.pop()) {
+            (Some(ca), Some(chain), Some(old)) => (ca, chain, old),
+            _ => {
+                return Err(VolumeError::Internal(
+                    "the volume's files are incomplete".into(),
+                ));
+            }
+        };
+        if old_bundle == pem.as_bytes() {
+            return Ok(None);
+        }
+        let text = |bytes: Vec<u8>, what: &str| {
+            String::from_utf8(bytes)
+                .map_err(|_| VolumeError::Internal(format!("the volume's {what} is not UTF-8")))
+        };
+        let key_path = paths.current_key();
+        let der =
+            Zeroizing::new(fs::read(&key_path).map_err(VolumeError::io_at("read", &key_path))?);
+        let password = match &req.files.pkcs12 {
+            Some(_) => Some(self.kept_password(&paths, &state.volume_id)?),
+            None => None,
+        };
+        let files = layout::render(
+            req,
+            &Material {
+                key: PrivateKey::from_pkcs8_der(&der)?,
+                chain_pem: text(chain_pem, "certificate chain")?,
+                ca_pem: text(ca_pem, "CA file")?,
+                trust_bundle_pem: Some(pem),
+                pkcs12_password: password,
+            },
+        )?;
+        writer::publish(
+            &paths.files,
+            &files,
+            req.fs_group.or(state.mount_group),
+            now,
+        )?;
+        Ok(Some(bundle.rejected))
+    }
+
+    /// After a restart: subscribe a recovered volume to its sources and refresh its bundle.
+    pub(crate) async fn resume_trust(&self, volume_id: &str) -> (Option<VolumeTrust>, Refreshed) {
+        let req = match self.status(volume_id).await {
+            Ok(Some(state)) if state.phase == Phase::Published => {
+                attrs::parse(&state.context.into_iter().collect()).ok()
+            }
+            _ => None,
+        };
+        let Some(req) = req.filter(|r| r.trust.is_some()) else {
+            return (None, Refreshed::Gone);
+        };
+        let mut trust = match self.open_trust(&req) {
+            Ok(trust) => trust,
+            Err(e) => {
+                warn!(volume_id, error = %e, "cannot watch the volume's trust sources; its bundle stays as it is");
+                return (None, Refreshed::Gone);
+            }
+        };
+        let outcome = self.refresh_trust(volume_id, trust.as_mut()).await;
+        (trust, outcome)
     }
 
     /// NodeUnpublishVolume. Unknown volumes are fine (kubelet repeats unpublish after restarts).
@@ -751,6 +1159,11 @@ impl VolumeManager {
         }
         if let Ok(mut passwords) = self.passwords.lock() {
             passwords.remove(&state.volume_id);
+        }
+        if let Some(refresher) = &self.trust.refresher {
+            refresher.send(Message::Forget {
+                volume_id: state.volume_id.clone(),
+            });
         }
         let paths = self.store.paths(&state.volume_id);
         if state.phase != Phase::Unpublishing && paths.state.exists() {
@@ -866,7 +1279,22 @@ impl VolumeManager {
             .map_or(state.last_revision.max(current.revision) + 1, |p| {
                 p.revision
             });
+        let mut trust = None;
+        let mut stale = false;
         let result = async {
+            trust = self.open_trust(&req)?;
+            if let Some(t) = trust.as_mut()
+                && let Err(e) = t.ready(self.cfg.issue_timeout).await
+            {
+                warn!(volume_id = %state.volume_id, error = %e, "renewing with the trust bundle as last written");
+                self.report_source_error(&req, &e).await;
+                stale = true;
+            }
+            let bundle_from = if stale {
+                BundleFrom::LastWritten
+            } else {
+                BundleFrom::Sources(trust.as_ref())
+            };
             let reuse = if req.reuse_private_key && state.pending.is_none() {
                 let der = fs::read(paths.current_key())
                     .map(Zeroizing::new)
@@ -875,8 +1303,18 @@ impl VolumeManager {
             } else {
                 None
             };
-            self.issue_revision("renew", &paths, state, &req, revision, reuse)
-                .await
+            self.issue_revision(
+                "renew",
+                &paths,
+                state,
+                &req,
+                revision,
+                With {
+                    reuse,
+                    trust: bundle_from,
+                },
+            )
+            .await
         }
         .await;
         match result {
@@ -887,6 +1325,7 @@ impl VolumeManager {
                         .track_volume(&state.volume_id, store::to_system(c.not_after));
                 }
                 self.prune_requests(state).await;
+                self.watch_trust(state, &req, trust.take());
                 info!(volume_id = %state.volume_id, revision, "certificate renewed");
                 match &state.current {
                     Some(c) => RenewOutcome::Renewed {
@@ -1321,6 +1760,227 @@ mod tests {
             f.mgr.renew_volume("csi-gone").await,
             RenewOutcome::Done
         ));
+    }
+
+    fn with_attrs(mut p: PublishParams, attrs: &[(&str, &str)]) -> PublishParams {
+        for (k, v) in attrs {
+            p.context.insert((*k).to_string(), (*v).to_string());
+        }
+        p
+    }
+
+    fn bundle_ders(target: &Path) -> Vec<Vec<u8>> {
+        let pem = String::from_utf8(fs::read(target.join("ca-bundle.crt")).unwrap()).unwrap();
+        pki::parse_pem_chain(&pem)
+            .unwrap()
+            .into_iter()
+            .map(|c| c.der)
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn kubernetes_sources_without_api_access_are_invalid_and_leave_nothing() {
+        let f = fixture();
+        for attr in [
+            "csi.certvol.io/trust-configmaps",
+            "csi.certvol.io/trust-secrets",
+        ] {
+            let p = with_attrs(params(&f, "nokube"), &[(attr, "ca/ca.crt")]);
+            let err = f.mgr.publish(p.clone()).await.unwrap_err();
+            assert!(matches!(err, VolumeError::InvalidArgument(_)), "{err}");
+            let msg = err.to_string();
+            assert!(msg.contains(&format!("{attr:?}")), "{msg}");
+            assert!(msg.contains("trust-public-roots"), "{msg}");
+            assert!(f.mgr.store().load("csi-nokube").unwrap().is_none());
+            assert!(fs::symlink_metadata(&p.target_path).is_err());
+        }
+        assert!(calls(&f).is_empty(), "nothing filed with the issuer");
+    }
+
+    #[tokio::test]
+    async fn issuing_ca_and_public_roots_bundle_and_a_retired_ca_leaves_on_refresh() {
+        let f = fixture();
+        let p = with_attrs(
+            params(&f, "roots"),
+            &[("csi.certvol.io/trust-public-roots", "true")],
+        );
+        f.mgr.publish(p.clone()).await.unwrap();
+        let ca = fs::read_to_string(p.target_path.join("ca.crt")).unwrap();
+        let ca_der = pki::parse_pem_chain(&ca).unwrap()[0].der.clone();
+        let roots = webpki_root_certs::TLS_SERVER_ROOT_CERTS.len();
+        let got = bundle_ders(&p.target_path);
+        assert_eq!(got[0], ca_der, "issuing CA first");
+        assert_eq!(got.len(), 1 + roots);
+        let state = f.mgr.store().load("csi-roots").unwrap().unwrap();
+        assert_eq!(state.issuing_cas.len(), 1);
+        assert_eq!(state.issuing_cas[0].keep_until, None);
+
+        // A retired CA still in its overlap is in the bundle; once its keep-until has passed a
+        // refresh drops it without touching key, certificate or issuer.
+        let retired = crate::trust::bundle::tests::ca_pem("retired");
+        let retired_der = pki::parse_pem_chain(&retired).unwrap()[0].der.clone();
+        let now = SystemTime::now();
+        {
+            let (_slot, mut guard) = f.mgr.lock("csi-roots").await.unwrap();
+            let state = guard.as_mut().unwrap();
+            state.issuing_cas.push(crate::trust::IssuingCa {
+                der: retired_der.clone(),
+                not_after: now + Duration::from_secs(3600),
+                keep_until: Some(now + Duration::from_secs(600)),
+            });
+            f.mgr.store().save(state).unwrap();
+        }
+        let (key, cert) = (
+            fs::read(p.target_path.join("tls.key")).unwrap(),
+            cert_of(&p.target_path),
+        );
+        let outcome = f.mgr.refresh_trust("csi-roots", None).await;
+        assert_eq!(
+            outcome,
+            Refreshed::Kept {
+                next_change: Some(now + Duration::from_secs(600))
+            }
+        );
+        let got = bundle_ders(&p.target_path);
+        assert_eq!(got[..2], [ca_der.clone(), retired_der.clone()]);
+        assert_eq!(fs::read(p.target_path.join("tls.key")).unwrap(), key);
+        assert_eq!(cert_of(&p.target_path), cert);
+
+        {
+            let (_slot, mut guard) = f.mgr.lock("csi-roots").await.unwrap();
+            let state = guard.as_mut().unwrap();
+            state.issuing_cas[1].keep_until = Some(now - Duration::from_secs(1));
+            f.mgr.store().save(state).unwrap();
+        }
+        let outcome = f.mgr.refresh_trust("csi-roots", None).await;
+        assert_eq!(outcome, Refreshed::Kept { next_change: None });
+        let got = bundle_ders(&p.target_path);
+        assert!(!got.contains(&retired_der), "the retired CA left");
+        assert_eq!(got.len(), 1 + roots);
+        let state = f.mgr.store().load("csi-roots").unwrap().unwrap();
+        assert_eq!(
+            state.issuing_cas.len(),
+            1,
+            "expired overlap pruned from state"
+        );
+        assert_eq!(fs::read(p.target_path.join("tls.key")).unwrap(), key);
+        assert_eq!(calls(&f).len(), 1, "no issuance");
+
+        // Unpublished: the refresher is told to stop.
+        f.mgr.unpublish("csi-roots", &p.target_path).await.unwrap();
+        assert_eq!(
+            f.mgr.refresh_trust("csi-roots", None).await,
+            Refreshed::Gone
+        );
+    }
+
+    /// The refresher drops a retired CA from the bundle when its keep-until passes, by itself
+    /// (a `tokio::time` sleep; paused time here), and stops caring once the volume is gone.
+    #[tokio::test]
+    async fn the_refresher_rewrites_the_bundle_when_an_overlap_ends() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock: Arc<dyn Clock> =
+            Arc::new(crate::clock::TokioClock::starting_at(SystemTime::now()));
+        let store = Store::open(&dir.path().join("root")).unwrap();
+        let ca = LocalCa::open(
+            LocalCaConfig {
+                dir: store.root().join("local-ca"),
+                cert_file: None,
+                key_file: None,
+                max_duration: Duration::from_secs(86400),
+            },
+            clock.clone(),
+        )
+        .unwrap();
+        let (handle, _scheduler) = crate::scheduler::channel();
+        let (refresh, refresher) = crate::refresh::channel();
+        let mgr = Arc::new(
+            VolumeManager::new(
+                Config::new("node-a"),
+                store,
+                Arc::new(DirMounter::default()),
+                Arc::new(ca),
+                clock.clone(),
+                handle,
+            )
+            .with_trust(TrustWiring {
+                refresher: Some(refresh.clone()),
+                ..TrustWiring::default()
+            }),
+        );
+        let running = tokio::spawn(refresher.run(mgr.clone()));
+        let target = dir
+            .path()
+            .join("pods/p/volumes/kubernetes.io~csi/tls/mount");
+        fs::create_dir_all(target.parent().unwrap()).unwrap();
+        let context = [
+            ("csi.certvol.io/issuer-name", "ca"),
+            ("csi.certvol.io/dns-names", "p.svc"),
+            ("csi.certvol.io/trust-issuer-ca", "true"),
+            ("csi.storage.k8s.io/pod.name", "p"),
+            ("csi.storage.k8s.io/pod.namespace", "default"),
+            ("csi.storage.k8s.io/ephemeral", "true"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let p = PublishParams {
+            volume_id: "csi-p".into(),
+            target_path: target.clone(),
+            context,
+            mount_group: None,
+            secrets: HashMap::new(),
+        };
+        // Real time for the issuance (key generation runs on a blocking thread, which paused
+        // time would skip past), paused from here on.
+        mgr.publish(p.clone()).await.unwrap();
+        tokio::time::pause();
+        let retired = crate::trust::bundle::tests::ca_pem("retired");
+        let retired_der = pki::parse_pem_chain(&retired).unwrap()[0].der.clone();
+        let keep_until = clock.now() + Duration::from_secs(600);
+        {
+            let (_slot, mut guard) = mgr.lock("csi-p").await.unwrap();
+            let state = guard.as_mut().unwrap();
+            state.issuing_cas.push(crate::trust::IssuingCa {
+                der: retired_der.clone(),
+                not_after: keep_until + Duration::from_secs(3600),
+                keep_until: Some(keep_until),
+            });
+            mgr.store().save(state).unwrap();
+        }
+        // What a renewal that retired the CA tells the refresher.
+        refresh.send(Message::Watch {
+            volume_id: "csi-p".into(),
+            trust: None,
+            next_change: Some(keep_until),
+        });
+        tokio::time::sleep(Duration::from_secs(300)).await;
+        assert_eq!(bundle_ders(&target).len(), 1, "nothing rewritten early");
+        let cert = cert_of(&target);
+        // Rebuilt at the keep-until (plus a margin), dropping the retired CA.
+        tokio::time::sleep(Duration::from_secs(302)).await;
+        for _ in 0..100 {
+            if mgr
+                .store()
+                .load("csi-p")
+                .unwrap()
+                .unwrap()
+                .issuing_cas
+                .len()
+                == 1
+            {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        let state = mgr.store().load("csi-p").unwrap().unwrap();
+        assert_eq!(state.issuing_cas.len(), 1, "the overlap ended");
+        let got = bundle_ders(&target);
+        assert_eq!(got.len(), 1);
+        assert!(!got.contains(&retired_der));
+        assert_eq!(cert_of(&target), cert, "same certificate");
+        mgr.unpublish("csi-p", &target).await.unwrap();
+        running.abort();
     }
 
     #[tokio::test]

@@ -176,7 +176,11 @@ def case_default():
     check(rules_of(objs) == {
         (("cert-manager.io",), ("certificaterequests",)): ["create", "delete", "list", "watch"],
         (("",), ("events",)): ["create"],
+        # Trust sources: list+watch of named objects only, never get; no Secrets by default.
+        (("",), ("configmaps",)): ["list", "watch"],
+        (("certificates.k8s.io",), ("clustertrustbundles",)): ["list", "watch"],
     }, f"default: RBAC {rules_of(objs)}")
+    check("trust-namespace" not in arg_map(container(ds, "certvol")), "default: no --trust-namespace")
     binding_ok(objs, "default")
     args = arg_map(container(ds, "certvol"))
     check(args.get("metrics-address") == "0.0.0.0:9402", "default: metrics on 9402")
@@ -214,6 +218,8 @@ def case_kubernetes_csr():
             ["create", "delete", "get", "list", "watch"],
         (("certificates.k8s.io",), ("clustertrustbundles",)): ["get", "list", "watch"],
         (("",), ("events",)): ["create"],
+        # Trust sources (trust.configMaps, on by default), as in cert-manager mode.
+        (("",), ("configmaps",)): ["list", "watch"],
     }, f"kubernetes-csr: RBAC {rules_of(objs)}")
     binding_ok(objs, "kubernetes-csr")
     check(ds["spec"]["template"]["spec"]["automountServiceAccountToken"] is True,
@@ -222,13 +228,21 @@ def case_kubernetes_csr():
     check(args.get("kube-api-qps") == "10" and args.get("request-history") == "1",
           f"kubernetes-csr: API client args {args}")
 
-    objs = objects(render({"issuer": "kubernetes-csr",
+    objs = objects(render({"issuer": "kubernetes-csr", "trust": {"configMaps": False},
                            "kubernetesCsr": {"readConfigMaps": True, "readSecrets": True}}))
     validate(objs, "kubernetes-csr+ca-sources")
     rules = rules_of(objs)
     check(rules.get((("",), ("configmaps",))) == ["get"]
           and rules.get((("",), ("secrets",))) == ["get"],
           f"kubernetes-csr+ca-sources: get on configmaps and secrets, got {rules}")
+
+    objs = objects(render({"issuer": "kubernetes-csr", "trust": {"restrictToNamespaces": ["a"]}}))
+    validate(objs, "kubernetes-csr+restricted-trust")
+    roles = by_kind(objs, "Role")
+    check([r["metadata"]["namespace"] for r in roles] == ["a"],
+          "kubernetes-csr+restricted-trust: one trust Role in namespace a")
+    check((("",), ("configmaps",)) not in rules_of(objs),
+          "kubernetes-csr+restricted-trust: no cluster-wide configmaps rule")
 
 
 def case_local():
@@ -303,6 +317,67 @@ def case_operations():
     check(c["livenessProbe"]["httpGet"]["port"] == 9809, "metrics-off: liveness via sidecar")
 
 
+def roles_by_namespace(objs, case):
+    """Role name -> (namespace, rules), checking each Role has its RoleBinding to the driver."""
+    out = {}
+    bindings = {(b["metadata"]["namespace"], b["metadata"]["name"]): b
+                for b in by_kind(objs, "RoleBinding")}
+    for role in by_kind(objs, "Role"):
+        ns, name = role["metadata"]["namespace"], role["metadata"]["name"]
+        b = bindings.get((ns, name), {})
+        subj = b.get("subjects", [{}])[0]
+        check(b.get("roleRef", {}).get("name") == name and b.get("roleRef", {}).get("kind") == "Role"
+              and subj.get("name") == RELEASE and subj.get("namespace") == NAMESPACE,
+              f"{case}: RoleBinding for Role {ns}/{name}")
+        out[ns] = {(tuple(r["apiGroups"]), tuple(r["resources"])): sorted(r["verbs"])
+                   for r in role["rules"]}
+    check(len(bindings) == len(out), f"{case}: one RoleBinding per Role")
+    return out
+
+
+def case_trust():
+    # Secrets on, ClusterTrustBundles off, a shared trust namespace.
+    objs = objects(render({"trust": {"secrets": True, "clusterTrustBundles": False,
+                                     "namespace": "certvol-trust"}}))
+    validate(objs, "trust-secrets")
+    ds, _, _ = check_common(objs, "trust-secrets", "cert-manager")
+    rules = rules_of(objs)
+    check(rules.get((("",), ("configmaps", "secrets"))) == ["list", "watch"],
+          f"trust-secrets: configmaps+secrets list/watch cluster-wide: {rules}")
+    check(not any("clustertrustbundles" in r for _, r in rules), "trust-secrets: no CTB rule")
+    check(arg_map(container(ds, "certvol")).get("trust-namespace") == "certvol-trust",
+          "trust-secrets: --trust-namespace")
+    check(not by_kind(objs, "Role"), "trust-secrets: no Roles without restrictToNamespaces")
+
+    # Everything off: no trust rules at all.
+    objs = objects(render({"trust": {"configMaps": False, "clusterTrustBundles": False}}))
+    validate(objs, "trust-off")
+    rules = rules_of(objs)
+    check(set(rules) == {(("cert-manager.io",), ("certificaterequests",)), (("",), ("events",))},
+          f"trust-off: only the issuer's rules: {rules}")
+
+    # Restricted: a Role + RoleBinding per namespace (the trust namespace included), and no
+    # cluster-wide ConfigMap/Secret rule.
+    objs = objects(render({"trust": {"secrets": True, "namespace": "certvol-trust",
+                                     "restrictToNamespaces": ["shop", "payments", "shop"]}}))
+    validate(objs, "trust-restricted")
+    check_common(objs, "trust-restricted", "cert-manager")
+    rules = rules_of(objs)
+    check(not any(r[0] == ("",) and ("configmaps" in r[1] or "secrets" in r[1]) for r in rules),
+          f"trust-restricted: no cluster-wide configmaps/secrets: {rules}")
+    check(rules.get((("certificates.k8s.io",), ("clustertrustbundles",))) == ["list", "watch"],
+          "trust-restricted: ClusterTrustBundles stay cluster-scoped")
+    roles = roles_by_namespace(objs, "trust-restricted")
+    check(sorted(roles) == ["certvol-trust", "payments", "shop"], f"trust-restricted: {sorted(roles)}")
+    for ns, r in roles.items():
+        check(r == {(("",), ("configmaps", "secrets")): ["list", "watch"]},
+              f"trust-restricted: Role in {ns}: {r}")
+
+    # Local mode has no API access: no trust RBAC, and trust values that need it are refused.
+    objs = objects(render({"issuer": "local", "trust": {"secrets": True}}))
+    check(not by_kind(objs, "ClusterRole") and not by_kind(objs, "Role"), "trust-local: no RBAC")
+
+
 def case_refused():
     bad = [
         {"issuer": "vault"},
@@ -311,6 +386,8 @@ def case_refused():
         {"kubernetesCsr": {"readSecrets": True}},
         {"local": {"caSecretName": "ca"}},
         {"logFormat": "xml"},
+        {"issuer": "local", "trust": {"namespace": "certvol-trust"}},
+        {"issuer": "local", "trust": {"restrictToNamespaces": ["shop"]}},
     ]
     for values in bad:
         try:
@@ -341,6 +418,7 @@ def main():
     case_kubernetes_csr()
     case_local()
     case_operations()
+    case_trust()
     case_refused()
 
     plain = plain_text(render({}))

@@ -7,7 +7,7 @@
 //! deterministic request name meets 409 AlreadyExists and the existing request is adopted; a retry
 //! of a request the watch already shows files nothing at all.
 
-pub mod events;
+pub use crate::events;
 pub mod resource;
 pub mod token;
 

@@ -66,10 +66,21 @@ or "local".
 {{- if and (ne $issuer "local") .Values.local.caSecretName -}}
 {{- fail "local.caSecretName is only used with issuer: local" -}}
 {{- end -}}
+{{- if and (eq $issuer "local") (or .Values.trust.namespace .Values.trust.restrictToNamespaces) -}}
+{{- fail "trust.namespace and trust.restrictToNamespaces need issuer: cert-manager or kubernetes-csr (local mode has no Kubernetes API access)" -}}
+{{- end -}}
 {{- if not (has .Values.logFormat (list "text" "json")) -}}
 {{- fail (printf "logFormat must be \"text\" or \"json\", not %q" .Values.logFormat) -}}
 {{- end -}}
 {{- $issuer -}}
+{{- end -}}
+
+{{/* The core resources trust sources are read from, as a JSON list. */}}
+{{- define "certvol.trustCoreResources" -}}
+{{- $r := list -}}
+{{- if .Values.trust.configMaps }}{{ $r = append $r "configmaps" }}{{ end -}}
+{{- if .Values.trust.secrets }}{{ $r = append $r "secrets" }}{{ end -}}
+{{- $r | toJson -}}
 {{- end -}}
 
 {{/* kubelet's plugin directory for this driver; the CSI socket lives in it. */}}

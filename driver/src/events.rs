@@ -1,5 +1,7 @@
-//! Warning events on the pod when its certificate cannot be issued, so `kubectl describe pod`
-//! says why the volume is stuck (kubelet's FailedMount event only carries the CSI error text).
+//! Warning events on the pod when its certificate cannot be issued or its trust bundle cannot be
+//! built, so `kubectl describe pod` says why the volume is stuck or stale (kubelet's FailedMount
+//! event only carries the CSI error text, and a background refresh has no caller at all). Used by
+//! the cert-manager backend and by the volume layer.
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::Mutex;
@@ -33,6 +35,10 @@ pub const REASON_DENIED: &str = "CertificateRequestDenied";
 pub const REASON_FAILED: &str = "CertificateRequestFailed";
 pub const REASON_INVALID: &str = "CertificateRequestInvalid";
 pub const REASON_TIMEOUT: &str = "CertificateRequestTimeout";
+/// A trust source a volume names is missing or unreadable (the `request` is the object).
+pub const REASON_TRUST_SOURCE: &str = "TrustSourceUnavailable";
+/// A trust source holds entries that are not certificates; they were left out of the bundle.
+pub const REASON_TRUST_REJECTED: &str = "TrustBundleEntryRejected";
 
 type DedupKey = (String, String, String);
 
