@@ -277,6 +277,7 @@ async fn changing_the_configmap_rewrites_every_using_volume_atomically_without_r
         .collect();
 
     let second = private_ca("partner CA 2");
+    let changed = std::time::Instant::now();
     Api::<ConfigMap>::namespaced(cluster.client.clone(), &ns)
         .patch(
             "partner-ca",
@@ -300,6 +301,11 @@ async fn changing_the_configmap_rewrites_every_using_volume_atomically_without_r
                 env.logs()
             )
         });
+        println!(
+            "{}: bundle rewritten {:?} after the ConfigMap update",
+            pod.name,
+            changed.elapsed()
+        );
         assert!(
             !ders(&bundle).contains(&old_ca),
             "old CA gone: {}",
