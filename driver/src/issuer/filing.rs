@@ -16,7 +16,10 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tracing::{debug, info, warn};
 
-use super::watch::{Key, RequestCache, Waited};
+use std::sync::Arc;
+
+use super::certmanager::resource::{LABEL_NODE, label_value};
+use super::watch::{self, Key, RequestCache, Waited};
 use super::{IssueError, IssueRequest, Issued};
 use crate::events::EventSink;
 
@@ -59,6 +62,29 @@ pub trait RequestObject:
     ) -> Option<(&'static str, &'e str, String)> {
         standard_event::<Self>(error, wait_timeout, timeout_state)
     }
+}
+
+/// Starts on this node's request objects: returns the node's label value (requests carry it), the
+/// cache issuances wait on, the sink for Events on pods, and the watch loop future, which the
+/// caller spawns. Until the future runs, issuances file their requests but time out waiting.
+pub fn node_requests<R: RequestObject>(
+    client: &kube::Client,
+    node_id: &str,
+) -> (
+    String,
+    Arc<RequestCache<R>>,
+    EventSink,
+    impl Future<Output = ()> + Send + 'static + use<R>,
+) {
+    let node_label = label_value(node_id);
+    let cache = RequestCache::new();
+    let watch = watch::run(
+        Api::<R>::all(client.clone()),
+        format!("{LABEL_NODE}={node_label}"),
+        cache.clone(),
+    );
+    let events = EventSink::new(client.clone(), node_id.to_owned());
+    (node_label, cache, events, watch)
 }
 
 fn kind<R: RequestObject>() -> String {

@@ -29,7 +29,6 @@ pub use resource::{CertificateRequest, outcome};
 pub use token::{BearerToken, token_from_context};
 
 use self::events::EventSink;
-use self::resource::{LABEL_NODE, label_value};
 use self::watch::RequestCache;
 use super::{IssueError, IssueRequest, Issued, Issuer, filing};
 
@@ -90,14 +89,7 @@ impl CertManagerIssuer {
         client: kube::Client,
         cfg: CertManagerConfig,
     ) -> (Self, impl Future<Output = ()> + Send + 'static) {
-        let node_label = label_value(&cfg.node_id);
-        let cache = RequestCache::new();
-        let watch = watch::run(
-            Api::<CertificateRequest>::all(client.clone()),
-            format!("{LABEL_NODE}={node_label}"),
-            cache.clone(),
-        );
-        let events = EventSink::new(client.clone(), cfg.node_id.clone());
+        let (node_label, cache, events, watch) = filing::node_requests(&client, &cfg.node_id);
         let issuer = CertManagerIssuer {
             client,
             cfg,
@@ -276,6 +268,7 @@ pub(crate) mod tests {
     use tonic::codegen::http::{Request, Response};
 
     use super::*;
+    use crate::issuer::certmanager::resource::LABEL_NODE;
     use crate::issuer::certmanager::resource::tests::{cert_request, issue_request};
 
     /// One API call as the fake API server saw it.
@@ -309,6 +302,32 @@ pub(crate) mod tests {
         pub(crate) fn script(&self, code: u16, reason: &'static str) {
             self.replies.lock().unwrap().push_back((code, reason));
         }
+
+        /// The Events posted so far.
+        pub(crate) fn events(&self) -> Vec<Call> {
+            self.calls()
+                .into_iter()
+                .filter(|c| c.path.contains("/events"))
+                .collect()
+        }
+    }
+
+    /// Starts `issuer.issue(req)` on its own task and returns once the issuer has POSTed a
+    /// `resource` (filed its request).
+    pub(crate) async fn issue_until_filed<I: Issuer>(
+        issuer: &Arc<I>,
+        req: &IssueRequest,
+        fake: &Fake,
+        resource: &str,
+    ) -> tokio::task::JoinHandle<Result<Issued, IssueError>> {
+        let task = {
+            let (issuer, req) = (issuer.clone(), req.clone());
+            tokio::spawn(async move { issuer.issue(&req).await })
+        };
+        while fake.count("POST", resource) == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        task
     }
 
     fn status(code: u16, reason: &str) -> Value {
@@ -386,13 +405,7 @@ pub(crate) mod tests {
         let fake = Arc::new(Fake::default());
         let issuer = Arc::new(issuer(&fake, Duration::from_secs(10)));
         let req = issue_request(cert_request());
-        let task = {
-            let (issuer, req) = (issuer.clone(), req.clone());
-            tokio::spawn(async move { issuer.issue(&req).await })
-        };
-        while fake.count("POST", "certificaterequests") == 0 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        let task = issue_until_filed(&issuer, &req, &fake, "certificaterequests").await;
         issuer
             .cache
             .apply(Event::Apply(with_conditions(&req, &[], None)));
@@ -437,13 +450,7 @@ pub(crate) mod tests {
         let issuer = Arc::new(issuer(&fake, Duration::from_secs(10)));
         let req = issue_request(cert_request());
         // Filed before a restart; the new watch has not listed it yet.
-        let task = {
-            let (issuer, req) = (issuer.clone(), req.clone());
-            tokio::spawn(async move { issuer.issue(&req).await })
-        };
-        while fake.count("POST", "certificaterequests") == 0 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        let task = issue_until_filed(&issuer, &req, &fake, "certificaterequests").await;
         issuer.cache.apply(Event::Apply(with_conditions(
             &req,
             &[("Ready", "True", "Issued", "ok")],
@@ -521,11 +528,7 @@ pub(crate) mod tests {
                 other => panic!("{other:?}"),
             }
         }
-        let events: Vec<Call> = fake
-            .calls()
-            .into_iter()
-            .filter(|c| c.path.contains("/events"))
-            .collect();
+        let events: Vec<Call> = fake.events();
         assert_eq!(events.len(), 1, "deduplicated: {events:?}");
         let ev = &events[0];
         assert_eq!(ev.method, "POST");
@@ -628,11 +631,7 @@ pub(crate) mod tests {
             }
             other => panic!("{other:?}"),
         }
-        let events: Vec<Call> = fake
-            .calls()
-            .into_iter()
-            .filter(|c| c.path.contains("/events"))
-            .collect();
+        let events: Vec<Call> = fake.events();
         assert_eq!(events.len(), 1);
         assert_eq!(events[0].body["reason"], "CertificateRequestTimeout");
         let message = events[0].body["message"].as_str().unwrap();
@@ -647,13 +646,7 @@ pub(crate) mod tests {
         let fake = Arc::new(Fake::default());
         let issuer = Arc::new(issuer(&fake, Duration::from_secs(10)));
         let req = issue_request(cert_request());
-        let task = {
-            let (issuer, req) = (issuer.clone(), req.clone());
-            tokio::spawn(async move { issuer.issue(&req).await })
-        };
-        while fake.count("POST", "certificaterequests") == 0 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        let task = issue_until_filed(&issuer, &req, &fake, "certificaterequests").await;
         issuer
             .cache
             .apply(Event::Apply(with_conditions(&req, &[], None)));

@@ -26,10 +26,9 @@ use tracing::info;
 
 use self::ca::{CaError, CaResolver, KubeCaResolver};
 use super::certmanager::events::EventSink;
-use super::certmanager::resource::{LABEL_NODE, label_value};
 use super::certmanager::{spki_of_der, spki_of_pem};
 use super::filing::{self, Reasons, RequestObject};
-use super::watch::{self, RequestCache};
+use super::watch::RequestCache;
 use super::{IssueError, IssueRequest, Issued, Issuer};
 use crate::attrs::{AttrError, CERTVOL_PREFIX};
 use crate::request::{CaSource, CertRequest};
@@ -83,14 +82,7 @@ impl KubeCsrIssuer {
         client: kube::Client,
         cfg: KubeCsrConfig,
     ) -> (Self, impl Future<Output = ()> + Send + 'static) {
-        let node_label = label_value(&cfg.node_id);
-        let cache = RequestCache::new();
-        let watch = watch::run(
-            Api::<CertificateSigningRequest>::all(client.clone()),
-            format!("{LABEL_NODE}={node_label}"),
-            cache.clone(),
-        );
-        let events = EventSink::new(client.clone(), cfg.node_id.clone());
+        let (node_label, cache, events, watch) = filing::node_requests(&client, &cfg.node_id);
         let issuer = KubeCsrIssuer {
             ca: Arc::new(KubeCaResolver::new(client.clone())),
             client,
@@ -321,7 +313,7 @@ mod tests {
 
     use super::*;
     use crate::issuer::certmanager::resource::tests::{cert_request, issue_request};
-    use crate::issuer::certmanager::tests::{Fake, client};
+    use crate::issuer::certmanager::tests::{Fake, client, issue_until_filed};
     use resource::tests::{signer, with_status};
 
     /// A CA resolver answering from a fixed result, recording what it was asked.
@@ -388,13 +380,7 @@ mod tests {
         let (issuer, resolver) = issuer(&fake, Ok(CA.into()));
         let issuer = Arc::new(issuer);
         let req = csr_request();
-        let task = {
-            let (issuer, req) = (issuer.clone(), req.clone());
-            tokio::spawn(async move { issuer.issue(&req).await })
-        };
-        while fake.count("POST", "certificatesigningrequests") == 0 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        let task = issue_until_filed(&issuer, &req, &fake, "certificatesigningrequests").await;
         issuer
             .cache
             .apply(Event::Apply(with_status(&req, &[], None)));
@@ -478,13 +464,7 @@ mod tests {
         let (issuer, _) = issuer(&fake, Ok(CA.into()));
         let issuer = Arc::new(issuer);
         let req = csr_request();
-        let task = {
-            let (issuer, req) = (issuer.clone(), req.clone());
-            tokio::spawn(async move { issuer.issue(&req).await })
-        };
-        while fake.count("POST", "certificatesigningrequests") == 0 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        let task = issue_until_filed(&issuer, &req, &fake, "certificatesigningrequests").await;
         issuer.cache.apply(Event::Apply(with_status(
             &req,
             &[("Approved", "AutoApproved", "ok")],
@@ -515,11 +495,7 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        let events: Vec<_> = fake
-            .calls()
-            .into_iter()
-            .filter(|c| c.path.contains("/events"))
-            .collect();
+        let events: Vec<_> = fake.events();
         assert_eq!(events.len(), 1);
         assert_eq!(events[0].body["reason"], REASON_DENIED);
 
@@ -554,11 +530,7 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert_eq!(fake.count("POST", "certificatesigningrequests"), 0);
-        let events: Vec<_> = fake
-            .calls()
-            .into_iter()
-            .filter(|c| c.path.contains("/events"))
-            .collect();
+        let events: Vec<_> = fake.events();
         assert_eq!(events.len(), 1);
         assert_eq!(events[0].body["reason"], REASON_CA);
     }
