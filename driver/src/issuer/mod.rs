@@ -2,6 +2,7 @@
 //! Kubernetes CSR API later) plug in behind [`Issuer`].
 
 pub mod certmanager;
+pub mod filing;
 pub mod kubecsr;
 pub mod local;
 pub mod watch;

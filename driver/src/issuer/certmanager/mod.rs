@@ -21,8 +21,7 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use kube::Api;
-use kube::api::{DeleteParams, PostParams};
-use tracing::{debug, info, warn};
+use tracing::info;
 use x509_parser::certification_request::X509CertificationRequest;
 use x509_parser::prelude::FromDer;
 
@@ -30,12 +29,8 @@ pub use resource::{CertificateRequest, outcome};
 pub use token::{BearerToken, token_from_context};
 
 use self::events::EventSink;
-use self::resource::{LABEL_NODE, describe_status, label_value};
-use self::watch::{RequestCache, Waited};
-use super::{IssueError, IssueRequest, Issued, Issuer};
-
-/// Field manager name on the requests the driver creates.
-const FIELD_MANAGER: &str = "certvol";
+use self::watch::RequestCache;
+use super::{IssueError, IssueRequest, Issued, Issuer, filing};
 
 /// Configuration of the cert-manager backend.
 #[derive(Clone)]
@@ -94,14 +89,7 @@ impl CertManagerIssuer {
         client: kube::Client,
         cfg: CertManagerConfig,
     ) -> (Self, impl Future<Output = ()> + Send + 'static) {
-        let node_label = label_value(&cfg.node_id);
-        let cache = RequestCache::new();
-        let watch = watch::run(
-            Api::<CertificateRequest>::all(client.clone()),
-            format!("{LABEL_NODE}={node_label}"),
-            cache.clone(),
-        );
-        let events = EventSink::new(client.clone(), cfg.node_id.clone());
+        let (node_label, cache, events, watch) = filing::node_requests(&client, &cfg.node_id);
         let issuer = CertManagerIssuer {
             client,
             cfg,
@@ -163,23 +151,11 @@ impl CertManagerIssuer {
         let client = self.creating_client(req, request)?;
         let cr = resource::build(req, &self.node_label);
         let api: Api<CertificateRequest> = Api::namespaced(client, &req.cert.pod.namespace);
-        let params = PostParams {
-            field_manager: Some(FIELD_MANAGER.into()),
-            ..PostParams::default()
-        };
-        match api.create(&params, &cr).await {
-            Ok(created) => {
-                info!(%request, issuer = %req.cert.issuer.name, "created CertificateRequest");
-                crate::crashpoint::hit("certmanager:created");
-                Ok((false, created.metadata.uid))
-            }
-            Err(kube::Error::Api(status)) if status.is_already_exists() => {
-                // Same deterministic name: this node filed it before a restart. Never file a second.
-                info!(%request, "CertificateRequest already exists; adopting it");
-                Ok((true, None))
-            }
-            Err(error) => Err(create_error(request, error)),
-        }
+        filing::create_or_adopt(&api, &cr, request, || {
+            info!(%request, issuer = %req.cert.issuer.name, "created CertificateRequest");
+            crate::crashpoint::hit("certmanager:created");
+        })
+        .await
     }
 
     /// Files (or adopts) the request and waits for its result. A timeout also returns what the
@@ -200,20 +176,8 @@ impl CertManagerIssuer {
             ));
         }
         let key = (namespace.to_owned(), req.name.clone());
-        // Subscribe before creating: a result that lands between the create and the first look at
-        // the cache must still wake this waiter.
-        let changes = self.cache.subscribe();
-        let (adopted, uid) = if let Some(known) = self.cache.get(&key) {
-            // Already on the node's watch (a retry after a timeout, or filed before a restart):
-            // nothing to file, and no API call at all.
-            debug!(%request, "CertificateRequest already on the watch; waiting for it");
-            (true, known.metadata.uid)
-        } else {
-            self.file(req, &request).await.map_err(|e| (e, None))?
-        };
-
         let our_key = spki_of_der(&req.csr_der);
-        let check = |cr: &CertificateRequest| {
+        let check = |adopted: bool, cr: &CertificateRequest| {
             if adopted
                 && let (Some(ours), Some(theirs)) =
                     (our_key.as_deref(), spki_of_pem(&cr.spec.request.0))
@@ -226,95 +190,15 @@ impl CertManagerIssuer {
             }
             outcome(cr)
         };
-        match self.cache.wait(&key, changes, uid, self.cfg.wait_timeout, check).await {
-            Waited::Done(result) => result.map_err(|e| (e, None)),
-            Waited::Deleted => Err((
-                IssueError::Failed {
-                    request,
-                    message: "the CertificateRequest was deleted before it was signed (was its pod deleted?)".into(),
-                },
-                None,
-            )),
-            Waited::TimedOut { last, synced } => {
-                let state = match (last, synced) {
-                    (Some(cr), _) => describe_status(&cr),
-                    (None, true) => "the request has not appeared on the node's watch".into(),
-                    (None, false) => {
-                        "the node's CertificateRequest watch has not synced yet (is the API server reachable and may the driver list/watch certificaterequests?)".into()
-                    }
-                };
-                warn!(%request, %state, timeout = ?self.cfg.wait_timeout, "timed out waiting for CertificateRequest");
-                Err((IssueError::Timeout { request }, Some(state)))
-            }
-        }
-    }
-
-    /// Records a warning event on the pod for a final (or timed-out) failure.
-    async fn report(&self, req: &IssueRequest, error: &IssueError, timeout_state: Option<&str>) {
-        let (reason, request, message) = match error {
-            IssueError::Denied { request, message } => (
-                events::REASON_DENIED,
-                request,
-                format!("CertificateRequest {request} was denied: {message}"),
-            ),
-            IssueError::Failed { request, message } => (
-                events::REASON_FAILED,
-                request,
-                format!("CertificateRequest {request} failed: {message}"),
-            ),
-            IssueError::Invalid { request, message } => (
-                events::REASON_INVALID,
-                request,
-                format!("CertificateRequest {request} is invalid: {message}"),
-            ),
-            IssueError::Timeout { request } => (
-                events::REASON_TIMEOUT,
-                request,
-                format!(
-                    "CertificateRequest {request} was not signed within {:?}; status: {}",
-                    self.cfg.wait_timeout,
-                    timeout_state.unwrap_or("unknown")
-                ),
-            ),
-            // Transient API trouble is the node's problem, not something the pod's owner can fix.
-            _ => return,
-        };
-        self.events
-            .report(&req.cert.pod, reason, request, &message)
-            .await;
-    }
-}
-
-/// Maps a failed CREATE to the issuance error the volume layer acts on.
-fn create_error(request: &str, error: kube::Error) -> IssueError {
-    match error {
-        kube::Error::Api(status) => match status.code {
-            // Schema or webhook rejection: this request can never be filed as it is.
-            400 | 422 => IssueError::Invalid {
-                request: request.to_owned(),
-                message: format!(
-                    "the API server rejected the CertificateRequest: {}",
-                    status.message
-                ),
-            },
-            404 => IssueError::Unavailable {
-                message: format!(
-                    "creating CertificateRequest {request}: {} (is cert-manager's CRD installed?)",
-                    status.message
-                ),
-            },
-            // 401/403 (an expired pod token, missing RBAC, a terminating namespace), 409 conflicts,
-            // 429 and 5xx may all clear up without a new request: retry.
-            _ => IssueError::Unavailable {
-                message: format!(
-                    "creating CertificateRequest {request}: {} {}: {}",
-                    status.code, status.reason, status.message
-                ),
-            },
-        },
-        other => IssueError::Unavailable {
-            message: format!("creating CertificateRequest {request}: {other}"),
-        },
+        filing::file_and_wait(
+            &self.cache,
+            &key,
+            &request,
+            self.cfg.wait_timeout,
+            || self.file(req, &request),
+            check,
+        )
+        .await
     }
 }
 
@@ -350,13 +234,9 @@ impl Issuer for CertManagerIssuer {
 
     fn issue<'a>(&'a self, req: &'a IssueRequest) -> BoxFuture<'a, Result<Issued, IssueError>> {
         Box::pin(async move {
-            match self.issue_inner(req).await {
-                Ok(issued) => Ok(issued),
-                Err((error, timeout_state)) => {
-                    self.report(req, &error, timeout_state.as_deref()).await;
-                    Err(error)
-                }
-            }
+            let result = self.issue_inner(req).await;
+            filing::reported::<CertificateRequest>(&self.events, req, self.cfg.wait_timeout, result)
+                .await
         })
     }
 
@@ -371,22 +251,7 @@ impl Issuer for CertManagerIssuer {
                 return Ok(());
             }
             let api: Api<CertificateRequest> = Api::namespaced(self.client.clone(), namespace);
-            let mut first_error = None;
-            for name in names {
-                match api.delete(name, &DeleteParams::background()).await {
-                    Ok(_) => debug!(namespace, name, "deleted CertificateRequest"),
-                    Err(kube::Error::Api(status)) if status.is_not_found() => {}
-                    Err(error) => {
-                        warn!(namespace, name, %error, "could not delete CertificateRequest");
-                        first_error.get_or_insert(IssueError::Unavailable {
-                            message: format!(
-                                "deleting CertificateRequest {namespace}/{name}: {error}"
-                            ),
-                        });
-                    }
-                }
-            }
-            first_error.map_or(Ok(()), Err)
+            filing::delete_all(&api, Some(namespace), names).await
         })
     }
 }
@@ -403,6 +268,7 @@ pub(crate) mod tests {
     use tonic::codegen::http::{Request, Response};
 
     use super::*;
+    use crate::issuer::certmanager::resource::LABEL_NODE;
     use crate::issuer::certmanager::resource::tests::{cert_request, issue_request};
 
     /// One API call as the fake API server saw it.
@@ -436,6 +302,32 @@ pub(crate) mod tests {
         pub(crate) fn script(&self, code: u16, reason: &'static str) {
             self.replies.lock().unwrap().push_back((code, reason));
         }
+
+        /// The Events posted so far.
+        pub(crate) fn events(&self) -> Vec<Call> {
+            self.calls()
+                .into_iter()
+                .filter(|c| c.path.contains("/events"))
+                .collect()
+        }
+    }
+
+    /// Starts `issuer.issue(req)` on its own task and returns once the issuer has POSTed a
+    /// `resource` (filed its request).
+    pub(crate) async fn issue_until_filed<I: Issuer>(
+        issuer: &Arc<I>,
+        req: &IssueRequest,
+        fake: &Fake,
+        resource: &str,
+    ) -> tokio::task::JoinHandle<Result<Issued, IssueError>> {
+        let task = {
+            let (issuer, req) = (issuer.clone(), req.clone());
+            tokio::spawn(async move { issuer.issue(&req).await })
+        };
+        while fake.count("POST", resource) == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        task
     }
 
     fn status(code: u16, reason: &str) -> Value {
@@ -513,13 +405,7 @@ pub(crate) mod tests {
         let fake = Arc::new(Fake::default());
         let issuer = Arc::new(issuer(&fake, Duration::from_secs(10)));
         let req = issue_request(cert_request());
-        let task = {
-            let (issuer, req) = (issuer.clone(), req.clone());
-            tokio::spawn(async move { issuer.issue(&req).await })
-        };
-        while fake.count("POST", "certificaterequests") == 0 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        let task = issue_until_filed(&issuer, &req, &fake, "certificaterequests").await;
         issuer
             .cache
             .apply(Event::Apply(with_conditions(&req, &[], None)));
@@ -564,13 +450,7 @@ pub(crate) mod tests {
         let issuer = Arc::new(issuer(&fake, Duration::from_secs(10)));
         let req = issue_request(cert_request());
         // Filed before a restart; the new watch has not listed it yet.
-        let task = {
-            let (issuer, req) = (issuer.clone(), req.clone());
-            tokio::spawn(async move { issuer.issue(&req).await })
-        };
-        while fake.count("POST", "certificaterequests") == 0 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        let task = issue_until_filed(&issuer, &req, &fake, "certificaterequests").await;
         issuer.cache.apply(Event::Apply(with_conditions(
             &req,
             &[("Ready", "True", "Issued", "ok")],
@@ -648,11 +528,7 @@ pub(crate) mod tests {
                 other => panic!("{other:?}"),
             }
         }
-        let events: Vec<Call> = fake
-            .calls()
-            .into_iter()
-            .filter(|c| c.path.contains("/events"))
-            .collect();
+        let events: Vec<Call> = fake.events();
         assert_eq!(events.len(), 1, "deduplicated: {events:?}");
         let ev = &events[0];
         assert_eq!(ev.method, "POST");
@@ -755,11 +631,7 @@ pub(crate) mod tests {
             }
             other => panic!("{other:?}"),
         }
-        let events: Vec<Call> = fake
-            .calls()
-            .into_iter()
-            .filter(|c| c.path.contains("/events"))
-            .collect();
+        let events: Vec<Call> = fake.events();
         assert_eq!(events.len(), 1);
         assert_eq!(events[0].body["reason"], "CertificateRequestTimeout");
         let message = events[0].body["message"].as_str().unwrap();
@@ -774,13 +646,7 @@ pub(crate) mod tests {
         let fake = Arc::new(Fake::default());
         let issuer = Arc::new(issuer(&fake, Duration::from_secs(10)));
         let req = issue_request(cert_request());
-        let task = {
-            let (issuer, req) = (issuer.clone(), req.clone());
-            tokio::spawn(async move { issuer.issue(&req).await })
-        };
-        while fake.count("POST", "certificaterequests") == 0 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        let task = issue_until_filed(&issuer, &req, &fake, "certificaterequests").await;
         issuer
             .cache
             .apply(Event::Apply(with_conditions(&req, &[], None)));

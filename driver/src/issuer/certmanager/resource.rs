@@ -11,6 +11,8 @@ use kube::CustomResource;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::events;
+use crate::issuer::filing::{Reasons, RequestObject, describe_condition};
 use crate::issuer::{IssueError, IssueRequest, Issued};
 
 /// Label holding the (label-safe) node id; the node's watch selects on it.
@@ -317,13 +319,32 @@ pub fn describe_status(cr: &CertificateRequest) -> String {
     }
     conditions
         .iter()
-        .map(|c| match (c.reason.as_deref(), c.message.as_deref()) {
-            (Some(r), Some(m)) if !m.is_empty() => format!("{}={} ({r}: {m})", c.type_, c.status),
-            (Some(r), _) => format!("{}={} ({r})", c.type_, c.status),
-            _ => format!("{}={}", c.type_, c.status),
+        .map(|c| {
+            describe_condition(
+                &c.type_,
+                &c.status,
+                c.reason.as_deref(),
+                c.message.as_deref(),
+            )
         })
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+impl RequestObject for CertificateRequest {
+    const REASONS: Reasons = Reasons {
+        denied: events::REASON_DENIED,
+        failed: events::REASON_FAILED,
+        invalid: events::REASON_INVALID,
+        timeout: events::REASON_TIMEOUT,
+    };
+    // Requests are owned by their pod, so deleting the pod garbage-collects them.
+    const DELETED_HINT: &'static str = " (was its pod deleted?)";
+    const CREATE_NOT_FOUND_HINT: Option<&'static str> = Some("is cert-manager's CRD installed?");
+
+    fn describe_status(&self) -> String {
+        describe_status(self)
+    }
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@ use k8s_openapi::api::certificates::v1::ClusterTrustBundle;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::Api;
 use kube::api::ListParams;
+use serde::de::DeserializeOwned;
 
 use crate::request::CaSource;
 
@@ -109,6 +110,21 @@ fn usable(source_name: &str, what: &str, bytes: &[u8]) -> Result<String, CaError
     })
 }
 
+/// Reads the one object a CA source names; `what` names it in the error.
+async fn get_source<K>(
+    api: &Api<K>,
+    name: &str,
+    source_name: &str,
+    what: &str,
+) -> Result<K, CaError>
+where
+    K: Clone + DeserializeOwned + fmt::Debug,
+{
+    api.get(name)
+        .await
+        .map_err(|e| api_error(source_name, what, e))
+}
+
 impl CaResolver for KubeCaResolver {
     fn resolve<'a>(
         &'a self,
@@ -154,19 +170,13 @@ impl CaResolver for KubeCaResolver {
                 CaSource::ClusterTrustBundle(name) => {
                     let api: Api<ClusterTrustBundle> = Api::all(self.client.clone());
                     let what = format!("ClusterTrustBundle {name}");
-                    let b = api
-                        .get(name)
-                        .await
-                        .map_err(|e| api_error(&source_name, &what, e))?;
+                    let b = get_source(&api, name, &source_name, &what).await?;
                     usable(&source_name, &what, b.spec.trust_bundle.as_bytes())
                 }
                 CaSource::ConfigMap { name, key } => {
                     let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), namespace);
                     let what = format!("ConfigMap {namespace}/{name}");
-                    let cm = api
-                        .get(name)
-                        .await
-                        .map_err(|e| api_error(&source_name, &what, e))?;
+                    let cm = get_source(&api, name, &source_name, &what).await?;
                     let value = cm
                         .data
                         .as_ref()
@@ -184,10 +194,7 @@ impl CaResolver for KubeCaResolver {
                 CaSource::Secret { name, key } => {
                     let api: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
                     let what = format!("Secret {namespace}/{name}");
-                    let secret = api
-                        .get(name)
-                        .await
-                        .map_err(|e| api_error(&source_name, &what, e))?;
+                    let secret = get_source(&api, name, &source_name, &what).await?;
                     let value = secret
                         .data
                         .as_ref()

@@ -22,20 +22,16 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
 use kube::Api;
-use kube::api::{DeleteParams, PostParams};
-use tracing::{debug, info, warn};
+use tracing::info;
 
 use self::ca::{CaError, CaResolver, KubeCaResolver};
 use super::certmanager::events::EventSink;
-use super::certmanager::resource::{LABEL_NODE, label_value};
 use super::certmanager::{spki_of_der, spki_of_pem};
-use super::watch::{self, RequestCache, Waited};
+use super::filing::{self, Reasons, RequestObject};
+use super::watch::RequestCache;
 use super::{IssueError, IssueRequest, Issued, Issuer};
 use crate::attrs::{AttrError, CERTVOL_PREFIX};
 use crate::request::{CaSource, CertRequest};
-
-/// Field manager name on the requests the driver creates.
-const FIELD_MANAGER: &str = "certvol";
 
 pub const REASON_DENIED: &str = "CertificateSigningRequestDenied";
 pub const REASON_FAILED: &str = "CertificateSigningRequestFailed";
@@ -86,14 +82,7 @@ impl KubeCsrIssuer {
         client: kube::Client,
         cfg: KubeCsrConfig,
     ) -> (Self, impl Future<Output = ()> + Send + 'static) {
-        let node_label = label_value(&cfg.node_id);
-        let cache = RequestCache::new();
-        let watch = watch::run(
-            Api::<CertificateSigningRequest>::all(client.clone()),
-            format!("{LABEL_NODE}={node_label}"),
-            cache.clone(),
-        );
-        let events = EventSink::new(client.clone(), cfg.node_id.clone());
+        let (node_label, cache, events, watch) = filing::node_requests(&client, &cfg.node_id);
         let issuer = KubeCsrIssuer {
             ca: Arc::new(KubeCaResolver::new(client.clone())),
             client,
@@ -125,23 +114,11 @@ impl KubeCsrIssuer {
         csr: &CertificateSigningRequest,
     ) -> Result<(bool, Option<String>), IssueError> {
         let api: Api<CertificateSigningRequest> = Api::all(self.client.clone());
-        let params = PostParams {
-            field_manager: Some(FIELD_MANAGER.into()),
-            ..PostParams::default()
-        };
-        match api.create(&params, csr).await {
-            Ok(created) => {
-                info!(request = %req.name, signer = %csr.spec.signer_name, "created CertificateSigningRequest");
-                crate::crashpoint::hit("kubecsr:created");
-                Ok((false, created.metadata.uid))
-            }
-            Err(kube::Error::Api(status)) if status.is_already_exists() => {
-                // Same deterministic name: this node filed it before a restart. Never file a second.
-                info!(request = %req.name, "CertificateSigningRequest already exists; adopting it");
-                Ok((true, None))
-            }
-            Err(error) => Err(create_error(&req.name, error)),
-        }
+        filing::create_or_adopt(&api, csr, &req.name, || {
+            info!(request = %req.name, signer = %csr.spec.signer_name, "created CertificateSigningRequest");
+            crate::crashpoint::hit("kubecsr:created");
+        })
+        .await
     }
 
     async fn issue_inner(
@@ -185,19 +162,8 @@ impl KubeCsrIssuer {
             .map_err(|e| (ca_error(&request, e), None))?;
 
         let key = (String::new(), req.name.clone());
-        // Subscribe before creating: a result that lands between the create and the first look at
-        // the cache must still wake this waiter.
-        let changes = self.cache.subscribe();
-        let (adopted, uid) = if let Some(known) = self.cache.get(&key) {
-            debug!(%request, "CertificateSigningRequest already on the watch; waiting for it");
-            (true, known.metadata.uid)
-        } else {
-            let csr = resource::build(req, signer, &self.node_label);
-            self.file(req, &csr).await.map_err(|e| (e, None))?
-        };
-
         let our_key = spki_of_der(&req.csr_der);
-        let check = |csr: &CertificateSigningRequest| {
+        let check = |adopted: bool, csr: &CertificateSigningRequest| {
             if adopted {
                 let same_key = match (our_key.as_deref(), spki_of_pem(&csr.spec.request.0)) {
                     (Some(ours), Some(theirs)) => ours == theirs.as_slice(),
@@ -221,74 +187,23 @@ impl KubeCsrIssuer {
             }
             resource::outcome(csr)
         };
-        match self
-            .cache
-            .wait(&key, changes, uid, self.cfg.wait_timeout, check)
-            .await
-        {
-            Waited::Done(Ok(issued)) => Ok(Issued {
-                chain_pem: issued.chain_pem,
-                ca_pem,
-            }),
-            Waited::Done(Err(e)) => Err((e, None)),
-            Waited::Deleted => Err((
-                IssueError::Failed {
-                    request,
-                    message: "the CertificateSigningRequest was deleted before it was signed"
-                        .into(),
-                },
-                None,
-            )),
-            Waited::TimedOut { last, synced } => {
-                let state = match (last, synced) {
-                    (Some(csr), _) => resource::describe_status(&csr),
-                    (None, true) => "the request has not appeared on the node's watch".into(),
-                    (None, false) => "the node's CertificateSigningRequest watch has not synced yet (is the API server reachable and may the driver list/watch certificatesigningrequests?)".into(),
-                };
-                warn!(%request, %state, timeout = ?self.cfg.wait_timeout, "timed out waiting for CertificateSigningRequest");
-                Err((IssueError::Timeout { request }, Some(state)))
-            }
-        }
-    }
-
-    /// Records a warning event on the pod for a final (or timed-out) failure.
-    async fn report(&self, req: &IssueRequest, error: &IssueError, timeout_state: Option<&str>) {
-        let (reason, request, message) = match error {
-            IssueError::Denied { request, message } => (
-                REASON_DENIED,
-                request,
-                format!("CertificateSigningRequest {request} was denied: {message}"),
-            ),
-            IssueError::Failed { request, message } => (
-                REASON_FAILED,
-                request,
-                format!("CertificateSigningRequest {request} failed: {message}"),
-            ),
-            IssueError::Invalid { request, message }
-                if message.starts_with(&ca_source_attribute()) =>
-            {
-                (REASON_CA, request, message.clone())
-            }
-            IssueError::Invalid { request, message } => (
-                REASON_INVALID,
-                request,
-                format!("CertificateSigningRequest {request} is invalid: {message}"),
-            ),
-            IssueError::Timeout { request } => (
-                REASON_TIMEOUT,
-                request,
-                format!(
-                    "CertificateSigningRequest {request} was not signed within {:?}; status: {}",
-                    self.cfg.wait_timeout,
-                    timeout_state.unwrap_or("unknown")
-                ),
-            ),
-            // Transient API trouble is the node's problem, not something the pod's owner can fix.
-            _ => return,
+        let file = || async {
+            let csr = resource::build(req, signer, &self.node_label);
+            self.file(req, &csr).await
         };
-        self.events
-            .report(&req.cert.pod, reason, request, &message)
-            .await;
+        let issued = filing::file_and_wait(
+            &self.cache,
+            &key,
+            &request,
+            self.cfg.wait_timeout,
+            file,
+            check,
+        )
+        .await?;
+        Ok(Issued {
+            chain_pem: issued.chain_pem,
+            ca_pem,
+        })
     }
 }
 
@@ -309,29 +224,33 @@ fn ca_error(request: &str, error: CaError) -> IssueError {
     }
 }
 
-/// Maps a failed CREATE to the issuance error the volume layer acts on.
-fn create_error(request: &str, error: kube::Error) -> IssueError {
-    match error {
-        kube::Error::Api(status) => match status.code {
-            // Validation: this request can never be filed as it is.
-            400 | 422 => IssueError::Invalid {
-                request: request.to_owned(),
-                message: format!(
-                    "the API server rejected the CertificateSigningRequest: {}",
-                    status.message
-                ),
-            },
-            // 401/403 (missing RBAC), 404, 409 conflicts, 429 and 5xx may clear up: retry.
-            _ => IssueError::Unavailable {
-                message: format!(
-                    "creating CertificateSigningRequest {request}: {} {}: {}",
-                    status.code, status.reason, status.message
-                ),
-            },
-        },
-        other => IssueError::Unavailable {
-            message: format!("creating CertificateSigningRequest {request}: {other}"),
-        },
+impl RequestObject for CertificateSigningRequest {
+    const REASONS: Reasons = Reasons {
+        denied: REASON_DENIED,
+        failed: REASON_FAILED,
+        invalid: REASON_INVALID,
+        timeout: REASON_TIMEOUT,
+    };
+    const DELETED_HINT: &'static str = "";
+    // The CSR API is built in: a 404 is ordinary (transient) trouble, not a missing CRD.
+    const CREATE_NOT_FOUND_HINT: Option<&'static str> = None;
+
+    fn describe_status(&self) -> String {
+        resource::describe_status(self)
+    }
+
+    fn event<'e>(
+        error: &'e IssueError,
+        wait_timeout: Duration,
+        timeout_state: Option<&str>,
+    ) -> Option<(&'static str, &'e str, String)> {
+        // An unreadable CA source is named by its attribute, which the message already leads with.
+        if let IssueError::Invalid { request, message } = error
+            && message.starts_with(&ca_source_attribute())
+        {
+            return Some((REASON_CA, request, message.clone()));
+        }
+        filing::standard_event::<Self>(error, wait_timeout, timeout_state)
     }
 }
 
@@ -361,13 +280,14 @@ impl Issuer for KubeCsrIssuer {
 
     fn issue<'a>(&'a self, req: &'a IssueRequest) -> BoxFuture<'a, Result<Issued, IssueError>> {
         Box::pin(async move {
-            match self.issue_inner(req).await {
-                Ok(issued) => Ok(issued),
-                Err((error, timeout_state)) => {
-                    self.report(req, &error, timeout_state.as_deref()).await;
-                    Err(error)
-                }
-            }
+            let result = self.issue_inner(req).await;
+            filing::reported::<CertificateSigningRequest>(
+                &self.events,
+                req,
+                self.cfg.wait_timeout,
+                result,
+            )
+            .await
         })
     }
 
@@ -380,20 +300,7 @@ impl Issuer for KubeCsrIssuer {
         // namespace plays no part.
         Box::pin(async move {
             let api: Api<CertificateSigningRequest> = Api::all(self.client.clone());
-            let mut first_error = None;
-            for name in names {
-                match api.delete(name, &DeleteParams::background()).await {
-                    Ok(_) => debug!(name, "deleted CertificateSigningRequest"),
-                    Err(kube::Error::Api(status)) if status.is_not_found() => {}
-                    Err(error) => {
-                        warn!(name, %error, "could not delete CertificateSigningRequest");
-                        first_error.get_or_insert(IssueError::Unavailable {
-                            message: format!("deleting CertificateSigningRequest {name}: {error}"),
-                        });
-                    }
-                }
-            }
-            first_error.map_or(Ok(()), Err)
+            filing::delete_all(&api, None, names).await
         })
     }
 }
@@ -406,7 +313,7 @@ mod tests {
 
     use super::*;
     use crate::issuer::certmanager::resource::tests::{cert_request, issue_request};
-    use crate::issuer::certmanager::tests::{Fake, client};
+    use crate::issuer::certmanager::tests::{Fake, client, issue_until_filed};
     use resource::tests::{signer, with_status};
 
     /// A CA resolver answering from a fixed result, recording what it was asked.
@@ -473,13 +380,7 @@ mod tests {
         let (issuer, resolver) = issuer(&fake, Ok(CA.into()));
         let issuer = Arc::new(issuer);
         let req = csr_request();
-        let task = {
-            let (issuer, req) = (issuer.clone(), req.clone());
-            tokio::spawn(async move { issuer.issue(&req).await })
-        };
-        while fake.count("POST", "certificatesigningrequests") == 0 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        let task = issue_until_filed(&issuer, &req, &fake, "certificatesigningrequests").await;
         issuer
             .cache
             .apply(Event::Apply(with_status(&req, &[], None)));
@@ -563,13 +464,7 @@ mod tests {
         let (issuer, _) = issuer(&fake, Ok(CA.into()));
         let issuer = Arc::new(issuer);
         let req = csr_request();
-        let task = {
-            let (issuer, req) = (issuer.clone(), req.clone());
-            tokio::spawn(async move { issuer.issue(&req).await })
-        };
-        while fake.count("POST", "certificatesigningrequests") == 0 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        let task = issue_until_filed(&issuer, &req, &fake, "certificatesigningrequests").await;
         issuer.cache.apply(Event::Apply(with_status(
             &req,
             &[("Approved", "AutoApproved", "ok")],
@@ -600,11 +495,7 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        let events: Vec<_> = fake
-            .calls()
-            .into_iter()
-            .filter(|c| c.path.contains("/events"))
-            .collect();
+        let events: Vec<_> = fake.events();
         assert_eq!(events.len(), 1);
         assert_eq!(events[0].body["reason"], REASON_DENIED);
 
@@ -639,11 +530,7 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert_eq!(fake.count("POST", "certificatesigningrequests"), 0);
-        let events: Vec<_> = fake
-            .calls()
-            .into_iter()
-            .filter(|c| c.path.contains("/events"))
-            .collect();
+        let events: Vec<_> = fake.events();
         assert_eq!(events.len(), 1);
         assert_eq!(events[0].body["reason"], REASON_CA);
     }

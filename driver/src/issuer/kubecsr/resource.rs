@@ -14,6 +14,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use crate::issuer::certmanager::resource::{
     LABEL_NODE, LABEL_POD, LABEL_VOLUME, hashed_label, label_value,
 };
+use crate::issuer::filing::describe_condition;
 use crate::issuer::{IssueError, IssueRequest, Issued};
 use crate::request::KubeCsrRef;
 
@@ -132,10 +133,13 @@ pub fn describe_status(csr: &CertificateSigningRequest) -> String {
     }
     let mut parts: Vec<String> = conditions
         .iter()
-        .map(|c| match (c.reason.as_deref(), c.message.as_deref()) {
-            (Some(r), Some(m)) if !m.is_empty() => format!("{}={} ({r}: {m})", c.type_, c.status),
-            (Some(r), _) => format!("{}={} ({r})", c.type_, c.status),
-            _ => format!("{}={}", c.type_, c.status),
+        .map(|c| {
+            describe_condition(
+                &c.type_,
+                &c.status,
+                c.reason.as_deref(),
+                c.message.as_deref(),
+            )
         })
         .collect();
     if condition(csr, "Approved").is_some() {

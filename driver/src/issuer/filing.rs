@@ -1,0 +1,315 @@
+//! The life of a request object that both API-backed issuers share (cert-manager
+//! `CertificateRequest`s and Kubernetes `CertificateSigningRequest`s): create it or adopt the one
+//! filed before a crash, wait for its result on the node's watch, report a final failure as an
+//! Event on the pod, and delete it once forgotten.
+//!
+//! What differs between the kinds (how the object is built, how its status reads, where it lives)
+//! stays in the backends; [`RequestObject`] names the few kind-specific words and hints.
+
+use std::fmt::Debug;
+use std::future::Future;
+use std::time::Duration;
+
+use kube::api::{DeleteParams, PostParams};
+use kube::{Api, Resource};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tracing::{debug, info, warn};
+
+use std::sync::Arc;
+
+use super::certmanager::resource::{LABEL_NODE, label_value};
+use super::watch::{self, Key, RequestCache, Waited};
+use super::{IssueError, IssueRequest, Issued};
+use crate::events::EventSink;
+
+/// Field manager name on the requests the driver creates.
+const FIELD_MANAGER: &str = "certvol";
+
+/// The Event reasons a backend records on the pod for each kind of final failure.
+#[derive(Clone, Copy, Debug)]
+pub struct Reasons {
+    pub denied: &'static str,
+    pub failed: &'static str,
+    pub invalid: &'static str,
+    pub timeout: &'static str,
+}
+
+/// A request object an issuer files and waits on. `kind` and `plural` (from [`Resource`]) name it
+/// in messages.
+pub trait RequestObject:
+    Resource<DynamicType = ()> + Clone + Debug + Serialize + DeserializeOwned + Send + Sync + 'static
+{
+    /// Reasons of the warning Events on the pod.
+    const REASONS: Reasons;
+    /// Appended to the message when the object disappeared before it was signed (starts with a
+    /// space, or is empty).
+    const DELETED_HINT: &'static str;
+    /// Added to a 404 on CREATE when that points at a missing CRD; `None` treats 404 like any
+    /// other transient answer.
+    const CREATE_NOT_FOUND_HINT: Option<&'static str>;
+
+    /// A one-line summary of the object's status, for timeout messages.
+    fn describe_status(&self) -> String;
+
+    /// The warning Event (reason, request, message) for a failed issuance, or `None` when the
+    /// failure is not the pod owner's to fix. Backends with extra failure kinds override this and
+    /// fall back to [`standard_event`].
+    fn event<'e>(
+        error: &'e IssueError,
+        wait_timeout: Duration,
+        timeout_state: Option<&str>,
+    ) -> Option<(&'static str, &'e str, String)> {
+        standard_event::<Self>(error, wait_timeout, timeout_state)
+    }
+}
+
+/// Starts on this node's request objects: returns the node's label value (requests carry it), the
+/// cache issuances wait on, the sink for Events on pods, and the watch loop future, which the
+/// caller spawns. Until the future runs, issuances file their requests but time out waiting.
+pub fn node_requests<R: RequestObject>(
+    client: &kube::Client,
+    node_id: &str,
+) -> (
+    String,
+    Arc<RequestCache<R>>,
+    EventSink,
+    impl Future<Output = ()> + Send + 'static + use<R>,
+) {
+    let node_label = label_value(node_id);
+    let cache = RequestCache::new();
+    let watch = watch::run(
+        Api::<R>::all(client.clone()),
+        format!("{LABEL_NODE}={node_label}"),
+        cache.clone(),
+    );
+    let events = EventSink::new(client.clone(), node_id.to_owned());
+    (node_label, cache, events, watch)
+}
+
+fn kind<R: RequestObject>() -> String {
+    R::kind(&()).into_owned()
+}
+
+/// The Event for denial, failure, invalidity and timeout, worded with the object's kind.
+pub fn standard_event<'e, R: RequestObject>(
+    error: &'e IssueError,
+    wait_timeout: Duration,
+    timeout_state: Option<&str>,
+) -> Option<(&'static str, &'e str, String)> {
+    let kind = R::kind(&());
+    let reasons = R::REASONS;
+    Some(match error {
+        IssueError::Denied { request, message } => (
+            reasons.denied,
+            request,
+            format!("{kind} {request} was denied: {message}"),
+        ),
+        IssueError::Failed { request, message } => (
+            reasons.failed,
+            request,
+            format!("{kind} {request} failed: {message}"),
+        ),
+        IssueError::Invalid { request, message } => (
+            reasons.invalid,
+            request,
+            format!("{kind} {request} is invalid: {message}"),
+        ),
+        IssueError::Timeout { request } => (
+            reasons.timeout,
+            request,
+            format!(
+                "{kind} {request} was not signed within {wait_timeout:?}; status: {}",
+                timeout_state.unwrap_or("unknown")
+            ),
+        ),
+        // Transient API trouble is the node's problem, not something the pod's owner can fix.
+        _ => return None,
+    })
+}
+
+/// Passes an issuance's result through, first recording a warning Event on the pod for a final
+/// (or timed-out) failure. The error side carries the request's state on a timeout.
+pub async fn reported<R: RequestObject>(
+    events: &EventSink,
+    req: &IssueRequest,
+    wait_timeout: Duration,
+    result: Result<Issued, (IssueError, Option<String>)>,
+) -> Result<Issued, IssueError> {
+    let (error, timeout_state) = match result {
+        Ok(issued) => return Ok(issued),
+        Err(failure) => failure,
+    };
+    if let Some((reason, request, message)) =
+        R::event(&error, wait_timeout, timeout_state.as_deref())
+    {
+        events
+            .report(&req.cert.pod, reason, request, &message)
+            .await;
+    }
+    Err(error)
+}
+
+/// Creates `object`; on 409 AlreadyExists adopts the existing one. Returns whether it was adopted
+/// and the created object's uid. `created` runs right after a successful CREATE (the backend's
+/// log line and crash point).
+pub async fn create_or_adopt<R: RequestObject>(
+    api: &Api<R>,
+    object: &R,
+    request: &str,
+    created: impl FnOnce(),
+) -> Result<(bool, Option<String>), IssueError> {
+    let params = PostParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..PostParams::default()
+    };
+    match api.create(&params, object).await {
+        Ok(object) => {
+            created();
+            Ok((false, object.meta().uid.clone()))
+        }
+        Err(kube::Error::Api(status)) if status.is_already_exists() => {
+            // Same deterministic name: this node filed it before a restart. Never file a second.
+            info!(%request, "{} already exists; adopting it", kind::<R>());
+            Ok((true, None))
+        }
+        Err(error) => Err(create_error::<R>(request, error)),
+    }
+}
+
+/// Maps a failed CREATE to the issuance error the volume layer acts on.
+fn create_error<R: RequestObject>(request: &str, error: kube::Error) -> IssueError {
+    let kind = kind::<R>();
+    match error {
+        kube::Error::Api(status) => match (status.code, R::CREATE_NOT_FOUND_HINT) {
+            // Schema, validation or webhook rejection: this request can never be filed as it is.
+            (400 | 422, _) => IssueError::Invalid {
+                request: request.to_owned(),
+                message: format!("the API server rejected the {kind}: {}", status.message),
+            },
+            (404, Some(hint)) => IssueError::Unavailable {
+                message: format!("creating {kind} {request}: {} ({hint})", status.message),
+            },
+            // 401/403 (an expired pod token, missing RBAC, a terminating namespace), 404, 409
+            // conflicts, 429 and 5xx may all clear up without a new request: retry.
+            _ => IssueError::Unavailable {
+                message: format!(
+                    "creating {kind} {request}: {} {}: {}",
+                    status.code, status.reason, status.message
+                ),
+            },
+        },
+        other => IssueError::Unavailable {
+            message: format!("creating {kind} {request}: {other}"),
+        },
+    }
+}
+
+/// Files the request for `key` (unless the node's watch already shows it) and waits up to
+/// `wait_timeout` for `check` to give its result. `file` creates or adopts it (see
+/// [`create_or_adopt`]); `check` is told whether the object was adopted, so it can refuse one
+/// that is not ours. A timeout also returns what the request looked like, for the Event.
+pub async fn file_and_wait<R, File, Filed, Check>(
+    cache: &RequestCache<R>,
+    key: &Key,
+    request: &str,
+    wait_timeout: Duration,
+    file: File,
+    check: Check,
+) -> Result<Issued, (IssueError, Option<String>)>
+where
+    R: RequestObject,
+    File: FnOnce() -> Filed,
+    Filed: Future<Output = Result<(bool, Option<String>), IssueError>>,
+    Check: Fn(bool, &R) -> Option<Result<Issued, IssueError>>,
+{
+    let kind = kind::<R>();
+    // Subscribe before creating: a result that lands between the create and the first look at
+    // the cache must still wake this waiter.
+    let changes = cache.subscribe();
+    let (adopted, uid) = if let Some(known) = cache.get(key) {
+        // Already on the node's watch (a retry after a timeout, or filed before a restart):
+        // nothing to file, and no API call at all.
+        debug!(%request, "{kind} already on the watch; waiting for it");
+        (true, known.meta().uid.clone())
+    } else {
+        file().await.map_err(|e| (e, None))?
+    };
+    match cache
+        .wait(key, changes, uid, wait_timeout, |object| {
+            check(adopted, object)
+        })
+        .await
+    {
+        Waited::Done(result) => result.map_err(|e| (e, None)),
+        Waited::Deleted => Err((
+            IssueError::Failed {
+                request: request.to_owned(),
+                message: format!(
+                    "the {kind} was deleted before it was signed{}",
+                    R::DELETED_HINT
+                ),
+            },
+            None,
+        )),
+        Waited::TimedOut { last, synced } => {
+            let state = match (last, synced) {
+                (Some(object), _) => object.describe_status(),
+                (None, true) => "the request has not appeared on the node's watch".into(),
+                (None, false) => format!(
+                    "the node's {kind} watch has not synced yet (is the API server reachable and may the driver list/watch {}?)",
+                    R::plural(&())
+                ),
+            };
+            warn!(%request, %state, timeout = ?wait_timeout, "timed out waiting for {kind}");
+            Err((
+                IssueError::Timeout {
+                    request: request.to_owned(),
+                },
+                Some(state),
+            ))
+        }
+    }
+}
+
+/// Deletes the named requests (in `namespace`, or cluster-wide for `None`), ignoring ones already
+/// gone and trying every name; the first failure is returned.
+pub async fn delete_all<R: RequestObject>(
+    api: &Api<R>,
+    namespace: Option<&str>,
+    names: &[String],
+) -> Result<(), IssueError> {
+    let kind = kind::<R>();
+    let mut first_error = None;
+    for name in names {
+        match api.delete(name, &DeleteParams::background()).await {
+            Ok(_) => debug!(namespace, name, "deleted {kind}"),
+            Err(kube::Error::Api(status)) if status.is_not_found() => {}
+            Err(error) => {
+                warn!(namespace, name, %error, "could not delete {kind}");
+                let shown = match namespace {
+                    Some(namespace) => format!("{namespace}/{name}"),
+                    None => name.clone(),
+                };
+                first_error.get_or_insert(IssueError::Unavailable {
+                    message: format!("deleting {kind} {shown}: {error}"),
+                });
+            }
+        }
+    }
+    first_error.map_or(Ok(()), Err)
+}
+
+/// One status condition as timeout messages show it: `Type=Status (Reason: message)`.
+pub fn describe_condition(
+    type_: &str,
+    status: &str,
+    reason: Option<&str>,
+    message: Option<&str>,
+) -> String {
+    match (reason, message) {
+        (Some(r), Some(m)) if !m.is_empty() => format!("{type_}={status} ({r}: {m})"),
+        (Some(r), _) => format!("{type_}={status} ({r})"),
+        _ => format!("{type_}={status}"),
+    }
+}
