@@ -325,8 +325,13 @@ async fn api_outage_during_renewal_keeps_the_old_certificate_and_recovers() {
         "the failure is recorded: {:?}",
         failed.renewal
     );
+    // The failure is saved to state.json before it is logged.
+    let logged = eventually(Duration::from_secs(5), || {
+        env.logs().contains("renewal failed").then_some(())
+    })
+    .await;
     assert!(
-        env.logs().contains("renewal failed"),
+        logged.is_some(),
         "the driver logs the failed renewal\n--- log ---\n{}",
         env.logs()
     );
