@@ -35,6 +35,9 @@ pub struct ApiRequests {
     pub watches_total: usize,
     /// Gets and lists of CertificateRequests per issuance (target 0).
     pub reads_per_issuance: f64,
+    /// The driver's client-side rate limit during the run.
+    pub kube_api_qps: f64,
+    pub kube_api_burst: u32,
 }
 
 /// Many managed volumes on one driver: memory and idle CPU.
@@ -313,8 +316,8 @@ impl Report {
         let a = &self.api_requests;
         let _ = writeln!(
             s,
-            "\nAPI requests per issuance (cert-manager backend, {} issuances; watches over the whole run: {})",
-            a.issuances, a.watches_total
+            "\nAPI requests per issuance (cert-manager backend, {} issuances; watches over the whole run: {}; client limit {} QPS, burst {})",
+            a.issuances, a.watches_total, a.kube_api_qps, a.kube_api_burst
         );
         for (k, v) in &a.per_issuance {
             let _ = writeln!(s, "  {k:<40} {v:.3}");
