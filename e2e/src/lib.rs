@@ -4,6 +4,7 @@
 //! when they fail.
 
 pub mod apiserver;
+pub mod bench;
 pub mod cluster;
 pub mod kubesigner;
 pub mod signer;
