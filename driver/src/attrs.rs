@@ -77,9 +77,9 @@ const SERVICE_ACCOUNT_KEY: &str = "csi.storage.k8s.io/serviceAccount.name";
 pub const DEFAULT_DURATION: Duration = Duration::from_secs(2160 * 3600);
 const DEFAULT_DURATION_TEXT: &str = "2160h";
 
-/// Every key accepted under [`CERTVOL_PREFIX`]; the first [`CERT_MANAGER_KEY_COUNT`] are
+/// Every key accepted under [`CERTVOL_PREFIX`]; the first 31 (`CERT_MANAGER_KEY_COUNT`) are
 /// cert-manager csi-driver's (same spelling) and also accepted under [`CERT_MANAGER_PREFIX`].
-const KEYS: [&str; 47] = [
+pub const KEYS: [&str; 47] = [
     "issuer-name",
     "issuer-kind",
     "issuer-group",

@@ -35,58 +35,8 @@ fn runner(cases: u32) -> TestRunner {
 // ---------------------------------------------------------------------------------------------
 // Attributes
 
-/// Every key name the parser accepts after a prefix (mirrors `attrs::KEYS`, which is private;
-/// a name missing here only makes the generator weaker, never the check looser, because
-/// `well_known` below also takes the names of the input map).
-const KEY_NAMES: [&str; 47] = [
-    "issuer-name",
-    "issuer-kind",
-    "issuer-group",
-    "common-name",
-    "dns-names",
-    "ip-sans",
-    "uri-sans",
-    "duration",
-    "is-ca",
-    "key-usages",
-    "key-algorithm",
-    "key-size",
-    "key-encoding",
-    "literal-subject",
-    "organizations",
-    "organizationalunits",
-    "countries",
-    "provinces",
-    "localities",
-    "streetaddresses",
-    "postalcodes",
-    "serialnumber",
-    "renew-before",
-    "reuse-private-key",
-    "ca-file",
-    "certificate-file",
-    "privatekey-file",
-    "fs-group",
-    "pkcs12-enable",
-    "pkcs12-filename",
-    "pkcs12-password",
-    "renew",
-    "signer-name",
-    "ca-source",
-    "key-chain-file",
-    "chain-file",
-    "pkcs12-profile",
-    "pkcs12-password-key",
-    "truststore-pkcs12-file",
-    "trust-bundle-file",
-    "trust-issuer-ca",
-    "trust-configmaps",
-    "trust-secrets",
-    "trust-cluster-bundles",
-    "trust-signer-name",
-    "trust-signer-labels",
-    "trust-public-roots",
-];
+/// Every key name the parser accepts after a prefix.
+const KEY_NAMES: [&str; 47] = attrs::KEYS;
 
 /// The keys that name a file in the volume; weighted up so that name clashes and bad names
 /// actually happen.
