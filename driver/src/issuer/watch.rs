@@ -352,6 +352,25 @@ mod tests {
         cr
     }
 
+    /// Waits (in a task) up to 5 s for request "a" to reach a final state.
+    fn spawn_wait_for_a(
+        cache: &Arc<RequestCache<CertificateRequest>>,
+        rx: Subscription,
+    ) -> tokio::task::JoinHandle<Waited<CertificateRequest>> {
+        let cache = cache.clone();
+        tokio::spawn(async move {
+            cache
+                .wait(
+                    &key("a"),
+                    rx,
+                    None,
+                    Duration::from_secs(5),
+                    resource::outcome,
+                )
+                .await
+        })
+    }
+
     fn key(name: &str) -> Key {
         ("shop".into(), name.into())
     }
@@ -379,20 +398,7 @@ mod tests {
     async fn waiters_wake_on_later_changes() {
         let cache = RequestCache::new();
         let rx = cache.subscribe();
-        let waiter = {
-            let cache = cache.clone();
-            tokio::spawn(async move {
-                cache
-                    .wait(
-                        &key("a"),
-                        rx,
-                        None,
-                        Duration::from_secs(5),
-                        resource::outcome,
-                    )
-                    .await
-            })
-        };
+        let waiter = spawn_wait_for_a(&cache, rx);
         tokio::task::yield_now().await;
         cache.apply(Event::Apply(cr("a", None)));
         cache.apply(Event::Apply(cr("other", Some(("False", "Failed")))));
@@ -410,20 +416,7 @@ mod tests {
         let cache = RequestCache::new();
         cache.apply(Event::Apply(cr("a", None)));
         let rx = cache.subscribe();
-        let waiter = {
-            let cache = cache.clone();
-            tokio::spawn(async move {
-                cache
-                    .wait(
-                        &key("a"),
-                        rx,
-                        None,
-                        Duration::from_secs(5),
-                        resource::outcome,
-                    )
-                    .await
-            })
-        };
+        let waiter = spawn_wait_for_a(&cache, rx);
         tokio::task::yield_now().await;
         cache.apply(Event::Delete(cr("a", None)));
         assert!(matches!(waiter.await.unwrap(), Waited::Deleted));
@@ -567,20 +560,7 @@ mod tests {
 
         // A waiter for "a"; then the watch breaks (410 Gone) and the watcher relists.
         let rx = cache.subscribe();
-        let waiter = {
-            let cache = cache.clone();
-            tokio::spawn(async move {
-                cache
-                    .wait(
-                        &key("a"),
-                        rx,
-                        None,
-                        Duration::from_secs(5),
-                        resource::outcome,
-                    )
-                    .await
-            })
-        };
+        let waiter = spawn_wait_for_a(&cache, rx);
         tokio::task::yield_now().await;
         cache.apply(Event::Init);
         // During the relist the old view stays in place...
@@ -601,20 +581,7 @@ mod tests {
         let cache = RequestCache::new();
         cache.apply(Event::Apply(cr("a", None)));
         let rx = cache.subscribe();
-        let waiter = {
-            let cache = cache.clone();
-            tokio::spawn(async move {
-                cache
-                    .wait(
-                        &key("a"),
-                        rx,
-                        None,
-                        Duration::from_secs(5),
-                        resource::outcome,
-                    )
-                    .await
-            })
-        };
+        let waiter = spawn_wait_for_a(&cache, rx);
         tokio::task::yield_now().await;
         cache.apply(Event::Init);
         cache.apply(Event::InitApply(cr("b", None)));

@@ -395,26 +395,7 @@ impl Store {
             let mut n = csr::prepare_update(&old, &obj, sub);
             // Server-owned metadata survives any update (the strategy kept the rest as sent).
             if sub == Subresource::Main {
-                for f in [
-                    "uid",
-                    "creationTimestamp",
-                    "generation",
-                    "name",
-                    "namespace",
-                    "resourceVersion",
-                    "deletionTimestamp",
-                    "deletionGracePeriodSeconds",
-                ] {
-                    match (old["metadata"].get(f), n["metadata"].as_object_mut()) {
-                        (Some(v), Some(m)) => {
-                            m.insert(f.into(), v.clone());
-                        }
-                        (None, Some(m)) => {
-                            m.remove(f);
-                        }
-                        _ => {}
-                    }
-                }
+                keep_server_metadata(&old, &mut n);
             }
             n
         } else if sub == Subresource::Approval {
@@ -436,36 +417,7 @@ impl Store {
         } else {
             let mut n = obj.clone();
             // Server-owned metadata survives any PUT; so does status behind a status subresource.
-            for f in [
-                "uid",
-                "creationTimestamp",
-                "generation",
-                "namespace",
-                "name",
-                "resourceVersion",
-            ] {
-                match (old["metadata"].get(f), n["metadata"].as_object_mut()) {
-                    (Some(v), Some(m)) => {
-                        m.insert(f.into(), v.clone());
-                    }
-                    (None, Some(m)) => {
-                        m.remove(f);
-                    }
-                    _ => {}
-                }
-            }
-            // Only a DELETE sets these; an update can neither set nor clear them.
-            for f in ["deletionTimestamp", "deletionGracePeriodSeconds"] {
-                match (old["metadata"].get(f), n["metadata"].as_object_mut()) {
-                    (Some(v), Some(m)) => {
-                        m.insert(f.into(), v.clone());
-                    }
-                    (None, Some(m)) => {
-                        m.remove(f);
-                    }
-                    _ => {}
-                }
-            }
+            keep_server_metadata(&old, &mut n);
             if kind == Kind::CertificateRequest {
                 match old.get("status") {
                     Some(s) => n["status"] = s.clone(),
@@ -750,4 +702,33 @@ fn random_suffix(counter: &mut u64) -> String {
             c
         })
         .collect()
+}
+
+/// Restores the metadata only the server sets on `new` from `old`: identity and bookkeeping
+/// fields, and the deletion marks that only a DELETE sets (an update can neither set nor clear
+/// them). A field `old` lacks is removed.
+fn keep_server_metadata(old: &Value, new: &mut Value) {
+    const SERVER_OWNED: [&str; 8] = [
+        "uid",
+        "creationTimestamp",
+        "generation",
+        "name",
+        "namespace",
+        "resourceVersion",
+        "deletionTimestamp",
+        "deletionGracePeriodSeconds",
+    ];
+    let Some(meta) = new["metadata"].as_object_mut() else {
+        return;
+    };
+    for f in SERVER_OWNED {
+        match old["metadata"].get(f) {
+            Some(v) => {
+                meta.insert(f.into(), v.clone());
+            }
+            None => {
+                meta.remove(f);
+            }
+        }
+    }
 }
