@@ -451,8 +451,7 @@ pub fn parse(ctx: &HashMap<String, String>) -> Result<CertRequest, AttrError> {
         .unwrap_or(true);
     let mut files = parse_files(&attrs, home)?;
     let fs_group = attrs.get("fs-group").map(parse_gid).transpose()?;
-    let trust = parse_trust(&attrs, &files, home)?;
-    files.trust_bundle = trust.as_ref().map(|t| t.bundle_file.clone());
+    let trust = parse_trust(&attrs, &mut files, home)?;
 
     Ok(CertRequest {
         pod: attrs.pod.clone(),
@@ -1377,7 +1376,7 @@ fn check_distinct(chosen: &[Chosen]) -> Result<(), AttrError> {
 /// request nothing.
 fn parse_trust(
     attrs: &Attrs<'_>,
-    files: &FileNames,
+    files: &mut FileNames,
     home: &str,
 ) -> Result<Option<TrustSpec>, AttrError> {
     let flag = |name: &str| attrs.get(name).map(parse_bool).transpose();
@@ -1567,8 +1566,8 @@ fn parse_trust(
             });
         }
     }
+    files.trust_bundle = Some(bundle_file);
     Ok(Some(TrustSpec {
-        bundle_file,
         issuer_ca,
         config_maps,
         config_maps_attribute: key("trust-configmaps"),
@@ -2309,7 +2308,7 @@ mod tests {
                 )],
                 |r| {
                     let t = r.trust.as_ref().unwrap();
-                    assert_eq!(t.bundle_file, "ca-bundle.crt");
+                    assert_eq!(r.files.trust_bundle.as_deref(), Some("ca-bundle.crt"));
                     assert!(t.issuer_ca);
                     assert!(!t.public_roots);
                     let refs: Vec<(Option<&str>, &str, &str)> = t
@@ -2343,7 +2342,7 @@ mod tests {
                 ],
                 |r| {
                     let t = r.trust.as_ref().unwrap();
-                    assert_eq!(t.bundle_file, "trust.pem");
+                    assert_eq!(r.files.trust_bundle.as_deref(), Some("trust.pem"));
                     assert!(!t.issuer_ca);
                     assert!(t.public_roots);
                     assert_eq!(t.secrets[0].name, "s");

@@ -851,11 +851,10 @@ impl VolumeManager {
                 let bundle = match trust {
                     BundleFrom::Sources(trust) => build_bundle(spec, trust, &issuing)?,
                     BundleFrom::LastWritten => {
-                        let name = req
-                            .files
-                            .trust_bundle
-                            .as_deref()
-                            .unwrap_or(&spec.bundle_file);
+                        // attrs sets the file name whenever it sets the trust spec.
+                        let name = req.files.trust_bundle.as_deref().ok_or_else(|| {
+                            VolumeError::Internal("a trust bundle without a file name".into())
+                        })?;
                         let old = writer::read(&paths.files, name)?;
                         let mut sources = Vec::new();
                         if spec.issuer_ca {
@@ -1019,7 +1018,7 @@ impl VolumeManager {
                 match attrs::parse(&state.context.clone().into_iter().collect()) {
                     Ok(req) if req.trust.is_some() => {
                         let outcome = match ready {
-                            Ok(trust) => self.rewrite_bundle(state, &req, trust),
+                            Ok(trust) => self.rewrite_bundle(state, &req, trust).await,
                             Err(e) => Err(VolumeError::Trust(e)),
                         };
                         Some((req, outcome, state.issuing_cas.clone()))
@@ -1059,13 +1058,15 @@ impl VolumeManager {
 
     /// Writes a new generation of the volume's files with a freshly built bundle, unless the
     /// bundle is what the volume already has (`Ok(None)`); returns the rejected entries.
-    fn rewrite_bundle(
+    async fn rewrite_bundle(
         &self,
         state: &mut VolumeState,
         req: &CertRequest,
         trust: Option<&VolumeTrust>,
     ) -> Result<Option<Vec<Rejected>>, VolumeError> {
-        let Some(spec) = &req.trust else {
+        // attrs sets the file name whenever it sets the trust spec.
+        let (Some(spec), Some(bundle_file)) = (&req.trust, req.files.trust_bundle.as_deref())
+        else {
             return Ok(None);
         };
         let now = self.clock.now();
@@ -1075,12 +1076,11 @@ impl VolumeManager {
             .issuing_cas
             .retain(|c| c.keep_until.is_none_or(|t| t > now));
         if state.issuing_cas.len() != before {
-            self.store.save(state)?;
+            self.save(state).await?;
         }
         let bundle = build_bundle(spec, trust, &rotation::in_bundle(&state.issuing_cas, now))?;
         let pem = bundle.pem();
         let names = &req.files;
-        let bundle_file = names.trust_bundle.as_deref().unwrap_or(&spec.bundle_file);
         let mut current =
             writer::read_all(&paths.files, &[bundle_file, &names.certificate, &names.ca])?;
         // read_all returns one entry per name, in order.

@@ -564,7 +564,6 @@ async fn watches_select_by_name_and_labels_resume_and_expire() {
 
 fn spec_with(configmaps: &[&str], secrets: &[&str]) -> TrustSpec {
     TrustSpec {
-        bundle_file: "ca-bundle.crt".into(),
         issuer_ca: true,
         config_maps: configmaps
             .iter()

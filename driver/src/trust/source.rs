@@ -84,7 +84,6 @@ impl SignerSelector {
 /// as written, so errors found later (missing objects, namespace policy) can name them.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TrustSpec {
-    pub bundle_file: String,
     pub issuer_ca: bool,
     pub config_maps: Vec<KeyRef>,
     pub config_maps_attribute: String,
@@ -334,7 +333,6 @@ mod tests {
 
     fn spec() -> TrustSpec {
         TrustSpec {
-            bundle_file: DEFAULT_BUNDLE_FILE.into(),
             issuer_ca: true,
             config_maps: vec![
                 KeyRef::parse("ca/ca.crt").unwrap(),
