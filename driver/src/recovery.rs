@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use tracing::{info, warn};
 
-use crate::store::{Phase, VolumeState};
+use crate::store::{Phase, VolumePaths, VolumeState};
 use crate::volume::{VolumeError, VolumeManager};
 
 /// What the pass found and did.
@@ -63,6 +63,7 @@ pub async fn recover(mgr: &VolumeManager) -> Result<Report, VolumeError> {
             continue;
         }
         let mut state = state;
+        adopt_legacy_keys(&paths, &state);
         if state.phase == Phase::Published && !mounted.contains(&state.target_path) {
             match rebind(mgr, &state) {
                 Ok(()) => report.rebound += 1,
@@ -130,6 +131,25 @@ pub async fn recover(mgr: &VolumeManager) -> Result<Report, VolumeError> {
         "state recovered"
     );
     Ok(report)
+}
+
+/// Volumes published by certvol 0.1.0 before keys were named by revision kept them as
+/// `current.pk8` and `pending.pk8`; give them the names their state now looks for.
+fn adopt_legacy_keys(paths: &VolumePaths, state: &VolumeState) {
+    let legacy = [
+        ("current.pk8", state.current.as_ref().map(|c| c.revision)),
+        ("pending.pk8", state.pending.as_ref().map(|p| p.revision)),
+    ];
+    for (name, revision) in legacy {
+        let old = paths.keys.join(name);
+        if let Some(revision) = revision
+            && old.exists()
+            && !paths.key(revision).exists()
+            && let Err(e) = std::fs::rename(&old, paths.key(revision))
+        {
+            warn!(volume_id = %state.volume_id, error = %e, "could not rename {name}");
+        }
+    }
 }
 
 /// A published volume whose pending record names a revision it already has is finished work.

@@ -55,7 +55,7 @@ pub struct CertRecord {
     pub renew_at: time::OffsetDateTime,
 }
 
-/// An issuance in flight: its key is in `mem/keys/pending.pk8`.
+/// An issuance in flight: its key is in `mem/keys/key-<revision>.pk8`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PendingRecord {
     pub revision: u64,
@@ -147,11 +147,20 @@ pub struct VolumePaths {
 }
 
 impl VolumePaths {
-    pub fn pending_key(&self) -> PathBuf {
-        self.keys.join("pending.pk8")
+    /// The private key (PKCS#8) of one revision. State names revisions (`current`, `pending`),
+    /// and a key never moves once written, so whatever step a crash interrupts, state names a
+    /// key that is there: renaming a pending key to a fixed "current" name would open a window
+    /// in which the recorded pending key is gone but the record not yet updated.
+    pub fn key(&self, revision: u64) -> PathBuf {
+        self.keys.join(format!("key-{revision}.pk8"))
     }
-    pub fn current_key(&self) -> PathBuf {
-        self.keys.join("current.pk8")
+
+    /// The revision a file in `keys` holds the key of, if it is a key file.
+    pub fn key_revision(name: &str) -> Option<u64> {
+        name.strip_prefix("key-")?
+            .strip_suffix(".pk8")?
+            .parse()
+            .ok()
     }
     /// The password of the volume's PKCS#12 files, kept for renewals (tmpfs, 0600).
     pub fn pkcs12_password(&self) -> PathBuf {

@@ -525,7 +525,12 @@ impl VolumeManager {
                         self.remove_volume(&state).await?;
                     }
                 }
-                Phase::Issuing => {}
+                Phase::Issuing => debug!(
+                    volume_id = %params.volume_id,
+                    pending = ?state.pending.as_ref().map(|p| p.revision),
+                    last_revision = state.last_revision,
+                    "resuming an interrupted publish"
+                ),
             }
         }
 
@@ -732,11 +737,14 @@ impl VolumeManager {
             Some(_) => Some(self.kept_password(paths, &state.volume_id)?),
             None => None,
         };
-        let pending_key = paths.pending_key();
+        let pending_key = paths.key(revision);
         let resumed = match &state.pending {
             Some(p) if p.revision == revision => match fs::read(&pending_key) {
                 Ok(der) => Some(PrivateKey::from_pkcs8_der(&Zeroizing::new(der))?),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    debug!(volume_id = %state.volume_id, revision, "the pending key is gone; filing with a new key");
+                    None
+                }
                 Err(e) => return Err(VolumeError::io_at("read", &pending_key)(e)),
             },
             _ => None,
@@ -884,9 +892,6 @@ impl VolumeManager {
         )?;
         writer::publish(&paths.files, &files, gid, now)?;
         crashpoint::hit(&format!("{op}:files-written"));
-        let current_key = paths.current_key();
-        fs::rename(&pending_key, &current_key)
-            .map_err(VolumeError::io_at("rename", &pending_key))?;
 
         let renew_at = certvol_renewer::renew_at(
             not_before,
@@ -908,6 +913,7 @@ impl VolumeManager {
         state.issuing_cas = issuing_cas;
         self.save(state).await?;
         crashpoint::hit(&format!("{op}:recorded"));
+        prune_keys(paths, revision);
         if let Some(bundle) = &bundle {
             self.report_rejected(req, &bundle.rejected).await;
         }
@@ -1099,7 +1105,13 @@ impl VolumeManager {
             String::from_utf8(bytes)
                 .map_err(|_| VolumeError::Internal(format!("the volume's {what} is not UTF-8")))
         };
-        let key_path = paths.current_key();
+        let key_path = paths.key(
+            state
+                .current
+                .as_ref()
+                .ok_or_else(|| VolumeError::Internal("the volume has no certificate yet".into()))?
+                .revision,
+        );
         let der =
             Zeroizing::new(fs::read(&key_path).map_err(VolumeError::io_at("read", &key_path))?);
         let password = match &req.files.pkcs12 {
@@ -1122,6 +1134,7 @@ impl VolumeManager {
             req.fs_group.or(state.mount_group),
             now,
         )?;
+        crashpoint::hit("refresh:files-written");
         Ok(Some(bundle.rejected))
     }
 
@@ -1315,9 +1328,10 @@ impl VolumeManager {
                 BundleFrom::Sources(trust.as_ref())
             };
             let reuse = if req.reuse_private_key && state.pending.is_none() {
-                let der = fs::read(paths.current_key())
+                let path = paths.key(current.revision);
+                let der = fs::read(&path)
                     .map(Zeroizing::new)
-                    .map_err(VolumeError::io_at("read", &paths.current_key()))?;
+                    .map_err(VolumeError::io_at("read", &path))?;
                 Some(PrivateKey::from_pkcs8_der(&der)?)
             } else {
                 None
@@ -1359,8 +1373,9 @@ impl VolumeManager {
                     && !e.is_transient()
                 {
                     // cert-manager never retries a denied or failed request: the next attempt
-                    // must file a new one.
+                    // must file a new one (with a new key; this one is of no further use).
                     state.pending = None;
+                    prune_keys(&paths, current.revision);
                 }
                 let failures = state.renewal.failures.saturating_add(1);
                 let retry = certvol_renewer::retry_at(
@@ -1425,6 +1440,24 @@ async fn generate_key(alg: crate::request::KeyAlgorithm) -> Result<PrivateKey, V
         .await
         .map_err(|e| VolumeError::Internal(format!("key generation task failed: {e}")))?
         .map_err(VolumeError::from)
+}
+
+/// Removes every key file but `keep`'s: the superseded key after an issuance is recorded, or a
+/// pending key whose request failed for good. Best effort: a leftover key stays on the volume's
+/// private tmpfs and is removed by the next issuance or with the volume.
+fn prune_keys(paths: &VolumePaths, keep: u64) {
+    let Ok(entries) = fs::read_dir(&paths.keys) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let revision = name.to_str().and_then(VolumePaths::key_revision);
+        if revision.is_some_and(|r| r != keep)
+            && let Err(e) = fs::remove_file(entry.path())
+        {
+            warn!(path = %entry.path().display(), error = %e, "could not remove a superseded key");
+        }
+    }
 }
 
 /// The target must be absolute, normalised, not a symlink, and its parent (created by kubelet)
@@ -1663,7 +1696,7 @@ mod tests {
         let state = f.mgr.store().load("csi-slow").unwrap().unwrap();
         assert_eq!(state.phase, Phase::Issuing);
         let pending = state.pending.clone().unwrap();
-        assert!(f.mgr.store().paths("csi-slow").pending_key().exists());
+        assert!(f.mgr.store().paths("csi-slow").key(1).exists());
 
         set(&f, OK);
         f.mgr.publish(p.clone()).await.unwrap();
@@ -1672,7 +1705,16 @@ mod tests {
             calls(&f),
             vec![pending.request_name.clone(), pending.request_name]
         );
-        assert!(!f.mgr.store().paths("csi-slow").pending_key().exists());
+        // The pending key became the current one where it was: state names revision 1, and its
+        // key is the only one in the volume.
+        let state = f.mgr.store().load("csi-slow").unwrap().unwrap();
+        assert_eq!(state.current.map(|c| c.revision), Some(1));
+        let keys: Vec<String> = fs::read_dir(&f.mgr.store().paths("csi-slow").keys)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".pk8"))
+            .collect();
+        assert_eq!(keys, ["key-1.pk8"]);
     }
 
     #[tokio::test]
