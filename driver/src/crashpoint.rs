@@ -25,6 +25,7 @@ pub const POINTS: &[&str] = &[
     "renew:signed",
     "renew:files-written",
     "renew:recorded",
+    "refresh:files-written",
     "unpublish:marked",
     "unpublish:unbound",
 ];

@@ -5,6 +5,7 @@
 
 pub mod apiserver;
 pub mod bench;
+pub mod campaign;
 pub mod cluster;
 pub mod kubesigner;
 pub mod signer;
@@ -267,6 +268,29 @@ impl Driver {
         }
     }
 
+    /// The exit status if the process has exited, without waiting.
+    pub fn try_exit(&mut self) -> io::Result<Option<ExitStatus>> {
+        self.child.try_wait()
+    }
+
+    /// Like [`Driver::wait_exit`] but yields to the runtime while waiting, so that tasks talking
+    /// to the driver (an in-flight publish) keep running on a single-threaded test runtime.
+    pub async fn exited(&mut self, timeout: Duration) -> io::Result<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "driver did not exit",
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
     pub fn log_text(&self) -> String {
         fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -383,18 +407,26 @@ pub struct ReaderReport {
 
 impl PairReader {
     pub fn start(target: &Path) -> PairReader {
+        PairReader::over(vec![target.to_path_buf()])
+    }
+
+    /// One thread reading each of `targets` in turn (one reader per volume would starve the
+    /// driver of CPU on a small machine).
+    pub fn over(targets: Vec<PathBuf>) -> PairReader {
         use std::sync::atomic::{AtomicBool, Ordering};
         let stop = std::sync::Arc::new(AtomicBool::new(false));
-        let (flag, target) = (stop.clone(), target.to_path_buf());
+        let flag = stop.clone();
         let thread = std::thread::spawn(move || {
             let mut report = ReaderReport::default();
             while !flag.load(Ordering::Relaxed) {
-                match read_volume(&target) {
-                    Ok(f) => {
-                        report.serials.insert(f.leaf.serial_hex);
-                        report.reads += 1;
+                for target in &targets {
+                    match read_volume(target) {
+                        Ok(f) => {
+                            report.serials.insert(f.leaf.serial_hex);
+                            report.reads += 1;
+                        }
+                        Err(e) => report.errors.push(format!("{}: {e}", target.display())),
                     }
-                    Err(e) => report.errors.push(e),
                 }
             }
             report

@@ -162,6 +162,12 @@ async fn handle(
         path: uri.path().to_string(),
         query: uri.query().unwrap_or_default().to_string(),
     };
+    if verb == "create" {
+        // A create's path has no name; the posted object carries it (absent with generateName).
+        record.name = serde_json::from_slice::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v.pointer("/metadata/name")?.as_str().map(str::to_string));
+    }
     let latency = s.faults.latency();
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;

@@ -496,6 +496,8 @@ pub struct RequestRecord {
     pub verb: String,
     pub kind: Option<Kind>,
     pub namespace: Option<String>,
+    /// The object's name: from the path, or for a create from the posted object (none when it
+    /// uses generateName).
     pub name: Option<String>,
     /// `status` for the status subresource.
     pub subresource: Option<String>,
