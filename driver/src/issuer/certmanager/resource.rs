@@ -282,22 +282,16 @@ pub fn outcome(cr: &CertificateRequest) -> Option<Result<Issued, IssueError>> {
         ("True", _) => {
             let status = cr.status.as_ref()?;
             let chain = status.certificate.as_ref().filter(|c| !c.0.is_empty())?;
-            let Ok(chain_pem) = String::from_utf8(chain.0.clone()) else {
-                return Some(Err(IssueError::Failed {
-                    request,
-                    message: "status.certificate is not PEM text".into(),
-                }));
+            let chain_pem = match crate::issuer::pem_text(&request, "status.certificate", &chain.0)
+            {
+                Ok(pem) => pem,
+                Err(e) => return Some(Err(e)),
             };
             let ca_pem = match status.ca.as_ref() {
                 None => String::new(),
-                Some(ca) => match String::from_utf8(ca.0.clone()) {
-                    Ok(ca) => ca,
-                    Err(_) => {
-                        return Some(Err(IssueError::Failed {
-                            request,
-                            message: "status.ca is not PEM text".into(),
-                        }));
-                    }
+                Some(ca) => match crate::issuer::pem_text(&request, "status.ca", &ca.0) {
+                    Ok(pem) => pem,
+                    Err(e) => return Some(Err(e)),
                 },
             };
             Some(Ok(Issued { chain_pem, ca_pem }))
