@@ -659,6 +659,11 @@ impl VolumeManager {
         paths: &VolumePaths,
         target: &Path,
     ) -> Result<(), VolumeError> {
+        // Checked again here, not only at the first publish: a retried publish and recovery's
+        // re-bind come back to the target later.
+        if let Some(parent) = target.parent() {
+            check_no_symlink_above(&self.cfg.kubelet_dir, parent, target, false)?;
+        }
         if self
             .mounter
             .is_mounted(target)
@@ -1234,6 +1239,14 @@ impl VolumeManager {
     /// Unmounts the target path if something is mounted there and removes the directory if it is
     /// empty. Never follows a symlink and never removes anything else.
     pub(crate) fn unbind_target(&self, target: &Path) -> Result<(), VolumeError> {
+        if let Some(parent) = target.parent()
+            && let Err(e) = check_no_symlink_above(&self.cfg.kubelet_dir, parent, target, false)
+        {
+            // What the link leads to is not ours to unmount or remove; the volume's own tmpfs
+            // and state still go.
+            warn!(target = %target.display(), error = %e, "leaving the target alone");
+            return Ok(());
+        }
         if self
             .mounter
             .is_mounted(target)
@@ -2180,6 +2193,31 @@ mod tests {
             .unwrap_err();
         assert!(err.to_string().contains("symbolic link"), "{err}");
         assert_eq!(tree(&outside), before);
+    }
+
+    #[tokio::test]
+    async fn a_link_planted_above_a_published_target_is_not_followed_on_removal() {
+        let f = fixture();
+        let p = params(&f, "later");
+        f.mgr.publish(p.clone()).await.unwrap();
+        // The pod's volumes directory swapped for a link to a look-alike tree outside.
+        let outside = f._dir.path().join("outside");
+        let look_alike = outside.join("kubernetes.io~csi/tls/mount");
+        fs::create_dir_all(&look_alike).unwrap();
+        let volumes = f.pods.join("later/volumes");
+        fs::rename(&volumes, f._dir.path().join("moved-away")).unwrap();
+        std::os::unix::fs::symlink(&outside, &volumes).unwrap();
+        let before = tree(&outside);
+        f.mgr.unbind_target(&p.target_path).unwrap();
+        assert_eq!(
+            tree(&outside),
+            before,
+            "the empty look-alike is not removed"
+        );
+        let paths = f.mgr.store().paths("csi-later");
+        let err = f.mgr.bind_target(&paths, &p.target_path).unwrap_err();
+        assert!(err.to_string().contains("symbolic link"), "{err}");
+        assert_eq!(tree(&outside), before, "nothing bound through the link");
     }
 
     #[tokio::test]
