@@ -719,6 +719,17 @@ async fn no_key_token_or_password_in_a_whole_trace_run() {
         "the scan reaches state and the volume's files"
     );
     assert!(hits.is_empty(), "secrets found: {hits:#?}");
+    // The scan finds what it looks for: a token and a key line planted in the data root.
+    let planted = env.data_root.join("planted.txt");
+    let key_line = &needles.last().expect("key needles").1;
+    std::fs::write(&planted, format!("x{token}x\n{key_line}\n")).unwrap();
+    let (_, _, found) = scan(&env);
+    std::fs::remove_file(&planted).unwrap();
+    assert_eq!(found.len(), 2, "{found:?}");
+    assert!(
+        found.iter().all(|h| h.ends_with("in planted.txt")),
+        "{found:?}"
+    );
 
     kubelet.unpublish(&pod, &vol).await.unwrap();
     assert_no_volume_left(&env);
