@@ -802,6 +802,30 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn oversized_certificate_or_ca_fails_naming_the_field_and_the_limit() {
+        let max = crate::pki::MAX_PEM_BYTES;
+        let huge = "A".repeat(max + 1);
+        for (cert, ca, field) in [
+            (huge.as_str(), None, "status.certificate"),
+            ("x", Some(huge.as_str()), "status.ca"),
+        ] {
+            let cr = cr_with(&[("Ready", "True", "Issued", "ok")], Some(cert), ca);
+            match outcome(&cr) {
+                Some(Err(IssueError::Failed { message, .. })) => assert!(
+                    message.starts_with(&format!("{field} is {} bytes", max + 1))
+                        && message.contains(&format!("{max} bytes certvol accepts")),
+                    "{message}"
+                ),
+                other => panic!("{field}: {other:?}"),
+            }
+        }
+        // At the limit it is still passed on (the PEM parser then judges the content).
+        let at_limit = "A".repeat(max);
+        let cr = cr_with(&[("Ready", "True", "Issued", "ok")], Some(&at_limit), None);
+        assert!(matches!(outcome(&cr), Some(Ok(_))));
+    }
+
+    #[test]
     fn describe_status_summarises_conditions() {
         assert!(describe_status(&cr_with(&[], None, None)).starts_with("no conditions yet"));
         assert_eq!(
