@@ -162,6 +162,7 @@ pub fn validate_publish(req: csi::NodePublishVolumeRequest) -> Result<PublishPar
     if req.volume_id.is_empty() {
         return Err(RpcError::Invalid("volume_id is required".into()));
     }
+    crate::volume::check_volume_id(&req.volume_id)?;
     if req.target_path.is_empty() {
         return Err(RpcError::Invalid("target_path is required".into()));
     }
@@ -391,6 +392,7 @@ impl Node for NodeService {
             if req.volume_id.is_empty() {
                 return Err(RpcError::Invalid("volume_id is required".into()));
             }
+            crate::volume::check_volume_id(&req.volume_id)?;
             if req.target_path.is_empty() {
                 return Err(RpcError::Invalid("target_path is required".into()));
             }
@@ -428,6 +430,7 @@ impl Node for NodeService {
             if req.volume_id.is_empty() {
                 return Err(RpcError::Invalid("volume_id is required".into()));
             }
+            crate::volume::check_volume_id(&req.volume_id)?;
             if req.volume_path.is_empty() {
                 return Err(RpcError::Invalid("volume_path is required".into()));
             }
@@ -802,8 +805,10 @@ mod tests {
         )
         .unwrap();
         let (handle, scheduler) = crate::scheduler::channel();
+        let mut cfg = crate::volume::Config::new("node-a");
+        cfg.kubelet_dir = dir.path().to_path_buf();
         let volumes = Arc::new(VolumeManager::new(
-            crate::volume::Config::new("node-a"),
+            cfg,
             store,
             Arc::new(crate::mount::DirMounter::default()),
             Arc::new(ca),

@@ -1,6 +1,8 @@
 //! The driver's Kubernetes client: kube-rs with a client-side rate limit (QPS with a burst), as
 //! client-go's `--kube-api-qps` / `--kube-api-burst` give Kubernetes components, so a node that
-//! publishes hundreds of volumes at once cannot flood the API server.
+//! publishes hundreds of volumes at once cannot flood the API server, and with bounded responses
+//! ([`MAX_EVENT_BYTES`], [`MAX_RESPONSE_BYTES`]), so a hostile or broken API server cannot make
+//! the driver allocate without limit.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -27,13 +29,189 @@ impl Default for RateLimit {
     }
 }
 
-/// Builds a client from `config` whose requests pass through the limiter.
+/// Builds a client from `config` whose requests pass through the limiter and whose responses
+/// are bounded.
 pub fn client(config: kube::Config, limit: RateLimit) -> Result<kube::Client, kube::Error> {
     let builder = kube::client::ClientBuilder::try_from(config)?;
     Ok(builder
+        .with_layer(&BodyLimitLayer)
         .with_layer(&RateLimitLayer(limit))
         .with_layer(&CountLayer)
         .build())
+}
+
+/// A client with bounded responses only (no rate limit, no request metrics): for short-lived
+/// clients that act with someone else's credentials (a pod's token).
+pub fn bounded_client(config: kube::Config) -> Result<kube::Client, kube::Error> {
+    let builder = kube::client::ClientBuilder::try_from(config)?;
+    Ok(builder.with_layer(&BodyLimitLayer).build())
+}
+
+/// Largest watch event accepted: one line of a watch stream, i.e. one object. etcd caps an object
+/// at about 1.5 MiB, so a longer line is not a Kubernetes object; reading on would let the sender
+/// grow the driver's memory without bound (kube reads a line until its newline).
+pub const MAX_EVENT_BYTES: usize = 4 << 20;
+
+/// Largest response to any other request. The biggest ones are list pages of the watches (up to
+/// 500 objects each, the watcher's page size); a node's requests and trust sources come to a few
+/// MiB at most.
+pub const MAX_RESPONSE_BYTES: usize = 64 << 20;
+
+// etcd refuses requests over 1.5 MiB; an event adds a few bytes of envelope around the object.
+const _: () = assert!(MAX_EVENT_BYTES > (3 << 19) + 4096 && MAX_RESPONSE_BYTES >= MAX_EVENT_BYTES);
+
+/// A response from the API server was larger than certvol accepts. The request (or the watch)
+/// fails with this error; watches relist after their backoff.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LimitError {
+    #[error(
+        "a watch event from the Kubernetes API is larger than {max} bytes, certvol's limit per event (Kubernetes objects are at most about 1.5 MiB); the watch was dropped"
+    )]
+    Event { max: usize },
+    #[error(
+        "a response from the Kubernetes API is larger than {max} bytes, certvol's limit per response; the request failed"
+    )]
+    Response { max: usize },
+}
+
+/// Tower layer for [`BodyLimited`].
+#[derive(Clone, Copy, Debug)]
+pub struct BodyLimitLayer;
+
+impl<S> Layer<S> for BodyLimitLayer {
+    type Service = BodyLimited<S>;
+    fn layer(&self, inner: S) -> BodyLimited<S> {
+        BodyLimited {
+            inner,
+            limits: Limits {
+                event: MAX_EVENT_BYTES,
+                response: MAX_RESPONSE_BYTES,
+            },
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Limits {
+    event: usize,
+    response: usize,
+}
+
+/// Wraps each response body in a [`LimitedBody`]: watch responses are bounded per event (a
+/// watch may stream for hours), everything else in total.
+#[derive(Clone, Debug)]
+pub struct BodyLimited<S> {
+    inner: S,
+    limits: Limits,
+}
+
+impl<S, B, R> Service<axum::http::Request<B>> for BodyLimited<S>
+where
+    S: Service<axum::http::Request<B>, Response = axum::http::Response<R>>,
+    S::Future: Send + 'static,
+{
+    type Response = axum::http::Response<LimitedBody<R>>;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: axum::http::Request<B>) -> Self::Future {
+        let limit = if verb_of(&req) == "watch" {
+            Limit::PerLine(self.limits.event)
+        } else {
+            Limit::Total(self.limits.response)
+        };
+        let response = self.inner.call(req);
+        Box::pin(async move {
+            let response = response.await?;
+            Ok(response.map(|inner| LimitedBody {
+                inner,
+                limit,
+                seen: 0,
+                failed: false,
+            }))
+        })
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Limit {
+    /// Bytes since the last newline (one watch event).
+    PerLine(usize),
+    /// Bytes of the whole body.
+    Total(usize),
+}
+
+/// A response body that fails once it exceeds its [`Limit`], before the caller buffers more.
+#[derive(Debug)]
+pub struct LimitedBody<B> {
+    inner: B,
+    limit: Limit,
+    /// Bytes counted against the limit so far.
+    seen: usize,
+    failed: bool,
+}
+
+impl<B> LimitedBody<B> {
+    /// Counts `data`; the error to yield if it crosses the limit.
+    fn count(&mut self, data: &[u8]) -> Option<LimitError> {
+        match self.limit {
+            Limit::PerLine(max) => {
+                self.seen = match data.iter().rposition(|&b| b == b'\n') {
+                    Some(at) => data.len() - at - 1,
+                    None => self.seen.saturating_add(data.len()),
+                };
+                (self.seen > max).then_some(LimitError::Event { max })
+            }
+            Limit::Total(max) => {
+                self.seen = self.seen.saturating_add(data.len());
+                (self.seen > max).then_some(LimitError::Response { max })
+            }
+        }
+    }
+}
+
+impl<B> http_body::Body for LimitedBody<B>
+where
+    B: http_body::Body<Data = axum::body::Bytes> + Unpin,
+    B::Error: Into<tower::BoxError>,
+{
+    type Data = axum::body::Bytes;
+    type Error = tower::BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        if self.failed {
+            return Poll::Ready(None);
+        }
+        match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref()
+                    && let Some(err) = self.count(data)
+                {
+                    self.failed = true;
+                    return Poll::Ready(Some(Err(err.into())));
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+            other => other.map(|_| None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.failed || self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// Tower layer for [`Counted`].
@@ -276,6 +454,91 @@ mod tests {
         assert_eq!(verb_of(&req("DELETE", path)), "delete");
         assert_eq!(verb_of(&req("PATCH", path)), "patch");
         assert_eq!(verb_of(&req("PUT", path)), "update");
+    }
+
+    /// Sends one request through a [`BodyLimited`] with small limits to a service answering
+    /// `chunks`, and reads the body: the data read before the end, and the error if any.
+    async fn read_limited(uri: &str, chunks: Vec<Vec<u8>>) -> (usize, Option<String>) {
+        use http_body::Body as _;
+        let inner = tower::service_fn(move |_: axum::http::Request<()>| {
+            let chunks = chunks.clone();
+            async move {
+                let stream = futures::stream::iter(
+                    chunks
+                        .into_iter()
+                        .map(|c| Ok::<_, Infallible>(axum::body::Bytes::from(c))),
+                );
+                Ok::<_, Infallible>(axum::http::Response::new(axum::body::Body::from_stream(
+                    stream,
+                )))
+            }
+        });
+        let mut svc = BodyLimited {
+            inner,
+            limits: Limits {
+                event: 10,
+                response: 25,
+            },
+        };
+        let req = axum::http::Request::builder().uri(uri).body(()).unwrap();
+        let mut body = svc
+            .ready()
+            .await
+            .unwrap()
+            .call(req)
+            .await
+            .unwrap()
+            .into_body();
+        let mut read = 0;
+        loop {
+            let frame = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await;
+            match frame {
+                None => return (read, None),
+                Some(Ok(f)) => read += f.data_ref().map_or(0, |d| d.len()),
+                Some(Err(e)) => {
+                    // Nothing after the error: the caller must not be fed more.
+                    let after = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await;
+                    assert!(after.is_none());
+                    return (read, Some(e.to_string()));
+                }
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn watch_events_are_bounded_per_line_and_other_responses_in_total() {
+        let watch = "/apis/cert-manager.io/v1/certificaterequests?watch=true";
+        // Many short events: a stream may run for hours, only each event is bounded.
+        let events: Vec<Vec<u8>> = (0..100).map(|_| b"{\"a\":1}\n".to_vec()).collect();
+        assert_eq!(read_limited(watch, events).await, (800, None));
+        // An event split over chunks is counted across them.
+        let split = vec![
+            b"{\"a\":".to_vec(),
+            b"1}\n{\"b\"".to_vec(),
+            b":22222}".to_vec(),
+        ];
+        let (read, err) = read_limited(watch, split).await;
+        assert_eq!(read, 12);
+        let err = err.expect("the second event is longer than 10 bytes");
+        assert!(
+            err.contains("watch event") && err.contains("larger than 10 bytes"),
+            "{err}"
+        );
+        // A line that never ends.
+        let endless: Vec<Vec<u8>> = (0..1000).map(|_| vec![b'x'; 4]).collect();
+        let (read, err) = read_limited(watch, endless).await;
+        assert_eq!(read, 8, "stops at the first chunk over the limit");
+        assert!(err.is_some());
+
+        let get = "/apis/cert-manager.io/v1/certificaterequests";
+        assert_eq!(read_limited(get, vec![vec![b'x'; 25]]).await, (25, None));
+        let (read, err) = read_limited(get, vec![vec![b'\n'; 20], vec![b'\n'; 6]]).await;
+        assert_eq!(read, 20);
+        let err = err.expect("26 bytes in total");
+        assert!(
+            err.contains("response") && err.contains("larger than 25 bytes"),
+            "{err}"
+        );
     }
 
     #[tokio::test(start_paused = true)]

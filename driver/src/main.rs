@@ -74,6 +74,10 @@ struct NodeArgs {
     /// Persistent directory for volume state and tmpfs mounts (never under /tmp).
     #[arg(long, default_value = DEFAULT_DATA_ROOT)]
     data_root: PathBuf,
+    /// kubelet's root directory (its --root-dir). NodePublishVolume and NodeUnpublishVolume
+    /// refuse target paths outside its pods/ subdirectory.
+    #[arg(long, env = "KUBELET_ROOT_DIR", default_value = certvol_driver::volume::DEFAULT_KUBELET_DIR)]
+    kubelet_dir: PathBuf,
     /// Issuer backend: cert-manager CertificateRequests (needs the Kubernetes API: in-cluster
     /// service account or KUBECONFIG) or the embedded local CA.
     #[arg(long, value_enum, default_value_t = IssuerKind::CertManager)]
@@ -207,6 +211,7 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 node_id: args.node_id,
                 driver_name: args.driver_name,
                 data_root: args.data_root,
+                kubelet_dir: args.kubelet_dir,
                 issuer: args.issuer,
                 local_ca_cert: args.local_ca_cert,
                 local_ca_key: args.local_ca_key,

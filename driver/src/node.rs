@@ -58,6 +58,8 @@ pub struct NodeOptions {
     pub node_id: String,
     pub driver_name: String,
     pub data_root: PathBuf,
+    /// kubelet's root directory (`--kubelet-dir`); target paths must be in its `pods/`.
+    pub kubelet_dir: PathBuf,
     pub issuer: IssuerKind,
     pub local_ca_cert: Option<PathBuf>,
     pub local_ca_key: Option<PathBuf>,
@@ -89,6 +91,7 @@ impl NodeOptions {
             node_id: node_id.into(),
             driver_name: DEFAULT_DRIVER_NAME.into(),
             data_root,
+            kubelet_dir: PathBuf::from(crate::volume::DEFAULT_KUBELET_DIR),
             issuer: IssuerKind::Local,
             local_ca_cert: None,
             local_ca_key: None,
@@ -112,6 +115,10 @@ impl NodeOptions {
 pub enum NodeError {
     #[error("--endpoint {0:?} is not supported; accepted: unix:///absolute/path/to/csi.sock")]
     Endpoint(String),
+    #[error(
+        "--kubelet-dir {0:?} is not accepted; accepted: an absolute path without \"..\" (kubelet's --root-dir, /var/lib/kubelet by default)"
+    )]
+    KubeletDir(PathBuf),
     #[error(
         "cannot mount tmpfs here (certvol needs root or CAP_SYS_ADMIN to keep private keys in memory); refusing to start. Pass --allow-no-tmpfs to use plain directories instead (keys then live on disk: for demos and tests only)"
     )]
@@ -146,6 +153,20 @@ pub fn socket_path(endpoint: &str) -> Result<PathBuf, NodeError> {
         .filter(|p| p.starts_with('/'))
         .ok_or_else(|| NodeError::Endpoint(endpoint.to_string()))?;
     Ok(PathBuf::from(path))
+}
+
+/// The kubelet directory bounds every target path lexically, so it must be absolute and free of
+/// `..` (which would make "inside" meaningless).
+pub fn check_kubelet_dir(dir: &Path) -> Result<(), NodeError> {
+    let lexical = dir.is_absolute()
+        && !dir
+            .components()
+            .any(|c| matches!(c, std::path::Component::ParentDir));
+    if lexical {
+        Ok(())
+    } else {
+        Err(NodeError::KubeletDir(dir.to_path_buf()))
+    }
 }
 
 /// Binds the CSI socket with mode 0600 from its first moment: bind under a temporary name, set the
@@ -215,6 +236,7 @@ pub async fn run(
 ) -> Result<(), NodeError> {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let socket = socket_path(&opts.endpoint)?;
+    check_kubelet_dir(&opts.kubelet_dir)?;
     let store = Store::open(&opts.data_root)?;
     // Background futures of the issuer (the cert-manager watch), spawned below with the rest.
     let mut issuer_tasks: Vec<(tracing::Span, BoxFuture<'static, ()>)> = Vec::new();
@@ -287,6 +309,7 @@ pub async fn run(
         )?),
     };
     let mut cfg = Config::new(opts.node_id.clone());
+    cfg.kubelet_dir = opts.kubelet_dir.clone();
     cfg.tmpfs_size = opts.tmpfs_size;
     cfg.issue_timeout = opts.issue_timeout;
     cfg.request_history = opts.request_history;
@@ -323,6 +346,7 @@ pub async fn run(
         driver = %opts.driver_name,
         node_id = %opts.node_id,
         data_root = %opts.data_root.display(),
+        kubelet_dir = %opts.kubelet_dir.display(),
         memory_backed = mounter.memory_backed(),
         "serving CSI"
     );
@@ -462,6 +486,19 @@ mod tests {
         for bad in ["tcp://1.2.3.4:5", "/csi.sock", "unix://relative.sock", ""] {
             let err = socket_path(bad).unwrap_err().to_string();
             assert!(err.contains("unix:///"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn kubelet_dir_must_be_absolute_without_parent_components() {
+        assert!(check_kubelet_dir(Path::new("/var/lib/kubelet")).is_ok());
+        assert!(check_kubelet_dir(Path::new("/data/kubelet/")).is_ok());
+        for bad in ["var/lib/kubelet", "/var/lib/../kubelet", ""] {
+            let err = check_kubelet_dir(Path::new(bad)).unwrap_err().to_string();
+            assert!(
+                err.contains("--kubelet-dir") && err.contains("absolute"),
+                "{bad}: {err}"
+            );
         }
     }
 

@@ -14,6 +14,10 @@ use crate::keys::{KeyError, PrivateKey};
 
 /// Largest PEM input accepted: certificate chains are a few KiB, so anything this big is not one.
 pub const MAX_PEM_BYTES: usize = 1024 * 1024;
+/// Most certificates accepted in one PEM input. A chain is a leaf and a few intermediates and a
+/// CA field holds one or a few roots; even the public root store has under 200. The bound keeps
+/// parsing and chain checks of hostile input (1 MiB holds thousands of small certificates) short.
+pub const MAX_CERTS: usize = 256;
 
 /// Why certificates could not be parsed or did not check out.
 #[derive(Debug, thiserror::Error)]
@@ -21,6 +25,8 @@ pub const MAX_PEM_BYTES: usize = 1024 * 1024;
 pub enum PkiError {
     #[error("PEM input is {size} bytes, more than the {max} bytes accepted")]
     TooLarge { size: usize, max: usize },
+    #[error("the PEM input holds more than {max} certificates, more than certvol accepts")]
+    TooMany { max: usize },
     #[error("malformed PEM: {message}")]
     Pem { message: String },
     #[error("no CERTIFICATE block found in the PEM input")]
@@ -101,6 +107,9 @@ pub fn parse_pem_chain(pem: &str) -> Result<Vec<CertInfo>, PkiError> {
         })?;
         if block.label != "CERTIFICATE" {
             continue;
+        }
+        if out.len() == MAX_CERTS {
+            return Err(PkiError::TooMany { max: MAX_CERTS });
         }
         out.push(
             parse_der(&block.contents).map_err(|message| PkiError::Parse {
@@ -540,5 +549,29 @@ mod tests {
             verify_chain(&[], &[], ts(NOW)).unwrap_err(),
             PkiError::EmptyChain
         ));
+    }
+
+    #[test]
+    fn thousands_of_certificates_are_refused_before_they_are_parsed() {
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(vec!["a".into()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap()
+            .pem();
+        let at_limit = cert.repeat(MAX_CERTS);
+        assert_eq!(parse_pem_chain(&at_limit).unwrap().len(), MAX_CERTS);
+        // As many as fit under the size limit: well over a thousand.
+        let n = MAX_PEM_BYTES / cert.len();
+        assert!(n > 1000, "{n}");
+        let thousands = cert.repeat(n);
+        let started = std::time::Instant::now();
+        let err = parse_pem_chain(&thousands).unwrap_err();
+        assert!(matches!(err, PkiError::TooMany { max: MAX_CERTS }), "{err}");
+        assert!(
+            err.to_string().contains("more than 256 certificates"),
+            "{err}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(5));
     }
 }

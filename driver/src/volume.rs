@@ -53,6 +53,8 @@ pub struct Config {
     /// How many of a volume's issued requests the issuer keeps (the current one included).
     pub request_history: usize,
     pub policy: certvol_renewer::Policy,
+    /// kubelet's root directory (`--kubelet-dir`): every target path must lie in its `pods/`.
+    pub kubelet_dir: PathBuf,
 }
 
 impl Config {
@@ -63,9 +65,17 @@ impl Config {
             issue_timeout: Duration::from_secs(60),
             request_history: 1,
             policy: certvol_renewer::Policy::default(),
+            kubelet_dir: PathBuf::from(DEFAULT_KUBELET_DIR),
         }
     }
 }
+
+/// kubelet's default `--root-dir`; pods' volumes live in its `pods/` subdirectory.
+pub const DEFAULT_KUBELET_DIR: &str = "/var/lib/kubelet";
+
+/// Longest volume id accepted. kubelet's ids for inline volumes are 68 bytes (`csi-` and a
+/// SHA-256 in hex); the bound keeps ids usable in file names, labels and log lines.
+pub const MAX_VOLUME_ID_BYTES: usize = 128;
 
 /// A NodePublishVolume request after the CSI layer checked its fields.
 #[derive(Clone)]
@@ -438,6 +448,8 @@ impl VolumeManager {
 
     /// NodePublishVolume: make the volume's certificate available read-only at the target.
     pub async fn publish(&self, params: PublishParams) -> Result<Published, VolumeError> {
+        check_volume_id(&params.volume_id)?;
+        check_in_pods_dir(&self.cfg.kubelet_dir, &params.target_path)?;
         let req = Arc::new(attrs::parse(&params.context)?);
         self.issuer.check_request(&req)?;
         // Resolved before anything is created, so a missing password leaves nothing behind.
@@ -542,7 +554,7 @@ impl VolumeManager {
         }
 
         if guard.is_none() {
-            check_target(&params.target_path)?;
+            check_target(&self.cfg.kubelet_dir, &params.target_path)?;
             let state = VolumeState {
                 version: STATE_VERSION,
                 volume_id: params.volume_id.clone(),
@@ -652,6 +664,11 @@ impl VolumeManager {
         paths: &VolumePaths,
         target: &Path,
     ) -> Result<(), VolumeError> {
+        // Checked again here, not only at the first publish: a retried publish and recovery's
+        // re-bind come back to the target later.
+        if let Some(parent) = target.parent() {
+            check_no_symlink_above(&self.cfg.kubelet_dir, parent, target, false)?;
+        }
         if self
             .mounter
             .is_mounted(target)
@@ -1161,7 +1178,14 @@ impl VolumeManager {
     }
 
     /// NodeUnpublishVolume. Unknown volumes are fine (kubelet repeats unpublish after restarts).
+    /// A target outside kubelet's pods directory, or reached through a symbolic link below it,
+    /// is refused before anything is unmounted or removed.
     pub async fn unpublish(&self, volume_id: &str, target_path: &Path) -> Result<(), VolumeError> {
+        check_volume_id(volume_id)?;
+        check_in_pods_dir(&self.cfg.kubelet_dir, target_path)?;
+        if let Some(parent) = target_path.parent() {
+            check_no_symlink_above(&self.cfg.kubelet_dir, parent, target_path, false)?;
+        }
         let (slot, mut guard) = self.lock(volume_id).await?;
         let result = match guard.take() {
             Some(state) => {
@@ -1228,6 +1252,14 @@ impl VolumeManager {
     /// Unmounts the target path if something is mounted there and removes the directory if it is
     /// empty. Never follows a symlink and never removes anything else.
     pub(crate) fn unbind_target(&self, target: &Path) -> Result<(), VolumeError> {
+        if let Some(parent) = target.parent()
+            && let Err(e) = check_no_symlink_above(&self.cfg.kubelet_dir, parent, target, false)
+        {
+            // What the link leads to is not ours to unmount or remove; the volume's own tmpfs
+            // and state still go.
+            warn!(target = %target.display(), error = %e, "leaving the target alone");
+            return Ok(());
+        }
         if self
             .mounter
             .is_mounted(target)
@@ -1460,9 +1492,33 @@ fn prune_keys(paths: &VolumePaths, keep: u64) {
     }
 }
 
-/// The target must be absolute, normalised, not a symlink, and its parent (created by kubelet)
-/// must exist as a real directory: certvol creates only the last component.
-fn check_target(target: &Path) -> Result<(), VolumeError> {
+/// Refuses volume ids kubelet would never send: empty, longer than [`MAX_VOLUME_ID_BYTES`], or
+/// with characters outside ASCII letters, digits, `-`, `_` and `.` (starting with a letter or
+/// digit). Ids end up in request names, labels and log lines, so they must stay plain.
+pub fn check_volume_id(volume_id: &str) -> Result<(), VolumeError> {
+    let plain = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+    let ok = volume_id.len() <= MAX_VOLUME_ID_BYTES
+        && volume_id.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && volume_id.chars().all(plain);
+    if ok {
+        return Ok(());
+    }
+    // A hostile id may be megabytes long: show only its start.
+    let shown: String = volume_id.chars().take(80).collect();
+    let cut = if shown.len() < volume_id.len() {
+        format!(" (first 80 of {} bytes)", volume_id.len())
+    } else {
+        String::new()
+    };
+    Err(VolumeError::InvalidArgument(format!(
+        "volume_id {shown:?}{cut} is not accepted; accepted: 1 to {MAX_VOLUME_ID_BYTES} ASCII letters, digits, '-', '_' or '.', starting with a letter or digit (kubelet sends \"csi-\" and 64 hex digits)"
+    )))
+}
+
+/// The target must be absolute, without `.` or `..` components, and strictly inside
+/// `<kubelet_dir>/pods/`, so that a caller on the CSI socket cannot make certvol mount over, or
+/// unmount and remove, anything else on the node.
+pub fn check_in_pods_dir(kubelet_dir: &Path, target: &Path) -> Result<(), VolumeError> {
     use std::path::Component;
     if !target.is_absolute()
         || target
@@ -1474,6 +1530,63 @@ fn check_target(target: &Path) -> Result<(), VolumeError> {
             target.display().to_string()
         )));
     }
+    let pods = kubelet_dir.join("pods");
+    if target.starts_with(&pods) && target != pods {
+        return Ok(());
+    }
+    Err(VolumeError::InvalidArgument(format!(
+        "target_path {:?} is not inside the kubelet pods directory {}/; certvol only mounts and unmounts volumes there (set --kubelet-dir to kubelet's --root-dir to change it; configured: {})",
+        target.display().to_string(),
+        pods.display(),
+        kubelet_dir.display()
+    )))
+}
+
+/// Refuses a target whose `parent` resolves somewhere other than its literal path below
+/// `<kubelet_dir>/pods`: a directory between the pods directory and the target was replaced by a
+/// symbolic link, and mounting (or unmounting) through it would act outside kubelet's tree.
+/// Links at or above the kubelet directory itself (a relocated `/var/lib/kubelet`) are fine.
+/// `must_exist`: a missing parent is an error (publish) or nothing to follow (unpublish).
+fn check_no_symlink_above(
+    kubelet_dir: &Path,
+    parent: &Path,
+    target: &Path,
+    must_exist: bool,
+) -> Result<(), VolumeError> {
+    let pods = kubelet_dir.join("pods");
+    let Ok(below) = parent.strip_prefix(&pods) else {
+        // The target is directly in the pods directory: nothing below it to check.
+        return Ok(());
+    };
+    let resolve = |p: &Path| match fs::canonicalize(p) {
+        Ok(real) => Ok(Some(real)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound && !must_exist => Ok(None),
+        Err(e) => Err(VolumeError::InvalidArgument(format!(
+            "cannot resolve {} for target_path {}: {e}",
+            p.display(),
+            target.display()
+        ))),
+    };
+    let (Some(real_pods), Some(real_parent)) = (resolve(&pods)?, resolve(parent)?) else {
+        return Ok(());
+    };
+    let expected = real_pods.join(below);
+    if real_parent == expected {
+        return Ok(());
+    }
+    Err(VolumeError::InvalidArgument(format!(
+        "target_path {}: a directory between {} and the target is a symbolic link (it resolves to {}); refusing to act through it",
+        target.display(),
+        pods.display(),
+        real_parent.display()
+    )))
+}
+
+/// The target must be inside kubelet's pods directory (see [`check_in_pods_dir`]) and not a
+/// symlink, and its parent (created by kubelet) must exist as a real directory reached without
+/// symbolic links below the pods directory: certvol creates only the last component.
+fn check_target(kubelet_dir: &Path, target: &Path) -> Result<(), VolumeError> {
+    check_in_pods_dir(kubelet_dir, target)?;
     let parent = target.parent().ok_or_else(|| {
         VolumeError::InvalidArgument("target_path must not be the root directory".into())
     })?;
@@ -1492,6 +1605,7 @@ fn check_target(target: &Path) -> Result<(), VolumeError> {
             )));
         }
     }
+    check_no_symlink_above(kubelet_dir, parent, target, true)?;
     match fs::symlink_metadata(target) {
         Ok(meta) if meta.file_type().is_symlink() => Err(VolumeError::InvalidArgument(format!(
             "target_path {} is a symbolic link; refusing to mount through it",
@@ -1602,8 +1716,10 @@ mod tests {
             calls: StdMutex::new(Vec::new()),
         });
         let (handle, scheduler) = crate::scheduler::channel();
+        let mut cfg = Config::new("node-a");
+        cfg.kubelet_dir = dir.path().to_path_buf();
         let mgr = Arc::new(VolumeManager::new(
-            Config::new("node-a"),
+            cfg,
             store,
             Arc::new(DirMounter::default()),
             issuer.clone(),
@@ -1955,9 +2071,11 @@ mod tests {
         .unwrap();
         let (handle, _scheduler) = crate::scheduler::channel();
         let (refresh, refresher) = crate::refresh::channel();
+        let mut cfg = Config::new("node-a");
+        cfg.kubelet_dir = dir.path().to_path_buf();
         let mgr = Arc::new(
             VolumeManager::new(
-                Config::new("node-a"),
+                cfg,
                 store,
                 Arc::new(DirMounter::default()),
                 Arc::new(ca),
@@ -2063,5 +2181,149 @@ mod tests {
         let err = f.mgr.publish(p).await.unwrap_err();
         assert!(matches!(err, VolumeError::InvalidArgument(_)), "{err}");
         assert!(calls(&f).is_empty());
+    }
+
+    /// Lists a directory tree (paths relative to `root`), to show nothing changed in it.
+    fn tree(root: &Path) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        let mut todo = vec![root.to_path_buf()];
+        while let Some(dir) = todo.pop() {
+            for entry in fs::read_dir(&dir).unwrap() {
+                let path = entry.unwrap().path();
+                if fs::symlink_metadata(&path).unwrap().is_dir() {
+                    todo.push(path.clone());
+                }
+                out.push(path.strip_prefix(root).unwrap().to_path_buf());
+            }
+        }
+        out.sort();
+        out
+    }
+
+    #[tokio::test]
+    async fn a_symlink_above_the_target_is_refused_and_nothing_is_created_through_it() {
+        let f = fixture();
+        let outside = f._dir.path().join("outside");
+        fs::create_dir_all(outside.join("kubernetes.io~csi/tls")).unwrap();
+        fs::write(outside.join("keep"), b"x").unwrap();
+        let before = tree(&outside);
+        // The pod's volumes directory replaced by a link to a directory outside kubelet's tree.
+        let pod = f.pods.join("linked");
+        fs::create_dir_all(&pod).unwrap();
+        std::os::unix::fs::symlink(&outside, pod.join("volumes")).unwrap();
+        let mut p = params(&f, "ok");
+        p.volume_id = "csi-linked".into();
+        p.target_path = pod.join("volumes/kubernetes.io~csi/tls/mount");
+        let err = f.mgr.publish(p.clone()).await.unwrap_err();
+        assert!(matches!(err, VolumeError::InvalidArgument(_)), "{err}");
+        let text = err.to_string();
+        assert!(
+            text.contains("symbolic link") && text.contains(&outside.display().to_string()),
+            "{text}"
+        );
+        assert_eq!(tree(&outside), before, "nothing created outside");
+        assert!(calls(&f).is_empty(), "nothing issued");
+        assert!(f.mgr.store().load("csi-linked").unwrap().is_none());
+
+        // Unpublish through the link touches nothing either.
+        fs::create_dir(outside.join("kubernetes.io~csi/tls/mount")).unwrap();
+        let before = tree(&outside);
+        let err = f
+            .mgr
+            .unpublish("csi-linked", &p.target_path)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("symbolic link"), "{err}");
+        assert_eq!(tree(&outside), before);
+    }
+
+    #[tokio::test]
+    async fn a_link_planted_above_a_published_target_is_not_followed_on_removal() {
+        let f = fixture();
+        let p = params(&f, "later");
+        f.mgr.publish(p.clone()).await.unwrap();
+        // The pod's volumes directory swapped for a link to a look-alike tree outside.
+        let outside = f._dir.path().join("outside");
+        let look_alike = outside.join("kubernetes.io~csi/tls/mount");
+        fs::create_dir_all(&look_alike).unwrap();
+        let volumes = f.pods.join("later/volumes");
+        fs::rename(&volumes, f._dir.path().join("moved-away")).unwrap();
+        std::os::unix::fs::symlink(&outside, &volumes).unwrap();
+        let before = tree(&outside);
+        f.mgr.unbind_target(&p.target_path).unwrap();
+        assert_eq!(
+            tree(&outside),
+            before,
+            "the empty look-alike is not removed"
+        );
+        let paths = f.mgr.store().paths("csi-later");
+        let err = f.mgr.bind_target(&paths, &p.target_path).unwrap_err();
+        assert!(err.to_string().contains("symbolic link"), "{err}");
+        assert_eq!(tree(&outside), before, "nothing bound through the link");
+    }
+
+    #[tokio::test]
+    async fn targets_outside_the_kubelet_pods_dir_are_refused_both_ways() {
+        let f = fixture();
+        let outside = f._dir.path().join("etc-like");
+        fs::create_dir_all(outside.join("mount")).unwrap();
+        fs::write(outside.join("passwd"), b"root:x:0:0").unwrap();
+        let before = tree(&outside);
+        let pods = f.pods.display().to_string();
+        let dotdot = f.pods.join("u/../../etc-like/mount");
+        for target in [outside.join("mount"), dotdot, f.pods.clone()] {
+            let mut p = params(&f, "out");
+            p.target_path = target.clone();
+            let err = f.mgr.publish(p).await.unwrap_err();
+            assert!(matches!(err, VolumeError::InvalidArgument(_)), "{err}");
+            let text = err.to_string();
+            assert!(text.contains("target_path"), "{text}");
+            if !target.to_string_lossy().contains("..") {
+                assert!(
+                    text.contains(&pods) && text.contains("--kubelet-dir"),
+                    "{text}"
+                );
+            }
+            let err = f.mgr.unpublish("csi-out", &target).await.unwrap_err();
+            assert!(matches!(err, VolumeError::InvalidArgument(_)), "{err}");
+        }
+        assert_eq!(tree(&outside), before, "nothing created or removed");
+        assert!(calls(&f).is_empty());
+        assert_eq!(f.mgr.volume_count(), 0);
+    }
+
+    #[test]
+    fn volume_ids_are_plain_and_bounded() {
+        for good in [
+            "csi-5f2c0e6d4b1a9c8e7f6a5b4c3d2e1f0a9b8c7d6e5f4a3b2c1d0e9f8a7b6c5d4e",
+            "a",
+            "vol_1.x-2",
+            &"a".repeat(MAX_VOLUME_ID_BYTES),
+        ] {
+            assert!(check_volume_id(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "",
+            "..",
+            "-x",
+            "a/b",
+            "../etc",
+            "a\0b",
+            "a b",
+            "é",
+            &"a".repeat(MAX_VOLUME_ID_BYTES + 1),
+        ] {
+            let err = check_volume_id(bad).unwrap_err();
+            assert!(matches!(err, VolumeError::InvalidArgument(_)), "{bad:?}");
+            let text = err.to_string();
+            assert!(
+                text.contains("volume_id") && text.contains("accepted: 1 to 128"),
+                "{text}"
+            );
+        }
+        let huge = "x/".repeat(1 << 20);
+        let text = check_volume_id(&huge).unwrap_err().to_string();
+        assert!(text.len() < 600, "the message stays short: {}", text.len());
+        assert!(text.contains("first 80 of 2097152 bytes"), "{text}");
     }
 }

@@ -35,6 +35,9 @@ fn help_lists_the_subcommands_and_node_flags() {
         "--kube-api-qps",
         "[default: cert-manager]",
         "[default: /var/lib/certvol]",
+        "--kubelet-dir",
+        "[default: /var/lib/kubelet]",
+        "KUBELET_ROOT_DIR",
         "[default: csi.certvol.io]",
     ] {
         assert!(text.contains(flag), "missing {flag} in:\n{text}");

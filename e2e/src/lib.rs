@@ -79,6 +79,14 @@ impl Env {
         self.dir.path()
     }
 
+    /// This node's kubelet root directory (the parent of [`Env::pods_dir`]), which the driver
+    /// is started with as `--kubelet-dir`.
+    pub fn kubelet_dir(&self) -> PathBuf {
+        self.pods_dir
+            .parent()
+            .map_or_else(|| self.pods_dir.clone(), Path::to_path_buf)
+    }
+
     /// Starts `certvol node` with `extra` arguments and environment, waiting until Probe is ready.
     pub async fn start_with(&mut self, extra: &[&str], envs: &[(&str, &str)]) -> Driver {
         let driver = self.spawn(extra, envs);
@@ -134,6 +142,10 @@ impl Env {
             .stderr(out);
         if !extra.contains(&"--grace-period") {
             cmd.args(["--grace-period", "5s"]);
+        }
+        // The driver refuses targets outside kubelet's pods directory: this node's is here.
+        if !extra.contains(&"--kubelet-dir") {
+            cmd.arg("--kubelet-dir").arg(self.kubelet_dir());
         }
         if !extra.contains(&"--issuer") {
             cmd.args(["--issuer", "local"]);

@@ -124,6 +124,7 @@ def check_common(objs, case, issuer):
     check(args.get("endpoint") == "unix:///csi/csi.sock", f"{case}: endpoint")
     check(args.get("driver-name") == "csi.certvol.io", f"{case}: driver name arg")
     check(args.get("data-root") == "/var/lib/certvol", f"{case}: data root arg")
+    check(args.get("kubelet-dir") == "/var/lib/kubelet", f"{case}: --kubelet-dir")
     check(c["securityContext"].get("privileged") is True, f"{case}: certvol must be privileged")
     env = {e["name"]: e for e in c.get("env", [])}
     check(env.get("NODE_NAME", {}).get("valueFrom", {}).get("fieldRef", {}).get("fieldPath")
@@ -378,6 +379,19 @@ def case_trust():
     check(not by_kind(objs, "ClusterRole") and not by_kind(objs, "Role"), "trust-local: no RBAC")
 
 
+def case_kubelet_dir():
+    # A distribution that moves kubelet's root: the flag, the pods mount and the plugin paths move
+    # together, so the driver's target-path check matches where kubelet really puts pods.
+    objs = objects(render({"kubeletRootDir": "/var/lib/k0s/kubelet/"}))
+    validate(objs, "kubelet-dir")
+    ds = one(objs, "DaemonSet", "kubelet-dir")
+    c = container(ds, "certvol")
+    check(arg_map(c).get("kubelet-dir") == "/var/lib/k0s/kubelet", "kubelet-dir: --kubelet-dir")
+    mounts = {m["name"]: m for m in c["volumeMounts"]}
+    check(mounts.get("pods-dir", {}).get("mountPath") == "/var/lib/k0s/kubelet/pods",
+          "kubelet-dir: pods mounted where the flag says")
+
+
 def case_refused():
     bad = [
         {"issuer": "vault"},
@@ -419,6 +433,7 @@ def main():
     case_local()
     case_operations()
     case_trust()
+    case_kubelet_dir()
     case_refused()
 
     plain = plain_text(render({}))

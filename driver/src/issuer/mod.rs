@@ -98,6 +98,26 @@ pub trait Issuer: Send + Sync + std::fmt::Debug + 'static {
     ) -> BoxFuture<'a, Result<(), IssueError>>;
 }
 
+/// A PEM field of an issuer's answer (`field`, e.g. `status.certificate`) as text, refused when
+/// larger than [`crate::pki::MAX_PEM_BYTES`] (a certificate chain is a few KiB; anything that big
+/// is not one) or not UTF-8. The answer is untrusted input: the error is final for the request.
+pub fn pem_text(request: &str, field: &str, bytes: &[u8]) -> Result<String, IssueError> {
+    let max = crate::pki::MAX_PEM_BYTES;
+    if bytes.len() > max {
+        return Err(IssueError::Failed {
+            request: request.to_owned(),
+            message: format!(
+                "{field} is {} bytes, more than the {max} bytes certvol accepts (a certificate chain is a few KiB)",
+                bytes.len()
+            ),
+        });
+    }
+    String::from_utf8(bytes.to_vec()).map_err(|_| IssueError::Failed {
+        request: request.to_owned(),
+        message: format!("{field} is not PEM text"),
+    })
+}
+
 /// The deterministic name of a volume's `revision`-th issuance on `node_id`.
 ///
 /// A valid Kubernetes object name (RFC 1123 subdomain, well under 253 characters), stable across
@@ -114,6 +134,29 @@ pub fn request_name(node_id: &str, volume_id: &str, revision: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pem_fields_are_bounded_text() {
+        let pem = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
+        assert_eq!(pem_text("ns/r", "status.ca", pem.as_bytes()).unwrap(), pem);
+        let huge = vec![b'A'; crate::pki::MAX_PEM_BYTES + 1];
+        match pem_text("ns/r", "status.certificate", &huge) {
+            Err(IssueError::Failed { request, message }) => {
+                assert_eq!(request, "ns/r");
+                assert!(
+                    message.contains("status.certificate is 1048577 bytes")
+                        && message.contains("1048576 bytes certvol accepts"),
+                    "{message}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        let err = pem_text("ns/r", "status.ca", &[0xff]).unwrap_err();
+        assert!(
+            err.to_string().contains("status.ca is not PEM text"),
+            "{err}"
+        );
+    }
 
     #[test]
     fn request_names_are_stable_distinct_and_valid() {

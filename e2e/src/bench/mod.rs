@@ -191,6 +191,8 @@ impl BenchDriver {
             .args(["--node-id", crate::cluster::NODE_ID, "--data-root"])
             .arg(&env.data_root)
             .args(["--grace-period", "5s", "--metrics-address", "off"])
+            .arg("--kubelet-dir")
+            .arg(env.kubelet_dir())
             .args(extra)
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())

@@ -136,7 +136,7 @@ impl CertManagerIssuer {
             token: Some(token.expose().into()),
             ..kube::config::AuthInfo::default()
         };
-        kube::Client::try_from(config).map_err(|e| IssueError::Unavailable {
+        crate::kubeclient::bounded_client(config).map_err(|e| IssueError::Unavailable {
             message: format!("cannot build an API client with the pod's token: {e}"),
         })
     }

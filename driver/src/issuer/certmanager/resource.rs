@@ -282,22 +282,16 @@ pub fn outcome(cr: &CertificateRequest) -> Option<Result<Issued, IssueError>> {
         ("True", _) => {
             let status = cr.status.as_ref()?;
             let chain = status.certificate.as_ref().filter(|c| !c.0.is_empty())?;
-            let Ok(chain_pem) = String::from_utf8(chain.0.clone()) else {
-                return Some(Err(IssueError::Failed {
-                    request,
-                    message: "status.certificate is not PEM text".into(),
-                }));
+            let chain_pem = match crate::issuer::pem_text(&request, "status.certificate", &chain.0)
+            {
+                Ok(pem) => pem,
+                Err(e) => return Some(Err(e)),
             };
             let ca_pem = match status.ca.as_ref() {
                 None => String::new(),
-                Some(ca) => match String::from_utf8(ca.0.clone()) {
-                    Ok(ca) => ca,
-                    Err(_) => {
-                        return Some(Err(IssueError::Failed {
-                            request,
-                            message: "status.ca is not PEM text".into(),
-                        }));
-                    }
+                Some(ca) => match crate::issuer::pem_text(&request, "status.ca", &ca.0) {
+                    Ok(pem) => pem,
+                    Err(e) => return Some(Err(e)),
                 },
             };
             Some(Ok(Issued { chain_pem, ca_pem }))
@@ -805,6 +799,30 @@ pub(crate) mod tests {
         let mut cr = cr_with(&[("Ready", "True", "Issued", "ok")], Some("x"), None);
         cr.status.as_mut().unwrap().certificate = Some(ByteString(vec![0xff, 0xfe]));
         assert!(matches!(outcome(&cr), Some(Err(IssueError::Failed { .. }))));
+    }
+
+    #[test]
+    fn oversized_certificate_or_ca_fails_naming_the_field_and_the_limit() {
+        let max = crate::pki::MAX_PEM_BYTES;
+        let huge = "A".repeat(max + 1);
+        for (cert, ca, field) in [
+            (huge.as_str(), None, "status.certificate"),
+            ("x", Some(huge.as_str()), "status.ca"),
+        ] {
+            let cr = cr_with(&[("Ready", "True", "Issued", "ok")], Some(cert), ca);
+            match outcome(&cr) {
+                Some(Err(IssueError::Failed { message, .. })) => assert!(
+                    message.starts_with(&format!("{field} is {} bytes", max + 1))
+                        && message.contains(&format!("{max} bytes certvol accepts")),
+                    "{message}"
+                ),
+                other => panic!("{field}: {other:?}"),
+            }
+        }
+        // At the limit it is still passed on (the PEM parser then judges the content).
+        let at_limit = "A".repeat(max);
+        let cr = cr_with(&[("Ready", "True", "Issued", "ok")], Some(&at_limit), None);
+        assert!(matches!(outcome(&cr), Some(Ok(_))));
     }
 
     #[test]

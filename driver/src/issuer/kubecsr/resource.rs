@@ -109,16 +109,12 @@ pub fn outcome(csr: &CertificateSigningRequest) -> Option<Result<Issued, IssueEr
     if cert.0.is_empty() {
         return None;
     }
-    Some(match String::from_utf8(cert.0.clone()) {
-        Ok(chain_pem) => Ok(Issued {
+    Some(
+        crate::issuer::pem_text(&request, "status.certificate", &cert.0).map(|chain_pem| Issued {
             chain_pem,
             ca_pem: String::new(),
         }),
-        Err(_) => Err(IssueError::Failed {
-            request,
-            message: "status.certificate is not PEM text".into(),
-        }),
-    })
+    )
 }
 
 /// A one-line summary of the status, for timeout messages.
