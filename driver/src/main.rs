@@ -167,6 +167,13 @@ fn parse_size(s: &str) -> Result<u64, String> {
 fn init_logging(level: &str, format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    // kube-rs logs a whole response body at warn level when it cannot decode it; for the trust
+    // watches that body can be a Secret's data. certvol reports those failures itself (without
+    // the body), so that module is held to errors whatever the level or RUST_LOG asks for.
+    let filter = match "kube_client::client=error".parse() {
+        Ok(directive) => filter.add_directive(directive),
+        Err(_) => filter,
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
