@@ -254,7 +254,9 @@ impl Store {
             path: paths.state.clone(),
             message: e.to_string(),
         })?;
-        fsutil::atomic_write(&paths.state, &json, 0o600).map_err(|source| StoreError::Io {
+        // Not fsynced: state only describes the volume's tmpfs, which a power loss takes too
+        // (see `fsutil::replace`).
+        fsutil::replace(&paths.state, &json, 0o600).map_err(|source| StoreError::Io {
             action: "write",
             path: paths.state.clone(),
             source,
@@ -340,7 +342,7 @@ impl Store {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(io_err("remove", &paths.dir)(e)),
         }
-        fsutil::sync_dir(&self.volumes).map_err(io_err("sync", &self.volumes))
+        Ok(())
     }
 }
 

@@ -706,7 +706,7 @@ impl VolumeManager {
         password: &Password,
     ) -> Result<(), VolumeError> {
         let path = paths.pkcs12_password();
-        fsutil::atomic_write(&path, password.expose().as_bytes(), 0o600)
+        fsutil::replace(&path, password.expose().as_bytes(), 0o600)
             .map_err(VolumeError::io_at("write", &path))?;
         if let Ok(mut passwords) = self.passwords.lock() {
             passwords.insert(volume_id.to_owned(), password.clone());
@@ -777,7 +777,7 @@ impl VolumeManager {
                     Some(key) => key,
                     None => generate_key(req.key_algorithm).await?,
                 };
-                fsutil::atomic_write(&pending_key, key.pkcs8_der(), 0o600)
+                fsutil::replace(&pending_key, key.pkcs8_der(), 0o600)
                     .map_err(VolumeError::io_at("write", &pending_key))?;
                 state.last_revision = state.last_revision.max(revision);
                 state.pending = Some(PendingRecord {

@@ -262,7 +262,9 @@ impl LocalCa {
                 request: request.clone(),
                 message,
             })?;
-        fsutil::atomic_write(&record, leaf_pem.as_bytes(), 0o644).map_err(|e| {
+        // The record lets a retry after a driver crash adopt this certificate; after a power
+        // loss the volume is published afresh anyway, so it is not fsynced.
+        fsutil::replace(&record, leaf_pem.as_bytes(), 0o644).map_err(|e| {
             IssueError::Unavailable {
                 message: format!("cannot record {}: {e}", record.display()),
             }
@@ -336,7 +338,6 @@ impl Issuer for LocalCa {
     ) -> BoxFuture<'a, Result<(), IssueError>> {
         Box::pin(async move {
             let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
-            let mut removed = false;
             for name in names {
                 // A name that is not a plain file name was never recorded.
                 if check_request_name(name).is_err() {
@@ -344,7 +345,7 @@ impl Issuer for LocalCa {
                 }
                 let path = self.record_path(name);
                 match fs::remove_file(&path) {
-                    Ok(()) => removed = true,
+                    Ok(()) => {}
                     Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                     Err(e) => {
                         return Err(IssueError::Unavailable {
@@ -352,11 +353,6 @@ impl Issuer for LocalCa {
                         });
                     }
                 }
-            }
-            if removed {
-                fsutil::sync_dir(&self.issued_dir).map_err(|e| IssueError::Unavailable {
-                    message: format!("cannot sync {}: {e}", self.issued_dir.display()),
-                })?;
             }
             Ok(())
         })
