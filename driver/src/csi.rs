@@ -71,6 +71,10 @@ impl RpcError {
                 | VolumeError::Layout(LayoutError::EmptyTruststore { .. }) => {
                     Code::FailedPrecondition
                 }
+                // Final, not ResourceExhausted: kubelet reads that as "maybe mounted" and would
+                // keep an uncertain mount of a publish that left nothing behind. Its retries
+                // (with backoff) succeed once an operator has cleared the fault.
+                VolumeError::DataRoot { .. } => Code::FailedPrecondition,
                 VolumeError::Trust(source) => match source {
                     SourceError::Policy(_) => Code::InvalidArgument,
                     SourceError::NotFound { .. }
@@ -675,6 +679,17 @@ mod tests {
                 })
                 .into(),
                 Code::Unavailable,
+            ),
+            (
+                VolumeError::DataRoot {
+                    root: "/var/lib/certvol".into(),
+                    fault: store::DiskFault::Full,
+                    action: "write",
+                    path: "/var/lib/certvol/volumes/v-0/state.json".into(),
+                    source: std::io::Error::from_raw_os_error(libc::ENOSPC),
+                }
+                .into(),
+                Code::FailedPrecondition,
             ),
             (VolumeError::Internal("bug".into()).into(), Code::Internal),
         ];

@@ -33,8 +33,8 @@ use crate::refresh::{Message, RefreshHandle};
 use crate::request::CertRequest;
 use crate::scheduler::{RenewOutcome, Renewer, SchedulerHandle};
 use crate::store::{
-    self, CertRecord, PendingRecord, Phase, RenewalRecord, STATE_VERSION, Store, StoreError,
-    VolumePaths, VolumeState,
+    self, CertRecord, DiskFault, PendingRecord, Phase, RenewalRecord, STATE_VERSION, Store,
+    StoreError, VolumePaths, VolumeState,
 };
 use crate::trust::bundle::{self as trust_bundle, Bundle, Rejected, SourcePem};
 use crate::trust::rotation::{self, OverlapPolicy};
@@ -157,6 +157,20 @@ pub enum VolumeError {
     /// A trust source could not be read, or the namespace policy forbids it.
     #[error(transparent)]
     Trust(#[from] SourceError),
+    /// The data root refused a write (full or read-only): an operator has to act, and until then
+    /// no volume can be published there and no renewal can be recorded.
+    #[error(
+        "the data root {root} {fault}: cannot {action} {path} ({source}); {remedy}, then the call is retried",
+        remedy = fault.remedy()
+    )]
+    DataRoot {
+        root: PathBuf,
+        fault: DiskFault,
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -171,6 +185,50 @@ impl VolumeError {
             action,
             path,
             source,
+        }
+    }
+
+    /// Names the data root when an I/O error is one of its [`DiskFault`]s. Only paths on the
+    /// data root's own filesystem count: a volume's tmpfs (`volumes/<key>/mem/...`) has its own
+    /// size limit, and running out of it is not the data root's fault.
+    pub(crate) fn on_data_root(self, root: &Path) -> VolumeError {
+        let on_root = |path: &Path| {
+            path.strip_prefix(root).is_ok_and(|rel| {
+                let parts: Vec<_> = rel.components().collect();
+                // volumes/<key>/mem itself lives on the data root; what is below it does not.
+                !(parts.len() > 3
+                    && parts[0].as_os_str() == "volumes"
+                    && parts[2].as_os_str() == "mem")
+            })
+        };
+        let fault = match &self {
+            VolumeError::Store(StoreError::Io { path, source, .. })
+            | VolumeError::Io { path, source, .. } => {
+                DiskFault::of(source).filter(|_| on_root(path))
+            }
+            _ => None,
+        };
+        match (fault, self) {
+            (
+                Some(fault),
+                VolumeError::Store(StoreError::Io {
+                    action,
+                    path,
+                    source,
+                })
+                | VolumeError::Io {
+                    action,
+                    path,
+                    source,
+                },
+            ) => VolumeError::DataRoot {
+                root: root.to_path_buf(),
+                fault,
+                action,
+                path,
+                source,
+            },
+            (_, other) => other,
         }
     }
 
@@ -475,7 +533,8 @@ impl VolumeManager {
         let mut trust = None;
         let result = self
             .publish_locked(&params, &req, context, password, &mut guard, &mut trust)
-            .await;
+            .await
+            .map_err(|e| e.on_data_root(self.store.root()));
         if let Err(err) = &result
             && !err.keeps_pending()
             && let Some(state) = guard.take()
@@ -591,8 +650,10 @@ impl VolumeManager {
         // retried publish, which finds the files and only binds the target.
         self.bind_target(&paths, &params.target_path)?;
         crashpoint::hit("publish:bound");
-        state.phase = Phase::Published;
-        self.save(state).await?;
+        let mut next = state.clone();
+        next.phase = Phase::Published;
+        self.save(&next).await?;
+        *state = next;
         *trust_out = trust;
         info!(
             volume_id = %params.volume_id,
@@ -733,10 +794,29 @@ impl VolumeManager {
             None => None,
         };
         let pending_key = paths.pending_key();
+        let current_key = paths.current_key();
+        // Whether the pending key was already promoted to the current one.
+        let mut promoted = false;
         let resumed = match &state.pending {
             Some(p) if p.revision == revision => match fs::read(&pending_key) {
                 Ok(der) => Some(PrivateKey::from_pkcs8_der(&Zeroizing::new(der))?),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    // pending.pk8 is written before the pending record and only ever leaves by
+                    // the rename to current.pk8 once the revision's files are written; so with
+                    // the record present and the file gone, the files were written and only
+                    // recording them failed (a crash, or a data root refusing the write).
+                    // Resuming with that key adopts the same request: nothing is filed twice.
+                    let unrecorded = state.current.as_ref().is_none_or(|c| c.revision < revision);
+                    match fs::read(&current_key) {
+                        Ok(der) if unrecorded => {
+                            promoted = true;
+                            Some(PrivateKey::from_pkcs8_der(&Zeroizing::new(der))?)
+                        }
+                        Ok(_) => None,
+                        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+                        Err(e) => return Err(VolumeError::io_at("read", &current_key)(e)),
+                    }
+                }
                 Err(e) => return Err(VolumeError::io_at("read", &pending_key)(e)),
             },
             _ => None,
@@ -754,22 +834,24 @@ impl VolumeManager {
                 };
                 fsutil::atomic_write(&pending_key, key.pkcs8_der(), 0o600)
                     .map_err(VolumeError::io_at("write", &pending_key))?;
-                state.last_revision = state.last_revision.max(revision);
-                state.pending = Some(PendingRecord {
+                // Changed on a copy and adopted only once it is on disk: a request must never be
+                // filed on the strength of a record the data root refused (full, read-only).
+                let mut next = state.clone();
+                next.last_revision = next.last_revision.max(revision);
+                next.pending = Some(PendingRecord {
                     revision,
                     request_name: request_name.clone(),
                     key_algorithm: key.algorithm(),
                     started_at: store::to_offset(self.clock.now()),
                 });
-                if !state.requests.contains(&request_name) {
-                    state.requests.push(request_name.clone());
+                if !next.requests.contains(&request_name) {
+                    next.requests.push(request_name.clone());
                 }
-                state.phase = if state.current.is_some() {
-                    state.phase
-                } else {
-                    Phase::Issuing
-                };
-                self.save(state).await?;
+                if next.current.is_none() {
+                    next.phase = Phase::Issuing;
+                }
+                self.save(&next).await?;
+                *state = next;
                 crashpoint::hit(&format!("{op}:key-saved"));
                 key
             }
@@ -884,9 +966,10 @@ impl VolumeManager {
         )?;
         writer::publish(&paths.files, &files, gid, now)?;
         crashpoint::hit(&format!("{op}:files-written"));
-        let current_key = paths.current_key();
-        fs::rename(&pending_key, &current_key)
-            .map_err(VolumeError::io_at("rename", &pending_key))?;
+        if !promoted {
+            fs::rename(&pending_key, &current_key)
+                .map_err(VolumeError::io_at("rename", &pending_key))?;
+        }
 
         let renew_at = certvol_renewer::renew_at(
             not_before,
@@ -895,7 +978,10 @@ impl VolumeManager {
             &self.cfg.policy,
             rand::random::<f64>(),
         );
-        state.current = Some(CertRecord {
+        // As above, adopted only once on disk: if the data root refuses the record, memory keeps
+        // the pending record, and the retry resumes it with the promoted key (see `promoted`).
+        let mut next = state.clone();
+        next.current = Some(CertRecord {
             revision,
             request_name,
             serial,
@@ -903,10 +989,11 @@ impl VolumeManager {
             not_after: store::to_offset(not_after),
             renew_at: store::to_offset(renew_at),
         });
-        state.pending = None;
-        state.renewal = RenewalRecord::default();
-        state.issuing_cas = issuing_cas;
-        self.save(state).await?;
+        next.pending = None;
+        next.renewal = RenewalRecord::default();
+        next.issuing_cas = issuing_cas;
+        self.save(&next).await?;
+        *state = next;
         crashpoint::hit(&format!("{op}:recorded"));
         if let Some(bundle) = &bundle {
             self.report_rejected(req, &bundle.rejected).await;
@@ -1166,7 +1253,7 @@ impl VolumeManager {
             None => self.unbind_target(target_path),
         };
         self.release(volume_id, &slot, &guard);
-        result
+        result.map_err(|e| e.on_data_root(self.store.root()))
     }
 
     /// Removes everything a volume has: renewal, target bind, target dir, tmpfs, issuer requests,
@@ -1354,6 +1441,7 @@ impl VolumeManager {
                 }
             }
             Err(err) => {
+                let err = err.on_data_root(self.store.root());
                 crate::metrics::global().renewal(false);
                 if let VolumeError::Issue(e) = &err
                     && !e.is_transient()
@@ -1502,6 +1590,9 @@ mod tests {
         ca: LocalCa,
         mode: AtomicU8,
         calls: StdMutex<Vec<String>>,
+        /// A directory created right after signing: blocks the next state save (see
+        /// `block_saves`), as a data root filling up during the issuance would.
+        after_issue: StdMutex<Option<PathBuf>>,
     }
 
     impl Issuer for Scripted {
@@ -1528,7 +1619,13 @@ mod tests {
                         swapped.csr_pem = csr.pem;
                         self.ca.issue(&swapped).await
                     }
-                    _ => self.ca.issue(req).await,
+                    _ => {
+                        let issued = self.ca.issue(req).await;
+                        if let Some(dir) = self.after_issue.lock().unwrap().take() {
+                            fs::create_dir(dir).unwrap();
+                        }
+                        issued
+                    }
                 }
             })
         }
@@ -1567,6 +1664,7 @@ mod tests {
             ca,
             mode: AtomicU8::new(OK),
             calls: StdMutex::new(Vec::new()),
+            after_issue: StdMutex::new(None),
         });
         let (handle, scheduler) = crate::scheduler::channel();
         let mgr = Arc::new(VolumeManager::new(
@@ -1759,6 +1857,143 @@ mod tests {
                 issuer::request_name("node-a", "csi-renew", 3)
             ]
         );
+    }
+
+    /// Where a directory makes the next save of `volume_id`'s state fail: the temporary file
+    /// `fsutil::atomic_write` opens. Unit tests cannot fill or remount the disk; the save
+    /// failing is what matters here (the e2e fault campaign uses a real full/read-only tmpfs).
+    fn block_saves(f: &Fixture, volume_id: &str) -> PathBuf {
+        f.mgr
+            .store()
+            .paths(volume_id)
+            .dir
+            .join(format!(".state.json.tmp{}", std::process::id()))
+    }
+
+    #[tokio::test]
+    async fn a_renewal_whose_pending_record_is_refused_files_nothing() {
+        let f = fixture();
+        let p = params(&f, "nosave");
+        f.mgr.publish(p.clone()).await.unwrap();
+        let before = cert_of(&p.target_path);
+        let on_disk = f.mgr.store().load("csi-nosave").unwrap().unwrap();
+        let blocker = block_saves(&f, "csi-nosave");
+        fs::create_dir(&blocker).unwrap();
+
+        let outcome = f.mgr.renew_volume("csi-nosave").await;
+        assert!(
+            matches!(outcome, RenewOutcome::Failed { .. }),
+            "{outcome:?}"
+        );
+        assert_eq!(calls(&f).len(), 1, "no request filed without its record");
+        assert_eq!(cert_of(&p.target_path), before);
+        assert_eq!(f.mgr.store().load("csi-nosave").unwrap().unwrap(), on_disk);
+        // Nothing was recorded, so memory must not claim a pending request either.
+        let in_memory = f.mgr.status("csi-nosave").await.unwrap().unwrap();
+        assert_eq!(in_memory.pending, None);
+        assert_eq!(in_memory.last_revision, on_disk.last_revision);
+
+        fs::remove_dir(&blocker).unwrap();
+        let outcome = f.mgr.renew_volume("csi-nosave").await;
+        assert!(
+            matches!(outcome, RenewOutcome::Renewed { .. }),
+            "{outcome:?}"
+        );
+        assert_eq!(
+            calls(&f)[1..],
+            [issuer::request_name("node-a", "csi-nosave", 2)]
+        );
+        assert_ne!(cert_of(&p.target_path), before);
+    }
+
+    #[tokio::test]
+    async fn a_renewal_whose_result_cannot_be_recorded_is_finished_without_a_new_request() {
+        let f = fixture();
+        let p = params(&f, "unrec");
+        f.mgr.publish(p.clone()).await.unwrap();
+        let before = cert_of(&p.target_path);
+        let blocker = block_saves(&f, "csi-unrec");
+        *f.issuer.after_issue.lock().unwrap() = Some(blocker.clone());
+
+        let outcome = f.mgr.renew_volume("csi-unrec").await;
+        assert!(
+            matches!(outcome, RenewOutcome::Failed { .. }),
+            "{outcome:?}"
+        );
+        let rev2 = issuer::request_name("node-a", "csi-unrec", 2);
+        assert_eq!(calls(&f)[1..], std::slice::from_ref(&rev2));
+        // The new pair is in place and matches; only its record is missing.
+        let written = cert_of(&p.target_path);
+        assert_ne!(written, before);
+        let leaf = pki::parse_pem_chain(&String::from_utf8(written.clone()).unwrap()).unwrap();
+        let key = PrivateKey::from_pem(&fs::read_to_string(p.target_path.join("tls.key")).unwrap())
+            .unwrap();
+        assert!(pki::key_matches(&leaf[0], &key).unwrap());
+        let on_disk = f.mgr.store().load("csi-unrec").unwrap().unwrap();
+        assert_eq!(on_disk.current.as_ref().unwrap().revision, 1);
+        assert_eq!(on_disk.pending.as_ref().unwrap().request_name, rev2);
+
+        // The retry resumes the same request with the key already in place: the issuer is
+        // asked for revision 2 again (and answers with what it signed), never for a third.
+        fs::remove_dir(&blocker).unwrap();
+        let outcome = f.mgr.renew_volume("csi-unrec").await;
+        assert!(
+            matches!(outcome, RenewOutcome::Renewed { .. }),
+            "{outcome:?}"
+        );
+        assert_eq!(calls(&f)[1..], [rev2.clone(), rev2.clone()]);
+        assert_eq!(cert_of(&p.target_path), written, "the same certificate");
+        let state = f.mgr.store().load("csi-unrec").unwrap().unwrap();
+        let current = state.current.unwrap();
+        assert_eq!((current.revision, current.request_name), (2, rev2));
+        assert_eq!(current.serial, leaf[0].serial_hex);
+        assert_eq!(state.pending, None);
+        assert_eq!(state.renewal, RenewalRecord::default());
+    }
+
+    #[test]
+    fn disk_faults_name_the_data_root_only_for_its_own_filesystem() {
+        let root = Path::new("/var/lib/certvol");
+        let io = |path: &str, code| VolumeError::Io {
+            action: "write",
+            path: path.into(),
+            source: io::Error::from_raw_os_error(code),
+        };
+        let state = "/var/lib/certvol/volumes/v-01/state.json";
+        let err = VolumeError::Store(StoreError::Io {
+            action: "write",
+            path: state.into(),
+            source: io::Error::from_raw_os_error(libc::ENOSPC),
+        })
+        .on_data_root(root);
+        assert!(
+            matches!(
+                err,
+                VolumeError::DataRoot {
+                    fault: DiskFault::Full,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        let message = err.to_string();
+        for part in ["/var/lib/certvol", "is full", state, "free space"] {
+            assert!(message.contains(part), "{part:?} missing from {message}");
+        }
+        let err = io("/var/lib/certvol/volumes/v-01/mem", libc::EROFS).on_data_root(root);
+        assert!(err.to_string().contains("is read-only"), "{err}");
+        assert!(err.to_string().contains("remount it read-write"), "{err}");
+        // Inside a volume's own tmpfs, elsewhere, or another error: left as it was.
+        for err in [
+            io(
+                "/var/lib/certvol/volumes/v-01/mem/files/tls.crt",
+                libc::ENOSPC,
+            ),
+            io("/elsewhere/state.json", libc::ENOSPC),
+            io(state, libc::EACCES),
+        ] {
+            assert!(matches!(err.on_data_root(root), VolumeError::Io { .. }));
+        }
     }
 
     #[tokio::test]
