@@ -1921,7 +1921,7 @@ mod tests {
             "{outcome:?}"
         );
         let rev2 = issuer::request_name("node-a", "csi-unrec", 2);
-        assert_eq!(calls(&f)[1..], std::slice::from_ref(&rev2));
+        assert_eq!(&calls(&f)[1..], std::slice::from_ref(&rev2));
         // The new pair is in place and matches; only its record is missing.
         let written = cert_of(&p.target_path);
         assert_ne!(written, before);
