@@ -75,6 +75,8 @@ impl RpcError {
                 // keep an uncertain mount of a publish that left nothing behind. Its retries
                 // (with backoff) succeed once an operator has cleared the fault.
                 VolumeError::DataRoot { .. } => Code::FailedPrecondition,
+                // Non-final: the volume keeps its state and kubelet's retry files a new request.
+                VolumeError::Expired { .. } => Code::Aborted,
                 VolumeError::Trust(source) => match source {
                     SourceError::Policy(_) => Code::InvalidArgument,
                     SourceError::NotFound { .. }
@@ -690,6 +692,14 @@ mod tests {
                 }
                 .into(),
                 Code::FailedPrecondition,
+            ),
+            (
+                VolumeError::Expired {
+                    request: "r".into(),
+                    not_after: SystemTime::UNIX_EPOCH,
+                }
+                .into(),
+                Code::Aborted,
             ),
             (VolumeError::Internal("bug".into()).into(), Code::Internal),
         ];

@@ -139,6 +139,16 @@ pub enum VolumeError {
     Issue(#[from] IssueError),
     #[error("the issuer returned an unusable certificate for request {request}: {message}")]
     BadCertificate { request: String, message: String },
+    /// The request's certificate had already expired when the node got it; the next attempt
+    /// files a new request.
+    #[error(
+        "the certificate issued for request {request} had already expired when this node received it (not after {}); the next attempt files a new request",
+        humantime_utc(*not_after)
+    )]
+    Expired {
+        request: String,
+        not_after: SystemTime,
+    },
     #[error("private key: {0}")]
     Key(#[from] KeyError),
     #[error("building the volume's files: {0}")]
@@ -236,7 +246,15 @@ impl VolumeError {
     /// resumes it (the issuer may still sign the pending request).
     fn keeps_pending(&self) -> bool {
         matches!(self, VolumeError::Issue(e) if e.is_transient())
+            || matches!(self, VolumeError::Expired { .. })
     }
+}
+
+/// RFC 3339 (UTC) for messages.
+fn humantime_utc(t: SystemTime) -> String {
+    let t = store::to_offset(t);
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| t.to_string())
 }
 
 type Slot = Arc<Mutex<Option<VolumeState>>>;
@@ -904,6 +922,22 @@ impl VolumeManager {
             ));
         }
         let now = self.clock.now();
+        if leaf.not_after <= now {
+            // Signed in time but seen too late (the node could not watch its request, e.g.
+            // during an API outage, while a short certificate ran out). Asking the same request
+            // again only returns the same certificate: forget it so the retry files the next
+            // revision. Saved best effort: if the save fails, the retry sees the same expired
+            // certificate and gets here again.
+            let mut next = state.clone();
+            next.pending = None;
+            if self.save(&next).await.is_ok() {
+                *state = next;
+            }
+            return Err(VolumeError::Expired {
+                request: request_name,
+                not_after: leaf.not_after,
+            });
+        }
         if !issued.ca_pem.trim().is_empty() {
             let ca = pki::parse_pem_chain(&issued.ca_pem).map_err(|e| bad(e.to_string()))?;
             pki::verify_chain(&chain, &ca, now).map_err(|e| bad(e.to_string()))?;
@@ -1347,6 +1381,39 @@ impl VolumeManager {
         self.scheduler.schedule(&state.volume_id, at);
     }
 
+    /// Moves every renewal that failed and waits out its backoff to now: called when the API
+    /// server answers again after an outage, so that certificates that expired (or came close)
+    /// during it are renewed at once rather than after a backoff grown during the outage (up to
+    /// the policy's cap, minutes). A volume busy with another operation is skipped: that
+    /// operation reschedules it. Returns how many renewals were moved.
+    pub fn retry_failed_renewals(&self) -> usize {
+        let slots: Vec<(String, Slot)> = match self.slots.lock() {
+            Ok(slots) => slots
+                .iter()
+                .map(|(id, s)| (id.clone(), s.clone()))
+                .collect(),
+            Err(_) => return 0,
+        };
+        let now = self.clock.now();
+        let mut moved = 0;
+        for (volume_id, slot) in slots {
+            let Ok(mut guard) = slot.try_lock() else {
+                continue;
+            };
+            if let Some(state) = guard.as_mut()
+                && state.phase == Phase::Published
+                && state.renewal.failures > 0
+            {
+                // The backoff starts over: the outage it grew during has ended. (In memory only;
+                // the attempt's outcome is saved either way.)
+                state.renewal.failures = 0;
+                self.scheduler.schedule(&volume_id, now);
+                moved += 1;
+            }
+        }
+        moved
+    }
+
     /// One renewal of a published volume. Failures keep the old, still-valid files in place.
     pub async fn renew_volume(&self, volume_id: &str) -> RenewOutcome {
         let (slot, mut guard) = match self.lock(volume_id).await {
@@ -1638,17 +1705,32 @@ mod tests {
         }
     }
 
+    /// The manager's wall clock: the system's, moved ahead by `ahead_secs` (the CA keeps the
+    /// system's), to make what the CA signs look old to the node.
+    #[derive(Debug, Default)]
+    struct Ahead {
+        ahead_secs: std::sync::atomic::AtomicU64,
+    }
+
+    impl Clock for Ahead {
+        fn now(&self) -> SystemTime {
+            SystemTime::now() + Duration::from_secs(self.ahead_secs.load(Ordering::SeqCst))
+        }
+    }
+
     struct Fixture {
         _dir: tempfile::TempDir,
         mgr: Arc<VolumeManager>,
         issuer: Arc<Scripted>,
         pods: PathBuf,
+        ahead: Arc<Ahead>,
         _scheduler: crate::scheduler::Scheduler,
     }
 
     fn fixture() -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        let ahead = Arc::new(Ahead::default());
         let store = Store::open(&dir.path().join("root")).unwrap();
         let ca = LocalCa::open(
             LocalCaConfig {
@@ -1672,7 +1754,7 @@ mod tests {
             store,
             Arc::new(DirMounter::default()),
             issuer.clone(),
-            clock,
+            ahead.clone(),
             handle,
         ));
         let pods = dir.path().join("pods");
@@ -1681,6 +1763,7 @@ mod tests {
             mgr,
             issuer,
             pods,
+            ahead,
             _scheduler: scheduler,
         }
     }
@@ -1994,6 +2077,92 @@ mod tests {
         ] {
             assert!(matches!(err.on_data_root(root), VolumeError::Io { .. }));
         }
+    }
+
+    #[tokio::test]
+    async fn a_certificate_that_expired_before_it_arrived_is_never_asked_for_again() {
+        let f = fixture();
+        let p = params(&f, "late");
+        let two_days = 2 * 86_400;
+        // The CA signs at most a day: two days on, whatever it signs has expired.
+        f.ahead.ahead_secs.store(two_days, Ordering::SeqCst);
+        let err = f.mgr.publish(p.clone()).await.unwrap_err();
+        assert!(matches!(err, VolumeError::Expired { .. }), "{err:?}");
+        let rev = |n| issuer::request_name("node-a", "csi-late", n);
+        assert!(err.to_string().contains(&rev(1)), "{err}");
+        // Kept for kubelet's retry, which files the next revision instead of resuming this one.
+        let state = f.mgr.store().load("csi-late").unwrap().unwrap();
+        assert_eq!(
+            (state.phase, state.pending, state.last_revision),
+            (Phase::Issuing, None, 1)
+        );
+        assert!(!p.target_path.exists());
+        f.ahead.ahead_secs.store(0, Ordering::SeqCst);
+        f.mgr.publish(p.clone()).await.unwrap();
+        assert_eq!(calls(&f), [rev(1), rev(2)]);
+
+        f.ahead.ahead_secs.store(two_days, Ordering::SeqCst);
+        let outcome = f.mgr.renew_volume("csi-late").await;
+        assert!(
+            matches!(outcome, RenewOutcome::Failed { .. }),
+            "{outcome:?}"
+        );
+        let state = f.mgr.store().load("csi-late").unwrap().unwrap();
+        assert_eq!(state.pending, None);
+        assert!(
+            state
+                .renewal
+                .last_error
+                .unwrap()
+                .contains("already expired")
+        );
+        f.ahead.ahead_secs.store(0, Ordering::SeqCst);
+        let outcome = f.mgr.renew_volume("csi-late").await;
+        assert!(
+            matches!(outcome, RenewOutcome::Renewed { .. }),
+            "{outcome:?}"
+        );
+        assert_eq!(calls(&f), [rev(1), rev(2), rev(3), rev(4)]);
+    }
+
+    #[tokio::test]
+    async fn only_failed_renewals_are_moved_when_the_api_answers_again() {
+        let f = fixture();
+        let (ok, failing) = (params(&f, "fine"), params(&f, "failing"));
+        f.mgr.publish(ok.clone()).await.unwrap();
+        f.mgr.publish(failing.clone()).await.unwrap();
+        assert_eq!(f.mgr.retry_failed_renewals(), 0);
+        set(&f, UNAVAILABLE);
+        let outcome = f.mgr.renew_volume("csi-failing").await;
+        assert!(
+            matches!(outcome, RenewOutcome::Failed { .. }),
+            "{outcome:?}"
+        );
+        let outcome = f.mgr.renew_volume("csi-failing").await;
+        assert!(
+            matches!(outcome, RenewOutcome::Failed { .. }),
+            "{outcome:?}"
+        );
+        assert_eq!(f.mgr.retry_failed_renewals(), 1);
+        // The backoff starts over: the next failure is the first again.
+        let outcome = f.mgr.renew_volume("csi-failing").await;
+        assert!(
+            matches!(outcome, RenewOutcome::Failed { .. }),
+            "{outcome:?}"
+        );
+        let state = f.mgr.store().load("csi-failing").unwrap().unwrap();
+        assert_eq!(state.renewal.failures, 1);
+        set(&f, OK);
+        let outcome = f.mgr.renew_volume("csi-failing").await;
+        assert!(
+            matches!(outcome, RenewOutcome::Renewed { .. }),
+            "{outcome:?}"
+        );
+        assert_eq!(
+            f.mgr.retry_failed_renewals(),
+            0,
+            "a success clears the failure"
+        );
     }
 
     #[tokio::test]
