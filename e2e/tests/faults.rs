@@ -72,7 +72,7 @@ impl Scale {
             Scale {
                 volumes: 4,
                 rounds: 4,
-                outage: Duration::from_secs(8),
+                outage: Duration::from_secs(12),
             }
         }
     }
@@ -367,17 +367,32 @@ async fn api_faults_during_issuance_and_renewal_end_correct_without_duplicates_o
     faults.fail_next(0, 500);
 
     // A full outage: every request fails (500: kube-rs does not retry it, so each attempt is one
-    // request), the open watch is cut, and a new volume is published meanwhile.
+    // request) and the open watch is cut. It begins while requests are being signed (the signer
+    // takes 3 s): a new volume's and at least one renewal's. Their 6 s certificates are signed
+    // during the outage and have expired before the node can see them again.
     let newcomer = cluster.create_pod(&ns, "api-fault-during-outage").await;
+    let signing = Duration::from_secs(3);
+    s.signer.set_delay(signing);
+    let creates_before = created(&s.api);
+    let outage_publish = {
+        let (k, p, v) = (kubelet.clone(), newcomer.clone(), vol.clone());
+        tokio::spawn(async move { publish_retrying(&k, &p, &v, Duration::from_secs(120)).await })
+    };
+    let filed = until(Duration::from_secs(10), || async {
+        (created(&s.api) >= creates_before + 2).then_some(())
+    })
+    .await;
+    assert!(filed.is_some(), "no requests filed before the outage");
     let before = driver_requests(&s.api).len();
     let cpu_before = cpu_time(driver.pid());
     let started = Instant::now();
     faults.fail_next(usize::MAX, 500);
     faults.drop_watches();
-    let outage_publish = {
-        let (k, p, v) = (kubelet.clone(), newcomer.clone(), vol.clone());
-        tokio::spawn(async move { publish_retrying(&k, &p, &v, Duration::from_secs(90)).await })
-    };
+    let unsigned = created(&s.api) - s.signer.signed();
+    assert!(
+        unsigned > 0,
+        "the outage must begin before requests are signed"
+    );
     tokio::time::sleep(scale.outage).await;
     let during: Vec<RequestRecord> = driver_requests(&s.api)[before..].to_vec();
     let cpu = cpu_time(driver.pid()).saturating_sub(cpu_before);
@@ -389,12 +404,13 @@ async fn api_faults_during_issuance_and_renewal_end_correct_without_duplicates_o
     }
     faults.fail_next(0, 500);
     let cleared = Instant::now();
+    s.signer.set_delay(Duration::ZERO);
 
     // Bounds from the driver's own pacing: relists back off (watch::retry_delay); each volume's
     // renewal retries at least MIN_RETRY_SPACING (1 s) apart, one create each; a publish files at
     // most one create per kubelet call (0.5 s doubling: at most log2(outage/0.5 s) + 2 calls);
-    // transient failures post no Events. And the client's limiter caps everything at
-    // burst + qps * outage (20 + 10/s).
+    // an attempt that instead waits out --issue-timeout (5 s) posts at most one Event. And the
+    // client's limiter caps everything at burst + qps * outage (20 + 10/s).
     let secs = outage.as_secs_f64();
     let kubelet_calls = kubelet_calls_within(outage);
     let backoff_bound =
@@ -482,8 +498,11 @@ async fn api_faults_during_issuance_and_renewal_end_correct_without_duplicates_o
         );
     }
     println!(
-        "every volume renewed {:.1} s after the outage ended",
-        cleared.elapsed().as_secs_f64()
+        "every volume renewed {:.1} s after the outage ended; {unsigned} requests were signed during the outage, {} log lines report a certificate that arrived expired (requested anew)",
+        cleared.elapsed().as_secs_f64(),
+        env.logs()
+            .matches("had already expired when this node received it")
+            .count()
     );
 
     // Stop the driver so nothing moves, then compare what the API saw with what was recorded:
