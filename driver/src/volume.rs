@@ -1293,6 +1293,15 @@ impl VolumeManager {
     /// Removes everything a volume has: renewal, target bind, target dir, tmpfs, issuer requests,
     /// and state last, recording `Unpublishing` first so that a crash part-way is finished later.
     pub(crate) async fn remove_volume(&self, state: &VolumeState) -> Result<(), VolumeError> {
+        let paths = self.store.paths(&state.volume_id);
+        if state.phase != Phase::Unpublishing && paths.state.exists() {
+            let mut marked = state.clone();
+            marked.phase = Phase::Unpublishing;
+            // First: if the data root refuses the record (full, read-only), the volume stays as
+            // it was, still renewed and refreshed, and kubelet's retry of the unpublish finds it.
+            self.save(&marked).await?;
+            crashpoint::hit("unpublish:marked");
+        }
         self.scheduler.cancel(&state.volume_id);
         if let Ok(mut tokens) = self.tokens.lock() {
             tokens.remove(&state.volume_id);
@@ -1304,13 +1313,6 @@ impl VolumeManager {
             refresher.send(Message::Forget {
                 volume_id: state.volume_id.clone(),
             });
-        }
-        let paths = self.store.paths(&state.volume_id);
-        if state.phase != Phase::Unpublishing && paths.state.exists() {
-            let mut marked = state.clone();
-            marked.phase = Phase::Unpublishing;
-            self.save(&marked).await?;
-            crashpoint::hit("unpublish:marked");
         }
         self.unbind_target(&state.target_path)?;
         crashpoint::hit("unpublish:unbound");
@@ -2123,6 +2125,33 @@ mod tests {
             "{outcome:?}"
         );
         assert_eq!(calls(&f), [rev(1), rev(2), rev(3), rev(4)]);
+    }
+
+    #[tokio::test]
+    async fn an_unpublish_whose_first_record_is_refused_touches_nothing() {
+        let f = fixture();
+        let p = params(&f, "stay");
+        f.mgr.publish(p.clone()).await.unwrap();
+        let before = cert_of(&p.target_path);
+        let blocker = block_saves(&f, "csi-stay");
+        fs::create_dir(&blocker).unwrap();
+        f.mgr
+            .unpublish("csi-stay", &p.target_path)
+            .await
+            .unwrap_err();
+        assert_eq!(cert_of(&p.target_path), before, "still bound and serving");
+        let state = f.mgr.status("csi-stay").await.unwrap().unwrap();
+        assert_eq!(state.phase, Phase::Published);
+        // Still renewable, as it was.
+        fs::remove_dir(&blocker).unwrap();
+        let outcome = f.mgr.renew_volume("csi-stay").await;
+        assert!(
+            matches!(outcome, RenewOutcome::Renewed { .. }),
+            "{outcome:?}"
+        );
+        f.mgr.unpublish("csi-stay", &p.target_path).await.unwrap();
+        assert!(!p.target_path.exists());
+        assert_eq!(f.mgr.store().load("csi-stay").unwrap(), None);
     }
 
     #[tokio::test]

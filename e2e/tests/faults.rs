@@ -793,6 +793,17 @@ async fn disk_faults_on_the_data_root_fail_cleanly_keep_serving_and_recover() {
             }
         }
 
+        // Unpublish cannot record its first step either: it fails the same way and touches
+        // nothing (kubelet retries it): the volume keeps serving and, once the fault clears,
+        // renewing.
+        let status = kubelet
+            .unpublish(&pods[0], &vol)
+            .await
+            .expect_err("unpublish on a faulty data root");
+        assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+        assert!(status.message().contains(cause), "{}", status.message());
+        pair_matches(&targets[0]).expect("still served after the refused unpublish");
+
         // The fault clears: kubelet's retry publishes the volume, renewals resume.
         match fault {
             "full" => data_root.drain(),
