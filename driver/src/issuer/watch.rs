@@ -598,7 +598,7 @@ mod tests {
             1,
             "one recovery per outage"
         );
-        // A relist without a failure before it (e.g. after 410 Gone) is not one.
+        // A relist with no failure recorded since the last one is not a recovery.
         cache.apply(Event::Init);
         cache.apply(Event::InitDone);
         assert!(!recoveries.has_changed().unwrap());
