@@ -71,6 +71,12 @@ impl RpcError {
                 | VolumeError::Layout(LayoutError::EmptyTruststore { .. }) => {
                     Code::FailedPrecondition
                 }
+                // Final, not ResourceExhausted: kubelet reads that as "maybe mounted" and would
+                // keep an uncertain mount of a publish that left nothing behind. Its retries
+                // (with backoff) succeed once an operator has cleared the fault.
+                VolumeError::DataRoot { .. } => Code::FailedPrecondition,
+                // Non-final: the volume keeps its state and kubelet's retry files a new request.
+                VolumeError::Expired { .. } => Code::Aborted,
                 VolumeError::Trust(source) => match source {
                     SourceError::Policy(_) => Code::InvalidArgument,
                     SourceError::NotFound { .. }
@@ -678,6 +684,25 @@ mod tests {
                 })
                 .into(),
                 Code::Unavailable,
+            ),
+            (
+                VolumeError::DataRoot {
+                    root: "/var/lib/certvol".into(),
+                    fault: store::DiskFault::Full,
+                    action: "write",
+                    path: "/var/lib/certvol/volumes/v-0/state.json".into(),
+                    source: std::io::Error::from_raw_os_error(libc::ENOSPC),
+                }
+                .into(),
+                Code::FailedPrecondition,
+            ),
+            (
+                VolumeError::Expired {
+                    request: "r".into(),
+                    not_after: SystemTime::UNIX_EPOCH,
+                }
+                .into(),
+                Code::Aborted,
             ),
             (VolumeError::Internal("bug".into()).into(), Code::Internal),
         ];

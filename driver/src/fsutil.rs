@@ -72,6 +72,11 @@ pub fn create_dir_mode(dir: &Path, mode: u32) -> io::Result<()> {
         .mode(mode)
         .create(dir)?;
     use std::os::unix::fs::PermissionsExt;
+    // chmod fails with EROFS on a read-only filesystem even when nothing would change, and a
+    // driver restarting while its data root is read-only must still come up and serve.
+    if fs::metadata(dir)?.permissions().mode() & 0o7777 == mode {
+        return Ok(());
+    }
     fs::set_permissions(dir, fs::Permissions::from_mode(mode))
 }
 

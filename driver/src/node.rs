@@ -401,6 +401,25 @@ pub async fn run(
     for (span, task) in issuer_tasks {
         background.push(tokio::spawn(task.instrument(span)));
     }
+    if let Some(mut recoveries) = volumes.issuer().recoveries() {
+        // Watch-driven: the request watch listing again after failures is the sign that the API
+        // server is back, so renewals that backed off during the outage go now.
+        let volumes = volumes.clone();
+        background.push(tokio::spawn(
+            async move {
+                while recoveries.changed().await.is_ok() {
+                    let moved = volumes.retry_failed_renewals();
+                    if moved > 0 {
+                        info!(
+                            renewals = moved,
+                            "the API server answers again; retrying failed renewals now"
+                        );
+                    }
+                }
+            }
+            .instrument(info_span!("api-recovery")),
+        ));
+    }
     // Started before recovery, which hands it the recovered volumes with trust bundles.
     background.push(tokio::spawn(
         refresher

@@ -129,6 +129,45 @@ pub enum StoreError {
     Corrupt { path: PathBuf, message: String },
 }
 
+/// A fault of the filesystem holding the data root that only an operator can clear. Writes of
+/// state (and of the volume directories) fail with it until then; nothing else does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DiskFault {
+    /// No space (ENOSPC) or the quota is used up (EDQUOT).
+    Full,
+    /// Mounted read-only (EROFS), e.g. remounted after filesystem errors.
+    ReadOnly,
+}
+
+impl DiskFault {
+    /// The fault an I/O error reports, if it is one of these.
+    pub fn of(error: &io::Error) -> Option<DiskFault> {
+        match error.raw_os_error()? {
+            libc::ENOSPC | libc::EDQUOT => Some(DiskFault::Full),
+            libc::EROFS => Some(DiskFault::ReadOnly),
+            _ => None,
+        }
+    }
+
+    /// What the operator has to do about it.
+    pub fn remedy(self) -> &'static str {
+        match self {
+            DiskFault::Full => "free space on that filesystem (or raise its quota)",
+            DiskFault::ReadOnly => "make that filesystem writable again (remount it read-write)",
+        }
+    }
+}
+
+impl std::fmt::Display for DiskFault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            DiskFault::Full => "is full",
+            DiskFault::ReadOnly => "is read-only",
+        })
+    }
+}
+
 /// A volume directory found by [`Store::scan`], with its state if it could be read.
 pub type ScannedVolume = (VolumePaths, Result<Option<VolumeState>, StoreError>);
 
@@ -245,21 +284,30 @@ impl Store {
     /// Writes `state` atomically.
     pub fn save(&self, state: &VolumeState) -> Result<(), StoreError> {
         let paths = self.paths(&state.volume_id);
+        let json = serde_json::to_vec_pretty(state).map_err(|e| StoreError::Corrupt {
+            path: paths.state.clone(),
+            message: e.to_string(),
+        })?;
+        let created = !paths.dir.exists();
         fsutil::create_dir_mode(&paths.dir, 0o700).map_err(|source| StoreError::Io {
             action: "create",
             path: paths.dir.clone(),
             source,
         })?;
-        let json = serde_json::to_vec_pretty(state).map_err(|e| StoreError::Corrupt {
-            path: paths.state.clone(),
-            message: e.to_string(),
-        })?;
         // Not fsynced: state only describes the volume's tmpfs, which a power loss takes too
         // (see `fsutil::replace`).
-        fsutil::replace(&paths.state, &json, 0o600).map_err(|source| StoreError::Io {
-            action: "write",
-            path: paths.state.clone(),
-            source,
+        fsutil::replace(&paths.state, &json, 0o600).map_err(|source| {
+            if created {
+                // The first save of a volume failed (a full data root): its directory would be
+                // the only trace of a publish that otherwise left nothing behind. Only an empty
+                // directory is removed, so a racing writer's files are never touched.
+                let _ = fs::remove_dir(&paths.dir);
+            }
+            StoreError::Io {
+                action: "write",
+                path: paths.state.clone(),
+                source,
+            }
         })
     }
 
@@ -534,5 +582,136 @@ mod tests {
         assert!(!paths.dir.exists());
         store.remove(&paths).unwrap();
         assert!(store.scan().unwrap().is_empty());
+    }
+
+    /// A tmpfs of `size` bytes on a fresh directory, lazily unmounted when dropped (also when a
+    /// test panics). `None` when this process may not mount (the tests then skip).
+    struct SmallFs {
+        dir: tempfile::TempDir,
+    }
+
+    impl SmallFs {
+        fn new(size: usize) -> Option<SmallFs> {
+            if !crate::mount::can_mount_tmpfs() {
+                eprintln!("skipped: needs root to mount tmpfs");
+                return None;
+            }
+            let dir = tempfile::tempdir().unwrap();
+            nix::mount::mount(
+                Some("tmpfs"),
+                dir.path(),
+                Some("tmpfs"),
+                nix::mount::MsFlags::empty(),
+                Some(format!("size={size},mode=0700").as_str()),
+            )
+            .unwrap();
+            Some(SmallFs { dir })
+        }
+
+        fn path(&self) -> &Path {
+            self.dir.path()
+        }
+
+        /// Writes a file until the filesystem reports ENOSPC.
+        fn fill(&self) {
+            use std::io::Write;
+            let mut f = fs::File::create(self.path().join("filler")).unwrap();
+            let chunk = vec![0u8; 4096];
+            loop {
+                if let Err(e) = f.write_all(&chunk) {
+                    assert_eq!(DiskFault::of(&e), Some(DiskFault::Full), "{e}");
+                    return;
+                }
+            }
+        }
+
+        fn remount_read_only(&self) {
+            nix::mount::mount(
+                None::<&str>,
+                self.path(),
+                None::<&str>,
+                nix::mount::MsFlags::MS_REMOUNT | nix::mount::MsFlags::MS_RDONLY,
+                None::<&str>,
+            )
+            .unwrap();
+        }
+    }
+
+    impl Drop for SmallFs {
+        fn drop(&mut self) {
+            let _ = nix::mount::umount2(self.dir.path(), nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+
+    fn write_error_fault(result: Result<(), StoreError>) -> Option<DiskFault> {
+        match result {
+            Err(StoreError::Io { source, .. }) => DiskFault::of(&source),
+            other => panic!("expected an I/O error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn disk_faults_are_told_apart_from_other_io_errors() {
+        let of = |code| DiskFault::of(&io::Error::from_raw_os_error(code));
+        assert_eq!(of(libc::ENOSPC), Some(DiskFault::Full));
+        assert_eq!(of(libc::EDQUOT), Some(DiskFault::Full));
+        assert_eq!(of(libc::EROFS), Some(DiskFault::ReadOnly));
+        assert_eq!(of(libc::EACCES), None);
+        assert_eq!(DiskFault::of(&io::Error::other("x")), None);
+    }
+
+    #[test]
+    fn a_first_save_on_a_full_data_root_leaves_no_volume_directory() {
+        let Some(fs_) = SmallFs::new(256 * 1024) else {
+            return;
+        };
+        let store = Store::open(fs_.path()).unwrap();
+        let kept = sample("csi-kept");
+        store.save(&kept).unwrap();
+        fs_.fill();
+        let fault = write_error_fault(store.save(&sample("csi-new")));
+        assert_eq!(fault, Some(DiskFault::Full));
+        assert!(
+            !store.paths("csi-new").dir.exists(),
+            "no trace of the new volume"
+        );
+        // The volume saved before the disk filled up is intact and still readable.
+        assert_eq!(store.load("csi-kept").unwrap(), Some(kept.clone()));
+        let mut changed = kept.clone();
+        changed.last_revision += 1;
+        assert_eq!(
+            write_error_fault(store.save(&changed)),
+            Some(DiskFault::Full)
+        );
+        assert_eq!(store.load("csi-kept").unwrap(), Some(kept));
+        let names: Vec<_> = fs::read_dir(store.paths("csi-kept").dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(
+            names,
+            vec![std::ffi::OsString::from("state.json")],
+            "no temporary file"
+        );
+    }
+
+    #[test]
+    fn a_read_only_data_root_opens_and_loads_but_refuses_writes() {
+        let Some(fs_) = SmallFs::new(256 * 1024) else {
+            return;
+        };
+        let store = Store::open(fs_.path()).unwrap();
+        let kept = sample("csi-kept");
+        store.save(&kept).unwrap();
+        fs_.remount_read_only();
+        // A restart while the data root is read-only must still find its volumes.
+        let store = Store::open(fs_.path()).unwrap();
+        assert_eq!(store.load("csi-kept").unwrap(), Some(kept.clone()));
+        assert_eq!(store.scan().unwrap().len(), 1);
+        assert_eq!(
+            write_error_fault(store.save(&sample("csi-new"))),
+            Some(DiskFault::ReadOnly)
+        );
+        assert!(!store.paths("csi-new").dir.exists());
     }
 }

@@ -33,8 +33,8 @@ use crate::refresh::{Message, RefreshHandle};
 use crate::request::CertRequest;
 use crate::scheduler::{RenewOutcome, Renewer, SchedulerHandle};
 use crate::store::{
-    self, CertRecord, PendingRecord, Phase, RenewalRecord, STATE_VERSION, Store, StoreError,
-    VolumePaths, VolumeState,
+    self, CertRecord, DiskFault, PendingRecord, Phase, RenewalRecord, STATE_VERSION, Store,
+    StoreError, VolumePaths, VolumeState,
 };
 use crate::trust::bundle::{self as trust_bundle, Bundle, Rejected, SourcePem};
 use crate::trust::rotation::{self, OverlapPolicy};
@@ -149,6 +149,16 @@ pub enum VolumeError {
     Issue(#[from] IssueError),
     #[error("the issuer returned an unusable certificate for request {request}: {message}")]
     BadCertificate { request: String, message: String },
+    /// The request's certificate had already expired when the node got it; the next attempt
+    /// files a new request.
+    #[error(
+        "the certificate issued for request {request} had already expired when this node received it (not after {}); the next attempt files a new request",
+        humantime_utc(*not_after)
+    )]
+    Expired {
+        request: String,
+        not_after: SystemTime,
+    },
     #[error("private key: {0}")]
     Key(#[from] KeyError),
     #[error("building the volume's files: {0}")]
@@ -167,6 +177,20 @@ pub enum VolumeError {
     /// A trust source could not be read, or the namespace policy forbids it.
     #[error(transparent)]
     Trust(#[from] SourceError),
+    /// The data root refused a write (full or read-only): an operator has to act, and until then
+    /// no volume can be published there and no renewal can be recorded.
+    #[error(
+        "the data root {root} {fault}: cannot {action} {path} ({source}); {remedy}, then the call is retried",
+        remedy = fault.remedy()
+    )]
+    DataRoot {
+        root: PathBuf,
+        fault: DiskFault,
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -184,11 +208,63 @@ impl VolumeError {
         }
     }
 
+    /// Names the data root when an I/O error is one of its [`DiskFault`]s. Only paths on the
+    /// data root's own filesystem count: a volume's tmpfs (`volumes/<key>/mem/...`) has its own
+    /// size limit, and running out of it is not the data root's fault.
+    pub(crate) fn on_data_root(self, root: &Path) -> VolumeError {
+        let on_root = |path: &Path| {
+            path.strip_prefix(root).is_ok_and(|rel| {
+                let parts: Vec<_> = rel.components().collect();
+                // volumes/<key>/mem itself lives on the data root; what is below it does not.
+                !(parts.len() > 3
+                    && parts[0].as_os_str() == "volumes"
+                    && parts[2].as_os_str() == "mem")
+            })
+        };
+        let fault = match &self {
+            VolumeError::Store(StoreError::Io { path, source, .. })
+            | VolumeError::Io { path, source, .. } => {
+                DiskFault::of(source).filter(|_| on_root(path))
+            }
+            _ => None,
+        };
+        match (fault, self) {
+            (
+                Some(fault),
+                VolumeError::Store(StoreError::Io {
+                    action,
+                    path,
+                    source,
+                })
+                | VolumeError::Io {
+                    action,
+                    path,
+                    source,
+                },
+            ) => VolumeError::DataRoot {
+                root: root.to_path_buf(),
+                fault,
+                action,
+                path,
+                source,
+            },
+            (_, other) => other,
+        }
+    }
+
     /// Whether a publish that failed this way should keep its state so that kubelet's retry
     /// resumes it (the issuer may still sign the pending request).
     fn keeps_pending(&self) -> bool {
         matches!(self, VolumeError::Issue(e) if e.is_transient())
+            || matches!(self, VolumeError::Expired { .. })
     }
+}
+
+/// RFC 3339 (UTC) for messages.
+fn humantime_utc(t: SystemTime) -> String {
+    let t = store::to_offset(t);
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| t.to_string())
 }
 
 type Slot = Arc<Mutex<Option<VolumeState>>>;
@@ -487,7 +563,8 @@ impl VolumeManager {
         let mut trust = None;
         let result = self
             .publish_locked(&params, &req, context, password, &mut guard, &mut trust)
-            .await;
+            .await
+            .map_err(|e| e.on_data_root(self.store.root()));
         if let Err(err) = &result
             && !err.keeps_pending()
             && let Some(state) = guard.take()
@@ -608,8 +685,10 @@ impl VolumeManager {
         // retried publish, which finds the files and only binds the target.
         self.bind_target(&paths, &params.target_path)?;
         crashpoint::hit("publish:bound");
-        state.phase = Phase::Published;
-        self.save(state).await?;
+        let mut next = state.clone();
+        next.phase = Phase::Published;
+        self.save(&next).await?;
+        *state = next;
         *trust_out = trust;
         info!(
             volume_id = %params.volume_id,
@@ -779,22 +858,24 @@ impl VolumeManager {
                 };
                 fsutil::replace(&pending_key, key.pkcs8_der(), 0o600)
                     .map_err(VolumeError::io_at("write", &pending_key))?;
-                state.last_revision = state.last_revision.max(revision);
-                state.pending = Some(PendingRecord {
+                // Changed on a copy and adopted only once it is on disk: a request must never be
+                // filed on the strength of a record the data root refused (full, read-only).
+                let mut next = state.clone();
+                next.last_revision = next.last_revision.max(revision);
+                next.pending = Some(PendingRecord {
                     revision,
                     request_name: request_name.clone(),
                     key_algorithm: key.algorithm(),
                     started_at: store::to_offset(self.clock.now()),
                 });
-                if !state.requests.contains(&request_name) {
-                    state.requests.push(request_name.clone());
+                if !next.requests.contains(&request_name) {
+                    next.requests.push(request_name.clone());
                 }
-                state.phase = if state.current.is_some() {
-                    state.phase
-                } else {
-                    Phase::Issuing
-                };
-                self.save(state).await?;
+                if next.current.is_none() {
+                    next.phase = Phase::Issuing;
+                }
+                self.save(&next).await?;
+                *state = next;
                 crashpoint::hit(&format!("{op}:key-saved"));
                 key
             }
@@ -847,6 +928,22 @@ impl VolumeManager {
             ));
         }
         let now = self.clock.now();
+        if leaf.not_after <= now {
+            // Signed in time but seen too late (the node could not watch its request, e.g.
+            // during an API outage, while a short certificate ran out). Asking the same request
+            // again only returns the same certificate: forget it so the retry files the next
+            // revision. Saved best effort: if the save fails, the retry sees the same expired
+            // certificate and gets here again.
+            let mut next = state.clone();
+            next.pending = None;
+            if self.save(&next).await.is_ok() {
+                *state = next;
+            }
+            return Err(VolumeError::Expired {
+                request: request_name,
+                not_after: leaf.not_after,
+            });
+        }
         if !issued.ca_pem.trim().is_empty() {
             let ca = pki::parse_pem_chain(&issued.ca_pem).map_err(|e| bad(e.to_string()))?;
             pki::verify_chain(&chain, &ca, now).map_err(|e| bad(e.to_string()))?;
@@ -917,7 +1014,10 @@ impl VolumeManager {
             &self.cfg.policy,
             rand::random::<f64>(),
         );
-        state.current = Some(CertRecord {
+        // As above, adopted only once on disk: if the data root refuses the record, memory keeps
+        // the pending record, and the retry resumes it with the same key (keys never move).
+        let mut next = state.clone();
+        next.current = Some(CertRecord {
             revision,
             request_name,
             serial,
@@ -925,10 +1025,11 @@ impl VolumeManager {
             not_after: store::to_offset(not_after),
             renew_at: store::to_offset(renew_at),
         });
-        state.pending = None;
-        state.renewal = RenewalRecord::default();
-        state.issuing_cas = issuing_cas;
-        self.save(state).await?;
+        next.pending = None;
+        next.renewal = RenewalRecord::default();
+        next.issuing_cas = issuing_cas;
+        self.save(&next).await?;
+        *state = next;
         crashpoint::hit(&format!("{op}:recorded"));
         prune_keys(paths, revision);
         if let Some(bundle) = &bundle {
@@ -1203,12 +1304,21 @@ impl VolumeManager {
             None => self.unbind_target(target_path),
         };
         self.release(volume_id, &slot, &guard);
-        result
+        result.map_err(|e| e.on_data_root(self.store.root()))
     }
 
     /// Removes everything a volume has: renewal, target bind, target dir, tmpfs, issuer requests,
     /// and state last, recording `Unpublishing` first so that a crash part-way is finished later.
     pub(crate) async fn remove_volume(&self, state: &VolumeState) -> Result<(), VolumeError> {
+        let paths = self.store.paths(&state.volume_id);
+        if state.phase != Phase::Unpublishing && paths.state.exists() {
+            let mut marked = state.clone();
+            marked.phase = Phase::Unpublishing;
+            // First: if the data root refuses the record (full, read-only), the volume stays as
+            // it was, still renewed and refreshed, and kubelet's retry of the unpublish finds it.
+            self.save(&marked).await?;
+            crashpoint::hit("unpublish:marked");
+        }
         self.scheduler.cancel(&state.volume_id);
         if let Ok(mut tokens) = self.tokens.lock() {
             tokens.remove(&state.volume_id);
@@ -1220,13 +1330,6 @@ impl VolumeManager {
             refresher.send(Message::Forget {
                 volume_id: state.volume_id.clone(),
             });
-        }
-        let paths = self.store.paths(&state.volume_id);
-        if state.phase != Phase::Unpublishing && paths.state.exists() {
-            let mut marked = state.clone();
-            marked.phase = Phase::Unpublishing;
-            self.save(&marked).await?;
-            crashpoint::hit("unpublish:marked");
         }
         self.unbind_target(&state.target_path)?;
         crashpoint::hit("unpublish:unbound");
@@ -1303,6 +1406,39 @@ impl VolumeManager {
             return;
         };
         self.scheduler.schedule(&state.volume_id, at);
+    }
+
+    /// Moves every renewal that failed and waits out its backoff to now: called when the API
+    /// server answers again after an outage, so that certificates that expired (or came close)
+    /// during it are renewed at once rather than after a backoff grown during the outage (up to
+    /// the policy's cap, minutes). A volume busy with another operation is skipped: that
+    /// operation reschedules it. Returns how many renewals were moved.
+    pub fn retry_failed_renewals(&self) -> usize {
+        let slots: Vec<(String, Slot)> = match self.slots.lock() {
+            Ok(slots) => slots
+                .iter()
+                .map(|(id, s)| (id.clone(), s.clone()))
+                .collect(),
+            Err(_) => return 0,
+        };
+        let now = self.clock.now();
+        let mut moved = 0;
+        for (volume_id, slot) in slots {
+            let Ok(mut guard) = slot.try_lock() else {
+                continue;
+            };
+            if let Some(state) = guard.as_mut()
+                && state.phase == Phase::Published
+                && state.renewal.failures > 0
+            {
+                // The backoff starts over: the outage it grew during has ended. (In memory only;
+                // the attempt's outcome is saved either way.)
+                state.renewal.failures = 0;
+                self.scheduler.schedule(&volume_id, now);
+                moved += 1;
+            }
+        }
+        moved
     }
 
     /// One renewal of a published volume. Failures keep the old, still-valid files in place.
@@ -1400,6 +1536,7 @@ impl VolumeManager {
                 }
             }
             Err(err) => {
+                let err = err.on_data_root(self.store.root());
                 crate::metrics::global().renewal(false);
                 if let VolumeError::Issue(e) = &err
                     && !e.is_transient()
@@ -1649,6 +1786,9 @@ mod tests {
         ca: LocalCa,
         mode: AtomicU8,
         calls: StdMutex<Vec<String>>,
+        /// A directory created right after signing: blocks the next state save (see
+        /// `block_saves`), as a data root filling up during the issuance would.
+        after_issue: StdMutex<Option<PathBuf>>,
     }
 
     impl Issuer for Scripted {
@@ -1675,7 +1815,13 @@ mod tests {
                         swapped.csr_pem = csr.pem;
                         self.ca.issue(&swapped).await
                     }
-                    _ => self.ca.issue(req).await,
+                    _ => {
+                        let issued = self.ca.issue(req).await;
+                        if let Some(dir) = self.after_issue.lock().unwrap().take() {
+                            fs::create_dir(dir).unwrap();
+                        }
+                        issued
+                    }
                 }
             })
         }
@@ -1688,17 +1834,32 @@ mod tests {
         }
     }
 
+    /// The manager's wall clock: the system's, moved ahead by `ahead_secs` (the CA keeps the
+    /// system's), to make what the CA signs look old to the node.
+    #[derive(Debug, Default)]
+    struct Ahead {
+        ahead_secs: std::sync::atomic::AtomicU64,
+    }
+
+    impl Clock for Ahead {
+        fn now(&self) -> SystemTime {
+            SystemTime::now() + Duration::from_secs(self.ahead_secs.load(Ordering::SeqCst))
+        }
+    }
+
     struct Fixture {
         _dir: tempfile::TempDir,
         mgr: Arc<VolumeManager>,
         issuer: Arc<Scripted>,
         pods: PathBuf,
+        ahead: Arc<Ahead>,
         _scheduler: crate::scheduler::Scheduler,
     }
 
     fn fixture() -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        let ahead = Arc::new(Ahead::default());
         let store = Store::open(&dir.path().join("root")).unwrap();
         let ca = LocalCa::open(
             LocalCaConfig {
@@ -1714,6 +1875,7 @@ mod tests {
             ca,
             mode: AtomicU8::new(OK),
             calls: StdMutex::new(Vec::new()),
+            after_issue: StdMutex::new(None),
         });
         let (handle, scheduler) = crate::scheduler::channel();
         let mut cfg = Config::new("node-a");
@@ -1723,7 +1885,7 @@ mod tests {
             store,
             Arc::new(DirMounter::default()),
             issuer.clone(),
-            clock,
+            ahead.clone(),
             handle,
         ));
         let pods = dir.path().join("pods");
@@ -1732,6 +1894,7 @@ mod tests {
             mgr,
             issuer,
             pods,
+            ahead,
             _scheduler: scheduler,
         }
     }
@@ -1916,6 +2079,256 @@ mod tests {
                 rev2,
                 issuer::request_name("node-a", "csi-renew", 3)
             ]
+        );
+    }
+
+    /// Where a directory makes the next save of `volume_id`'s state fail: the temporary file
+    /// `fsutil::atomic_write` opens. Unit tests cannot fill or remount the disk; the save
+    /// failing is what matters here (the e2e fault campaign uses a real full/read-only tmpfs).
+    fn block_saves(f: &Fixture, volume_id: &str) -> PathBuf {
+        f.mgr
+            .store()
+            .paths(volume_id)
+            .dir
+            .join(format!(".state.json.tmp{}", std::process::id()))
+    }
+
+    #[tokio::test]
+    async fn a_renewal_whose_pending_record_is_refused_files_nothing() {
+        let f = fixture();
+        let p = params(&f, "nosave");
+        f.mgr.publish(p.clone()).await.unwrap();
+        let before = cert_of(&p.target_path);
+        let on_disk = f.mgr.store().load("csi-nosave").unwrap().unwrap();
+        let blocker = block_saves(&f, "csi-nosave");
+        fs::create_dir(&blocker).unwrap();
+
+        let outcome = f.mgr.renew_volume("csi-nosave").await;
+        assert!(
+            matches!(outcome, RenewOutcome::Failed { .. }),
+            "{outcome:?}"
+        );
+        assert_eq!(calls(&f).len(), 1, "no request filed without its record");
+        assert_eq!(cert_of(&p.target_path), before);
+        assert_eq!(f.mgr.store().load("csi-nosave").unwrap().unwrap(), on_disk);
+        // Nothing was recorded, so memory must not claim a pending request either.
+        let in_memory = f.mgr.status("csi-nosave").await.unwrap().unwrap();
+        assert_eq!(in_memory.pending, None);
+        assert_eq!(in_memory.last_revision, on_disk.last_revision);
+
+        fs::remove_dir(&blocker).unwrap();
+        let outcome = f.mgr.renew_volume("csi-nosave").await;
+        assert!(
+            matches!(outcome, RenewOutcome::Renewed { .. }),
+            "{outcome:?}"
+        );
+        assert_eq!(
+            calls(&f)[1..],
+            [issuer::request_name("node-a", "csi-nosave", 2)]
+        );
+        assert_ne!(cert_of(&p.target_path), before);
+    }
+
+    #[tokio::test]
+    async fn a_renewal_whose_result_cannot_be_recorded_is_finished_without_a_new_request() {
+        let f = fixture();
+        let p = params(&f, "unrec");
+        f.mgr.publish(p.clone()).await.unwrap();
+        let before = cert_of(&p.target_path);
+        let blocker = block_saves(&f, "csi-unrec");
+        *f.issuer.after_issue.lock().unwrap() = Some(blocker.clone());
+
+        let outcome = f.mgr.renew_volume("csi-unrec").await;
+        assert!(
+            matches!(outcome, RenewOutcome::Failed { .. }),
+            "{outcome:?}"
+        );
+        let rev2 = issuer::request_name("node-a", "csi-unrec", 2);
+        assert_eq!(&calls(&f)[1..], std::slice::from_ref(&rev2));
+        // The new pair is in place and matches; only its record is missing.
+        let written = cert_of(&p.target_path);
+        assert_ne!(written, before);
+        let leaf = pki::parse_pem_chain(&String::from_utf8(written.clone()).unwrap()).unwrap();
+        let key = PrivateKey::from_pem(&fs::read_to_string(p.target_path.join("tls.key")).unwrap())
+            .unwrap();
+        assert!(pki::key_matches(&leaf[0], &key).unwrap());
+        let on_disk = f.mgr.store().load("csi-unrec").unwrap().unwrap();
+        assert_eq!(on_disk.current.as_ref().unwrap().revision, 1);
+        assert_eq!(on_disk.pending.as_ref().unwrap().request_name, rev2);
+
+        // The retry resumes the same request with the key already in place: the issuer is
+        // asked for revision 2 again (and answers with what it signed), never for a third.
+        fs::remove_dir(&blocker).unwrap();
+        let outcome = f.mgr.renew_volume("csi-unrec").await;
+        assert!(
+            matches!(outcome, RenewOutcome::Renewed { .. }),
+            "{outcome:?}"
+        );
+        assert_eq!(calls(&f)[1..], [rev2.clone(), rev2.clone()]);
+        assert_eq!(cert_of(&p.target_path), written, "the same certificate");
+        let state = f.mgr.store().load("csi-unrec").unwrap().unwrap();
+        let current = state.current.unwrap();
+        assert_eq!((current.revision, current.request_name), (2, rev2));
+        assert_eq!(current.serial, leaf[0].serial_hex);
+        assert_eq!(state.pending, None);
+        assert_eq!(state.renewal, RenewalRecord::default());
+    }
+
+    #[test]
+    fn disk_faults_name_the_data_root_only_for_its_own_filesystem() {
+        let root = Path::new("/var/lib/certvol");
+        let io = |path: &str, code| VolumeError::Io {
+            action: "write",
+            path: path.into(),
+            source: io::Error::from_raw_os_error(code),
+        };
+        let state = "/var/lib/certvol/volumes/v-01/state.json";
+        let err = VolumeError::Store(StoreError::Io {
+            action: "write",
+            path: state.into(),
+            source: io::Error::from_raw_os_error(libc::ENOSPC),
+        })
+        .on_data_root(root);
+        assert!(
+            matches!(
+                err,
+                VolumeError::DataRoot {
+                    fault: DiskFault::Full,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        let message = err.to_string();
+        for part in ["/var/lib/certvol", "is full", state, "free space"] {
+            assert!(message.contains(part), "{part:?} missing from {message}");
+        }
+        let err = io("/var/lib/certvol/volumes/v-01/mem", libc::EROFS).on_data_root(root);
+        assert!(err.to_string().contains("is read-only"), "{err}");
+        assert!(err.to_string().contains("remount it read-write"), "{err}");
+        // Inside a volume's own tmpfs, elsewhere, or another error: left as it was.
+        for err in [
+            io(
+                "/var/lib/certvol/volumes/v-01/mem/files/tls.crt",
+                libc::ENOSPC,
+            ),
+            io("/elsewhere/state.json", libc::ENOSPC),
+            io(state, libc::EACCES),
+        ] {
+            assert!(matches!(err.on_data_root(root), VolumeError::Io { .. }));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_certificate_that_expired_before_it_arrived_is_never_asked_for_again() {
+        let f = fixture();
+        let p = params(&f, "late");
+        let two_days = 2 * 86_400;
+        // The CA signs at most a day: two days on, whatever it signs has expired.
+        f.ahead.ahead_secs.store(two_days, Ordering::SeqCst);
+        let err = f.mgr.publish(p.clone()).await.unwrap_err();
+        assert!(matches!(err, VolumeError::Expired { .. }), "{err:?}");
+        let rev = |n| issuer::request_name("node-a", "csi-late", n);
+        assert!(err.to_string().contains(&rev(1)), "{err}");
+        // Kept for kubelet's retry, which files the next revision instead of resuming this one.
+        let state = f.mgr.store().load("csi-late").unwrap().unwrap();
+        assert_eq!(
+            (state.phase, state.pending, state.last_revision),
+            (Phase::Issuing, None, 1)
+        );
+        assert!(!p.target_path.exists());
+        f.ahead.ahead_secs.store(0, Ordering::SeqCst);
+        f.mgr.publish(p.clone()).await.unwrap();
+        assert_eq!(calls(&f), [rev(1), rev(2)]);
+
+        f.ahead.ahead_secs.store(two_days, Ordering::SeqCst);
+        let outcome = f.mgr.renew_volume("csi-late").await;
+        assert!(
+            matches!(outcome, RenewOutcome::Failed { .. }),
+            "{outcome:?}"
+        );
+        let state = f.mgr.store().load("csi-late").unwrap().unwrap();
+        assert_eq!(state.pending, None);
+        assert!(
+            state
+                .renewal
+                .last_error
+                .unwrap()
+                .contains("already expired")
+        );
+        f.ahead.ahead_secs.store(0, Ordering::SeqCst);
+        let outcome = f.mgr.renew_volume("csi-late").await;
+        assert!(
+            matches!(outcome, RenewOutcome::Renewed { .. }),
+            "{outcome:?}"
+        );
+        assert_eq!(calls(&f), [rev(1), rev(2), rev(3), rev(4)]);
+    }
+
+    #[tokio::test]
+    async fn an_unpublish_whose_first_record_is_refused_touches_nothing() {
+        let f = fixture();
+        let p = params(&f, "stay");
+        f.mgr.publish(p.clone()).await.unwrap();
+        let before = cert_of(&p.target_path);
+        let blocker = block_saves(&f, "csi-stay");
+        fs::create_dir(&blocker).unwrap();
+        f.mgr
+            .unpublish("csi-stay", &p.target_path)
+            .await
+            .unwrap_err();
+        assert_eq!(cert_of(&p.target_path), before, "still bound and serving");
+        let state = f.mgr.status("csi-stay").await.unwrap().unwrap();
+        assert_eq!(state.phase, Phase::Published);
+        // Still renewable, as it was.
+        fs::remove_dir(&blocker).unwrap();
+        let outcome = f.mgr.renew_volume("csi-stay").await;
+        assert!(
+            matches!(outcome, RenewOutcome::Renewed { .. }),
+            "{outcome:?}"
+        );
+        f.mgr.unpublish("csi-stay", &p.target_path).await.unwrap();
+        assert!(!p.target_path.exists());
+        assert_eq!(f.mgr.store().load("csi-stay").unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn only_failed_renewals_are_moved_when_the_api_answers_again() {
+        let f = fixture();
+        let (ok, failing) = (params(&f, "fine"), params(&f, "failing"));
+        f.mgr.publish(ok.clone()).await.unwrap();
+        f.mgr.publish(failing.clone()).await.unwrap();
+        assert_eq!(f.mgr.retry_failed_renewals(), 0);
+        set(&f, UNAVAILABLE);
+        let outcome = f.mgr.renew_volume("csi-failing").await;
+        assert!(
+            matches!(outcome, RenewOutcome::Failed { .. }),
+            "{outcome:?}"
+        );
+        let outcome = f.mgr.renew_volume("csi-failing").await;
+        assert!(
+            matches!(outcome, RenewOutcome::Failed { .. }),
+            "{outcome:?}"
+        );
+        assert_eq!(f.mgr.retry_failed_renewals(), 1);
+        // The backoff starts over: the next failure is the first again.
+        let outcome = f.mgr.renew_volume("csi-failing").await;
+        assert!(
+            matches!(outcome, RenewOutcome::Failed { .. }),
+            "{outcome:?}"
+        );
+        let state = f.mgr.store().load("csi-failing").unwrap().unwrap();
+        assert_eq!(state.renewal.failures, 1);
+        set(&f, OK);
+        let outcome = f.mgr.renew_volume("csi-failing").await;
+        assert!(
+            matches!(outcome, RenewOutcome::Renewed { .. }),
+            "{outcome:?}"
+        );
+        assert_eq!(
+            f.mgr.retry_failed_renewals(),
+            0,
+            "a success clears the failure"
         );
     }
 

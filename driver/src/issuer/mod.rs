@@ -96,6 +96,13 @@ pub trait Issuer: Send + Sync + std::fmt::Debug + 'static {
         namespace: &'a str,
         names: &'a [String],
     ) -> BoxFuture<'a, Result<(), IssueError>>;
+
+    /// For issuers behind an API server: changes whenever the server answers again after an
+    /// outage (see `watch::RequestCache::recoveries`). `None`: the issuer cannot become
+    /// unreachable (the local CA).
+    fn recoveries(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        None
+    }
 }
 
 /// A PEM field of an issuer's answer (`field`, e.g. `status.certificate`) as text, refused when

@@ -39,6 +39,9 @@ struct State<R> {
     /// Whether the last thing the watch stream yielded was an error (API server unreachable,
     /// RBAC withdrawn): cleared by the next event, which only arrives once the server answers.
     failing: bool,
+    /// Whether the watch failed since its last complete list: the next complete list is a
+    /// recovery (see [`RequestCache::recoveries`]).
+    failed_since_list: bool,
     /// Recently deleted requests: key → (change number of the deletion, uid). A waiter may wake
     /// only after both the ADDED and the DELETED event of its request were applied (the change
     /// counter coalesces), so "absent now" alone cannot tell "not seen yet" from "already gone".
@@ -53,6 +56,7 @@ impl<R> Default for State<R> {
             relist: None,
             synced: false,
             failing: false,
+            failed_since_list: false,
             tombstones: HashMap::new(),
             tombstone_order: VecDeque::new(),
         }
@@ -79,6 +83,8 @@ impl<R: Resource> State<R> {
 pub struct RequestCache<R> {
     state: Mutex<State<R>>,
     changes: watch::Sender<u64>,
+    /// Counts completed lists that followed a failure: the API server answers again.
+    recoveries: watch::Sender<u64>,
 }
 
 /// A waiter's view of the change counter, taken before its request was created.
@@ -103,6 +109,7 @@ impl<R: Resource + Clone> RequestCache<R> {
         Arc::new(RequestCache {
             state: Mutex::new(State::default()),
             changes: watch::Sender::new(0),
+            recoveries: watch::Sender::new(0),
         })
     }
 
@@ -141,7 +148,16 @@ impl<R: Resource + Clone> RequestCache<R> {
 
     /// Records that the watch stream failed; the watcher retries with backoff.
     pub fn watch_failed(&self) {
-        self.lock().failing = true;
+        let mut state = self.lock();
+        state.failing = true;
+        state.failed_since_list = true;
+    }
+
+    /// Changes each time the watch completes a list after having failed, i.e. when the API
+    /// server answers again after an outage. Work that backed off because the API was down (failed
+    /// renewals) can be retried at once instead of sleeping out its backoff.
+    pub fn recoveries(&self) -> watch::Receiver<u64> {
+        self.recoveries.subscribe()
     }
 
     /// Applies one watcher event and wakes waiters.
@@ -151,6 +167,7 @@ impl<R: Resource + Clone> RequestCache<R> {
         // The number this change will carry once sent: only `apply` moves the counter, and only
         // the single watch loop calls it, so reading it first is exact.
         let change = self.changes.borrow().wrapping_add(1);
+        let mut recovered = false;
         {
             let mut state = self.lock();
             // The watcher yields `Init` before it sends its list request; everything else
@@ -181,6 +198,7 @@ impl<R: Resource + Clone> RequestCache<R> {
                         }
                     }
                     state.synced = true;
+                    recovered = std::mem::take(&mut state.failed_since_list);
                 }
                 Event::Apply(cr) => {
                     if let Some(key) = key_of(&cr) {
@@ -202,6 +220,9 @@ impl<R: Resource + Clone> RequestCache<R> {
             }
         }
         self.changes.send_modify(|n| *n = n.wrapping_add(1));
+        if recovered {
+            self.recoveries.send_modify(|n| *n = n.wrapping_add(1));
+        }
     }
 
     /// Whether `key` was deleted after change `since`, or is the deletion of the object `uid`.
@@ -547,6 +568,40 @@ mod tests {
         assert!(!cache.healthy());
         cache.apply(Event::InitDone);
         assert!(cache.healthy());
+    }
+
+    #[test]
+    fn a_list_completed_after_a_failure_is_a_recovery_and_only_that() {
+        let cache = RequestCache::<CertificateRequest>::new();
+        let mut recoveries = cache.recoveries();
+        cache.apply(Event::Init);
+        cache.apply(Event::InitApply(cr("a", None)));
+        cache.apply(Event::InitDone);
+        assert!(
+            !recoveries.has_changed().unwrap(),
+            "the first list is no recovery"
+        );
+        cache.apply(Event::Apply(cr("a", Some(("True", "Issued")))));
+        assert!(!recoveries.has_changed().unwrap());
+        cache.watch_failed();
+        cache.watch_failed();
+        cache.apply(Event::Init);
+        assert!(
+            !recoveries.has_changed().unwrap(),
+            "not before the list completes"
+        );
+        cache.apply(Event::InitApply(cr("a", None)));
+        cache.apply(Event::InitDone);
+        assert!(recoveries.has_changed().unwrap());
+        assert_eq!(
+            *recoveries.borrow_and_update(),
+            1,
+            "one recovery per outage"
+        );
+        // A relist with no failure recorded since the last one is not a recovery.
+        cache.apply(Event::Init);
+        cache.apply(Event::InitDone);
+        assert!(!recoveries.has_changed().unwrap());
     }
 
     #[tokio::test]

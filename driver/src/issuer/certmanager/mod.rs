@@ -254,6 +254,10 @@ impl Issuer for CertManagerIssuer {
             filing::delete_all(&api, Some(namespace), names).await
         })
     }
+
+    fn recoveries(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        Some(self.cache.recoveries())
+    }
 }
 
 #[cfg(test)]

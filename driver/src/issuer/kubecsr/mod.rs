@@ -303,6 +303,10 @@ impl Issuer for KubeCsrIssuer {
             filing::delete_all(&api, None, names).await
         })
     }
+
+    fn recoveries(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        Some(self.cache.recoveries())
+    }
 }
 
 #[cfg(test)]
