@@ -465,15 +465,33 @@ impl Campaign {
             .unwrap_or_else(|e| panic!("publish {} on a healthy driver: {e}", pod.name));
         // A running average; the first call also pays for connecting.
         self.publish_latency = (self.publish_latency + started.elapsed()) / 2;
+        self.track(pod, vol, target, false);
+    }
+
+    /// Counts a new volume kubelet now believes published; `retry` when it saw the call fail.
+    fn track(&mut self, pod: Pod, vol: InlineVolume, target: PathBuf, retry: bool) {
         self.report.published += 1;
         self.volumes.push(Tracked {
             pod,
             vol,
             target,
             want: Want::Published,
-            retry: false,
+            retry,
             revision: 1,
         });
+    }
+
+    /// Stops the driver as the trial's moment says: waits for the armed point, or SIGKILLs after
+    /// a random delay up to `upper`.
+    async fn stop_at(&mut self, moment: &Moment, context: &str, upper: Duration) {
+        match moment {
+            Moment::Point(_) => self.await_crash(context, Duration::from_secs(20)).await,
+            Moment::Random => {
+                let delay = self.random_delay(upper);
+                tokio::time::sleep(delay).await;
+                self.driver().kill9();
+            }
+        }
     }
 
     async fn interrupt_publish(&mut self, moment: &Moment, context: &str) {
@@ -484,27 +502,13 @@ impl Campaign {
             let (pod, vol) = (pod.clone(), vol.clone());
             tokio::spawn(async move { kubelet.publish(&pod, &vol).await })
         };
-        match moment {
-            Moment::Point(_) => self.await_crash(context, Duration::from_secs(20)).await,
-            Moment::Random => {
-                let delay = self.random_delay(self.publish_latency * 3 / 2);
-                tokio::time::sleep(delay).await;
-                self.driver().kill9();
-            }
-        }
+        self.stop_at(moment, context, self.publish_latency * 3 / 2)
+            .await;
         let answered = matches!(call.await, Ok(Ok(_)));
         if answered && matches!(moment, Moment::Random) {
             self.report.kills_after_completion += 1;
         }
-        self.report.published += 1;
-        self.volumes.push(Tracked {
-            pod,
-            vol,
-            target,
-            want: Want::Published,
-            retry: !answered,
-            revision: 1,
-        });
+        self.track(pod, vol, target, !answered);
     }
 
     /// Kills the driver while some volume renews: at a renew point, or a random moment just after
@@ -543,14 +547,8 @@ impl Campaign {
             )
             .await
             .expect("patch the trust ConfigMap");
-        match moment {
-            Moment::Point(_) => self.await_crash(context, Duration::from_secs(10)).await,
-            Moment::Random => {
-                let delay = self.random_delay(Duration::from_millis(120));
-                tokio::time::sleep(delay).await;
-                self.driver().kill9();
-            }
-        }
+        self.stop_at(moment, context, Duration::from_millis(120))
+            .await;
     }
 
     async fn interrupt_unpublish(&mut self, moment: &Moment, context: &str) {
@@ -572,14 +570,8 @@ impl Campaign {
                     .map(|()| started.elapsed())
             })
         };
-        match moment {
-            Moment::Point(_) => self.await_crash(context, Duration::from_secs(20)).await,
-            Moment::Random => {
-                let delay = self.random_delay(self.unpublish_latency * 3 / 2);
-                tokio::time::sleep(delay).await;
-                self.driver().kill9();
-            }
-        }
+        self.stop_at(moment, context, self.unpublish_latency * 3 / 2)
+            .await;
         let answered = match call.await {
             Ok(Ok(took)) => {
                 self.unpublish_latency = (self.unpublish_latency + took) / 2;

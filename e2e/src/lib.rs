@@ -267,16 +267,22 @@ impl Driver {
     pub fn wait_exit(&mut self, timeout: Duration) -> io::Result<ExitStatus> {
         let deadline = Instant::now() + timeout;
         loop {
-            if let Some(status) = self.child.try_wait()? {
+            if let Some(status) = self.exit_by(deadline)? {
                 return Ok(status);
             }
-            if Instant::now() > deadline {
-                return Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    "driver did not exit",
-                ));
-            }
             std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The exit status once exited; TimedOut once `deadline` has passed; else `None`.
+    fn exit_by(&mut self, deadline: Instant) -> io::Result<Option<ExitStatus>> {
+        match self.child.try_wait()? {
+            Some(status) => Ok(Some(status)),
+            None if Instant::now() > deadline => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "driver did not exit",
+            )),
+            None => Ok(None),
         }
     }
 
@@ -290,14 +296,8 @@ impl Driver {
     pub async fn exited(&mut self, timeout: Duration) -> io::Result<ExitStatus> {
         let deadline = Instant::now() + timeout;
         loop {
-            if let Some(status) = self.child.try_wait()? {
+            if let Some(status) = self.exit_by(deadline)? {
                 return Ok(status);
-            }
-            if Instant::now() > deadline {
-                return Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    "driver did not exit",
-                ));
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
@@ -397,6 +397,44 @@ pub async fn eventually<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) 
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Polls the async `f` every 100 ms until it returns `Some` or `timeout` passes (for checks that
+/// ask the API, where [`eventually`]'s synchronous closure cannot).
+pub async fn until<T, Fut>(timeout: Duration, mut f: impl FnMut() -> Fut) -> Option<T>
+where
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return Some(v);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Every regular file below `dir` (not following symlinks), for scanning what the driver wrote.
+pub fn files_below(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut dirs = vec![dir.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        let Ok(entries) = fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            match entry.file_type() {
+                Ok(t) if t.is_dir() => dirs.push(entry.path()),
+                Ok(t) if t.is_file() => out.push(entry.path()),
+                _ => {}
+            }
+        }
+    }
+    out.sort();
+    out
 }
 
 /// A thread that keeps reading a volume as an application reloading its pair would (one `..data`

@@ -5,7 +5,6 @@
 //! clean-up, and token-request mode.
 
 use std::collections::BTreeSet;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use certvol_driver::issuer::certmanager::resource::{
@@ -18,7 +17,7 @@ use certvol_driver::pki;
 use certvol_e2e::apiserver::Kind;
 use certvol_e2e::cluster::{Cluster, DRIVER_TOKEN, NODE_ID, StandIn, cm_volume};
 use certvol_e2e::signer::Approval;
-use certvol_e2e::{Driver, Env, can_mount, read_volume};
+use certvol_e2e::{Driver, Env, can_mount, files_below, read_volume};
 use tonic::Code;
 
 macro_rules! require_root {
@@ -531,21 +530,6 @@ async fn unpublish_and_pod_deletion_remove_the_requests() {
     cluster.delete_pod(&pod).await;
 }
 
-/// Every file below `dir` (not following symlinks), for scanning what the driver persisted.
-fn files_below(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        match entry.file_type() {
-            Ok(t) if t.is_dir() => files_below(&path, out),
-            Ok(t) if t.is_file() => out.push(path),
-            _ => {}
-        }
-    }
-}
-
 #[tokio::test]
 async fn token_request_mode_files_as_the_pod_and_never_persists_the_token() {
     require_root!();
@@ -611,8 +595,7 @@ async fn token_request_mode_files_as_the_pod_and_never_persists_the_token() {
     assert_eq!(standin.api.count("create", Kind::CertificateRequest), 1);
 
     // Tokens are credentials: nothing the driver writes or logs may contain them.
-    let mut files = Vec::new();
-    files_below(&env.data_root, &mut files);
+    let files = files_below(&env.data_root);
     assert!(
         files.iter().any(|f| f.ends_with("tls.key")),
         "the scan reaches the volume's files: {files:?}"

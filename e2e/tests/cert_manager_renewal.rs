@@ -7,7 +7,6 @@
 //! need the stand-in's controls (CA rotation, fault injection) skip themselves on a real cluster.
 
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::time::{Duration, Instant, SystemTime};
 
 use certvol_driver::issuer::certmanager::CertificateRequest;
@@ -16,7 +15,7 @@ use certvol_driver::kubelet::{InlineVolume, Pod, volume_id};
 use certvol_driver::pki;
 use certvol_e2e::apiserver::{ApiServer, Kind};
 use certvol_e2e::cluster::{Cluster, NODE_ID, cm_volume};
-use certvol_e2e::{Env, PairReader, ReaderReport, can_mount, eventually, read_volume};
+use certvol_e2e::{Env, PairReader, ReaderReport, can_mount, eventually, read_volume, until};
 
 macro_rules! require_root {
     () => {
@@ -44,23 +43,6 @@ macro_rules! standin_or_skip {
 /// A pod name that cannot collide with one left behind by an earlier run on a real cluster.
 fn unique(base: &str) -> String {
     format!("{base}-{:06x}", rand::random::<u32>() & 0xff_ffff)
-}
-
-/// Polls the async `f` every 100 ms until it returns `Some` or `timeout` passes.
-async fn until<T, Fut>(timeout: Duration, mut f: impl FnMut() -> Fut) -> Option<T>
-where
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f().await {
-            return Some(v);
-        }
-        if Instant::now() > deadline {
-            return None;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// The CertificateRequests the node filed for `pod` (owned by it).

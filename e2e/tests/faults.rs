@@ -15,7 +15,6 @@
 //! Both scenarios print their counts for the closing note of the issue.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -25,7 +24,7 @@ use certvol_driver::pki;
 use certvol_driver::store::Phase;
 use certvol_e2e::apiserver::{ApiServer, Kind, RequestRecord};
 use certvol_e2e::cluster::{Cluster, DRIVER_TOKEN, NODE_ID, StandIn, cm_volume};
-use certvol_e2e::{Env, can_mount, read_volume};
+use certvol_e2e::{Env, can_mount, read_volume, until};
 use tonic::Code;
 
 macro_rules! require_root {
@@ -75,23 +74,6 @@ impl Scale {
                 outage: Duration::from_secs(12),
             }
         }
-    }
-}
-
-/// Polls the async `f` every 100 ms until it returns `Some` or `timeout` passes.
-async fn until<T, Fut>(timeout: Duration, mut f: impl FnMut() -> Fut) -> Option<T>
-where
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f().await {
-            return Some(v);
-        }
-        if Instant::now() > deadline {
-            return None;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 

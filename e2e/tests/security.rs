@@ -17,7 +17,9 @@ use certvol_driver::kubelet::{InlineVolume, Kubelet, Pod};
 use certvol_e2e::apiserver::{ApiServer, EventType, Kind, Store};
 use certvol_e2e::cluster::{Cluster, DRIVER_TOKEN, cm_volume};
 use certvol_e2e::signer::{Ca, Step, apply_step, rfc3339};
-use certvol_e2e::{Env, can_mount, eventually, read_volume, read_volume_named, volume};
+use certvol_e2e::{
+    Env, can_mount, eventually, files_below, read_volume, read_volume_named, volume,
+};
 use certvol_proto::csi::v1 as csi;
 use serde_json::Value;
 use tonic::Code;
@@ -579,21 +581,6 @@ async fn socket_mounts_and_file_modes_are_locked_down() {
     assert_no_volume_left(&env);
 }
 
-/// Every regular file below `dir`.
-fn files_below(dir: &Path, out: &mut Vec<PathBuf>) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        match entry.file_type() {
-            Ok(t) if t.is_dir() => files_below(&path, out),
-            Ok(t) if t.is_file() => out.push(path),
-            _ => {}
-        }
-    }
-}
-
 /// The forms a private key could leak in: each 64-character line of its PEM body, its DER in
 /// base64 without line breaks, and its DER in hex.
 fn key_needles(key_pem: &str) -> Vec<(String, String)> {
@@ -674,8 +661,7 @@ async fn no_key_token_or_password_in_a_whole_trace_run() {
     // Scanned while the volume is there (the tmpfs holds state the driver wrote) and again after
     // unpublish (the log of the whole run).
     let scan = |env: &Env| -> (Vec<String>, Vec<String>, Vec<String>) {
-        let mut files = Vec::new();
-        files_below(&env.data_root, &mut files);
+        let files = files_below(&env.data_root);
         let (mut scanned, mut skipped, mut hits) = (Vec::new(), Vec::new(), Vec::new());
         for f in files {
             let rel = f
