@@ -1856,21 +1856,26 @@ mod tests {
         _scheduler: crate::scheduler::Scheduler,
     }
 
-    fn fixture() -> Fixture {
-        let dir = tempfile::tempdir().unwrap();
-        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-        let ahead = Arc::new(Ahead::default());
-        let store = Store::open(&dir.path().join("root")).unwrap();
-        let ca = LocalCa::open(
+    /// The embedded CA in the store's data root, signing for at most a day.
+    fn test_ca(store: &Store, clock: Arc<dyn Clock>) -> LocalCa {
+        LocalCa::open(
             LocalCaConfig {
                 dir: store.root().join("local-ca"),
                 cert_file: None,
                 key_file: None,
                 max_duration: Duration::from_secs(86400),
             },
-            clock.clone(),
+            clock,
         )
-        .unwrap();
+        .unwrap()
+    }
+
+    fn fixture() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        let ahead = Arc::new(Ahead::default());
+        let store = Store::open(&dir.path().join("root")).unwrap();
+        let ca = test_ca(&store, clock.clone());
         let issuer = Arc::new(Scripted {
             ca,
             mode: AtomicU8::new(OK),
@@ -2472,16 +2477,7 @@ mod tests {
         let clock: Arc<dyn Clock> =
             Arc::new(crate::clock::TokioClock::starting_at(SystemTime::now()));
         let store = Store::open(&dir.path().join("root")).unwrap();
-        let ca = LocalCa::open(
-            LocalCaConfig {
-                dir: store.root().join("local-ca"),
-                cert_file: None,
-                key_file: None,
-                max_duration: Duration::from_secs(86400),
-            },
-            clock.clone(),
-        )
-        .unwrap();
+        let ca = test_ca(&store, clock.clone());
         let (handle, _scheduler) = crate::scheduler::channel();
         let (refresh, refresher) = crate::refresh::channel();
         let mut cfg = Config::new("node-a");

@@ -110,20 +110,19 @@ fn openssl_verify(
     }
 }
 
-fn configmap(name: &str, key: &str, value: &str) -> ConfigMap {
-    ConfigMap {
+/// Creates the ConfigMap every scenario here names as its trust source: `partner-ca`, key
+/// `ca.crt`, holding `pem`.
+async fn create_partner_configmap(cluster: &Cluster, ns: &str, pem: &str) {
+    let cm = ConfigMap {
         metadata: ObjectMeta {
-            name: Some(name.into()),
+            name: Some("partner-ca".into()),
             ..ObjectMeta::default()
         },
-        data: Some([(key.to_owned(), value.to_owned())].into()),
+        data: Some([("ca.crt".to_owned(), pem.to_owned())].into()),
         ..ConfigMap::default()
-    }
-}
-
-async fn create_configmap(cluster: &Cluster, ns: &str, cm: &ConfigMap) {
+    };
     Api::<ConfigMap>::namespaced(cluster.client.clone(), ns)
-        .create(&PostParams::default(), cm)
+        .create(&PostParams::default(), &cm)
         .await
         .expect("create ConfigMap");
 }
@@ -175,7 +174,7 @@ async fn bundle_from_configmap_issuing_ca_and_public_roots_verifies_private_and_
         "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
         private.pem
     );
-    create_configmap(&cluster, &ns, &configmap("partner-ca", "ca.crt", &cm_text)).await;
+    create_partner_configmap(&cluster, &ns, &cm_text).await;
     let pod = cluster.create_pod(&ns, "client-0").await;
     let vol = cm_volume(
         &cluster.issuer_name(),
@@ -251,12 +250,7 @@ async fn changing_the_configmap_rewrites_every_using_volume_atomically_without_r
     let _driver = env.start_cert_manager(&cluster, &[], &[]).await;
     let ns = cluster.namespace();
     let first = private_ca("partner CA 1");
-    create_configmap(
-        &cluster,
-        &ns,
-        &configmap("partner-ca", "ca.crt", &first.pem),
-    )
-    .await;
+    create_partner_configmap(&cluster, &ns, &first.pem).await;
     let vol = cm_volume(
         &cluster.issuer_name(),
         [("csi.certvol.io/trust-configmaps", "partner-ca/ca.crt")],
@@ -453,7 +447,7 @@ async fn missing_configmap_or_secret_fails_clearly_with_an_event_and_the_retry_s
 
     // Creating the objects lets kubelet's retry succeed.
     let ca = private_ca("partner CA");
-    create_configmap(&cluster, &ns, &configmap("partner-ca", "ca.crt", &ca.pem)).await;
+    create_partner_configmap(&cluster, &ns, &ca.pem).await;
     Api::<Secret>::namespaced(cluster.client.clone(), &ns)
         .create(
             &PostParams::default(),
@@ -519,12 +513,7 @@ async fn after_a_restart_changes_made_while_the_driver_was_down_reach_the_bundle
     let mut driver = env.start_cert_manager(&cluster, &[], &[]).await;
     let ns = cluster.namespace();
     let first = private_ca("partner CA 1");
-    create_configmap(
-        &cluster,
-        &ns,
-        &configmap("partner-ca", "ca.crt", &first.pem),
-    )
-    .await;
+    create_partner_configmap(&cluster, &ns, &first.pem).await;
     let pod = cluster.create_pod(&ns, "restarted-0").await;
     let vol = cm_volume(
         &cluster.issuer_name(),
@@ -592,12 +581,7 @@ async fn a_deleted_source_neither_blocks_renewal_nor_empties_the_bundle() {
         .await;
     let ns = cluster.namespace();
     let partner = private_ca("partner CA");
-    create_configmap(
-        &cluster,
-        &ns,
-        &configmap("partner-ca", "ca.crt", &partner.pem),
-    )
-    .await;
+    create_partner_configmap(&cluster, &ns, &partner.pem).await;
     let pod = cluster.create_pod(&ns, "renewing-0").await;
     let vol = cm_volume(
         &cluster.issuer_name(),
@@ -633,12 +617,7 @@ async fn a_deleted_source_neither_blocks_renewal_nor_empties_the_bundle() {
 
     // Recreated with another CA: the bundle follows.
     let replacement = private_ca("partner CA 2");
-    create_configmap(
-        &cluster,
-        &ns,
-        &configmap("partner-ca", "ca.crt", &replacement.pem),
-    )
-    .await;
+    create_partner_configmap(&cluster, &ns, &replacement.pem).await;
     let new_ca = ders(&replacement.pem).remove(0);
     let bundle = eventually(Duration::from_secs(10), || {
         let bundle = ders(&bundle_and_cert(&target).0);
