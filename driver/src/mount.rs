@@ -166,6 +166,44 @@ fn check_tmpfs_args(path: &Path, source: &str, size_bytes: u64, mode: u32) -> io
     Ok(())
 }
 
+/// Where [`KernelMounter::bind_read_only`] makes its read-only bind before the target's: a
+/// sibling of the source, so on the same (memory-backed) filesystem and never in the pod's view.
+const BIND_STAGING: &str = ".bind-staging";
+
+/// A bind of `src` at `target`, then remounted read-only with the protective flags; nothing is
+/// left mounted at `target` if the remount fails.
+fn bind_protected(src: &Path, target: &Path) -> io::Result<()> {
+    nix::mount::mount(
+        Some(src),
+        target,
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .map_err(|e| {
+        errno_error(
+            e,
+            format!("bind-mounting {} at {}", src.display(), target.display()),
+        )
+    })?;
+    let remount = nix::mount::mount(
+        None::<&str>,
+        target,
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | PROTECTIVE_FLAGS,
+        None::<&str>,
+    );
+    if let Err(e) = remount {
+        // A writable bind left behind would let the pod modify its key material.
+        let _ = nix::mount::umount2(target, MntFlags::empty());
+        return Err(errno_error(
+            e,
+            format!("making the bind mount at {} read-only", target.display()),
+        ));
+    }
+    Ok(())
+}
+
 impl Mounter for KernelMounter {
     fn mount_tmpfs(&self, path: &Path, source: &str, size_bytes: u64, mode: u32) -> io::Result<()> {
         check_tmpfs_args(path, source, size_bytes, mode)?;
@@ -181,40 +219,34 @@ impl Mounter for KernelMounter {
     }
 
     fn bind_read_only(&self, src: &Path, target: &Path) -> io::Result<()> {
-        nix::mount::mount(
-            Some(src),
-            target,
-            None::<&str>,
-            MsFlags::MS_BIND,
-            None::<&str>,
-        )
-        .map_err(|e| {
-            errno_error(
-                e,
-                format!("bind-mounting {} at {}", src.display(), target.display()),
-            )
-        })?;
-        // A bind mount ignores MS_RDONLY and friends on creation; only a remount of the bind
-        // applies them, hence the two steps.
-        let remount = nix::mount::mount(
-            None::<&str>,
-            target,
-            None::<&str>,
-            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | PROTECTIVE_FLAGS,
-            None::<&str>,
-        );
-        if let Err(e) = remount {
-            // A writable bind left behind would let the pod modify its key material.
-            let _ = nix::mount::umount2(target, MntFlags::empty());
-            return Err(errno_error(
-                e,
-                format!("making the bind mount at {} read-only", target.display()),
-            ));
+        // A bind mount ignores MS_RDONLY and friends on creation; only a remount applies them,
+        // and a remount does not propagate. Under the chart's Bidirectional pods directory a
+        // bind straight to the target would reach the node (where kubelet and the runtime see
+        // it) writable. So the read-only bind is made first at a staging point next to the
+        // source, and the target is bound from it: a bind copies the flags of the mount it is
+        // made from, and so does every copy propagation makes of it.
+        let staging = src.with_file_name(BIND_STAGING);
+        let _ = nix::mount::umount2(&staging, MntFlags::MNT_DETACH);
+        match fs::create_dir(&staging) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => {
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!("creating {}: {e}", staging.display()),
+                ));
+            }
         }
-        Ok(())
+        let bound = bind_protected(src, &staging).and_then(|()| bind_protected(&staging, target));
+        let _ = nix::mount::umount2(&staging, MntFlags::MNT_DETACH);
+        let _ = fs::remove_dir(&staging);
+        bound
     }
 
     fn unmount(&self, path: &Path) -> io::Result<()> {
+        // A kill between the two binds of `bind_read_only` leaves its staging bind inside the
+        // volume's tmpfs, which would keep the tmpfs busy.
+        let _ = nix::mount::umount2(&path.join(BIND_STAGING), MntFlags::MNT_DETACH);
         match nix::mount::umount2(path, MntFlags::empty()) {
             Ok(()) | Err(Errno::EINVAL) | Err(Errno::ENOENT) => Ok(()),
             Err(e) => Err(errno_error(e, format!("unmounting {}", path.display()))),

@@ -1672,7 +1672,7 @@ pub fn check_in_pods_dir(kubelet_dir: &Path, target: &Path) -> Result<(), Volume
         return Ok(());
     }
     Err(VolumeError::InvalidArgument(format!(
-        "target_path {:?} is not inside the kubelet pods directory {}/; certvol only mounts and unmounts volumes there (set --kubelet-dir to kubelet's --root-dir to change it; configured: {})",
+        "target_path {:?} is not inside the kubelet pods directory {}/; certvol only mounts and unmounts volumes there (set --kubelet-dir, the Helm chart's kubeletRootDir, to kubelet's --root-dir to change it; configured: {})",
         target.display().to_string(),
         pods.display(),
         kubelet_dir.display()
