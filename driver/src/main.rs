@@ -212,7 +212,8 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         Command::Node(args) => {
             init_logging(&cli.log_level, cli.log_format);
             let args = *args;
-            let mounter = node::choose_mounter(args.allow_no_tmpfs).context("certvol node")?;
+            let mounter = node::choose_mounter(&args.data_root, args.allow_no_tmpfs)
+                .context("certvol node")?;
             let opts = NodeOptions {
                 endpoint: args.endpoint,
                 node_id: args.node_id,

@@ -207,15 +207,8 @@ fn bind_protected(src: &Path, target: &Path) -> io::Result<()> {
 impl Mounter for KernelMounter {
     fn mount_tmpfs(&self, path: &Path, source: &str, size_bytes: u64, mode: u32) -> io::Result<()> {
         check_tmpfs_args(path, source, size_bytes, mode)?;
-        let data = format!("size={size_bytes},mode={mode:o}");
-        nix::mount::mount(
-            Some(source),
-            path,
-            Some("tmpfs"),
-            PROTECTIVE_FLAGS,
-            Some(data.as_str()),
-        )
-        .map_err(|e| errno_error(e, format!("mounting tmpfs at {}", path.display())))
+        mount_tmpfs_raw(path, source, size_bytes, mode)
+            .map_err(|e| errno_error(e, format!("mounting tmpfs at {}", path.display())))
     }
 
     fn bind_read_only(&self, src: &Path, target: &Path) -> io::Result<()> {
@@ -535,24 +528,131 @@ impl Mounter for DirMounter {
     }
 }
 
-/// True if this process can mount a tmpfs: tries a small throwaway mount in a temporary directory
-/// and unmounts it again.
-pub fn can_mount_tmpfs() -> bool {
-    let Ok(dir) = tempfile::Builder::new().prefix("certvol-probe").tempdir() else {
-        return false;
+/// The directory below `<data-root>/volumes` where [`probe_tmpfs`] mounts its throwaway tmpfs.
+/// Its name does not start with `v-`, so the store never takes it for a volume; it is fixed (not
+/// per process) so that a probe killed half-way is cleaned up by the next one.
+pub const PROBE_DIR: &str = ".tmpfs-probe";
+
+/// The step of [`probe_tmpfs`] that failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProbeStep {
+    /// Creating the data root, its `volumes` directory or the probe directory.
+    CreateDir,
+    /// Mounting the throwaway tmpfs.
+    Mount,
+}
+
+/// Why a tmpfs cannot be mounted where certvol mounts the volumes' tmpfs: the failing step, the
+/// path and the errno, with advice that fits the errno.
+#[derive(Debug, thiserror::Error)]
+#[error("{what} {path} failed with {errno}: {advice}", what = step_text(*step), errno = errno_text(*errno), advice = probe_advice(*step, *errno))]
+pub struct ProbeError {
+    pub step: ProbeStep,
+    pub path: PathBuf,
+    pub errno: Errno,
+}
+
+fn step_text(step: ProbeStep) -> &'static str {
+    match step {
+        ProbeStep::CreateDir => "creating",
+        ProbeStep::Mount => "mounting a tmpfs at",
+    }
+}
+
+/// `EROFS (Read-only file system)`: the symbolic name operators search for, and its meaning.
+fn errno_text(errno: Errno) -> String {
+    format!("{errno:?} ({})", errno.desc())
+}
+
+/// What to do about `errno` at `step`, phrased for someone deploying the node plugin.
+pub fn probe_advice(step: ProbeStep, errno: Errno) -> &'static str {
+    match (step, errno) {
+        (_, Errno::EROFS) => {
+            "the data root is on a read-only file system; mount a writable directory (in a pod: a hostPath volume, as the Helm chart does for /var/lib/certvol) at --data-root"
+        }
+        (ProbeStep::CreateDir, Errno::EACCES | Errno::EPERM) => {
+            "this process may not write to the data root; run certvol as root or give it a data root it owns"
+        }
+        (ProbeStep::Mount, Errno::EPERM | Errno::EACCES) => {
+            "mounting needs root with CAP_SYS_ADMIN (in a pod: securityContext.privileged: true, as the Helm chart sets; a security module such as AppArmor or SELinux may also forbid mounts)"
+        }
+        (_, Errno::ENOENT) => {
+            "a parent directory vanished or the data root is a dangling symbolic link; point --data-root at an existing, writable directory (in a pod: is the hostPath volume mounted there?)"
+        }
+        (_, Errno::ENOTDIR) => "a component of --data-root is not a directory",
+        (_, Errno::ENOSPC | Errno::EDQUOT) => {
+            "the file system of the data root is full (or out of inodes); free space there"
+        }
+        (ProbeStep::Mount, Errno::ENODEV) => "this kernel has no tmpfs support",
+        (ProbeStep::Mount, Errno::ENOMEM) => "the node is out of memory",
+        (ProbeStep::CreateDir, _) => "see mkdir(2)",
+        (ProbeStep::Mount, _) => "see mount(2)",
+    }
+}
+
+impl ProbeError {
+    /// Whether plain directories would still work (`--allow-no-tmpfs`): only when the data root
+    /// is writable and the mount itself failed.
+    pub fn directories_would_work(&self) -> bool {
+        self.step == ProbeStep::Mount
+    }
+}
+
+/// The mount(2) call behind every tmpfs certvol makes (volumes and the probe), so the probe
+/// tests exactly what a publish will do. Arguments are checked by the callers.
+fn mount_tmpfs_raw(path: &Path, source: &str, size_bytes: u64, mode: u32) -> nix::Result<()> {
+    let data = format!("size={size_bytes},mode={mode:o}");
+    nix::mount::mount(
+        Some(source),
+        path,
+        Some("tmpfs"),
+        PROTECTIVE_FLAGS,
+        Some(data.as_str()),
+    )
+}
+
+fn errno_of(e: &io::Error) -> Errno {
+    e.raw_os_error()
+        .map_or(Errno::UnknownErrno, Errno::from_raw)
+}
+
+/// Unmounts (lazily: nothing uses a probe mount) and removes a probe directory, if there is one.
+fn remove_probe_dir(dir: &Path) {
+    // EINVAL: not a mount point; ENOENT: not there. Either way nothing is mounted.
+    let _ = nix::mount::umount2(dir, MntFlags::MNT_DETACH);
+    let _ = fs::remove_dir(dir);
+}
+
+/// Checks that this process can mount a tmpfs where `certvol node` mounts the volumes' tmpfs:
+/// below `<data_root>/volumes` (created 0700, as the store creates it). It mounts a small
+/// throwaway tmpfs on [`PROBE_DIR`] and removes it again, also when a step fails; nothing is
+/// written outside the data root (in a pod with `readOnlyRootFilesystem`, /tmp is not writable).
+pub fn probe_tmpfs(data_root: &Path) -> Result<(), ProbeError> {
+    let volumes = data_root.join("volumes");
+    let dir = volumes.join(PROBE_DIR);
+    let failed = |step, path: &Path, errno| ProbeError {
+        step,
+        path: path.to_path_buf(),
+        errno,
     };
-    let mounter = KernelMounter;
-    if mounter
-        .mount_tmpfs(dir.path(), "certvol-probe", 64 * 1024, 0o700)
-        .is_err()
-    {
-        return false;
-    }
-    if mounter.unmount(dir.path()).is_err() {
-        // Nothing uses the probe mount, so detaching it lazily is harmless and avoids leaking it.
-        let _ = nix::mount::umount2(dir.path(), MntFlags::MNT_DETACH);
-    }
-    true
+    crate::fsutil::create_dir_mode(&volumes, 0o700)
+        .map_err(|e| failed(ProbeStep::CreateDir, &volumes, errno_of(&e)))?;
+    // Left by a probe that was killed before it cleaned up.
+    remove_probe_dir(&dir);
+    fs::create_dir(&dir).map_err(|e| failed(ProbeStep::CreateDir, &dir, errno_of(&e)))?;
+    let mounted = mount_tmpfs_raw(&dir, "certvol-probe", 64 * 1024, 0o700);
+    remove_probe_dir(&dir);
+    mounted.map_err(|errno| failed(ProbeStep::Mount, &dir, errno))
+}
+
+/// True if this process can mount a tmpfs in a fresh temporary directory (which it removes).
+/// For tests and the demo, which keep everything under the temporary directory anyway;
+/// `certvol node` probes its data root instead ([`probe_tmpfs`]).
+pub fn can_mount_tmpfs() -> bool {
+    tempfile::Builder::new()
+        .prefix("certvol-probe")
+        .tempdir()
+        .is_ok_and(|dir| probe_tmpfs(dir.path()).is_ok())
 }
 
 #[cfg(test)]
@@ -858,5 +958,119 @@ x 36 0:51 / /bad-id rw - tmpfs src rw
         assert!(m.bind_read_only(&src, &target).is_err());
         assert_eq!(fs::read(target.join("keep")).unwrap(), b"data");
         assert!(!m.is_mounted(&target).unwrap());
+    }
+
+    /// Whether anything is mounted at or below `dir` (canonical), per mountinfo.
+    fn mounted_below(dir: &Path) -> Vec<PathBuf> {
+        let canonical = fs::canonicalize(dir).unwrap();
+        KernelMounter
+            .mounts()
+            .unwrap()
+            .into_iter()
+            .map(|m| m.mount_point)
+            .filter(|p| p.starts_with(&canonical))
+            .collect()
+    }
+
+    #[test]
+    fn probe_mounts_below_the_data_root_and_leaves_nothing_behind() {
+        if !root_or_skip("probe_mounts_below_the_data_root_and_leaves_nothing_behind") {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("data");
+        probe_tmpfs(&root).unwrap();
+        let volumes = root.join("volumes");
+        let mode = fs::metadata(&volumes).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode, 0o700, "created as the store creates it");
+        assert_eq!(fs::read_dir(&volumes).unwrap().count(), 0);
+        assert!(mounted_below(dir.path()).is_empty());
+
+        // A probe killed while its tmpfs was mounted: the next probe cleans up after it.
+        let stale = volumes.join(PROBE_DIR);
+        fs::create_dir(&stale).unwrap();
+        let _guard = Unmount(stale.clone());
+        KernelMounter
+            .mount_tmpfs(&stale, "certvol-probe", 4096, 0o700)
+            .unwrap();
+        probe_tmpfs(&root).unwrap();
+        assert!(!stale.exists());
+        assert!(mounted_below(dir.path()).is_empty());
+    }
+
+    #[test]
+    fn probe_of_a_read_only_data_root_names_erofs_and_the_path() {
+        if !root_or_skip("probe_of_a_read_only_data_root_names_erofs_and_the_path") {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let ro = dir.path().join("ro");
+        fs::create_dir(&ro).unwrap();
+        fs::create_dir_all(ro.join("existing/volumes")).unwrap();
+        fs::set_permissions(
+            ro.join("existing/volumes"),
+            fs::Permissions::from_mode(0o700),
+        )
+        .unwrap();
+        // A bind of the directory, made read-only: what a read-only hostPath looks like.
+        KernelMounter.bind_read_only(&ro, &ro).unwrap();
+        let _guard = Unmount(ro.clone());
+
+        // Not there yet: creating it fails.
+        let fresh = ro.join("fresh");
+        let err = probe_tmpfs(&fresh).unwrap_err();
+        assert_eq!((err.step, err.errno), (ProbeStep::CreateDir, Errno::EROFS));
+        let msg = err.to_string();
+        assert!(
+            msg.contains(&fresh.join("volumes").display().to_string()),
+            "{msg}"
+        );
+        assert!(msg.contains("EROFS (Read-only file system)"), "{msg}");
+        assert!(msg.contains("mount a writable directory"), "{msg}");
+        assert!(msg.contains("--data-root"), "{msg}");
+        assert!(!err.directories_would_work());
+
+        // There already (a restart): the probe directory is what cannot be made.
+        let existing = ro.join("existing");
+        let err = probe_tmpfs(&existing).unwrap_err();
+        assert_eq!(err.errno, Errno::EROFS);
+        assert_eq!(err.path, existing.join("volumes").join(PROBE_DIR));
+    }
+
+    #[test]
+    fn probe_advice_fits_the_errno() {
+        let rows = [
+            (ProbeStep::Mount, Errno::EPERM, "CAP_SYS_ADMIN"),
+            (ProbeStep::Mount, Errno::EPERM, "privileged"),
+            (ProbeStep::Mount, Errno::EROFS, "read-only"),
+            (ProbeStep::CreateDir, Errno::EROFS, "hostPath"),
+            (
+                ProbeStep::CreateDir,
+                Errno::EACCES,
+                "may not write to the data root",
+            ),
+            (
+                ProbeStep::CreateDir,
+                Errno::ENOENT,
+                "existing, writable directory",
+            ),
+            (ProbeStep::CreateDir, Errno::ENOSPC, "full"),
+            (ProbeStep::Mount, Errno::ENODEV, "no tmpfs"),
+            (ProbeStep::Mount, Errno::EBUSY, "mount(2)"),
+            (ProbeStep::CreateDir, Errno::ELOOP, "mkdir(2)"),
+        ];
+        for (step, errno, fragment) in rows {
+            let advice = probe_advice(step, errno);
+            assert!(advice.contains(fragment), "{step:?} {errno:?}: {advice}");
+        }
+        let err = ProbeError {
+            step: ProbeStep::Mount,
+            path: PathBuf::from("/var/lib/certvol/volumes/.tmpfs-probe"),
+            errno: Errno::EPERM,
+        };
+        assert_eq!(
+            err.to_string(),
+            "mounting a tmpfs at /var/lib/certvol/volumes/.tmpfs-probe failed with EPERM (Operation not permitted): mounting needs root with CAP_SYS_ADMIN (in a pod: securityContext.privileged: true, as the Helm chart sets; a security module such as AppArmor or SELinux may also forbid mounts)"
+        );
     }
 }

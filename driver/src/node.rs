@@ -119,10 +119,17 @@ pub enum NodeError {
         "--kubelet-dir {0:?} is not accepted; accepted: an absolute path without \"..\" (kubelet's --root-dir, /var/lib/kubelet by default)"
     )]
     KubeletDir(PathBuf),
+    /// The tmpfs probe below the data root failed; with `--allow-no-tmpfs` only a failed mount
+    /// is tolerated (plain directories need a writable data root too).
     #[error(
-        "cannot mount tmpfs here (certvol needs root or CAP_SYS_ADMIN to keep private keys in memory); refusing to start. Pass --allow-no-tmpfs to use plain directories instead (keys then live on disk: for demos and tests only)"
+        "cannot mount the volumes' tmpfs below the data root: {0}; refusing to start{hint}",
+        hint = if .0.directories_would_work() {
+            ". Pass --allow-no-tmpfs to use plain directories instead (keys then live on disk: for demos and tests only)"
+        } else {
+            ""
+        }
     )]
-    NoTmpfs,
+    NoTmpfs(crate::mount::ProbeError),
     #[error("data root: {0}")]
     Store(#[from] crate::store::StoreError),
     #[error("local CA: {0}")]
@@ -202,17 +209,22 @@ pub fn bind_socket(path: &Path) -> Result<UnixListener, NodeError> {
     Ok(listener)
 }
 
-/// Chooses how volumes are mounted: tmpfs when possible; plain directories only when allowed.
-pub fn choose_mounter(allow_no_tmpfs: bool) -> Result<Arc<dyn Mounter>, NodeError> {
-    if crate::mount::can_mount_tmpfs() {
-        Ok(Arc::new(KernelMounter))
-    } else if allow_no_tmpfs {
-        warn!(
-            "tmpfs cannot be mounted here; using plain directories (private keys are on disk: demos and tests only)"
-        );
-        Ok(Arc::new(DirMounter::default()))
-    } else {
-        Err(NodeError::NoTmpfs)
+/// Chooses how volumes are mounted: tmpfs when a probe below `data_root` (where the volumes'
+/// tmpfs go) can mount one; plain directories only when allowed and the data root is writable.
+pub fn choose_mounter(
+    data_root: &Path,
+    allow_no_tmpfs: bool,
+) -> Result<Arc<dyn Mounter>, NodeError> {
+    match crate::mount::probe_tmpfs(data_root) {
+        Ok(()) => Ok(Arc::new(KernelMounter)),
+        Err(e) if allow_no_tmpfs && e.directories_would_work() => {
+            warn!(
+                reason = %e,
+                "tmpfs cannot be mounted here; using plain directories (private keys are on disk: demos and tests only)"
+            );
+            Ok(Arc::new(DirMounter::default()))
+        }
+        Err(e) => Err(NodeError::NoTmpfs(e)),
     }
 }
 
@@ -518,6 +530,56 @@ mod tests {
                 err.contains("--kubelet-dir") && err.contains("absolute"),
                 "{bad}: {err}"
             );
+        }
+    }
+
+    #[test]
+    fn no_tmpfs_suggests_directories_only_when_they_would_work() {
+        use crate::mount::{ProbeError, ProbeStep};
+        use nix::errno::Errno;
+        let mount = NodeError::NoTmpfs(ProbeError {
+            step: ProbeStep::Mount,
+            path: PathBuf::from("/var/lib/certvol/volumes/.tmpfs-probe"),
+            errno: Errno::EPERM,
+        })
+        .to_string();
+        assert!(
+            mount.starts_with("cannot mount the volumes' tmpfs below the data root: mounting a tmpfs at /var/lib/certvol/volumes/.tmpfs-probe failed with EPERM"),
+            "{mount}"
+        );
+        assert!(
+            mount.contains("CAP_SYS_ADMIN") && mount.contains("--allow-no-tmpfs"),
+            "{mount}"
+        );
+        let read_only = NodeError::NoTmpfs(ProbeError {
+            step: ProbeStep::CreateDir,
+            path: PathBuf::from("/var/lib/certvol/volumes"),
+            errno: Errno::EROFS,
+        })
+        .to_string();
+        assert!(
+            read_only.contains("creating /var/lib/certvol/volumes failed with EROFS"),
+            "{read_only}"
+        );
+        assert!(!read_only.contains("--allow-no-tmpfs"), "{read_only}");
+    }
+
+    #[test]
+    fn a_read_only_data_root_is_refused_even_with_allow_no_tmpfs() {
+        if !nix::unistd::geteuid().is_root() {
+            println!("skipping: needs root to make a read-only bind mount");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let ro = dir.path().join("ro");
+        std::fs::create_dir(&ro).unwrap();
+        KernelMounter.bind_read_only(&ro, &ro).unwrap();
+        let result = choose_mounter(&ro.join("data"), true);
+        let _ = KernelMounter.unmount(&ro);
+        match result {
+            Err(NodeError::NoTmpfs(e)) => assert_eq!(e.errno, nix::errno::Errno::EROFS),
+            Err(other) => panic!("{other}"),
+            Ok(m) => panic!("{m:?}"),
         }
     }
 

@@ -79,3 +79,45 @@ fn bad_flags_are_explained() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--tmpfs-size"));
 }
+
+/// In the Helm chart's pod the root file system is read-only and nothing is mounted at /tmp:
+/// `certvol node` must probe tmpfs where it mounts volumes (below the data root), never in the
+/// temporary directory. With TMPDIR unusable, start-up must get past the probe (to the endpoint
+/// check, which fails here on purpose) and leave nothing in the data root.
+#[test]
+fn the_tmpfs_probe_does_not_need_the_temporary_directory() {
+    if !nix::unistd::geteuid().is_root() {
+        println!("skipping: needs root to mount tmpfs");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    let out = Command::new(env!("CARGO_BIN_EXE_certvol"))
+        .args([
+            "node",
+            "--node-id",
+            "n1",
+            "--issuer",
+            "local",
+            "--metrics-address",
+            "off",
+            "--endpoint",
+            "tcp://127.0.0.1:1",
+            "--data-root",
+            root.to_str().unwrap(),
+        ])
+        .env("TMPDIR", dir.path().join("no-such-dir"))
+        .env_remove("NODE_NAME")
+        .env_remove("CSI_ENDPOINT")
+        .output()
+        .expect("run certvol");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(!err.contains("tmpfs"), "the probe failed: {err}");
+    assert!(err.contains("unix:///"), "{err}");
+    let left: Vec<_> = std::fs::read_dir(root.join("volumes"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
