@@ -8,6 +8,7 @@ pub mod bench;
 pub mod campaign;
 pub mod cluster;
 pub mod kubesigner;
+pub mod python;
 pub mod signer;
 
 use std::fs;
