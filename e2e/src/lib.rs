@@ -6,7 +6,9 @@
 pub mod apiserver;
 pub mod bench;
 pub mod campaign;
+pub mod chart;
 pub mod cluster;
+pub mod container;
 pub mod kubesigner;
 pub mod python;
 pub mod signer;
@@ -30,15 +32,21 @@ pub fn certvol_bin() -> PathBuf {
     if let Some(bin) = std::env::var_os("CERTVOL_BIN") {
         return PathBuf::from(bin);
     }
+    bin_path("certvol")
+}
+
+/// A binary of the workspace next to the test executable's directory (`target/<profile>/`),
+/// which `cargo test --workspace` builds before running tests.
+pub fn bin_path(name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap_or_default();
     let mut dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
     if dir.ends_with("deps") {
         dir.pop();
     }
-    let bin = dir.join("certvol");
+    let bin = dir.join(name);
     assert!(
         bin.exists(),
-        "certvol binary not found at {}: run the tests with `cargo test --workspace` (which builds it) or set CERTVOL_BIN",
+        "{name} binary not found at {}: run the tests with `cargo test --workspace` (which builds it)",
         bin.display()
     );
     bin
@@ -244,6 +252,11 @@ pub struct Driver {
 }
 
 impl Driver {
+    /// A driver started some other way (the container tier's runtime), logging to `log`.
+    pub fn from_child(child: Child, log: PathBuf) -> Driver {
+        Driver { child, log }
+    }
+
     pub fn pid(&self) -> i32 {
         self.child.id() as i32
     }

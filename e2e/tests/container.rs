@@ -1,0 +1,427 @@
+//! The container-faithful tier: the chart's DaemonSet pod, as Helm renders it, run by an
+//! emulated kubelet and container runtime (see `certvol_e2e::container`). Every scenario boots a
+//! fresh node in this process's own mount namespace, starts the certvol container from the
+//! rendered pod (read-only root, hostPath volumes with their propagation, downward-API env),
+//! waits for the chart's readiness probe, and acts as kubelet through the socket the registrar
+//! registered.
+//!
+//! A custom harness (no libtest): the node's mount namespace must be entered while the process
+//! is still single-threaded. `cargo test` runs it like any test; arguments filter scenarios by
+//! name, `--list` lists them. Without root it skips with a message.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::time::Duration;
+
+use certvol_e2e::container::node::{self, Node};
+use certvol_e2e::container::pod::PodPlan;
+use certvol_e2e::kubelet::{InlineVolume, Kubelet, Pod};
+use certvol_e2e::{Driver, PairReader, chart, eventually, python, read_volume, volume};
+
+type Outcome = Result<(), String>;
+type Scenario = fn(Ctx) -> Pin<Box<dyn Future<Output = Outcome>>>;
+
+/// What every scenario gets: the venv's python to render the chart with.
+#[derive(Clone)]
+struct Ctx {
+    python: PathBuf,
+}
+
+const READY: Duration = Duration::from_secs(30);
+
+fn scenarios() -> Vec<(&'static str, Scenario)> {
+    vec![
+        ("local_install_and_first_publish", |c| {
+            Box::pin(local_install_and_first_publish(c))
+        }),
+        ("custom_driver_name_and_kubelet_root", |c| {
+            Box::pin(custom_driver_name_and_kubelet_root(c))
+        }),
+        ("kubelet_root_elsewhere_names_the_flag", |c| {
+            Box::pin(kubelet_root_elsewhere_names_the_flag(c))
+        }),
+        ("restart_with_50_volumes_mid_renewal", |c| {
+            Box::pin(restart_with_50_volumes_mid_renewal(c))
+        }),
+        ("node_reboot_then_republish", |c| {
+            Box::pin(node_reboot_then_republish(c))
+        }),
+        ("upgrade_on_the_same_data_root", |c| {
+            Box::pin(upgrade_on_the_same_data_root(c))
+        }),
+    ]
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let all = scenarios();
+    if args.iter().any(|a| a == "--list") {
+        for (name, _) in &all {
+            println!("{name}: test");
+        }
+        return;
+    }
+    let filters: Vec<&String> = args.iter().filter(|a| !a.starts_with('-')).collect();
+    let selected: Vec<_> = all
+        .into_iter()
+        .filter(|(name, _)| filters.is_empty() || filters.iter().any(|f| name.contains(f.as_str())))
+        .collect();
+    if !nix::unistd::geteuid().is_root() {
+        println!(
+            "skipping the container tier: it needs root (mount namespaces, tmpfs, bind mounts)"
+        );
+        return;
+    }
+    if let Err(e) = node::become_node() {
+        eprintln!("cannot enter a private mount namespace for the emulated node: {e}");
+        std::process::exit(1);
+    }
+    let python = python::venv_python(
+        Path::new(env!("CARGO_TARGET_TMPDIR")),
+        &python::requirements(),
+    )
+    .unwrap_or_else(|e| panic!("the container tier renders the chart with Helm from PyPI: {e}"));
+    let ctx = Ctx { python };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let mut failed = Vec::new();
+    println!("running {} container-tier scenarios", selected.len());
+    for (name, scenario) in selected {
+        let started = std::time::Instant::now();
+        let outcome = runtime.block_on(scenario(ctx.clone()));
+        let took = started.elapsed();
+        match outcome {
+            Ok(()) => println!("scenario {name} ... ok ({took:.1?})"),
+            Err(e) => {
+                println!("scenario {name} ... FAILED ({took:.1?})\n{e}\n");
+                failed.push(name);
+            }
+        }
+    }
+    if !failed.is_empty() {
+        println!("failed scenarios: {failed:?}");
+        std::process::exit(1);
+    }
+}
+
+fn plan(ctx: &Ctx, values: &[(&str, &str)]) -> Result<PodPlan, String> {
+    PodPlan::from_objects(&chart::render(&ctx.python, values)?)
+}
+
+/// Starts the container and waits for the chart's readiness probe, then for Probe over the
+/// registered socket (as kubelet's plugin watcher does).
+async fn start_ready(node: &mut Node, plan: &PodPlan) -> Result<(Driver, Kubelet), String> {
+    let mut driver = node.start(plan, None, None)?;
+    let probe = plan
+        .readiness
+        .as_ref()
+        .ok_or("the chart sets no readiness probe")?;
+    node.wait_probe(&mut driver, probe, READY).await?;
+    let live = plan
+        .liveness
+        .as_ref()
+        .ok_or("the chart sets no liveness probe")?;
+    node.wait_probe(&mut driver, live, READY).await?;
+    let kubelet = node.kubelet(plan);
+    kubelet
+        .wait_ready(READY)
+        .await
+        .map_err(|e| format!("Probe over {}: {e}", plan.registration_path.display()))?;
+    Ok((driver, kubelet))
+}
+
+fn check(cond: bool, what: impl FnOnce() -> String) -> Outcome {
+    if cond { Ok(()) } else { Err(what()) }
+}
+
+/// The volume's target as an application container sees it on the node: a read-only mount
+/// holding a matching pair.
+fn check_served(node: &Node, target: &Path) -> Result<String, String> {
+    let files = read_volume(target)?;
+    let mounts = certvol_e2e::read_mounts();
+    let m = mounts
+        .iter()
+        .find(|m| m.mount_point == target)
+        .ok_or_else(|| format!("{} is not a mount point on the node", target.display()))?;
+    check(m.options.split(',').any(|o| o == "ro"), || {
+        format!(
+            "{} is mounted {:?}, not read-only",
+            target.display(),
+            m.options
+        )
+    })?;
+    check(target.starts_with(node.pods_dir()), || {
+        format!("{} is outside the node's pods dir", target.display())
+    })?;
+    Ok(files.leaf.serial_hex)
+}
+
+fn with_log(driver: &Driver, e: impl std::fmt::Display) -> String {
+    format!("{e}\n--- container log ---\n{}", driver.log_text())
+}
+
+fn local_volume(name: &str, duration: Option<&str>) -> InlineVolume {
+    let mut v = volume(duration.map(|d| ("csi.certvol.io/duration", d)));
+    v.name = name.into();
+    v
+}
+
+async fn local_install_and_first_publish(ctx: Ctx) -> Outcome {
+    let plan = plan(&ctx, &[("issuer", "local")])?;
+    check(plan.read_only_root, || {
+        "the chart no longer sets readOnlyRootFilesystem".into()
+    })?;
+    let mut node =
+        Node::boot("node-a", Path::new("/var/lib/kubelet")).map_err(|e| e.to_string())?;
+    let (driver, kubelet) = start_ready(&mut node, &plan).await?;
+    let pod = Pod::new("shop", "web-0");
+    let vol = local_volume("tls", None);
+    let target = kubelet
+        .publish(&pod, &vol)
+        .await
+        .map_err(|e| with_log(&driver, e))?;
+    check_served(&node, &target)?;
+    kubelet
+        .unpublish(&pod, &vol)
+        .await
+        .map_err(|e| with_log(&driver, e))?;
+    check(!target.exists(), || {
+        format!("{} left after unpublish", target.display())
+    })
+}
+
+async fn custom_driver_name_and_kubelet_root(ctx: Ctx) -> Outcome {
+    let root = "/var/lib/k0s/kubelet";
+    let plan = plan(
+        &ctx,
+        &[
+            ("issuer", "local"),
+            ("driverName", "certs.example.com"),
+            ("kubeletRootDir", root),
+        ],
+    )?;
+    check(plan.driver.name == "certs.example.com", || {
+        format!("{:?}", plan.driver)
+    })?;
+    check(
+        plan.registration_path == Path::new(root).join("plugins/certs.example.com/csi.sock"),
+        || format!("registration path {}", plan.registration_path.display()),
+    )?;
+    let mut node = Node::boot("node-b", Path::new(root)).map_err(|e| e.to_string())?;
+    let (driver, kubelet) = start_ready(&mut node, &plan).await?;
+    let pod = Pod::new("shop", "web-0");
+    let mut vol = local_volume("tls", None);
+    vol.attributes
+        .insert("driver".into(), plan.driver.name.clone());
+    let target = kubelet
+        .publish(&pod, &vol)
+        .await
+        .map_err(|e| with_log(&driver, e))?;
+    check(target.starts_with(root), || target.display().to_string())?;
+    check_served(&node, &target)?;
+    kubelet
+        .unpublish(&pod, &vol)
+        .await
+        .map_err(|e| with_log(&driver, e))
+}
+
+/// kubelet's real root is elsewhere and /var/lib/kubelet is only a symbolic link to it (so the
+/// chart's hostPaths exist and registration works): kubelet then sends targets under its real
+/// root, which the container cannot see. cert-manager csi-driver answers such publishes with
+/// an empty volume (its #134); certvol must refuse, naming the flag to fix.
+async fn kubelet_root_elsewhere_names_the_flag(ctx: Ctx) -> Outcome {
+    let plan = plan(&ctx, &[("issuer", "local")])?;
+    let real_root = Path::new("/var/lib/kubelet-data");
+    let mut node = Node::boot("node-c", real_root).map_err(|e| e.to_string())?;
+    std::os::unix::fs::symlink(real_root, "/var/lib/kubelet").map_err(|e| e.to_string())?;
+    let (driver, kubelet) = start_ready(&mut node, &plan).await?;
+    let pod = Pod::new("shop", "web-0");
+    let vol = local_volume("tls", None);
+    let err = match kubelet.publish(&pod, &vol).await {
+        Ok(t) => return Err(format!("publish to {} succeeded", t.display())),
+        Err(e) => e,
+    };
+    check(err.code() == tonic::Code::InvalidArgument, || {
+        with_log(&driver, format!("expected InvalidArgument, got {err:?}"))
+    })?;
+    check(
+        err.message().contains("--kubelet-dir") && err.message().contains("kubeletRootDir"),
+        || {
+            format!(
+                "the error does not name --kubelet-dir and kubeletRootDir: {}",
+                err.message()
+            )
+        },
+    )?;
+    let target = kubelet.target_path(&pod, &vol);
+    check(!target.exists(), || {
+        format!("{} was created", target.display())
+    })?;
+    let leftovers: Vec<_> = certvol_e2e::read_mounts()
+        .into_iter()
+        .filter(|m| m.mount_point.starts_with("/var/lib/certvol/volumes"))
+        .collect();
+    check(leftovers.is_empty(), || {
+        format!("mounts left: {leftovers:?}")
+    })
+}
+
+/// 50 volumes whose 8 s certificates renew constantly; the container is killed (a crash or an
+/// OOM kill: its mount namespace goes with it) and a new one started. Every volume stays
+/// served throughout and renews again under the new container.
+async fn restart_with_50_volumes_mid_renewal(ctx: Ctx) -> Outcome {
+    let plan = plan(&ctx, &[("issuer", "local")])?;
+    let mut node =
+        Node::boot("node-d", Path::new("/var/lib/kubelet")).map_err(|e| e.to_string())?;
+    let (mut driver, kubelet) = start_ready(&mut node, &plan).await?;
+    let mut published = Vec::new();
+    for i in 0..50 {
+        let pod = Pod::new("shop", &format!("web-{i}"));
+        let mut vol = local_volume("tls", Some("8s"));
+        vol.attributes
+            .insert("csi.certvol.io/renew-before".into(), "6s".into());
+        let target = kubelet
+            .publish(&pod, &vol)
+            .await
+            .map_err(|e| with_log(&driver, e))?;
+        published.push((pod, vol, target));
+    }
+    let targets: Vec<PathBuf> = published.iter().map(|(_, _, t)| t.clone()).collect();
+    for t in &targets {
+        check_served(&node, t)?;
+    }
+    let reader = PairReader::over(targets.clone());
+    // Renewals are under way (every 2 s per volume): kill mid-flight.
+    tokio::time::sleep(Duration::from_millis(2300)).await;
+    driver.kill9();
+    let (driver, _kubelet) = start_ready(&mut node, &plan).await?;
+    let at_restart: Vec<String> = targets
+        .iter()
+        .map(|t| check_served(&node, t))
+        .collect::<Result<_, _>>()?;
+    // Every volume renews under the new container: a serial not served when it started.
+    let renewed = eventually(Duration::from_secs(30), || {
+        let now: Vec<String> = targets
+            .iter()
+            .filter_map(|t| check_served(&node, t).ok())
+            .collect();
+        (now.len() == targets.len() && now.iter().zip(&at_restart).all(|(a, b)| a != b))
+            .then_some(())
+    })
+    .await;
+    let report = reader.stop();
+    check(report.errors.is_empty(), || {
+        format!(
+            "{} bad reads, first: {:?}",
+            report.errors.len(),
+            report.errors.first()
+        )
+    })?;
+    check(renewed.is_some(), || {
+        with_log(&driver, "not every volume renewed after the restart")
+    })?;
+    println!(
+        "  50 volumes, {} consistent reads, {} certificates seen across the restart",
+        report.reads,
+        report.serials.len()
+    );
+    Ok(())
+}
+
+/// A node reboot takes every tmpfs (and bind mount); kubelet then publishes each volume again
+/// into the same target, and the new container must serve them.
+async fn node_reboot_then_republish(ctx: Ctx) -> Outcome {
+    let plan = plan(&ctx, &[("issuer", "local")])?;
+    let mut node =
+        Node::boot("node-e", Path::new("/var/lib/kubelet")).map_err(|e| e.to_string())?;
+    let (mut driver, kubelet) = start_ready(&mut node, &plan).await?;
+    let mut published = Vec::new();
+    for i in 0..3 {
+        let pod = Pod::new("shop", &format!("web-{i}"));
+        let vol = local_volume("tls", None);
+        let target = kubelet
+            .publish(&pod, &vol)
+            .await
+            .map_err(|e| with_log(&driver, e))?;
+        published.push((pod, vol, target));
+    }
+    driver.kill9();
+    node.lose_mounts();
+    let (driver, kubelet) = start_ready(&mut node, &plan).await?;
+    for (pod, vol, target) in &published {
+        kubelet
+            .publish(pod, vol)
+            .await
+            .map_err(|e| with_log(&driver, e))?;
+        check_served(&node, target)?;
+    }
+    for (pod, vol, target) in &published {
+        kubelet
+            .unpublish(pod, vol)
+            .await
+            .map_err(|e| with_log(&driver, e))?;
+        check(!target.exists(), || format!("{} left", target.display()))?;
+    }
+    Ok(())
+}
+
+/// A rolling update: the old pod gets SIGTERM and its grace period, the new pod (another image
+/// holding its own copy of the binary, different values) starts on the same data root and
+/// takes over every volume: served, renewed, removable.
+async fn upgrade_on_the_same_data_root(ctx: Ctx) -> Outcome {
+    let old = plan(&ctx, &[("issuer", "local")])?;
+    let new = plan(
+        &ctx,
+        &[
+            ("issuer", "local"),
+            ("logFormat", "json"),
+            ("tmpfsSize", "2Mi"),
+        ],
+    )?;
+    let mut node =
+        Node::boot("node-f", Path::new("/var/lib/kubelet")).map_err(|e| e.to_string())?;
+    let (mut driver, kubelet) = start_ready(&mut node, &old).await?;
+    let pod = Pod::new("shop", "web-0");
+    let mut vol = local_volume("tls", Some("10s"));
+    vol.attributes
+        .insert("csi.certvol.io/renew-before".into(), "7s".into());
+    let target = kubelet
+        .publish(&pod, &vol)
+        .await
+        .map_err(|e| with_log(&driver, e))?;
+    let first = check_served(&node, &target)?;
+    let grace = Duration::from_secs(u64::try_from(old.termination_grace_seconds).unwrap_or(30));
+    let status = driver.terminate(grace).map_err(|e| with_log(&driver, e))?;
+    check(status.success(), || {
+        with_log(&driver, format!("SIGTERM exit: {status}"))
+    })?;
+    // The new image: its own file, not the old process's binary.
+    let image = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let binary = image.path().join("certvol");
+    std::fs::copy(certvol_e2e::certvol_bin(), &binary).map_err(|e| e.to_string())?;
+    let mut driver = node.start(&new, None, Some(&binary))?;
+    let probe = new.readiness.clone().ok_or("no readiness probe")?;
+    node.wait_probe(&mut driver, &probe, READY).await?;
+    check(driver.log_text().contains("{\""), || {
+        with_log(
+            &driver,
+            "the new pod's --log-format=json did not take effect",
+        )
+    })?;
+    let renewed = eventually(Duration::from_secs(20), || {
+        check_served(&node, &target).ok().filter(|s| *s != first)
+    })
+    .await;
+    check(renewed.is_some(), || {
+        with_log(&driver, "no renewal after the upgrade")
+    })?;
+    kubelet
+        .unpublish(&pod, &vol)
+        .await
+        .map_err(|e| with_log(&driver, e))?;
+    check(!target.exists(), || format!("{} left", target.display()))
+}
