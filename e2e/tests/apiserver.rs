@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
-use certvol_e2e::apiserver::{ApiServer, EventType, Kind};
+use certvol_e2e::apiserver::{
+    ApiConfig, ApiServer, ConfigError, EventType, InClusterEnv, Kind, KubeVersion,
+};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{
@@ -14,7 +16,7 @@ use kube::api::{
 };
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::watcher;
-use kube::{Client, Config};
+use kube::{Client, Config, Discovery};
 use rcgen::{CertificateParams, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose};
 use serde_json::{Value, json};
 
@@ -1174,4 +1176,876 @@ async fn streaming_list_watcher_gets_initial_events_and_the_end_bookmark() {
     assert_eq!(seen, vec!["Init", "InitApply s1", "InitDone", "Apply s2"]);
     // No list at all: the initial state came over the watch.
     assert_eq!(h.server.count("list", Kind::CertificateRequest), 0);
+}
+
+// ---- Version faithfulness: what each Kubernetes version serves, and nothing else ----
+
+/// kube-apiserver's answer for a path nothing is served at (an unknown group/version or
+/// resource), byte for byte once parsed (kubernetes/kubernetes#13902 shows it on the wire).
+fn unknown_resource_status() -> Value {
+    json!({
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": "the server could not find the requested resource",
+        "reason": "NotFound",
+        "details": {},
+        "code": 404,
+    })
+}
+
+/// A server acting as 1.`minor` with `enable` as its runtime-config, and a kube client for it.
+async fn versioned(minor: u8, enable: &[&str]) -> (ApiServer, Client) {
+    let mut config = ApiConfig::new(KubeVersion::new(minor).expect("known version"));
+    for e in enable {
+        config = config.enable(e);
+    }
+    let server = ApiServer::start_with(config).await.expect("start");
+    let client = Client::try_from(Config::new(server.url().parse().expect("url"))).expect("client");
+    (server, client)
+}
+
+fn ctb_resource(version: &str) -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("certificates.k8s.io", version, "ClusterTrustBundle"),
+        "clustertrustbundles",
+    )
+}
+
+fn ca_pem(cn: &str) -> String {
+    let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, cn);
+    params.is_ca = IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params
+        .self_signed(&KeyPair::generate().expect("key"))
+        .expect("cert")
+        .pem()
+}
+
+/// A GET with extra header lines; returns the status, the header block and the body.
+fn raw_get(url: &str, path: &str, headers: &str) -> (u16, String, String) {
+    use std::io::{Read, Write};
+    let addr = url.trim_start_matches("http://");
+    let mut sock = std::net::TcpStream::connect(addr).expect("connect");
+    sock.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    write!(
+        sock,
+        "GET {path} HTTP/1.1\r\nHost: x\r\n{headers}Connection: close\r\n\r\n"
+    )
+    .expect("write");
+    let mut text = String::new();
+    sock.read_to_string(&mut text).expect("read");
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("status line");
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    (code, head.to_string(), body.to_string())
+}
+
+fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+    })
+}
+
+const CTB_VERSIONS: [&str; 3] = ["v1alpha1", "v1beta1", "v1"];
+
+/// Per version and runtime-config: the ClusterTrustBundle versions a real cluster serves and
+/// certificates.k8s.io's versions (preferred first), restated from the sources the table cites
+/// (k8s-openapi's per-version modules, KEP-3257, KEP-3136) so a wrong table edit fails here.
+struct Case {
+    minor: u8,
+    enable: &'static [&'static str],
+    /// The ClusterTrustBundle versions served.
+    ctb: &'static [&'static str],
+    /// certificates.k8s.io's versions, preferred first.
+    certificates: &'static [&'static str],
+}
+
+const fn case(
+    minor: u8,
+    enable: &'static [&'static str],
+    ctb: &'static [&'static str],
+    certificates: &'static [&'static str],
+) -> Case {
+    Case {
+        minor,
+        enable,
+        ctb,
+        certificates,
+    }
+}
+
+const V1BETA1: &[&str] = &["certificates.k8s.io/v1beta1"];
+const CASES: &[Case] = &[
+    case(30, &[], &[], &["v1"]),
+    case(
+        30,
+        &["certificates.k8s.io/v1alpha1"],
+        &["v1alpha1"],
+        &["v1", "v1alpha1"],
+    ),
+    case(33, &[], &[], &["v1"]),
+    case(36, &[], &[], &["v1"]),
+    case(36, V1BETA1, &["v1beta1"], &["v1", "v1beta1"]),
+    case(37, &[], &["v1"], &["v1"]),
+    case(37, V1BETA1, &["v1beta1", "v1"], &["v1", "v1beta1"]),
+];
+
+#[tokio::test]
+async fn each_version_serves_exactly_its_cluster_trust_bundle_versions() {
+    for Case {
+        minor,
+        enable,
+        ctb: ctb_served,
+        certificates: cert_versions,
+    } in CASES
+    {
+        let label = format!("1.{minor} {enable:?}");
+        let (server, client) = versioned(*minor, enable).await;
+        assert_eq!(server.version().minor(), *minor);
+
+        // Legacy discovery through kube-client's own calls.
+        let groups = client.list_api_groups().await.expect("groups");
+        let names: Vec<&str> = groups.groups.iter().map(|g| g.name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["events.k8s.io", "certificates.k8s.io", "cert-manager.io"],
+            "{label}"
+        );
+        let certs = groups
+            .groups
+            .iter()
+            .find(|g| g.name == "certificates.k8s.io")
+            .expect("certificates.k8s.io");
+        let versions: Vec<&str> = certs.versions.iter().map(|v| v.version.as_str()).collect();
+        assert_eq!(versions, *cert_versions, "{label}");
+        assert_eq!(
+            certs.preferred_version.as_ref().map(|p| p.version.as_str()),
+            Some("v1"),
+            "{label}"
+        );
+        let core = client.list_core_api_versions().await.expect("core");
+        assert_eq!(core.versions, ["v1"]);
+
+        let pem = ca_pem("bundle");
+        for v in CTB_VERSIONS {
+            let gv = format!("certificates.k8s.io/{v}");
+            let served = ctb_served.contains(&v);
+            assert_eq!(
+                server.serves(&gv, "clustertrustbundles"),
+                served,
+                "{label} {gv}"
+            );
+            match client.list_api_group_resources(&gv).await {
+                Ok(list) => {
+                    assert!(cert_versions.contains(&v), "{label} {gv} listed");
+                    let has = list
+                        .resources
+                        .iter()
+                        .any(|r| r.name == "clustertrustbundles");
+                    assert_eq!(has, served, "{label} {gv}");
+                }
+                Err(e) => {
+                    assert!(!cert_versions.contains(&v), "{label} {gv}: {e}");
+                    assert_eq!(status_of(e).code, 404, "{label} {gv}");
+                }
+            }
+            let (code, _, body) = raw_get(
+                &server.url(),
+                &format!("/apis/{gv}/clustertrustbundles"),
+                "",
+            );
+            if served {
+                assert_eq!(code, 200, "{label} {gv}");
+            } else {
+                assert_eq!(code, 404, "{label} {gv}");
+                let status: Value = serde_json::from_str(&body).expect("Status");
+                assert_eq!(status, unknown_resource_status(), "{label} {gv}");
+                // Nor can anything be written through it.
+                let api: Api<DynamicObject> = Api::all_with(client.clone(), &ctb_resource(v));
+                let obj = DynamicObject::new("refused", &ctb_resource(v))
+                    .data(json!({"spec": {"trustBundle": pem}}));
+                let e = api
+                    .create(&PostParams::default(), &obj)
+                    .await
+                    .expect_err("not served");
+                let s = status_of(e);
+                assert_eq!(
+                    (s.code, s.message.as_str()),
+                    (404, "the server could not find the requested resource")
+                );
+            }
+        }
+
+        // kube::Discovery, legacy and aggregated, sees the same.
+        let legacy = Discovery::new(client.clone())
+            .run()
+            .await
+            .expect("discovery");
+        let aggregated = Discovery::new(client.clone())
+            .run_aggregated()
+            .await
+            .expect("aggregated discovery");
+        for (how, discovery) in [("legacy", &legacy), ("aggregated", &aggregated)] {
+            let g = discovery.get("certificates.k8s.io").expect("group");
+            assert_eq!(
+                g.versions().collect::<Vec<_>>(),
+                *cert_versions,
+                "{label} {how}"
+            );
+            assert_eq!(g.preferred_version(), Some("v1"), "{label} {how}");
+            for v in CTB_VERSIONS {
+                let gvk = GroupVersionKind::gvk("certificates.k8s.io", v, "ClusterTrustBundle");
+                let found = discovery.resolve_gvk(&gvk);
+                assert_eq!(
+                    found.is_some(),
+                    ctb_served.contains(&v),
+                    "{label} {how} {v}"
+                );
+                if let Some((ar, caps)) = found {
+                    assert_eq!(ar.plural, "clustertrustbundles");
+                    assert_eq!(caps.scope, kube::discovery::Scope::Cluster);
+                    assert!(caps.supports_operation(kube::discovery::verbs::WATCH));
+                }
+            }
+            let (_, pods) = discovery
+                .resolve_gvk(&GroupVersionKind::gvk("", "v1", "Pod"))
+                .expect("pods");
+            assert_eq!(pods.scope, kube::discovery::Scope::Namespaced);
+            assert!(
+                pods.subresources
+                    .iter()
+                    .any(|(ar, _)| ar.plural == "status"),
+                "{label} {how}"
+            );
+            let (_, csr) = discovery
+                .resolve_gvk(&GroupVersionKind::gvk(
+                    "certificates.k8s.io",
+                    "v1",
+                    "CertificateSigningRequest",
+                ))
+                .expect("csr");
+            let mut subs: Vec<&str> = csr
+                .subresources
+                .iter()
+                .map(|(ar, _)| ar.plural.as_str())
+                .collect();
+            subs.sort();
+            assert_eq!(subs, ["approval", "status"], "{label} {how}");
+            assert!(discovery.has_group("cert-manager.io"));
+        }
+
+        // Every served version reads and lists the same objects, in its own apiVersion.
+        for v in *ctb_served {
+            let api: Api<DynamicObject> = Api::all_with(client.clone(), &ctb_resource(v));
+            let obj = DynamicObject::new(&format!("through-{v}"), &ctb_resource(v))
+                .data(json!({"spec": {"trustBundle": pem}}));
+            api.create(&PostParams::default(), &obj)
+                .await
+                .expect("create");
+        }
+        for v in *ctb_served {
+            let api: Api<DynamicObject> = Api::all_with(client.clone(), &ctb_resource(v));
+            let listed = api.list(&ListParams::default()).await.expect("list");
+            assert_eq!(listed.items.len(), ctb_served.len(), "{label} {v}");
+            for w in *ctb_served {
+                let got = api.get(&format!("through-{w}")).await.expect("get");
+                assert_eq!(
+                    got.types.expect("types").api_version,
+                    format!("certificates.k8s.io/{v}"),
+                    "{label}"
+                );
+            }
+        }
+
+        // In-process writes go through the preferred served version, or are refused when the
+        // version serves none, as a client would be.
+        let created = server.store().create(
+            Kind::ClusterTrustBundle,
+            "",
+            json!({"metadata": {"name": "in-process"}, "spec": {"trustBundle": pem}}),
+        );
+        match ctb_served
+            .iter()
+            .max_by_key(|v| ["v1alpha1", "v1beta1", "v1"].iter().position(|w| w == *v))
+        {
+            Some(best) => assert_eq!(
+                created.expect("in-process create")["apiVersion"],
+                format!("certificates.k8s.io/{best}"),
+                "{label}"
+            ),
+            None => assert_eq!(
+                created.expect_err("not served").status_code(),
+                404,
+                "{label}"
+            ),
+        }
+        let refused = server.store().create(
+            Kind::ClusterTrustBundle,
+            "",
+            json!({"apiVersion": "certificates.k8s.io/v1alpha2", "metadata": {"name": "x"}, "spec": {"trustBundle": pem}}),
+        );
+        assert_eq!(refused.expect_err("never served").status_code(), 404);
+    }
+}
+
+#[tokio::test]
+async fn discovery_documents_are_kube_apiservers() {
+    let (server, client) = versioned(37, &[]).await;
+    let url = server.url();
+    let get = |path: &str| {
+        let (code, head, body) = raw_get(&url, path, "");
+        let doc: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+        (code, head, doc)
+    };
+    let all_verbs = json!([
+        "create",
+        "delete",
+        "deletecollection",
+        "get",
+        "list",
+        "patch",
+        "update",
+        "watch"
+    ]);
+    let sub_verbs = json!(["get", "patch", "update"]);
+
+    let (code, _, apis) = get("/apis");
+    assert_eq!(code, 200);
+    let gv = |g: &str, v: &str| json!({"groupVersion": format!("{g}/{v}"), "version": v});
+    assert_eq!(
+        apis,
+        json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": [
+            {"name": "events.k8s.io", "versions": [gv("events.k8s.io", "v1")], "preferredVersion": gv("events.k8s.io", "v1")},
+            {"name": "certificates.k8s.io", "versions": [gv("certificates.k8s.io", "v1")], "preferredVersion": gv("certificates.k8s.io", "v1")},
+            {"name": "cert-manager.io", "versions": [gv("cert-manager.io", "v1")], "preferredVersion": gv("cert-manager.io", "v1")},
+        ]})
+    );
+    let (_, _, group) = get("/apis/certificates.k8s.io");
+    assert_eq!(
+        group,
+        json!({"kind": "APIGroup", "apiVersion": "v1", "name": "certificates.k8s.io",
+            "versions": [gv("certificates.k8s.io", "v1")], "preferredVersion": gv("certificates.k8s.io", "v1")})
+    );
+    let (_, _, certs) = get("/apis/certificates.k8s.io/v1");
+    assert_eq!(
+        certs,
+        json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "certificates.k8s.io/v1", "resources": [
+            {"name": "certificatesigningrequests", "singularName": "certificatesigningrequest", "namespaced": false,
+             "kind": "CertificateSigningRequest", "verbs": all_verbs, "shortNames": ["csr"]},
+            {"name": "certificatesigningrequests/approval", "singularName": "", "namespaced": false,
+             "kind": "CertificateSigningRequest", "verbs": sub_verbs},
+            {"name": "certificatesigningrequests/status", "singularName": "", "namespaced": false,
+             "kind": "CertificateSigningRequest", "verbs": sub_verbs},
+            {"name": "clustertrustbundles", "singularName": "clustertrustbundle", "namespaced": false,
+             "kind": "ClusterTrustBundle", "verbs": all_verbs},
+        ]})
+    );
+    let (_, _, crs) = get("/apis/cert-manager.io/v1");
+    assert_eq!(
+        crs["resources"],
+        json!([
+            {"name": "certificaterequests", "singularName": "certificaterequest", "namespaced": true,
+             "kind": "CertificateRequest",
+             "verbs": ["delete", "deletecollection", "get", "list", "patch", "create", "update", "watch"],
+             "shortNames": ["cr", "crs"], "categories": ["cert-manager"]},
+            {"name": "certificaterequests/status", "singularName": "", "namespaced": true,
+             "kind": "CertificateRequest", "verbs": sub_verbs},
+        ])
+    );
+    let (_, _, core) = get("/api");
+    assert_eq!(
+        core,
+        json!({"kind": "APIVersions", "versions": ["v1"],
+            "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": format!("127.0.0.1:{}", server.port())}]})
+    );
+    let (_, _, core_v1) = get("/api/v1");
+    assert_eq!(core_v1["kind"], "APIResourceList");
+    assert_eq!(core_v1["groupVersion"], "v1");
+    assert!(
+        core_v1.get("apiVersion").is_none(),
+        "the legacy list has none"
+    );
+    let names: Vec<&str> = core_v1["resources"]
+        .as_array()
+        .expect("resources")
+        .iter()
+        .map(|r| r["name"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(
+        names,
+        ["configmaps", "events", "pods", "pods/status", "secrets"]
+    );
+    assert_eq!(
+        core_v1["resources"][2],
+        json!({"name": "pods", "singularName": "pod", "namespaced": true, "kind": "Pod",
+            "verbs": all_verbs, "shortNames": ["po"], "categories": ["all"]})
+    );
+    for absent in [
+        "/apis/certificates.k8s.io/v1beta1",
+        "/apis/certificates.k8s.io/v1alpha1",
+        "/apis/example.com",
+        "/apis/example.com/v1",
+        "/api/v2",
+    ] {
+        let (code, _, doc) = get(absent);
+        assert_eq!((code, doc), (404, unknown_resource_status()), "{absent}");
+    }
+
+    // Aggregated discovery when asked for, with the negotiated type in Content-Type.
+    let kube_accept = "Accept: application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList,application/json;g=apidiscovery.k8s.io;v=v2beta1;as=APIGroupDiscoveryList,application/json\r\n";
+    let (code, head, body) = raw_get(&url, "/apis", kube_accept);
+    assert_eq!(code, 200);
+    assert_eq!(
+        header(&head, "content-type"),
+        Some("application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList")
+    );
+    assert_eq!(header(&head, "vary"), Some("Accept"));
+    let agg: Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(agg["kind"], "APIGroupDiscoveryList");
+    assert_eq!(agg["apiVersion"], "apidiscovery.k8s.io/v2");
+    assert_eq!(
+        agg["items"][1]["versions"][0]["resources"][0],
+        json!({"resource": "certificatesigningrequests",
+        "responseKind": {"group": "", "version": "", "kind": "CertificateSigningRequest"},
+        "scope": "Cluster", "singularResource": "certificatesigningrequest", "verbs": all_verbs,
+        "shortNames": ["csr"],
+        "subresources": [
+            {"subresource": "approval", "responseKind": {"group": "", "version": "", "kind": "CertificateSigningRequest"}, "verbs": sub_verbs},
+            {"subresource": "status", "responseKind": {"group": "", "version": "", "kind": "CertificateSigningRequest"}, "verbs": sub_verbs},
+        ]})
+    );
+    assert_eq!(agg["items"][1]["versions"][0]["freshness"], "Current");
+    // Without the aggregated type the legacy documents answer; with only an unserved one, 406.
+    let (_, head, _) = raw_get(&url, "/apis", "Accept: application/json, */*\r\n");
+    assert_eq!(header(&head, "content-type"), Some("application/json"));
+    let (code, _, body) = raw_get(
+        &url,
+        "/api",
+        "Accept: application/json;g=apidiscovery.k8s.io;v=v2beta1;as=APIGroupDiscoveryList\r\n",
+    );
+    assert_eq!(code, 406, "{body}");
+    let status: Value = serde_json::from_str(&body).expect("Status");
+    assert_eq!(status["reason"], "NotAcceptable");
+
+    // kube-client's typed calls parse them.
+    let typed = client
+        .list_api_groups_aggregated()
+        .await
+        .expect("aggregated /apis");
+    let names: Vec<String> = typed
+        .items
+        .iter()
+        .filter_map(|g| g.metadata.as_ref()?.name.clone())
+        .collect();
+    assert_eq!(
+        names,
+        ["events.k8s.io", "certificates.k8s.io", "cert-manager.io"]
+    );
+    let core = client
+        .list_core_api_versions_aggregated()
+        .await
+        .expect("aggregated /api");
+    assert_eq!(core.items.len(), 1);
+    let pods = core.items[0].versions[0]
+        .resources
+        .iter()
+        .find(|r| r.resource.as_deref() == Some("pods"))
+        .expect("pods");
+    assert_eq!(pods.subresources.len(), 1);
+    assert_eq!(pods.subresources[0].subresource.as_deref(), Some("status"));
+    let info = client.apiserver_version().await.expect("/version");
+    assert_eq!((info.major.as_str(), info.minor.as_str()), ("1", "37"));
+    assert_eq!(info.git_version, "v1.37.0");
+
+    // Discovery is read-only.
+    let (code, _) = raw_request(
+        &url,
+        "POST /apis HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(code, 405);
+}
+
+#[tokio::test]
+async fn aggregated_discovery_v2beta1_is_served_only_before_1_33() {
+    let beta = "Accept: application/json;as=APIGroupDiscoveryList;v=v2beta1;g=apidiscovery.k8s.io,application/json\r\n";
+    let (old, _) = versioned(32, &[]).await;
+    let (_, head, body) = raw_get(&old.url(), "/apis", beta);
+    assert_eq!(
+        header(&head, "content-type"),
+        Some("application/json;g=apidiscovery.k8s.io;v=v2beta1;as=APIGroupDiscoveryList")
+    );
+    let doc: Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(doc["apiVersion"], "apidiscovery.k8s.io/v2beta1");
+    let (new, _) = versioned(33, &[]).await;
+    let (_, head, body) = raw_get(&new.url(), "/apis", beta);
+    assert_eq!(header(&head, "content-type"), Some("application/json"));
+    let doc: Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(doc["kind"], "APIGroupList");
+}
+
+#[tokio::test]
+async fn runtime_config_switches_resources_and_refuses_what_the_version_lacks() {
+    // One resource of a group/version, and a default switched off.
+    let (server, _) = versioned(
+        37,
+        &[
+            "certificates.k8s.io/v1beta1/clustertrustbundles",
+            "certificates.k8s.io/v1/clustertrustbundles=false",
+        ],
+    )
+    .await;
+    assert!(server.serves("certificates.k8s.io/v1beta1", "clustertrustbundles"));
+    assert!(!server.serves("certificates.k8s.io/v1", "clustertrustbundles"));
+    assert!(server.serves("certificates.k8s.io/v1", "certificatesigningrequests"));
+    // The stand-in stores no PodCertificateRequests, but knows when a cluster serves them.
+    assert!(!server.serves("certificates.k8s.io/v1", "podcertificaterequests"));
+    assert!(
+        server
+            .apis()
+            .kubernetes_serves("certificates.k8s.io/v1", "podcertificaterequests")
+    );
+    assert!(
+        !server
+            .apis()
+            .kubernetes_serves("certificates.k8s.io/v1beta1", "podcertificaterequests")
+    );
+
+    // Without the CRD, cert-manager.io is not served at all.
+    let bare = ApiServer::start_with(ApiConfig::default().cert_manager_crd(false))
+        .await
+        .expect("start");
+    assert!(!bare.serves("cert-manager.io/v1", "certificaterequests"));
+    let (code, _, _) = raw_get(&bare.url(), "/apis/cert-manager.io/v1", "");
+    assert_eq!(code, 404);
+
+    // kube-apiserver refuses to start with runtime-config it does not know.
+    for (minor, entry) in [
+        (30, "certificates.k8s.io/v1beta1"),
+        (37, "certificates.k8s.io/v1alpha1"),
+        (36, "certificates.k8s.io/v1/clustertrustbundles"),
+        (37, "apps/v1"),
+    ] {
+        let config = ApiConfig::new(KubeVersion::new(minor).expect("version")).enable(entry);
+        let err = match ApiServer::start_with(config).await {
+            Ok(_) => panic!("1.{minor} started with {entry}"),
+            Err(e) => e,
+        };
+        assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput, "{err}");
+        assert!(
+            err.get_ref()
+                .and_then(|e| e.downcast_ref::<ConfigError>())
+                .is_some(),
+            "{err}"
+        );
+    }
+}
+
+/// Set by [`start_follows_the_environment`] for the child runs of [`environment_child`].
+const CHILD_MARK: &str = "CERTVOL_E2E_TEST_CHILD";
+
+/// The same test binary, running one ignored test in a child process with `env` set, so the
+/// process-wide environment of the parallel tests here stays untouched.
+fn run_child(
+    test: &str,
+    env: &[(&str, String)],
+    wrap: Option<(&str, Vec<String>)>,
+) -> std::process::Output {
+    let exe = std::env::current_exe().expect("test binary");
+    let test_args = [
+        "--exact",
+        test,
+        "--ignored",
+        "--nocapture",
+        "--test-threads",
+        "1",
+    ];
+    let mut cmd = match &wrap {
+        Some((program, args)) => {
+            let mut c = std::process::Command::new(program);
+            c.args(args).arg(&exe).args(test_args);
+            c
+        }
+        None => {
+            let mut c = std::process::Command::new(&exe);
+            c.args(test_args);
+            c
+        }
+    };
+    cmd.env_remove(certvol_e2e::apiserver::ENV_VERSION)
+        .env_remove(certvol_e2e::apiserver::ENV_ENABLE)
+        .env(CHILD_MARK, "1");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run the child")
+}
+
+/// What a child printed after `RESULT ` (the harness prints the test name on the same line).
+fn child_result(out: &std::process::Output) -> String {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    stdout
+        .lines()
+        .find_map(|l| l.split_once("RESULT ").map(|(_, r)| r.trim()))
+        .map(str::to_string)
+        .unwrap_or_else(|| {
+            panic!(
+                "no result: {stdout}\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
+}
+
+#[tokio::test]
+async fn start_follows_the_environment() {
+    let run = |version: &str, enable: &str| {
+        let out = run_child(
+            "environment_child",
+            &[
+                (certvol_e2e::apiserver::ENV_VERSION, version.to_string()),
+                (certvol_e2e::apiserver::ENV_ENABLE, enable.to_string()),
+            ],
+            None,
+        );
+        child_result(&out)
+    };
+    assert_eq!(run("", ""), "1.37 v1");
+    assert_eq!(run("1.36", ""), "1.36 none");
+    assert_eq!(
+        run("v1.36.1", " certificates.k8s.io/v1beta1 ,"),
+        "1.36 v1beta1"
+    );
+    assert_eq!(run("1.30", "certificates.k8s.io/v1alpha1"), "1.30 v1alpha1");
+    assert!(run("1.29", "").starts_with("error InvalidInput"));
+    assert!(run("1.30", "certificates.k8s.io/v1beta1").starts_with("error InvalidInput"));
+}
+
+#[tokio::test]
+#[ignore = "run in a child process by start_follows_the_environment"]
+async fn environment_child() {
+    if std::env::var_os(CHILD_MARK).is_none() {
+        return;
+    }
+    match ApiServer::start().await {
+        Ok(server) => {
+            let served: Vec<&str> = CTB_VERSIONS
+                .into_iter()
+                .filter(|v| {
+                    server.serves(&format!("certificates.k8s.io/{v}"), "clustertrustbundles")
+                })
+                .collect();
+            let served = if served.is_empty() {
+                "none".to_string()
+            } else {
+                served.join(",")
+            };
+            println!("RESULT {} {served}", server.version());
+        }
+        Err(e) => println!("RESULT error {:?} {e}", e.kind()),
+    }
+}
+
+// ---- TLS and in-cluster configuration ----
+
+/// The configuration kube's `Config::incluster_env` builds, built the same way from what
+/// `write_incluster_files` returned (it reads fixed paths under /var/run/secrets, which
+/// [`incluster_env_in_a_child_with_the_files_mounted`] provides for the real thing):
+/// `https://HOST:PORT`, the namespace file, ca.crt as the only root, the token file.
+fn incluster_config(env: &InClusterEnv) -> Config {
+    let url = format!("https://{}:{}", env.host, env.port);
+    let mut cfg = Config::new(url.parse().expect("url"));
+    cfg.default_namespace = std::fs::read_to_string(env.dir.join("namespace")).expect("namespace");
+    let pem = std::fs::read(env.dir.join("ca.crt")).expect("ca.crt");
+    let mut roots = Vec::new();
+    let mut rest = pem.as_slice();
+    while let Ok((after, block)) = x509_parser::pem::parse_x509_pem(rest) {
+        roots.push(block.contents);
+        rest = after;
+    }
+    assert!(!roots.is_empty(), "ca.crt holds a certificate");
+    cfg.root_cert = Some(roots);
+    cfg.root_cert_file = Some(env.dir.join("ca.crt"));
+    cfg.auth_info.token_file = Some(env.dir.join("token").to_string_lossy().into_owned());
+    cfg
+}
+
+#[tokio::test]
+async fn tls_serves_in_cluster_clients_from_the_projected_service_account_files() {
+    let server = ApiServer::start_with(ApiConfig::default().tls(true))
+        .await
+        .expect("start");
+    assert_eq!(server.url(), format!("https://127.0.0.1:{}", server.port()));
+    let ca = server.ca_pem().expect("a CA").to_string();
+    let (_, ca_block) = x509_parser::pem::parse_x509_pem(ca.as_bytes()).expect("CA PEM");
+    let ca_cert = ca_block.parse_x509().expect("CA certificate");
+    assert!(ca_cert.is_ca());
+    server.add_token(
+        TOKEN,
+        "system:serviceaccount:team-a:web",
+        &["system:serviceaccounts"],
+        "sa-uid-web",
+    );
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sa = dir.path().join("serviceaccount");
+    let env = server.write_incluster_files(&sa, TOKEN, NS).expect("files");
+    assert_eq!(
+        env.vars(),
+        [
+            ("KUBERNETES_SERVICE_HOST", "127.0.0.1".to_string()),
+            ("KUBERNETES_SERVICE_PORT", server.port().to_string()),
+        ]
+    );
+    // kubelet's atomic-writer layout: each name a link through ..data.
+    for name in ["ca.crt", "namespace", "token"] {
+        assert_eq!(
+            std::fs::read_link(sa.join(name)).expect("link"),
+            std::path::Path::new("..data").join(name)
+        );
+    }
+    assert_eq!(
+        std::fs::read_to_string(sa.join("token")).expect("token"),
+        TOKEN
+    );
+    assert_eq!(std::fs::read_to_string(sa.join("ca.crt")).expect("ca"), ca);
+
+    let client = Client::try_from(incluster_config(&env)).expect("client");
+    let pods: Api<Pod> = Api::default_namespaced(client.clone());
+    pods.list(&ListParams::default())
+        .await
+        .expect("list over TLS");
+    let last = server.requests().pop().expect("recorded");
+    assert_eq!(last.path, format!("/api/v1/namespaces/{NS}/pods"));
+    assert_eq!(last.token.as_deref(), Some(TOKEN));
+    // Discovery works over TLS too.
+    let groups = client.list_api_groups().await.expect("groups");
+    assert_eq!(groups.groups.len(), 3);
+
+    // The certificate names the in-cluster service too (Config::incluster_dns connects there).
+    let mut by_dns = incluster_config(&env);
+    by_dns.tls_server_name = Some("kubernetes.default.svc".into());
+    let pods: Api<Pod> = Api::default_namespaced(Client::try_from(by_dns).expect("client"));
+    pods.list(&ListParams::default())
+        .await
+        .expect("list as kubernetes.default.svc");
+
+    // A client that does not trust the CA fails the handshake (no API answer at all).
+    let mut untrusted = incluster_config(&env);
+    untrusted.root_cert = None;
+    untrusted.root_cert_file = None;
+    let pods: Api<Pod> = Api::default_namespaced(Client::try_from(untrusted).expect("client"));
+    let err = pods
+        .list(&ListParams::default())
+        .await
+        .expect_err("untrusted");
+    assert!(!matches!(err, kube::Error::Api(_)), "{err:?}");
+
+    // A kubeconfig carries the CA.
+    let kc_path = dir.path().join("kubeconfig");
+    server
+        .write_kubeconfig(&kc_path, TOKEN)
+        .expect("kubeconfig");
+    let kc = Kubeconfig::read_from(&kc_path).expect("read kubeconfig");
+    let cfg = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+        .await
+        .expect("config");
+    let pods: Api<Pod> = Api::namespaced(Client::try_from(cfg).expect("client"), NS);
+    pods.list(&ListParams::default())
+        .await
+        .expect("list via kubeconfig");
+
+    // Writing again rotates the token in place, leaving one payload directory.
+    server
+        .write_incluster_files(&sa, "pod-token-2", NS)
+        .expect("rotate");
+    assert_eq!(
+        std::fs::read_to_string(sa.join("token")).expect("token"),
+        "pod-token-2"
+    );
+    let payloads = std::fs::read_dir(&sa)
+        .expect("dir")
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().starts_with("..2"))
+        .count();
+    assert_eq!(payloads, 1);
+
+    // In-cluster configuration is https-only: a plain server has no files to offer.
+    let plain = ApiServer::start_with(ApiConfig::default())
+        .await
+        .expect("plain");
+    assert!(plain.ca_pem().is_none());
+    let err = plain
+        .write_incluster_files(&dir.path().join("plain"), TOKEN, NS)
+        .expect_err("https only");
+    assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);
+}
+
+#[tokio::test]
+async fn incluster_env_in_a_child_with_the_files_mounted() {
+    if !nix::unistd::Uid::effective().is_root() {
+        eprintln!("skipping: mounting the service-account files needs root");
+        return;
+    }
+    let server = ApiServer::start_with(ApiConfig::default().tls(true))
+        .await
+        .expect("start");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sa = dir.path().join("serviceaccount");
+    let env = server.write_incluster_files(&sa, TOKEN, NS).expect("files");
+    // A private mount namespace where /run (so /var/run) is a fresh tmpfs with the files bound
+    // at the path kubelet mounts them: nothing changes outside the child.
+    let script = "mount -t tmpfs tmpfs /run && mkdir -p /run/secrets/kubernetes.io/serviceaccount && mount --bind \"$1\" /run/secrets/kubernetes.io/serviceaccount && shift && exec \"$@\"";
+    let wrap = vec![
+        "--mount".to_string(),
+        "--propagation".to_string(),
+        "private".to_string(),
+        "sh".to_string(),
+        "-c".to_string(),
+        script.to_string(),
+        "sh".to_string(),
+        sa.to_string_lossy().into_owned(),
+    ];
+    let out = tokio::task::spawn_blocking(move || {
+        run_child("incluster_env_child", &env.vars(), Some(("unshare", wrap)))
+    })
+    .await
+    .expect("join");
+    assert_eq!(child_result(&out), format!("listed {NS}"));
+    let listed = server
+        .requests()
+        .into_iter()
+        .find(|r| r.path == format!("/api/v1/namespaces/{NS}/pods"))
+        .expect("the child's request");
+    assert_eq!(listed.token.as_deref(), Some(TOKEN));
+}
+
+#[tokio::test]
+#[ignore = "run in a child process by incluster_env_in_a_child_with_the_files_mounted"]
+async fn incluster_env_child() {
+    if std::env::var_os(CHILD_MARK).is_none() {
+        return;
+    }
+    let result = async {
+        let cfg = Config::incluster_env().map_err(|e| e.to_string())?;
+        let ns = cfg.default_namespace.clone();
+        let client = Client::try_from(cfg).map_err(|e| e.to_string())?;
+        Api::<Pod>::default_namespaced(client)
+            .list(&ListParams::default())
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok::<String, String>(ns)
+    }
+    .await;
+    match result {
+        Ok(ns) => println!("RESULT listed {ns}"),
+        Err(e) => println!("RESULT error {e}"),
+    }
 }

@@ -10,7 +10,6 @@ use certvol_driver::trust::{ObjectRef, SourceError, TrustCache, TrustSpec};
 use certvol_e2e::apiserver::{ApiServer, Kind};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::ByteString;
-use k8s_openapi::api::certificates::v1beta1::{ClusterTrustBundle, ClusterTrustBundleSpec};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::api::{
     Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch,
@@ -63,14 +62,44 @@ fn configmap(name: &str, data: &[(&str, &str)]) -> ConfigMap {
     }
 }
 
-fn ctb(name: &str, signer: Option<&str>, pem: &str) -> ClusterTrustBundle {
-    ClusterTrustBundle {
-        metadata: meta(name),
-        spec: ClusterTrustBundleSpec {
-            signer_name: signer.map(str::to_owned),
-            trust_bundle: pem.into(),
-        },
+/// The ClusterTrustBundle API of the version the server serves (v1 at the default 1.37; v1beta1
+/// or v1alpha1 where only those are enabled), or `None` when it serves none: CTBs are written
+/// through that version, as a client of a real cluster must.
+fn ctb_resource(server: &ApiServer) -> Option<ApiResource> {
+    let gv = server.preferred_api_version(Kind::ClusterTrustBundle)?;
+    let (group, version) = gv.split_once('/')?;
+    Some(ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk(group, version, "ClusterTrustBundle"),
+        "clustertrustbundles",
+    ))
+}
+
+/// The CTB API, or `None` (after checking the server answers 404 for it) when the configured
+/// version serves no ClusterTrustBundles, so the scenario has nothing to exercise.
+async fn ctb_api(server: &ApiServer, client: &Client) -> Option<(ApiResource, Api<DynamicObject>)> {
+    let Some(ar) = ctb_resource(server) else {
+        let (status, _) = raw_get(&format!(
+            "{}/apis/certificates.k8s.io/v1/clustertrustbundles",
+            server.url()
+        ))
+        .await;
+        assert_eq!(status, 404);
+        eprintln!(
+            "Kubernetes {} as configured serves no ClusterTrustBundles: skipping them",
+            server.version()
+        );
+        return None;
+    };
+    let api = Api::all_with(client.clone(), &ar);
+    Some((ar, api))
+}
+
+fn ctb(ar: &ApiResource, name: &str, signer: Option<&str>, pem: &str) -> DynamicObject {
+    let mut spec = json!({"trustBundle": pem});
+    if let Some(signer) = signer {
+        spec["signerName"] = json!(signer);
     }
+    DynamicObject::new(name, ar).data(json!({ "spec": spec }))
 }
 
 fn status_of(e: kube::Error) -> kube::core::Status {
@@ -268,13 +297,16 @@ async fn secrets_fold_string_data_default_type_and_check_tls() {
 #[tokio::test]
 async fn cluster_trust_bundles_are_cluster_scoped_and_validated_like_the_apiserver() {
     let (server, client) = start().await;
-    let api: Api<ClusterTrustBundle> = Api::all(client.clone());
+    let Some((ar, api)) = ctb_api(&server, &client).await else {
+        return;
+    };
     let a = cert("A", true);
     let b = cert("B", true);
     let created = api
         .create(
             &PostParams::default(),
             &ctb(
+                &ar,
                 "example.com:signer:one",
                 Some("example.com/signer"),
                 &format!("{a}{b}"),
@@ -289,70 +321,73 @@ async fn cluster_trust_bundles_are_cluster_scoped_and_validated_like_the_apiserv
             .get(Kind::ClusterTrustBundle, "", "example.com:signer:one")
             .is_some()
     );
-    api.create(&PostParams::default(), &ctb("plain", None, &a))
+    api.create(&PostParams::default(), &ctb(&ar, "plain", None, &a))
         .await
         .expect("create without signer");
 
-    // The same objects are served as certificates.k8s.io/v1.
-    let v1 = ApiResource::from_gvk_with_plural(
-        &GroupVersionKind::gvk("certificates.k8s.io", "v1", "ClusterTrustBundle"),
-        "clustertrustbundles",
-    );
-    let via_v1 = Api::<DynamicObject>::all_with(client.clone(), &v1)
-        .get("plain")
-        .await
-        .expect("get v1");
-    assert_eq!(via_v1.types.unwrap().api_version, "certificates.k8s.io/v1");
+    // Versions the server does not serve (beta and alpha are off by default) have no URLs:
+    // conversion between served versions is covered in tests/apiserver.rs.
+    for v in ["v1alpha1", "v1beta1", "v1"] {
+        let gv = format!("certificates.k8s.io/{v}");
+        let (status, _) = raw_get(&format!(
+            "{}/apis/{gv}/clustertrustbundles/plain",
+            server.url()
+        ))
+        .await;
+        let served = server.serves(&gv, "clustertrustbundles");
+        assert_eq!(status, if served { 200 } else { 404 }, "{gv}");
+    }
 
     let key_pem = KeyPair::generate().unwrap().serialize_pem();
     let leaf = cert("leaf", false);
     // name, object, expected message fragment (all on field metadata.name or spec.*)
-    let rows: Vec<(&str, ClusterTrustBundle, &str, &str)> = vec![
+    let rows: Vec<(&str, DynamicObject, &str, &str)> = vec![
         (
             "signer bundles carry the signer prefix",
-            ctb("wrong-name", Some("example.com/signer"), &a),
+            ctb(&ar, "wrong-name", Some("example.com/signer"), &a),
             "metadata.name",
             "ClusterTrustBundle for signerName example.com/signer must be named with prefix example.com:signer:",
         ),
         (
             "bundles without signer have no ':'",
-            ctb("a:b", None, &a),
+            ctb(&ar, "a:b", None, &a),
             "metadata.name",
             "must not have \":\" in its name",
         ),
         (
             "signer name syntax",
-            ctb("nodots:x:y", Some("nodots/x"), &a),
+            ctb(&ar, "nodots:x:y", Some("nodots/x"), &a),
             "spec.signerName",
             "at least two segments",
         ),
         (
             "a private key is not a trust anchor",
-            ctb("k", None, &format!("{a}{key_pem}")),
+            ctb(&ar, "k", None, &format!("{a}{key_pem}")),
             "spec.trustBundle",
             "entry 1 has bad block type: PRIVATE KEY",
         ),
         (
             "leaves are not trust anchors",
-            ctb("l", None, &leaf),
+            ctb(&ar, "l", None, &leaf),
             "spec.trustBundle",
             "entry 0 does not have the CA bit set",
         ),
         (
             "duplicates",
-            ctb("d", None, &format!("{a}{b}{a}")),
+            ctb(&ar, "d", None, &format!("{a}{b}{a}")),
             "spec.trustBundle",
             "duplicate trust anchor (indices [0, 2])",
         ),
         (
             "empty",
-            ctb("e", None, "no pem here"),
+            ctb(&ar, "e", None, "no pem here"),
             "spec.trustBundle",
             "at least one trust anchor must be provided",
         ),
         (
             "PEM headers",
             ctb(
+                &ar,
                 "h",
                 None,
                 &a.replacen("-----\n", "-----\nProc-Type: 4,ENCRYPTED\n\n", 1),
@@ -407,8 +442,9 @@ async fn cluster_trust_bundles_are_cluster_scoped_and_validated_like_the_apiserv
 
     // No namespaced form exists for a cluster-scoped kind.
     let ns_path = format!(
-        "{}/apis/certificates.k8s.io/v1beta1/namespaces/{NS}/clustertrustbundles",
-        server.url()
+        "{}/apis/{}/namespaces/{NS}/clustertrustbundles",
+        server.url(),
+        ar.api_version
     );
     let (status, _) = raw_get(&ns_path).await;
     assert_eq!(status, 404);
@@ -499,43 +535,46 @@ async fn watches_select_by_name_and_labels_resume_and_expire() {
     assert_eq!(seen, vec!["MODIFIED ca", "DELETED ca"]);
 
     // ClusterTrustBundles by label selector.
-    let ctbs: Api<ClusterTrustBundle> = Api::all(client.clone());
-    let rv = server.store().resource_version().to_string();
-    let mut labelled = ctbs
-        .watch(
-            &WatchParams::default()
-                .labels("env=prod")
-                .fields("spec.signerName=example.com/s")
-                .timeout(10),
-            &rv,
-        )
-        .await
-        .expect("watch")
-        .boxed();
-    let mut dev = ctb(
-        "example.com:s:dev",
-        Some("example.com/s"),
-        &cert("dev", true),
-    );
-    dev.metadata.labels = Some(BTreeMap::from([("env".into(), "dev".into())]));
-    let mut prod = ctb(
-        "example.com:s:prod",
-        Some("example.com/s"),
-        &cert("prod", true),
-    );
-    prod.metadata.labels = Some(BTreeMap::from([("env".into(), "prod".into())]));
-    ctbs.create(&PostParams::default(), &dev)
-        .await
-        .expect("dev");
-    ctbs.create(&PostParams::default(), &prod)
-        .await
-        .expect("prod");
-    let ev = tokio::time::timeout(Duration::from_secs(10), labelled.next())
-        .await
-        .expect("in time")
-        .expect("open")
-        .expect("ok");
-    assert_eq!(describe(&ev), "ADDED example.com:s:prod");
+    if let Some((ar, ctbs)) = ctb_api(&server, &client).await {
+        let rv = server.store().resource_version().to_string();
+        let mut labelled = ctbs
+            .watch(
+                &WatchParams::default()
+                    .labels("env=prod")
+                    .fields("spec.signerName=example.com/s")
+                    .timeout(10),
+                &rv,
+            )
+            .await
+            .expect("watch")
+            .boxed();
+        let mut dev = ctb(
+            &ar,
+            "example.com:s:dev",
+            Some("example.com/s"),
+            &cert("dev", true),
+        );
+        dev.metadata.labels = Some(BTreeMap::from([("env".into(), "dev".into())]));
+        let mut prod = ctb(
+            &ar,
+            "example.com:s:prod",
+            Some("example.com/s"),
+            &cert("prod", true),
+        );
+        prod.metadata.labels = Some(BTreeMap::from([("env".into(), "prod".into())]));
+        ctbs.create(&PostParams::default(), &dev)
+            .await
+            .expect("dev");
+        ctbs.create(&PostParams::default(), &prod)
+            .await
+            .expect("prod");
+        let ev = tokio::time::timeout(Duration::from_secs(10), labelled.next())
+            .await
+            .expect("in time")
+            .expect("open")
+            .expect("ok");
+        assert_eq!(describe(&ev), "ADDED example.com:s:prod");
+    }
 
     // Resuming replays; after compaction the old revision gives 410.
     let replay: Vec<String> = cms
@@ -793,24 +832,26 @@ async fn missing_objects_keys_and_deletions_are_typed_errors() {
 
 #[tokio::test]
 async fn cluster_trust_bundles_by_name_and_by_signer_and_labels() {
-    let (_server, client) = start().await;
+    let (server, client) = start().await;
+    let Some((ar, ctbs)) = ctb_api(&server, &client).await else {
+        return;
+    };
     let (cache, driver) = TrustCache::new(client.clone(), None);
     tokio::spawn(driver);
-    let ctbs: Api<ClusterTrustBundle> = Api::all(client.clone());
     let (n, p1, p2, d) = (
         cert("named", true),
         cert("prod-1", true),
         cert("prod-2", true),
         cert("dev", true),
     );
-    ctbs.create(&PostParams::default(), &ctb("named", None, &n))
+    ctbs.create(&PostParams::default(), &ctb(&ar, "named", None, &n))
         .await
         .expect("named");
     for (name, env, pem) in [
         ("example.com:s:b", "prod", &p1),
         ("example.com:s:dev", "dev", &d),
     ] {
-        let mut o = ctb(name, Some("example.com/s"), pem);
+        let mut o = ctb(&ar, name, Some("example.com/s"), pem);
         o.metadata.labels = Some(BTreeMap::from([("env".into(), env.into())]));
         ctbs.create(&PostParams::default(), &o)
             .await
@@ -832,6 +873,7 @@ async fn cluster_trust_bundles_by_name_and_by_signer_and_labels() {
 
     // A second prod bundle of the signer joins (ordered by object name), dev stays out.
     let mut o = ctb(
+        &ar,
         "example.com:s:a",
         Some("example.com/s"),
         &format!("{p2}{p1}"),

@@ -1,5 +1,6 @@
-//! The REST surface: URL routing as kube-apiserver lays it out, verbs, lists with pagination,
-//! PATCH flavours, and newline-delimited JSON watch streams.
+//! The REST surface: URL routing as kube-apiserver lays it out (only what the configured version
+//! serves: see `versions`), discovery, verbs, lists with pagination, PATCH flavours, and
+//! newline-delimited JSON watch streams.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -15,6 +16,8 @@ use base64::Engine as _;
 use serde_json::{Value, json};
 use tokio::sync::{broadcast, mpsc};
 
+use super::discovery::{self, Negotiated};
+use super::versions::ServedApis;
 use super::{
     ApiError, FieldSelector, Kind, LabelSelector, RequestRecord, Shared, WatchEvent,
     resource_version_of, trust,
@@ -50,7 +53,9 @@ struct Route {
     subresource: Option<String>,
 }
 
-fn parse_route(path: &str) -> Option<Route> {
+/// A resource URL, if the configured version serves it: anything else is the unknown-path 404,
+/// as from kube-apiserver.
+fn parse_route(path: &str, apis: &ServedApis) -> Option<Route> {
     let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
     let (gv, rest) = match segs.as_slice() {
         ["api", "v1", rest @ ..] => ("v1".to_string(), rest),
@@ -67,18 +72,7 @@ fn parse_route(path: &str) -> Option<Route> {
         [p, n, s] => (*p, Some(n.to_string()), Some(s.to_string())),
         _ => return None,
     };
-    let kind = match (gv.as_str(), plural) {
-        ("cert-manager.io/v1", "certificaterequests") => Kind::CertificateRequest,
-        ("v1", "pods") => Kind::Pod,
-        ("v1", "events") | ("events.k8s.io/v1", "events") => Kind::Event,
-        ("v1", "configmaps") => Kind::ConfigMap,
-        ("v1", "secrets") => Kind::Secret,
-        (gv, "clustertrustbundles") if trust::CTB_VERSIONS.contains(&gv) => {
-            Kind::ClusterTrustBundle
-        }
-        ("certificates.k8s.io/v1", "certificatesigningrequests") => Kind::CertificateSigningRequest,
-        _ => return None,
-    };
+    let kind = apis.served_row(&gv, plural)?.kind?;
     if kind.namespaced() && name.is_some() && namespace.is_none() {
         // Single namespaced objects only exist under /namespaces/{ns}.
         return None;
@@ -88,8 +82,7 @@ fn parse_route(path: &str) -> Option<Route> {
         return None;
     }
     if let Some(s) = &sub
-        && !((s == "status" && kind.has_status())
-            || (s == "approval" && kind == Kind::CertificateSigningRequest))
+        && !apis.serves(&gv, &format!("{plural}/{s}"))
     {
         return None;
     }
@@ -100,6 +93,75 @@ fn parse_route(path: &str) -> Option<Route> {
         name,
         subresource: sub,
     })
+}
+
+/// The discovery paths.
+#[derive(Debug)]
+enum DiscoveryPath {
+    Version,
+    /// `/api`
+    Core,
+    /// `/apis`
+    Groups,
+    /// `/apis/{group}`
+    Group(String),
+    /// `/api/v1`, `/apis/{group}/{version}`
+    Resources(String),
+}
+
+fn parse_discovery(path: &str) -> Option<DiscoveryPath> {
+    let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
+    Some(match segs.as_slice() {
+        ["version"] => DiscoveryPath::Version,
+        ["api"] => DiscoveryPath::Core,
+        ["api", v] => DiscoveryPath::Resources(v.to_string()),
+        ["apis"] => DiscoveryPath::Groups,
+        ["apis", g] => DiscoveryPath::Group(g.to_string()),
+        ["apis", g, v] => DiscoveryPath::Resources(format!("{g}/{v}")),
+        _ => return None,
+    })
+}
+
+fn discover(
+    s: &Shared,
+    method: &Method,
+    d: &DiscoveryPath,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
+    if method != Method::GET {
+        return Err(ApiError::MethodNotAllowed(
+            "the server does not allow this method on the requested resource".into(),
+        ));
+    }
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    let version = s.apis.version();
+    let negotiated = |core: bool| -> Result<Response, ApiError> {
+        Ok(match discovery::negotiate(accept, version)? {
+            Negotiated::Legacy if core => json_response(200, &discovery::api_versions(s.addr)),
+            Negotiated::Legacy => json_response(200, &discovery::api_group_list(&s.apis)),
+            n @ Negotiated::Aggregated(v) => {
+                let mut resp = json_response(200, &discovery::aggregated(&s.apis, core, v));
+                if let Ok(ct) = HeaderValue::from_str(&n.content_type()) {
+                    resp.headers_mut().insert(header::CONTENT_TYPE, ct);
+                }
+                // The answer depends on Accept: caches must key on it.
+                resp.headers_mut()
+                    .insert(header::VARY, HeaderValue::from_static("Accept"));
+                resp
+            }
+        })
+    };
+    match d {
+        DiscoveryPath::Version => Ok(json_response(200, &discovery::version_info(version))),
+        DiscoveryPath::Core => negotiated(true),
+        DiscoveryPath::Groups => negotiated(false),
+        DiscoveryPath::Group(g) => discovery::api_group(&s.apis, g)
+            .map(|doc| json_response(200, &doc))
+            .ok_or(ApiError::NoRoute),
+        DiscoveryPath::Resources(gv) => discovery::resource_list(&s.apis, gv)
+            .map(|doc| json_response(200, &doc))
+            .ok_or(ApiError::NoRoute),
+    }
 }
 
 fn json_response(code: u16, body: &Value) -> Response {
@@ -138,7 +200,10 @@ async fn handle(
 ) -> Response {
     let token = bearer(&headers);
     let query: HashMap<String, String> = Query::try_from_uri(&uri).map(|q| q.0).unwrap_or_default();
-    let route = parse_route(uri.path());
+    if let Some(d) = parse_discovery(uri.path()) {
+        return handle_discovery(&s, &method, &uri, &headers, token, &d).await;
+    }
+    let route = parse_route(uri.path(), &s.apis);
     let verb = match (&method, &route) {
         (&Method::GET, Some(r)) if r.name.is_some() => "get",
         (&Method::GET, Some(_)) if is_true(&query, "watch") => "watch",
@@ -174,10 +239,7 @@ async fn handle(
     }
     let result = match (route, s.faults.take_failure()) {
         (_, Some(code)) => Err(ApiError::Injected { code }),
-        (None, None) => Err(ApiError::NotFound {
-            resource: "the server could not find the requested resource".into(),
-            name: uri.path().to_string(),
-        }),
+        (None, None) => Err(ApiError::NoRoute),
         (Some(route), None) => {
             dispatch(&s, &verb, &route, &query, &headers, &body, token.as_deref())
         }
@@ -188,6 +250,42 @@ async fn handle(
     };
     record.status = resp.status().as_u16();
     s.record(record);
+    resp
+}
+
+/// A discovery request: faults, latency and the request log apply as to any other.
+async fn handle_discovery(
+    s: &Arc<Shared>,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    token: Option<String>,
+    d: &DiscoveryPath,
+) -> Response {
+    let latency = s.faults.latency();
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
+    let result = match s.faults.take_failure() {
+        Some(code) => Err(ApiError::Injected { code }),
+        None => discover(s, method, d, headers),
+    };
+    let resp = result.unwrap_or_else(|e| error_response(&e));
+    s.record(RequestRecord {
+        verb: if method == Method::GET {
+            "get".into()
+        } else {
+            method.as_str().to_string()
+        },
+        kind: None,
+        namespace: None,
+        name: None,
+        subresource: None,
+        status: resp.status().as_u16(),
+        token,
+        path: uri.path().to_string(),
+        query: uri.query().unwrap_or_default().to_string(),
+    });
     resp
 }
 
@@ -281,10 +379,50 @@ fn dispatch(
             let deleted = as_version(&r.group_version, deleted);
             Ok(json_response(200, &deleted))
         }
+        "deletecollection" => delete_collection(s, r, q),
         other => Err(ApiError::MethodNotAllowed(format!(
             "the server does not allow this method on the requested resource ({other})"
         ))),
     }
+}
+
+/// DELETE on a collection: every object the selectors match, each deleted as by a single
+/// DELETE (finalizers and garbage collection included); the answer lists what was deleted.
+fn delete_collection(
+    s: &Arc<Shared>,
+    r: &Route,
+    q: &HashMap<String, String>,
+) -> Result<Response, ApiError> {
+    if r.kind.namespaced() && r.namespace.is_none() {
+        // kube-apiserver registers deletecollection only on namespaced collections.
+        return Err(ApiError::MethodNotAllowed(
+            "the server does not allow this method on the requested resource".into(),
+        ));
+    }
+    let (labels, fields) = selectors(r, q)?;
+    let (_, items) = s
+        .store
+        .list_matching(r.kind, r.namespace.as_deref(), &labels, &fields);
+    let mut deleted = Vec::new();
+    for item in items {
+        let ns = item["metadata"]["namespace"].as_str().unwrap_or("");
+        let name = item["metadata"]["name"].as_str().unwrap_or("");
+        match s
+            .store
+            .delete_with(r.kind, ns, name, &super::DeleteOptions::default())
+        {
+            Ok(o) => deleted.push(as_version(&r.group_version, o)),
+            // Deleted meanwhile: nothing left to do for it.
+            Err(ApiError::NotFound { .. }) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let rv = s.store.resource_version();
+    let list_kind = format!("{}List", r.kind.kind_name());
+    Ok(json_response(
+        200,
+        &json!({"apiVersion": r.group_version, "kind": list_kind, "metadata": {"resourceVersion": rv.to_string()}, "items": deleted}),
+    ))
 }
 
 fn require_name(r: &Route) -> Result<(), ApiError> {

@@ -8,14 +8,21 @@
 //! There is no cluster in CI, so everything the driver relies on must behave here as it does on a
 //! real cluster: server-set metadata, 409/404/422/410 with Status bodies, pruning, label selectors,
 //! resumable watches that expire, owner-reference garbage collection.
+//!
+//! It acts as one Kubernetes version (`KubeVersion`, 1.30 through 1.37; see `versions` for the
+//! table of what each serves and why) and serves only what that version serves: other
+//! group/versions are 404 and absent from discovery, exactly as on a cluster of that version.
 
 mod csr;
+mod discovery;
 mod http;
 mod meta;
 mod schema;
 mod selector;
 mod store;
+mod tls;
 mod trust;
+pub mod versions;
 mod webhook;
 
 use std::collections::HashMap;
@@ -23,12 +30,15 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use base64::Engine as _;
 use serde_json::{Value, json};
 
 pub use csr::{KNOWN_USAGES, MIN_EXPIRATION_SECONDS, Subresource};
 pub use schema::{Schema, SchemaError};
 pub use selector::{FieldSelector, LabelSelector};
 pub use store::{DeleteOptions, Store, crd_path};
+pub use tls::{InClusterEnv, TlsError};
+pub use versions::{ApiConfig, ConfigError, ENV_ENABLE, ENV_VERSION, KubeVersion, ServedApis};
 
 /// The kinds this server stores.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -41,7 +51,8 @@ pub enum Kind {
     Event,
     ConfigMap,
     Secret,
-    /// certificates.k8s.io ClusterTrustBundle (cluster-scoped), served as v1beta1 and v1.
+    /// certificates.k8s.io ClusterTrustBundle (cluster-scoped), in whichever of v1alpha1, v1beta1
+    /// and v1 the configured version serves (the versions share one schema).
     ClusterTrustBundle,
     /// certificates.k8s.io/v1, cluster-scoped, with `/status` and `/approval` (see `csr`).
     CertificateSigningRequest,
@@ -81,13 +92,50 @@ impl Kind {
         }
     }
 
-    /// The apiVersion objects get when created in-process.
+    /// The kind's apiVersion in the newest Kubernetes with its defaults. What a given server
+    /// serves is `ApiServer::preferred_api_version` (in-process writes get that one).
     pub fn api_version(self) -> &'static str {
         match self {
             Kind::CertificateRequest => "cert-manager.io/v1",
-            Kind::ClusterTrustBundle => trust::CTB_VERSIONS[0],
+            Kind::ClusterTrustBundle => "certificates.k8s.io/v1",
             Kind::CertificateSigningRequest => "certificates.k8s.io/v1",
             Kind::Pod | Kind::Event | Kind::ConfigMap | Kind::Secret => "v1",
+        }
+    }
+
+    /// The singular resource name discovery reports.
+    pub fn singular(self) -> &'static str {
+        match self {
+            Kind::CertificateRequest => "certificaterequest",
+            Kind::Pod => "pod",
+            Kind::Event => "event",
+            Kind::ConfigMap => "configmap",
+            Kind::Secret => "secret",
+            Kind::CertificateSigningRequest => "certificatesigningrequest",
+            Kind::ClusterTrustBundle => "clustertrustbundle",
+        }
+    }
+
+    /// The short names discovery reports (the CRD's `spec.names.shortNames` for
+    /// CertificateRequests).
+    pub fn short_names(self) -> &'static [&'static str] {
+        match self {
+            Kind::CertificateRequest => &["cr", "crs"],
+            Kind::Pod => &["po"],
+            Kind::Event => &["ev"],
+            Kind::ConfigMap => &["cm"],
+            Kind::CertificateSigningRequest => &["csr"],
+            Kind::Secret | Kind::ClusterTrustBundle => &[],
+        }
+    }
+
+    /// The categories discovery reports (`kubectl get all` takes pods; the CRD's
+    /// `spec.names.categories`).
+    pub fn categories(self) -> &'static [&'static str] {
+        match self {
+            Kind::CertificateRequest => &["cert-manager"],
+            Kind::Pod => &["all"],
+            _ => &[],
         }
     }
 
@@ -253,6 +301,12 @@ pub enum ApiError {
     #[error("{0}")]
     UnsupportedMediaType(String),
     #[error("{0}")]
+    NotAcceptable(String),
+    /// A path nothing is served at: a group/version or resource the configured version does not
+    /// serve (or serves but has switched off), or no API path at all.
+    #[error("the server could not find the requested resource")]
+    NoRoute,
+    #[error("{0}")]
     Internal(String),
     /// A fault injected by a test.
     #[error("injected fault: HTTP {code}")]
@@ -276,6 +330,7 @@ fn reason_for(code: u16) -> &'static str {
         403 => "Forbidden",
         404 => "NotFound",
         405 => "MethodNotAllowed",
+        406 => "NotAcceptable",
         409 => "Conflict",
         410 => "Expired",
         415 => "UnsupportedMediaType",
@@ -291,12 +346,13 @@ impl ApiError {
     pub fn status_code(&self) -> u16 {
         match self {
             ApiError::AlreadyExists { .. } | ApiError::Conflict { .. } => 409,
-            ApiError::NotFound { .. } => 404,
+            ApiError::NotFound { .. } | ApiError::NoRoute => 404,
             ApiError::Invalid { .. } => 422,
             ApiError::Gone(_) => 410,
             ApiError::BadRequest(_) => 400,
             ApiError::MethodNotAllowed(_) => 405,
             ApiError::UnsupportedMediaType(_) => 415,
+            ApiError::NotAcceptable(_) => 406,
             ApiError::Internal(_) => 500,
             ApiError::Injected { code } => *code,
         }
@@ -343,7 +399,9 @@ impl ApiError {
             "reason": self.reason(),
             "code": self.status_code(),
         });
-        if !details.is_empty() {
+        // kube-apiserver's unknown-path 404 carries empty details; other detail-less errors
+        // carry none.
+        if !details.is_empty() || matches!(self, ApiError::NoRoute) {
             status["details"] = Value::Object(details);
         }
         status
@@ -514,6 +572,10 @@ pub(crate) struct Shared {
     faults: Faults,
     requests: Mutex<Vec<RequestRecord>>,
     tokens: Mutex<HashMap<String, Identity>>,
+    /// What the configured version serves: routing and discovery.
+    apis: ServedApis,
+    /// Where the server listens (discovery's serverAddressByClientCIDRs).
+    addr: std::net::SocketAddr,
 }
 
 impl Shared {
@@ -538,30 +600,57 @@ impl Shared {
     }
 }
 
-/// The HTTP server. Serves until dropped.
+/// The HTTP(S) server. Serves until dropped.
 pub struct ApiServer {
     shared: Arc<Shared>,
     addr: std::net::SocketAddr,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    /// The CA of the serving certificate, when serving HTTPS.
+    ca_pem: Option<String>,
+}
+
+fn invalid_input(e: impl std::error::Error + Send + Sync + 'static) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidInput, e)
 }
 
 impl ApiServer {
-    /// Loads the CRD, binds 127.0.0.1:0 and serves on a thread of its own until dropped.
+    /// [`ApiServer::start_with`] the configuration the environment names: the version in
+    /// `CERTVOL_E2E_KUBE_VERSION` (newest when unset) with the runtime-config entries in
+    /// `CERTVOL_E2E_KUBE_ENABLE`, the CRD installed, plain HTTP. A malformed environment is an
+    /// `InvalidInput` error wrapping the [`ConfigError`].
     pub async fn start() -> std::io::Result<ApiServer> {
-        let store =
-            Store::new().map_err(|e| std::io::Error::new(std::io::ErrorKind::NotFound, e))?;
+        ApiServer::start_with(ApiConfig::from_env().map_err(invalid_input)?).await
+    }
+
+    /// Loads the CRD, binds 127.0.0.1:0 and serves `config` on a thread of its own until
+    /// dropped. A configuration kube-apiserver would refuse to start with is an `InvalidInput`
+    /// error wrapping the [`ConfigError`]; TLS setup failures wrap a [`TlsError`].
+    pub async fn start_with(config: ApiConfig) -> std::io::Result<ApiServer> {
+        let apis = ServedApis::resolve(&config).map_err(invalid_input)?;
+        let schema = Schema::from_crd_file(&crd_path(), "v1")
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::NotFound, e))?;
+        let store = Store::with_apis(schema, apis.clone());
+        let tls = if config.tls {
+            Some(tls::generate().map_err(std::io::Error::other)?)
+        } else {
+            None
+        };
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        listener.set_nonblocking(true)?;
+        let addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
             faults: Faults::new(store.clone()),
             store,
             requests: Mutex::new(Vec::new()),
             tokens: Mutex::new(HashMap::new()),
+            apis,
+            addr,
         });
-        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-        listener.set_nonblocking(true)?;
-        let addr = listener.local_addr()?;
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let router = http::router(shared.clone());
         let faults = shared.faults.clone();
+        let ca_pem = tls.as_ref().map(|t| t.ca_pem.clone());
+        let acceptor = tls.map(|t| t.acceptor);
         // The server gets its own thread and runtime: a test that blocks its own (current-thread)
         // runtime, e.g. waiting synchronously for the driver process, must not freeze the API
         // the driver is talking to.
@@ -584,11 +673,16 @@ impl ApiServer {
                         // Open watches would keep graceful shutdown waiting forever.
                         faults.drop_watches();
                     };
-                    if let Err(e) = axum::serve(listener, router)
-                        .with_graceful_shutdown(shutdown)
-                        .await
-                    {
-                        tracing::warn!(error = %e, "e2e API server stopped");
+                    match acceptor {
+                        Some(acceptor) => tls::serve(listener, acceptor, router, shutdown).await,
+                        None => {
+                            if let Err(e) = axum::serve(listener, router)
+                                .with_graceful_shutdown(shutdown)
+                                .await
+                            {
+                                tracing::warn!(error = %e, "e2e API server stopped");
+                            }
+                        }
                     }
                 });
             })?;
@@ -596,11 +690,49 @@ impl ApiServer {
             shared,
             addr,
             shutdown: Some(tx),
+            ca_pem,
         })
     }
 
+    /// `http://127.0.0.1:PORT`, or `https://127.0.0.1:PORT` when serving TLS.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.ca_pem.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{}", self.addr)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// The CA certificate (PEM) the serving certificate chains to; `None` for plain HTTP.
+    pub fn ca_pem(&self) -> Option<&str> {
+        self.ca_pem.as_deref()
+    }
+
+    /// The Kubernetes version the server acts as.
+    pub fn version(&self) -> KubeVersion {
+        self.shared.apis.version()
+    }
+
+    /// What the server serves (the resolved version table).
+    pub fn apis(&self) -> &ServedApis {
+        &self.shared.apis
+    }
+
+    /// Whether `resource` (`clustertrustbundles`, `pods/status`) is served in `group_version`
+    /// (`certificates.k8s.io/v1beta1`, `v1`), for scenarios to branch their expectations on.
+    pub fn serves(&self, group_version: &str, resource: &str) -> bool {
+        self.shared.apis.serves(group_version, resource)
+    }
+
+    /// The apiVersion to write objects of `kind` through (the highest-priority served version),
+    /// or `None` when the server does not serve the kind at all.
+    pub fn preferred_api_version(&self, kind: Kind) -> Option<String> {
+        self.shared.apis.preferred_api_version(kind)
     }
 
     pub fn store(&self) -> Store {
@@ -627,13 +759,18 @@ impl ApiServer {
             .count()
     }
 
-    /// A kubeconfig with one cluster (server = url, plain HTTP), a user with `token`, and the
-    /// current context set.
+    /// A kubeconfig with one cluster (server = url; with TLS, the CA as
+    /// certificate-authority-data), a user with `token`, and the current context set.
     pub fn write_kubeconfig(&self, path: &Path, token: &str) -> std::io::Result<()> {
+        let mut cluster = json!({"server": self.url()});
+        if let Some(ca) = &self.ca_pem {
+            cluster["certificate-authority-data"] =
+                json!(base64::engine::general_purpose::STANDARD.encode(ca));
+        }
         let cfg = json!({
             "apiVersion": "v1",
             "kind": "Config",
-            "clusters": [{"name": "e2e", "cluster": {"server": self.url()}}],
+            "clusters": [{"name": "e2e", "cluster": cluster}],
             "users": [{"name": "e2e", "user": {"token": token}}],
             "contexts": [{"name": "e2e", "context": {"cluster": "e2e", "user": "e2e", "namespace": "default"}}],
             "current-context": "e2e",
@@ -641,6 +778,39 @@ impl ApiServer {
         });
         let text = serde_yaml::to_string(&cfg).map_err(std::io::Error::other)?;
         std::fs::write(path, text)
+    }
+
+    /// Writes what kubelet projects into a pod at
+    /// `/var/run/secrets/kubernetes.io/serviceaccount` (`token`, `ca.crt`, `namespace`, in the
+    /// atomic writer's `..data` layout) into `dir`, and returns the environment kubelet gives
+    /// the pod for this server (`KUBERNETES_SERVICE_HOST=127.0.0.1`,
+    /// `KUBERNETES_SERVICE_PORT=<port>`). Writing again rotates the files in place.
+    /// In-cluster configuration is https-only, so a plain-HTTP server refuses (`InvalidInput`).
+    pub fn write_incluster_files(
+        &self,
+        dir: &Path,
+        token: &str,
+        namespace: &str,
+    ) -> std::io::Result<InClusterEnv> {
+        let Some(ca) = &self.ca_pem else {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "in-cluster configuration is https-only: start the server with ApiConfig::tls",
+            ));
+        };
+        tls::write_projected(
+            dir,
+            &[
+                ("ca.crt", ca.as_bytes()),
+                ("namespace", namespace.as_bytes()),
+                ("token", token.as_bytes()),
+            ],
+        )?;
+        Ok(InClusterEnv {
+            host: self.addr.ip().to_string(),
+            port: self.addr.port(),
+            dir: dir.to_path_buf(),
+        })
     }
 
     /// Registers the identity behind a bearer token (what a TokenReview would answer).

@@ -13,6 +13,7 @@ use tokio::sync::broadcast;
 use super::csr::{self, Subresource};
 use super::schema::{Schema, SchemaError};
 use super::selector::{FieldSelector, LabelSelector};
+use super::versions::{KubeVersion, ServedApis};
 use super::{ApiError, EventType, FieldCause, Identity, Kind, WatchEvent, meta, trust, webhook};
 
 /// The parts of `DeleteOptions` this server honours.
@@ -45,6 +46,8 @@ pub struct Store {
     inner: Arc<Mutex<Inner>>,
     tx: broadcast::Sender<WatchEvent>,
     schema: Arc<Schema>,
+    /// What the server serves: in-process writes obey it as API writes do.
+    apis: Arc<ServedApis>,
 }
 
 /// Where the real CertificateRequest CRD lives (beside the repository, in CI and here).
@@ -67,7 +70,8 @@ fn now_rfc3339() -> String {
 }
 
 impl Store {
-    /// A store validating CertificateRequests against the CRD at [`crd_path`].
+    /// A store validating CertificateRequests against the CRD at [`crd_path`], serving what the
+    /// newest Kubernetes serves by default.
     pub fn new() -> Result<Store, SchemaError> {
         Ok(Store::with_schema(Schema::from_crd_file(
             &crd_path(),
@@ -76,6 +80,12 @@ impl Store {
     }
 
     pub fn with_schema(schema: Schema) -> Store {
+        Store::with_apis(schema, ServedApis::defaults(KubeVersion::NEWEST, true))
+    }
+
+    /// A store holding only what `apis` serves: an object of a kind or apiVersion not served
+    /// cannot be written, in-process or over HTTP.
+    pub fn with_apis(schema: Schema, apis: ServedApis) -> Store {
         let (tx, _) = broadcast::channel(4096);
         Store {
             inner: Arc::new(Mutex::new(Inner {
@@ -88,6 +98,7 @@ impl Store {
             })),
             tx,
             schema: Arc::new(schema),
+            apis: Arc::new(apis),
         }
     }
 
@@ -121,8 +132,19 @@ impl Store {
                 "the body must be a JSON object".into(),
             ));
         };
-        map.entry("apiVersion")
-            .or_insert_with(|| json!(kind.api_version()));
+        // Written in-process without an apiVersion: the version a client would write through.
+        // One the server does not serve cannot be written (a client would get the 404).
+        if !map.contains_key("apiVersion") {
+            let preferred = self
+                .apis
+                .preferred_api_version(kind)
+                .ok_or(ApiError::NoRoute)?;
+            map.insert("apiVersion".into(), json!(preferred));
+        }
+        match map.get("apiVersion").and_then(Value::as_str) {
+            Some(v) if self.apis.serves_kind_in(kind, v) => {}
+            _ => return Err(ApiError::NoRoute),
+        }
         match map.get("kind").and_then(Value::as_str) {
             None => {
                 map.insert("kind".into(), json!(kind.kind_name()));

@@ -22,10 +22,6 @@ pub const CONFIGMAP_SELECTABLE: &[&str] = &["metadata.name", "metadata.namespace
 pub const SECRET_SELECTABLE: &[&str] = &["metadata.name", "metadata.namespace", "type"];
 pub const CTB_SELECTABLE: &[&str] = &["metadata.name", "spec.signerName"];
 
-/// The API versions ClusterTrustBundles are served in (the same objects in each, as on a
-/// cluster where both are enabled).
-pub const CTB_VERSIONS: &[&str] = &["certificates.k8s.io/v1beta1", "certificates.k8s.io/v1"];
-
 /// Whether `kind` is one of this module's.
 pub fn handles(kind: Kind) -> bool {
     matches!(
