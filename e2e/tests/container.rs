@@ -14,10 +14,16 @@ use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::time::Duration;
 
+use certvol_driver::issuer::certmanager::resource::{LABEL_NODE, label_value};
+use certvol_e2e::apiserver::{ApiConfig, ApiServer, InClusterEnv, Kind};
+use certvol_e2e::cluster::{STANDIN_ISSUER, cm_volume};
 use certvol_e2e::container::node::{self, Node};
 use certvol_e2e::container::pod::PodPlan;
 use certvol_e2e::kubelet::{InlineVolume, Kubelet, Pod};
+use certvol_e2e::kubesigner::{KubeSigner, KubeSignerConfig};
+use certvol_e2e::signer::{Signer, SignerConfig};
 use certvol_e2e::{Driver, PairReader, chart, eventually, python, read_volume, volume};
+use serde_json::json;
 
 type Outcome = Result<(), String>;
 type Scenario = fn(Ctx) -> Pin<Box<dyn Future<Output = Outcome>>>;
@@ -49,6 +55,15 @@ fn scenarios() -> Vec<(&'static str, Scenario)> {
         }),
         ("upgrade_on_the_same_data_root", |c| {
             Box::pin(upgrade_on_the_same_data_root(c))
+        }),
+        ("cert_manager_install_and_first_publish", |c| {
+            Box::pin(cert_manager_install_and_first_publish(c))
+        }),
+        ("cert_manager_token_request", |c| {
+            Box::pin(cert_manager_token_request(c))
+        }),
+        ("kube_csr_install_and_first_publish", |c| {
+            Box::pin(kube_csr_install_and_first_publish(c))
         }),
     ]
 }
@@ -115,7 +130,15 @@ fn plan(ctx: &Ctx, values: &[(&str, &str)]) -> Result<PodPlan, String> {
 /// Starts the container and waits for the chart's readiness probe, then for Probe over the
 /// registered socket (as kubelet's plugin watcher does).
 async fn start_ready(node: &mut Node, plan: &PodPlan) -> Result<(Driver, Kubelet), String> {
-    let mut driver = node.start(plan, None, None)?;
+    start_ready_with(node, plan, None).await
+}
+
+async fn start_ready_with(
+    node: &mut Node,
+    plan: &PodPlan,
+    api: Option<&InClusterEnv>,
+) -> Result<(Driver, Kubelet), String> {
+    let mut driver = node.start(plan, api, None)?;
     let probe = plan
         .readiness
         .as_ref()
@@ -424,4 +447,241 @@ async fn upgrade_on_the_same_data_root(ctx: Ctx) -> Outcome {
         .await
         .map_err(|e| with_log(&driver, e))?;
     check(!target.exists(), || format!("{} left", target.display()))
+}
+
+/// The cluster side of a scenario: the API stand-in at the Kubernetes version CI selects
+/// (`CERTVOL_E2E_KUBE_VERSION`, `CERTVOL_E2E_KUBE_ENABLE`), over TLS because in-cluster
+/// configuration is https-only, and the files kubelet projects for the DaemonSet's service
+/// account.
+struct Cluster {
+    server: ApiServer,
+    incluster: InClusterEnv,
+    _dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    async fn start(plan: &PodPlan) -> Result<Cluster, String> {
+        let mut config = ApiConfig::from_env().map_err(|e| e.to_string())?;
+        config.tls = true;
+        let server = ApiServer::start_with(config)
+            .await
+            .map_err(|e| format!("API stand-in: {e}"))?;
+        let token = "container-tier-driver-token";
+        let user = format!(
+            "system:serviceaccount:{}:{}",
+            plan.namespace, plan.service_account
+        );
+        server.add_token(
+            token,
+            &user,
+            &["system:serviceaccounts", "system:authenticated"],
+            "e2e-driver-uid",
+        );
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let incluster = server
+            .write_incluster_files(dir.path(), token, &plan.namespace)
+            .map_err(|e| e.to_string())?;
+        Ok(Cluster {
+            server,
+            incluster,
+            _dir: dir,
+        })
+    }
+
+    /// The Pod object (owner of its requests, target of events), with the server's uid.
+    fn create_pod(&self, namespace: &str, name: &str) -> Result<Pod, String> {
+        let created = self
+            .server
+            .store()
+            .create(
+                Kind::Pod,
+                namespace,
+                json!({"metadata": {"name": name},
+                       "spec": {"serviceAccountName": "default",
+                                "containers": [{"name": "app", "image": "pause"}]}}),
+            )
+            .map_err(|e| format!("create pod {namespace}/{name}: {e:?}"))?;
+        let mut pod = Pod::new(namespace, name);
+        pod.uid = created["metadata"]["uid"]
+            .as_str()
+            .unwrap_or_default()
+            .into();
+        Ok(pod)
+    }
+
+    /// The objects of `kind` in `namespace` filed by `node` (its certvol.io/node label).
+    fn filed_by(&self, kind: Kind, namespace: Option<&str>, node: &Node) -> Vec<serde_json::Value> {
+        let selector = format!("{LABEL_NODE}={}", label_value(&node.name));
+        self.server.store().list(kind, namespace, Some(&selector))
+    }
+}
+
+/// Default values: cert-manager mode with the DaemonSet's own service account, configured
+/// in-cluster (no kubeconfig), against the version-faithful stand-in.
+async fn cert_manager_install_and_first_publish(ctx: Ctx) -> Outcome {
+    let plan = plan(&ctx, &[])?;
+    check(plan.arg("issuer") == Some("cert-manager"), || {
+        format!("{:?}", plan.args)
+    })?;
+    let cluster = Cluster::start(&plan).await?;
+    let _signer = Signer::start(cluster.server.store(), SignerConfig::default());
+    let mut node =
+        Node::boot("node-g", Path::new("/var/lib/kubelet")).map_err(|e| e.to_string())?;
+    let (driver, kubelet) = start_ready_with(&mut node, &plan, Some(&cluster.incluster)).await?;
+    let pod = cluster.create_pod("shop", "web-0")?;
+    let vol = cm_volume(STANDIN_ISSUER, []);
+    let target = kubelet
+        .publish(&pod, &vol)
+        .await
+        .map_err(|e| with_log(&driver, e))?;
+    check_served(&node, &target)?;
+    let filed = cluster.filed_by(Kind::CertificateRequest, Some("shop"), &node);
+    check(filed.len() == 1, || {
+        format!("{} CertificateRequests", filed.len())
+    })?;
+    let username = filed[0]["spec"]["username"].as_str().unwrap_or_default();
+    check(username == "system:serviceaccount:certvol:certvol", || {
+        format!("filed as {username:?}, not the DaemonSet's service account")
+    })?;
+    kubelet
+        .unpublish(&pod, &vol)
+        .await
+        .map_err(|e| with_log(&driver, e))?;
+    check(!target.exists(), || format!("{} left", target.display()))?;
+    let left = cluster.filed_by(Kind::CertificateRequest, Some("shop"), &node);
+    check(left.is_empty(), || {
+        format!("{} CertificateRequests left", left.len())
+    })
+}
+
+/// `certManager.tokenRequest=true`: the CSIDriver asks kubelet for the pod's own token, the
+/// request is filed with it (cert-manager sees the pod's identity), and kubelet's periodic
+/// republish (requiresRepublish) files nothing new.
+async fn cert_manager_token_request(ctx: Ctx) -> Outcome {
+    let plan = plan(&ctx, &[("certManager.tokenRequest", "true")])?;
+    check(
+        plan.driver.token_audiences == [String::new()] && plan.driver.requires_republish,
+        || format!("{:?}", plan.driver),
+    )?;
+    let cluster = Cluster::start(&plan).await?;
+    let _signer = Signer::start(cluster.server.store(), SignerConfig::default());
+    let mut node =
+        Node::boot("node-h", Path::new("/var/lib/kubelet")).map_err(|e| e.to_string())?;
+    let (driver, kubelet) = start_ready_with(&mut node, &plan, Some(&cluster.incluster)).await?;
+    let mut pod = cluster.create_pod("shop", "web-0")?;
+    pod.token = Some("pod-token-web-0".into());
+    cluster.server.add_token(
+        "pod-token-web-0",
+        "system:serviceaccount:shop:default",
+        &["system:serviceaccounts", "system:authenticated"],
+        "pod-sa-uid",
+    );
+    let vol = cm_volume(STANDIN_ISSUER, []);
+    let target = kubelet
+        .publish(&pod, &vol)
+        .await
+        .map_err(|e| with_log(&driver, e))?;
+    let serial = check_served(&node, &target)?;
+    let filed = cluster.filed_by(Kind::CertificateRequest, Some("shop"), &node);
+    check(filed.len() == 1, || {
+        format!("{} CertificateRequests", filed.len())
+    })?;
+    let username = filed[0]["spec"]["username"].as_str().unwrap_or_default();
+    check(username == "system:serviceaccount:shop:default", || {
+        format!("filed as {username:?}, not with the pod's token")
+    })?;
+    kubelet
+        .publish(&pod, &vol)
+        .await
+        .map_err(|e| with_log(&driver, e))?;
+    check(check_served(&node, &target)? == serial, || {
+        "the republish re-issued".into()
+    })?;
+    let filed = cluster.filed_by(Kind::CertificateRequest, Some("shop"), &node);
+    check(filed.len() == 1, || {
+        format!("{} CertificateRequests after the republish", filed.len())
+    })?;
+    kubelet
+        .unpublish(&pod, &vol)
+        .await
+        .map_err(|e| with_log(&driver, e))
+}
+
+/// `issuer=kubernetes-csr` with the default `ca-source` (the signer's ClusterTrustBundles):
+/// served on versions that serve a ClusterTrustBundle API; elsewhere a clear
+/// FailedPrecondition naming the attribute, and nothing left behind.
+async fn kube_csr_install_and_first_publish(ctx: Ctx) -> Outcome {
+    const SIGNER: &str = "example.com/workloads";
+    let plan = plan(&ctx, &[("issuer", "kubernetes-csr")])?;
+    let cluster = Cluster::start(&plan).await?;
+    let signer = KubeSigner::start(cluster.server.store(), KubeSignerConfig::new(SIGNER))
+        .map_err(|e| e.to_string())?;
+    let ctb_version = cluster
+        .server
+        .preferred_api_version(Kind::ClusterTrustBundle);
+    if ctb_version.is_some() {
+        cluster
+            .server
+            .store()
+            .create(
+                Kind::ClusterTrustBundle,
+                "",
+                json!({"metadata": {"name": "example.com:workloads:v1"},
+                       "spec": {"signerName": SIGNER, "trustBundle": signer.ca_pem()}}),
+            )
+            .map_err(|e| format!("create ClusterTrustBundle: {e:?}"))?;
+    }
+    let mut node =
+        Node::boot("node-i", Path::new("/var/lib/kubelet")).map_err(|e| e.to_string())?;
+    let (driver, kubelet) = start_ready_with(&mut node, &plan, Some(&cluster.incluster)).await?;
+    let pod = cluster.create_pod("shop", "web-0")?;
+    let mut vol = volume([("csi.certvol.io/signer-name", SIGNER)]);
+    vol.attributes.remove("csi.certvol.io/issuer-name");
+    let published = kubelet.publish(&pod, &vol).await;
+    println!(
+        "  Kubernetes {}, ClusterTrustBundle served as {}",
+        cluster.server.version(),
+        ctb_version.as_deref().unwrap_or("nothing")
+    );
+    match (ctb_version, published) {
+        (Some(_), Ok(target)) => {
+            check_served(&node, &target)?;
+            let signer_ca = certvol_driver::pki::parse_pem_chain(&signer.ca_pem())
+                .map_err(|e| e.to_string())?;
+            let files = read_volume(&target)?;
+            check(
+                files
+                    .ca
+                    .iter()
+                    .map(|c| &c.der)
+                    .eq(signer_ca.iter().map(|c| &c.der)),
+                || "ca.crt is not the signer's CA from its ClusterTrustBundle".into(),
+            )?;
+            kubelet
+                .unpublish(&pod, &vol)
+                .await
+                .map_err(|e| with_log(&driver, e))
+        }
+        (Some(v), Err(e)) => Err(with_log(
+            &driver,
+            format!("publish failed with {v} served: {e:?}"),
+        )),
+        (None, Ok(_)) => {
+            Err("publish succeeded although no ClusterTrustBundle API is served".into())
+        }
+        (None, Err(e)) => {
+            check(e.code() == tonic::Code::FailedPrecondition, || {
+                with_log(&driver, format!("expected FailedPrecondition, got {e:?}"))
+            })?;
+            check(e.message().contains("csi.certvol.io/ca-source"), || {
+                format!("the error does not name the attribute: {}", e.message())
+            })?;
+            let target = kubelet.target_path(&pod, &vol);
+            check(!target.exists(), || {
+                format!("{} was created", target.display())
+            })?;
+            let filed = cluster.filed_by(Kind::CertificateSigningRequest, None, &node);
+            check(filed.is_empty(), || format!("{} CSRs filed", filed.len()))
+        }
+    }
 }

@@ -17,6 +17,7 @@ use nix::sched::{CloneFlags, unshare};
 
 use super::pod::{HttpProbe, PodPlan, image_entrypoint};
 use super::runtime::{BindMount, ImageEntry, Propagation, RuntimeSpec};
+use crate::apiserver::InClusterEnv;
 use crate::{Driver, bin_path, certvol_bin, python};
 
 /// Where the node's persistent directories live. Everything the chart mounts from the node
@@ -36,17 +37,6 @@ pub fn become_node() -> io::Result<()> {
         None::<&str>,
     )
     .map_err(io::Error::from)
-}
-
-/// What kubelet gives a pod so that it can reach the API server: the `kubernetes` Service's
-/// address (KUBERNETES_SERVICE_HOST/PORT) and the cluster CA in the service-account volume.
-#[derive(Clone, Debug)]
-pub struct ApiEndpoint {
-    pub host: String,
-    pub port: u16,
-    pub ca_pem: String,
-    /// The service account's token, as the projected volume holds it.
-    pub token: String,
 }
 
 /// One booted node.
@@ -133,12 +123,13 @@ impl Node {
     }
 
     /// Starts the certvol container of `plan` as kubelet and the runtime would, with the
-    /// image's entrypoint at `binary` (the certvol under test unless an upgrade says otherwise).
-    /// hostPath type checks fail the start with kubelet's message.
+    /// image's entrypoint at `binary` (the certvol under test unless an upgrade says otherwise)
+    /// and, when the pod mounts its service-account token, `api`'s in-cluster files and
+    /// address. hostPath type checks fail the start with kubelet's message.
     pub fn start(
         &mut self,
         plan: &PodPlan,
-        api: Option<&ApiEndpoint>,
+        api: Option<&InClusterEnv>,
         binary: Option<&Path>,
     ) -> Result<Driver, String> {
         self.starts += 1;
@@ -170,17 +161,8 @@ impl Node {
         if plan.automount_token {
             let api =
                 api.ok_or("the pod mounts a service-account token but no API server is up")?;
-            let sa = run_dir.join("serviceaccount");
-            mkdirs(&sa, 0o755).map_err(|e| e.to_string())?;
-            for (file, text) in [
-                ("token", api.token.as_str()),
-                ("ca.crt", api.ca_pem.as_str()),
-                ("namespace", plan.namespace.as_str()),
-            ] {
-                fs::write(sa.join(file), text).map_err(|e| e.to_string())?;
-            }
             mounts.push(BindMount {
-                source: sa,
+                source: api.dir.clone(),
                 destination: "/var/run/secrets/kubernetes.io/serviceaccount".into(),
                 propagation: Propagation::Private,
                 read_only: true,
