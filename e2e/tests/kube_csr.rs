@@ -21,6 +21,8 @@ use tonic::Code;
 const SIGNER: &str = "example.com/workloads";
 const NODE_ID: &str = "e2e-node";
 const DRIVER_TOKEN: &str = "e2e-driver-token";
+/// Where the signer's CA is published on versions without a ClusterTrustBundle API.
+const CA_CONFIGMAP: &str = "signer-ca";
 /// The signer's longest lifetime in these tests.
 const MAX_LIFETIME: Duration = Duration::from_secs(2 * 3600);
 
@@ -73,11 +75,12 @@ impl Setup {
             .await
     }
 
-    /// Publishes the signer's CA as a ClusterTrustBundle (as a signer's operator would).
+    /// Publishes the signer's CA where volumes find it: as a ClusterTrustBundle (as a signer's
+    /// operator would) when the configured Kubernetes version serves that API, else in a
+    /// ConfigMap that [`Setup::volume`] names as the `ca-source`.
     fn publish_trust_bundle(&self) {
-        self.api
-            .store()
-            .create(
+        let (kind, namespace, object) = if self.serves_ctb() {
+            (
                 Kind::ClusterTrustBundle,
                 "",
                 json!({
@@ -85,7 +88,40 @@ impl Setup {
                     "spec": {"signerName": SIGNER, "trustBundle": self.signer.ca_pem()},
                 }),
             )
-            .expect("create ClusterTrustBundle");
+        } else {
+            (
+                Kind::ConfigMap,
+                "default",
+                json!({
+                    "metadata": {"name": CA_CONFIGMAP},
+                    "data": {"ca.crt": self.signer.ca_pem()},
+                }),
+            )
+        };
+        self.api
+            .store()
+            .create(kind, namespace, object)
+            .expect("publish the signer's CA");
+    }
+
+    /// Whether the configured Kubernetes version serves a ClusterTrustBundle API (the default
+    /// `ca-source` reads the signer's bundles through it).
+    fn serves_ctb(&self) -> bool {
+        self.api
+            .preferred_api_version(Kind::ClusterTrustBundle)
+            .is_some()
+    }
+
+    /// A volume for the signer, with `ca-source` pointing at the ConfigMap where the version
+    /// serves no ClusterTrustBundles.
+    fn volume<'a>(&self, extra: impl IntoIterator<Item = (&'a str, &'a str)>) -> InlineVolume {
+        let mut v = csr_volume(extra);
+        if !self.serves_ctb() {
+            v.attributes
+                .entry("csi.certvol.io/ca-source".into())
+                .or_insert_with(|| format!("configmap:{CA_CONFIGMAP}/ca.crt"));
+        }
+        v
     }
 
     fn create_pod(&self, name: &str) -> Pod {
@@ -203,7 +239,7 @@ async fn issuance_end_to_end_with_the_ca_from_a_cluster_trust_bundle() {
     let _driver = s.start_driver(&[]).await;
     let kubelet = s.env.kubelet();
     let pod = s.create_pod("web-0");
-    let vol = csr_volume([
+    let vol = s.volume([
         ("csi.certvol.io/common-name", "${POD_NAME}"),
         ("csi.certvol.io/duration", "1h"),
         (
@@ -296,7 +332,7 @@ async fn issuance_end_to_end_with_the_ca_from_a_cluster_trust_bundle() {
     };
     let before = list_watch();
     let pod2 = s.create_pod("web-1");
-    let vol2 = csr_volume([("csi.certvol.io/duration", "5h")]);
+    let vol2 = s.volume([("csi.certvol.io/duration", "5h")]);
     let target2 = kubelet.publish(&pod2, &vol2).await.expect("publish");
     assert_eq!(lifetime(&target2), MAX_LIFETIME);
     assert_eq!(list_watch(), before, "{:?}", s.api.requests());
@@ -329,7 +365,7 @@ async fn a_crash_right_after_filing_is_resumed_without_a_second_request() {
         .start_driver(&[(certvol_driver::crashpoint::ENV, "kubecsr:created")])
         .await;
     let pod = s.create_pod("web-0");
-    let vol = csr_volume([]);
+    let vol = s.volume([]);
     let err = s
         .env
         .kubelet()
@@ -391,7 +427,7 @@ async fn denied_and_failed_requests_give_clear_errors_and_events() {
         )
     });
     let pod = s.create_pod("denied-0");
-    let vol = csr_volume([]);
+    let vol = s.volume([]);
     let message = publish_fails(&s.env, &pod, &vol, Code::PermissionDenied).await;
     assert!(
         message.contains("was denied")
@@ -438,7 +474,7 @@ async fn an_unanswered_request_times_out_with_an_event_and_the_retry_resumes_it(
     s.signer.set_policy(|_| Decision::Ignore);
     let _driver = s.start_driver_with_timeout("2s", &[]).await;
     let pod = s.create_pod("web-0");
-    let vol = csr_volume([]);
+    let vol = s.volume([]);
     let message = publish_fails(&s.env, &pod, &vol, Code::DeadlineExceeded).await;
     assert!(message.contains("timed out"), "{message}");
     let events = s.pod_events(&pod, kubecsr::REASON_TIMEOUT);
@@ -466,7 +502,7 @@ async fn unpublish_deletes_the_request() {
     let _driver = s.start_driver(&[]).await;
     let kubelet = s.env.kubelet();
     let pod = s.create_pod("web-0");
-    let vol = csr_volume([]);
+    let vol = s.volume([]);
     kubelet.publish(&pod, &vol).await.expect("publish");
     assert_eq!(s.volume_requests(&pod, &vol).len(), 1);
     kubelet.unpublish(&pod, &vol).await.expect("unpublish");
@@ -487,17 +523,28 @@ async fn a_missing_ca_source_fails_clearly_without_filing_a_request() {
     let pod = s.create_pod("web-0");
     let vol = csr_volume([]);
     let message = publish_fails(&s.env, &pod, &vol, Code::FailedPrecondition).await;
-    assert!(
-        message.contains("csi.certvol.io/ca-source")
-            && message
-                .contains("no ClusterTrustBundle has spec.signerName \"example.com/workloads\""),
-        "{message}"
-    );
+    if s.serves_ctb() {
+        assert!(
+            message.contains("csi.certvol.io/ca-source")
+                && message.contains(
+                    "no ClusterTrustBundle has spec.signerName \"example.com/workloads\""
+                ),
+            "{message}"
+        );
+    } else {
+        // The default source needs an API this version does not serve: the error says which.
+        assert!(
+            message.contains("csi.certvol.io/ca-source")
+                && message.contains("ClusterTrustBundle")
+                && message.contains("certificates.k8s.io/v1"),
+            "{message}"
+        );
+    }
     assert_eq!(s.pod_events(&pod, kubecsr::REASON_CA).len(), 1);
     assert_nothing_left(&s.env, &pod, &vol);
 
     // A named ConfigMap that does not exist.
-    let vol = csr_volume([("csi.certvol.io/ca-source", "configmap:corp-ca/ca.crt")]);
+    let vol = s.volume([("csi.certvol.io/ca-source", "configmap:corp-ca/ca.crt")]);
     let message = publish_fails(&s.env, &pod, &vol, Code::FailedPrecondition).await;
     assert!(
         message.contains("csi.certvol.io/ca-source")
