@@ -104,9 +104,10 @@ impl Kubelet {
     /// Connects lazily to `socket`; `pods_dir` plays `/var/lib/kubelet/pods`.
     pub fn connect(socket: &Path, pods_dir: &Path) -> Result<Kubelet, tonic::transport::Error> {
         let socket = socket.to_path_buf();
-        // The URI is required by the API but unused: every connection goes to the socket.
+        // Every connection goes to the socket; the URI only sets `:authority`, which kubelet
+        // (1.26+) and the CSI sidecars send as "localhost".
         let channel =
-            Endpoint::try_from("http://[::1]:50051")?
+            Endpoint::try_from("http://localhost")?
                 .connect_timeout(Duration::from_secs(5))
                 .connect_with_connector_lazy(tower::service_fn(move |_: Uri| {
                     let socket = socket.clone();

@@ -347,10 +347,14 @@ async fn restart_with_50_volumes_mid_renewal(ctx: Ctx) -> Outcome {
     check(renewed.is_some(), || {
         with_log(&driver, "not every volume renewed after the restart")
     })?;
+    let limit = plan.memory_limit.unwrap_or_default();
+    let peak = node.memory_peak().unwrap_or_default();
     println!(
-        "  50 volumes, {} consistent reads, {} certificates seen across the restart",
+        "  50 volumes, {} consistent reads, {} certificates seen across the restart; new container's peak memory {} KiB of its {} KiB limit",
         report.reads,
-        report.serials.len()
+        report.serials.len(),
+        peak >> 10,
+        limit >> 10
     );
     Ok(())
 }

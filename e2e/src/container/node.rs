@@ -313,6 +313,18 @@ impl Node {
     }
 }
 
+impl Node {
+    /// The peak memory use of the container started last (its memory cgroup's high-water
+    /// mark, which counts the tmpfs pages it wrote), if it had a limit.
+    pub fn memory_peak(&self) -> Option<u64> {
+        let dir = self.cgroups.last()?;
+        ["memory.max_usage_in_bytes", "memory.peak"]
+            .iter()
+            .find_map(|f| fs::read_to_string(dir.join(f)).ok())
+            .and_then(|t| t.trim().parse().ok())
+    }
+}
+
 impl Drop for Node {
     fn drop(&mut self) {
         // The containers are gone by now (each Driver kills its process when dropped, before
