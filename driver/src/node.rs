@@ -23,7 +23,7 @@ use crate::issuer::Issuer;
 use crate::issuer::certmanager::{CertManagerConfig, CertManagerIssuer};
 use crate::issuer::kubecsr::{KubeCsrConfig, KubeCsrIssuer};
 use crate::issuer::local::{LocalCa, LocalCaConfig};
-use crate::mount::{DirMounter, KernelMounter, Mounter};
+use crate::mount::{DirMounter, KernelMounter, Mounter, Probed};
 use crate::recovery;
 use crate::refresh;
 use crate::scheduler;
@@ -216,7 +216,16 @@ pub fn choose_mounter(
     allow_no_tmpfs: bool,
 ) -> Result<Arc<dyn Mounter>, NodeError> {
     match crate::mount::probe_tmpfs(data_root) {
-        Ok(()) => Ok(Arc::new(KernelMounter)),
+        Ok(Probed::Mounted) => Ok(Arc::new(KernelMounter)),
+        // Real mounts, never the directory fallback: if mounting does not work either, publishes
+        // fail with the mount error instead of putting keys on disk.
+        Ok(Probed::Skipped(why)) => {
+            warn!(
+                reason = %why,
+                "the data root refuses writes, so the tmpfs probe was skipped; serving the volumes it holds, new publishes fail until it is writable"
+            );
+            Ok(Arc::new(KernelMounter))
+        }
         Err(e) if allow_no_tmpfs && e.directories_would_work() => {
             warn!(
                 reason = %e,
