@@ -174,6 +174,17 @@ async fn handle(
     }
     let result = match (route, s.faults.take_failure()) {
         (_, Some(code)) => Err(ApiError::Injected { code }),
+        (None, None)
+            if method == Method::GET && super::discovery::resource_list(uri.path()).is_some() =>
+        {
+            match super::discovery::resource_list(uri.path()).flatten() {
+                Some(list) => Ok(json_response(200, &list)),
+                None => Err(ApiError::NotFound {
+                    resource: "the server could not find the requested resource".into(),
+                    name: uri.path().to_string(),
+                }),
+            }
+        }
         (None, None) => Err(ApiError::NotFound {
             resource: "the server could not find the requested resource".into(),
             name: uri.path().to_string(),

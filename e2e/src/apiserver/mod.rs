@@ -10,6 +10,7 @@
 //! resumable watches that expire, owner-reference garbage collection.
 
 mod csr;
+mod discovery;
 mod http;
 mod meta;
 mod schema;
