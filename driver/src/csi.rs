@@ -15,6 +15,7 @@ use csi::volume_capability::access_mode::Mode;
 use tonic::{Code, Request, Response, Status};
 use tracing::{Instrument, info_span, warn};
 
+use crate::discovery::ApiError;
 use crate::issuer::IssueError;
 use crate::layout::LayoutError;
 use crate::store::{self, Phase, VolumeState};
@@ -82,8 +83,16 @@ impl RpcError {
                     SourceError::NotFound { .. }
                     | SourceError::MissingKey { .. }
                     | SourceError::NotText { .. }
-                    | SourceError::NoneSelected { .. } => Code::FailedPrecondition,
+                    | SourceError::NoneSelected { .. }
+                    // The attribute is valid; the cluster lacks the API it needs.
+                    | SourceError::NoApi(_) => Code::FailedPrecondition,
                     SourceError::Unavailable { .. } => Code::Unavailable,
+                },
+                VolumeError::Api(api) => match api {
+                    ApiError::NotDiscovered { .. } => Code::Unavailable,
+                    ApiError::Missing(_) | ApiError::NoClusterTrustBundles(_) => {
+                        Code::FailedPrecondition
+                    }
                 },
                 _ => Code::Internal,
             },
@@ -703,6 +712,36 @@ mod tests {
                 }
                 .into(),
                 Code::Aborted,
+            ),
+            (
+                VolumeError::Trust(SourceError::NoApi(
+                    crate::discovery::NoClusterTrustBundles::trust(
+                        "csi.certvol.io/trust-cluster-bundles",
+                        "example.com:s:a",
+                    ),
+                ))
+                .into(),
+                Code::FailedPrecondition,
+            ),
+            (
+                VolumeError::Api(ApiError::NotDiscovered {
+                    reason: "connection refused".into(),
+                })
+                .into(),
+                Code::Unavailable,
+            ),
+            (
+                VolumeError::Api(ApiError::Missing(crate::discovery::CERT_MANAGER_API)).into(),
+                Code::FailedPrecondition,
+            ),
+            (
+                VolumeError::Api(ApiError::NoClusterTrustBundles(
+                    crate::discovery::NoClusterTrustBundles::ca_source(
+                        &crate::request::CaSource::ClusterTrustBundleSigner,
+                    ),
+                ))
+                .into(),
+                Code::FailedPrecondition,
             ),
             (VolumeError::Internal("bug".into()).into(), Code::Internal),
         ];

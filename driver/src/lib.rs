@@ -10,7 +10,8 @@
 //! reconcile) · `csi` (gRPC services, the one error → status map) · `node` (the server) ·
 //! `kubelet` (a CSI client acting as kubelet, for the demo and the e2e harness) · `demo` ·
 //! `trust` (trust bundles: sources, assembly, CA rotation overlap, the watch-driven cache) ·
-//! `events` (Warning events on pods) · `refresh` (the loop keeping trust bundles current).
+//! `events` (Warning events on pods) · `refresh` (the loop keeping trust bundles current) ·
+//! `discovery` (which Kubernetes APIs and versions the cluster serves).
 
 #![forbid(unsafe_code)]
 
@@ -19,6 +20,7 @@ pub mod clock;
 pub mod crashpoint;
 pub mod csi;
 pub mod demo;
+pub mod discovery;
 pub mod events;
 pub mod fsutil;
 pub mod inspect;

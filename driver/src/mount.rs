@@ -623,11 +623,23 @@ fn remove_probe_dir(dir: &Path) {
     let _ = fs::remove_dir(dir);
 }
 
+/// What [`probe_tmpfs`] found out.
+#[derive(Debug)]
+pub enum Probed {
+    /// A tmpfs was mounted below the data root (and removed again).
+    Mounted,
+    /// The data root holds a `volumes` directory from earlier runs but refuses writes now (read-only
+    /// or full: the error says which), so the probe directory cannot be made. The node must still
+    /// come up and serve the volumes it has (new publishes are refused with the data-root error
+    /// until an operator clears the fault), so the probe is skipped rather than fatal.
+    Skipped(ProbeError),
+}
+
 /// Checks that this process can mount a tmpfs where `certvol node` mounts the volumes' tmpfs:
 /// below `<data_root>/volumes` (created 0700, as the store creates it). It mounts a small
 /// throwaway tmpfs on [`PROBE_DIR`] and removes it again, also when a step fails; nothing is
 /// written outside the data root (in a pod with `readOnlyRootFilesystem`, /tmp is not writable).
-pub fn probe_tmpfs(data_root: &Path) -> Result<(), ProbeError> {
+pub fn probe_tmpfs(data_root: &Path) -> Result<Probed, ProbeError> {
     let volumes = data_root.join("volumes");
     let dir = volumes.join(PROBE_DIR);
     let failed = |step, path: &Path, errno| ProbeError {
@@ -639,10 +651,19 @@ pub fn probe_tmpfs(data_root: &Path) -> Result<(), ProbeError> {
         .map_err(|e| failed(ProbeStep::CreateDir, &volumes, errno_of(&e)))?;
     // Left by a probe that was killed before it cleaned up.
     remove_probe_dir(&dir);
-    fs::create_dir(&dir).map_err(|e| failed(ProbeStep::CreateDir, &dir, errno_of(&e)))?;
+    if let Err(e) = fs::create_dir(&dir) {
+        let error = failed(ProbeStep::CreateDir, &dir, errno_of(&e));
+        // `volumes` exists (just checked), so this is a data root with a fault, not a wrong one.
+        return match error.errno {
+            Errno::EROFS | Errno::ENOSPC | Errno::EDQUOT => Ok(Probed::Skipped(error)),
+            _ => Err(error),
+        };
+    }
     let mounted = mount_tmpfs_raw(&dir, "certvol-probe", 64 * 1024, 0o700);
     remove_probe_dir(&dir);
-    mounted.map_err(|errno| failed(ProbeStep::Mount, &dir, errno))
+    mounted
+        .map(|()| Probed::Mounted)
+        .map_err(|errno| failed(ProbeStep::Mount, &dir, errno))
 }
 
 /// True if this process can mount a tmpfs in a fresh temporary directory (which it removes).
@@ -652,7 +673,7 @@ pub fn can_mount_tmpfs() -> bool {
     tempfile::Builder::new()
         .prefix("certvol-probe")
         .tempdir()
-        .is_ok_and(|dir| probe_tmpfs(dir.path()).is_ok())
+        .is_ok_and(|dir| matches!(probe_tmpfs(dir.path()), Ok(Probed::Mounted)))
 }
 
 #[cfg(test)]
@@ -979,7 +1000,7 @@ x 36 0:51 / /bad-id rw - tmpfs src rw
         }
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("data");
-        probe_tmpfs(&root).unwrap();
+        assert!(matches!(probe_tmpfs(&root), Ok(Probed::Mounted)));
         let volumes = root.join("volumes");
         let mode = fs::metadata(&volumes).unwrap().permissions().mode() & 0o7777;
         assert_eq!(mode, 0o700, "created as the store creates it");
@@ -993,11 +1014,15 @@ x 36 0:51 / /bad-id rw - tmpfs src rw
         KernelMounter
             .mount_tmpfs(&stale, "certvol-probe", 4096, 0o700)
             .unwrap();
-        probe_tmpfs(&root).unwrap();
+        assert!(matches!(probe_tmpfs(&root), Ok(Probed::Mounted)));
         assert!(!stale.exists());
         assert!(mounted_below(dir.path()).is_empty());
     }
 
+    /// A data root that cannot hold volumes (a read-only one where `volumes` does not exist:
+    /// `readOnlyRootFilesystem` without a hostPath at --data-root) is refused naming EROFS and
+    /// the path; one that holds volumes from earlier runs and turned read-only is not (the node
+    /// must come up and serve them), and says why the probe was skipped.
     #[test]
     fn probe_of_a_read_only_data_root_names_erofs_and_the_path() {
         if !root_or_skip("probe_of_a_read_only_data_root_names_erofs_and_the_path") {
@@ -1030,11 +1055,15 @@ x 36 0:51 / /bad-id rw - tmpfs src rw
         assert!(msg.contains("--data-root"), "{msg}");
         assert!(!err.directories_would_work());
 
-        // There already (a restart): the probe directory is what cannot be made.
+        // There already (a restart while the data root is read-only): skipped, with the reason.
         let existing = ro.join("existing");
-        let err = probe_tmpfs(&existing).unwrap_err();
-        assert_eq!(err.errno, Errno::EROFS);
-        assert_eq!(err.path, existing.join("volumes").join(PROBE_DIR));
+        match probe_tmpfs(&existing) {
+            Ok(Probed::Skipped(err)) => {
+                assert_eq!(err.errno, Errno::EROFS);
+                assert_eq!(err.path, existing.join("volumes").join(PROBE_DIR));
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -18,12 +18,13 @@ use tracing::{Instrument, error, info, info_span, warn};
 
 use crate::clock::{Clock, SystemClock};
 use crate::csi::{IdentityService, NodeService, Readiness};
+use crate::discovery::{self, Apis};
 use crate::events::EventSink;
 use crate::issuer::Issuer;
 use crate::issuer::certmanager::{CertManagerConfig, CertManagerIssuer};
 use crate::issuer::kubecsr::{KubeCsrConfig, KubeCsrIssuer};
 use crate::issuer::local::{LocalCa, LocalCaConfig};
-use crate::mount::{DirMounter, KernelMounter, Mounter};
+use crate::mount::{DirMounter, KernelMounter, Mounter, Probed};
 use crate::recovery;
 use crate::refresh;
 use crate::scheduler;
@@ -216,7 +217,16 @@ pub fn choose_mounter(
     allow_no_tmpfs: bool,
 ) -> Result<Arc<dyn Mounter>, NodeError> {
     match crate::mount::probe_tmpfs(data_root) {
-        Ok(()) => Ok(Arc::new(KernelMounter)),
+        Ok(Probed::Mounted) => Ok(Arc::new(KernelMounter)),
+        // Real mounts, never the directory fallback: if mounting does not work either, publishes
+        // fail with the mount error instead of putting keys on disk.
+        Ok(Probed::Skipped(why)) => {
+            warn!(
+                reason = %why,
+                "the data root refuses writes, so the tmpfs probe was skipped; serving the volumes it holds, new publishes fail until it is writable"
+            );
+            Ok(Arc::new(KernelMounter))
+        }
         Err(e) if allow_no_tmpfs && e.directories_would_work() => {
             warn!(
                 reason = %e,
@@ -233,8 +243,10 @@ pub fn choose_mounter(
 pub fn api_trust(
     client: &kube::Client,
     opts: &NodeOptions,
+    apis: &Apis,
 ) -> (TrustCache, Arc<EventSink>, BoxFuture<'static, ()>) {
-    let (cache, watches) = TrustCache::new(client.clone(), opts.trust_namespace.clone());
+    let (cache, watches) =
+        TrustCache::new(client.clone(), opts.trust_namespace.clone(), apis.clone());
     let events = Arc::new(EventSink::new(client.clone(), opts.node_id.clone()));
     (cache, events, Box::pin(watches))
 }
@@ -256,6 +268,9 @@ pub async fn run(
     // watch has listed the node's requests and is not failing now (the API server answers and
     // RBAC allows the watch).
     let mut issuer_reachable: Arc<dyn Fn() -> bool + Send + Sync> = Arc::new(|| true);
+    // What the cluster serves (API modes): the ClusterTrustBundle version every CTB reader uses,
+    // and whether the issuer's API exists. Discovered in the background (see `discovery`).
+    let mut apis: Option<Apis> = None;
     let (refresh_handle, refresher) = refresh::channel();
     let mut trust = TrustWiring {
         refresher: Some(refresh_handle),
@@ -268,7 +283,10 @@ pub async fn run(
                 .map_err(|e| NodeError::Kube(e.to_string()))?;
             let client = crate::kubeclient::client(config.clone(), opts.api_rate_limit)
                 .map_err(|e| NodeError::Kube(e.to_string()))?;
-            let (cache, events, trust_watch) = api_trust(&client, &opts);
+            let (found, discovering) = Apis::discover(client.clone(), discovery::CERT_MANAGER_API);
+            issuer_tasks.push((info_span!("api-discovery"), Box::pin(discovering)));
+            let (cache, events, trust_watch) = api_trust(&client, &opts, &found);
+            apis = Some(found);
             trust.cache = Some(cache);
             trust.events = Some(events);
             issuer_tasks.push((info_span!("trust-watch"), trust_watch));
@@ -293,7 +311,9 @@ pub async fn run(
                 .map_err(|e| NodeError::Kube(e.to_string()))?;
             let client = crate::kubeclient::client(config, opts.api_rate_limit)
                 .map_err(|e| NodeError::Kube(e.to_string()))?;
-            let (cache, events, trust_watch) = api_trust(&client, &opts);
+            let (found, discovering) = Apis::discover(client.clone(), discovery::CSR_API);
+            issuer_tasks.push((info_span!("api-discovery"), Box::pin(discovering)));
+            let (cache, events, trust_watch) = api_trust(&client, &opts, &found);
             trust.cache = Some(cache);
             trust.events = Some(events);
             issuer_tasks.push((info_span!("trust-watch"), trust_watch));
@@ -303,7 +323,9 @@ pub async fn run(
                     node_id: opts.node_id.clone(),
                     wait_timeout: opts.issue_timeout,
                 },
+                found.clone(),
             );
+            apis = Some(found);
             issuer_tasks.push((info_span!("kubernetes-csr-watch"), Box::pin(watch)));
             let issuer = Arc::new(issuer);
             let probe = issuer.clone();
@@ -332,17 +354,19 @@ pub async fn run(
             "--trust-namespace has no effect with --issuer local: without Kubernetes API access no ConfigMap or Secret can be read"
         );
     }
-    let volumes = Arc::new(
-        VolumeManager::new(
-            cfg,
-            store,
-            mounter.clone(),
-            issuer,
-            clock.clone(),
-            sched_handle,
-        )
-        .with_trust(trust),
-    );
+    let mut manager = VolumeManager::new(
+        cfg,
+        store,
+        mounter.clone(),
+        issuer,
+        clock.clone(),
+        sched_handle,
+    )
+    .with_trust(trust);
+    if let Some(apis) = &apis {
+        manager = manager.with_apis(apis.clone());
+    }
+    let volumes = Arc::new(manager);
     let ready = Readiness::default();
     let (stop_tx, stop_rx) = watch::channel(false);
 
@@ -385,11 +409,14 @@ pub async fn run(
     if let Some(ops_listener) = ops_listener {
         info!(address = %ops_listener.local_addr().map_or_else(|e| e.to_string(), |a| a.to_string()), "serving /metrics, /healthz, /readyz");
         let (recovered, stopping) = (ready.clone(), stop_rx.clone());
+        let apis = apis.clone();
         let check: crate::ops::ReadyCheck = Arc::new(move || {
             if *stopping.borrow() {
                 Err("shutting down".into())
             } else if !recovered.is_ready() {
                 Err("recovering volume state after a restart".into())
+            } else if let Some(Err(why)) = apis.as_ref().map(Apis::readiness) {
+                Err(why)
             } else if !issuer_reachable() {
                 Err("the issuer is not reachable (the request watch has not listed yet, or its last attempt failed; see the log)".into())
             } else {

@@ -20,6 +20,7 @@ use zeroize::Zeroizing;
 use crate::attrs::{self, AttrError};
 use crate::clock::Clock;
 use crate::crashpoint;
+use crate::discovery::{ApiError, Apis};
 use crate::events::{self, EventSink};
 use crate::fsutil;
 use crate::issuer::certmanager::{BearerToken, token_from_context};
@@ -177,6 +178,9 @@ pub enum VolumeError {
     /// A trust source could not be read, or the namespace policy forbids it.
     #[error(transparent)]
     Trust(#[from] SourceError),
+    /// The cluster does not serve an API the volume needs (or discovery has not answered yet).
+    #[error(transparent)]
+    Api(#[from] ApiError),
     /// The data root refused a write (full or read-only): an operator has to act, and until then
     /// no volume can be published there and no renewal can be recorded.
     #[error(
@@ -256,6 +260,7 @@ impl VolumeError {
     /// resumes it (the issuer may still sign the pending request).
     fn keeps_pending(&self) -> bool {
         matches!(self, VolumeError::Issue(e) if e.is_transient())
+            || matches!(self, VolumeError::Api(e) if e.is_transient())
             || matches!(self, VolumeError::Expired { .. })
     }
 }
@@ -375,6 +380,8 @@ pub struct VolumeManager {
     /// keystore. Never on persistent disk.
     passwords: StdMutex<HashMap<String, Password>>,
     trust: TrustWiring,
+    /// What the cluster serves (API modes); `None` without an API (local mode).
+    apis: Option<Apis>,
 }
 
 impl VolumeManager {
@@ -397,12 +404,20 @@ impl VolumeManager {
             tokens: StdMutex::new(HashMap::new()),
             passwords: StdMutex::new(HashMap::new()),
             trust: TrustWiring::default(),
+            apis: None,
         }
     }
 
     /// Gives the manager its trust-bundle wiring (before it is shared).
     pub fn with_trust(mut self, trust: TrustWiring) -> Self {
         self.trust = trust;
+        self
+    }
+
+    /// Gives the manager the API discovery of a node with Kubernetes API access: publishes then
+    /// check the APIs they need first (see [`crate::discovery::Apis::check`]).
+    pub fn with_apis(mut self, apis: Apis) -> Self {
+        self.apis = Some(apis);
         self
     }
 
@@ -623,8 +638,14 @@ impl VolumeManager {
             }
         }
 
-        // Before anything is created: a source that is missing or not allowed leaves nothing
-        // behind, and kubelet's retry finds it once it exists.
+        // Before anything is created: an API the volume needs that the cluster does not serve
+        // (the issuer's, or ClusterTrustBundles for its ca-source or trust sources) is named
+        // here rather than surfacing as a 404 later, and leaves nothing behind.
+        if let Some(apis) = &self.apis {
+            apis.check(req, self.cfg.issue_timeout).await?;
+        }
+        // Likewise a source that is missing or not allowed; kubelet's retry finds it once it
+        // exists.
         let mut trust = self.open_trust(req)?;
         if let Some(trust) = trust.as_mut() {
             trust.ready(self.cfg.issue_timeout).await?;
@@ -1871,6 +1892,11 @@ mod tests {
     }
 
     fn fixture() -> Fixture {
+        fixture_with(None)
+    }
+
+    /// A fixture whose manager knows what the cluster serves (a node with API access).
+    fn fixture_with(apis: Option<Apis>) -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
         let ahead = Arc::new(Ahead::default());
@@ -1885,14 +1911,18 @@ mod tests {
         let (handle, scheduler) = crate::scheduler::channel();
         let mut cfg = Config::new("node-a");
         cfg.kubelet_dir = dir.path().to_path_buf();
-        let mgr = Arc::new(VolumeManager::new(
+        let mut mgr = VolumeManager::new(
             cfg,
             store,
             Arc::new(DirMounter::default()),
             issuer.clone(),
             ahead.clone(),
             handle,
-        ));
+        );
+        if let Some(apis) = apis {
+            mgr = mgr.with_apis(apis);
+        }
+        let mgr = Arc::new(mgr);
         let pods = dir.path().join("pods");
         Fixture {
             _dir: dir,
@@ -1941,6 +1971,118 @@ mod tests {
 
     fn calls(f: &Fixture) -> Vec<String> {
         f.issuer.calls.lock().unwrap().clone()
+    }
+
+    /// No ClusterTrustBundle API (a 1.30 cluster, or 1.33-1.36 without the beta enabled): a
+    /// volume whose default ca-source or trust attributes need one fails before anything is
+    /// created, FailedPrecondition naming the attribute; one that needs none is published.
+    #[tokio::test]
+    async fn without_the_clustertrustbundle_api_volumes_that_need_it_fail_cleanly() {
+        use crate::discovery::{ApiError, Served};
+        use tonic::Code;
+        let f = fixture_with(Some(Apis::fixed(Served {
+            cluster_trust_bundles: None,
+            missing: None,
+        })));
+        let with = |name: &str, set: &[(&str, &str)], unset: &[&str]| {
+            let mut p = params(&f, name);
+            for key in unset {
+                p.context.remove(*key);
+            }
+            for (k, v) in set {
+                p.context.insert((*k).to_owned(), (*v).to_owned());
+            }
+            p
+        };
+        let cases = [
+            (
+                with(
+                    "csr-default",
+                    &[("csi.certvol.io/signer-name", "example.com/w")],
+                    &["csi.certvol.io/issuer-name"],
+                ),
+                "csi.certvol.io/ca-source",
+            ),
+            (
+                with(
+                    "trust-named",
+                    &[("csi.certvol.io/trust-cluster-bundles", "example.com:s:a")],
+                    &[],
+                ),
+                "csi.certvol.io/trust-cluster-bundles",
+            ),
+            (
+                with(
+                    "trust-signer",
+                    &[("csi.certvol.io/trust-signer-name", "example.com/s")],
+                    &[],
+                ),
+                "csi.certvol.io/trust-signer-name",
+            ),
+        ];
+        for (p, attribute) in cases {
+            let err = f.mgr.publish(p.clone()).await.unwrap_err();
+            assert!(
+                matches!(&err, VolumeError::Api(ApiError::NoClusterTrustBundles(e)) if e.attribute == attribute),
+                "{err:?}"
+            );
+            let status = crate::csi::RpcError::Volume(err).status();
+            assert_eq!(status.code(), Code::FailedPrecondition);
+            let msg = status.message();
+            assert!(
+                msg.starts_with(&format!("volume attribute {attribute:?} (")),
+                "{msg}"
+            );
+            assert!(
+                msg.contains("needs the ClusterTrustBundle API, which this cluster does not serve in any version: certificates.k8s.io/v1 (Kubernetes 1.37 and later), or certificates.k8s.io/v1beta1 on 1.33-1.36"),
+                "{msg}"
+            );
+            // Nothing left behind, nothing filed.
+            assert!(f.mgr.store().load(&p.volume_id).unwrap().is_none());
+            assert!(!p.target_path.exists());
+        }
+        assert!(calls(&f).is_empty());
+        assert_eq!(
+            fs::read_dir(f.mgr.store().root().join("volumes"))
+                .unwrap()
+                .count(),
+            0
+        );
+
+        // A ConfigMap ca-source needs no ClusterTrustBundle API.
+        let p = with(
+            "csr-configmap",
+            &[
+                ("csi.certvol.io/signer-name", "example.com/w"),
+                ("csi.certvol.io/ca-source", "configmap:corp-ca/ca.crt"),
+            ],
+            &["csi.certvol.io/issuer-name"],
+        );
+        f.mgr.publish(p).await.unwrap();
+    }
+
+    /// The issuer's API is missing (cert-manager not installed): FailedPrecondition naming it,
+    /// nothing created.
+    #[tokio::test]
+    async fn a_missing_issuer_api_fails_publish_naming_it() {
+        use crate::discovery::{CERT_MANAGER_API, CtbVersion, Served};
+        let f = fixture_with(Some(Apis::fixed(Served {
+            cluster_trust_bundles: Some(CtbVersion::V1),
+            missing: Some(CERT_MANAGER_API),
+        })));
+        let p = params(&f, "web");
+        let status =
+            crate::csi::RpcError::Volume(f.mgr.publish(p.clone()).await.unwrap_err()).status();
+        assert_eq!(status.code(), tonic::Code::FailedPrecondition);
+        assert!(
+            status
+                .message()
+                .starts_with("this cluster does not serve cert-manager.io/v1 certificaterequests, which --issuer cert-manager needs"),
+            "{}",
+            status.message()
+        );
+        assert!(calls(&f).is_empty());
+        assert!(f.mgr.store().load(&p.volume_id).unwrap().is_none());
     }
 
     #[tokio::test]

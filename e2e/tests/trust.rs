@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use certvol_driver::discovery::{self, Apis};
 use certvol_driver::trust::source::{KeyRef, SignerSelector};
 use certvol_driver::trust::{ObjectRef, SourceError, TrustCache, TrustSpec};
 use certvol_e2e::apiserver::{ApiServer, Kind};
@@ -631,10 +632,18 @@ fn subjects(pem: &str) -> Vec<String> {
 
 const WITHIN: Duration = Duration::from_secs(5);
 
+/// What the stand-in serves, discovered as `certvol node` discovers it (the cache reads
+/// ClusterTrustBundles in the version found).
+fn discovered(client: &Client) -> Apis {
+    let (apis, discovering) = Apis::discover(client.clone(), discovery::CSR_API);
+    tokio::spawn(discovering);
+    apis
+}
+
 #[tokio::test]
 async fn cache_follows_configmap_updates_and_shares_watches() {
     let (server, client) = start().await;
-    let (cache, driver) = TrustCache::new(client.clone(), None);
+    let (cache, driver) = TrustCache::new(client.clone(), None, discovered(&client));
     let driver = tokio::spawn(driver);
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), NS);
     let (corp1, corp2, issuing) = (
@@ -733,7 +742,8 @@ async fn cache_follows_configmap_updates_and_shares_watches() {
 #[tokio::test]
 async fn missing_objects_keys_and_deletions_are_typed_errors() {
     let (_server, client) = start().await;
-    let (cache, driver) = TrustCache::new(client.clone(), Some("certvol".into()));
+    let (cache, driver) =
+        TrustCache::new(client.clone(), Some("certvol".into()), discovered(&client));
     tokio::spawn(driver);
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), NS);
     let secrets: Api<Secret> = Api::namespaced(client.clone(), "certvol");
@@ -836,7 +846,7 @@ async fn cluster_trust_bundles_by_name_and_by_signer_and_labels() {
     let Some((ar, ctbs)) = ctb_api(&server, &client).await else {
         return;
     };
-    let (cache, driver) = TrustCache::new(client.clone(), None);
+    let (cache, driver) = TrustCache::new(client.clone(), None, discovered(&client));
     tokio::spawn(driver);
     let (n, p1, p2, d) = (
         cert("named", true),
@@ -937,7 +947,7 @@ async fn cluster_trust_bundles_by_name_and_by_signer_and_labels() {
 async fn an_unreachable_api_times_out_with_the_watch_error() {
     let (server, client) = start().await;
     server.faults().fail_next(1000, 403);
-    let (cache, driver) = TrustCache::new(client, None);
+    let (cache, driver) = TrustCache::new(client.clone(), None, discovered(&client));
     tokio::spawn(driver);
     let mut v = cache
         .subscribe(&spec_with(&["corp/ca.crt"], &[]), NS)
@@ -961,7 +971,7 @@ async fn an_unreachable_api_times_out_with_the_watch_error() {
 #[tokio::test]
 async fn cache_recovers_from_dropped_and_expired_watches() {
     let (server, client) = start().await;
-    let (cache, driver) = TrustCache::new(client.clone(), None);
+    let (cache, driver) = TrustCache::new(client.clone(), None, discovered(&client));
     tokio::spawn(driver);
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), NS);
     let (one, two) = (cert("one", true), cert("two", true));

@@ -7,6 +7,11 @@
 //! `fieldSelector=spec.signerName=...` plus the label selector. Volumes naming the same object
 //! share one watch (reference-counted); the watch stops when the last subscriber is dropped.
 //!
+//! ClusterTrustBundles are read in the version API discovery found (v1, v1beta1 or v1alpha1, as
+//! `DynamicObject`s: one schema, only `apiVersion` differs); a watch started before discovery
+//! answered waits for it. On a cluster that serves none, the source reports
+//! [`SourceError::NoApi`] instead of watching.
+//!
 //! The cache never spawns: [`TrustCache::new`] returns the future that runs every watch, and
 //! the node runs it with its other background work (see `node.rs`).
 //!
@@ -22,8 +27,8 @@ use std::time::Duration;
 use futures::StreamExt;
 use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
-use k8s_openapi::api::certificates::v1beta1::ClusterTrustBundle;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use kube::api::DynamicObject;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, ResourceExt};
@@ -33,6 +38,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::bundle::{self, Bundle, SourcePem};
 use super::source::{self, ObjectRef, PolicyError, ResolvedSource, TrustSpec};
+use crate::discovery::{Apis, NoClusterTrustBundles};
 
 /// Data of one object: key → bytes (ConfigMap `data` and `binaryData`, Secret `data`,
 /// ClusterTrustBundle `spec.trustBundle` under the key `trustBundle`).
@@ -47,6 +53,9 @@ struct Snapshot {
     objects: Option<BTreeMap<String, ObjectData>>,
     /// The last watch error (e.g. 403 from RBAC), cleared when the watch recovers.
     error: Option<String>,
+    /// The cluster serves no ClusterTrustBundle API, so this (ClusterTrustBundle) source is never
+    /// listed.
+    no_api: bool,
 }
 
 /// Why a source's content is not available.
@@ -85,6 +94,9 @@ pub enum SourceError {
         waited: Duration,
         reason: String,
     },
+    /// The source is a ClusterTrustBundle and the cluster serves no version of that API.
+    #[error(transparent)]
+    NoApi(NoClusterTrustBundles),
     #[error(transparent)]
     Policy(#[from] PolicyError),
 }
@@ -98,6 +110,7 @@ impl SourceError {
             | SourceError::NotText { attribute, .. }
             | SourceError::NoneSelected { attribute, .. }
             | SourceError::Unavailable { attribute, .. } => attribute,
+            SourceError::NoApi(e) => &e.attribute,
             SourceError::Policy(p) => p.attribute(),
         }
     }
@@ -112,6 +125,8 @@ struct Entry {
 
 struct Shared {
     client: kube::Client,
+    /// Which ClusterTrustBundle version to read.
+    apis: Apis,
     trust_namespace: Option<String>,
     entries: Mutex<HashMap<ObjectRef, Entry>>,
     start: mpsc::UnboundedSender<BoxFuture<'static, ()>>,
@@ -151,17 +166,20 @@ impl Drop for Subscription {
 }
 
 impl TrustCache {
-    /// A cache reading through `client`; `trust_namespace` is the node's `--trust-namespace`.
+    /// A cache reading through `client`; `trust_namespace` is the node's `--trust-namespace`;
+    /// `apis` tells which ClusterTrustBundle version the cluster serves.
     /// The returned future runs every watch the cache starts and must be driven for subscribers
     /// to see anything; it ends when the cache and all subscriptions are dropped.
     pub fn new(
         client: kube::Client,
         trust_namespace: Option<String>,
+        apis: Apis,
     ) -> (TrustCache, impl Future<Output = ()> + Send + 'static) {
         let (start, rx) = mpsc::unbounded_channel();
         let cache = TrustCache {
             shared: Arc::new(Shared {
                 client,
+                apis,
                 trust_namespace,
                 entries: Mutex::new(HashMap::new()),
                 start,
@@ -188,7 +206,13 @@ impl TrustCache {
             None => {
                 let tx = Arc::new(watch::Sender::new(Snapshot::default()));
                 let (stop_tx, stop_rx) = oneshot::channel();
-                let task = watch_object(&self.shared.client, object, tx.clone(), stop_rx);
+                let task = watch_object(
+                    &self.shared.client,
+                    &self.shared.apis,
+                    object,
+                    tx.clone(),
+                    stop_rx,
+                );
                 let span = info_span!("trust-watch", object = %object);
                 // The receiver lives in the drive future; if that is gone the node is shutting
                 // down and the subscription simply never fills.
@@ -257,6 +281,7 @@ async fn drive(mut start: mpsc::UnboundedReceiver<BoxFuture<'static, ()>>) {
 
 fn watch_object(
     client: &kube::Client,
+    apis: &Apis,
     object: &ObjectRef,
     tx: Arc<watch::Sender<Snapshot>>,
     stop: oneshot::Receiver<()>,
@@ -277,10 +302,10 @@ fn watch_object(
             tx,
             stop,
         )),
-        ObjectRef::ClusterTrustBundle { name } => Box::pin(run_watch(
-            Api::<ClusterTrustBundle>::all(client.clone()),
+        ObjectRef::ClusterTrustBundle { name } => Box::pin(watch_ctb(
+            client.clone(),
+            apis.clone(),
             by_name(name),
-            ctb_data,
             tx,
             stop,
         )),
@@ -293,13 +318,7 @@ fn watch_object(
             if !labels.is_empty() {
                 config = config.labels(labels);
             }
-            Box::pin(run_watch(
-                Api::<ClusterTrustBundle>::all(client.clone()),
-                config,
-                ctb_data,
-                tx,
-                stop,
-            ))
+            Box::pin(watch_ctb(client.clone(), apis.clone(), config, tx, stop))
         }
     }
 }
@@ -323,8 +342,55 @@ fn secret_data(s: &Secret) -> ObjectData {
         .collect()
 }
 
-fn ctb_data(b: &ClusterTrustBundle) -> ObjectData {
-    ObjectData::from([(CTB_KEY.to_owned(), b.spec.trust_bundle.clone().into_bytes())])
+/// `spec.trustBundle`, the same field in every ClusterTrustBundle version. A bundle without it
+/// (the API requires it) reads as one without the key, which `content` reports.
+fn ctb_data(b: &DynamicObject) -> ObjectData {
+    b.data
+        .get("spec")
+        .and_then(|spec| spec.get(CTB_KEY))
+        .and_then(serde_json::Value::as_str)
+        .map(|pem| ObjectData::from([(CTB_KEY.to_owned(), pem.as_bytes().to_vec())]))
+        .unwrap_or_default()
+}
+
+/// Watches ClusterTrustBundles with `config` in the version discovery found, once it has
+/// answered; with no version served, marks the source as such and idles until stopped.
+async fn watch_ctb(
+    client: kube::Client,
+    apis: Apis,
+    config: watcher::Config,
+    tx: Arc<watch::Sender<Snapshot>>,
+    mut stop: oneshot::Receiver<()>,
+) {
+    tx.send_if_modified(|s| {
+        let waiting = Some(
+            "waiting for API discovery to tell which ClusterTrustBundle version the cluster serves"
+                .to_owned(),
+        );
+        let changed = s.objects.is_none() && s.error != waiting;
+        if changed {
+            s.error = waiting;
+        }
+        changed
+    });
+    let version = tokio::select! {
+        _ = &mut stop => return,
+        version = apis.cluster_trust_bundles() => version,
+    };
+    match version {
+        Some(version) => {
+            let api = Api::<DynamicObject>::all_with(client, &version.api_resource());
+            run_watch(api, config, ctb_data, tx, stop).await;
+        }
+        None => {
+            tx.send_replace(Snapshot {
+                objects: None,
+                error: None,
+                no_api: true,
+            });
+            let _ = stop.await;
+        }
+    }
 }
 
 /// Lists and watches with `config` until `stop` fires (or its sender is dropped), publishing the
@@ -337,7 +403,6 @@ async fn run_watch<K>(
     mut stop: oneshot::Receiver<()>,
 ) where
     K: kube::Resource + Clone + DeserializeOwned + Debug + Send + 'static,
-    K::DynamicType: Default,
 {
     info!("watching trust source");
     let mut stream = watcher::watcher(api, config).default_backoff().boxed();
@@ -349,6 +414,7 @@ async fn run_watch<K>(
             let next = Snapshot {
                 objects: Some(live.clone()),
                 error: None,
+                no_api: false,
             };
             let changed = *s != next;
             *s = next;
@@ -409,6 +475,17 @@ fn content(
     source: &ResolvedSource,
     snap: &Snapshot,
 ) -> Result<Option<Vec<SourcePem>>, SourceError> {
+    if snap.no_api {
+        let what = match &source.object {
+            ObjectRef::ClusterTrustBundle { name } => name.clone(),
+            ObjectRef::Signer { signer_name, .. } => signer_name.clone(),
+            other => other.to_string(),
+        };
+        return Err(SourceError::NoApi(NoClusterTrustBundles::trust(
+            &source.attribute,
+            &what,
+        )));
+    }
     let Some(objects) = &snap.objects else {
         return Ok(None);
     };
@@ -501,7 +578,8 @@ impl VolumeTrust {
             loop {
                 let (listed, error) = {
                     let snap = sub.rx.borrow_and_update();
-                    (snap.objects.is_some(), snap.error.clone())
+                    // No API: nothing to wait for; `content` reports it below.
+                    (snap.objects.is_some() || snap.no_api, snap.error.clone())
                 };
                 if listed {
                     break;
@@ -617,6 +695,7 @@ mod tests {
                     .collect(),
             ),
             error: None,
+            no_api: false,
         }
     }
 
@@ -694,5 +773,160 @@ mod tests {
                 (got, want) => panic!("got {got:?}, want {want:?}"),
             }
         }
+    }
+
+    /// An API server of a given Kubernetes version as far as ClusterTrustBundles go: discovery
+    /// answers for `certificates.k8s.io/v1` (CSRs, plus ClusterTrustBundles if `ctb` is v1) and
+    /// for `ctb`; bundles are listed only in `ctb`; watches stay open without events. Everything
+    /// else is 404, as kube-apiserver answers for versions it does not serve.
+    fn apiserver(ctb: Option<&'static str>, seen: Arc<Mutex<Vec<String>>>) -> kube::Client {
+        use kube::client::Body;
+        use serde_json::json;
+        use tonic::codegen::http::{Request, Response};
+        let service = tower::service_fn(move |req: Request<Body>| {
+            let seen = seen.clone();
+            async move {
+                let path = req.uri().path().to_owned();
+                let query = req.uri().query().unwrap_or_default().to_owned();
+                seen.lock().unwrap().push(format!("{path}?{query}"));
+                let gv = |v: &str| format!("/apis/certificates.k8s.io/{v}");
+                let mut resources = Vec::new();
+                if path == gv("v1") {
+                    resources.push("certificatesigningrequests");
+                }
+                if ctb.is_some_and(|v| path == gv(v)) {
+                    resources.push("clustertrustbundles");
+                }
+                let listing = ctb.is_some_and(|v| path == format!("{}/clustertrustbundles", gv(v)));
+                if listing && query.contains("watch=true") {
+                    // An open watch with nothing to report.
+                    std::future::pending::<()>().await;
+                }
+                let (code, body) = if !resources.is_empty() {
+                    (
+                        200,
+                        json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": path.trim_start_matches("/apis/"),
+                               "resources": resources.iter().map(|r| json!({"name": r, "singularName": "", "namespaced": false,
+                                   "kind": "X", "verbs": ["get", "list", "watch"]})).collect::<Vec<_>>()}),
+                    )
+                } else if listing {
+                    let api_version = format!("certificates.k8s.io/{}", ctb.unwrap_or_default());
+                    (
+                        200,
+                        json!({"apiVersion": api_version, "kind": "ClusterTrustBundleList",
+                               "metadata": {"resourceVersion": "7"},
+                               "items": [{"apiVersion": api_version, "kind": "ClusterTrustBundle",
+                                          "metadata": {"name": "example.com:s:a", "resourceVersion": "7"},
+                                          "spec": {"signerName": "example.com/s", "trustBundle": "PEM-A"}}]}),
+                    )
+                } else {
+                    (
+                        404,
+                        json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                               "message": "the server could not find the requested resource",
+                               "reason": "NotFound", "code": 404}),
+                    )
+                };
+                let response = Response::builder()
+                    .status(code)
+                    .header("content-type", "application/json")
+                    .body(Body::from(serde_json::to_vec(&body)?))?;
+                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(response)
+            }
+        });
+        kube::Client::new(service, "default")
+    }
+
+    fn trust_spec(key: &str, value: &str) -> TrustSpec {
+        let ctx = [
+            ("csi.certvol.io/issuer-name", "ca"),
+            ("csi.certvol.io/dns-names", "a.example"),
+            (key, value),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        crate::attrs::parse(&ctx).unwrap().trust.unwrap()
+    }
+
+    /// The trust watch reads ClusterTrustBundles in the version the server serves: v1 on 1.37
+    /// (where the old hard-coded v1beta1 404s), v1beta1 on 1.36 with the beta enabled, and on
+    /// 1.30 (none) the source fails with NoApi naming the attribute instead of waiting out a 404.
+    #[tokio::test]
+    async fn cluster_trust_bundles_are_watched_in_the_served_version() {
+        for version in ["v1", "v1beta1"] {
+            let seen = Arc::new(Mutex::new(Vec::new()));
+            let client = apiserver(Some(version), seen.clone());
+            let (apis, discovering) = Apis::discover(client.clone(), crate::discovery::CSR_API);
+            let discovering = tokio::spawn(discovering);
+            let (cache, drive) = TrustCache::new(client, None, apis);
+            let drive = tokio::spawn(drive);
+            for (key, value) in [
+                ("csi.certvol.io/trust-cluster-bundles", "example.com:s:a"),
+                ("csi.certvol.io/trust-signer-name", "example.com/s"),
+            ] {
+                let mut trust = cache.subscribe(&trust_spec(key, value), "shop").unwrap();
+                trust
+                    .ready(Duration::from_secs(5))
+                    .await
+                    .unwrap_or_else(|e| panic!("{version} {key}: {e}"));
+                let labels: Vec<String> = trust
+                    .sources("")
+                    .unwrap()
+                    .into_iter()
+                    .map(|s| s.label)
+                    .filter(|l| l.starts_with("ClusterTrustBundle"))
+                    .collect();
+                assert_eq!(
+                    labels,
+                    ["ClusterTrustBundle example.com:s:a"],
+                    "{version} {key}"
+                );
+            }
+            let lists: Vec<String> = seen
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|p| p.contains("/clustertrustbundles?"))
+                .cloned()
+                .collect();
+            assert!(!lists.is_empty());
+            let prefix = format!("/apis/certificates.k8s.io/{version}/clustertrustbundles?");
+            assert!(lists.iter().all(|p| p.starts_with(&prefix)), "{lists:?}");
+            drop(cache);
+            drive.abort();
+            discovering.await.unwrap();
+        }
+
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let client = apiserver(None, seen.clone());
+        let (apis, discovering) = Apis::discover(client.clone(), crate::discovery::CSR_API);
+        tokio::spawn(discovering);
+        let (cache, drive) = TrustCache::new(client, None, apis);
+        tokio::spawn(drive);
+        let key = "csi.certvol.io/trust-cluster-bundles";
+        let mut trust = cache
+            .subscribe(&trust_spec(key, "example.com:s:a"), "shop")
+            .unwrap();
+        match trust.ready(Duration::from_secs(5)).await {
+            Err(e @ SourceError::NoApi(_)) => {
+                assert_eq!(e.attribute(), key);
+                let msg = e.to_string();
+                assert!(
+                    msg.starts_with("volume attribute \"csi.certvol.io/trust-cluster-bundles\" (\"example.com:s:a\") needs the ClusterTrustBundle API"),
+                    "{msg}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            !seen
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|p| p.contains("/clustertrustbundles")),
+            "no bundle read without the API: {:?}",
+            seen.lock().unwrap()
+        );
     }
 }

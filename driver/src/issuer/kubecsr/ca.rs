@@ -5,16 +5,20 @@
 //!
 //! Resolution sits behind [`CaResolver`] so that a watch-driven trust-source cache can replace the
 //! direct API reads of [`KubeCaResolver`] without touching the issuer.
+//!
+//! ClusterTrustBundles are read in the version API discovery found (see [`crate::discovery`]),
+//! as `DynamicObject`s: every version has the same `spec.signerName` and `spec.trustBundle`.
 
 use std::fmt;
+use std::time::Duration;
 
 use futures::future::BoxFuture;
-use k8s_openapi::api::certificates::v1::ClusterTrustBundle;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
-use kube::Api;
-use kube::api::ListParams;
+use kube::api::{DynamicObject, ListParams};
+use kube::{Api, ResourceExt};
 use serde::de::DeserializeOwned;
 
+use crate::discovery::{Apis, NoClusterTrustBundles};
 use crate::request::CaSource;
 
 /// Why a CA could not be resolved.
@@ -33,6 +37,9 @@ pub enum CaError {
         source_name: String,
         message: String,
     },
+    /// The source is a ClusterTrustBundle and the cluster serves no version of that API.
+    #[error(transparent)]
+    NoApi(NoClusterTrustBundles),
 }
 
 impl CaError {
@@ -56,6 +63,9 @@ pub trait CaResolver: Send + Sync + fmt::Debug + 'static {
 /// Reads the source from the API server on every call.
 pub struct KubeCaResolver {
     client: kube::Client,
+    apis: Apis,
+    /// How long a ClusterTrustBundle read waits for API discovery to answer.
+    discovery_wait: Duration,
 }
 
 impl fmt::Debug for KubeCaResolver {
@@ -65,9 +75,41 @@ impl fmt::Debug for KubeCaResolver {
 }
 
 impl KubeCaResolver {
-    pub fn new(client: kube::Client) -> Self {
-        KubeCaResolver { client }
+    /// `apis` tells which ClusterTrustBundle version to read; a read waits for it at most
+    /// `discovery_wait` (then answers Unavailable).
+    pub fn new(client: kube::Client, apis: Apis, discovery_wait: Duration) -> Self {
+        KubeCaResolver {
+            client,
+            apis,
+            discovery_wait,
+        }
     }
+
+    /// The ClusterTrustBundle API in the served version, or why there is none to read.
+    async fn bundles(&self, source: &CaSource) -> Result<Api<DynamicObject>, CaError> {
+        let served = self
+            .apis
+            .served_within(self.discovery_wait)
+            .await
+            .map_err(|e| CaError::Unavailable {
+                source_name: source.to_string(),
+                message: e.to_string(),
+            })?;
+        match served.cluster_trust_bundles {
+            Some(version) => Ok(Api::all_with(self.client.clone(), &version.api_resource())),
+            None => Err(CaError::NoApi(NoClusterTrustBundles::ca_source(source))),
+        }
+    }
+}
+
+/// `spec.trustBundle` of a ClusterTrustBundle of any version (empty when absent, which
+/// [`certificates_only`] then reports).
+fn trust_bundle(b: &DynamicObject) -> &str {
+    b.data
+        .get("spec")
+        .and_then(|spec| spec.get("trustBundle"))
+        .and_then(serde_json::Value::as_str)
+        .unwrap_or_default()
 }
 
 /// Keeps the CERTIFICATE blocks of `pem` (re-encoded, in order); errors when there are none or
@@ -140,7 +182,7 @@ impl CaResolver for KubeCaResolver {
             };
             match source {
                 CaSource::ClusterTrustBundleSigner => {
-                    let api: Api<ClusterTrustBundle> = Api::all(self.client.clone());
+                    let api = self.bundles(source).await?;
                     let params =
                         ListParams::default().fields(&format!("spec.signerName={signer_name}"));
                     let what = format!("ClusterTrustBundles with spec.signerName {signer_name:?}");
@@ -148,9 +190,9 @@ impl CaResolver for KubeCaResolver {
                         .list(&params)
                         .await
                         .map_err(|e| api_error(&source_name, &what, e))?;
-                    let mut bundles: Vec<ClusterTrustBundle> = list.items;
+                    let mut bundles: Vec<DynamicObject> = list.items;
                     // Several bundles (a CA rotation in progress) all count, in a stable order.
-                    bundles.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+                    bundles.sort_by_key(|b| b.name_any());
                     if bundles.is_empty() {
                         return Err(missing(format!(
                             "no ClusterTrustBundle has spec.signerName {signer_name:?}"
@@ -158,20 +200,19 @@ impl CaResolver for KubeCaResolver {
                     }
                     let mut pem = String::new();
                     for b in &bundles {
-                        let name = b.metadata.name.as_deref().unwrap_or("");
                         pem.push_str(&usable(
                             &source_name,
-                            &format!("ClusterTrustBundle {name}"),
-                            b.spec.trust_bundle.as_bytes(),
+                            &format!("ClusterTrustBundle {}", b.name_any()),
+                            trust_bundle(b).as_bytes(),
                         )?);
                     }
                     Ok(pem)
                 }
                 CaSource::ClusterTrustBundle(name) => {
-                    let api: Api<ClusterTrustBundle> = Api::all(self.client.clone());
+                    let api = self.bundles(source).await?;
                     let what = format!("ClusterTrustBundle {name}");
                     let b = get_source(&api, name, &source_name, &what).await?;
-                    usable(&source_name, &what, b.spec.trust_bundle.as_bytes())
+                    usable(&source_name, &what, trust_bundle(&b).as_bytes())
                 }
                 CaSource::ConfigMap { name, key } => {
                     let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), namespace);
@@ -217,6 +258,7 @@ mod tests {
     use tonic::codegen::http::{Request, Response};
 
     use super::*;
+    use crate::discovery::{CtbVersion, Served};
 
     /// An API server answering GET/LIST from a map of path → (code, body), recording the paths.
     fn client(
@@ -250,6 +292,19 @@ mod tests {
             }
         });
         kube::Client::new(service, "default")
+    }
+
+    const WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+    fn served(version: Option<CtbVersion>) -> Apis {
+        Apis::fixed(Served {
+            cluster_trust_bundles: version,
+            missing: None,
+        })
+    }
+
+    fn v1() -> Apis {
+        served(Some(CtbVersion::V1))
     }
 
     fn ctb(name: &str, pem: &str) -> Value {
@@ -290,7 +345,7 @@ mod tests {
                                 "junk": base64::engine::general_purpose::STANDARD.encode("not pem")}}),
             ),
         ];
-        let resolver = KubeCaResolver::new(client(answers, seen.clone()));
+        let resolver = KubeCaResolver::new(client(answers, seen.clone()), v1(), WAIT);
         let resolve = |source: CaSource| {
             let resolver = &resolver;
             async move { resolver.resolve("shop", "example.com/w", &source).await }
@@ -367,7 +422,7 @@ mod tests {
                        "message": "etcd unavailable", "reason": "ServiceUnavailable", "code": 503}),
             ),
         ];
-        let resolver = KubeCaResolver::new(client(answers, seen));
+        let resolver = KubeCaResolver::new(client(answers, seen), v1(), WAIT);
         match resolver
             .resolve("shop", "example.com/w", &CaSource::ClusterTrustBundleSigner)
             .await
@@ -391,6 +446,126 @@ mod tests {
             .await
             .unwrap_err();
         assert!(err.is_transient(), "{err:?}");
+    }
+
+    /// The same object in another version: only `apiVersion` differs.
+    fn ctb_in(version: &str, name: &str, pem: &str) -> Value {
+        let mut b = ctb(name, pem);
+        b["apiVersion"] = json!(format!("certificates.k8s.io/{version}"));
+        b
+    }
+
+    #[tokio::test]
+    async fn bundles_are_read_in_the_discovered_version() {
+        let ca = ca_pem();
+        // 1.36 with the beta enabled: only v1beta1 answers.
+        let answers = vec![
+            (
+                "/apis/certificates.k8s.io/v1beta1/clustertrustbundles?",
+                200,
+                json!({"apiVersion": "certificates.k8s.io/v1beta1", "kind": "ClusterTrustBundleList",
+                       "metadata": {"resourceVersion": "1"},
+                       "items": [ctb_in("v1beta1", "example.com:w:a", &ca)]}),
+            ),
+            (
+                "/apis/certificates.k8s.io/v1beta1/clustertrustbundles/example.com:w:a",
+                200,
+                ctb_in("v1beta1", "example.com:w:a", &ca),
+            ),
+        ];
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let beta = KubeCaResolver::new(
+            client(answers.clone(), seen.clone()),
+            served(Some(CtbVersion::V1beta1)),
+            WAIT,
+        );
+        for source in [
+            CaSource::ClusterTrustBundleSigner,
+            CaSource::ClusterTrustBundle("example.com:w:a".into()),
+        ] {
+            assert_eq!(
+                beta.resolve("shop", "example.com/w", &source)
+                    .await
+                    .unwrap(),
+                ca
+            );
+        }
+        assert!(
+            seen.lock()
+                .unwrap()
+                .iter()
+                .all(|p| p.starts_with("/apis/certificates.k8s.io/v1beta1/")),
+            "{:?}",
+            seen.lock().unwrap()
+        );
+
+        // What the old hard-coded v1 read gets from that server: 404, read as "not found".
+        let v1_reader = KubeCaResolver::new(client(answers, seen.clone()), v1(), WAIT);
+        let err = v1_reader
+            .resolve(
+                "shop",
+                "example.com/w",
+                &CaSource::ClusterTrustBundle("example.com:w:a".into()),
+            )
+            .await
+            .unwrap_err();
+        assert!(matches!(err, CaError::Missing { .. }), "{err:?}");
+
+        // 1.30 as installed: no version at all. Nothing is asked; the error names the attribute.
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let none = KubeCaResolver::new(client(Vec::new(), seen.clone()), served(None), WAIT);
+        match none
+            .resolve("shop", "example.com/w", &CaSource::ClusterTrustBundleSigner)
+            .await
+        {
+            Err(e @ CaError::NoApi(_)) => {
+                assert!(!e.is_transient());
+                let msg = e.to_string();
+                assert!(
+                    msg.starts_with("volume attribute \"csi.certvol.io/ca-source\" (\"clustertrustbundle-signer\", the default when it is not set) needs the ClusterTrustBundle API"),
+                    "{msg}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(seen.lock().unwrap().is_empty());
+        // ConfigMap and Secret sources do not need it.
+        let cm = CaSource::ConfigMap {
+            name: "corp-ca".into(),
+            key: "ca.crt".into(),
+        };
+        assert!(matches!(
+            none.resolve("shop", "example.com/w", &cm).await,
+            Err(CaError::Missing { .. })
+        ));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_read_before_discovery_answered_is_transient() {
+        let (pending, _discovery) = Apis::discover(
+            client(
+                vec![(
+                    "/apis",
+                    503,
+                    json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                           "message": "etcd unavailable", "reason": "ServiceUnavailable", "code": 503}),
+                )],
+                Arc::new(Mutex::new(Vec::new())),
+            ),
+            crate::discovery::CSR_API,
+        );
+        // The discovery future is not run: discovery never answers.
+        let resolver = KubeCaResolver::new(
+            client(Vec::new(), Arc::new(Mutex::new(Vec::new()))),
+            pending,
+            WAIT,
+        );
+        let err = resolver
+            .resolve("shop", "example.com/w", &CaSource::ClusterTrustBundleSigner)
+            .await
+            .unwrap_err();
+        assert!(err.is_transient(), "{err:?}");
+        assert!(err.to_string().contains("API discovery"), "{err}");
     }
 
     fn ca_pem() -> String {

@@ -31,6 +31,7 @@ use super::filing::{self, Reasons, RequestObject};
 use super::watch::RequestCache;
 use super::{IssueError, IssueRequest, Issued, Issuer};
 use crate::attrs::{AttrError, CERTVOL_PREFIX};
+use crate::discovery::Apis;
 use crate::request::{CaSource, CertRequest};
 
 pub const REASON_DENIED: &str = "CertificateSigningRequestDenied";
@@ -76,15 +77,16 @@ fn ca_source_attribute() -> String {
 }
 
 impl KubeCsrIssuer {
-    /// Returns the issuer (reading CAs straight from the API) and the watch loop future, which the
-    /// caller spawns.
+    /// Returns the issuer (reading CAs straight from the API, ClusterTrustBundles in the version
+    /// `apis` discovered) and the watch loop future, which the caller spawns.
     pub fn new(
         client: kube::Client,
         cfg: KubeCsrConfig,
+        apis: Apis,
     ) -> (Self, impl Future<Output = ()> + Send + 'static) {
         let (node_label, cache, events, watch) = filing::node_requests(&client, &cfg.node_id);
         let issuer = KubeCsrIssuer {
-            ca: Arc::new(KubeCaResolver::new(client.clone())),
+            ca: Arc::new(KubeCaResolver::new(client.clone(), apis, cfg.wait_timeout)),
             client,
             cfg,
             node_label,
@@ -215,6 +217,13 @@ fn ca_error(request: &str, error: CaError) -> IssueError {
             message: format!("{}: {error}", ca_source_attribute()),
         };
     }
+    if let CaError::NoApi(e) = &error {
+        // Already names the attribute and says what to do.
+        return IssueError::Invalid {
+            request: request.to_owned(),
+            message: e.to_string(),
+        };
+    }
     IssueError::Invalid {
         request: request.to_owned(),
         message: format!(
@@ -246,7 +255,8 @@ impl RequestObject for CertificateSigningRequest {
     ) -> Option<(&'static str, &'e str, String)> {
         // An unreadable CA source is named by its attribute, which the message already leads with.
         if let IssueError::Invalid { request, message } = error
-            && message.starts_with(&ca_source_attribute())
+            && (message.starts_with(&ca_source_attribute())
+                || message.starts_with(&format!("volume attribute {:?}", ca_source_attribute())))
         {
             return Some((REASON_CA, request, message.clone()));
         }
@@ -363,8 +373,36 @@ mod tests {
             asked: Mutex::new(Vec::new()),
         });
         // The watch future is not run: tests feed the cache directly, as the watch would.
-        let (issuer, _watch) = KubeCsrIssuer::new(client(fake.clone()), cfg);
+        let apis = crate::discovery::Apis::fixed(crate::discovery::Served {
+            cluster_trust_bundles: Some(crate::discovery::CtbVersion::V1),
+            missing: None,
+        });
+        let (issuer, _watch) = KubeCsrIssuer::new(client(fake.clone()), cfg, apis);
         (issuer.with_ca_resolver(resolver.clone()), resolver)
+    }
+
+    #[test]
+    fn no_clustertrustbundle_api_is_invalid_with_the_ca_source_event() {
+        let err = ca_error(
+            "certvol-x-1",
+            CaError::NoApi(crate::discovery::NoClusterTrustBundles::ca_source(
+                &CaSource::ClusterTrustBundleSigner,
+            )),
+        );
+        match &err {
+            IssueError::Invalid { request, message } => {
+                assert_eq!(request, "certvol-x-1");
+                assert!(
+                    message.starts_with("volume attribute \"csi.certvol.io/ca-source\""),
+                    "{message}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        let (reason, _, _) =
+            <CertificateSigningRequest as RequestObject>::event(&err, Duration::from_secs(1), None)
+                .unwrap();
+        assert_eq!(reason, REASON_CA);
     }
 
     /// An issuance with a real CSR (adoption compares its public key).
