@@ -440,9 +440,7 @@ fn announce(served: &Served) {
 mod tests {
     use std::sync::Mutex;
 
-    use kube::client::Body;
     use serde_json::{Value, json};
-    use tonic::codegen::http::{Request, Response};
 
     use super::*;
 
@@ -454,41 +452,22 @@ mod tests {
             .iter()
             .map(|(gv, rs)| (gv.to_string(), rs.iter().map(|r| r.to_string()).collect()))
             .collect();
-        let service = tower::service_fn(move |req: Request<Body>| {
-            let served = served.clone();
-            let seen = seen.clone();
-            async move {
-                let path = req.uri().path().to_owned();
-                seen.lock().unwrap().push(path.clone());
-                let (code, body) = match served.iter().find(|(gv, _)| path == format!("/apis/{gv}"))
-                {
-                    Some((gv, resources)) => (200, resource_list(gv, resources)),
-                    None => (404, not_found()),
-                };
-                let response = Response::builder()
-                    .status(code)
-                    .header("content-type", "application/json")
-                    .body(Body::from(serde_json::to_vec(&body)?))?;
-                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(response)
-            }
-        });
-        kube::Client::new(service, "default")
-    }
-
-    fn resource_list(gv: &str, resources: &[String]) -> Value {
-        json!({
-            "kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv,
-            "resources": resources.iter().map(|r| json!({
-                "name": r, "singularName": "", "namespaced": false, "kind": "X",
-                "verbs": ["get", "list", "watch"]
-            })).collect::<Vec<_>>()
+        crate::fakeapi::client(move |req| {
+            seen.lock().unwrap().push(req.path.clone());
+            let answer = match served
+                .iter()
+                .find(|(gv, _)| req.path == format!("/apis/{gv}"))
+            {
+                Some((gv, resources)) => (200, crate::fakeapi::resource_list(gv, resources)),
+                None => (404, crate::fakeapi::not_found()),
+            };
+            async move { answer }
         })
     }
 
-    fn not_found() -> Value {
+    fn etcd_unavailable() -> Value {
         json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
-               "message": "the server could not find the requested resource",
-               "reason": "NotFound", "code": 404})
+               "message": "etcd unavailable", "reason": "ServiceUnavailable", "code": 503})
     }
 
     const CSR: (&str, &[&str]) = (
@@ -589,20 +568,7 @@ mod tests {
 
     #[tokio::test]
     async fn discovery_errors_other_than_404_are_errors() {
-        let service = tower::service_fn(|_req: Request<Body>| async {
-            let response = Response::builder()
-                .status(503)
-                .header("content-type", "application/json")
-                .body(Body::from(
-                    json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
-                           "message": "etcd unavailable", "reason": "ServiceUnavailable",
-                           "code": 503})
-                    .to_string()
-                    .into_bytes(),
-                ))?;
-            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(response)
-        });
-        let client = kube::Client::new(service, "default");
+        let client = crate::fakeapi::client(|_| async { (503, etcd_unavailable()) });
         let err = discover_once(&client, CSR_API).await.unwrap_err();
         assert_eq!(err.group_version, "certificates.k8s.io/v1");
         assert!(err.message.contains("etcd unavailable"), "{err}");
@@ -613,7 +579,7 @@ mod tests {
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let gate = Arc::new(tokio::sync::Mutex::new(Some(rx)));
         // An API server that fails until `tx` fires, then serves v1 only.
-        let service = tower::service_fn(move |req: Request<Body>| {
+        let client = crate::fakeapi::client(move |req| {
             let gate = gate.clone();
             async move {
                 let open = {
@@ -627,36 +593,22 @@ mod tests {
                         None => true,
                     }
                 };
-                let path = req.uri().path().to_owned();
-                let (code, body) = if !open {
-                    (
-                        503,
-                        json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
-                               "message": "etcd unavailable", "reason": "ServiceUnavailable",
-                               "code": 503}),
-                    )
-                } else if path == "/apis/certificates.k8s.io/v1" {
+                if !open {
+                    (503, etcd_unavailable())
+                } else if req.path == "/apis/certificates.k8s.io/v1" {
                     (
                         200,
-                        resource_list(
+                        crate::fakeapi::resource_list(
                             "certificates.k8s.io/v1",
-                            &[
-                                "certificatesigningrequests".into(),
-                                "clustertrustbundles".into(),
-                            ],
+                            &["certificatesigningrequests", "clustertrustbundles"],
                         ),
                     )
                 } else {
-                    (404, not_found())
-                };
-                let response = Response::builder()
-                    .status(code)
-                    .header("content-type", "application/json")
-                    .body(Body::from(serde_json::to_vec(&body)?))?;
-                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(response)
+                    (404, crate::fakeapi::not_found())
+                }
             }
         });
-        let (apis, task) = Apis::discover(kube::Client::new(service, "default"), CSR_API);
+        let (apis, task) = Apis::discover(client, CSR_API);
         let task = tokio::spawn(task);
         let req = crate::attrs::parse(
             &[

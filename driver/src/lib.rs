@@ -22,6 +22,8 @@ pub mod csi;
 pub mod demo;
 pub mod discovery;
 pub mod events;
+#[cfg(test)]
+mod fakeapi;
 pub mod fsutil;
 pub mod inspect;
 pub mod issuer;

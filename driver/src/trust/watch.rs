@@ -780,15 +780,15 @@ mod tests {
     /// for `ctb`; bundles are listed only in `ctb`; watches stay open without events. Everything
     /// else is 404, as kube-apiserver answers for versions it does not serve.
     fn apiserver(ctb: Option<&'static str>, seen: Arc<Mutex<Vec<String>>>) -> kube::Client {
-        use kube::client::Body;
+        use crate::fakeapi;
         use serde_json::json;
-        use tonic::codegen::http::{Request, Response};
-        let service = tower::service_fn(move |req: Request<Body>| {
+        fakeapi::client(move |req| {
             let seen = seen.clone();
             async move {
-                let path = req.uri().path().to_owned();
-                let query = req.uri().query().unwrap_or_default().to_owned();
-                seen.lock().unwrap().push(format!("{path}?{query}"));
+                seen.lock()
+                    .unwrap()
+                    .push(format!("{}?{}", req.path, req.query));
+                let path = req.path;
                 let gv = |v: &str| format!("/apis/certificates.k8s.io/{v}");
                 let mut resources = Vec::new();
                 if path == gv("v1") {
@@ -798,16 +798,14 @@ mod tests {
                     resources.push("clustertrustbundles");
                 }
                 let listing = ctb.is_some_and(|v| path == format!("{}/clustertrustbundles", gv(v)));
-                if listing && query.contains("watch=true") {
+                if listing && req.query.contains("watch=true") {
                     // An open watch with nothing to report.
                     std::future::pending::<()>().await;
                 }
-                let (code, body) = if !resources.is_empty() {
+                if !resources.is_empty() {
                     (
                         200,
-                        json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": path.trim_start_matches("/apis/"),
-                               "resources": resources.iter().map(|r| json!({"name": r, "singularName": "", "namespaced": false,
-                                   "kind": "X", "verbs": ["get", "list", "watch"]})).collect::<Vec<_>>()}),
+                        fakeapi::resource_list(path.trim_start_matches("/apis/"), &resources),
                     )
                 } else if listing {
                     let api_version = format!("certificates.k8s.io/{}", ctb.unwrap_or_default());
@@ -820,21 +818,10 @@ mod tests {
                                           "spec": {"signerName": "example.com/s", "trustBundle": "PEM-A"}}]}),
                     )
                 } else {
-                    (
-                        404,
-                        json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
-                               "message": "the server could not find the requested resource",
-                               "reason": "NotFound", "code": 404}),
-                    )
-                };
-                let response = Response::builder()
-                    .status(code)
-                    .header("content-type", "application/json")
-                    .body(Body::from(serde_json::to_vec(&body)?))?;
-                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(response)
+                    (404, fakeapi::not_found())
+                }
             }
-        });
-        kube::Client::new(service, "default")
+        })
     }
 
     fn trust_spec(key: &str, value: &str) -> TrustSpec {

@@ -265,11 +265,9 @@ pub(crate) mod tests {
     use std::collections::VecDeque;
     use std::sync::Mutex;
 
-    use kube::client::Body;
     use kube::runtime::watcher::Event;
     use serde_json::{Value, json};
     // kube does not re-export the `http` crate; tonic does (the same http 1.x).
-    use tonic::codegen::http::{Request, Response};
 
     use super::*;
     use crate::issuer::certmanager::resource::LABEL_NODE;
@@ -340,21 +338,14 @@ pub(crate) mod tests {
     }
 
     pub(crate) fn client(fake: Arc<Fake>) -> kube::Client {
-        let service = tower::service_fn(move |req: Request<Body>| {
+        crate::fakeapi::client(move |req| {
             let fake = fake.clone();
             async move {
-                let (parts, body) = req.into_parts();
-                let bytes = body.collect_bytes().await?;
-                let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-                let path = parts
-                    .uri
-                    .path_and_query()
-                    .map(|p| p.to_string())
-                    .unwrap_or_default();
+                let path = req.path_and_query();
                 fake.calls.lock().unwrap().push(Call {
-                    method: parts.method.to_string(),
+                    method: req.method.clone(),
                     path: path.clone(),
-                    body: body.clone(),
+                    body: req.body.clone(),
                 });
                 // Scripted replies answer the issuer's request objects of either backend.
                 let scripted = if path.contains("certificaterequests")
@@ -364,22 +355,16 @@ pub(crate) mod tests {
                 } else {
                     None
                 };
-                let (code, reply) = match scripted {
+                match scripted {
                     Some((code, reason)) => (code, status(code, reason)),
-                    None if parts.method == "POST" => (201, body),
+                    None if req.method == "POST" => (201, req.body),
                     None => (
                         200,
                         json!({"kind": "Status", "apiVersion": "v1", "status": "Success"}),
                     ),
-                };
-                let response = Response::builder()
-                    .status(code)
-                    .header("content-type", "application/json")
-                    .body(Body::from(serde_json::to_vec(&reply)?))?;
-                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(response)
+                }
             }
-        });
-        kube::Client::new(service, "default")
+        })
     }
 
     fn issuer(fake: &Arc<Fake>, wait: Duration) -> CertManagerIssuer {

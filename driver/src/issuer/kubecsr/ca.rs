@@ -253,9 +253,7 @@ impl CaResolver for KubeCaResolver {
 mod tests {
     use std::sync::{Arc, Mutex};
 
-    use kube::client::Body;
     use serde_json::{Value, json};
-    use tonic::codegen::http::{Request, Response};
 
     use super::*;
     use crate::discovery::{CtbVersion, Served};
@@ -265,33 +263,16 @@ mod tests {
         answers: Vec<(&'static str, u16, Value)>,
         seen: Arc<Mutex<Vec<String>>>,
     ) -> kube::Client {
-        let service = tower::service_fn(move |req: Request<Body>| {
-            let answers = answers.clone();
-            let seen = seen.clone();
-            async move {
-                let path = req
-                    .uri()
-                    .path_and_query()
-                    .map(|p| p.to_string())
-                    .unwrap_or_default();
-                seen.lock().unwrap().push(path.clone());
-                let (code, body) = answers
-                    .iter()
-                    .find(|(p, _, _)| path.starts_with(p))
-                    .map(|(_, c, b)| (*c, b.clone()))
-                    .unwrap_or((
-                        404,
-                        json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
-                               "message": "not found", "reason": "NotFound", "code": 404}),
-                    ));
-                let response = Response::builder()
-                    .status(code)
-                    .header("content-type", "application/json")
-                    .body(Body::from(serde_json::to_vec(&body)?))?;
-                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(response)
-            }
-        });
-        kube::Client::new(service, "default")
+        crate::fakeapi::client(move |req| {
+            let path = req.path_and_query();
+            seen.lock().unwrap().push(path.clone());
+            let answer = answers
+                .iter()
+                .find(|(p, _, _)| path.starts_with(p))
+                .map(|(_, c, b)| (*c, b.clone()))
+                .unwrap_or((404, crate::fakeapi::not_found()));
+            async move { answer }
+        })
     }
 
     const WAIT: std::time::Duration = std::time::Duration::from_secs(1);
