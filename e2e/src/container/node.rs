@@ -218,8 +218,14 @@ impl Node {
         ]);
         env.extend(plan.resolve_env(&fields)?);
 
-        let cgroup_procs = match plan.memory_limit {
-            Some(limit) => Some(self.memory_cgroup(n, limit)?),
+        let cgroup_procs = match plan.memory_limit.map(|limit| self.memory_cgroup(n, limit)) {
+            Some(Ok(procs)) => Some(procs),
+            // CI's machines have the controller: there the limit is part of the contract.
+            Some(Err(e)) if std::env::var_os("CI").is_some() => return Err(e),
+            Some(Err(e)) => {
+                eprintln!("warning: running the container without its memory limit: {e}");
+                None
+            }
             None => None,
         };
         let spec = RuntimeSpec {
