@@ -18,7 +18,7 @@ use certvol_driver::issuer::certmanager::resource::{LABEL_NODE, label_value};
 use certvol_e2e::apiserver::{ApiConfig, ApiServer, InClusterEnv, Kind};
 use certvol_e2e::cluster::{STANDIN_ISSUER, cm_volume};
 use certvol_e2e::container::node::{self, Node};
-use certvol_e2e::container::pod::PodPlan;
+use certvol_e2e::container::pod::{PodPlan, SERVICE_ACCOUNT_DIR};
 use certvol_e2e::kubelet::{InlineVolume, Kubelet, Pod};
 use certvol_e2e::kubesigner::{KubeSigner, KubeSignerConfig};
 use certvol_e2e::signer::{Signer, SignerConfig};
@@ -195,6 +195,15 @@ fn local_volume(name: &str, duration: Option<&str>) -> InlineVolume {
 
 async fn local_install_and_first_publish(ctx: Ctx) -> Outcome {
     let plan = plan(&ctx, &[("issuer", "local")])?;
+    check(
+        plan.token.is_none() && plan.token_containers.is_empty(),
+        || {
+            format!(
+                "local mode has no API access, yet a token: {:?} in {:?}",
+                plan.token, plan.token_containers
+            )
+        },
+    )?;
     check(plan.read_only_root, || {
         "the chart no longer sets readOnlyRootFilesystem".into()
     })?;
@@ -520,6 +529,25 @@ impl Cluster {
     }
 }
 
+/// The API token is the chart's projected volume, mounted read-only where in-cluster clients
+/// look, in the certvol container alone: the sidecars never see it.
+fn check_token_in_certvol_only(plan: &PodPlan) -> Outcome {
+    let token = plan
+        .token
+        .as_ref()
+        .ok_or("no API token for the certvol container")?;
+    check(
+        token.volume.is_some()
+            && token.mount_path == Path::new(SERVICE_ACCOUNT_DIR)
+            && token.read_only
+            && token.expiration_seconds == 3607,
+        || format!("token mount {token:?}"),
+    )?;
+    check(plan.token_containers == ["certvol"], || {
+        format!("the token reaches {:?}", plan.token_containers)
+    })
+}
+
 /// Default values: cert-manager mode with the DaemonSet's own service account, configured
 /// in-cluster (no kubeconfig), against the version-faithful stand-in.
 async fn cert_manager_install_and_first_publish(ctx: Ctx) -> Outcome {
@@ -527,6 +555,7 @@ async fn cert_manager_install_and_first_publish(ctx: Ctx) -> Outcome {
     check(plan.arg("issuer") == Some("cert-manager"), || {
         format!("{:?}", plan.args)
     })?;
+    check_token_in_certvol_only(&plan)?;
     let cluster = Cluster::start(&plan).await?;
     let _signer = Signer::start(cluster.server.store(), SignerConfig::default());
     let mut node =
@@ -617,6 +646,7 @@ async fn cert_manager_token_request(ctx: Ctx) -> Outcome {
 async fn kube_csr_install_and_first_publish(ctx: Ctx) -> Outcome {
     const SIGNER: &str = "example.com/workloads";
     let plan = plan(&ctx, &[("issuer", "kubernetes-csr")])?;
+    check_token_in_certvol_only(&plan)?;
     let cluster = Cluster::start(&plan).await?;
     let signer = KubeSigner::start(cluster.server.store(), KubeSignerConfig::new(SIGNER))
         .map_err(|e| e.to_string())?;

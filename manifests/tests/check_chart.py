@@ -34,7 +34,19 @@ PLAIN_HEADER = (
     "# (release name certvol, namespace certvol). Regenerate after any chart change; see README.md.\n"
     "# Create the namespace first: kubectl create namespace certvol\n"
 )
-PLAIN_ORDER = ["serviceaccount.yaml", "rbac.yaml", "csidriver.yaml", "daemonset.yaml"]
+PLAIN_ORDER = ["serviceaccount.yaml", "rbac.yaml", "admissionpolicy.yaml", "csidriver.yaml",
+               "daemonset.yaml"]
+SA_PATH = "/var/run/secrets/kubernetes.io/serviceaccount"
+# The volume the ServiceAccount admission plugin adds for automount (kube-api-access-<random>).
+KUBE_API_ACCESS = {
+    "defaultMode": 0o644,
+    "sources": [
+        {"serviceAccountToken": {"path": "token", "expirationSeconds": 3607}},
+        {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+        {"downwardAPI": {"items": [{"path": "namespace", "fieldRef": {
+            "apiVersion": "v1", "fieldPath": "metadata.namespace"}}]}},
+    ],
+}
 
 failures = []
 
@@ -144,6 +156,7 @@ def check_common(objs, case, issuer):
           == "/var/lib/kubelet/plugins/csi.certvol.io/csi.sock", f"{case}: registration path")
     lp = container(ds, "liveness-probe")
     check(arg_map(lp).get("csi-address") == "/csi/csi.sock", f"{case}: livenessprobe socket")
+    check_token(objs, pod, case, issuer)
     check(pod.get("tolerations") == [{"operator": "Exists"}], f"{case}: tolerate every taint")
     check(pod.get("priorityClassName") == "system-node-critical", f"{case}: priority class")
     check(pod.get("terminationGracePeriodSeconds") == 30, f"{case}: grace 20s + 10s")
@@ -151,6 +164,30 @@ def check_common(objs, case, issuer):
     check("resources" in c and c["resources"]["limits"]["memory"] == "128Mi", f"{case}: resources")
     check(c["image"] == "ghcr.io/certvol/certvol:0.1.0", f"{case}: image {c['image']}")
     return ds, drv, kinds
+
+
+def check_token(objs, pod, case, issuer):
+    """The API token reaches the certvol container only, and only in API modes."""
+    sa = one(objs, "ServiceAccount", case)
+    check(sa.get("automountServiceAccountToken") is False, f"{case}: ServiceAccount automount off")
+    check(pod.get("automountServiceAccountToken") is False, f"{case}: pod automount off")
+    token_vols = {v["name"] for v in pod["volumes"]
+                  if any("serviceAccountToken" in src for src in v.get("projected", {}).get("sources", []))}
+    mounting = sorted(c["name"] for c in pod["containers"] + pod.get("initContainers", [])
+                      for m in c.get("volumeMounts", [])
+                      if m["name"] in token_vols or m["mountPath"].startswith(SA_PATH))
+    if issuer == "local":
+        check(not token_vols and not mounting, f"{case}: no API token in local mode: {mounting}")
+        return
+    vols = {v["name"]: v for v in pod["volumes"]}
+    check(vols.get("kube-api-access", {}).get("projected") == KUBE_API_ACCESS,
+          f"{case}: kube-api-access shaped like the automount volume: {vols.get('kube-api-access')}")
+    check(token_vols == {"kube-api-access"}, f"{case}: one token volume: {token_vols}")
+    check(mounting == ["certvol"], f"{case}: only certvol mounts the token, not {mounting}")
+    m = [m for m in container({"spec": {"template": {"spec": pod}}}, "certvol")["volumeMounts"]
+         if m["name"] == "kube-api-access"]
+    check(m == [{"name": "kube-api-access", "mountPath": SA_PATH, "readOnly": True}],
+          f"{case}: token mounted read-only at {SA_PATH}: {m}")
 
 
 def rules_of(objs):
@@ -170,17 +207,21 @@ def case_default():
     objs = objects(render({}))
     validate(objs, "default")
     ds, drv, kinds = check_common(objs, "default", "cert-manager")
-    check(kinds == ["CSIDriver", "ClusterRole", "ClusterRoleBinding", "DaemonSet", "ServiceAccount"],
+    check(kinds == ["CSIDriver", "ClusterRole", "ClusterRoleBinding", "DaemonSet", "ServiceAccount",
+                    "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"],
           f"default: objects {kinds}")
     check("tokenRequests" not in drv["spec"] and drv["spec"]["requiresRepublish"] is False,
           "default: no tokenRequests, no republish")
     check(rules_of(objs) == {
         (("cert-manager.io",), ("certificaterequests",)): ["create", "delete", "list", "watch"],
         (("",), ("events",)): ["create"],
-        # Trust sources: list+watch of named objects only, never get; no Secrets by default.
-        (("",), ("configmaps",)): ["list", "watch"],
+        # No ConfigMap or Secret anywhere without namespaces (or trust.clusterWide).
         (("certificates.k8s.io",), ("clustertrustbundles",)): ["list", "watch"],
     }, f"default: RBAC {rules_of(objs)}")
+    check(not by_kind(objs, "Role"), "default: no Roles")
+    policy = one(objs, "ValidatingAdmissionPolicy", "default")
+    check([r["resources"] for r in policy["spec"]["matchConstraints"]["resourceRules"]]
+          == [["certificaterequests"], ["events"]], "default: policy covers requests and events")
     check("trust-namespace" not in arg_map(container(ds, "certvol")), "default: no --trust-namespace")
     binding_ok(objs, "default")
     args = arg_map(container(ds, "certvol"))
@@ -188,8 +229,6 @@ def case_default():
     c = container(ds, "certvol")
     check(c["readinessProbe"]["httpGet"]["path"] == "/readyz", "default: readiness /readyz")
     check(c["livenessProbe"]["httpGet"]["path"] == "/healthz", "default: liveness /healthz")
-    check(ds["spec"]["template"]["spec"]["automountServiceAccountToken"] is True,
-          "default: API token mounted")
     return objs
 
 
@@ -210,7 +249,8 @@ def case_kubernetes_csr():
     objs = objects(render({"issuer": "kubernetes-csr"}))
     validate(objs, "kubernetes-csr")
     ds, drv, kinds = check_common(objs, "kubernetes-csr", "kubernetes-csr")
-    check(kinds == ["CSIDriver", "ClusterRole", "ClusterRoleBinding", "DaemonSet", "ServiceAccount"],
+    check(kinds == ["CSIDriver", "ClusterRole", "ClusterRoleBinding", "DaemonSet", "ServiceAccount",
+                    "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"],
           f"kubernetes-csr: objects {kinds}")
     check("tokenRequests" not in drv["spec"], "kubernetes-csr: no tokenRequests")
     # Least privilege: no update/patch, no approval subresource, no `approve` on signers.
@@ -219,12 +259,8 @@ def case_kubernetes_csr():
             ["create", "delete", "get", "list", "watch"],
         (("certificates.k8s.io",), ("clustertrustbundles",)): ["get", "list", "watch"],
         (("",), ("events",)): ["create"],
-        # Trust sources (trust.configMaps, on by default), as in cert-manager mode.
-        (("",), ("configmaps",)): ["list", "watch"],
     }, f"kubernetes-csr: RBAC {rules_of(objs)}")
     binding_ok(objs, "kubernetes-csr")
-    check(ds["spec"]["template"]["spec"]["automountServiceAccountToken"] is True,
-          "kubernetes-csr: API token mounted")
     args = arg_map(container(ds, "certvol"))
     check(args.get("kube-api-qps") == "10" and args.get("request-history") == "1",
           f"kubernetes-csr: API client args {args}")
@@ -251,8 +287,6 @@ def case_local():
     validate(objs, "local")
     ds, drv, kinds = check_common(objs, "local", "local")
     check(kinds == ["CSIDriver", "DaemonSet", "ServiceAccount"], f"local: no RBAC, got {kinds}")
-    check(ds["spec"]["template"]["spec"]["automountServiceAccountToken"] is False,
-          "local: no API token in the pod")
     check(arg_map(container(ds, "certvol")).get("local-ca-max-duration") == "8760h",
           "local: max duration")
 
@@ -337,25 +371,38 @@ def roles_by_namespace(objs, case):
 
 
 def case_trust():
-    # Secrets on, ClusterTrustBundles off, a shared trust namespace.
+    # Secrets on, ClusterTrustBundles off, a shared trust namespace: a Role there only.
     objs = objects(render({"trust": {"secrets": True, "clusterTrustBundles": False,
                                      "namespace": "certvol-trust"}}))
     validate(objs, "trust-secrets")
     ds, _, _ = check_common(objs, "trust-secrets", "cert-manager")
     rules = rules_of(objs)
-    check(rules.get((("",), ("configmaps", "secrets"))) == ["list", "watch"],
-          f"trust-secrets: configmaps+secrets list/watch cluster-wide: {rules}")
+    check(not any(r[0] == ("",) and ("configmaps" in r[1] or "secrets" in r[1]) for r in rules),
+          f"trust-secrets: no cluster-wide configmaps/secrets: {rules}")
     check(not any("clustertrustbundles" in r for _, r in rules), "trust-secrets: no CTB rule")
     check(arg_map(container(ds, "certvol")).get("trust-namespace") == "certvol-trust",
           "trust-secrets: --trust-namespace")
-    check(not by_kind(objs, "Role"), "trust-secrets: no Roles without restrictToNamespaces")
+    roles = roles_by_namespace(objs, "trust-secrets")
+    check(roles == {"certvol-trust": {(("",), ("configmaps", "secrets")): ["list", "watch"]}},
+          f"trust-secrets: one Role in the trust namespace: {roles}")
+
+    # The documented opt-in: cluster-wide list/watch, no Roles.
+    objs = objects(render({"trust": {"secrets": True, "clusterWide": True,
+                                     "namespace": "certvol-trust"}}))
+    validate(objs, "trust-cluster-wide")
+    rules = rules_of(objs)
+    check(rules.get((("",), ("configmaps", "secrets"))) == ["list", "watch"],
+          f"trust-cluster-wide: configmaps+secrets list/watch cluster-wide: {rules}")
+    check(not by_kind(objs, "Role"), "trust-cluster-wide: no Roles")
 
     # Everything off: no trust rules at all.
-    objs = objects(render({"trust": {"configMaps": False, "clusterTrustBundles": False}}))
+    objs = objects(render({"trust": {"configMaps": False, "clusterTrustBundles": False,
+                                     "namespace": "certvol-trust"}}))
     validate(objs, "trust-off")
     rules = rules_of(objs)
     check(set(rules) == {(("cert-manager.io",), ("certificaterequests",)), (("",), ("events",))},
           f"trust-off: only the issuer's rules: {rules}")
+    check(not by_kind(objs, "Role"), "trust-off: no Roles")
 
     # Restricted: a Role + RoleBinding per namespace (the trust namespace included), and no
     # cluster-wide ConfigMap/Secret rule.
@@ -374,9 +421,44 @@ def case_trust():
         check(r == {(("",), ("configmaps", "secrets")): ["list", "watch"]},
               f"trust-restricted: Role in {ns}: {r}")
 
+    # resourceNames: only the named objects (the driver's watches select by metadata.name).
+    for values in ({"restrictToNamespaces": ["shop"]}, {"clusterWide": True}):
+        values = dict(values, resourceNames=["ca-bundle"])
+        objs = objects(render({"trust": values}))
+        validate(objs, f"trust-names {values}")
+        trust_rules = [r for o in by_kind(objs, "ClusterRole") + by_kind(objs, "Role")
+                       for r in o["rules"] if "configmaps" in r["resources"]]
+        check(len(trust_rules) == 1 and trust_rules[0].get("resourceNames") == ["ca-bundle"],
+              f"trust-names {values}: resourceNames: {trust_rules}")
+
     # Local mode has no API access: no trust RBAC, and trust values that need it are refused.
     objs = objects(render({"issuer": "local", "trust": {"secrets": True}}))
     check(not by_kind(objs, "ClusterRole") and not by_kind(objs, "Role"), "trust-local: no RBAC")
+
+
+def case_request_namespaces():
+    # certManager.namespaces: create/delete and events only there; the watch stays cluster-wide.
+    objs = objects(render({"certManager": {"namespaces": ["shop", "payments"]},
+                           "trust": {"restrictToNamespaces": ["lib"]}}))
+    validate(objs, "namespaces")
+    check_common(objs, "namespaces", "cert-manager")
+    check(rules_of(objs) == {
+        (("cert-manager.io",), ("certificaterequests",)): ["list", "watch"],
+        (("certificates.k8s.io",), ("clustertrustbundles",)): ["list", "watch"],
+    }, f"namespaces: ClusterRole {rules_of(objs)}")
+    roles = roles_by_namespace(objs, "namespaces")
+    issuing = {(("cert-manager.io",), ("certificaterequests",)): ["create", "delete"],
+               (("",), ("events",)): ["create"],
+               (("",), ("configmaps",)): ["list", "watch"]}
+    check(roles == {"shop": issuing, "payments": issuing,
+                    "lib": {(("",), ("configmaps",)): ["list", "watch"]}},
+          f"namespaces: Roles {roles}")
+
+    objs = objects(render({"certManager": {"namespaces": ["shop"], "tokenRequest": True}}))
+    validate(objs, "namespaces+token-request")
+    roles = roles_by_namespace(objs, "namespaces+token-request")
+    check(roles.get("shop", {}).get((("cert-manager.io",), ("certificaterequests",))) == ["delete"],
+          f"namespaces+token-request: the pod's token creates, the driver deletes: {roles}")
 
 
 def case_kubelet_dir():
@@ -402,6 +484,9 @@ def case_refused():
         {"logFormat": "xml"},
         {"issuer": "local", "trust": {"namespace": "certvol-trust"}},
         {"issuer": "local", "trust": {"restrictToNamespaces": ["shop"]}},
+        {"issuer": "local", "trust": {"clusterWide": True}},
+        {"issuer": "kubernetes-csr", "certManager": {"namespaces": ["shop"]}},
+        {"trust": {"clusterWide": True, "restrictToNamespaces": ["shop"]}},
     ]
     for values in bad:
         try:
@@ -433,6 +518,7 @@ def main():
     case_local()
     case_operations()
     case_trust()
+    case_request_namespaces()
     case_kubelet_dir()
     case_refused()
 

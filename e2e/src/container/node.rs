@@ -158,14 +158,15 @@ impl Node {
         }
         let run_dir = self.work.path().join(format!("start-{n}"));
         mkdirs(&run_dir, 0o700).map_err(|e| e.to_string())?;
-        if plan.automount_token {
+        if let Some(token) = &plan.token {
+            // The stand-in's in-cluster files are the volume's three (token, ca.crt, namespace).
             let api =
                 api.ok_or("the pod mounts a service-account token but no API server is up")?;
             mounts.push(BindMount {
                 source: api.dir.clone(),
-                destination: "/var/run/secrets/kubernetes.io/serviceaccount".into(),
+                destination: token.mount_path.clone(),
                 propagation: Propagation::Private,
-                read_only: true,
+                read_only: token.read_only,
             });
         }
 

@@ -1,14 +1,15 @@
 //! The certvol DaemonSet's pod as the chart renders it, read the way kubelet reads a pod spec:
 //! the certvol container's command, args, env (downward-API fields resolved), security context,
-//! volume mounts and probes; the pod's hostPath volumes; the registrar's registration path; and
-//! the CSIDriver object kubelet consults on every publish. Nothing here is a copy of the chart:
+//! volume mounts and probes; the pod's hostPath volumes and its service-account token (the pod's
+//! automount, or a projected volume shaped like the one automount adds); the registrar's
+//! registration path; and the CSIDriver object kubelet consults on every publish. Nothing here is a copy of the chart:
 //! a change to the templates changes what the container tier runs.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use k8s_openapi::api::apps::v1::DaemonSet;
-use k8s_openapi::api::core::v1::{Container, PodSpec, Probe};
+use k8s_openapi::api::core::v1::{Container, PodSpec, Probe, Volume};
 use k8s_openapi::api::storage::v1::CSIDriver;
 use serde_json::Value;
 
@@ -26,6 +27,22 @@ pub struct HostPathMount {
     pub propagation: Propagation,
     pub read_only: bool,
 }
+
+/// Where the certvol container finds its service-account credential: the files kubelet keeps up
+/// to date (`token`, `ca.crt`, `namespace`), as automount or the chart's projected volume gives
+/// them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TokenMount {
+    /// The volume (`None`: the pod's automount, which kubelet adds to every container).
+    pub volume: Option<String>,
+    pub mount_path: PathBuf,
+    pub read_only: bool,
+    /// `serviceAccountToken.expirationSeconds` (automount: 3607).
+    pub expiration_seconds: i64,
+}
+
+/// The directory in-cluster clients read the credential from.
+pub const SERVICE_ACCOUNT_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
 
 /// An HTTP probe of the certvol container, resolved to a port number.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -49,7 +66,12 @@ pub struct DriverInfo {
 pub struct PodPlan {
     pub namespace: String,
     pub service_account: String,
-    pub automount_token: bool,
+    /// The certvol container's API credential, if it gets one.
+    pub token: Option<TokenMount>,
+    /// Every container (init containers included) that gets the pod's service-account token,
+    /// through automount or by mounting a volume holding it: the chart's least privilege says
+    /// only `certvol`, and only in API modes.
+    pub token_containers: Vec<String>,
     /// `command` if the pod spec sets one; else the image's entrypoint applies.
     pub command: Vec<String>,
     pub args: Vec<String>,
@@ -126,9 +148,10 @@ fn http_probe(c: &Container, probe: Option<&Probe>) -> Result<Option<HttpProbe>,
 
 impl PodPlan {
     /// Reads the DaemonSet (container `certvol`, registrar `node-driver-registrar`) and the
-    /// CSIDriver from the chart's objects. Volumes other than hostPath are refused: the
-    /// emulated runtime cannot provide them, and silently leaving one out would test less than
-    /// the chart asks for.
+    /// CSIDriver from the chart's objects. Volumes other than hostPath and the projected
+    /// service-account volume ([`service_account_volume`]) are refused: the emulated runtime
+    /// cannot provide them, and silently leaving one out would test less than the chart asks
+    /// for.
     pub fn from_objects(objects: &[Value]) -> Result<PodPlan, String> {
         let ds: DaemonSet = serde_json::from_value(find(objects, "DaemonSet")?.clone())
             .map_err(|e| format!("DaemonSet: {e}"))?;
@@ -142,6 +165,27 @@ impl PodPlan {
         let c = container(&pod, "certvol")?;
         let registrar = container(&pod, "node-driver-registrar")?;
 
+        let automount = pod.automount_service_account_token.unwrap_or(true);
+        let mut token = automount.then(|| TokenMount {
+            volume: None,
+            mount_path: SERVICE_ACCOUNT_DIR.into(),
+            read_only: true,
+            expiration_seconds: 3607,
+        });
+        let mut token_containers = Vec::new();
+        for other in pod.init_containers.iter().flatten().chain(&pod.containers) {
+            let mounts_token = other.volume_mounts.iter().flatten().any(|m| {
+                pod.volumes
+                    .iter()
+                    .flatten()
+                    .find(|v| v.name == m.name)
+                    .is_some_and(|v| service_account_volume(v).is_some())
+            });
+            if automount || mounts_token {
+                token_containers.push(other.name.clone());
+            }
+        }
+
         let mut mounts = Vec::new();
         for m in c.volume_mounts.iter().flatten() {
             let vol = pod
@@ -150,9 +194,24 @@ impl PodPlan {
                 .flatten()
                 .find(|v| v.name == m.name)
                 .ok_or_else(|| format!("volumeMount {:?} names no volume", m.name))?;
+            if let Some(expiration_seconds) = service_account_volume(vol) {
+                if token.is_some() {
+                    return Err(format!(
+                        "volume {:?}: a second service-account token for the container",
+                        vol.name
+                    ));
+                }
+                token = Some(TokenMount {
+                    volume: Some(vol.name.clone()),
+                    mount_path: PathBuf::from(&m.mount_path),
+                    read_only: m.read_only.unwrap_or(false),
+                    expiration_seconds,
+                });
+                continue;
+            }
             let host = vol.host_path.as_ref().ok_or_else(|| {
                 format!(
-                    "volume {:?} is not a hostPath volume; the emulated runtime provides only hostPath volumes",
+                    "volume {:?} is not a hostPath volume; the emulated runtime provides only hostPath volumes and the projected service-account volume",
                     vol.name
                 )
             })?;
@@ -193,7 +252,8 @@ impl PodPlan {
                 .service_account_name
                 .clone()
                 .unwrap_or_else(|| "default".into()),
-            automount_token: pod.automount_service_account_token.unwrap_or(true),
+            token,
+            token_containers,
             command: c.command.clone().unwrap_or_default(),
             args: c.args.clone().unwrap_or_default(),
             env,
@@ -254,6 +314,32 @@ impl PodPlan {
     pub fn mount_at(&self, path: &Path) -> Option<&HostPathMount> {
         self.mounts.iter().find(|m| m.mount_path == path)
     }
+}
+
+/// The token's `expirationSeconds` if `vol` is the projected volume automount adds
+/// (`kube-api-access-*`): a service-account token for the API server's default audience at
+/// `token`, `ca.crt` from the `kube-root-ca.crt` ConfigMap and the pod's namespace from the
+/// downward API, nothing else. Those are the files the API stand-in writes for in-cluster
+/// configuration ([`crate::apiserver::InClusterEnv`]).
+pub fn service_account_volume(vol: &Volume) -> Option<i64> {
+    let projected = vol.projected.as_ref()?;
+    let sources = projected.sources.as_deref()?;
+    let [token, ca, ns] = sources else {
+        return None;
+    };
+    let t = token.service_account_token.as_ref()?;
+    if t.path != "token" || t.audience.as_deref().is_some_and(|a| !a.is_empty()) {
+        return None;
+    }
+    let cm = ca.config_map.as_ref()?;
+    let ca_ok = cm.name == "kube-root-ca.crt"
+        && matches!(cm.items.as_deref(), Some([i]) if i.key == "ca.crt" && i.path == "ca.crt");
+    let ns_ok = matches!(
+        ns.downward_api.as_ref().and_then(|d| d.items.as_deref()),
+        Some([i]) if i.path == "namespace"
+            && i.field_ref.as_ref().is_some_and(|f| f.field_path == "metadata.namespace")
+    );
+    (ca_ok && ns_ok).then_some(t.expiration_seconds.unwrap_or(3600))
 }
 
 /// The image's entrypoint, from the project's Dockerfile (`ENTRYPOINT ["..."]`): what runs when
@@ -346,7 +432,10 @@ mod tests {
         .unwrap();
         assert_eq!(plan.namespace, "ns");
         assert_eq!(plan.arg("data-root"), Some("/d"));
-        assert!(plan.read_only_root && !plan.privileged && plan.automount_token);
+        assert!(plan.read_only_root && !plan.privileged);
+        // No automountServiceAccountToken: false, so kubelet gives every container the token.
+        assert_eq!(plan.token.as_ref().map(|t| t.volume.clone()), Some(None));
+        assert_eq!(plan.token_containers, ["certvol", "node-driver-registrar"]);
         assert_eq!(
             plan.readiness,
             Some(HttpProbe {
@@ -365,6 +454,64 @@ mod tests {
             Ok(vec![("NODE_NAME".into(), "n1".into())])
         );
         assert!(plan.resolve_env(&BTreeMap::new()).is_err());
+    }
+
+    fn kube_api_access() -> serde_json::Value {
+        json!({"name": "kube-api-access", "projected": {"defaultMode": 420, "sources": [
+            {"serviceAccountToken": {"path": "token", "expirationSeconds": 3607}},
+            {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+            {"downwardAPI": {"items": [{"path": "namespace",
+                                        "fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"}}]}}]}})
+    }
+
+    /// The chart's shape: no automount, the projected volume in the certvol container only.
+    fn with_projected_token(sidecar_mounts_it: bool) -> Vec<Value> {
+        let mut objs = objects(json!({"name": "v", "hostPath": {"path": "/var/d"}}));
+        let spec = &mut objs[1]["spec"]["template"]["spec"];
+        spec["automountServiceAccountToken"] = json!(false);
+        spec["volumes"]
+            .as_array_mut()
+            .unwrap()
+            .push(kube_api_access());
+        let mount =
+            json!({"name": "kube-api-access", "mountPath": SERVICE_ACCOUNT_DIR, "readOnly": true});
+        spec["containers"][0]["volumeMounts"]
+            .as_array_mut()
+            .unwrap()
+            .push(mount.clone());
+        if sidecar_mounts_it {
+            spec["containers"][1]["volumeMounts"] = json!([mount]);
+        }
+        objs
+    }
+
+    #[test]
+    fn the_projected_token_reaches_the_certvol_container_only() {
+        let plan = PodPlan::from_objects(&with_projected_token(false)).unwrap();
+        assert_eq!(
+            plan.token,
+            Some(TokenMount {
+                volume: Some("kube-api-access".into()),
+                mount_path: SERVICE_ACCOUNT_DIR.into(),
+                read_only: true,
+                expiration_seconds: 3607,
+            })
+        );
+        assert_eq!(plan.token_containers, ["certvol"]);
+        assert_eq!(plan.mounts.len(), 1, "the token is not a hostPath mount");
+
+        let plan = PodPlan::from_objects(&with_projected_token(true)).unwrap();
+        assert_eq!(plan.token_containers, ["certvol", "node-driver-registrar"]);
+    }
+
+    #[test]
+    fn a_projected_volume_unlike_automount_is_refused() {
+        let mut objs = with_projected_token(false);
+        let sources =
+            &mut objs[1]["spec"]["template"]["spec"]["volumes"][1]["projected"]["sources"];
+        sources[0]["serviceAccountToken"]["audience"] = json!("vault");
+        let err = PodPlan::from_objects(&objs).unwrap_err();
+        assert!(err.contains("not a hostPath volume"), "{err}");
     }
 
     #[test]

@@ -69,6 +69,15 @@ or "local".
 {{- if and (eq $issuer "local") (or .Values.trust.namespace .Values.trust.restrictToNamespaces) -}}
 {{- fail "trust.namespace and trust.restrictToNamespaces need issuer: cert-manager or kubernetes-csr (local mode has no Kubernetes API access)" -}}
 {{- end -}}
+{{- if and (ne $issuer "cert-manager") .Values.certManager.namespaces -}}
+{{- fail "certManager.namespaces needs issuer: cert-manager (CertificateSigningRequests are cluster-scoped; use trust.restrictToNamespaces for trust sources)" -}}
+{{- end -}}
+{{- if and .Values.trust.clusterWide .Values.trust.restrictToNamespaces -}}
+{{- fail "trust.clusterWide and trust.restrictToNamespaces exclude each other" -}}
+{{- end -}}
+{{- if and (eq $issuer "local") (or .Values.trust.clusterWide .Values.trust.resourceNames) -}}
+{{- fail "trust.clusterWide and trust.resourceNames need issuer: cert-manager or kubernetes-csr (local mode has no Kubernetes API access)" -}}
+{{- end -}}
 {{- if not (has .Values.logFormat (list "text" "json")) -}}
 {{- fail (printf "logFormat must be \"text\" or \"json\", not %q" .Values.logFormat) -}}
 {{- end -}}
@@ -81,6 +90,17 @@ or "local".
 {{- if .Values.trust.configMaps }}{{ $r = append $r "configmaps" }}{{ end -}}
 {{- if .Values.trust.secrets }}{{ $r = append $r "secrets" }}{{ end -}}
 {{- $r | toJson -}}
+{{- end -}}
+
+{{/*
+Namespaces whose ConfigMaps/Secrets the driver may read through Roles, as a JSON list:
+trust.restrictToNamespaces, certManager.namespaces (pods there read sources in their own
+namespace) and trust.namespace. Unused with trust.clusterWide.
+*/}}
+{{- define "certvol.trustNamespaces" -}}
+{{- $ns := concat .Values.trust.restrictToNamespaces .Values.certManager.namespaces -}}
+{{- if .Values.trust.namespace }}{{ $ns = append $ns .Values.trust.namespace }}{{ end -}}
+{{- $ns | uniq | toJson -}}
 {{- end -}}
 
 {{/* kubelet's plugin directory for this driver; the CSI socket lives in it. */}}
