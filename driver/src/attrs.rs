@@ -553,6 +553,9 @@ struct Attrs<'a> {
     annotations: BTreeMap<String, String>,
 }
 
+/// Request-object annotations under this prefix are certvol's own.
+const RESERVED_ANNOTATION_PREFIX: &str = "certvol.io/";
+
 impl<'a> Attrs<'a> {
     fn collect(ctx: &'a HashMap<String, String>) -> Result<Self, AttrError> {
         // Sorted, so that with several bad keys the same one is reported every time.
@@ -596,6 +599,14 @@ impl<'a> Attrs<'a> {
                     _ => continue,
                 };
                 value.clone_into(field);
+            } else if key.starts_with(RESERVED_ANNOTATION_PREFIX) {
+                // certvol's own labels and annotations on request objects (the node name the
+                // chart's admission policy checks) must not be settable by a pod.
+                return Err(invalid(
+                    attr,
+                    "would become an annotation under certvol.io/, which certvol reserves for its own",
+                    "annotations under any other prefix (e.g. team.example.com/owner)",
+                ));
             } else if key.contains('/') {
                 attrs.annotations.insert(key.to_owned(), value.to_owned());
             }
@@ -1745,6 +1756,18 @@ mod tests {
         assert_eq!(
             req.annotations,
             BTreeMap::from([("example.com/team".to_owned(), "payments".to_owned())])
+        );
+    }
+
+    #[test]
+    fn certvols_annotation_prefix_is_reserved() {
+        let mut extra = POD.to_vec();
+        extra.push(("certvol.io/node-name", "another-node"));
+        let err = parse(&with(&extra)).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("\"certvol.io/node-name\"") && text.contains("reserves"),
+            "{text}"
         );
     }
 

@@ -213,6 +213,16 @@ async fn issued_files_and_the_request_match_the_volume() {
             .map(String::as_str),
         Some("payments")
     );
+    // The node's name verbatim, which the chart's admission policy checks against the
+    // driver's pod-bound token.
+    assert_eq!(
+        cr.metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get("certvol.io/node-name"))
+            .map(String::as_str),
+        Some(NODE_ID)
+    );
     assert!(!cr.spec.is_ca);
     let usages: BTreeSet<&str> = cr.spec.usages.iter().map(String::as_str).collect();
     for u in [

@@ -296,6 +296,16 @@ async fn issuance_end_to_end_with_the_ca_from_a_cluster_trust_bundle() {
             .map(String::as_str),
         Some("payments")
     );
+    // The node's name verbatim, which the chart's admission policy checks against the
+    // driver's pod-bound token.
+    assert_eq!(
+        csr.metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get("certvol.io/node-name"))
+            .map(String::as_str),
+        Some(NODE_ID)
+    );
     assert_eq!(csr.spec.signer_name, SIGNER);
     assert_eq!(csr.spec.expiration_seconds, Some(3600));
     assert_eq!(

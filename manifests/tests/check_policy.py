@@ -29,6 +29,8 @@ from check_chart import NAMESPACE, RELEASE, by_kind, objects, render
 
 DRIVER = f"system:serviceaccount:{NAMESPACE}:{RELEASE}"
 NODE_KEY = "authentication.kubernetes.io/node-name"
+# The driver's own annotation: the node name verbatim (driver/src/issuer/certmanager/resource.rs).
+NODE_NAME_ANNOTATION = "certvol.io/node-name"
 LABEL = "certvol.io/node"
 
 failures = []
@@ -116,22 +118,36 @@ def request(op, group, version, resource, obj, old, who, namespace="shop"):
                         "kind": "CreateOptions" if op == "CREATE" else "DeleteOptions"}}
 
 
-def cert_request(node_label=None, annotations=None):
+def node_annotations(node_label, node_name, annotations):
+    """What the driver writes: its node's name verbatim in certvol.io/node-name (by default the
+    label's value; None for a request filed before the driver set it)."""
+    out = dict(annotations or {})
+    name = node_label if node_name == "label" else node_name
+    if name is not None:
+        out.setdefault(NODE_NAME_ANNOTATION, name)
+    return out
+
+
+def cert_request(node_label=None, annotations=None, node_name="label"):
     meta = {"name": "web-0-3f2a", "namespace": "shop",
             "labels": {"certvol.io/volume": "sha256-" + "1" * 40, "certvol.io/pod": "web-0"},
             "ownerReferences": [{"apiVersion": "v1", "kind": "Pod", "name": "web-0", "uid": "p1"}]}
     if node_label is not None:
         meta["labels"][LABEL] = node_label
+    annotations = node_annotations(node_label, node_name, annotations)
     if annotations:
         meta["annotations"] = annotations
     return {"apiVersion": "cert-manager.io/v1", "kind": "CertificateRequest", "metadata": meta,
             "spec": {"request": "LS0t", "issuerRef": {"name": "ca", "kind": "Issuer"}}}
 
 
-def csr(node_label=None):
+def csr(node_label=None, node_name="label"):
     meta = {"name": "certvol-7c1e", "labels": {"certvol.io/pod": "web-0"}}
     if node_label is not None:
         meta["labels"][LABEL] = node_label
+    annotations = node_annotations(node_label, node_name, None)
+    if annotations:
+        meta["annotations"] = annotations
     return {"apiVersion": "certificates.k8s.io/v1", "kind": "CertificateSigningRequest",
             "metadata": meta, "spec": {"request": "LS0t", "signerName": "example.com/s",
                                        "usages": ["digital signature"]}}
@@ -181,19 +197,22 @@ def cert_manager_cases():
         ("delete, own node", cr_req("DELETE", cert_request("node-1"), n1), "allowed"),
         ("delete, other node's request", cr_req("DELETE", cert_request("node-2"), n1), "refused"),
         ("delete, unlabelled request", cr_req("DELETE", cert_request(None), n1), "refused"),
-        ("create, long node name, driver's hash label",
-         cr_req("CREATE", cert_request(label_value(LONG)), user(LONG)), "allowed"),
-        ("create, long node name, not a hash",
-         cr_req("CREATE", cert_request("node-2"), user(LONG)), "refused"),
-        ("create, node-name annotation matches",
-         cr_req("CREATE", cert_request("node-1", {"certvol.io/node-name": "node-1"}), n1),
+        ("create, long node name, driver's hash label and the name verbatim",
+         cr_req("CREATE", cert_request(label_value(LONG), node_name=LONG), user(LONG)),
          "allowed"),
-        ("create, node-name annotation names another node",
-         cr_req("CREATE", cert_request("node-1", {"certvol.io/node-name": "node-2"}), n1),
+        ("create, long node name, not a hash",
+         cr_req("CREATE", cert_request("node-2", node_name=LONG), user(LONG)), "refused"),
+        ("create, long node name, hash label of it but another name verbatim",
+         cr_req("CREATE", cert_request(label_value(LONG), node_name=LONG + "x"), user(LONG)),
          "refused"),
-        ("create, long node name, annotation verbatim",
-         cr_req("CREATE", cert_request(label_value(LONG), {"certvol.io/node-name": LONG}),
-                user(LONG)), "allowed"),
+        ("create, own label but no node-name annotation",
+         cr_req("CREATE", cert_request("node-1", node_name=None), n1), "refused"),
+        ("create, node-name annotation names another node",
+         cr_req("CREATE", cert_request("node-1", node_name="node-2"), n1), "refused"),
+        ("delete, own node, filed before the driver set node-name",
+         cr_req("DELETE", cert_request("node-1", node_name=None), n1), "allowed"),
+        ("delete, own label but node-name names another node",
+         cr_req("DELETE", cert_request("node-1", node_name="node-2"), n1), "refused"),
         ("create, other user annotations kept",
          cr_req("CREATE", cert_request("node-1", {"team.example.com/owner": "payments"}), n1),
          "allowed"),
@@ -229,6 +248,8 @@ def csr_cases():
     return [
         ("CSR create, own node", csr_req("CREATE", csr("node-1"), n1), "allowed"),
         ("CSR create, other node's label", csr_req("CREATE", csr("node-2"), n1), "refused"),
+        ("CSR create, no node-name annotation", csr_req("CREATE", csr("node-1", node_name=None), n1),
+         "refused"),
         ("CSR create, no label", csr_req("CREATE", csr(None), n1), "refused"),
         ("CSR delete, own node", csr_req("DELETE", csr("node-1"), n1), "allowed"),
         ("CSR delete, other node", csr_req("DELETE", csr("node-2"), n1), "refused"),

@@ -64,14 +64,13 @@ pub trait RequestObject:
     }
 }
 
-/// Starts on this node's request objects: returns the node's label value (requests carry it), the
-/// cache issuances wait on, the sink for Events on pods, and the watch loop future, which the
+/// Starts on this node's request objects (those carrying its `certvol.io/node` label): returns
+/// the cache issuances wait on, the sink for Events on pods, and the watch loop future, which the
 /// caller spawns. Until the future runs, issuances file their requests but time out waiting.
 pub fn node_requests<R: RequestObject>(
     client: &kube::Client,
     node_id: &str,
 ) -> (
-    String,
     Arc<RequestCache<R>>,
     EventSink,
     impl Future<Output = ()> + Send + 'static + use<R>,
@@ -84,7 +83,7 @@ pub fn node_requests<R: RequestObject>(
         cache.clone(),
     );
     let events = EventSink::new(client.clone(), node_id.to_owned());
-    (node_label, cache, events, watch)
+    (cache, events, watch)
 }
 
 fn kind<R: RequestObject>() -> String {

@@ -67,7 +67,6 @@ impl fmt::Debug for CertManagerConfig {
 pub struct CertManagerIssuer {
     client: kube::Client,
     cfg: CertManagerConfig,
-    node_label: String,
     cache: Arc<RequestCache<CertificateRequest>>,
     events: EventSink,
 }
@@ -76,7 +75,6 @@ impl fmt::Debug for CertManagerIssuer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CertManagerIssuer")
             .field("cfg", &self.cfg)
-            .field("node_label", &self.node_label)
             .field("cached_requests", &self.cache.len())
             .finish_non_exhaustive()
     }
@@ -89,11 +87,10 @@ impl CertManagerIssuer {
         client: kube::Client,
         cfg: CertManagerConfig,
     ) -> (Self, impl Future<Output = ()> + Send + 'static) {
-        let (node_label, cache, events, watch) = filing::node_requests(&client, &cfg.node_id);
+        let (cache, events, watch) = filing::node_requests(&client, &cfg.node_id);
         let issuer = CertManagerIssuer {
             client,
             cfg,
-            node_label,
             cache,
             events,
         };
@@ -149,7 +146,7 @@ impl CertManagerIssuer {
         request: &str,
     ) -> Result<(bool, Option<String>), IssueError> {
         let client = self.creating_client(req, request)?;
-        let cr = resource::build(req, &self.node_label);
+        let cr = resource::build(req, &self.cfg.node_id);
         let api: Api<CertificateRequest> = Api::namespaced(client, &req.cert.pod.namespace);
         filing::create_or_adopt(&api, &cr, request, || {
             info!(%request, issuer = %req.cert.issuer.name, "created CertificateRequest");

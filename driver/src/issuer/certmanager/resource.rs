@@ -21,6 +21,17 @@ pub const LABEL_NODE: &str = "certvol.io/node";
 pub const LABEL_VOLUME: &str = "certvol.io/volume";
 /// Label holding the pod name (hashed when it is not a valid label value).
 pub const LABEL_POD: &str = "certvol.io/pod";
+/// Annotation holding the node name verbatim: the `certvol.io/node` label is a hash for names
+/// longer than a label allows, and the chart's admission policy compares the request with the
+/// node name its bound token carries. Volume attributes cannot set it (the prefix is reserved).
+pub const ANNOTATION_NODE_NAME: &str = "certvol.io/node-name";
+
+/// The request's annotations: the volume's pass-through ones, then certvol's own.
+pub fn annotations(cert: &crate::request::CertRequest, node_id: &str) -> BTreeMap<String, String> {
+    let mut out = cert.annotations.clone();
+    out.insert(ANNOTATION_NODE_NAME.to_owned(), node_id.to_owned());
+    out
+}
 
 /// `spec` of a cert-manager `CertificateRequest`.
 ///
@@ -180,11 +191,11 @@ pub fn hashed_label(v: &str) -> String {
 
 /// Builds the `CertificateRequest` for `req`, labelled for `node_label`'s watch and owned by the pod
 /// so that deleting the pod garbage-collects it.
-pub fn build(req: &IssueRequest, node_label: &str) -> CertificateRequest {
+pub fn build(req: &IssueRequest, node_id: &str) -> CertificateRequest {
     let cert = &req.cert;
     let pod = &cert.pod;
     let labels = BTreeMap::from([
-        (LABEL_NODE.to_owned(), node_label.to_owned()),
+        (LABEL_NODE.to_owned(), label_value(node_id)),
         (LABEL_VOLUME.to_owned(), hashed_label(&req.volume_id)),
         (LABEL_POD.to_owned(), label_value(&pod.name)),
     ]);
@@ -204,7 +215,7 @@ pub fn build(req: &IssueRequest, node_label: &str) -> CertificateRequest {
         name: Some(req.name.clone()),
         namespace: Some(pod.namespace.clone()),
         labels: Some(labels),
-        annotations: (!cert.annotations.is_empty()).then(|| cert.annotations.clone()),
+        annotations: Some(annotations(cert, node_id)),
         owner_references,
         ..ObjectMeta::default()
     };
@@ -503,6 +514,21 @@ pub(crate) mod tests {
             cr.metadata.annotations.clone().unwrap()["team.example.com/owner"],
             "payments"
         );
+        assert_eq!(
+            cr.metadata.annotations.clone().unwrap()[ANNOTATION_NODE_NAME],
+            "node-1"
+        );
+        // A node name too long for a label: the label is its hash, the annotation the name.
+        let long = format!("node-{}", "x".repeat(80));
+        let cr_long = build(&req, &long);
+        assert_eq!(
+            cr_long.metadata.labels.unwrap()[LABEL_NODE],
+            label_value(&long)
+        );
+        assert_eq!(
+            cr_long.metadata.annotations.unwrap()[ANNOTATION_NODE_NAME],
+            long
+        );
 
         let json = serde_json::to_value(&cr).unwrap();
         assert_eq!(json["apiVersion"], "cert-manager.io/v1");
@@ -551,7 +577,11 @@ pub(crate) mod tests {
         let labels = cr.metadata.labels.unwrap();
         assert_eq!(labels[LABEL_POD], hashed_label(&cert.pod.name));
         assert!(cr.metadata.owner_references.is_none());
-        assert!(cr.metadata.annotations.is_none());
+        // Without pass-through annotations only certvol's own remains.
+        assert_eq!(
+            cr.metadata.annotations.unwrap(),
+            BTreeMap::from([(ANNOTATION_NODE_NAME.to_owned(), "n".to_owned())])
+        );
     }
 
     #[test]

@@ -54,7 +54,6 @@ pub struct KubeCsrConfig {
 pub struct KubeCsrIssuer {
     client: kube::Client,
     cfg: KubeCsrConfig,
-    node_label: String,
     cache: Arc<RequestCache<CertificateSigningRequest>>,
     events: EventSink,
     ca: Arc<dyn CaResolver>,
@@ -64,7 +63,6 @@ impl fmt::Debug for KubeCsrIssuer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("KubeCsrIssuer")
             .field("cfg", &self.cfg)
-            .field("node_label", &self.node_label)
             .field("cached_requests", &self.cache.len())
             .field("ca", &self.ca)
             .finish_non_exhaustive()
@@ -84,12 +82,11 @@ impl KubeCsrIssuer {
         cfg: KubeCsrConfig,
         apis: Apis,
     ) -> (Self, impl Future<Output = ()> + Send + 'static) {
-        let (node_label, cache, events, watch) = filing::node_requests(&client, &cfg.node_id);
+        let (cache, events, watch) = filing::node_requests(&client, &cfg.node_id);
         let issuer = KubeCsrIssuer {
             ca: Arc::new(KubeCaResolver::new(client.clone(), apis, cfg.wait_timeout)),
             client,
             cfg,
-            node_label,
             cache,
             events,
         };
@@ -190,7 +187,7 @@ impl KubeCsrIssuer {
             resource::outcome(csr)
         };
         let file = || async {
-            let csr = resource::build(req, signer, &self.node_label);
+            let csr = resource::build(req, signer, &self.cfg.node_id);
             self.file(req, &csr).await
         };
         let issued = filing::file_and_wait(

@@ -12,7 +12,7 @@ use k8s_openapi::api::certificates::v1::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use crate::issuer::certmanager::resource::{
-    LABEL_NODE, LABEL_POD, LABEL_VOLUME, hashed_label, label_value,
+    LABEL_NODE, LABEL_POD, LABEL_VOLUME, annotations, hashed_label, label_value,
 };
 use crate::issuer::filing::describe_condition;
 use crate::issuer::{IssueError, IssueRequest, Issued};
@@ -33,15 +33,11 @@ pub fn expiration_seconds(duration: Duration) -> i32 {
 /// Builds the request for `req` and its signer, labelled for `node_label`'s watch. No owner
 /// reference: a cluster-scoped object cannot be owned by a namespaced pod, so `forget` (and the
 /// cluster's CSR cleaner for requests of vanished nodes) removes it.
-pub fn build(
-    req: &IssueRequest,
-    signer: &KubeCsrRef,
-    node_label: &str,
-) -> CertificateSigningRequest {
+pub fn build(req: &IssueRequest, signer: &KubeCsrRef, node_id: &str) -> CertificateSigningRequest {
     let cert = &req.cert;
     let pod = &cert.pod;
     let labels = BTreeMap::from([
-        (LABEL_NODE.to_owned(), node_label.to_owned()),
+        (LABEL_NODE.to_owned(), label_value(node_id)),
         (LABEL_VOLUME.to_owned(), hashed_label(&req.volume_id)),
         (LABEL_POD.to_owned(), label_value(&pod.name)),
         (LABEL_NAMESPACE.to_owned(), label_value(&pod.namespace)),
@@ -50,7 +46,7 @@ pub fn build(
         metadata: ObjectMeta {
             name: Some(req.name.clone()),
             labels: Some(labels),
-            annotations: (!cert.annotations.is_empty()).then(|| cert.annotations.clone()),
+            annotations: Some(annotations(cert, node_id)),
             ..ObjectMeta::default()
         },
         spec: CertificateSigningRequestSpec {
@@ -192,6 +188,11 @@ pub(crate) mod tests {
         let req = issue_request(cert_request());
         let csr = build(&req, &signer(), "node-1");
         assert_eq!(csr.metadata.name.as_deref(), Some(req.name.as_str()));
+        assert_eq!(
+            csr.metadata.annotations.clone().unwrap()
+                [crate::issuer::certmanager::resource::ANNOTATION_NODE_NAME],
+            "node-1"
+        );
         assert_eq!(csr.metadata.namespace, None);
         assert_eq!(csr.metadata.owner_references, None);
         let labels = csr.metadata.labels.unwrap();
