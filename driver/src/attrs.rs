@@ -352,11 +352,10 @@ pub fn pkcs12_password(
         None if secrets.is_empty() => "kubelet sent no Secret (set nodePublishSecretRef on the \
                                        pod's csi volume)"
             .to_owned(),
-        None => {
-            let mut keys: Vec<&str> = secrets.keys().map(String::as_str).collect();
-            keys.sort_unstable();
-            format!("the Secret has no such key (its keys: {})", keys.join(", "))
-        }
+        // The Secret's other key names are not listed: kubelet reads it with the node's
+        // credentials, and the message reaches whoever can see the pod's events, who may not
+        // be allowed to read the Secret.
+        None => "the Secret has no such key".to_owned(),
     };
     Err(AttrError::MissingSecretKey {
         attribute: source
@@ -3202,7 +3201,8 @@ mod tests {
         let msg = err.to_string();
         assert!(
             msg.contains("read from key \"ks-pass\"")
-                && msg.contains("the Secret has no such key (its keys: other, pkcs12-password)"),
+                && msg.contains("the Secret has no such key")
+                && !msg.contains("other"),
             "{msg}"
         );
         assert_eq!(

@@ -276,7 +276,7 @@ async fn a_missing_password_is_invalid_argument_naming_the_key_and_leaves_nothin
             vec![
                 "\"csi.certvol.io/pkcs12-password-key\"",
                 "key \"keystore-pass\"",
-                "its keys: password, pkcs12-password",
+                "the Secret has no such key",
             ],
         ),
         (

@@ -33,8 +33,9 @@ impl SourcePem {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum RejectReason {
-    /// A PEM block of another type (the type is named; the content never is).
-    #[error("is a {0:?} PEM block, not a CERTIFICATE")]
+    /// A PEM block of another type. The type is named only when it is one of the standard
+    /// labels (RFC 7468 and OpenSSL's); the content never is.
+    #[error("{}, not a CERTIFICATE", pem_block_text(.0))]
     NotACertificate(String),
     #[error("has a BEGIN line without a matching END line")]
     Unterminated,
@@ -42,6 +43,34 @@ pub enum RejectReason {
     Base64,
     #[error("is not an X.509 certificate: {0}")]
     Der(String),
+}
+
+/// PEM labels certvol names in messages (events reach whoever can see the pod's events):
+/// anything else in a source is shown as "another type", never echoed.
+const KNOWN_PEM_LABELS: &[&str] = &[
+    "X509 CRL",
+    "CERTIFICATE REQUEST",
+    "NEW CERTIFICATE REQUEST",
+    "PKCS7",
+    "CMS",
+    "PRIVATE KEY",
+    "ENCRYPTED PRIVATE KEY",
+    "RSA PRIVATE KEY",
+    "EC PRIVATE KEY",
+    "PUBLIC KEY",
+    "RSA PUBLIC KEY",
+    "TRUSTED CERTIFICATE",
+    "ATTRIBUTE CERTIFICATE",
+    "EC PARAMETERS",
+    "DH PARAMETERS",
+];
+
+fn pem_block_text(label: &str) -> String {
+    if KNOWN_PEM_LABELS.contains(&label) {
+        format!("is a {label:?} PEM block")
+    } else {
+        "is a PEM block of another type".to_owned()
+    }
 }
 
 /// An entry left out, with where it was.
@@ -276,6 +305,17 @@ pub(crate) mod tests {
                 vec![("s1", 1, "PRIVATE KEY")],
             ),
             (
+                "a label that is not a standard one is not echoed",
+                vec![SourcePem::new(
+                    "s1",
+                    format!(
+                        "{a}-----BEGIN hunter2 TOKEN-----\nAAAA\n-----END hunter2 TOKEN-----\n"
+                    ),
+                )],
+                vec!["CN=A"],
+                vec![("s1", 1, "a PEM block of another type")],
+            ),
+            (
                 "bad base64, bad DER and an unterminated block are reported with their index",
                 vec![
                     SourcePem::new("s1", format!("{garbage_b64}{a}")),
@@ -313,6 +353,7 @@ pub(crate) mod tests {
                 assert_eq!((r.source.as_str(), r.index), (src, idx), "{name}");
                 let msg = r.to_string();
                 assert!(msg.contains(fragment), "{name}: {msg}");
+                assert!(!msg.contains("hunter2"), "{name}: a label echoed: {msg}");
                 assert!(
                     msg.starts_with(&format!("{src} entry {idx} ")),
                     "{name}: {msg}"

@@ -502,7 +502,11 @@ fn content(
             attribute: attribute(),
             object: object(),
             key: key.to_owned(),
-            available: if data.is_empty() {
+            // A Secret's key names are not for whoever reads the pod's events (who may not
+            // be allowed to read the Secret); a ConfigMap's help fix a typo.
+            available: if matches!(source.object, ObjectRef::Secret { .. }) {
+                "not listed for a Secret".into()
+            } else if data.is_empty() {
                 "none".into()
             } else {
                 data.keys()
@@ -713,6 +717,10 @@ mod tests {
             namespace: "shop".into(),
             name: "ca".into(),
         };
+        let secret = ObjectRef::Secret {
+            namespace: "shop".into(),
+            name: "ca".into(),
+        };
         let signer = ObjectRef::Signer {
             signer_name: "example.com/s".into(),
             labels: String::new(),
@@ -743,6 +751,13 @@ mod tests {
                 source(cm.clone(), Some("ca.crt")),
                 snap(&[("ca", &[("ca.crt", &[0xff, 0xfe])])]),
                 Err("is not UTF-8 text"),
+            ),
+            (
+                // A Secret's other keys are not named (whoever sees the pod's events may not
+                // read the Secret).
+                source(secret.clone(), Some("ca.crt")),
+                snap(&[("ca", &[("tls.key", b"x")])]),
+                Err("Secret shop/ca has no key \"ca.crt\"; its keys: not listed for a Secret"),
             ),
             (
                 source(signer.clone(), None),
