@@ -216,6 +216,16 @@ pub enum AttrError {
     #[error("volume attribute {attribute:?} is a certvol extension; write it as {expected:?}")]
     WrongPrefix { attribute: String, expected: String },
 
+    /// The input is over one of certvol's size limits (which keep a volume's state within what
+    /// recovery reads back, and one pod's publish cheap for the node).
+    #[error("volume attribute {attribute:?}: {what} is {got}; at most {max} is accepted")]
+    TooLarge {
+        attribute: String,
+        what: &'static str,
+        got: String,
+        max: String,
+    },
+
     #[error("volume attribute {attribute:?} is not supported by certvol: {hint}")]
     NotSupported {
         attribute: String,
@@ -297,6 +307,7 @@ impl AttrError {
             | AttrError::InvalidEntry { attribute, .. }
             | AttrError::UnknownKey { attribute, .. }
             | AttrError::WrongPrefix { attribute, .. }
+            | AttrError::TooLarge { attribute, .. }
             | AttrError::NotSupported { attribute, .. }
             | AttrError::Conflict { attribute, .. }
             | AttrError::UnknownVariable { attribute, .. }
@@ -369,7 +380,37 @@ pub fn pkcs12_password(
 
 /// Parses a CSI volume context into the certificate it asks for. See the module docs for the
 /// rules.
+/// The volume context a publish may carry: names and values of every attribute, kubelet's keys
+/// included. Far above any honest spec (a service-account token is about 1 KiB), and it bounds
+/// what `state.json` records of the context.
+pub const MAX_CONTEXT_BYTES: usize = 64 * 1024;
+/// Subject alternative names per certificate, all kinds together.
+pub const MAX_SANS: usize = 100;
+/// Pass-through annotations per request: how many, and their names and values together.
+pub const MAX_ANNOTATIONS: usize = 32;
+pub const MAX_ANNOTATION_BYTES: usize = 8 * 1024;
+
+fn check_context_size(ctx: &HashMap<String, String>) -> Result<(), AttrError> {
+    let total: usize = ctx.iter().map(|(k, v)| k.len() + v.len()).sum();
+    if total <= MAX_CONTEXT_BYTES {
+        return Ok(());
+    }
+    // Name the attribute that weighs most: the one to look at first.
+    let largest = ctx
+        .iter()
+        .max_by_key(|(k, v)| (k.len() + v.len(), k.as_str()))
+        .map(|(k, _)| k.clone())
+        .unwrap_or_default();
+    Err(AttrError::TooLarge {
+        attribute: largest,
+        what: "the volume context (attribute names and values, this one the largest)",
+        got: format!("{total} bytes"),
+        max: format!("{MAX_CONTEXT_BYTES} bytes"),
+    })
+}
+
 pub fn parse(ctx: &HashMap<String, String>) -> Result<CertRequest, AttrError> {
+    check_context_size(ctx)?;
     let attrs = Attrs::collect(ctx)?;
 
     let kube_csr = parse_kube_csr(&attrs)?;
@@ -608,6 +649,19 @@ impl<'a> Attrs<'a> {
                 ));
             } else if key.contains('/') {
                 attrs.annotations.insert(key.to_owned(), value.to_owned());
+                let bytes: usize = attrs
+                    .annotations
+                    .iter()
+                    .map(|(k, v)| k.len() + v.len())
+                    .sum();
+                if attrs.annotations.len() > MAX_ANNOTATIONS || bytes > MAX_ANNOTATION_BYTES {
+                    return Err(AttrError::TooLarge {
+                        attribute: key.to_owned(),
+                        what: "the pass-through annotations up to this one",
+                        got: format!("{} annotations, {bytes} bytes", attrs.annotations.len()),
+                        max: format!("{MAX_ANNOTATIONS} annotations, {MAX_ANNOTATION_BYTES} bytes"),
+                    });
+                }
             }
         }
         Ok(attrs)
@@ -853,6 +907,20 @@ fn check_rfc4514(dn: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
+/// Refuses `a` once the certificate would carry more than [`MAX_SANS`] names.
+fn check_san_count(a: Attr<'_>, sans: &Sans) -> Result<(), AttrError> {
+    let n = sans.dns_names.len() + sans.ip_addresses.len() + sans.uris.len();
+    if n < MAX_SANS {
+        return Ok(());
+    }
+    Err(AttrError::TooLarge {
+        attribute: a.key.to_owned(),
+        what: "the number of subject alternative names (dns-names, ip-sans and uri-sans together)",
+        got: format!("more than {n}"),
+        max: MAX_SANS.to_string(),
+    })
+}
+
 fn parse_sans(attrs: &Attrs<'_>, pod: &PodInfo) -> Result<Sans, AttrError> {
     let mut sans = Sans::default();
     if let Some(a) = attrs.get("dns-names") {
@@ -867,6 +935,7 @@ fn parse_sans(attrs: &Attrs<'_>, pod: &PodInfo) -> Result<Sans, AttrError> {
                      characters in all, separated by commas",
                 ));
             }
+            check_san_count(a, &sans)?;
             sans.dns_names.push(name);
         }
     }
@@ -881,6 +950,7 @@ fn parse_sans(attrs: &Attrs<'_>, pod: &PodInfo) -> Result<Sans, AttrError> {
                      commas",
                 )
             })?;
+            check_san_count(a, &sans)?;
             sans.ip_addresses.push(ip);
         }
     }
@@ -895,6 +965,7 @@ fn parse_sans(attrs: &Attrs<'_>, pod: &PodInfo) -> Result<Sans, AttrError> {
                      separated by commas",
                 ));
             }
+            check_san_count(a, &sans)?;
             sans.uris.push(uri);
         }
     }
@@ -1755,6 +1826,58 @@ mod tests {
         assert_eq!(
             req.annotations,
             BTreeMap::from([("example.com/team".to_owned(), "payments".to_owned())])
+        );
+    }
+
+    #[test]
+    fn input_limits_name_the_attribute_and_the_limit() {
+        // The whole context.
+        let big = "x".repeat(MAX_CONTEXT_BYTES);
+        let mut extra = POD.to_vec();
+        extra.push(("example.com/blob", big.as_str()));
+        let text = parse(&with(&extra)).unwrap_err().to_string();
+        assert!(
+            text.starts_with("volume attribute \"example.com/blob\": the volume context")
+                && text.contains(&format!("at most {MAX_CONTEXT_BYTES} bytes")),
+            "{text}"
+        );
+        assert!(
+            text.len() < 400,
+            "the message must not echo the value: {text}"
+        );
+
+        // Subject alternative names: exactly the limit passes, one more is refused.
+        let names = |n: usize| {
+            (0..n)
+                .map(|i| format!("n{i}.example.com"))
+                .collect::<Vec<_>>()
+        };
+        let ok = names(MAX_SANS).join(",");
+        let mut extra = POD.to_vec();
+        extra.push(("csi.cert-manager.io/dns-names", ok.as_str()));
+        assert_eq!(parse_ok(&extra).sans.dns_names.len(), MAX_SANS);
+        let over = names(MAX_SANS - 1).join(",");
+        let mut extra = POD.to_vec();
+        extra.push(("csi.cert-manager.io/dns-names", over.as_str()));
+        extra.push(("csi.cert-manager.io/ip-sans", "10.0.0.1,10.0.0.2"));
+        let text = parse(&with(&extra)).unwrap_err().to_string();
+        assert!(
+            text.starts_with("volume attribute \"csi.cert-manager.io/ip-sans\"")
+                && text.contains(&format!("at most {MAX_SANS} is accepted")),
+            "{text}"
+        );
+
+        // Pass-through annotations.
+        let keys: Vec<String> = (0..=MAX_ANNOTATIONS)
+            .map(|i| format!("example.com/a{i:02}"))
+            .collect();
+        let mut extra = POD.to_vec();
+        extra.extend(keys.iter().map(|k| (k.as_str(), "v")));
+        let text = parse(&with(&extra)).unwrap_err().to_string();
+        assert!(
+            text.contains(&format!("\"{}\"", keys[MAX_ANNOTATIONS]))
+                && text.contains("pass-through annotations"),
+            "{text}"
         );
     }
 
