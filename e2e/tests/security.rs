@@ -192,6 +192,69 @@ async fn file_name_attributes_that_are_paths_are_refused_and_leave_nothing() {
     assert_no_volume_left(&env);
 }
 
+/// Oversized input (issue 13): a huge volume context, too many SANs, too many pass-through
+/// annotations, and certvol's own annotation prefix are each refused with InvalidArgument naming
+/// the attribute and the limit, and leave nothing behind.
+#[tokio::test]
+async fn oversized_or_reserved_input_is_refused_and_leaves_nothing() {
+    require_root!();
+    let mut env = Env::new();
+    let _driver = env.start().await;
+    let kubelet = env.kubelet();
+    let blob = "x".repeat(80 * 1024);
+    let names = (0..101)
+        .map(|i| format!("n{i}.default.svc"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let many: Vec<(String, String)> = (0..40)
+        .map(|i| (format!("example.com/a{i:02}"), "v".to_owned()))
+        .collect();
+    // (case, extra attributes, the attribute the error names, the limit it states)
+    type Case<'a> = (&'a str, Vec<(String, String)>, &'a str, &'a str);
+    let cases: Vec<Case> = vec![
+        (
+            "context",
+            vec![("example.com/blob".into(), blob.clone())],
+            "\"example.com/blob\"",
+            "at most 65536 bytes",
+        ),
+        (
+            "sans",
+            vec![("csi.certvol.io/dns-names".into(), names)],
+            "\"csi.certvol.io/dns-names\"",
+            "at most 100 is accepted",
+        ),
+        (
+            "annotations",
+            many,
+            "\"example.com/a32\"",
+            "32 annotations, 8192 bytes",
+        ),
+        (
+            "reserved",
+            vec![("certvol.io/node-name".into(), "elsewhere".into())],
+            "\"certvol.io/node-name\"",
+            "reserves",
+        ),
+    ];
+    for (name, extra, attribute, limit) in cases {
+        let pod = Pod::new("default", &format!("big-{name}"));
+        let mut vol = volume([]);
+        vol.attributes.extend(extra);
+        let err = kubelet.publish(&pod, &vol).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{name}: {err}");
+        let message = err.message();
+        assert!(
+            message.contains(attribute) && message.contains(limit),
+            "{name}: {message}"
+        );
+        assert!(!message.contains(&blob[..1024]), "{name}: echoes the value");
+        assert!(!kubelet.target_path(&pod, &vol).exists(), "{name}");
+    }
+    assert_no_volume_left(&env);
+    assert!(env.issued().is_empty(), "nothing was signed");
+}
+
 #[tokio::test]
 async fn symlinks_at_or_above_the_target_are_refused_and_the_outside_is_untouched() {
     require_root!();
