@@ -209,6 +209,52 @@ fn bind_protected(src: &Path, target: &Path) -> io::Result<()> {
     Ok(())
 }
 
+/// Binds the (read-only) mount at `from` onto `target` by file descriptor: the target is opened
+/// once, refusing a symbolic link there (O_PATH | O_NOFOLLOW | O_DIRECTORY), and a clone of
+/// `from` is attached to exactly the directory opened, so the target is not resolved again
+/// between the callers' checks and the mount. A clone keeps the per-mount flags of `from`
+/// (read-only, nodev, nosuid, noexec), as a bind does, and so do the copies propagation makes.
+/// Kernels without open_tree/move_mount (before 5.2) get [`bind_protected`] by path instead.
+fn attach_clone(from: &Path, target: &Path) -> io::Result<()> {
+    use rustix::fs::{CWD, Mode, OFlags};
+    use rustix::mount::{MoveMountFlags, OpenTreeFlags};
+    let os_error =
+        |e: rustix::io::Errno, what: String| errno_error(Errno::from_raw(e.raw_os_error()), what);
+    let dir = rustix::fs::open(
+        target,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| os_error(e, format!("opening bind target {}", target.display())))?;
+    let tree = match rustix::mount::open_tree(
+        CWD,
+        from,
+        OpenTreeFlags::OPEN_TREE_CLONE | OpenTreeFlags::OPEN_TREE_CLOEXEC,
+    ) {
+        Ok(tree) => tree,
+        Err(rustix::io::Errno::NOSYS) => return bind_protected(from, target),
+        Err(e) => {
+            return Err(os_error(
+                e,
+                format!("cloning the mount at {}", from.display()),
+            ));
+        }
+    };
+    rustix::mount::move_mount(
+        &tree,
+        "",
+        &dir,
+        "",
+        MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH | MoveMountFlags::MOVE_MOUNT_T_EMPTY_PATH,
+    )
+    .map_err(|e| {
+        os_error(
+            e,
+            format!("bind-mounting {} at {}", from.display(), target.display()),
+        )
+    })
+}
+
 impl Mounter for KernelMounter {
     fn mount_tmpfs(&self, path: &Path, source: &str, size_bytes: u64, mode: u32) -> io::Result<()> {
         check_tmpfs_args(path, source, size_bytes, mode)?;
@@ -235,7 +281,7 @@ impl Mounter for KernelMounter {
                 ));
             }
         }
-        let bound = bind_protected(src, &staging).and_then(|()| bind_protected(&staging, target));
+        let bound = bind_protected(src, &staging).and_then(|()| attach_clone(&staging, target));
         let _ = nix::mount::umount2(&staging, MntFlags::MNT_DETACH);
         let _ = fs::remove_dir(&staging);
         bound
@@ -951,6 +997,33 @@ x 36 0:51 / /bad-id rw - tmpfs src rw
         let link = dir.path().join("link");
         std::os::unix::fs::symlink(&real, &link).unwrap();
         assert_eq!(KernelMounter.mount_at(&link).unwrap(), None);
+    }
+
+    /// The target bind is attached to the directory opened without following a link, so a link
+    /// at the target (planted after the callers' checks) cannot move the bind elsewhere; mount(2)
+    /// by path followed it.
+    #[test]
+    fn bind_onto_a_link_mounts_nothing_where_it_leads() {
+        if !root_or_skip("bind_onto_a_link_mounts_nothing_where_it_leads") {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        let elsewhere = dir.path().join("elsewhere");
+        fs::create_dir(&src).unwrap();
+        fs::create_dir(&elsewhere).unwrap();
+        fs::write(src.join("tls.crt"), b"cert").unwrap();
+        let link = dir.path().join("target");
+        std::os::unix::fs::symlink(&elsewhere, &link).unwrap();
+        let _guard = Unmount(elsewhere.clone());
+
+        assert!(KernelMounter.bind_read_only(&src, &link).is_err());
+        assert!(!KernelMounter.is_mounted(&elsewhere).unwrap());
+        assert_eq!(fs::read_dir(&elsewhere).unwrap().count(), 0);
+        assert!(
+            !src.with_file_name(BIND_STAGING).exists(),
+            "the staging point is cleaned up"
+        );
     }
 
     #[test]
