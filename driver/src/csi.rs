@@ -59,6 +59,9 @@ impl RpcError {
                     Code::InvalidArgument
                 }
                 VolumeError::OtherTarget { .. } => Code::FailedPrecondition,
+                // The request is valid; the node's state at the target is not. Final, so kubelet
+                // backs off, and it leaves a target that is a mount point in place.
+                VolumeError::ForeignMount { .. } => Code::FailedPrecondition,
                 VolumeError::Incompatible { .. } => Code::AlreadyExists,
                 VolumeError::Issue(issue) => match issue {
                     IssueError::Unavailable { .. } => Code::Unavailable,

@@ -84,7 +84,7 @@ pub async fn run(keep: bool) -> Result<bool, DemoError> {
         );
     } else {
         println!(
-            "  storage    tmpfs cannot be mounted here (not root): falling back to plain directories.\n             `certvol node` refuses this without --allow-no-tmpfs; it is for this demo only."
+            "  storage    tmpfs cannot be mounted here (not root): falling back to plain directories.\n             `certvol node` refuses this (--allow-no-tmpfs is for tests only); it is for this demo only."
         );
     }
     println!();

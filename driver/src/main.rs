@@ -104,7 +104,9 @@ struct NodeArgs {
     /// Size limit of each volume's tmpfs (bytes, or with a K/M/Ki/Mi suffix).
     #[arg(long, default_value = "4Mi", value_parser = parse_size)]
     tmpfs_size: u64,
-    /// Use plain directories when tmpfs cannot be mounted (keys on disk): demos and tests only.
+    /// Tests only: use plain directories when tmpfs cannot be mounted (keys on disk, and the pod's
+    /// volume is a writable link into the data root). Refused unless
+    /// CERTVOL_TESTS_ONLY_ALLOW_NO_TMPFS=1 is set too; `certvol demo` needs neither.
     #[arg(long)]
     allow_no_tmpfs: bool,
     /// How long a publish waits for its certificate before answering DeadlineExceeded (kubelet's

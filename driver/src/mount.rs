@@ -121,6 +121,11 @@ pub trait Mounter: Send + Sync + Debug + 'static {
     fn mounts(&self) -> io::Result<Vec<MountInfo>>;
     /// Whether `path` is a mount point.
     fn is_mounted(&self, path: &Path) -> io::Result<bool>;
+    /// The topmost mount whose mount point is `path` itself, `None` when nothing is mounted
+    /// there. A symbolic link at the last component is not followed: a link is never a mount
+    /// point as named, so a link at a target cannot make another mount look like the target's.
+    /// Links in the components above are resolved; callers check those first.
+    fn mount_at(&self, path: &Path) -> io::Result<Option<MountInfo>>;
     /// Whether key material written under this mounter's tmpfs stays in memory (false for the
     /// directory fallback, which writes to whatever disk backs the directory).
     fn memory_backed(&self) -> bool;
@@ -204,6 +209,52 @@ fn bind_protected(src: &Path, target: &Path) -> io::Result<()> {
     Ok(())
 }
 
+/// Binds the (read-only) mount at `from` onto `target` by file descriptor: the target is opened
+/// once, refusing a symbolic link there (O_PATH | O_NOFOLLOW | O_DIRECTORY), and a clone of
+/// `from` is attached to exactly the directory opened, so the target is not resolved again
+/// between the callers' checks and the mount. A clone keeps the per-mount flags of `from`
+/// (read-only, nodev, nosuid, noexec), as a bind does, and so do the copies propagation makes.
+/// Kernels without open_tree/move_mount (before 5.2) get [`bind_protected`] by path instead.
+fn attach_clone(from: &Path, target: &Path) -> io::Result<()> {
+    use rustix::fs::{CWD, Mode, OFlags};
+    use rustix::mount::{MoveMountFlags, OpenTreeFlags};
+    let os_error =
+        |e: rustix::io::Errno, what: String| errno_error(Errno::from_raw(e.raw_os_error()), what);
+    let dir = rustix::fs::open(
+        target,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| os_error(e, format!("opening bind target {}", target.display())))?;
+    let tree = match rustix::mount::open_tree(
+        CWD,
+        from,
+        OpenTreeFlags::OPEN_TREE_CLONE | OpenTreeFlags::OPEN_TREE_CLOEXEC,
+    ) {
+        Ok(tree) => tree,
+        Err(rustix::io::Errno::NOSYS) => return bind_protected(from, target),
+        Err(e) => {
+            return Err(os_error(
+                e,
+                format!("cloning the mount at {}", from.display()),
+            ));
+        }
+    };
+    rustix::mount::move_mount(
+        &tree,
+        "",
+        &dir,
+        "",
+        MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH | MoveMountFlags::MOVE_MOUNT_T_EMPTY_PATH,
+    )
+    .map_err(|e| {
+        os_error(
+            e,
+            format!("bind-mounting {} at {}", from.display(), target.display()),
+        )
+    })
+}
+
 impl Mounter for KernelMounter {
     fn mount_tmpfs(&self, path: &Path, source: &str, size_bytes: u64, mode: u32) -> io::Result<()> {
         check_tmpfs_args(path, source, size_bytes, mode)?;
@@ -230,7 +281,7 @@ impl Mounter for KernelMounter {
                 ));
             }
         }
-        let bound = bind_protected(src, &staging).and_then(|()| bind_protected(&staging, target));
+        let bound = bind_protected(src, &staging).and_then(|()| attach_clone(&staging, target));
         let _ = nix::mount::umount2(&staging, MntFlags::MNT_DETACH);
         let _ = fs::remove_dir(&staging);
         bound
@@ -239,8 +290,13 @@ impl Mounter for KernelMounter {
     fn unmount(&self, path: &Path) -> io::Result<()> {
         // A kill between the two binds of `bind_read_only` leaves its staging bind inside the
         // volume's tmpfs, which would keep the tmpfs busy.
-        let _ = nix::mount::umount2(&path.join(BIND_STAGING), MntFlags::MNT_DETACH);
-        match nix::mount::umount2(path, MntFlags::empty()) {
+        let _ = nix::mount::umount2(
+            &path.join(BIND_STAGING),
+            MntFlags::MNT_DETACH | MntFlags::UMOUNT_NOFOLLOW,
+        );
+        // UMOUNT_NOFOLLOW: a symbolic link at `path` (planted after the callers' checks) must
+        // not take the unmount to wherever it leads; the link itself is no mount point (EINVAL).
+        match nix::mount::umount2(path, MntFlags::UMOUNT_NOFOLLOW) {
             Ok(()) | Err(Errno::EINVAL) | Err(Errno::ENOENT) => Ok(()),
             Err(e) => Err(errno_error(e, format!("unmounting {}", path.display()))),
         }
@@ -264,6 +320,24 @@ impl Mounter for KernelMounter {
             }
         };
         Ok(self.mounts()?.iter().any(|m| m.mount_point == canonical))
+    }
+
+    fn mount_at(&self, path: &Path) -> io::Result<Option<MountInfo>> {
+        match fs::symlink_metadata(path) {
+            Ok(meta) if meta.file_type().is_symlink() => return Ok(None),
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(context(e, format!("inspecting {}", path.display()))),
+        }
+        // Not a link itself, so resolving only normalises the components above (which the
+        // callers have checked) to the form mountinfo uses.
+        let canonical = fs::canonicalize(path)
+            .map_err(|e| context(e, format!("resolving {}", path.display())))?;
+        // mountinfo lists mounts in the order they were made; at one point the last is on top.
+        Ok(self
+            .mounts()?
+            .into_iter()
+            .rfind(|m| m.mount_point == canonical))
     }
 
     fn memory_backed(&self) -> bool {
@@ -521,6 +595,12 @@ impl Mounter for DirMounter {
     fn is_mounted(&self, path: &Path) -> io::Result<bool> {
         let key = record_key(path)?;
         Ok(self.lock().mounts.contains_key(&key))
+    }
+
+    fn mount_at(&self, path: &Path) -> io::Result<Option<MountInfo>> {
+        // A fake bind is a symlink at the target, recorded under the link's own name.
+        let key = record_key(path)?;
+        Ok(self.mounts()?.into_iter().find(|m| m.mount_point == key))
     }
 
     fn memory_backed(&self) -> bool {
@@ -861,6 +941,89 @@ x 36 0:51 / /bad-id rw - tmpfs src rw
         assert!(!KernelMounter.is_mounted(&target).unwrap());
         assert_eq!(fs::read_dir(&target).unwrap().count(), 0);
         KernelMounter.unmount(&target).unwrap();
+    }
+
+    /// A link planted at a mount point after the callers' checks must not carry an unmount to
+    /// the mount it leads to (umount2 without UMOUNT_NOFOLLOW follows it).
+    #[test]
+    fn unmount_through_a_link_leaves_the_mount_it_leads_to() {
+        if !root_or_skip("unmount_through_a_link_leaves_the_mount_it_leads_to") {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("real");
+        fs::create_dir(&real).unwrap();
+        KernelMounter
+            .mount_tmpfs(&real, "foreign-test", 64 * 1024, 0o755)
+            .unwrap();
+        let _guard = Unmount(real.clone());
+        fs::write(real.join("data"), b"keep").unwrap();
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+
+        KernelMounter.unmount(&link).unwrap();
+        assert!(KernelMounter.is_mounted(&real).unwrap(), "still mounted");
+        assert_eq!(fs::read(real.join("data")).unwrap(), b"keep");
+    }
+
+    #[test]
+    fn mount_at_names_the_topmost_mount_and_never_follows_a_link() {
+        if !root_or_skip("mount_at_names_the_topmost_mount_and_never_follows_a_link") {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("real");
+        fs::create_dir(&real).unwrap();
+        assert_eq!(KernelMounter.mount_at(&real).unwrap(), None);
+        assert_eq!(
+            KernelMounter.mount_at(&dir.path().join("missing")).unwrap(),
+            None
+        );
+        KernelMounter
+            .mount_tmpfs(&real, "below-test", 64 * 1024, 0o755)
+            .unwrap();
+        let _below = Unmount(real.clone());
+        KernelMounter
+            .mount_tmpfs(&real, "above-test", 64 * 1024, 0o755)
+            .unwrap();
+        let _above = Unmount(real.clone());
+        let top = KernelMounter.mount_at(&real).unwrap().unwrap();
+        assert_eq!(
+            (top.fs_type.as_str(), top.source.as_str()),
+            ("tmpfs", "above-test")
+        );
+        assert_eq!(top.root, "/");
+
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        assert_eq!(KernelMounter.mount_at(&link).unwrap(), None);
+    }
+
+    /// The target bind is attached to the directory opened without following a link, so a link
+    /// at the target (planted after the callers' checks) cannot move the bind elsewhere; mount(2)
+    /// by path followed it.
+    #[test]
+    fn bind_onto_a_link_mounts_nothing_where_it_leads() {
+        if !root_or_skip("bind_onto_a_link_mounts_nothing_where_it_leads") {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        let elsewhere = dir.path().join("elsewhere");
+        fs::create_dir(&src).unwrap();
+        fs::create_dir(&elsewhere).unwrap();
+        fs::write(src.join("tls.crt"), b"cert").unwrap();
+        let link = dir.path().join("target");
+        std::os::unix::fs::symlink(&elsewhere, &link).unwrap();
+        let _guard = Unmount(elsewhere.clone());
+
+        assert!(KernelMounter.bind_read_only(&src, &link).is_err());
+        assert!(!KernelMounter.is_mounted(&elsewhere).unwrap());
+        assert_eq!(fs::read_dir(&elsewhere).unwrap().count(), 0);
+        assert!(
+            !src.with_file_name(BIND_STAGING).exists(),
+            "the staging point is cleaned up"
+        );
     }
 
     #[test]

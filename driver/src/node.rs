@@ -125,12 +125,17 @@ pub enum NodeError {
     #[error(
         "cannot mount the volumes' tmpfs below the data root: {0}; refusing to start{hint}",
         hint = if .0.directories_would_work() {
-            ". Pass --allow-no-tmpfs to use plain directories instead (keys then live on disk: for demos and tests only)"
+            ". For tests only, --allow-no-tmpfs with CERTVOL_TESTS_ONLY_ALLOW_NO_TMPFS=1 uses plain directories instead (keys then live on disk)"
         } else {
             ""
         }
     )]
     NoTmpfs(crate::mount::ProbeError),
+    /// `--allow-no-tmpfs` without its environment variable: the fallback is for tests only.
+    #[error(
+        "--allow-no-tmpfs is for tests only and needs {ALLOW_NO_TMPFS_ENV}=1 in the environment too: with plain directories private keys live on disk and the pod's volume is a writable link into the driver's data root (a pod could point its files anywhere); refusing to start"
+    )]
+    NoTmpfsNotEnabled,
     #[error("data root: {0}")]
     Store(#[from] crate::store::StoreError),
     #[error("local CA: {0}")]
@@ -210,12 +215,37 @@ pub fn bind_socket(path: &Path) -> Result<UnixListener, NodeError> {
     Ok(listener)
 }
 
+/// The environment variable `--allow-no-tmpfs` also needs (set to `1`).
+pub const ALLOW_NO_TMPFS_ENV: &str = "CERTVOL_TESTS_ONLY_ALLOW_NO_TMPFS";
+
+/// Whether the directory fallback may be used: the flag alone is refused, so that a flag copied
+/// into a production DaemonSet cannot put keys on disk and give pods a writable link into the
+/// data root. `env` is the value of [`ALLOW_NO_TMPFS_ENV`].
+pub fn no_tmpfs_allowed(flag: bool, env: Option<&std::ffi::OsStr>) -> Result<bool, NodeError> {
+    match (flag, env) {
+        (false, _) => Ok(false),
+        (true, Some(v)) if v == "1" => Ok(true),
+        (true, _) => Err(NodeError::NoTmpfsNotEnabled),
+    }
+}
+
 /// Chooses how volumes are mounted: tmpfs when a probe below `data_root` (where the volumes'
-/// tmpfs go) can mount one; plain directories only when allowed and the data root is writable.
+/// tmpfs go) can mount one; plain directories only when allowed (`--allow-no-tmpfs` and
+/// [`ALLOW_NO_TMPFS_ENV`]) and the data root is writable.
 pub fn choose_mounter(
     data_root: &Path,
     allow_no_tmpfs: bool,
 ) -> Result<Arc<dyn Mounter>, NodeError> {
+    // Checked before the probe, so the refusal does not depend on whether tmpfs works here.
+    let allowed = no_tmpfs_allowed(
+        allow_no_tmpfs,
+        std::env::var_os(ALLOW_NO_TMPFS_ENV).as_deref(),
+    )?;
+    probe_and_choose(data_root, allowed)
+}
+
+/// [`choose_mounter`] once the fallback's permission is settled.
+fn probe_and_choose(data_root: &Path, allow_no_tmpfs: bool) -> Result<Arc<dyn Mounter>, NodeError> {
     match crate::mount::probe_tmpfs(data_root) {
         Ok(Probed::Mounted) => Ok(Arc::new(KernelMounter)),
         // Real mounts, never the directory fallback: if mounting does not work either, publishes
@@ -592,6 +622,30 @@ mod tests {
     }
 
     #[test]
+    fn allow_no_tmpfs_alone_is_refused() {
+        use std::ffi::OsStr;
+        assert!(!no_tmpfs_allowed(false, None).unwrap());
+        assert!(!no_tmpfs_allowed(false, Some(OsStr::new("1"))).unwrap());
+        assert!(no_tmpfs_allowed(true, Some(OsStr::new("1"))).unwrap());
+        for env in [None, Some(OsStr::new("")), Some(OsStr::new("yes"))] {
+            let err = no_tmpfs_allowed(true, env).unwrap_err();
+            let msg = err.to_string();
+            assert!(
+                msg.contains(ALLOW_NO_TMPFS_ENV) && msg.contains("tests only"),
+                "{msg}"
+            );
+        }
+        // Refused before the probe: even where tmpfs works, the flag alone stops the start.
+        let dir = tempfile::tempdir().unwrap();
+        if std::env::var_os(ALLOW_NO_TMPFS_ENV).is_none() {
+            assert!(matches!(
+                choose_mounter(dir.path(), true),
+                Err(NodeError::NoTmpfsNotEnabled)
+            ));
+        }
+    }
+
+    #[test]
     fn a_read_only_data_root_is_refused_even_with_allow_no_tmpfs() {
         if !nix::unistd::geteuid().is_root() {
             println!("skipping: needs root to make a read-only bind mount");
@@ -601,7 +655,7 @@ mod tests {
         let ro = dir.path().join("ro");
         std::fs::create_dir(&ro).unwrap();
         KernelMounter.bind_read_only(&ro, &ro).unwrap();
-        let result = choose_mounter(&ro.join("data"), true);
+        let result = probe_and_choose(&ro.join("data"), true);
         let _ = KernelMounter.unmount(&ro);
         match result {
             Err(NodeError::NoTmpfs(e)) => assert_eq!(e.errno, nix::errno::Errno::EROFS),

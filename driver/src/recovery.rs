@@ -2,7 +2,7 @@
 //! crash at any point. The CSI Probe reports ready only after this pass.
 
 use std::collections::{HashMap, HashSet};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use tracing::{info, warn};
 
@@ -77,10 +77,11 @@ pub async fn recover(mgr: &VolumeManager) -> Result<Report, VolumeError> {
         if state.phase == Phase::Published && state.pending.is_some() {
             report.resumed += 1;
         }
-        claimed.insert(
-            paths.key.clone(),
-            vec![paths.mem.clone(), state.target_path.clone()],
-        );
+        // mountinfo names mount points resolved; a relocated kubelet directory must not make a
+        // kept volume's bind look unclaimed.
+        let target =
+            std::fs::canonicalize(&state.target_path).unwrap_or_else(|_| state.target_path.clone());
+        claimed.insert(paths.key.clone(), vec![paths.mem.clone(), target]);
         report.kept += 1;
         normalise(&mut state);
         mgr.schedule(&state);
@@ -93,15 +94,26 @@ pub async fn recover(mgr: &VolumeManager) -> Result<Report, VolumeError> {
         }
     }
 
-    // Mounts of this data root's tmpfs that no kept volume accounts for: binds left by a crash
-    // between mount and state write, or by state that was just discarded.
+    // Mounts certvol made that no kept volume accounts for: tmpfs (and staging binds) left by a
+    // crash between mount and state write, or binds of state that was just discarded. Only
+    // what certvol makes is swept: its mounts below its own volume directories and its binds
+    // at kubelet's target paths. Others carry the same source (kubelet's subPath binds of a
+    // volume's files under `volume-subpaths/`) and are kubelet's to remove.
     let mounts = mounter
         .mounts()
         .map_err(io("read the mount table for", store.root()))?;
+    let resolved = |p: PathBuf| std::fs::canonicalize(&p).unwrap_or(p);
+    let volumes_dir = resolved(store.root().join("volumes"));
+    let pods_dir = resolved(mgr.config().kubelet_dir.join("pods"));
     let mut orphans: Vec<PathBuf> = mounts
         .iter()
         .filter_map(|m| {
             let key = store.key_from_mount_source(&m.source)?;
+            let made_by_us = m.mount_point.starts_with(volumes_dir.join(key))
+                || (mgr.is_our_bind(m, Some(key)) && is_target_path(&pods_dir, &m.mount_point));
+            if !made_by_us {
+                return None;
+            }
             let ours = claimed
                 .get(key)
                 .is_some_and(|points| points.contains(&m.mount_point));
@@ -131,6 +143,20 @@ pub async fn recover(mgr: &VolumeManager) -> Result<Report, VolumeError> {
         "state recovered"
     );
     Ok(report)
+}
+
+/// Whether `point` has the shape of a target path kubelet gives an inline CSI volume:
+/// `<pods>/<pod uid>/volumes/kubernetes.io~csi/<volume name>/mount`.
+fn is_target_path(pods_dir: &Path, point: &Path) -> bool {
+    let Ok(rest) = point.strip_prefix(pods_dir) else {
+        return false;
+    };
+    let parts: Vec<_> = rest.components().map(|c| c.as_os_str()).collect();
+    matches!(
+        parts.as_slice(),
+        [_, volumes, csi, _, mount]
+            if *volumes == "volumes" && *csi == "kubernetes.io~csi" && *mount == "mount"
+    )
 }
 
 /// Volumes published by certvol 0.1.0 before keys were named by revision kept them as
@@ -184,6 +210,29 @@ async fn discard(
         Ok(()) => report.removed += 1,
         Err(e) => {
             warn!(volume_key = %paths.key, error = %e, "could not remove the volume; retried at the next start")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_kubelets_target_path_shape_counts_as_a_target() {
+        let pods = Path::new("/var/lib/kubelet/pods");
+        assert!(is_target_path(
+            pods,
+            Path::new("/var/lib/kubelet/pods/uid/volumes/kubernetes.io~csi/tls/mount")
+        ));
+        for other in [
+            "/var/lib/kubelet/pods/uid/volume-subpaths/tls/app/0",
+            "/var/lib/kubelet/pods/uid/volumes/kubernetes.io~csi/tls/mount/sub",
+            "/var/lib/kubelet/pods/uid/volumes/kubernetes.io~empty-dir/tls/mount",
+            "/var/lib/kubelet/pods/uid/volumes/kubernetes.io~csi/tls",
+            "/elsewhere/uid/volumes/kubernetes.io~csi/tls/mount",
+        ] {
+            assert!(!is_target_path(pods, Path::new(other)), "{other}");
         }
     }
 }

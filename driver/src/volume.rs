@@ -28,7 +28,7 @@ use crate::issuer::{self, IssueError, IssueRequest, Issuer};
 use crate::keys::{self, KeyError, PrivateKey};
 use crate::layout::{self, LayoutError, Material, Password};
 use crate::metrics::IssueOutcome;
-use crate::mount::Mounter;
+use crate::mount::{MountInfo, Mounter};
 use crate::pki;
 use crate::refresh::{Message, RefreshHandle};
 use crate::request::CertRequest;
@@ -194,6 +194,18 @@ pub enum VolumeError {
         path: PathBuf,
         #[source]
         source: io::Error,
+    },
+    /// Something certvol did not mount (another tmpfs, another volume's bind, a kubelet bind) is
+    /// mounted at the target. certvol leaves it alone rather than publish over or take it down.
+    #[error(
+        "target_path {} already holds a mount that is not this volume's certvol bind (fs type {fs_type}, source {mount_source}, root {root}); certvol leaves it alone and does not publish over it: unmount it and kubelet's retry publishes the volume",
+        target.display()
+    )]
+    ForeignMount {
+        target: PathBuf,
+        fs_type: String,
+        mount_source: String,
+        root: String,
     },
     #[error("internal error: {0}")]
     Internal(String),
@@ -653,6 +665,8 @@ impl VolumeManager {
 
         if guard.is_none() {
             check_target(&self.cfg.kubelet_dir, &params.target_path)?;
+            // Before anything is created or issued; `bind_target` checks again for retries.
+            self.refuse_foreign_mount(&params.target_path, &paths.key)?;
             let state = VolumeState {
                 version: STATE_VERSION,
                 volume_id: params.volume_id.clone(),
@@ -766,17 +780,24 @@ impl VolumeManager {
     ) -> Result<(), VolumeError> {
         // Checked again here, not only at the first publish: a retried publish and recovery's
         // re-bind come back to the target later.
-        if let Some(parent) = target.parent() {
-            check_no_symlink_above(&self.cfg.kubelet_dir, parent, target, false)?;
-        }
+        check_no_link_below_pods(&self.cfg.kubelet_dir, target, true)?;
+        // Anything but our own bind would be taken for it, and the pod would see its contents.
+        self.refuse_foreign_mount(target, &paths.key)?;
         if self
             .mounter
-            .is_mounted(target)
+            .mount_at(target)
             .map_err(VolumeError::io_at("inspect mounts for", target))?
+            .is_some()
         {
             return Ok(());
         }
         match fs::symlink_metadata(target) {
+            Ok(meta) if meta.file_type().is_symlink() => {
+                return Err(VolumeError::InvalidArgument(format!(
+                    "target_path {} is a symbolic link; refusing to mount through it",
+                    target.display()
+                )));
+            }
             Ok(meta) if meta.is_dir() => {}
             Ok(_) => {
                 return Err(VolumeError::InvalidArgument(format!(
@@ -795,6 +816,36 @@ impl VolumeManager {
         self.mounter
             .bind_read_only(&paths.files, target)
             .map_err(VolumeError::io_at("bind-mount read-only at", target))
+    }
+
+    /// A mount at the target that is not volume `key`'s bind: [`VolumeError::ForeignMount`].
+    fn refuse_foreign_mount(&self, target: &Path, key: &str) -> Result<(), VolumeError> {
+        match self
+            .mounter
+            .mount_at(target)
+            .map_err(VolumeError::io_at("inspect mounts for", target))?
+        {
+            Some(m) if !self.is_our_bind(&m, Some(key)) => Err(VolumeError::ForeignMount {
+                target: target.to_path_buf(),
+                fs_type: m.fs_type,
+                mount_source: m.source,
+                root: m.root,
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Whether `m` is a bind certvol made: a mount of one of this data root's tmpfs (the source
+    /// names the store and the volume) whose root is the tmpfs's `files` directory. With `key`,
+    /// only that volume's. A subPath bind kubelet makes of a file or directory inside the volume
+    /// carries the same source but a deeper root, and is not ours.
+    pub(crate) fn is_our_bind(&self, m: &MountInfo, key: Option<&str>) -> bool {
+        m.fs_type == "tmpfs"
+            && m.root == FILES_ROOT
+            && self
+                .store
+                .key_from_mount_source(&m.source)
+                .is_some_and(|k| key.is_none_or(|want| want == k))
     }
 
     /// Keeps a volume's PKCS#12 password for its renewals: in memory and in the volume's private
@@ -1305,9 +1356,8 @@ impl VolumeManager {
     pub async fn unpublish(&self, volume_id: &str, target_path: &Path) -> Result<(), VolumeError> {
         check_volume_id(volume_id)?;
         check_in_pods_dir(&self.cfg.kubelet_dir, target_path)?;
-        if let Some(parent) = target_path.parent() {
-            check_no_symlink_above(&self.cfg.kubelet_dir, parent, target_path, false)?;
-        }
+        check_no_link_below_pods(&self.cfg.kubelet_dir, target_path, false)?;
+        self.refuse_link_at_target(target_path)?;
         let (slot, mut guard) = self.lock(volume_id).await?;
         let result = match guard.take() {
             Some(state) => {
@@ -1322,7 +1372,7 @@ impl VolumeManager {
                     }
                 }
             }
-            None => self.unbind_target(target_path),
+            None => self.unbind_target(target_path, None),
         };
         self.release(volume_id, &slot, &guard);
         result.map_err(|e| e.on_data_root(self.store.root()))
@@ -1352,7 +1402,7 @@ impl VolumeManager {
                 volume_id: state.volume_id.clone(),
             });
         }
-        self.unbind_target(&state.target_path)?;
+        self.unbind_target(&state.target_path, Some(&paths.key))?;
         crashpoint::hit("unpublish:unbound");
         self.mounter
             .unmount(&paths.mem)
@@ -1373,25 +1423,66 @@ impl VolumeManager {
         Ok(())
     }
 
-    /// Unmounts the target path if something is mounted there and removes the directory if it is
-    /// empty. Never follows a symlink and never removes anything else.
-    pub(crate) fn unbind_target(&self, target: &Path) -> Result<(), VolumeError> {
-        if let Some(parent) = target.parent()
-            && let Err(e) = check_no_symlink_above(&self.cfg.kubelet_dir, parent, target, false)
-        {
+    /// A symbolic link at the target is refused: unmounting or removing through it would act
+    /// on whatever it leads to. The directory mounter's fake bind is such a link, made by
+    /// certvol and recorded as its mount, so that one is allowed.
+    fn refuse_link_at_target(&self, target: &Path) -> Result<(), VolumeError> {
+        match fs::symlink_metadata(target) {
+            Ok(meta) if meta.file_type().is_symlink() => {
+                let fake_bind = self
+                    .mounter
+                    .mount_at(target)
+                    .map_err(VolumeError::io_at("inspect mounts for", target))?
+                    .is_some_and(|m| self.is_our_bind(&m, None));
+                if fake_bind {
+                    return Ok(());
+                }
+                Err(VolumeError::InvalidArgument(format!(
+                    "target_path {} is a symbolic link; refusing to unmount or remove through it",
+                    target.display()
+                )))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Unmounts certvol's bind at the target (the volume `key`'s, or with `None` any of this
+    /// data root's) and removes the directory if it is empty. Never follows a symlink, never
+    /// unmounts a mount certvol did not make and never removes anything else.
+    pub(crate) fn unbind_target(
+        &self,
+        target: &Path,
+        key: Option<&str>,
+    ) -> Result<(), VolumeError> {
+        if let Err(e) = check_no_link_below_pods(&self.cfg.kubelet_dir, target, false) {
             // What the link leads to is not ours to unmount or remove; the volume's own tmpfs
             // and state still go.
             warn!(target = %target.display(), error = %e, "leaving the target alone");
             return Ok(());
         }
-        if self
+        match self
             .mounter
-            .is_mounted(target)
+            .mount_at(target)
             .map_err(VolumeError::io_at("inspect mounts for", target))?
         {
-            self.mounter
+            Some(m) if self.is_our_bind(&m, key) => self
+                .mounter
                 .unmount(target)
-                .map_err(VolumeError::io_at("unmount", target))?;
+                .map_err(VolumeError::io_at("unmount", target))?,
+            Some(m) => {
+                // Not an error: kubelet repeats a failed unpublish forever and the pod stays
+                // Terminating, yet no retry could ever succeed. kubelet itself does not remove a
+                // target that is still a mount point, so answering OK leaves the mount in place.
+                warn!(
+                    target = %target.display(),
+                    fs_type = %m.fs_type,
+                    source = %m.source,
+                    root = %m.root,
+                    "the target holds a mount certvol did not make; leaving it alone"
+                );
+                return Ok(());
+            }
+            None => {}
         }
         match fs::symlink_metadata(target) {
             Ok(meta) if meta.is_dir() => match fs::remove_dir(target) {
@@ -1399,6 +1490,10 @@ impl VolumeManager {
                 Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
                 Err(e) => Err(VolumeError::io_at("remove target directory", target)(e)),
             },
+            Ok(meta) if meta.file_type().is_symlink() => {
+                warn!(target = %target.display(), "the target is a symbolic link; leaving it alone");
+                Ok(())
+            }
             Ok(_) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(VolumeError::io_at("inspect", target)(e)),
@@ -1700,44 +1795,63 @@ pub fn check_in_pods_dir(kubelet_dir: &Path, target: &Path) -> Result<(), Volume
     )))
 }
 
-/// Refuses a target whose `parent` resolves somewhere other than its literal path below
-/// `<kubelet_dir>/pods`: a directory between the pods directory and the target was replaced by a
-/// symbolic link, and mounting (or unmounting) through it would act outside kubelet's tree.
-/// Links at or above the kubelet directory itself (a relocated `/var/lib/kubelet`) are fine.
-/// `must_exist`: a missing parent is an error (publish) or nothing to follow (unpublish).
-fn check_no_symlink_above(
+/// The root (in mountinfo) of certvol's bind at a target: the `files` directory of the
+/// volume's tmpfs.
+pub(crate) const FILES_ROOT: &str = "/files";
+
+/// Refuses a symbolic link at any directory between `<kubelet_dir>/pods` and the target
+/// (exclusive), checked with lstat component by component: a directory replaced by a link would
+/// make certvol mount, unmount or remove outside kubelet's tree. Links at or above the kubelet
+/// directory itself (a relocated `/var/lib/kubelet`) are fine. `must_exist`: a missing directory
+/// is an error (publish) or the end of what there is to check (unpublish).
+fn check_no_link_below_pods(
     kubelet_dir: &Path,
-    parent: &Path,
     target: &Path,
     must_exist: bool,
 ) -> Result<(), VolumeError> {
     let pods = kubelet_dir.join("pods");
+    let Some(parent) = target.parent() else {
+        return Ok(());
+    };
     let Ok(below) = parent.strip_prefix(&pods) else {
         // The target is directly in the pods directory: nothing below it to check.
         return Ok(());
     };
-    let resolve = |p: &Path| match fs::canonicalize(p) {
-        Ok(real) => Ok(Some(real)),
-        Err(e) if e.kind() == io::ErrorKind::NotFound && !must_exist => Ok(None),
-        Err(e) => Err(VolumeError::InvalidArgument(format!(
-            "cannot resolve {} for target_path {}: {e}",
-            p.display(),
-            target.display()
-        ))),
-    };
-    let (Some(real_pods), Some(real_parent)) = (resolve(&pods)?, resolve(parent)?) else {
-        return Ok(());
-    };
-    let expected = real_pods.join(below);
-    if real_parent == expected {
-        return Ok(());
+    let mut dir = pods.clone();
+    for component in below.components() {
+        dir.push(component);
+        match fs::symlink_metadata(&dir) {
+            Ok(meta) if meta.file_type().is_symlink() => {
+                let leads_to = fs::canonicalize(&dir).map_or_else(
+                    |e| format!("unresolvable: {e}"),
+                    |p| p.display().to_string(),
+                );
+                return Err(VolumeError::InvalidArgument(format!(
+                    "target_path {}: a directory between {} and the target is a symbolic link ({} resolves to {leads_to}); refusing to act through it",
+                    target.display(),
+                    pods.display(),
+                    dir.display(),
+                )));
+            }
+            Ok(meta) if meta.is_dir() => {}
+            Ok(_) => {
+                return Err(VolumeError::InvalidArgument(format!(
+                    "target_path {}: {} is not a directory",
+                    target.display(),
+                    dir.display()
+                )));
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound && !must_exist => return Ok(()),
+            Err(e) => {
+                return Err(VolumeError::InvalidArgument(format!(
+                    "cannot inspect {} for target_path {}: {e}",
+                    dir.display(),
+                    target.display()
+                )));
+            }
+        }
     }
-    Err(VolumeError::InvalidArgument(format!(
-        "target_path {}: a directory between {} and the target is a symbolic link (it resolves to {}); refusing to act through it",
-        target.display(),
-        pods.display(),
-        real_parent.display()
-    )))
+    Ok(())
 }
 
 /// The target must be inside kubelet's pods directory (see [`check_in_pods_dir`]) and not a
@@ -1763,7 +1877,7 @@ fn check_target(kubelet_dir: &Path, target: &Path) -> Result<(), VolumeError> {
             )));
         }
     }
-    check_no_symlink_above(kubelet_dir, parent, target, true)?;
+    check_no_link_below_pods(kubelet_dir, target, true)?;
     match fs::symlink_metadata(target) {
         Ok(meta) if meta.file_type().is_symlink() => Err(VolumeError::InvalidArgument(format!(
             "target_path {} is a symbolic link; refusing to mount through it",
@@ -2801,7 +2915,7 @@ mod tests {
         fs::rename(&volumes, f._dir.path().join("moved-away")).unwrap();
         std::os::unix::fs::symlink(&outside, &volumes).unwrap();
         let before = tree(&outside);
-        f.mgr.unbind_target(&p.target_path).unwrap();
+        f.mgr.unbind_target(&p.target_path, None).unwrap();
         assert_eq!(
             tree(&outside),
             before,

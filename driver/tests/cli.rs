@@ -4,10 +4,16 @@
 use std::process::Command;
 
 fn certvol(args: &[&str]) -> std::process::Output {
+    certvol_with(args, &[])
+}
+
+fn certvol_with(args: &[&str], envs: &[(&str, &str)]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_certvol"))
         .args(args)
         .env_remove("NODE_NAME")
         .env_remove("CSI_ENDPOINT")
+        .env_remove("CERTVOL_TESTS_ONLY_ALLOW_NO_TMPFS")
+        .envs(envs.iter().copied())
         .output()
         .expect("run certvol")
 }
@@ -61,7 +67,7 @@ fn bad_flags_are_explained() {
 
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("root");
-    let out = certvol(&[
+    let args = [
         "node",
         "--node-id",
         "n1",
@@ -70,10 +76,20 @@ fn bad_flags_are_explained() {
         "tcp://127.0.0.1:1",
         "--data-root",
         root.to_str().unwrap(),
-    ]);
+    ];
+    let out = certvol_with(&args, &[("CERTVOL_TESTS_ONLY_ALLOW_NO_TMPFS", "1")]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("unix:///"), "{err}");
+
+    // The directory fallback is for tests only: the flag alone does not start a node.
+    let out = certvol(&args);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("CERTVOL_TESTS_ONLY_ALLOW_NO_TMPFS=1") && err.contains("tests only"),
+        "{err}"
+    );
 
     let out = certvol(&["node", "--node-id", "n1", "--tmpfs-size", "lots"]);
     assert!(!out.status.success());

@@ -874,6 +874,72 @@ async fn restart_recovers_volumes_without_reissuing_and_removes_orphans() {
     assert_eq!(env.issued().len(), 3, "no re-issuance");
 }
 
+/// kubelet bind-mounts a volume's subPaths into `<pods>/<uid>/volume-subpaths/...`; those binds
+/// carry the volume's tmpfs source too. Recovery used to take every mount with its source for
+/// its own and unmounted them (the container's subPath went empty); it now sweeps only its own
+/// mounts below the data root and its binds at kubelet's target paths.
+#[tokio::test]
+async fn restart_leaves_kubelets_subpath_binds_alone_and_sweeps_orphan_target_binds() {
+    require_root!();
+    let mut env = Env::new();
+    let mut driver = env.start().await;
+    let kubelet = env.kubelet();
+    let vol = volume([]);
+    let pod = Pod::new("default", "subpath");
+    let target = kubelet.target_path(&pod, &vol);
+    kubelet.publish(&pod, &vol).await.unwrap();
+    let cert = std::fs::read(target.join("tls.crt")).unwrap();
+
+    // What kubelet does for `subPath: tls.crt`: a bind of the file (its link resolved).
+    let subpath = env
+        .pods_dir
+        .join(&pod.uid)
+        .join("volume-subpaths")
+        .join(&vol.name)
+        .join("app/0");
+    std::fs::create_dir_all(subpath.parent().unwrap()).unwrap();
+    std::fs::write(&subpath, b"").unwrap();
+    let bind = |src: &Path, at: &Path| {
+        nix::mount::mount(
+            Some(src),
+            at,
+            None::<&str>,
+            nix::mount::MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .unwrap();
+    };
+    bind(&target.join("tls.crt"), &subpath);
+    // And a bind of certvol's at a target path that no volume claims (its state was lost):
+    // certvol's to sweep.
+    let stray = Pod::new("default", "stray");
+    let stray_target = kubelet.target_path(&stray, &vol);
+    std::fs::create_dir_all(&stray_target).unwrap();
+    bind(&target, &stray_target);
+    assert_eq!(ours(&env).len(), 4, "{:?}", ours(&env));
+
+    driver.kill9();
+    let _driver = env.start().await;
+    let left = ours(&env);
+    assert!(
+        left.contains(&subpath.display().to_string()),
+        "the subPath bind stays: {left:?}"
+    );
+    assert_eq!(
+        std::fs::read(&subpath).unwrap(),
+        cert,
+        "and still shows the file"
+    );
+    assert!(
+        !left.contains(&stray_target.display().to_string()),
+        "the orphan target bind is swept: {left:?}"
+    );
+    assert_eq!(left.len(), 3, "tmpfs, target bind, subPath bind: {left:?}");
+    nix::mount::umount(&subpath).unwrap();
+    kubelet.unpublish(&pod, &vol).await.unwrap();
+    assert!(ours(&env).is_empty(), "{:?}", ours(&env));
+}
+
 #[tokio::test]
 async fn sigterm_drains_and_leaves_mounts_for_the_next_start() {
     require_root!();

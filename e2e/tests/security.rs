@@ -305,15 +305,16 @@ async fn symlinks_at_or_above_the_target_are_refused_and_the_outside_is_untouche
     let err = kubelet.unpublish(&above, &vol).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument, "{err}");
 
-    // Unpublish at the link: answered, but nothing behind the link is unmounted or removed.
-    kubelet
+    // Unpublish at the link: refused, and nothing behind the link is unmounted or removed.
+    let err = kubelet
         .node()
         .node_unpublish_volume(csi::NodeUnpublishVolumeRequest {
             volume_id: certvol_driver::kubelet::volume_id(&at.uid, &vol.name),
             target_path: target.display().to_string(),
         })
         .await
-        .unwrap();
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err}");
     assert!(
         std::fs::symlink_metadata(&target)
             .unwrap()
@@ -329,6 +330,106 @@ async fn symlinks_at_or_above_the_target_are_refused_and_the_outside_is_untouche
     assert!(is_mount_point(&outside_mount), "the outside mount stays");
     assert_no_volume_left(&env);
     assert!(env.issued().is_empty());
+}
+
+/// Unpublish of a volume certvol does not know (kubelet repeats unpublish after restarts) used to
+/// unmount whatever was at the target: a link at the last component led it to any mount on the
+/// node, and any mount at a target under the pods directory was taken for certvol's.
+#[tokio::test]
+async fn unpublish_of_an_unknown_volume_unmounts_nothing_certvol_did_not_mount() {
+    require_root!();
+    let mut env = Env::new();
+    let _driver = env.start().await;
+    let kubelet = env.kubelet();
+    let vol = volume([]);
+    let unpublish = |pod: &Pod| csi::NodeUnpublishVolumeRequest {
+        volume_id: certvol_driver::kubelet::volume_id(&pod.uid, &vol.name),
+        target_path: kubelet.target_path(pod, &vol).display().to_string(),
+    };
+
+    // A link at the target to a mount elsewhere on the node.
+    let outside_mount = env.path().join("outside/mnt");
+    mount_tmpfs(&outside_mount);
+    let linked = Pod::new("default", "link-to-mount");
+    let target = kubelet.target_path(&linked, &vol);
+    std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+    std::os::unix::fs::symlink(&outside_mount, &target).unwrap();
+    let err = kubelet
+        .node()
+        .node_unpublish_volume(unpublish(&linked))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err}");
+    assert!(
+        err.message().contains("target_path")
+            && err.message().contains(&target.display().to_string())
+            && err.message().contains("symbolic link"),
+        "{}",
+        err.message()
+    );
+    assert!(
+        is_mount_point(&outside_mount),
+        "the mount behind the link stays"
+    );
+    assert_eq!(
+        std::fs::read(outside_mount.join("data")).unwrap(),
+        b"outside"
+    );
+
+    // A mount at the target that certvol did not make: answered (kubelet must be able to
+    // finish), and left mounted with its contents.
+    let foreign = Pod::new("default", "foreign-at-target");
+    let target = kubelet.target_path(&foreign, &vol);
+    mount_tmpfs(&target);
+    kubelet
+        .node()
+        .node_unpublish_volume(unpublish(&foreign))
+        .await
+        .unwrap();
+    assert!(is_mount_point(&target), "the foreign mount stays");
+    assert_eq!(std::fs::read(target.join("data")).unwrap(), b"outside");
+    assert!(
+        env.logs()
+            .contains("the target holds a mount certvol did not make"),
+        "the refusal is logged"
+    );
+    assert_no_volume_left(&env);
+}
+
+/// Publish used to take any mount at the target for its own bind and answer OK, so the pod got
+/// whatever was mounted there instead of its certificate.
+#[tokio::test]
+async fn publish_over_a_foreign_mount_is_refused_and_leaves_it_alone() {
+    require_root!();
+    let mut env = Env::new();
+    let _driver = env.start().await;
+    let kubelet = env.kubelet();
+    let vol = volume([]);
+    let pod = Pod::new("default", "foreign-publish");
+    let target = kubelet.target_path(&pod, &vol);
+    mount_tmpfs(&target);
+    let before = snapshot(&target);
+
+    let err = kubelet.publish(&pod, &vol).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err}");
+    assert!(
+        err.message().contains(&target.display().to_string())
+            && err.message().contains("not this volume's certvol bind")
+            && err.message().contains("e2e-outside"),
+        "names the target and the mount: {}",
+        err.message()
+    );
+    assert!(is_mount_point(&target), "the foreign mount stays");
+    assert_eq!(snapshot(&target), before, "and is unchanged");
+    assert_no_volume_left(&env);
+    assert!(env.issued().is_empty(), "nothing issued");
+
+    // Once the mount is gone, kubelet's retry publishes the volume.
+    nix::mount::umount(&target).unwrap();
+    let published = kubelet.publish(&pod, &vol).await.unwrap();
+    read_volume(&published).unwrap();
+    kubelet.unpublish(&pod, &vol).await.unwrap();
+    assert_no_volume_left(&env);
 }
 
 #[tokio::test]
