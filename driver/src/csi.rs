@@ -63,6 +63,8 @@ impl RpcError {
                 // backs off, and it leaves a target that is a mount point in place.
                 VolumeError::ForeignMount { .. } => Code::FailedPrecondition,
                 VolumeError::Incompatible { .. } => Code::AlreadyExists,
+                // The request is well-formed; the operator's policy forbids it.
+                VolumeError::Policy(_) => Code::PermissionDenied,
                 VolumeError::Issue(issue) => match issue {
                     IssueError::Unavailable { .. } => Code::Unavailable,
                     IssueError::Timeout { .. } => Code::DeadlineExceeded,
@@ -636,6 +638,15 @@ mod tests {
                 Code::AlreadyExists,
             ),
             (
+                VolumeError::Policy(crate::issuer::policy::PolicyViolation {
+                    attribute: "is-ca",
+                    value: "true".into(),
+                    rule: "no CAs".into(),
+                })
+                .into(),
+                Code::PermissionDenied,
+            ),
+            (
                 VolumeError::Issue(IssueError::Unavailable {
                     message: "down".into(),
                 })
@@ -867,6 +878,11 @@ mod tests {
                 cert_file: None,
                 key_file: None,
                 max_duration: std::time::Duration::from_secs(86400),
+                // These tests are about the CSI edge, not the names a volume may have.
+                policy: crate::issuer::policy::LocalPolicy {
+                    allow_dns: vec!["**".parse().unwrap()],
+                    ..Default::default()
+                },
             },
             clock.clone(),
         )

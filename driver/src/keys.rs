@@ -497,10 +497,19 @@ pub(crate) fn ext_key_usage_extension(usages: &[KeyUsage]) -> Option<Vec<u8>> {
 /// Critical BasicConstraints: `cA TRUE` for a CA, the empty sequence (cA defaults to FALSE)
 /// otherwise.
 pub(crate) fn basic_constraints_extension(is_ca: bool) -> Vec<u8> {
-    let body = if is_ca {
-        der::seq(&[&der::tlv(der::BOOLEAN, &[0xff])])
-    } else {
-        der::seq(&[])
+    basic_constraints_extension_with_path_len(is_ca, None)
+}
+
+/// BasicConstraints with a pathLenConstraint for a CA (ignored for a leaf, where RFC 5280
+/// forbids it).
+pub(crate) fn basic_constraints_extension_with_path_len(
+    is_ca: bool,
+    path_len: Option<u8>,
+) -> Vec<u8> {
+    let body = match (is_ca, path_len) {
+        (true, None) => der::seq(&[&der::tlv(der::BOOLEAN, &[0xff])]),
+        (true, Some(n)) => der::seq(&[&der::tlv(der::BOOLEAN, &[0xff]), &der::uint(&[n])]),
+        (false, _) => der::seq(&[]),
     };
     der::extension(oid::BASIC_CONSTRAINTS, true, &body)
 }

@@ -7,6 +7,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use tokio::signal::unix::{SignalKind, signal};
 
+use certvol_driver::issuer::policy::{self, DnsPattern, IpCidr, LocalPolicy, UriPattern};
 use certvol_driver::node::{self, DEFAULT_DATA_ROOT, DEFAULT_DRIVER_NAME, IssuerKind, NodeOptions};
 
 /// certvol: a CSI node plugin that gives every pod its own X.509 certificate through an inline
@@ -101,6 +102,31 @@ struct NodeArgs {
     /// Longest validity the local CA signs (Go duration); longer requests are capped.
     #[arg(long, default_value = "8760h", value_parser = parse_duration)]
     local_ca_max_duration: Duration,
+    /// Local CA policy: issue CA certificates (is-ca, with pathLenConstraint 0) and the cert sign
+    /// / crl sign usages. Off: such volumes are refused with PermissionDenied.
+    #[arg(long)]
+    local_allow_ca: bool,
+    /// Local CA policy: DNS names allowed besides the pod's own namespace's service and pod
+    /// names (repeatable): "api.example.com" exactly, "*.example.com" one label below,
+    /// "**.example.com" any depth below, "**" any name.
+    #[arg(long = "local-allow-dns", value_name = "PATTERN", value_parser = parse_dns_pattern)]
+    local_allow_dns: Vec<DnsPattern>,
+    /// Local CA policy: URI SANs allowed besides the pod's own SPIFFE ID (repeatable): a URI
+    /// exactly, or a prefix ending in "*".
+    #[arg(long = "local-allow-uri", value_name = "PATTERN", value_parser = parse_uri_pattern)]
+    local_allow_uri: Vec<UriPattern>,
+    /// Local CA policy: IP ranges whose addresses volumes may have as IP SANs (repeatable, e.g.
+    /// 10.0.0.0/8); none by default.
+    #[arg(long = "local-allow-ip-cidr", value_name = "CIDR", value_parser = parse_cidr)]
+    local_allow_ip_cidr: Vec<IpCidr>,
+    /// The cluster's DNS domain: the local CA policy allows <svc>.<namespace>.svc.<domain> and
+    /// <pod>.<namespace>.pod.<domain> names.
+    #[arg(long, default_value = policy::DEFAULT_CLUSTER_DOMAIN, value_parser = policy::parse_domain)]
+    cluster_domain: String,
+    /// SPIFFE trust domain of the pods' own IDs (spiffe://<domain>/ns/<namespace>/sa/<sa>),
+    /// which the local CA policy allows as URI SANs.
+    #[arg(long, default_value = policy::DEFAULT_TRUST_DOMAIN, value_parser = policy::parse_domain)]
+    trust_domain: String,
     /// Size limit of each volume's tmpfs (bytes, or with a K/M/Ki/Mi suffix).
     #[arg(long, default_value = "4Mi", value_parser = parse_size)]
     tmpfs_size: u64,
@@ -142,6 +168,18 @@ struct DemoArgs {
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
     certvol_driver::attrs::parse_duration(s)
+}
+
+fn parse_dns_pattern(s: &str) -> Result<DnsPattern, String> {
+    s.parse()
+}
+
+fn parse_uri_pattern(s: &str) -> Result<UriPattern, String> {
+    s.parse()
+}
+
+fn parse_cidr(s: &str) -> Result<IpCidr, String> {
+    s.parse()
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
@@ -226,6 +264,14 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 local_ca_cert: args.local_ca_cert,
                 local_ca_key: args.local_ca_key,
                 local_ca_max_duration: args.local_ca_max_duration,
+                local_policy: LocalPolicy {
+                    allow_ca: args.local_allow_ca,
+                    cluster_domain: args.cluster_domain,
+                    trust_domain: args.trust_domain,
+                    allow_dns: args.local_allow_dns,
+                    allow_uris: args.local_allow_uri,
+                    allow_ips: args.local_allow_ip_cidr,
+                },
                 tmpfs_size: args.tmpfs_size,
                 issue_timeout: args.issue_timeout,
                 use_token_request: args.use_token_request,

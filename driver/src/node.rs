@@ -65,6 +65,9 @@ pub struct NodeOptions {
     pub local_ca_cert: Option<PathBuf>,
     pub local_ca_key: Option<PathBuf>,
     pub local_ca_max_duration: Duration,
+    /// What the local CA agrees to sign (`--local-allow-*`, `--cluster-domain`,
+    /// `--trust-domain`).
+    pub local_policy: crate::issuer::policy::LocalPolicy,
     pub tmpfs_size: u64,
     pub issue_timeout: Duration,
     /// cert-manager mode: create requests with the pod's own token (kubelet `tokenRequests`).
@@ -97,6 +100,7 @@ impl NodeOptions {
             local_ca_cert: None,
             local_ca_key: None,
             local_ca_max_duration: Duration::from_secs(365 * 24 * 3600),
+            local_policy: crate::issuer::policy::LocalPolicy::default(),
             tmpfs_size: 4 << 20,
             issue_timeout: Duration::from_secs(60),
             use_token_request: false,
@@ -362,15 +366,20 @@ pub async fn run(
             issuer_reachable = Arc::new(move || probe.reachable());
             issuer as Arc<dyn Issuer>
         }
-        IssuerKind::Local => Arc::new(LocalCa::open(
-            LocalCaConfig {
-                dir: store.root().join("local-ca"),
-                cert_file: opts.local_ca_cert.clone(),
-                key_file: opts.local_ca_key.clone(),
-                max_duration: opts.local_ca_max_duration,
-            },
-            clock.clone(),
-        )?),
+        IssuerKind::Local => {
+            // The operator's flags are the whole policy; say at start-up what they amount to.
+            info!(policy = ?opts.local_policy, "local CA issuance policy");
+            Arc::new(LocalCa::open(
+                LocalCaConfig {
+                    dir: store.root().join("local-ca"),
+                    cert_file: opts.local_ca_cert.clone(),
+                    key_file: opts.local_ca_key.clone(),
+                    max_duration: opts.local_ca_max_duration,
+                    policy: opts.local_policy.clone(),
+                },
+                clock.clone(),
+            )?)
+        }
     };
     let mut cfg = Config::new(opts.node_id.clone());
     cfg.kubelet_dir = opts.kubelet_dir.clone();

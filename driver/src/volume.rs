@@ -146,6 +146,9 @@ pub enum VolumeError {
         "volume {volume_id} is already published at {target} with different volume attributes; the attributes of a published volume cannot change"
     )]
     Incompatible { volume_id: String, target: PathBuf },
+    /// The issuer's policy (the local CA's, set by the operator) refuses what the volume asks.
+    #[error(transparent)]
+    Policy(#[from] crate::issuer::policy::PolicyViolation),
     #[error("issuing the certificate: {0}")]
     Issue(#[from] IssueError),
     #[error("the issuer returned an unusable certificate for request {request}: {message}")]
@@ -555,6 +558,7 @@ impl VolumeManager {
         check_in_pods_dir(&self.cfg.kubelet_dir, &params.target_path)?;
         let req = Arc::new(attrs::parse(&params.context)?);
         self.issuer.check_request(&req)?;
+        self.issuer.check_policy(&req)?;
         // Resolved before anything is created, so a missing password leaves nothing behind.
         let password = req
             .files
@@ -1999,6 +2003,11 @@ mod tests {
                 cert_file: None,
                 key_file: None,
                 max_duration: Duration::from_secs(86400),
+                // These tests are about the volume lifecycle, not the names a volume may have.
+                policy: crate::issuer::policy::LocalPolicy {
+                    allow_dns: vec!["**".parse().unwrap()],
+                    ..Default::default()
+                },
             },
             clock,
         )

@@ -35,7 +35,10 @@ fn ours(env: &Env) -> Vec<String> {
 async fn publish_writes_a_matching_key_certificate_and_ca_on_a_private_tmpfs() {
     require_root!();
     let mut env = Env::new();
-    let _driver = env.start().await;
+    // The local CA's policy allows IP SANs only in ranges the operator names.
+    let _driver = env
+        .start_with(&["--local-allow-ip-cidr", "10.0.0.0/24"], &[])
+        .await;
     let kubelet = env.kubelet();
     let pod = Pod::new("shop", "web-0");
     let vol = volume([
@@ -135,7 +138,10 @@ fn libc_erofs() -> i32 {
 async fn cert_manager_keys_work_verbatim_and_key_types_follow_attributes() {
     require_root!();
     let mut env = Env::new();
-    let _driver = env.start().await;
+    // Names outside the pods' namespaces: the operator allows them to the local CA.
+    let _driver = env
+        .start_with(&["--local-allow-dns", "*.example"], &[])
+        .await;
     let kubelet = env.kubelet();
     type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str, &'a str);
     let cases: &[Case] = &[

@@ -289,6 +289,24 @@ def case_local():
     check(kinds == ["CSIDriver", "DaemonSet", "ServiceAccount"], f"local: no RBAC, got {kinds}")
     check(arg_map(container(ds, "certvol")).get("local-ca-max-duration") == "8760h",
           "local: max duration")
+    args = container(ds, "certvol")["args"]
+    check("--cluster-domain=cluster.local" in args and "--trust-domain=cluster.local" in args,
+          f"local: policy domains, got {args}")
+    check(not any(a.startswith("--local-allow-") for a in args),
+          f"local: the policy opens nothing by default, got {args}")
+
+    policy = {"allowCA": True, "allowDNS": ["*.example.com", "**.corp.example"],
+              "allowURIs": ["spiffe://corp.example/*"], "allowIPCIDRs": ["10.0.0.0/8"],
+              "clusterDomain": "corp.internal", "trustDomain": "corp.example"}
+    objs = objects(render({"issuer": "local", "local": {"policy": policy}}))
+    validate(objs, "local+policy")
+    ds, _, _ = check_common(objs, "local+policy", "local")
+    args = container(ds, "certvol")["args"]
+    for want in ["--local-allow-ca", "--local-allow-dns=*.example.com",
+                 "--local-allow-dns=**.corp.example", "--local-allow-uri=spiffe://corp.example/*",
+                 "--local-allow-ip-cidr=10.0.0.0/8", "--cluster-domain=corp.internal",
+                 "--trust-domain=corp.example"]:
+        check(want in args, f"local+policy: {want} rendered, got {args}")
 
     objs = objects(render({"issuer": "local", "local": {"caSecretName": "my-ca"}}))
     validate(objs, "local+secret")

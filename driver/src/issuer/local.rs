@@ -21,6 +21,7 @@ use x509_parser::prelude::FromDer;
 
 use crate::clock::Clock;
 use crate::fsutil;
+use crate::issuer::policy::{LocalPolicy, PolicyViolation};
 use crate::issuer::{IssueError, IssueRequest, Issued, Issuer};
 use crate::keys::{self, PrivateKey, der, oid};
 use crate::pki::{self, CertInfo};
@@ -41,6 +42,8 @@ pub struct LocalCaConfig {
     pub key_file: Option<PathBuf>,
     /// Longest validity handed out; longer requests are cut to this.
     pub max_duration: Duration,
+    /// What the CA agrees to sign (names, CA certificates), set by the operator.
+    pub policy: LocalPolicy,
 }
 
 /// Why the local CA could not be opened.
@@ -66,6 +69,7 @@ pub enum LocalCaError {
 pub struct LocalCa {
     issued_dir: PathBuf,
     max_duration: Duration,
+    policy: LocalPolicy,
     clock: Arc<dyn Clock>,
     key: PrivateKey,
     cert: CertInfo,
@@ -169,6 +173,7 @@ impl LocalCa {
         Ok(LocalCa {
             issued_dir,
             max_duration: cfg.max_duration,
+            policy: cfg.policy,
             clock,
             key,
             subject_der,
@@ -213,6 +218,15 @@ impl LocalCa {
             message,
         };
         check_request_name(&req.name).map_err(&invalid)?;
+        // Checked again here, not only at publish: renewals come this way, and an operator who
+        // tightened the policy and restarted must not see the old rules applied. Also before
+        // the record lookup, so a certificate recorded under looser rules is not handed out.
+        self.policy
+            .check(&req.cert)
+            .map_err(|violation| IssueError::Denied {
+                request: request.clone(),
+                message: violation.to_string(),
+            })?;
         let csr = CsrParts::parse(&req.csr_der).map_err(&invalid)?;
 
         // A poisoned lock only means another issuance panicked; the files are still consistent
@@ -302,7 +316,12 @@ impl LocalCa {
         let usages = keys::effective_usages(&req.cert.usages);
         extensions.extend(keys::key_usage_extension(usages, req.cert.is_ca));
         extensions.extend(keys::ext_key_usage_extension(usages));
-        extensions.push(keys::basic_constraints_extension(req.cert.is_ca));
+        // pathLenConstraint 0: a CA the policy lets a volume have may sign leaves, never
+        // another CA below it.
+        extensions.push(keys::basic_constraints_extension_with_path_len(
+            req.cert.is_ca,
+            Some(0),
+        ));
         extensions.push(subject_key_id_extension(&csr.spki));
         if let Some(id) = &self.key_id {
             extensions.push(authority_key_id_extension(id));
@@ -324,6 +343,10 @@ impl LocalCa {
 impl Issuer for LocalCa {
     fn kind(&self) -> &'static str {
         "local"
+    }
+
+    fn check_policy(&self, req: &crate::request::CertRequest) -> Result<(), PolicyViolation> {
+        self.policy.check(req)
     }
 
     fn issue<'a>(&'a self, req: &'a IssueRequest) -> BoxFuture<'a, Result<Issued, IssueError>> {
@@ -563,6 +586,12 @@ mod tests {
             cert_file: None,
             key_file: None,
             max_duration: Duration::from_secs(24 * 3600),
+            policy: LocalPolicy {
+                allow_ca: true,
+                allow_ips: vec!["10.0.0.0/8".parse().unwrap()],
+                allow_uris: vec!["spiffe://c/*".parse().unwrap()],
+                ..LocalPolicy::default()
+            },
         }
     }
 
@@ -572,7 +601,10 @@ mod tests {
 
     fn cert_request(duration: Duration) -> CertRequest {
         CertRequest {
-            pod: PodInfo::default(),
+            pod: PodInfo {
+                namespace: "default".into(),
+                ..PodInfo::default()
+            },
             issuer: IssuerRef {
                 name: "local".into(),
                 kind: "Issuer".into(),
@@ -711,6 +743,48 @@ mod tests {
         let ku = x.key_usage().unwrap().unwrap().value;
         assert!(ku.key_cert_sign() && ku.crl_sign() && !ku.digital_signature());
         assert!(x.extended_key_usage().unwrap().is_none());
+        let bc = x.basic_constraints().unwrap().unwrap();
+        assert!(bc.critical && bc.value.ca);
+        assert_eq!(
+            bc.value.path_len_constraint,
+            Some(0),
+            "no CA below this one"
+        );
+    }
+
+    #[test]
+    fn policy_refusals_are_denied_and_sign_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut cfg = config(tmp.path());
+        cfg.policy = LocalPolicy::default();
+        let ca = open(cfg.clone());
+        let key = PrivateKey::generate(KeyAlgorithm::EcdsaP256).unwrap();
+        let mut cert = cert_request(Duration::from_secs(3600));
+        cert.sans.ip_addresses.clear();
+        cert.sans.uris.clear();
+        cert.is_ca = true;
+        let err = block_on(ca.issue(&issue_request("ca-req", cert.clone(), &key))).unwrap_err();
+        assert!(matches!(err, IssueError::Denied { .. }), "{err}");
+        assert!(
+            err.to_string().contains("csi.certvol.io/is-ca")
+                && err.to_string().contains("--local-allow-ca"),
+            "{err}"
+        );
+        cert.is_ca = false;
+        cert.sans.dns_names = vec!["web.other.svc".into()];
+        let err = block_on(ca.issue(&issue_request("dns-req", cert.clone(), &key))).unwrap_err();
+        assert!(
+            err.to_string().contains("\"web.other.svc\" is not allowed"),
+            "{err}"
+        );
+        assert!(ca.issued_names().unwrap().is_empty());
+
+        // A certificate recorded under looser rules is not handed out once they are tightened.
+        let mut loose = cfg.clone();
+        loose.policy.allow_dns = vec!["**".parse().unwrap()];
+        block_on(open(loose).issue(&issue_request("dns-req", cert.clone(), &key))).unwrap();
+        let err = block_on(ca.issue(&issue_request("dns-req", cert, &key))).unwrap_err();
+        assert!(matches!(err, IssueError::Denied { .. }), "{err}");
     }
 
     #[test]

@@ -5,6 +5,7 @@ pub mod certmanager;
 pub mod filing;
 pub mod kubecsr;
 pub mod local;
+pub mod policy;
 pub mod watch;
 
 use std::sync::Arc;
@@ -82,6 +83,13 @@ pub trait Issuer: Send + Sync + std::fmt::Debug + 'static {
     /// Whether this issuer can serve a volume asking for `req`, checked before anything is
     /// written, so a volume that names the wrong kind of issuer fails with InvalidArgument.
     fn check_request(&self, _req: &CertRequest) -> Result<(), crate::attrs::AttrError> {
+        Ok(())
+    }
+
+    /// Whether the operator's issuance policy lets this volume have the certificate it asks
+    /// for, checked before anything is written. Only the local CA has one: the other backends
+    /// leave the decision to their signer (cert-manager's approvers, the CSR signer).
+    fn check_policy(&self, _req: &CertRequest) -> Result<(), policy::PolicyViolation> {
         Ok(())
     }
 
