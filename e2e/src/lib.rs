@@ -193,6 +193,22 @@ impl Env {
             .collect()
     }
 
+    /// certvol's own mounts (tmpfs and binds, by their `certvol:` source) under this environment.
+    pub fn certvol_mounts(&self) -> Vec<PathBuf> {
+        self.mounts()
+            .into_iter()
+            .filter(|m| m.source.starts_with("certvol:"))
+            .map(|m| m.mount_point)
+            .collect()
+    }
+
+    /// The volumes with state in the data root.
+    pub fn volume_dirs(&self) -> Vec<PathBuf> {
+        fs::read_dir(self.data_root.join("volumes"))
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default()
+    }
+
     /// Names of the requests the local CA has signed and still remembers.
     pub fn issued(&self) -> Vec<String> {
         let dir = self.data_root.join("local-ca/issued");

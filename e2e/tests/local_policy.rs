@@ -3,7 +3,6 @@
 //! the operator's flags open exactly what they name; a tightened policy stops renewals while
 //! the current certificate stays in place.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use certvol_driver::kubelet::Pod;
@@ -18,21 +17,6 @@ macro_rules! require_root {
             return;
         }
     };
-}
-
-/// certvol's own mounts (tmpfs and binds) under this environment.
-fn ours(env: &Env) -> Vec<PathBuf> {
-    env.mounts()
-        .into_iter()
-        .filter(|m| m.source.starts_with("certvol:"))
-        .map(|m| m.mount_point)
-        .collect()
-}
-
-fn volume_dirs(env: &Env) -> Vec<PathBuf> {
-    std::fs::read_dir(env.data_root.join("volumes"))
-        .map(|d| d.flatten().map(|e| e.path()).collect())
-        .unwrap_or_default()
 }
 
 #[tokio::test]
@@ -91,11 +75,15 @@ async fn refused_requests_are_permission_denied_naming_the_rule_and_leave_nothin
         );
         assert!(env.state(&pod, &vol).is_none(), "{what}: state left behind");
     }
-    assert!(ours(&env).is_empty(), "mounts left: {:?}", ours(&env));
     assert!(
-        volume_dirs(&env).is_empty(),
+        env.certvol_mounts().is_empty(),
+        "mounts left: {:?}",
+        env.certvol_mounts()
+    );
+    assert!(
+        env.volume_dirs().is_empty(),
         "volume state left: {:?}",
-        volume_dirs(&env)
+        env.volume_dirs()
     );
     assert!(env.issued().is_empty(), "nothing was signed");
 

@@ -57,29 +57,17 @@ fn snapshot(root: &Path) -> BTreeMap<PathBuf, String> {
     out
 }
 
-/// Volumes with state in the data root.
-fn volume_dirs(env: &Env) -> Vec<PathBuf> {
-    std::fs::read_dir(env.data_root.join("volumes"))
-        .map(|d| d.flatten().map(|e| e.path()).collect())
-        .unwrap_or_default()
-}
-
-/// certvol's own mounts (tmpfs and binds) under this environment.
-fn ours(env: &Env) -> Vec<PathBuf> {
-    env.mounts()
-        .into_iter()
-        .filter(|m| m.source.starts_with("certvol:"))
-        .map(|m| m.mount_point)
-        .collect()
-}
-
 /// Nothing of any volume is left: no certvol mount, no volume state, nothing signed.
 fn assert_no_volume_left(env: &Env) {
-    assert!(ours(env).is_empty(), "mounts left: {:?}", ours(env));
     assert!(
-        volume_dirs(env).is_empty(),
+        env.certvol_mounts().is_empty(),
+        "mounts left: {:?}",
+        env.certvol_mounts()
+    );
+    assert!(
+        env.volume_dirs().is_empty(),
         "volume state left: {:?}",
-        volume_dirs(env)
+        env.volume_dirs()
     );
 }
 
