@@ -209,6 +209,20 @@ impl Env {
             .unwrap_or_default()
     }
 
+    /// Panics unless nothing of any volume is left: no certvol mount, no volume state.
+    pub fn assert_no_volume_left(&self) {
+        assert!(
+            self.certvol_mounts().is_empty(),
+            "mounts left: {:?}",
+            self.certvol_mounts()
+        );
+        assert!(
+            self.volume_dirs().is_empty(),
+            "volume state left: {:?}",
+            self.volume_dirs()
+        );
+    }
+
     /// Names of the requests the local CA has signed and still remembers.
     pub fn issued(&self) -> Vec<String> {
         let dir = self.data_root.join("local-ca/issued");

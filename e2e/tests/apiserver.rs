@@ -45,6 +45,19 @@ impl Harness {
     }
 }
 
+/// A kube client configured from the kubeconfig `server` writes into `dir` (token [`TOKEN`]).
+async fn kubeconfig_client(server: &ApiServer, dir: &std::path::Path) -> Client {
+    let path = dir.join("kubeconfig");
+    server
+        .write_kubeconfig(&path, TOKEN)
+        .expect("write kubeconfig");
+    let kc = Kubeconfig::read_from(&path).expect("read kubeconfig");
+    let cfg = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+        .await
+        .expect("config");
+    Client::try_from(cfg).expect("client")
+}
+
 /// A server plus a kube client configured from the kubeconfig the server writes.
 async fn harness() -> Harness {
     let server = ApiServer::start().await.expect("start API server");
@@ -55,15 +68,7 @@ async fn harness() -> Harness {
         "sa-uid-web",
     );
     let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("kubeconfig");
-    server
-        .write_kubeconfig(&path, TOKEN)
-        .expect("write kubeconfig");
-    let kc = Kubeconfig::read_from(&path).expect("read kubeconfig");
-    let cfg = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
-        .await
-        .expect("config");
-    let client = Client::try_from(cfg).expect("client");
+    let client = kubeconfig_client(&server, dir.path()).await;
     Harness {
         server,
         client,
@@ -1949,15 +1954,7 @@ async fn tls_serves_in_cluster_clients_from_the_projected_service_account_files(
     assert!(!matches!(err, kube::Error::Api(_)), "{err:?}");
 
     // A kubeconfig carries the CA.
-    let kc_path = dir.path().join("kubeconfig");
-    server
-        .write_kubeconfig(&kc_path, TOKEN)
-        .expect("kubeconfig");
-    let kc = Kubeconfig::read_from(&kc_path).expect("read kubeconfig");
-    let cfg = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
-        .await
-        .expect("config");
-    let pods: Api<Pod> = Api::namespaced(Client::try_from(cfg).expect("client"), NS);
+    let pods: Api<Pod> = Api::namespaced(kubeconfig_client(&server, dir.path()).await, NS);
     pods.list(&ListParams::default())
         .await
         .expect("list via kubeconfig");

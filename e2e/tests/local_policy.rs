@@ -75,16 +75,7 @@ async fn refused_requests_are_permission_denied_naming_the_rule_and_leave_nothin
         );
         assert!(env.state(&pod, &vol).is_none(), "{what}: state left behind");
     }
-    assert!(
-        env.certvol_mounts().is_empty(),
-        "mounts left: {:?}",
-        env.certvol_mounts()
-    );
-    assert!(
-        env.volume_dirs().is_empty(),
-        "volume state left: {:?}",
-        env.volume_dirs()
-    );
+    env.assert_no_volume_left();
     assert!(env.issued().is_empty(), "nothing was signed");
 
     // The pod's own names and SPIFFE ID are what the defaults are for.

@@ -57,20 +57,6 @@ fn snapshot(root: &Path) -> BTreeMap<PathBuf, String> {
     out
 }
 
-/// Nothing of any volume is left: no certvol mount, no volume state, nothing signed.
-fn assert_no_volume_left(env: &Env) {
-    assert!(
-        env.certvol_mounts().is_empty(),
-        "mounts left: {:?}",
-        env.certvol_mounts()
-    );
-    assert!(
-        env.volume_dirs().is_empty(),
-        "volume state left: {:?}",
-        env.volume_dirs()
-    );
-}
-
 fn is_mount_point(path: &Path) -> bool {
     let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
     certvol_e2e::read_mounts()
@@ -164,7 +150,7 @@ async fn file_name_attributes_that_are_paths_are_refused_and_leave_nothing() {
         }
     }
     assert_eq!(refused, 2 * keys.len() * bad.len());
-    assert_no_volume_left(&env);
+    env.assert_no_volume_left();
     assert!(env.issued().is_empty(), "nothing was signed");
     assert_eq!(snapshot(&outside), before, "nothing written outside");
     println!(
@@ -177,7 +163,7 @@ async fn file_name_attributes_that_are_paths_are_refused_and_leave_nothing() {
     let target = kubelet.publish(&pod, &vol).await.expect("publish");
     read_volume(&target).expect("default names tls.crt, tls.key, ca.crt");
     kubelet.unpublish(&pod, &vol).await.unwrap();
-    assert_no_volume_left(&env);
+    env.assert_no_volume_left();
 }
 
 /// Oversized input (issue 13): a huge volume context, too many SANs, too many pass-through
@@ -239,7 +225,7 @@ async fn oversized_or_reserved_input_is_refused_and_leaves_nothing() {
         assert!(!message.contains(&blob[..1024]), "{name}: echoes the value");
         assert!(!kubelet.target_path(&pod, &vol).exists(), "{name}");
     }
-    assert_no_volume_left(&env);
+    env.assert_no_volume_left();
     assert!(env.issued().is_empty(), "nothing was signed");
 }
 
@@ -316,7 +302,7 @@ async fn symlinks_at_or_above_the_target_are_refused_and_the_outside_is_untouche
         "the outside directory is untouched"
     );
     assert!(is_mount_point(&outside_mount), "the outside mount stays");
-    assert_no_volume_left(&env);
+    env.assert_no_volume_left();
     assert!(env.issued().is_empty());
 }
 
@@ -381,7 +367,7 @@ async fn unpublish_of_an_unknown_volume_unmounts_nothing_certvol_did_not_mount()
             .contains("the target holds a mount certvol did not make"),
         "the refusal is logged"
     );
-    assert_no_volume_left(&env);
+    env.assert_no_volume_left();
 }
 
 /// Publish used to take any mount at the target for its own bind and answer OK, so the pod got
@@ -409,7 +395,7 @@ async fn publish_over_a_foreign_mount_is_refused_and_leaves_it_alone() {
     );
     assert!(is_mount_point(&target), "the foreign mount stays");
     assert_eq!(snapshot(&target), before, "and is unchanged");
-    assert_no_volume_left(&env);
+    env.assert_no_volume_left();
     assert!(env.issued().is_empty(), "nothing issued");
 
     // Once the mount is gone, kubelet's retry publishes the volume.
@@ -417,7 +403,7 @@ async fn publish_over_a_foreign_mount_is_refused_and_leaves_it_alone() {
     let published = kubelet.publish(&pod, &vol).await.unwrap();
     read_volume(&published).unwrap();
     kubelet.unpublish(&pod, &vol).await.unwrap();
-    assert_no_volume_left(&env);
+    env.assert_no_volume_left();
 }
 
 #[tokio::test]
@@ -514,7 +500,7 @@ async fn targets_outside_the_pods_dir_and_odd_volume_ids_are_refused_unless_conf
         assert_eq!(err.code(), Code::InvalidArgument, "{id:?}: {err}");
     }
     assert!(!Path::new(&good.target_path).exists());
-    assert_no_volume_left(&env);
+    env.assert_no_volume_left();
     assert!(env.issued().is_empty());
 
     // A node whose kubelet keeps pods elsewhere says so with --kubelet-dir; then that directory
@@ -536,7 +522,7 @@ async fn targets_outside_the_pods_dir_and_odd_volume_ids_are_refused_unless_conf
     assert_eq!(err.code(), Code::InvalidArgument, "{err}");
     assert!(err.message().contains(&moved_arg), "{}", err.message());
     k0s.unpublish(&pod, &vol).await.unwrap();
-    assert_no_volume_left(&env);
+    env.assert_no_volume_left();
 }
 
 /// A CertificateRequest as a rogue (or broken) cert-manager answers it: approved and Ready with
@@ -634,7 +620,7 @@ async fn a_rogue_signer_cannot_plant_a_foreign_or_oversized_certificate() {
         "no waiting it out"
     );
     assert!(!kubelet.target_path(&pod, &vol).exists());
-    assert_no_volume_left(&env);
+    env.assert_no_volume_left();
 
     // An 8 MiB certificate: the watch event is over the client's limit, the relist brings the
     // request, and the issuance fails naming the field and the limit.
@@ -655,7 +641,7 @@ async fn a_rogue_signer_cannot_plant_a_foreign_or_oversized_certificate() {
     );
     assert!(err.message().len() < 1024, "the message stays short");
     assert!(!kubelet.target_path(&pod, &vol).exists());
-    assert_no_volume_left(&env);
+    env.assert_no_volume_left();
     let logs = env.logs();
     assert!(
         logs.contains("larger than 4194304 bytes"),
@@ -730,7 +716,7 @@ async fn socket_mounts_and_file_modes_are_locked_down() {
     for pod in [&plain, &grouped] {
         kubelet.unpublish(pod, &vol).await.unwrap();
     }
-    assert_no_volume_left(&env);
+    env.assert_no_volume_left();
 }
 
 /// The forms a private key could leak in: each 64-character line of its PEM body, its DER in
@@ -870,7 +856,7 @@ async fn no_key_token_or_password_in_a_whole_trace_run() {
     );
 
     kubelet.unpublish(&pod, &vol).await.unwrap();
-    assert_no_volume_left(&env);
+    env.assert_no_volume_left();
     let (scanned, _, hits) = scan(&env);
     let log_bytes = env.logs().len();
     println!(
