@@ -55,9 +55,9 @@ impl RpcError {
             RpcError::Unsupported(_) => Code::Unimplemented,
             RpcError::NotFound(_) => Code::NotFound,
             RpcError::Volume(e) => match e {
-                VolumeError::Attributes(_) | VolumeError::InvalidArgument(_) => {
-                    Code::InvalidArgument
-                }
+                VolumeError::Attributes(_)
+                | VolumeError::InvalidArgument(_)
+                | VolumeError::Limit(_) => Code::InvalidArgument,
                 VolumeError::OtherTarget { .. } => Code::FailedPrecondition,
                 // The request is valid; the node's state at the target is not. Final, so kubelet
                 // backs off, and it leaves a target that is a mount point in place.

@@ -31,6 +31,7 @@ pub mod keys;
 pub mod kubeclient;
 pub mod kubelet;
 pub mod layout;
+pub mod limits;
 pub mod metrics;
 pub mod mount;
 pub mod node;

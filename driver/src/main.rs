@@ -150,6 +150,18 @@ struct NodeArgs {
     /// How many renewals may run at once.
     #[arg(long, default_value_t = 4)]
     renew_concurrency: usize,
+    /// Shortest certificate duration a volume may ask for (Go duration); shorter volumes are
+    /// refused with InvalidArgument. cert-manager's floor is 1h too.
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    min_duration: Duration,
+    /// Longest certificate duration a volume may ask for (Go duration); longer volumes are
+    /// refused with InvalidArgument.
+    #[arg(long, default_value = "8760h", value_parser = parse_duration)]
+    max_duration: Duration,
+    /// How many certvol volumes one pod may have on this node; more are refused with
+    /// InvalidArgument.
+    #[arg(long, default_value_t = certvol_driver::limits::DEFAULT_MAX_VOLUMES_PER_POD)]
+    max_volumes_per_pod: usize,
     /// After SIGTERM, how long in-flight calls and renewals may take to finish.
     #[arg(long, default_value = "20s", value_parser = parse_duration)]
     grace_period: Duration,
@@ -252,6 +264,13 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         Command::Node(args) => {
             init_logging(&cli.log_level, cli.log_format);
             let args = *args;
+            if args.min_duration > args.max_duration {
+                anyhow::bail!(
+                    "certvol node: --min-duration ({:?}) is longer than --max-duration ({:?}); accepted: a minimum no longer than the maximum",
+                    args.min_duration,
+                    args.max_duration
+                );
+            }
             let mounter = node::choose_mounter(&args.data_root, args.allow_no_tmpfs)
                 .context("certvol node")?;
             let opts = NodeOptions {
@@ -282,6 +301,11 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 request_history: args.request_history,
                 trust_namespace: args.trust_namespace,
                 renew_concurrency: args.renew_concurrency,
+                limits: certvol_driver::limits::Limits {
+                    min_duration: args.min_duration,
+                    max_duration: args.max_duration,
+                    max_volumes_per_pod: args.max_volumes_per_pod,
+                },
                 grace_period: args.grace_period,
                 metrics_address: args.metrics_address,
             };

@@ -79,6 +79,8 @@ pub struct NodeOptions {
     /// trust sources, besides the pod's own.
     pub trust_namespace: Option<String>,
     pub renew_concurrency: usize,
+    /// `--min-duration`, `--max-duration`, `--max-volumes-per-pod`.
+    pub limits: crate::limits::Limits,
     pub grace_period: Duration,
     /// Where to serve `/metrics`, `/healthz` and `/readyz`; `None` serves nothing.
     pub metrics_address: Option<SocketAddr>,
@@ -108,6 +110,7 @@ impl NodeOptions {
             request_history: 1,
             trust_namespace: None,
             renew_concurrency: 4,
+            limits: crate::limits::Limits::default(),
             grace_period: Duration::from_secs(20),
             metrics_address: None,
         }
@@ -386,6 +389,7 @@ pub async fn run(
     cfg.tmpfs_size = opts.tmpfs_size;
     cfg.issue_timeout = opts.issue_timeout;
     cfg.request_history = opts.request_history;
+    cfg.limits = opts.limits.clone();
 
     let (sched_handle, sched) = scheduler::channel();
     if opts.issuer == IssuerKind::Local && opts.trust_namespace.is_some() {

@@ -56,6 +56,8 @@ pub struct Config {
     pub policy: certvol_renewer::Policy,
     /// kubelet's root directory (`--kubelet-dir`): every target path must lie in its `pods/`.
     pub kubelet_dir: PathBuf,
+    /// What one volume or pod may ask of the node.
+    pub limits: crate::limits::Limits,
 }
 
 impl Config {
@@ -67,6 +69,7 @@ impl Config {
             request_history: 1,
             policy: certvol_renewer::Policy::default(),
             kubelet_dir: PathBuf::from(DEFAULT_KUBELET_DIR),
+            limits: crate::limits::Limits::default(),
         }
     }
 }
@@ -89,6 +92,22 @@ pub struct PublishParams {
     /// The data of the Secret named by the volume's `nodePublishSecretRef`, which kubelet sends
     /// with every publish. Secret values: never logged, never recorded in `state.json`.
     pub secrets: HashMap<String, String>,
+}
+
+/// What kubelet sent that is a secret (the pod's token, Secret data, a literal keystore password)
+/// is wiped when the request is done with, rather than left in freed heap memory.
+impl Drop for PublishParams {
+    fn drop(&mut self) {
+        use zeroize::Zeroize;
+        for (key, value) in self.context.iter_mut() {
+            if key == attrs::TOKENS_KEY || attrs::is_literal_password_key(key) {
+                value.zeroize();
+            }
+        }
+        for value in self.secrets.values_mut() {
+            value.zeroize();
+        }
+    }
 }
 
 impl std::fmt::Debug for PublishParams {
@@ -134,6 +153,9 @@ pub enum VolumeError {
     Attributes(#[from] AttrError),
     #[error("{0}")]
     InvalidArgument(String),
+    /// Outside the operator's limits on durations or volumes per pod.
+    #[error(transparent)]
+    Limit(#[from] crate::limits::LimitError),
     #[error(
         "volume {volume_id} is already published at {existing}; an inline ephemeral volume has exactly one target, so it cannot also be published at {requested}"
     )]
@@ -394,6 +416,9 @@ pub struct VolumeManager {
     /// (`mem/keys/pkcs12-password`) so that renewals after a driver restart can still write the
     /// keystore. Never on persistent disk.
     passwords: StdMutex<HashMap<String, Password>>,
+    /// The volume ids of each pod's volumes (keyed by the pod's directory under kubelet's
+    /// `pods/`, which kubelet names and the pod cannot), for the volumes-per-pod limit.
+    pod_volumes: StdMutex<HashMap<String, std::collections::BTreeSet<String>>>,
     trust: TrustWiring,
     /// What the cluster serves (API modes); `None` without an API (local mode).
     apis: Option<Apis>,
@@ -418,6 +443,7 @@ impl VolumeManager {
             slots: StdMutex::new(HashMap::new()),
             tokens: StdMutex::new(HashMap::new()),
             passwords: StdMutex::new(HashMap::new()),
+            pod_volumes: StdMutex::new(HashMap::new()),
             trust: TrustWiring::default(),
             apis: None,
         }
@@ -547,9 +573,66 @@ impl VolumeManager {
             crate::metrics::global()
                 .track_volume(&state.volume_id, store::to_system(current.not_after));
         }
+        self.count_pod_volume(&state.target_path, &state.volume_id, true);
         if let Ok(mut slots) = self.slots.lock() {
             slots.insert(state.volume_id.clone(), Arc::new(Mutex::new(Some(state))));
         }
+    }
+
+    /// The pod a target belongs to: its directory under kubelet's `pods/`.
+    fn pod_of(&self, target: &Path) -> Option<String> {
+        let rest = target
+            .strip_prefix(self.cfg.kubelet_dir.join("pods"))
+            .ok()?;
+        let first = rest.components().next()?;
+        Some(first.as_os_str().to_string_lossy().into_owned())
+    }
+
+    /// Adds (or removes) a volume to its pod's count; answers how many the pod had before.
+    fn count_pod_volume(&self, target: &Path, volume_id: &str, add: bool) -> usize {
+        let (Some(pod), Ok(mut pods)) = (self.pod_of(target), self.pod_volumes.lock()) else {
+            return 0;
+        };
+        let volumes = pods.entry(pod.clone()).or_default();
+        let before = volumes.len();
+        if add {
+            volumes.insert(volume_id.to_owned());
+        } else {
+            volumes.remove(volume_id);
+            if volumes.is_empty() {
+                pods.remove(&pod);
+            }
+        }
+        before
+    }
+
+    /// Reserves a place for a new volume among its pod's, within `--max-volumes-per-pod`.
+    fn reserve_pod_volume(&self, params: &PublishParams) -> Result<(), VolumeError> {
+        let Some(pod) = self.pod_of(&params.target_path) else {
+            return Ok(());
+        };
+        let mut pods = self
+            .pod_volumes
+            .lock()
+            .map_err(|_| VolumeError::Internal("pod volume table lock poisoned".into()))?;
+        let volumes = pods.entry(pod).or_default();
+        if !volumes.contains(&params.volume_id) {
+            let shown = match (
+                params.context.get("csi.storage.k8s.io/pod.namespace"),
+                params.context.get("csi.storage.k8s.io/pod.name"),
+            ) {
+                (Some(ns), Some(name)) => format!("{ns}/{name}"),
+                _ => params
+                    .target_path
+                    .strip_prefix(&self.cfg.kubelet_dir)
+                    .unwrap_or(&params.target_path)
+                    .display()
+                    .to_string(),
+            };
+            self.cfg.limits.check_volume_count(&shown, volumes.len())?;
+            volumes.insert(params.volume_id.clone());
+        }
+        Ok(())
     }
 
     /// NodePublishVolume: make the volume's certificate available read-only at the target.
@@ -559,6 +642,7 @@ impl VolumeManager {
         let req = Arc::new(attrs::parse(&params.context)?);
         self.issuer.check_request(&req)?;
         self.issuer.check_policy(&req)?;
+        self.cfg.limits.check_duration(&req, &params.context)?;
         // Resolved before anything is created, so a missing password leaves nothing behind.
         let password = req
             .files
@@ -567,28 +651,34 @@ impl VolumeManager {
             .map(|p| attrs::pkcs12_password(&p.password, &params.context, &params.secrets))
             .transpose()?;
         let context = attrs::stable_context(&params.context);
-        if let Some(token) = token_from_context(&params.context).map_err(|e| {
+        let token = token_from_context(&params.context).map_err(|e| {
             VolumeError::InvalidArgument(format!("volume context {}: {e}", attrs::TOKENS_KEY))
-        })? && let Ok(mut tokens) = self.tokens.lock()
-        {
-            tokens.insert(params.volume_id.clone(), token);
-        }
+        })?;
         let (slot, mut guard) = self.lock(&params.volume_id).await?;
 
         if let Some(state) = guard.as_ref() {
             if state.target_path != params.target_path {
                 return Err(VolumeError::OtherTarget {
-                    volume_id: params.volume_id,
+                    volume_id: params.volume_id.clone(),
                     existing: state.target_path.clone(),
-                    requested: params.target_path,
+                    requested: params.target_path.clone(),
                 });
             }
             if state.context != context || state.mount_group != params.mount_group {
                 return Err(VolumeError::Incompatible {
-                    volume_id: params.volume_id,
-                    target: params.target_path,
+                    volume_id: params.volume_id.clone(),
+                    target: params.target_path.clone(),
                 });
             }
+        }
+        if guard.is_none() {
+            self.reserve_pod_volume(&params)?;
+        }
+        // Only now, under the volume's lock and for the volume this call publishes: a publish
+        // refused above (another target, other attributes) must not replace a live volume's
+        // token, and one that fails below takes its token with it.
+        if let Some(token) = token {
+            self.set_token(&params.volume_id, Some(token));
         }
 
         let mut trust = None;
@@ -605,6 +695,10 @@ impl VolumeManager {
                 warn!(volume_id = %params.volume_id, error = %cleanup, "clean-up after a failed publish did not finish; it is retried at the next start");
                 *guard = Some(state);
             }
+        }
+        if result.is_err() && guard.is_none() {
+            self.set_token(&params.volume_id, None);
+            self.count_pod_volume(&params.target_path, &params.volume_id, false);
         }
         if let Ok(Published::Issued { .. }) = &result
             && let Some(state) = guard.as_ref()
@@ -624,6 +718,16 @@ impl VolumeManager {
             self.report_source_error(&req, e).await;
         }
         result
+    }
+
+    /// Records (or with `None` forgets) the pod token the volume's requests are filed with.
+    fn set_token(&self, volume_id: &str, token: Option<BearerToken>) {
+        if let Ok(mut tokens) = self.tokens.lock() {
+            match token {
+                Some(token) => tokens.insert(volume_id.to_owned(), token),
+                None => tokens.remove(volume_id),
+            };
+        }
     }
 
     async fn publish_locked(
@@ -1395,9 +1499,7 @@ impl VolumeManager {
             crashpoint::hit("unpublish:marked");
         }
         self.scheduler.cancel(&state.volume_id);
-        if let Ok(mut tokens) = self.tokens.lock() {
-            tokens.remove(&state.volume_id);
-        }
+        self.set_token(&state.volume_id, None);
         if let Ok(mut passwords) = self.passwords.lock() {
             passwords.remove(&state.volume_id);
         }
@@ -1422,6 +1524,7 @@ impl VolumeManager {
             warn!(volume_id = %state.volume_id, error = %e, "could not delete the volume's issuer requests");
         }
         self.store.remove(&paths)?;
+        self.count_pod_volume(&state.target_path, &state.volume_id, false);
         crate::metrics::global().untrack_volume(&state.volume_id);
         info!(volume_id = %state.volume_id, "volume removed");
         Ok(())
@@ -2020,6 +2123,11 @@ mod tests {
 
     /// A fixture whose manager knows what the cluster serves (a node with API access).
     fn fixture_with(apis: Option<Apis>) -> Fixture {
+        fixture_tuned(apis, |_| {})
+    }
+
+    /// A fixture whose volume configuration `tune` adjusts (limits, timeouts).
+    fn fixture_tuned(apis: Option<Apis>, tune: impl FnOnce(&mut Config)) -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
         let ahead = Arc::new(Ahead::default());
@@ -2034,6 +2142,7 @@ mod tests {
         let (handle, scheduler) = crate::scheduler::channel();
         let mut cfg = Config::new("node-a");
         cfg.kubelet_dir = dir.path().to_path_buf();
+        tune(&mut cfg);
         let mut mgr = VolumeManager::new(
             cfg,
             store,
@@ -2286,6 +2395,110 @@ mod tests {
             assert!(fs::symlink_metadata(&p.target_path).is_err(), "no target");
             assert_eq!(f.mgr.volume_count(), 0);
         }
+    }
+
+    fn token_of(f: &Fixture, volume_id: &str) -> Option<String> {
+        let tokens = f.mgr.tokens.lock().unwrap();
+        tokens.get(volume_id).map(|t| t.expose().to_owned())
+    }
+
+    fn with_token(p: PublishParams, token: &str) -> PublishParams {
+        let json = format!(
+            r#"{{"": {{"token": "{token}", "expirationTimestamp": "2030-01-01T00:00:00Z"}}}}"#
+        );
+        with_attrs(p, &[(attrs::TOKENS_KEY, json.as_str())])
+    }
+
+    #[tokio::test]
+    async fn a_pod_token_is_kept_only_for_the_volume_it_published() {
+        let f = fixture();
+        let p = params(&f, "tok");
+        f.mgr.publish(with_token(p.clone(), "t1")).await.unwrap();
+        assert_eq!(token_of(&f, "csi-tok").as_deref(), Some("t1"));
+
+        // The same volume id at another target is refused and must not replace the live token.
+        let mut elsewhere = with_token(p.clone(), "t2");
+        elsewhere.target_path = f.pods.join("other/volumes/kubernetes.io~csi/tls/mount");
+        let err = f.mgr.publish(elsewhere).await.unwrap_err();
+        assert!(matches!(err, VolumeError::OtherTarget { .. }), "{err}");
+        assert_eq!(token_of(&f, "csi-tok").as_deref(), Some("t1"));
+
+        // kubelet's republish (requiresRepublish) brings a fresh token: that one is kept.
+        let again = f.mgr.publish(with_token(p.clone(), "t3")).await.unwrap();
+        assert_eq!(again, Published::Unchanged);
+        assert_eq!(token_of(&f, "csi-tok").as_deref(), Some("t3"));
+
+        // A publish that fails for good leaves no token behind.
+        set(&f, DENIED);
+        let failed = params(&f, "nope");
+        f.mgr.publish(with_token(failed, "t4")).await.unwrap_err();
+        assert_eq!(token_of(&f, "csi-nope"), None);
+
+        set(&f, OK);
+        f.mgr.unpublish("csi-tok", &p.target_path).await.unwrap();
+        assert_eq!(token_of(&f, "csi-tok"), None);
+    }
+
+    /// The `n`th certvol volume of pod `pod`: same pod directory, its own volume name and id.
+    fn pod_volume(f: &Fixture, pod: &str, n: usize) -> PublishParams {
+        let mut p = params(f, pod);
+        p.volume_id = format!("csi-{pod}-{n}");
+        p.target_path = f
+            .pods
+            .join(pod)
+            .join(format!("volumes/kubernetes.io~csi/tls-{n}/mount"));
+        fs::create_dir_all(p.target_path.parent().unwrap()).unwrap();
+        p
+    }
+
+    #[tokio::test]
+    async fn a_pod_gets_at_most_its_share_of_volumes_and_a_refusal_leaves_nothing() {
+        let f = fixture_tuned(None, |cfg| cfg.limits.max_volumes_per_pod = 2);
+        for n in 0..2 {
+            f.mgr.publish(pod_volume(&f, "greedy", n)).await.unwrap();
+        }
+        let third = pod_volume(&f, "greedy", 2);
+        let err = f.mgr.publish(third.clone()).await.unwrap_err();
+        assert!(matches!(err, VolumeError::Limit(_)), "{err}");
+        assert!(
+            err.to_string()
+                .contains("pod default/greedy already has 2 certvol volumes on this node"),
+            "{err}"
+        );
+        assert!(f.mgr.store().load(&third.volume_id).unwrap().is_none());
+        assert!(
+            fs::symlink_metadata(&third.target_path).is_err(),
+            "no target"
+        );
+        assert_eq!(calls(&f).len(), 2, "nothing filed for the refused volume");
+
+        // Another pod is not affected, and a republish of a counted volume is not a new one.
+        f.mgr.publish(pod_volume(&f, "other", 0)).await.unwrap();
+        let again = f.mgr.publish(pod_volume(&f, "greedy", 1)).await.unwrap();
+        assert_eq!(again, Published::Unchanged);
+
+        // An unpublish gives the place back.
+        let first = pod_volume(&f, "greedy", 0);
+        f.mgr
+            .unpublish(&first.volume_id, &first.target_path)
+            .await
+            .unwrap();
+        f.mgr.publish(third).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_duration_outside_the_node_limits_is_refused_before_anything_is_made() {
+        let f = fixture();
+        let p = with_attrs(
+            params(&f, "short"),
+            &[("csi.cert-manager.io/duration", "10m")],
+        );
+        let err = f.mgr.publish(p.clone()).await.unwrap_err();
+        assert!(matches!(err, VolumeError::Limit(_)), "{err}");
+        assert!(err.to_string().contains("--min-duration"), "{err}");
+        assert!(f.mgr.store().load("csi-short").unwrap().is_none());
+        assert!(!f.mgr.store().paths("csi-short").dir.exists());
+        assert!(calls(&f).is_empty());
     }
 
     #[tokio::test]
