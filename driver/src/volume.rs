@@ -914,16 +914,19 @@ impl VolumeManager {
                 )));
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                fs::DirBuilder::new()
-                    .mode(0o750)
-                    .create(target)
+                crate::mount::create_dir_beneath(&self.pods_dir(), target, 0o750)
                     .map_err(VolumeError::io_at("create target directory", target))?;
             }
             Err(e) => return Err(VolumeError::io_at("inspect", target)(e)),
         }
         self.mounter
-            .bind_read_only(&paths.files, target)
+            .bind_read_only_beneath(&paths.files, &self.pods_dir(), target)
             .map_err(VolumeError::io_at("bind-mount read-only at", target))
+    }
+
+    /// kubelet's pods directory: every target is reached from here without following links.
+    fn pods_dir(&self) -> PathBuf {
+        self.cfg.kubelet_dir.join("pods")
     }
 
     /// A mount at the target that is not volume `key`'s bind: [`VolumeError::ForeignMount`].
@@ -1574,7 +1577,7 @@ impl VolumeManager {
         {
             Some(m) if self.is_our_bind(&m, key) => self
                 .mounter
-                .unmount(target)
+                .unmount_beneath(&self.pods_dir(), target)
                 .map_err(VolumeError::io_at("unmount", target))?,
             Some(m) => {
                 // Not an error: kubelet repeats a failed unpublish forever and the pod stays
