@@ -108,12 +108,6 @@ impl FairPool {
         }
     }
 
-    /// A pool with one permit per CPU this process may use (cgroup quota and affinity
-    /// included, as the standard library reads them).
-    pub fn per_cpu() -> Self {
-        FairPool::new(std::thread::available_parallelism().map_or(1, |n| n.get()))
-    }
-
     /// Poisoning only means a panic elsewhere while the lock was held; every update above
     /// leaves the state consistent before it can panic, so the state is still sound.
     fn state(&self) -> MutexGuard<'_, State> {
@@ -394,7 +388,8 @@ mod tests {
     async fn grants_round_robin_across_tenants_fifo_within_one() {
         // Each case: pool size, waiters in arrival order (the pool is full when they arrive),
         // the order they are granted.
-        let cases: &[(&str, usize, &[(&str, &str)], &[&str])] = &[
+        type Case<'a> = (&'a str, usize, &'a [(&'a str, &'a str)], &'a [&'a str]);
+        let cases: &[Case] = &[
             (
                 "one busy tenant does not delay the others",
                 1,

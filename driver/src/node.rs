@@ -78,7 +78,10 @@ pub struct NodeOptions {
     /// `--trust-namespace`: the namespace whose ConfigMaps and Secrets any volume may name as
     /// trust sources, besides the pod's own.
     pub trust_namespace: Option<String>,
+    /// How many renewals work at once (waiting for a signer's answer does not count).
     pub renew_concurrency: usize,
+    /// `--forbid-rsa-4096`: refuse volumes asking for RSA 4096 keys.
+    pub forbid_rsa_4096: bool,
     pub grace_period: Duration,
     /// Where to serve `/metrics`, `/healthz` and `/readyz`; `None` serves nothing.
     pub metrics_address: Option<SocketAddr>,
@@ -108,6 +111,7 @@ impl NodeOptions {
             request_history: 1,
             trust_namespace: None,
             renew_concurrency: 4,
+            forbid_rsa_4096: false,
             grace_period: Duration::from_secs(20),
             metrics_address: None,
         }
@@ -386,6 +390,7 @@ pub async fn run(
     cfg.tmpfs_size = opts.tmpfs_size;
     cfg.issue_timeout = opts.issue_timeout;
     cfg.request_history = opts.request_history;
+    cfg.forbid_rsa_4096 = opts.forbid_rsa_4096;
 
     let (sched_handle, sched) = scheduler::channel();
     if opts.issuer == IssuerKind::Local && opts.trust_namespace.is_some() {
