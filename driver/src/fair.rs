@@ -459,7 +459,7 @@ mod tests {
         assert_eq!(
             drain(&mut rx).len(),
             4,
-            "noisy: the three before, and the one running"
+            "noisy: three turns before quiet arrived, then the one it was already due"
         );
         assert_eq!(
             drain(&mut quiet_rx),
