@@ -475,7 +475,8 @@ impl VolumeManager {
         &self.cfg
     }
     /// The key generation pool (tests fill it to hold key generation back).
-    pub fn keygen_pool(&self) -> &FairPool {
+    #[cfg(test)]
+    pub(crate) fn keygen_pool(&self) -> &FairPool {
         &self.keygen
     }
 
