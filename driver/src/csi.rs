@@ -64,7 +64,7 @@ impl RpcError {
                 VolumeError::ForeignMount { .. } => Code::FailedPrecondition,
                 VolumeError::Incompatible { .. } => Code::AlreadyExists,
                 // The request is well-formed; the operator's policy forbids it.
-                VolumeError::Policy(_) => Code::PermissionDenied,
+                VolumeError::Policy(_) | VolumeError::ForbiddenKey { .. } => Code::PermissionDenied,
                 VolumeError::Issue(issue) => match issue {
                     IssueError::Unavailable { .. } => Code::Unavailable,
                     IssueError::Timeout { .. } => Code::DeadlineExceeded,
@@ -643,6 +643,13 @@ mod tests {
                     value: "true".into(),
                     rule: "no CAs".into(),
                 })
+                .into(),
+                Code::PermissionDenied,
+            ),
+            (
+                VolumeError::ForbiddenKey {
+                    attribute: "csi.cert-manager.io/key-size".into(),
+                }
                 .into(),
                 Code::PermissionDenied,
             ),

@@ -22,6 +22,7 @@ pub mod csi;
 pub mod demo;
 pub mod discovery;
 pub mod events;
+pub mod fair;
 #[cfg(test)]
 mod fakeapi;
 pub mod fsutil;

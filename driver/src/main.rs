@@ -147,7 +147,8 @@ struct NodeArgs {
     /// How many issued requests per volume the issuer keeps.
     #[arg(long, default_value_t = 1)]
     request_history: usize,
-    /// How many renewals may run at once.
+    /// How many renewals may work at once, shared round-robin between namespaces. A renewal
+    /// waiting for its signer's answer (cert-manager, kubernetes-csr) does not count.
     #[arg(long, default_value_t = 4)]
     renew_concurrency: usize,
     /// Shortest certificate duration a volume may ask for (Go duration); shorter volumes are
@@ -162,6 +163,10 @@ struct NodeArgs {
     /// InvalidArgument.
     #[arg(long, default_value_t = certvol_driver::limits::DEFAULT_MAX_VOLUMES_PER_POD)]
     max_volumes_per_pod: usize,
+    /// Refuse volumes asking for RSA 4096 keys (key-size "4096") with PermissionDenied: each
+    /// takes seconds of CPU to generate. Already published volumes keep renewing.
+    #[arg(long)]
+    forbid_rsa_4096: bool,
     /// After SIGTERM, how long in-flight calls and renewals may take to finish.
     #[arg(long, default_value = "20s", value_parser = parse_duration)]
     grace_period: Duration,
@@ -306,6 +311,7 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                     max_duration: args.max_duration,
                     max_volumes_per_pod: args.max_volumes_per_pod,
                 },
+                forbid_rsa_4096: args.forbid_rsa_4096,
                 grace_period: args.grace_period,
                 metrics_address: args.metrics_address,
             };

@@ -78,9 +78,12 @@ pub struct NodeOptions {
     /// `--trust-namespace`: the namespace whose ConfigMaps and Secrets any volume may name as
     /// trust sources, besides the pod's own.
     pub trust_namespace: Option<String>,
+    /// How many renewals work at once (waiting for a signer's answer does not count).
     pub renew_concurrency: usize,
     /// `--min-duration`, `--max-duration`, `--max-volumes-per-pod`.
     pub limits: crate::limits::Limits,
+    /// `--forbid-rsa-4096`: refuse volumes asking for RSA 4096 keys.
+    pub forbid_rsa_4096: bool,
     pub grace_period: Duration,
     /// Where to serve `/metrics`, `/healthz` and `/readyz`; `None` serves nothing.
     pub metrics_address: Option<SocketAddr>,
@@ -111,6 +114,7 @@ impl NodeOptions {
             trust_namespace: None,
             renew_concurrency: 4,
             limits: crate::limits::Limits::default(),
+            forbid_rsa_4096: false,
             grace_period: Duration::from_secs(20),
             metrics_address: None,
         }
@@ -390,6 +394,7 @@ pub async fn run(
     cfg.issue_timeout = opts.issue_timeout;
     cfg.request_history = opts.request_history;
     cfg.limits = opts.limits.clone();
+    cfg.forbid_rsa_4096 = opts.forbid_rsa_4096;
 
     let (sched_handle, sched) = scheduler::channel();
     if opts.issuer == IssuerKind::Local && opts.trust_namespace.is_some() {

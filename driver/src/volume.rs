@@ -22,6 +22,7 @@ use crate::clock::Clock;
 use crate::crashpoint;
 use crate::discovery::{ApiError, Apis};
 use crate::events::{self, EventSink};
+use crate::fair::{FairPool, Lease};
 use crate::fsutil;
 use crate::issuer::certmanager::{BearerToken, token_from_context};
 use crate::issuer::{self, IssueError, IssueRequest, Issuer};
@@ -31,7 +32,7 @@ use crate::metrics::IssueOutcome;
 use crate::mount::{MountInfo, Mounter};
 use crate::pki;
 use crate::refresh::{Message, RefreshHandle};
-use crate::request::CertRequest;
+use crate::request::{CertRequest, KeyAlgorithm};
 use crate::scheduler::{RenewOutcome, Renewer, SchedulerHandle};
 use crate::store::{
     self, CertRecord, DiskFault, PendingRecord, Phase, RenewalRecord, STATE_VERSION, Store,
@@ -58,6 +59,11 @@ pub struct Config {
     pub kubelet_dir: PathBuf,
     /// What one volume or pod may ask of the node.
     pub limits: crate::limits::Limits,
+    /// Refuse volumes asking for RSA 4096 keys (`--forbid-rsa-4096`): each takes seconds of
+    /// CPU to generate.
+    pub forbid_rsa_4096: bool,
+    /// How many keys may be generated at once (one per CPU).
+    pub keygen_concurrency: usize,
 }
 
 impl Config {
@@ -70,6 +76,8 @@ impl Config {
             policy: certvol_renewer::Policy::default(),
             kubelet_dir: PathBuf::from(DEFAULT_KUBELET_DIR),
             limits: crate::limits::Limits::default(),
+            forbid_rsa_4096: false,
+            keygen_concurrency: std::thread::available_parallelism().map_or(1, |n| n.get()),
         }
     }
 }
@@ -171,6 +179,11 @@ pub enum VolumeError {
     /// The issuer's policy (the local CA's, set by the operator) refuses what the volume asks.
     #[error(transparent)]
     Policy(#[from] crate::issuer::policy::PolicyViolation),
+    /// The operator forbids the key the volume asks for (`--forbid-rsa-4096`).
+    #[error(
+        "{attribute}: \"4096\" is not allowed: this node refuses RSA 4096 keys (--forbid-rsa-4096), which take seconds of CPU each to generate; accepted: RSA key-size 2048 or 3072, or key-algorithm ECDSA or Ed25519"
+    )]
+    ForbiddenKey { attribute: String },
     #[error("issuing the certificate: {0}")]
     Issue(#[from] IssueError),
     #[error("the issuer returned an unusable certificate for request {request}: {message}")]
@@ -316,6 +329,9 @@ type Slot = Arc<Mutex<Option<VolumeState>>>;
 struct With<'a> {
     reuse: Option<PrivateKey>,
     trust: BundleFrom<'a>,
+    /// The renewal worker the issuance runs on (none for a publish); put down while the
+    /// issuer waits for its answer.
+    worker: &'a Lease,
 }
 
 /// Where an issuance takes the trust bundle's sources from.
@@ -422,6 +438,9 @@ pub struct VolumeManager {
     trust: TrustWiring,
     /// What the cluster serves (API modes); `None` without an API (local mode).
     apis: Option<Apis>,
+    /// Key generation: one permit per CPU, shared round-robin between namespaces, so a pod
+    /// asking for many slow keys (RSA 4096) cannot keep the CPUs from everyone else's.
+    keygen: FairPool,
 }
 
 impl VolumeManager {
@@ -434,6 +453,7 @@ impl VolumeManager {
         scheduler: SchedulerHandle,
     ) -> Self {
         VolumeManager {
+            keygen: FairPool::new(cfg.keygen_concurrency),
             cfg,
             store,
             mounter,
@@ -479,6 +499,11 @@ impl VolumeManager {
     }
     pub fn config(&self) -> &Config {
         &self.cfg
+    }
+    /// The key generation pool (tests fill it to hold key generation back).
+    #[cfg(test)]
+    pub(crate) fn keygen_pool(&self) -> &FairPool {
+        &self.keygen
     }
 
     /// Number of volumes with state in memory.
@@ -643,6 +668,7 @@ impl VolumeManager {
         self.issuer.check_request(&req)?;
         self.issuer.check_policy(&req)?;
         self.cfg.limits.check_duration(&req, &params.context)?;
+        self.check_key(&req, &params.context)?;
         // Resolved before anything is created, so a missing password leaves nothing behind.
         let password = req
             .files
@@ -728,6 +754,26 @@ impl VolumeManager {
                 None => tokens.remove(volume_id),
             };
         }
+    }
+
+    /// Whether the operator lets a volume have the key it asks for; checked before anything is
+    /// created. Renewals of volumes published before the operator forbade a key keep their key
+    /// algorithm: refusing them would let a running pod's certificate expire.
+    fn check_key(
+        &self,
+        req: &CertRequest,
+        context: &HashMap<String, String>,
+    ) -> Result<(), VolumeError> {
+        if self.cfg.forbid_rsa_4096 && req.key_algorithm == KeyAlgorithm::Rsa4096 {
+            // RSA 4096 is only ever chosen by key-size; name it as the pod spec spells it (ours
+            // wins when both prefixes set it).
+            let attribute = attrs::set_key(context, "key-size").map_or_else(
+                || format!("{}key-size", attrs::CERTVOL_PREFIX),
+                str::to_owned,
+            );
+            return Err(VolumeError::ForbiddenKey { attribute });
+        }
+        Ok(())
     }
 
     async fn publish_locked(
@@ -818,6 +864,7 @@ impl VolumeManager {
                 With {
                     reuse: None,
                     trust: BundleFrom::Sources(trust.as_ref()),
+                    worker: &Lease::default(),
                 },
             )
             .await?;
@@ -1009,7 +1056,11 @@ impl VolumeManager {
         revision: u64,
         with: With<'_>,
     ) -> Result<(), VolumeError> {
-        let With { reuse, trust } = with;
+        let With {
+            reuse,
+            trust,
+            worker,
+        } = with;
         // Before anything is issued: a renewal that could not write the keystore must not
         // consume a request.
         let password = match &req.files.pkcs12 {
@@ -1037,7 +1088,9 @@ impl VolumeManager {
             None => {
                 let key = match reuse {
                     Some(key) => key,
-                    None => generate_key(req.key_algorithm).await?,
+                    None => {
+                        generate_key(&self.keygen, &req.pod.namespace, req.key_algorithm).await?
+                    }
                 };
                 fsutil::replace(&pending_key, key.pkcs8_der(), 0o600)
                     .map_err(VolumeError::io_at("write", &pending_key))?;
@@ -1077,11 +1130,19 @@ impl VolumeManager {
                 .lock()
                 .ok()
                 .and_then(|t| t.get(&state.volume_id).cloned()),
+            worker: worker.clone(),
         };
+        let answer = tokio::time::timeout(
+            self.cfg.issue_timeout + Duration::from_secs(5),
+            self.issuer.issue(&ireq),
+        )
+        .await;
+        // The issuer may have put the worker down to wait; what follows is work again.
+        worker.resume().await;
         let issued =
             // Issuers answer Timeout themselves at `issue_timeout`; this outer limit only guards
             // against one that does not.
-            match tokio::time::timeout(self.cfg.issue_timeout + Duration::from_secs(5), self.issuer.issue(&ireq)).await {
+            match answer {
                 Ok(result) => {
                     crate::metrics::global().issuance(self.issuer.kind(), IssueOutcome::of(&result));
                     let issued = result?;
@@ -1631,7 +1692,8 @@ impl VolumeManager {
         } else {
             return;
         };
-        self.scheduler.schedule(&state.volume_id, at);
+        self.scheduler
+            .schedule(&state.volume_id, namespace_of(state), at);
     }
 
     /// Moves every renewal that failed and waits out its backoff to now: called when the API
@@ -1660,15 +1722,22 @@ impl VolumeManager {
                 // The backoff starts over: the outage it grew during has ended. (In memory only;
                 // the attempt's outcome is saved either way.)
                 state.renewal.failures = 0;
-                self.scheduler.schedule(&volume_id, now);
+                self.scheduler
+                    .schedule(&volume_id, namespace_of(state), now);
                 moved += 1;
             }
         }
         moved
     }
 
-    /// One renewal of a published volume. Failures keep the old, still-valid files in place.
+    /// One renewal of a published volume, outside the scheduler's workers (tests, tools).
     pub async fn renew_volume(&self, volume_id: &str) -> RenewOutcome {
+        self.renew_on(volume_id, &Lease::default()).await
+    }
+
+    /// One renewal of a published volume on the scheduler's `worker`. Failures keep the old,
+    /// still-valid files in place.
+    async fn renew_on(&self, volume_id: &str, worker: &Lease) -> RenewOutcome {
         let (slot, mut guard) = match self.lock(volume_id).await {
             Ok(locked) => locked,
             Err(e) => {
@@ -1677,14 +1746,16 @@ impl VolumeManager {
             }
         };
         let outcome = match guard.as_mut() {
-            Some(state) if state.phase == Phase::Published => self.renew_locked(state).await,
+            Some(state) if state.phase == Phase::Published => {
+                self.renew_locked(state, worker).await
+            }
             _ => RenewOutcome::Done,
         };
         self.release(volume_id, &slot, &guard);
         outcome
     }
 
-    async fn renew_locked(&self, state: &mut VolumeState) -> RenewOutcome {
+    async fn renew_locked(&self, state: &mut VolumeState, worker: &Lease) -> RenewOutcome {
         let req = match attrs::parse(&state.context.clone().into_iter().collect()) {
             Ok(req) => Arc::new(req),
             Err(e) => {
@@ -1709,9 +1780,17 @@ impl VolumeManager {
         let mut stale = false;
         let result = async {
             trust = self.open_trust(&req)?;
-            if let Some(t) = trust.as_mut()
-                && let Err(e) = t.ready(self.cfg.issue_timeout).await
-            {
+            // Waiting for the trust sources' watches is not work: the worker is put down.
+            let ready = match trust.as_mut() {
+                Some(t) => {
+                    worker.pause();
+                    let ready = t.ready(self.cfg.issue_timeout).await;
+                    worker.resume().await;
+                    ready
+                }
+                None => Ok(()),
+            };
+            if let Err(e) = ready {
                 warn!(volume_id = %state.volume_id, error = %e, "renewing with the trust bundle as last written");
                 self.report_source_error(&req, &e).await;
                 stale = true;
@@ -1739,6 +1818,7 @@ impl VolumeManager {
                 With {
                     reuse,
                     trust: bundle_from,
+                    worker,
                 },
             )
             .await
@@ -1816,8 +1896,12 @@ impl VolumeManager {
 }
 
 impl Renewer for VolumeManager {
-    fn renew(self: Arc<Self>, volume_id: String) -> BoxFuture<'static, RenewOutcome> {
-        Box::pin(async move { self.renew_volume(&volume_id).await })
+    fn renew(
+        self: Arc<Self>,
+        volume_id: String,
+        worker: Lease,
+    ) -> BoxFuture<'static, RenewOutcome> {
+        Box::pin(async move { self.renew_on(&volume_id, &worker).await })
     }
 }
 
@@ -1829,12 +1913,25 @@ fn namespace_of(state: &VolumeState) -> &str {
         .map_or("", String::as_str)
 }
 
-/// Key generation is CPU-bound (seconds for RSA 4096), so it runs off the async worker threads.
-async fn generate_key(alg: crate::request::KeyAlgorithm) -> Result<PrivateKey, VolumeError> {
-    tokio::task::spawn_blocking(move || PrivateKey::generate(alg))
-        .await
-        .map_err(|e| VolumeError::Internal(format!("key generation task failed: {e}")))?
-        .map_err(VolumeError::from)
+/// Key generation is CPU-bound (seconds for RSA 4096), so it runs off the async worker threads,
+/// on a permit of `pool` taken for `namespace`. Fairness is per namespace, not per pod: pods are
+/// as cheap to create as volumes, so a per-pod share would give one tenant as many shares as it
+/// cares to create pods, while a namespace is what a tenant is given.
+async fn generate_key(
+    pool: &FairPool,
+    namespace: &str,
+    alg: KeyAlgorithm,
+) -> Result<PrivateKey, VolumeError> {
+    let permit = pool.acquire(namespace).await;
+    // The permit moves into the blocking task: a publish cancelled meanwhile does not stop the
+    // generation, so the CPU stays taken until it ends.
+    tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        PrivateKey::generate(alg)
+    })
+    .await
+    .map_err(|e| VolumeError::Internal(format!("key generation task failed: {e}")))?
+    .map_err(VolumeError::from)
 }
 
 /// Removes every key file but `keep`'s: the superseded key after an issuance is recorded, or a
@@ -2126,11 +2223,11 @@ mod tests {
 
     /// A fixture whose manager knows what the cluster serves (a node with API access).
     fn fixture_with(apis: Option<Apis>) -> Fixture {
-        fixture_tuned(apis, |_| {})
+        fixture_configured(apis, |_| {})
     }
 
-    /// A fixture whose volume configuration `tune` adjusts (limits, timeouts).
-    fn fixture_tuned(apis: Option<Apis>, tune: impl FnOnce(&mut Config)) -> Fixture {
+    /// A fixture whose volume layer's [`Config`] `edit` changes first.
+    fn fixture_configured(apis: Option<Apis>, edit: impl FnOnce(&mut Config)) -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
         let ahead = Arc::new(Ahead::default());
@@ -2145,7 +2242,7 @@ mod tests {
         let (handle, scheduler) = crate::scheduler::channel();
         let mut cfg = Config::new("node-a");
         cfg.kubelet_dir = dir.path().to_path_buf();
-        tune(&mut cfg);
+        edit(&mut cfg);
         let mut mgr = VolumeManager::new(
             cfg,
             store,
@@ -2456,7 +2553,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_pod_gets_at_most_its_share_of_volumes_and_a_refusal_leaves_nothing() {
-        let f = fixture_tuned(None, |cfg| cfg.limits.max_volumes_per_pod = 2);
+        let f = fixture_configured(None, |cfg| cfg.limits.max_volumes_per_pod = 2);
         for n in 0..2 {
             f.mgr.publish(pod_volume(&f, "greedy", n)).await.unwrap();
         }
@@ -3215,5 +3312,91 @@ mod tests {
         let text = check_volume_id(&huge).unwrap_err().to_string();
         assert!(text.len() < 600, "the message stays short: {}", text.len());
         assert!(text.contains("first 80 of 2097152 bytes"), "{text}");
+    }
+
+    /// `--forbid-rsa-4096`: an RSA 4096 volume is refused with PermissionDenied naming the
+    /// attribute as the pod spec spells it and the flag, before any key, file, request or state
+    /// exists; smaller keys are still published.
+    #[tokio::test]
+    async fn rsa_4096_is_refused_when_the_operator_forbids_it_and_nothing_is_left() {
+        for prefix in [attrs::CERT_MANAGER_PREFIX, attrs::CERTVOL_PREFIX] {
+            let f = fixture_configured(None, |cfg| cfg.forbid_rsa_4096 = true);
+            let mut p = params(&f, "big");
+            p.context
+                .insert(format!("{prefix}key-algorithm"), "RSA".into());
+            p.context.insert(format!("{prefix}key-size"), "4096".into());
+            let err = f.mgr.publish(p.clone()).await.unwrap_err();
+            let status = crate::csi::RpcError::from(err).status();
+            assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+            assert_eq!(
+                status.message(),
+                format!(
+                    "{prefix}key-size: \"4096\" is not allowed: this node refuses RSA 4096 keys (--forbid-rsa-4096), which take seconds of CPU each to generate; accepted: RSA key-size 2048 or 3072, or key-algorithm ECDSA or Ed25519"
+                )
+            );
+            assert!(calls(&f).is_empty(), "nothing was issued");
+            assert!(f.mgr.store().load("csi-big").unwrap().is_none());
+            assert!(!f.mgr.store().paths("csi-big").dir.exists());
+            assert!(fs::symlink_metadata(&p.target_path).is_err(), "no target");
+            assert_eq!(f.mgr.volume_count(), 0);
+
+            p.context.insert(format!("{prefix}key-size"), "2048".into());
+            f.mgr.publish(p).await.expect("RSA 2048 is still allowed");
+        }
+        // Without the flag the same request passes the check.
+        let f = fixture();
+        let mut p = params(&f, "big");
+        p.context
+            .insert("csi.certvol.io/key-algorithm".into(), "RSA".into());
+        p.context
+            .insert("csi.certvol.io/key-size".into(), "4096".into());
+        let req = attrs::parse(&p.context).unwrap();
+        assert_eq!(req.key_algorithm, KeyAlgorithm::Rsa4096);
+        f.mgr.check_key(&req, &p.context).unwrap();
+    }
+
+    /// Key generation is bounded and fair: while a hostile namespace holds the only key
+    /// generation permit and has three more generations queued, a publish in another
+    /// namespace waits, then gets the permit after one of them, not after all three.
+    #[tokio::test]
+    async fn key_generation_waits_for_a_permit_and_takes_its_turn_before_a_busy_namespace() {
+        let f = fixture_configured(None, |cfg| cfg.keygen_concurrency = 1);
+        let pool = f.mgr.keygen_pool().clone();
+        let held = pool.acquire("hostile").await;
+        let granted = Arc::new(StdMutex::new(Vec::new()));
+        let mut hostile = Vec::new();
+        for i in 0..3 {
+            let (theirs, granted) = (pool.clone(), granted.clone());
+            hostile.push(tokio::spawn(async move {
+                let _permit = theirs.acquire("hostile").await;
+                granted.lock().unwrap().push(i);
+                // A slow key.
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }));
+            while pool.waiting() <= i {
+                tokio::task::yield_now().await;
+            }
+        }
+        let publish = {
+            let (mgr, p) = (f.mgr.clone(), params(&f, "honest"));
+            tokio::spawn(async move { mgr.publish(p).await })
+        };
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(
+            !publish.is_finished(),
+            "the publish generated its key while every permit was taken"
+        );
+        assert_eq!(pool.waiting(), 4, "the publish waits in the pool");
+        drop(held);
+        publish.await.unwrap().expect("publish");
+        let granted_before = granted.lock().unwrap().clone();
+        assert!(
+            granted_before == [0] || granted_before == [0, 1],
+            "the publish's key came right after the hostile namespace's first, not after all three: {granted_before:?}"
+        );
+        for task in hostile {
+            task.await.unwrap();
+        }
+        assert_eq!(pool.available(), 1, "every permit came back");
     }
 }

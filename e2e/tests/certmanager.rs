@@ -75,6 +75,7 @@ fn issue_request(cert: CertRequest, revision: u64) -> (IssueRequest, PrivateKey)
         csr_der: csr.der,
         cert: Arc::new(cert),
         token: None,
+        worker: Default::default(),
     };
     (req, key)
 }

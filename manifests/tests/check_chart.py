@@ -161,6 +161,7 @@ def check_common(objs, case, issuer):
     check(pod.get("priorityClassName") == "system-node-critical", f"{case}: priority class")
     check(pod.get("terminationGracePeriodSeconds") == 30, f"{case}: grace 20s + 10s")
     check(args.get("grace-period") == "20s", f"{case}: --grace-period")
+    check("forbid-rsa-4096" not in args, f"{case}: RSA 4096 allowed by default")
     check("resources" in c and c["resources"]["limits"]["memory"] == "128Mi", f"{case}: resources")
     check(c["image"] == "ghcr.io/certvol/certvol:0.1.0", f"{case}: image {c['image']}")
     return ds, drv, kinds
@@ -332,6 +333,7 @@ def case_operations():
         "nodeSelector": {"pool": "edge"}, "tolerations": [{"key": "dedicated", "operator": "Exists"}],
         "priorityClassName": "", "gracePeriodSeconds": 45, "imagePullSecrets": [{"name": "reg"}],
         "image": {"digest": "sha256:" + "a" * 64}, "driverName": "certs.example.com",
+        "keys": {"forbidRsa4096": True},
     }
     objs = objects(render(values))
     validate(objs, "operations")
@@ -342,6 +344,7 @@ def case_operations():
     check(args.get("log-level") == "debug" and args.get("log-format") == "json", "ops: log flags")
     check(args.get("metrics-address") == "0.0.0.0:9500", "ops: metrics port")
     check(args.get("renew-concurrency") == "8", "ops: extra args appended")
+    check(args.get("forbid-rsa-4096") is True, "ops: keys.forbidRsa4096 sets --forbid-rsa-4096")
     check(args.get("driver-name") == "certs.example.com", "ops: driver name arg")
     check(one(objs, "CSIDriver", "ops")["metadata"]["name"] == "certs.example.com", "ops: CSIDriver")
     # Helm merges maps with the defaults, so the OS selector stays.

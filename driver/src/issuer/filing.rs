@@ -208,11 +208,14 @@ fn create_error<R: RequestObject>(request: &str, error: kube::Error) -> IssueErr
 /// `wait_timeout` for `check` to give its result. `file` creates or adopts it (see
 /// [`create_or_adopt`]); `check` is told whether the object was adopted, so it can refuse one
 /// that is not ours. A timeout also returns what the request looked like, for the Event.
+/// `worker` (the renewal's, see [`IssueRequest::worker`]) is put down once the request is filed:
+/// waiting on the watch costs the node nothing, and the signer may never answer.
 pub async fn file_and_wait<R, File, Filed, Check>(
     cache: &RequestCache<R>,
     key: &Key,
     request: &str,
     wait_timeout: Duration,
+    worker: &crate::fair::Lease,
     file: File,
     check: Check,
 ) -> Result<Issued, (IssueError, Option<String>)>
@@ -234,6 +237,7 @@ where
     } else {
         file().await.map_err(|e| (e, None))?
     };
+    worker.pause();
     match cache
         .wait(key, changes, uid, wait_timeout, |object| {
             check(adopted, object)

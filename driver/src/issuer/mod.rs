@@ -33,6 +33,10 @@ pub struct IssueRequest {
     /// The pod's service-account token from kubelet's `tokenRequests`, for issuers that file
     /// requests as the pod (cert-manager's token-request mode). Redacted from `Debug`.
     pub token: Option<certmanager::BearerToken>,
+    /// The renewal worker this issuance runs on (see [`crate::scheduler`]); none for a publish.
+    /// Issuers that wait for an answer from outside the node put it down once the request is
+    /// filed, so waiting renewals do not keep others from working.
+    pub worker: crate::fair::Lease,
 }
 
 /// What an issuer returns.

@@ -192,6 +192,7 @@ impl CertManagerIssuer {
             &key,
             &request,
             self.cfg.wait_timeout,
+            &req.worker,
             || self.file(req, &request),
             check,
         )
@@ -385,6 +386,40 @@ pub(crate) mod tests {
     }
 
     const LEAF: &str = "-----BEGIN CERTIFICATE-----\nleaf\n-----END CERTIFICATE-----\n";
+
+    /// A renewal's worker is put down once its request is filed, while the answer is awaited,
+    /// so a signer that never answers holds no worker.
+    #[tokio::test]
+    async fn the_worker_is_put_down_once_the_request_is_filed() {
+        let fake = Arc::new(Fake::default());
+        let issuer = Arc::new(issuer(&fake, Duration::from_secs(30)));
+        let pool = crate::fair::FairPool::new(1);
+        let worker = crate::fair::Lease::new(&pool, "shop", pool.acquire("shop").await);
+        let mut req = issue_request(cert_request());
+        req.worker = worker.clone();
+        let task = issue_until_filed(&issuer, &req, &fake, "certificaterequests").await;
+        let put_down = tokio::time::timeout(Duration::from_secs(5), async {
+            while worker.held() {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await;
+        assert!(
+            put_down.is_ok(),
+            "the issuer held the renewal's worker while it waited for cert-manager"
+        );
+        assert_eq!(pool.available(), 1, "another renewal may take the worker");
+        assert!(!task.is_finished(), "still waiting for the answer");
+        issuer.cache.apply(Event::Apply(with_conditions(
+            &req,
+            &[
+                ("Approved", "True", "cert-manager.io", "ok"),
+                ("Ready", "True", "Issued", "ok"),
+            ],
+            Some(LEAF),
+        )));
+        assert_eq!(task.await.unwrap().unwrap().chain_pem, LEAF);
+    }
 
     #[tokio::test]
     async fn one_create_then_the_result_from_the_watch() {

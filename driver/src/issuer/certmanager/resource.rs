@@ -408,6 +408,7 @@ pub(crate) mod tests {
             csr_der: vec![1, 2, 3],
             cert: Arc::new(cert),
             token: None,
+            worker: Default::default(),
         }
     }
 

@@ -195,6 +195,7 @@ impl KubeCsrIssuer {
             &key,
             &request,
             self.cfg.wait_timeout,
+            &req.worker,
             file,
             check,
         )
