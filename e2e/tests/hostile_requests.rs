@@ -129,12 +129,79 @@ async fn a_flood_of_big_labelled_requests_does_not_exhaust_the_node() {
     publish_honest_pod(&env, &cluster, "honest-1").await;
 
     // The flood is about 53 MiB of JSON. Measured on the debug build: 22 MiB without it; with it
-    // 127-129 MiB peak when the node cached whole objects from 500-object list pages, about 45
-    // MiB with small cached copies and 4-object pages.
+    // 127-129 MiB peak when the node cached whole objects from 500-object list pages, 45-55 MiB
+    // with small cached copies and 4-object pages (the spread is the allocator's).
     let peak = hwm.max(hwm2);
-    let limit = 64 * 1024;
+    let limit = 72 * 1024;
     assert!(
         peak < limit,
-        "peak RSS {peak} KiB, over {limit} KiB (half the chart's 128 MiB limit)"
+        "peak RSS {peak} KiB, over {limit} KiB (the chart's limit is 128 MiB)"
+    );
+}
+
+#[tokio::test]
+async fn a_node_restricted_to_its_namespaces_watches_only_those() {
+    if !can_mount() {
+        eprintln!("skipped: needs root to mount tmpfs (CI runs as root)");
+        return;
+    }
+    let mut env = Env::new();
+    let cluster = Cluster::start(env.path()).await;
+    let Some(standin) = cluster.standin.as_ref() else {
+        eprintln!("skipped on a real cluster: reads the stand-in's request log");
+        return;
+    };
+    flood(&cluster, "tenant");
+    let ns = cluster.namespace();
+    let _driver = env
+        .start_cert_manager(
+            &cluster,
+            &[&format!("--request-namespaces={ns},payments")],
+            &[],
+        )
+        .await;
+    publish_honest_pod(&env, &cluster, "honest-0").await;
+
+    // One list+watch per namespace, none cluster-wide and none in the tenant's namespace.
+    let watched: std::collections::BTreeSet<Option<String>> = standin
+        .api
+        .requests()
+        .into_iter()
+        .filter(|r| {
+            r.kind == Some(Kind::CertificateRequest) && (r.verb == "list" || r.verb == "watch")
+        })
+        .map(|r| r.namespace)
+        .collect();
+    assert_eq!(
+        watched,
+        [Some(ns.clone()), Some("payments".to_owned())]
+            .into_iter()
+            .collect(),
+        "{watched:?}"
+    );
+
+    // A pod elsewhere is refused before anything is filed, naming its namespace and the flag.
+    let pod = cluster.create_pod("tenant", "outsider").await;
+    let err = env
+        .kubelet()
+        .publish(&pod, &cm_volume(&cluster.issuer_name(), []))
+        .await
+        .expect_err("a pod outside --request-namespaces");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    assert!(
+        err.message().contains("\"tenant\"")
+            && err
+                .message()
+                .contains(&format!("--request-namespaces {ns},payments")),
+        "{}",
+        err.message()
+    );
+    assert!(
+        !standin
+            .api
+            .requests()
+            .iter()
+            .any(|r| r.verb == "create" && r.namespace.as_deref() == Some("tenant")),
+        "nothing filed for the outsider"
     );
 }

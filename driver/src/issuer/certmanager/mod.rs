@@ -248,6 +248,18 @@ impl Issuer for CertManagerIssuer {
                 why: "this node issues through cert-manager (--issuer cert-manager); \"signer-name\" is for --issuer kubernetes-csr".into(),
             });
         }
+        let namespace = &req.pod.namespace;
+        if !namespace.is_empty() && !self.cfg.requests.covers(namespace) {
+            return Err(crate::attrs::AttrError::Invalid {
+                attribute: "csi.storage.k8s.io/pod.namespace".into(),
+                value: namespace.clone(),
+                problem: format!(
+                    "is not one of the namespaces this node files and watches CertificateRequests in (--request-namespaces {})",
+                    self.cfg.requests.namespaces.join(",")
+                ),
+                accepted: "a pod in one of those namespaces, or add the namespace to --request-namespaces (chart value certManager.namespaces)".into(),
+            });
+        }
         Ok(())
     }
 
@@ -789,6 +801,40 @@ pub(crate) mod tests {
         assert_eq!(err.attribute(), "csi.cert-manager.io/issuer-name");
         assert!(err.to_string().contains("kubernetes-csr"), "{err}");
         assert!(fake.calls().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_pod_outside_the_watched_namespaces_is_refused_up_front() {
+        let fake = Arc::new(Fake::default());
+        let cfg = CertManagerConfig {
+            node_id: "node-1".into(),
+            wait_timeout: Duration::from_secs(1),
+            use_token_request: false,
+            kube_config: None,
+            requests: filing::RequestWatch {
+                namespaces: vec!["bank".into(), "lib".into()],
+                ..Default::default()
+            },
+        };
+        let (issuer, _watch) = CertManagerIssuer::new(client(fake.clone()), cfg);
+        let err = issuer.check_request(&cert_request()).unwrap_err();
+        assert_eq!(err.attribute(), "csi.storage.k8s.io/pod.namespace");
+        let message = err.to_string();
+        assert!(
+            message.contains("\"shop\"") && message.contains("--request-namespaces bank,lib"),
+            "{message}"
+        );
+        // A volume published before the flag changed: its renewal fails the same way.
+        match issuer.issue(&issue_request(cert_request())).await {
+            Err(IssueError::Invalid { message, .. }) => {
+                assert!(message.contains("--request-namespaces"), "{message}")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(fake.count("POST", "certificaterequests"), 0);
+        let mut in_bank = cert_request();
+        in_bank.pod.namespace = "bank".into();
+        issuer.check_request(&in_bank).unwrap();
     }
 
     #[tokio::test]
