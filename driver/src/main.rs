@@ -89,7 +89,9 @@ struct NodeArgs {
     /// kubelet passes when the CSIDriver sets tokenRequests and requiresRepublish.
     #[arg(long)]
     use_token_request: bool,
-    /// Kubernetes API requests per second (client-side limit, like client-go's --kube-api-qps).
+    /// Kubernetes API requests per second (client-side limit, like client-go's --kube-api-qps)
+    /// of the node's general client: trust-source watches, Events and discovery. Issuance has
+    /// its own budget (--issuance-api-qps).
     #[arg(long, default_value_t = 10.0)]
     kube_api_qps: f64,
     /// Kubernetes API burst above the QPS limit.
