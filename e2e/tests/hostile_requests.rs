@@ -34,19 +34,6 @@ fn big_csr() -> String {
     base64::engine::general_purpose::STANDARD.encode(csr.pem().expect("PEM"))
 }
 
-/// `VmRSS` and `VmHWM` (peak) of `pid`, in KiB.
-fn memory_kib(pid: i32) -> (u64, u64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read status");
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            .unwrap_or_else(|| panic!("{name} in {status}"))
-    };
-    (field("VmRSS:"), field("VmHWM:"))
-}
-
 /// Creates the tenant's flood in namespace `tenant`: half named and annotated like certvol's own
 /// requests (they pass every check an object's own fields allow), half with other names.
 fn flood(cluster: &Cluster, tenant: &str) {
@@ -95,7 +82,7 @@ async fn publish_honest_pod(env: &Env, cluster: &Cluster, name: &str) {
 async fn settle(driver: &Driver) -> (u64, u64) {
     let mut worst = (0, 0);
     for _ in 0..10 {
-        let (rss, hwm) = memory_kib(driver.pid());
+        let (rss, hwm) = driver.memory_kib().expect("the driver's memory");
         worst = (worst.0.max(rss), worst.1.max(hwm));
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
