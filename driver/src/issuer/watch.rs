@@ -355,18 +355,24 @@ impl State {
         Some(entry)
     }
 
-    /// Caches `entry` unless its scope or the node is at its limit.
-    fn admit(&mut self, key: Key, entry: Entry, limits: CacheLimits) -> Result<(), Dropped> {
+    /// Caches `entry` unless its scope or the node is at its limit. A cached version of the
+    /// object that moved to a full scope is removed and returned with the error.
+    fn admit(
+        &mut self,
+        key: Key,
+        entry: Entry,
+        limits: CacheLimits,
+    ) -> Result<(), (Dropped, Option<Box<Entry>>)> {
         if let Some(old) = self.live.get_mut(&key)
             && old.scope == entry.scope
         {
             *old = entry;
             return Ok(());
         }
-        self.remove(&key);
+        let old = self.remove(&key).map(Box::new);
         let in_scope = self.per_scope.get(&entry.scope).copied().unwrap_or(0);
         if in_scope >= limits.per_namespace || self.live.len() >= limits.total {
-            return Err(Dropped::OverLimit);
+            return Err((Dropped::OverLimit, old));
         }
         *self.per_scope.entry(entry.scope.clone()).or_insert(0) += 1;
         self.live.insert(key, entry);
@@ -550,7 +556,7 @@ impl<R: Watched> RequestCache<R> {
                     let admitted = match self.owner.foreign(object.meta()) {
                         Some(why) => {
                             debug!(%kind, namespace = %key.0, name = %key.1, why, "ignoring a labelled object that is not this node's");
-                            Err(Dropped::Foreign)
+                            Err((Dropped::Foreign, state.remove(&key).map(Box::new)))
                         }
                         None => {
                             let entry = Entry {
@@ -567,11 +573,11 @@ impl<R: Watched> RequestCache<R> {
                                 listed.insert(key);
                             }
                         }
-                        Err(why) => {
+                        Err((why, old)) => {
                             state.drop_counted(why, &scope, &kind, self.limits);
                             // An object of ours that someone changed into a foreign one (or
                             // that no longer fits) is gone for the waiters.
-                            match state.remove(&key) {
+                            match old {
                                 Some(entry) => state.bury(key, change, entry.cached.uid),
                                 None => return,
                             }
@@ -1198,6 +1204,14 @@ mod tests {
         assert_eq!(cache.len(), 3);
         assert_eq!(cache.dropped(), (0, 1));
         assert!(cache.get(&(String::new(), request_name("v3"))).is_some());
+        // Relabelled into the full namespace: no longer cached, and its waiters are told.
+        let rx = cache.subscribe();
+        let mut moved = csr::build(&req, &signer(), "node-1");
+        moved.metadata.name = Some(request_name("v3"));
+        cache.apply(Event::Apply(moved));
+        assert!(woke(&rx));
+        assert!(cache.get(&(String::new(), request_name("v3"))).is_none());
+        assert!(cache.deleted(&(String::new(), request_name("v3")), rx.since, None));
     }
 
     #[test]
