@@ -286,6 +286,10 @@ where
         Waited::TimedOut { last, synced } => {
             let state = match (last, synced) {
                 (Some(object), _) => R::describe_status(&object),
+                (None, true) if !key.0.is_empty() && cache.was_over_limit(&key.0) => format!(
+                    "the request has not appeared on the node's watch, which ignores {kind}s of namespace {:?} beyond --max-requests-per-namespace (see certvol_request_watch_dropped_total)",
+                    key.0
+                ),
                 (None, true) => "the request has not appeared on the node's watch".into(),
                 (None, false) => format!(
                     "the node's {kind} watch has not synced yet (is the API server reachable and may the driver list/watch {}?)",

@@ -476,6 +476,12 @@ impl<R: Watched> RequestCache<R> {
         (state.dropped_foreign, state.dropped_over_limit)
     }
 
+    /// Whether objects of `scope` (a namespace) were ever dropped for being over a limit: a
+    /// request of ours missing from the cache may be one of them.
+    pub fn was_over_limit(&self, scope: &str) -> bool {
+        self.lock().warned.contains(scope)
+    }
+
     /// Whether the watch is serving: every stream has listed once and none's latest attempt
     /// failed. This is the issuer's part of the node's readiness.
     pub fn healthy(&self) -> bool {
@@ -1149,6 +1155,7 @@ mod tests {
         }
         assert_eq!(cache.len(), 3, "the tenant's namespace is capped");
         assert_eq!(cache.dropped(), (0, 7));
+        assert!(cache.was_over_limit("tenant") && !cache.was_over_limit("honest"));
         // Another namespace is not affected by the tenant's flood...
         let rx = cache.subscribe();
         for i in 0..2 {

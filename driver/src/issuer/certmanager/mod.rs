@@ -804,6 +804,46 @@ pub(crate) mod tests {
     }
 
     #[tokio::test]
+    async fn a_request_dropped_by_the_namespace_cap_times_out_saying_so() {
+        let fake = Arc::new(Fake::default());
+        let cfg = CertManagerConfig {
+            node_id: "node-1".into(),
+            wait_timeout: Duration::from_millis(50),
+            use_token_request: false,
+            kube_config: None,
+            requests: filing::RequestWatch {
+                namespaces: Vec::new(),
+                limits: watch::CacheLimits {
+                    per_namespace: 1,
+                    total: 10,
+                },
+            },
+        };
+        let (issuer, _watch) = CertManagerIssuer::new(client(fake.clone()), cfg);
+        issuer.cache.apply(Event::InitDone);
+        // Someone else's request, shaped like ours, fills the namespace's share.
+        let mut squatter = issue_request(cert_request());
+        squatter.name = crate::issuer::request_name("node-1", "other-volume", 1);
+        issuer
+            .cache
+            .apply(Event::Apply(with_conditions(&squatter, &[], None)));
+        let req = issue_request(cert_request());
+        issuer
+            .cache
+            .apply(Event::Apply(with_conditions(&req, &[], None)));
+        assert!(matches!(
+            issuer.issue(&req).await,
+            Err(IssueError::Timeout { .. })
+        ));
+        let events = fake.events();
+        let message = events[0].body["message"].as_str().unwrap();
+        assert!(
+            message.contains("namespace \"shop\" beyond --max-requests-per-namespace"),
+            "{message}"
+        );
+    }
+
+    #[tokio::test]
     async fn a_pod_outside_the_watched_namespaces_is_refused_up_front() {
         let fake = Arc::new(Fake::default());
         let cfg = CertManagerConfig {
