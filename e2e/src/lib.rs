@@ -296,6 +296,19 @@ impl Driver {
         self.child.id() as i32
     }
 
+    /// The process's `VmRSS` and `VmHWM` (peak resident set) from `/proc/<pid>/status`, in KiB.
+    pub fn memory_kib(&self) -> io::Result<(u64, u64)> {
+        let status = fs::read_to_string(format!("/proc/{}/status", self.pid()))?;
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+                .ok_or_else(|| io::Error::other(format!("no {name} in /proc/<pid>/status")))
+        };
+        Ok((field("VmRSS:")?, field("VmHWM:")?))
+    }
+
     /// SIGKILL, as a crash or an OOM kill would stop it.
     pub fn kill9(&mut self) {
         let _ = self.child.kill();

@@ -100,6 +100,7 @@ fn config(wait: Duration) -> CertManagerConfig {
         wait_timeout: wait,
         use_token_request: false,
         kube_config: None,
+        requests: Default::default(),
     }
 }
 

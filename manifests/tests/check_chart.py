@@ -224,6 +224,11 @@ def case_default():
     check([r["resources"] for r in policy["spec"]["matchConstraints"]["resourceRules"]]
           == [["certificaterequests"], ["events"]], "default: policy covers requests and events")
     check("trust-namespace" not in arg_map(container(ds, "certvol")), "default: no --trust-namespace")
+    certvol_args = arg_map(container(ds, "certvol"))
+    check("request-namespaces" not in certvol_args, "default: one cluster-wide request watch")
+    check((certvol_args.get("issuance-api-qps"), certvol_args.get("issuance-api-burst"),
+           certvol_args.get("max-requests-per-namespace")) == ("10", "20", "512"),
+          f"default: the issuance client's budget and the request cache's cap: {certvol_args}")
     binding_ok(objs, "default")
     args = arg_map(container(ds, "certvol"))
     check(args.get("metrics-address") == "0.0.0.0:9402", "default: metrics on 9402")
@@ -458,28 +463,41 @@ def case_trust():
 
 
 def case_request_namespaces():
-    # certManager.namespaces: create/delete and events only there; the watch stays cluster-wide.
+    # certManager.namespaces: requests (create/delete/list/watch) and events only there, one
+    # watch per namespace (--request-namespaces); nothing about requests is cluster-wide.
     objs = objects(render({"certManager": {"namespaces": ["shop", "payments"]},
                            "trust": {"restrictToNamespaces": ["lib"]}}))
     validate(objs, "namespaces")
-    check_common(objs, "namespaces", "cert-manager")
+    ds, _, _ = check_common(objs, "namespaces", "cert-manager")
     check(rules_of(objs) == {
-        (("cert-manager.io",), ("certificaterequests",)): ["list", "watch"],
         (("certificates.k8s.io",), ("clustertrustbundles",)): ["list", "watch"],
-    }, f"namespaces: ClusterRole {rules_of(objs)}")
+    }, f"namespaces: ClusterRole has only the cluster-scoped trust bundles: {rules_of(objs)}")
     roles = roles_by_namespace(objs, "namespaces")
-    issuing = {(("cert-manager.io",), ("certificaterequests",)): ["create", "delete"],
+    issuing = {(("cert-manager.io",), ("certificaterequests",)): ["create", "delete", "list", "watch"],
                (("",), ("events",)): ["create"],
                (("",), ("configmaps",)): ["list", "watch"]}
     check(roles == {"shop": issuing, "payments": issuing,
                     "lib": {(("",), ("configmaps",)): ["list", "watch"]}},
           f"namespaces: Roles {roles}")
+    args = arg_map(container(ds, "certvol"))
+    check(args.get("request-namespaces") == "shop,payments",
+          f"namespaces: --request-namespaces names the Roles' namespaces: {args}")
 
     objs = objects(render({"certManager": {"namespaces": ["shop"], "tokenRequest": True}}))
     validate(objs, "namespaces+token-request")
     roles = roles_by_namespace(objs, "namespaces+token-request")
-    check(roles.get("shop", {}).get((("cert-manager.io",), ("certificaterequests",))) == ["delete"],
-          f"namespaces+token-request: the pod's token creates, the driver deletes: {roles}")
+    check(roles.get("shop", {}).get((("cert-manager.io",), ("certificaterequests",)))
+          == ["delete", "list", "watch"],
+          f"namespaces+token-request: the pod's token creates, the driver deletes and watches: {roles}")
+
+    # No cluster-scoped trust source either: no ClusterRole at all.
+    objs = objects(render({"certManager": {"namespaces": ["shop"]},
+                           "trust": {"clusterTrustBundles": False}}))
+    validate(objs, "namespaces-only")
+    check(not by_kind(objs, "ClusterRole") and not by_kind(objs, "ClusterRoleBinding"),
+          "namespaces-only: no ClusterRole or ClusterRoleBinding")
+    check(sorted(roles_by_namespace(objs, "namespaces-only")) == ["shop"],
+          "namespaces-only: one Role in shop")
 
 
 def case_kubelet_dir():
