@@ -364,6 +364,7 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                     limits: CacheLimits {
                         per_namespace: args.max_requests_per_namespace,
                         total: args.max_requests,
+                        ..CacheLimits::default()
                     },
                 },
                 trust_namespace: args.trust_namespace,
