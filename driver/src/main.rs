@@ -144,6 +144,21 @@ struct NodeArgs {
     /// namespace. Needs Kubernetes API access (not --issuer local).
     #[arg(long)]
     trust_namespace: Option<String>,
+    /// Largest trust source the node keeps (one ConfigMap or Secret key, one ClusterTrustBundle;
+    /// bytes, or with a K/M/Ki/Mi suffix). A volume naming a larger one fails with an error
+    /// naming the source and this cap. Every source is held once, however many volumes name it.
+    #[arg(long, default_value = "1Mi", value_parser = parse_source_size)]
+    max_trust_source_bytes: u64,
+    /// Most Kubernetes trust sources one volume may name (entries of trust-configmaps,
+    /// trust-secrets and trust-cluster-bundles, plus trust-signer-name); a publish naming more
+    /// is refused with InvalidArgument.
+    #[arg(long, default_value_t = certvol_driver::attrs::DEFAULT_MAX_TRUST_SOURCES, value_parser = parse_count)]
+    max_trust_sources_per_volume: usize,
+    /// Most distinct trust sources (each one list and watch on the API server) the volumes of
+    /// one namespace may have watched at once; a publish that would exceed it fails with
+    /// FailedPrecondition naming the namespace and this cap, and kubelet retries it.
+    #[arg(long, default_value_t = certvol_driver::trust::watch::DEFAULT_MAX_WATCHES_PER_NAMESPACE, value_parser = parse_count)]
+    max_trust_watches_per_namespace: usize,
     /// How many issued requests per volume the issuer keeps.
     #[arg(long, default_value_t = 1)]
     request_history: usize,
@@ -183,6 +198,26 @@ fn parse_cidr(s: &str) -> Result<IpCidr, String> {
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
+    parse_bytes(s)?
+        .filter(|&n| n >= 64 * 1024)
+        .ok_or_else(|| format!("{s:?} is out of range; accepted: 64Ki or more"))
+}
+
+fn parse_source_size(s: &str) -> Result<u64, String> {
+    parse_bytes(s)?
+        .filter(|&n| n >= 1024)
+        .ok_or_else(|| format!("{s:?} is out of range; accepted: 1Ki or more"))
+}
+
+fn parse_count(s: &str) -> Result<usize, String> {
+    s.parse::<usize>()
+        .ok()
+        .filter(|&n| n >= 1)
+        .ok_or_else(|| format!("{s:?} is not accepted; accepted: a whole number, 1 or more"))
+}
+
+/// Bytes with an optional K/Ki/M/Mi unit; `None` when the product overflows.
+fn parse_bytes(s: &str) -> Result<Option<u64>, String> {
     let (digits, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
     let n: u64 = digits
         .parse()
@@ -199,9 +234,7 @@ fn parse_size(s: &str) -> Result<u64, String> {
             ));
         }
     };
-    n.checked_mul(mult)
-        .filter(|&n| n >= 64 * 1024)
-        .ok_or_else(|| format!("{s:?} is out of range; accepted: 64Ki or more"))
+    Ok(n.checked_mul(mult))
 }
 
 fn init_logging(level: &str, format: LogFormat) {
@@ -281,6 +314,12 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 },
                 request_history: args.request_history,
                 trust_namespace: args.trust_namespace,
+                trust_limits: certvol_driver::trust::TrustLimits {
+                    max_source_bytes: usize::try_from(args.max_trust_source_bytes)
+                        .unwrap_or(usize::MAX),
+                    max_watches_per_namespace: args.max_trust_watches_per_namespace,
+                },
+                max_trust_sources: args.max_trust_sources_per_volume,
                 renew_concurrency: args.renew_concurrency,
                 grace_period: args.grace_period,
                 metrics_address: args.metrics_address,

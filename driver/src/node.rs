@@ -78,6 +78,10 @@ pub struct NodeOptions {
     /// `--trust-namespace`: the namespace whose ConfigMaps and Secrets any volume may name as
     /// trust sources, besides the pod's own.
     pub trust_namespace: Option<String>,
+    /// `--max-trust-source-bytes` and `--max-trust-watches-per-namespace`.
+    pub trust_limits: crate::trust::TrustLimits,
+    /// `--max-trust-sources-per-volume`.
+    pub max_trust_sources: usize,
     pub renew_concurrency: usize,
     pub grace_period: Duration,
     /// Where to serve `/metrics`, `/healthz` and `/readyz`; `None` serves nothing.
@@ -107,6 +111,8 @@ impl NodeOptions {
             api_rate_limit: crate::kubeclient::RateLimit::default(),
             request_history: 1,
             trust_namespace: None,
+            trust_limits: crate::trust::TrustLimits::default(),
+            max_trust_sources: crate::attrs::DEFAULT_MAX_TRUST_SOURCES,
             renew_concurrency: 4,
             grace_period: Duration::from_secs(20),
             metrics_address: None,
@@ -279,8 +285,12 @@ pub fn api_trust(
     opts: &NodeOptions,
     apis: &Apis,
 ) -> (TrustCache, Arc<EventSink>, BoxFuture<'static, ()>) {
-    let (cache, watches) =
-        TrustCache::new(client.clone(), opts.trust_namespace.clone(), apis.clone());
+    let (cache, watches) = TrustCache::with_limits(
+        client.clone(),
+        opts.trust_namespace.clone(),
+        apis.clone(),
+        opts.trust_limits,
+    );
     let events = Arc::new(EventSink::new(client.clone(), opts.node_id.clone()));
     (cache, events, Box::pin(watches))
 }
@@ -386,6 +396,7 @@ pub async fn run(
     cfg.tmpfs_size = opts.tmpfs_size;
     cfg.issue_timeout = opts.issue_timeout;
     cfg.request_history = opts.request_history;
+    cfg.max_trust_sources = opts.max_trust_sources;
 
     let (sched_handle, sched) = scheduler::channel();
     if opts.issuer == IssuerKind::Local && opts.trust_namespace.is_some() {

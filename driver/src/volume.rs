@@ -56,6 +56,8 @@ pub struct Config {
     pub policy: certvol_renewer::Policy,
     /// kubelet's root directory (`--kubelet-dir`): every target path must lie in its `pods/`.
     pub kubelet_dir: PathBuf,
+    /// Most Kubernetes trust sources one volume may name (`--max-trust-sources-per-volume`).
+    pub max_trust_sources: usize,
 }
 
 impl Config {
@@ -67,6 +69,7 @@ impl Config {
             request_history: 1,
             policy: certvol_renewer::Policy::default(),
             kubelet_dir: PathBuf::from(DEFAULT_KUBELET_DIR),
+            max_trust_sources: attrs::DEFAULT_MAX_TRUST_SOURCES,
         }
     }
 }
@@ -557,6 +560,8 @@ impl VolumeManager {
         check_volume_id(&params.volume_id)?;
         check_in_pods_dir(&self.cfg.kubelet_dir, &params.target_path)?;
         let req = Arc::new(attrs::parse(&params.context)?);
+        // At publish only: a volume published under a higher cap keeps working after a restart.
+        attrs::check_trust_sources(&req, self.cfg.max_trust_sources)?;
         self.issuer.check_request(&req)?;
         self.issuer.check_policy(&req)?;
         // Resolved before anything is created, so a missing password leaves nothing behind.
@@ -662,7 +667,7 @@ impl VolumeManager {
         }
         // Likewise a source that is missing or not allowed; kubelet's retry finds it once it
         // exists.
-        let mut trust = self.open_trust(req)?;
+        let mut trust = self.open_trust(req, false)?;
         if let Some(trust) = trust.as_mut() {
             trust.ready(self.cfg.issue_timeout).await?;
         }
@@ -1116,8 +1121,13 @@ impl VolumeManager {
 
     /// Subscribes to the Kubernetes objects the volume's trust spec names. Bad input (a source
     /// in a namespace the policy forbids, or Kubernetes sources on a node without API access)
-    /// is InvalidArgument.
-    fn open_trust(&self, req: &CertRequest) -> Result<Option<VolumeTrust>, VolumeError> {
+    /// is InvalidArgument. A new volume is refused past its namespace's watch budget; an
+    /// `admitted` one (published already: renewals, recovery) is not.
+    fn open_trust(
+        &self,
+        req: &CertRequest,
+        admitted: bool,
+    ) -> Result<Option<VolumeTrust>, VolumeError> {
         let Some(spec) = &req.trust else {
             return Ok(None);
         };
@@ -1132,10 +1142,12 @@ impl VolumeManager {
                 p = attrs::CERTVOL_PREFIX
             )));
         };
-        cache
-            .subscribe(spec, &req.pod.namespace)
-            .map(Some)
-            .map_err(|e| VolumeError::Trust(e.into()))
+        let subscribed = if admitted {
+            cache.resubscribe(spec, &req.pod.namespace)
+        } else {
+            cache.subscribe(spec, &req.pod.namespace)
+        };
+        subscribed.map(Some).map_err(VolumeError::Trust)
     }
 
     /// Hands a volume whose bundle was just written to the refresher.
@@ -1343,7 +1355,7 @@ impl VolumeManager {
         let Some(req) = req.filter(|r| r.trust.is_some()) else {
             return (None, Refreshed::Gone);
         };
-        let mut trust = match self.open_trust(&req) {
+        let mut trust = match self.open_trust(&req, true) {
             Ok(trust) => trust,
             Err(e) => {
                 warn!(volume_id, error = %e, "cannot watch the volume's trust sources; its bundle stays as it is");
@@ -1602,7 +1614,7 @@ impl VolumeManager {
         let mut trust = None;
         let mut stale = false;
         let result = async {
-            trust = self.open_trust(&req)?;
+            trust = self.open_trust(&req, true)?;
             if let Some(t) = trust.as_mut()
                 && let Err(e) = t.ready(self.cfg.issue_timeout).await
             {
