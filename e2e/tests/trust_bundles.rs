@@ -803,7 +803,7 @@ async fn trust_caps_refuse_clearly_and_leave_nothing_behind() {
         assert!(!kubelet.target_path(&pod, vol).exists());
         assert!(env.state(&pod, vol).is_none());
         assert_eq!(requests_of(&cluster, &pod, vol).await, 0);
-        status.message().to_owned()
+        (pod, status.message().to_owned())
     };
 
     let four = cm_volume(
@@ -825,7 +825,7 @@ async fn trust_caps_refuse_clearly_and_leave_nothing_behind() {
         &cluster.issuer_name(),
         [("csi.certvol.io/trust-secrets", "big/ca.crt")],
     );
-    let message = refused(
+    let (pod, message) = refused(
         "too-large",
         &big,
         Code::FailedPrecondition,
@@ -839,6 +839,15 @@ async fn trust_caps_refuse_clearly_and_leave_nothing_behind() {
         !message.contains("tls.key") && !message.contains("AAAA"),
         "{message}"
     );
+    // The Warning Event on the pod says the same, and no more.
+    let events: Vec<String> = cluster
+        .pod_events(&pod)
+        .await
+        .into_iter()
+        .filter(|e| e["reason"] == events::REASON_TRUST_SOURCE)
+        .map(|e| e["message"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(events, [message], "one Warning event on the pod");
 
     // One watch held by a published volume; a second volume may add one more distinct source,
     // not two: the error names the first one over the budget.
