@@ -149,6 +149,12 @@ struct NodeArgs {
     /// naming the source and this cap. Every source is held once, however many volumes name it.
     #[arg(long, default_value = "1Mi", value_parser = parse_source_size)]
     max_trust_source_bytes: u64,
+    /// Most bytes of trust source text the node holds in all, each source counted once however
+    /// many volumes name it (bytes, or with a K/M/Ki/Mi suffix). A source that would take it past
+    /// this fails its volumes with FailedPrecondition naming the source and this budget. Keep it
+    /// well under the container's memory limit.
+    #[arg(long, default_value = "32Mi", value_parser = parse_source_size)]
+    max_trust_bytes: u64,
     /// Most Kubernetes trust sources one volume may name (entries of trust-configmaps,
     /// trust-secrets and trust-cluster-bundles, plus trust-signer-name); a publish naming more
     /// is refused with InvalidArgument.
@@ -318,6 +324,7 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                     max_source_bytes: usize::try_from(args.max_trust_source_bytes)
                         .unwrap_or(usize::MAX),
                     max_watches_per_namespace: args.max_trust_watches_per_namespace,
+                    max_total_bytes: usize::try_from(args.max_trust_bytes).unwrap_or(usize::MAX),
                 },
                 max_trust_sources: args.max_trust_sources_per_volume,
                 renew_concurrency: args.renew_concurrency,

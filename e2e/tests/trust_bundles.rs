@@ -888,3 +888,117 @@ async fn trust_caps_refuse_clearly_and_leave_nothing_behind() {
         "no list for the sources over the budget"
     );
 }
+
+/// Issue 13, the worst one namespace can do with the default caps: as many distinct ~1 MiB
+/// ConfigMap keys as `--max-trust-watches-per-namespace` allows (64), named 16 per volume (the
+/// per-volume cap) by 4 volumes published at once. Without a node-wide byte budget the driver
+/// held all 64 MiB (104 MiB resident); `--max-trust-bytes` (32 MiB by default) refuses what does
+/// not fit, naming the budget, so the resident peak stays well under the chart's 128 MiB limit,
+/// and once the greedy volumes are refused another namespace's volume with a small source
+/// publishes.
+#[tokio::test]
+async fn a_namespace_with_megabyte_sources_cannot_take_the_driver_past_its_limit() {
+    require_root!();
+    const SOURCES: usize = 64;
+    const PER_VOLUME: usize = 16;
+    let mut env = Env::new();
+    let cluster = Cluster::start(env.path()).await;
+    let driver = env
+        .start_cert_manager(&cluster, &["--issue-timeout", "20s"], &[])
+        .await;
+    let ns = cluster.namespace();
+    let ca = private_ca("partner CA");
+    let mut text = ca.pem.clone();
+    let line = format!("# {}\n", "x".repeat(76));
+    while text.len() + line.len() <= 1000 * 1024 {
+        text.push_str(&line);
+    }
+    let api = Api::<ConfigMap>::namespaced(cluster.client.clone(), &ns);
+    for i in 0..SOURCES {
+        let cm = ConfigMap {
+            metadata: ObjectMeta {
+                name: Some(format!("big-{i}")),
+                ..ObjectMeta::default()
+            },
+            data: Some([("ca.crt".to_owned(), text.clone())].into()),
+            ..ConfigMap::default()
+        };
+        api.create(&PostParams::default(), &cm)
+            .await
+            .expect("create ConfigMap");
+    }
+    let before = certvol_e2e::bench::procfs::memory(driver.pid()).expect("read /proc");
+    let kubelet = env.kubelet();
+    let mut pods = Vec::new();
+    let mut vols = Vec::new();
+    for v in 0..SOURCES / PER_VOLUME {
+        pods.push(cluster.create_pod(&ns, &format!("greedy-{v}")).await);
+        let names: Vec<String> = (0..PER_VOLUME)
+            .map(|i| format!("big-{}/ca.crt", v * PER_VOLUME + i))
+            .collect();
+        vols.push(cm_volume(
+            &cluster.issuer_name(),
+            [("csi.certvol.io/trust-configmaps", names.join(",").as_str())],
+        ));
+    }
+    let published = futures::future::join_all(
+        pods.iter()
+            .zip(&vols)
+            .map(|(pod, vol)| kubelet.publish(pod, vol)),
+    )
+    .await;
+    let mut refused = 0;
+    for (pod, result) in pods.iter().zip(published) {
+        if let Err(status) = result {
+            refused += 1;
+            assert_eq!(
+                status.code(),
+                Code::FailedPrecondition,
+                "{}: {status:?}",
+                pod.name
+            );
+            assert!(
+                status.message().contains(
+                    "bytes) is not kept: this node's trust sources would hold more than 33554432 \
+                     bytes in all (--max-trust-bytes)"
+                ),
+                "{}: {}",
+                pod.name,
+                status.message()
+            );
+        }
+    }
+    assert!(refused >= 2, "64 MiB of sources do not fit a 32 MiB budget");
+    let after = certvol_e2e::bench::procfs::memory(driver.pid()).expect("read /proc");
+
+    // Another namespace's small source still fits.
+    create_partner_configmap(&cluster, "honest", &ca.pem).await;
+    let pod = cluster.create_pod("honest", "web-0").await;
+    let target = kubelet
+        .publish(
+            &pod,
+            &cm_volume(
+                &cluster.issuer_name(),
+                [("csi.certvol.io/trust-configmaps", "partner-ca/ca.crt")],
+            ),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("honest publish: {e}\n{}", env.logs()));
+    assert!(ders(&bundle_and_cert(&target).0).contains(&ders(&ca.pem)[0]));
+    println!(
+        "driver memory with {SOURCES} distinct {} KiB sources in one namespace ({refused} of {} \
+         volumes refused over the byte budget): before VmRSS {} KiB; after VmRSS {} KiB, peak \
+         VmHWM {} KiB",
+        text.len() / 1024,
+        pods.len(),
+        before.rss_kib,
+        after.rss_kib,
+        after.hwm_kib
+    );
+    let limit_kib = 96 * 1024;
+    assert!(
+        after.hwm_kib < limit_kib,
+        "the driver's resident peak is {} KiB, over {limit_kib} KiB (3/4 of the chart's limit)",
+        after.hwm_kib
+    );
+}

@@ -29,6 +29,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Debug;
 use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -58,31 +59,84 @@ const CTB_KEY: &str = "trustBundle";
 /// SHA-256 of a value's bytes.
 type Digest = [u8; 32];
 
-/// One key's value as the cache keeps it.
-#[derive(Clone, Debug)]
+/// What extraction checks a value against: the per-source cap and the node's byte budget for
+/// all source text, with the bytes held now.
+#[derive(Debug)]
+struct Bounds {
+    max_source_bytes: usize,
+    max_total_bytes: usize,
+    held: AtomicUsize,
+}
+
+impl Bounds {
+    /// Reserves `bytes` of the budget, or `None` when they do not fit.
+    fn reserve(self: &Arc<Self>, bytes: usize) -> Option<Reservation> {
+        self.held
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
+                held.checked_add(bytes)
+                    .filter(|&total| total <= self.max_total_bytes)
+            })
+            .ok()?;
+        Some(Reservation {
+            bytes,
+            bounds: self.clone(),
+        })
+    }
+}
+
+/// Bytes of the budget held by one value's text; released when the value is dropped, which is
+/// when no snapshot and no watch state refers to it any more (values are never cloned).
+#[derive(Debug)]
+struct Reservation {
+    bytes: usize,
+    bounds: Arc<Bounds>,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.bounds.held.fetch_sub(self.bytes, Ordering::AcqRel);
+    }
+}
+
+/// One key's value as the cache keeps it. Not `Clone`: each value is one reservation.
+#[derive(Debug)]
 enum Value {
     /// The text, shared by everyone who reads it, and its digest.
-    Text { text: Arc<str>, digest: Digest },
+    Text {
+        text: Arc<str>,
+        digest: Digest,
+        _held: Reservation,
+    },
     /// Not UTF-8: unusable as PEM, so the bytes are not kept.
     NotText,
     /// Over the size cap: not kept.
     TooLarge { bytes: usize, max: usize },
+    /// Within the size cap, but the node's trust sources hold so much already that it would take
+    /// them past `--max-trust-bytes`: not kept.
+    OverBudget { bytes: usize, max: usize },
 }
 
 impl Value {
-    fn new(bytes: &[u8], max: usize) -> Value {
-        if bytes.len() > max {
+    fn new(bytes: &[u8], bounds: &Arc<Bounds>) -> Value {
+        if bytes.len() > bounds.max_source_bytes {
             return Value::TooLarge {
                 bytes: bytes.len(),
-                max,
+                max: bounds.max_source_bytes,
             };
         }
-        match std::str::from_utf8(bytes) {
-            Ok(text) => Value::Text {
-                text: Arc::from(text),
-                digest: Sha256::digest(bytes).into(),
-            },
-            Err(_) => Value::NotText,
+        let Ok(text) = std::str::from_utf8(bytes) else {
+            return Value::NotText;
+        };
+        let Some(held) = bounds.reserve(bytes.len()) else {
+            return Value::OverBudget {
+                bytes: bytes.len(),
+                max: bounds.max_total_bytes,
+            };
+        };
+        Value::Text {
+            text: Arc::from(text),
+            digest: Sha256::digest(bytes).into(),
+            _held: held,
         }
     }
 }
@@ -93,7 +147,8 @@ impl PartialEq for Value {
         match (self, other) {
             (Value::Text { digest: a, .. }, Value::Text { digest: b, .. }) => a == b,
             (Value::NotText, Value::NotText) => true,
-            (Value::TooLarge { bytes: a, max: m }, Value::TooLarge { bytes: b, max: n }) => {
+            (Value::TooLarge { bytes: a, max: m }, Value::TooLarge { bytes: b, max: n })
+            | (Value::OverBudget { bytes: a, max: m }, Value::OverBudget { bytes: b, max: n }) => {
                 a == b && m == n
             }
             _ => false,
@@ -113,6 +168,8 @@ pub struct TrustLimits {
     /// Most distinct objects (ConfigMaps, Secrets, ClusterTrustBundles, signer selections) the
     /// volumes of pods in one namespace may have watched at once.
     pub max_watches_per_namespace: usize,
+    /// Most bytes of source text the node holds in all (each value counted once).
+    pub max_total_bytes: usize,
 }
 
 /// A ConfigMap holds at most 1 MiB in all (the API server's limit), so no real single key is
@@ -122,12 +179,17 @@ pub const DEFAULT_MAX_SOURCE_BYTES: usize = 1 << 20;
 /// different CAs in one namespace, while a namespace that lists thousands of names costs the
 /// node's API budget 64 lists and watches, not thousands.
 pub const DEFAULT_MAX_WATCHES_PER_NAMESPACE: usize = 64;
+/// A quarter of the chart's 128 MiB memory limit: thousands of typical CA sources (a few KiB
+/// each), while one namespace at its watch budget with 1 MiB sources (64 MiB of text, about
+/// 104 MiB resident) cannot take the driver past its limit.
+pub const DEFAULT_MAX_TOTAL_BYTES: usize = 32 << 20;
 
 impl Default for TrustLimits {
     fn default() -> Self {
         TrustLimits {
             max_source_bytes: DEFAULT_MAX_SOURCE_BYTES,
             max_watches_per_namespace: DEFAULT_MAX_WATCHES_PER_NAMESPACE,
+            max_total_bytes: DEFAULT_MAX_TOTAL_BYTES,
         }
     }
 }
@@ -181,6 +243,20 @@ pub enum SourceError {
         bytes: usize,
         max: usize,
     },
+    /// Keeping the value would take the node's source text past `--max-trust-bytes`. Retried
+    /// when the object changes or its watch restarts (the last volume naming it is gone).
+    #[error(
+        "volume attribute {attribute:?}: {object} key {key:?} ({bytes} bytes) is not kept: this \
+         node's trust sources would hold more than {max} bytes in all (--max-trust-bytes); \
+         retried when the object changes or once no volume on the node names it"
+    )]
+    OverBudget {
+        attribute: String,
+        object: String,
+        key: String,
+        bytes: usize,
+        max: usize,
+    },
     /// Subscribing would take the volumes of `namespace` past `--max-trust-watches-per-namespace`
     /// distinct watched objects. Not the volume's fault alone (its neighbours hold the others),
     /// so not InvalidArgument; see `csi.rs` for the code.
@@ -225,6 +301,7 @@ impl SourceError {
             | SourceError::MissingKey { attribute, .. }
             | SourceError::NotText { attribute, .. }
             | SourceError::TooLarge { attribute, .. }
+            | SourceError::OverBudget { attribute, .. }
             | SourceError::TooManyWatches { attribute, .. }
             | SourceError::NoneSelected { attribute, .. }
             | SourceError::Unavailable { attribute, .. } => attribute,
@@ -249,6 +326,7 @@ struct Shared {
     apis: Apis,
     trust_namespace: Option<String>,
     limits: TrustLimits,
+    bounds: Arc<Bounds>,
     watches: Mutex<Watches>,
     start: mpsc::UnboundedSender<BoxFuture<'static, ()>>,
 }
@@ -338,6 +416,11 @@ impl TrustCache {
                 apis,
                 trust_namespace,
                 limits,
+                bounds: Arc::new(Bounds {
+                    max_source_bytes: limits.max_source_bytes,
+                    max_total_bytes: limits.max_total_bytes,
+                    held: AtomicUsize::new(0),
+                }),
                 watches: Mutex::new(Watches::default()),
                 start,
             }),
@@ -353,25 +436,9 @@ impl TrustCache {
     }
 
     /// Bytes of source text the cache holds: each watched value once, however many volumes
-    /// read it.
+    /// read it (what `--max-trust-bytes` bounds).
     pub fn held_bytes(&self) -> usize {
-        let watches = self.shared.lock();
-        watches
-            .entries
-            .values()
-            .map(|e| {
-                e.tx.borrow()
-                    .objects
-                    .iter()
-                    .flatten()
-                    .flat_map(|(_, data)| data.values())
-                    .map(|v| match v {
-                        Value::Text { text, .. } => text.len(),
-                        Value::NotText | Value::TooLarge { .. } => 0,
-                    })
-                    .sum::<usize>()
-            })
-            .sum()
+        self.shared.bounds.held.load(Ordering::Acquire)
     }
 
     /// Subscribes to one object for a volume of a pod in `namespace`, starting its watch if
@@ -404,7 +471,7 @@ impl TrustCache {
                 let task = watch_object(
                     &self.shared.client,
                     &self.shared.apis,
-                    self.shared.limits.max_source_bytes,
+                    &self.shared.bounds,
                     object,
                     tx.clone(),
                     stop_rx,
@@ -533,7 +600,7 @@ async fn drive(mut start: mpsc::UnboundedReceiver<BoxFuture<'static, ()>>) {
 fn watch_object(
     client: &kube::Client,
     apis: &Apis,
-    max: usize,
+    bounds: &Arc<Bounds>,
     object: &ObjectRef,
     tx: Arc<watch::Sender<Snapshot>>,
     stop: oneshot::Receiver<()>,
@@ -544,7 +611,7 @@ fn watch_object(
             Api::<ConfigMap>::namespaced(client.clone(), namespace),
             by_name(name),
             configmap_data,
-            max,
+            bounds.clone(),
             tx,
             stop,
         )),
@@ -552,7 +619,7 @@ fn watch_object(
             Api::<Secret>::namespaced(client.clone(), namespace),
             by_name(name),
             secret_data,
-            max,
+            bounds.clone(),
             tx,
             stop,
         )),
@@ -560,7 +627,7 @@ fn watch_object(
             client.clone(),
             apis.clone(),
             by_name(name),
-            max,
+            bounds.clone(),
             tx,
             stop,
         )),
@@ -577,7 +644,7 @@ fn watch_object(
                 client.clone(),
                 apis.clone(),
                 config,
-                max,
+                bounds.clone(),
                 tx,
                 stop,
             ))
@@ -585,33 +652,33 @@ fn watch_object(
     }
 }
 
-fn configmap_data(cm: &ConfigMap, max: usize) -> ObjectData {
+fn configmap_data(cm: &ConfigMap, bounds: &Arc<Bounds>) -> ObjectData {
     let mut out = ObjectData::new();
     for (k, v) in cm.binary_data.iter().flatten() {
-        out.insert(k.clone(), Value::new(&v.0, max));
+        out.insert(k.clone(), Value::new(&v.0, bounds));
     }
     for (k, v) in cm.data.iter().flatten() {
-        out.insert(k.clone(), Value::new(v.as_bytes(), max));
+        out.insert(k.clone(), Value::new(v.as_bytes(), bounds));
     }
     out
 }
 
-fn secret_data(s: &Secret, max: usize) -> ObjectData {
+fn secret_data(s: &Secret, bounds: &Arc<Bounds>) -> ObjectData {
     s.data
         .iter()
         .flatten()
-        .map(|(k, v)| (k.clone(), Value::new(&v.0, max)))
+        .map(|(k, v)| (k.clone(), Value::new(&v.0, bounds)))
         .collect()
 }
 
 /// `spec.trustBundle`, the same field in every ClusterTrustBundle version. A bundle without it
 /// (the API requires it) reads as one without the key, which `content` reports.
-fn ctb_data(b: &DynamicObject, max: usize) -> ObjectData {
+fn ctb_data(b: &DynamicObject, bounds: &Arc<Bounds>) -> ObjectData {
     b.data
         .get("spec")
         .and_then(|spec| spec.get(CTB_KEY))
         .and_then(serde_json::Value::as_str)
-        .map(|pem| ObjectData::from([(CTB_KEY.to_owned(), Value::new(pem.as_bytes(), max))]))
+        .map(|pem| ObjectData::from([(CTB_KEY.to_owned(), Value::new(pem.as_bytes(), bounds))]))
         .unwrap_or_default()
 }
 
@@ -621,7 +688,7 @@ async fn watch_ctb(
     client: kube::Client,
     apis: Apis,
     config: watcher::Config,
-    max: usize,
+    bounds: Arc<Bounds>,
     tx: Arc<watch::Sender<Snapshot>>,
     mut stop: oneshot::Receiver<()>,
 ) {
@@ -643,7 +710,7 @@ async fn watch_ctb(
     match version {
         Some(version) => {
             let api = Api::<DynamicObject>::all_with(client, &version.api_resource());
-            run_watch(api, config, ctb_data, max, tx, stop).await;
+            run_watch(api, config, ctb_data, bounds, tx, stop).await;
         }
         None => {
             tx.send_replace(Snapshot {
@@ -661,8 +728,8 @@ async fn watch_ctb(
 async fn run_watch<K>(
     api: Api<K>,
     config: watcher::Config,
-    extract: fn(&K, usize) -> ObjectData,
-    max: usize,
+    extract: fn(&K, &Arc<Bounds>) -> ObjectData,
+    bounds: Arc<Bounds>,
     tx: Arc<watch::Sender<Snapshot>>,
     mut stop: oneshot::Receiver<()>,
 ) where
@@ -699,7 +766,7 @@ async fn run_watch<K>(
             Ok(Event::Init) => relist = Some(BTreeMap::new()),
             Ok(Event::InitApply(obj)) => {
                 if let Some(r) = relist.as_mut() {
-                    r.insert(obj.name_any(), Arc::new(extract(&obj, max)));
+                    r.insert(obj.name_any(), Arc::new(extract(&obj, &bounds)));
                 }
             }
             Ok(Event::InitDone) => {
@@ -711,7 +778,7 @@ async fn run_watch<K>(
                 publish(&live);
             }
             Ok(Event::Apply(obj)) => {
-                live.insert(obj.name_any(), Arc::new(extract(&obj, max)));
+                live.insert(obj.name_any(), Arc::new(extract(&obj, &bounds)));
                 if synced {
                     publish(&live);
                 }
@@ -789,7 +856,7 @@ fn content(source: &ResolvedSource, snap: &Snapshot) -> Result<Option<Vec<Piece>
             },
         })?;
         match value {
-            Value::Text { text, digest } => Ok(Piece {
+            Value::Text { text, digest, .. } => Ok(Piece {
                 label: String::new(),
                 text: text.clone(),
                 digest: *digest,
@@ -800,6 +867,13 @@ fn content(source: &ResolvedSource, snap: &Snapshot) -> Result<Option<Vec<Piece>
                 key: key.to_owned(),
             }),
             Value::TooLarge { bytes, max } => Err(SourceError::TooLarge {
+                attribute: attribute(),
+                object,
+                key: key.to_owned(),
+                bytes: *bytes,
+                max: *max,
+            }),
+            Value::OverBudget { bytes, max } => Err(SourceError::OverBudget {
                 attribute: attribute(),
                 object,
                 key: key.to_owned(),
@@ -985,6 +1059,48 @@ mod tests {
 
     type Entries<'a> = &'a [(&'a str, &'a [u8])];
 
+    fn bounds(max_source_bytes: usize, max_total_bytes: usize) -> Arc<Bounds> {
+        Arc::new(Bounds {
+            max_source_bytes,
+            max_total_bytes,
+            held: AtomicUsize::new(0),
+        })
+    }
+
+    /// The node's byte budget: a value that does not fit is not kept, and what a value held is
+    /// released when it is dropped.
+    #[test]
+    fn values_reserve_and_release_the_byte_budget() {
+        let b = bounds(100, 150);
+        let first = Value::new(&[b'a'; 100], &b);
+        assert!(matches!(first, Value::Text { .. }), "{first:?}");
+        assert!(matches!(
+            Value::new(&[b'a'; 101], &b),
+            Value::TooLarge {
+                bytes: 101,
+                max: 100
+            }
+        ));
+        let second = Value::new(&[b'b'; 60], &b);
+        assert!(
+            matches!(
+                second,
+                Value::OverBudget {
+                    bytes: 60,
+                    max: 150
+                }
+            ),
+            "{second:?}"
+        );
+        assert!(matches!(Value::new(&[0xff; 60], &b), Value::NotText));
+        assert_eq!(b.held.load(Ordering::Acquire), 100);
+        drop(first);
+        assert_eq!(b.held.load(Ordering::Acquire), 0);
+        let third = Value::new(&[b'c'; 60], &b);
+        assert!(matches!(third, Value::Text { .. }), "{third:?}");
+        assert_eq!(b.held.load(Ordering::Acquire), 60);
+    }
+
     fn snap(objects: &[(&str, Entries)]) -> Snapshot {
         Snapshot {
             objects: Some(
@@ -995,7 +1111,9 @@ mod tests {
                             (*n).to_owned(),
                             Arc::new(
                                 d.iter()
-                                    .map(|(k, v)| ((*k).to_owned(), Value::new(v, 64)))
+                                    .map(|(k, v)| {
+                                        ((*k).to_owned(), Value::new(v, &bounds(64, 1 << 20)))
+                                    })
                                     .collect(),
                             ),
                         )
@@ -1368,8 +1486,8 @@ mod tests {
         let client = configmap_server(Vec::new(), lists);
         let (apis, _) = Apis::discover(client.clone(), crate::discovery::CSR_API);
         let limits = TrustLimits {
-            max_source_bytes: DEFAULT_MAX_SOURCE_BYTES,
             max_watches_per_namespace: 2,
+            ..TrustLimits::default()
         };
         let (cache, _drive) = TrustCache::with_limits(client, None, apis, limits);
         let a = cache
@@ -1408,5 +1526,61 @@ mod tests {
         assert_eq!(cache.watched().len(), 4, "{:?}", cache.watched());
         drop((c, other));
         assert!(cache.watched().is_empty());
+    }
+
+    /// `--max-trust-bytes` through the cache: with room for one 1 MiB source, a second distinct
+    /// one fails its volume with OverBudget naming the object, the key and the budget; once the
+    /// first is no longer named, the retried volume (a fresh watch) reads it.
+    #[tokio::test]
+    async fn the_node_byte_budget_refuses_a_source_that_does_not_fit() {
+        let big = "x".repeat(1 << 20);
+        let client = configmap_server(
+            vec![
+                (("shop", "one"), vec![("ca.crt", big.clone())]),
+                (("shop", "two"), vec![("ca.crt", big.clone())]),
+            ],
+            Arc::new(Mutex::new(0)),
+        );
+        let (apis, _) = Apis::discover(client.clone(), crate::discovery::CSR_API);
+        let limits = TrustLimits {
+            max_total_bytes: 3 << 19,
+            ..TrustLimits::default()
+        };
+        let (cache, drive) = TrustCache::with_limits(client, None, apis, limits);
+        let drive = tokio::spawn(drive);
+        let mut one = cache
+            .subscribe(&configmaps_spec("one/ca.crt"), "shop")
+            .unwrap();
+        one.ready(Duration::from_secs(5)).await.unwrap();
+        let mut two = cache
+            .subscribe(&configmaps_spec("two/ca.crt"), "shop")
+            .unwrap();
+        let err = two.ready(Duration::from_secs(5)).await.unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "volume attribute \"csi.certvol.io/trust-configmaps\": ConfigMap shop/two key \
+             \"ca.crt\" (1048576 bytes) is not kept: this node's trust sources would hold more \
+             than 1572864 bytes in all (--max-trust-bytes); retried when the object changes or \
+             once no volume on the node names it"
+        );
+        assert_eq!(cache.held_bytes(), 1 << 20);
+        drop((one, two));
+        // The watches stop as their tasks see it; the budget is released with their state.
+        let released = async {
+            while cache.held_bytes() != 0 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(5), released)
+            .await
+            .expect("released");
+        let mut two = cache
+            .subscribe(&configmaps_spec("two/ca.crt"), "shop")
+            .unwrap();
+        two.ready(Duration::from_secs(5)).await.unwrap();
+        assert_eq!(cache.held_bytes(), 1 << 20);
+        drop(two);
+        drop(cache);
+        drive.abort();
     }
 }
