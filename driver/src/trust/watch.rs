@@ -22,9 +22,11 @@
 //! state, every subscriber and every bundle built from it) with its SHA-256, and a volume
 //! remembers only digests of what it last read, so 100 volumes naming one 1 MiB key cost 1 MiB,
 //! not 100. A value over [`TrustLimits::max_source_bytes`] is not kept at all (the source reports
-//! [`SourceError::TooLarge`]), and the volumes of one namespace may have at most
-//! [`TrustLimits::max_watches_per_namespace`] distinct objects watched (each costs a list and a
-//! watch through the node's API budget).
+//! [`SourceError::TooLarge`]), nor one that would take all kept text past
+//! [`TrustLimits::max_total_bytes`] ([`SourceError::OverBudget`]; each kept value holds a
+//! reservation of its bytes until it is dropped), and the volumes of one namespace may have at
+//! most [`TrustLimits::max_watches_per_namespace`] distinct objects watched (each costs a list and
+//! a watch through the node's API budget).
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Debug;
@@ -550,8 +552,12 @@ impl TrustCache {
                 }
             }
             let max = self.shared.limits.max_watches_per_namespace;
-            if held + new.len() > max {
-                let over = new[max.saturating_sub(held).min(new.len() - 1)];
+            // Objects the namespace watches already cost nothing, even past the budget (it can
+            // be, through recovered volumes after the operator lowered the flag).
+            if let Some(last) = new.len().checked_sub(1)
+                && held + new.len() > max
+            {
+                let over = new[max.saturating_sub(held).min(last)];
                 return Err(SourceError::TooManyWatches {
                     attribute: over.attribute.clone(),
                     object: over.object.to_string(),
@@ -1515,9 +1521,14 @@ mod tests {
         // Another namespace's budget is its own, even for objects "shop" has watched.
         let other = cache.subscribe(&configmaps_spec("a/k,x/k"), "web").unwrap();
         assert!(cache.subscribe(&configmaps_spec("y/k"), "web").is_err());
-        // A volume recovered after a restart is never refused.
+        // A volume recovered after a restart is never refused, and past the budget a volume
+        // naming only what the namespace watches already is still fine.
         let recovered = cache.resubscribe(&configmaps_spec("c/k"), "shop").unwrap();
-        drop((recovered, again));
+        let within = cache
+            .subscribe(&configmaps_spec("c/k,a/k"), "shop")
+            .unwrap();
+        assert!(cache.subscribe(&configmaps_spec("d/k"), "shop").is_err());
+        drop((recovered, again, within));
         drop(a);
         // "shop" holds nothing now; "web" still holds a and x.
         let c = cache
