@@ -86,8 +86,8 @@ impl Bounds {
     }
 }
 
-/// Bytes of the budget held by one value's text; released when the value is dropped, which is
-/// when no snapshot and no watch state refers to it any more (values are never cloned).
+/// Bytes of the budget held by one value's text; released when the last clone of the value is
+/// dropped, which is when no snapshot and no watch state refers to it any more.
 #[derive(Debug)]
 struct Reservation {
     bytes: usize,
@@ -100,14 +100,14 @@ impl Drop for Reservation {
     }
 }
 
-/// One key's value as the cache keeps it. Not `Clone`: each value is one reservation.
-#[derive(Debug)]
+/// One key's value as the cache keeps it. Clones share the text and its one reservation.
+#[derive(Clone, Debug)]
 enum Value {
     /// The text, shared by everyone who reads it, and its digest.
     Text {
         text: Arc<str>,
         digest: Digest,
-        _held: Reservation,
+        _held: Arc<Reservation>,
     },
     /// Not UTF-8: unusable as PEM, so the bytes are not kept.
     NotText,
@@ -119,7 +119,9 @@ enum Value {
 }
 
 impl Value {
-    fn new(bytes: &[u8], bounds: &Arc<Bounds>) -> Value {
+    /// The value of `bytes`; `previous` is what the watch held for the same key, reused when the
+    /// text is the same, so a relist or an update of other keys needs no second reservation.
+    fn new(bytes: &[u8], bounds: &Arc<Bounds>, previous: Option<&Value>) -> Value {
         if bytes.len() > bounds.max_source_bytes {
             return Value::TooLarge {
                 bytes: bytes.len(),
@@ -129,6 +131,12 @@ impl Value {
         let Ok(text) = std::str::from_utf8(bytes) else {
             return Value::NotText;
         };
+        let digest: Digest = Sha256::digest(bytes).into();
+        if let Some(same @ Value::Text { digest: d, .. }) = previous
+            && *d == digest
+        {
+            return same.clone();
+        }
         let Some(held) = bounds.reserve(bytes.len()) else {
             return Value::OverBudget {
                 bytes: bytes.len(),
@@ -137,8 +145,8 @@ impl Value {
         };
         Value::Text {
             text: Arc::from(text),
-            digest: Sha256::digest(bytes).into(),
-            _held: held,
+            digest,
+            _held: Arc::new(held),
         }
     }
 }
@@ -658,33 +666,43 @@ fn watch_object(
     }
 }
 
-fn configmap_data(cm: &ConfigMap, bounds: &Arc<Bounds>) -> ObjectData {
+fn configmap_data(cm: &ConfigMap, bounds: &Arc<Bounds>, prev: Option<&ObjectData>) -> ObjectData {
+    let before = |k: &String| prev.and_then(|p| p.get(k));
     let mut out = ObjectData::new();
     for (k, v) in cm.binary_data.iter().flatten() {
-        out.insert(k.clone(), Value::new(&v.0, bounds));
+        out.insert(k.clone(), Value::new(&v.0, bounds, before(k)));
     }
     for (k, v) in cm.data.iter().flatten() {
-        out.insert(k.clone(), Value::new(v.as_bytes(), bounds));
+        out.insert(k.clone(), Value::new(v.as_bytes(), bounds, before(k)));
     }
     out
 }
 
-fn secret_data(s: &Secret, bounds: &Arc<Bounds>) -> ObjectData {
+fn secret_data(s: &Secret, bounds: &Arc<Bounds>, prev: Option<&ObjectData>) -> ObjectData {
     s.data
         .iter()
         .flatten()
-        .map(|(k, v)| (k.clone(), Value::new(&v.0, bounds)))
+        .map(|(k, v)| {
+            let before = prev.and_then(|p| p.get(k));
+            (k.clone(), Value::new(&v.0, bounds, before))
+        })
         .collect()
 }
 
 /// `spec.trustBundle`, the same field in every ClusterTrustBundle version. A bundle without it
 /// (the API requires it) reads as one without the key, which `content` reports.
-fn ctb_data(b: &DynamicObject, bounds: &Arc<Bounds>) -> ObjectData {
+fn ctb_data(b: &DynamicObject, bounds: &Arc<Bounds>, prev: Option<&ObjectData>) -> ObjectData {
+    let before = prev.and_then(|p| p.get(CTB_KEY));
     b.data
         .get("spec")
         .and_then(|spec| spec.get(CTB_KEY))
         .and_then(serde_json::Value::as_str)
-        .map(|pem| ObjectData::from([(CTB_KEY.to_owned(), Value::new(pem.as_bytes(), bounds))]))
+        .map(|pem| {
+            ObjectData::from([(
+                CTB_KEY.to_owned(),
+                Value::new(pem.as_bytes(), bounds, before),
+            )])
+        })
         .unwrap_or_default()
 }
 
@@ -734,7 +752,7 @@ async fn watch_ctb(
 async fn run_watch<K>(
     api: Api<K>,
     config: watcher::Config,
-    extract: fn(&K, &Arc<Bounds>) -> ObjectData,
+    extract: fn(&K, &Arc<Bounds>, Option<&ObjectData>) -> ObjectData,
     bounds: Arc<Bounds>,
     tx: Arc<watch::Sender<Snapshot>>,
     mut stop: oneshot::Receiver<()>,
@@ -772,7 +790,9 @@ async fn run_watch<K>(
             Ok(Event::Init) => relist = Some(BTreeMap::new()),
             Ok(Event::InitApply(obj)) => {
                 if let Some(r) = relist.as_mut() {
-                    r.insert(obj.name_any(), Arc::new(extract(&obj, &bounds)));
+                    let name = obj.name_any();
+                    let data = extract(&obj, &bounds, live.get(&name).map(|d| &**d));
+                    r.insert(name, Arc::new(data));
                 }
             }
             Ok(Event::InitDone) => {
@@ -784,7 +804,9 @@ async fn run_watch<K>(
                 publish(&live);
             }
             Ok(Event::Apply(obj)) => {
-                live.insert(obj.name_any(), Arc::new(extract(&obj, &bounds)));
+                let name = obj.name_any();
+                let data = extract(&obj, &bounds, live.get(&name).map(|d| &**d));
+                live.insert(name, Arc::new(data));
                 if synced {
                     publish(&live);
                 }
@@ -1078,16 +1100,16 @@ mod tests {
     #[test]
     fn values_reserve_and_release_the_byte_budget() {
         let b = bounds(100, 150);
-        let first = Value::new(&[b'a'; 100], &b);
+        let first = Value::new(&[b'a'; 100], &b, None);
         assert!(matches!(first, Value::Text { .. }), "{first:?}");
         assert!(matches!(
-            Value::new(&[b'a'; 101], &b),
+            Value::new(&[b'a'; 101], &b, None),
             Value::TooLarge {
                 bytes: 101,
                 max: 100
             }
         ));
-        let second = Value::new(&[b'b'; 60], &b);
+        let second = Value::new(&[b'b'; 60], &b, None);
         assert!(
             matches!(
                 second,
@@ -1098,11 +1120,17 @@ mod tests {
             ),
             "{second:?}"
         );
-        assert!(matches!(Value::new(&[0xff; 60], &b), Value::NotText));
+        assert!(matches!(Value::new(&[0xff; 60], &b, None), Value::NotText));
         assert_eq!(b.held.load(Ordering::Acquire), 100);
+        // The same text again (a relist, an update of another key) reuses the reservation,
+        // although a second 100 bytes would not fit.
+        let again = Value::new(&[b'a'; 100], &b, Some(&first));
+        assert!(matches!(again, Value::Text { .. }), "{again:?}");
+        assert_eq!(b.held.load(Ordering::Acquire), 100);
+        drop(again);
         drop(first);
         assert_eq!(b.held.load(Ordering::Acquire), 0);
-        let third = Value::new(&[b'c'; 60], &b);
+        let third = Value::new(&[b'c'; 60], &b, None);
         assert!(matches!(third, Value::Text { .. }), "{third:?}");
         assert_eq!(b.held.load(Ordering::Acquire), 60);
     }
@@ -1118,7 +1146,7 @@ mod tests {
                             Arc::new(
                                 d.iter()
                                     .map(|(k, v)| {
-                                        ((*k).to_owned(), Value::new(v, &bounds(64, 1 << 20)))
+                                        ((*k).to_owned(), Value::new(v, &bounds(64, 1 << 20), None))
                                     })
                                     .collect(),
                             ),
