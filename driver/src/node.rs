@@ -78,7 +78,7 @@ pub struct NodeOptions {
     /// `--trust-namespace`: the namespace whose ConfigMaps and Secrets any volume may name as
     /// trust sources, besides the pod's own.
     pub trust_namespace: Option<String>,
-    /// `--max-trust-source-bytes` and `--max-trust-watches-per-namespace`.
+    /// `--max-trust-source-bytes`, `--max-trust-bytes` and `--max-trust-watches-per-namespace`.
     pub trust_limits: crate::trust::TrustLimits,
     /// `--max-trust-sources-per-volume`.
     pub max_trust_sources: usize,

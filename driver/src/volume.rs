@@ -560,8 +560,6 @@ impl VolumeManager {
         check_volume_id(&params.volume_id)?;
         check_in_pods_dir(&self.cfg.kubelet_dir, &params.target_path)?;
         let req = Arc::new(attrs::parse(&params.context)?);
-        // At publish only: a volume published under a higher cap keeps working after a restart.
-        attrs::check_trust_sources(&req, self.cfg.max_trust_sources)?;
         self.issuer.check_request(&req)?;
         self.issuer.check_policy(&req)?;
         // Resolved before anything is created, so a missing password leaves nothing behind.
@@ -659,6 +657,9 @@ impl VolumeManager {
             }
         }
 
+        // New volumes only (a republish returned above): one published under a higher cap keeps
+        // working, through republishes, renewals and restarts.
+        attrs::check_trust_sources(req, self.cfg.max_trust_sources)?;
         // Before anything is created: an API the volume needs that the cluster does not serve
         // (the issuer's, or ClusterTrustBundles for its ca-source or trust sources) is named
         // here rather than surfacing as a 404 later, and leaves nothing behind.

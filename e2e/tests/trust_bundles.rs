@@ -1002,3 +1002,93 @@ async fn a_namespace_with_megabyte_sources_cannot_take_the_driver_past_its_limit
         after.hwm_kib
     );
 }
+
+/// Lowering the trust caps never breaks a published volume: one naming three sources, published
+/// under `--max-trust-sources-per-volume 3` and `--max-trust-watches-per-namespace 3`, is
+/// republished (kubelet does so with requiresRepublish) and has its bundle refreshed after the
+/// driver restarts with both caps at 1, while a new volume with the same attributes is refused.
+#[tokio::test]
+async fn a_volume_published_under_higher_caps_keeps_working_after_they_are_lowered() {
+    require_root!();
+    let mut env = Env::new();
+    let cluster = Cluster::start(env.path()).await;
+    let caps = |n: &'static str| {
+        [
+            "--max-trust-sources-per-volume",
+            n,
+            "--max-trust-watches-per-namespace",
+            n,
+        ]
+    };
+    let mut driver = env.start_cert_manager(&cluster, &caps("3"), &[]).await;
+    let ns = cluster.namespace();
+    let first = private_ca("partner CA 1");
+    let api = Api::<ConfigMap>::namespaced(cluster.client.clone(), &ns);
+    for name in ["partner-ca", "second", "third"] {
+        let cm = ConfigMap {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                ..ObjectMeta::default()
+            },
+            data: Some([("ca.crt".to_owned(), first.pem.clone())].into()),
+            ..ConfigMap::default()
+        };
+        api.create(&PostParams::default(), &cm)
+            .await
+            .expect("create ConfigMap");
+    }
+    let vol = cm_volume(
+        &cluster.issuer_name(),
+        [(
+            "csi.certvol.io/trust-configmaps",
+            "partner-ca/ca.crt,second/ca.crt,third/ca.crt",
+        )],
+    );
+    let pod = cluster.create_pod(&ns, "early").await;
+    let kubelet = env.kubelet();
+    let target = kubelet.publish(&pod, &vol).await.expect("publish");
+
+    driver.terminate(Duration::from_secs(10)).expect("stop");
+    let _driver = env.start_cert_manager(&cluster, &caps("1"), &[]).await;
+    let kubelet = env.kubelet();
+    let again = kubelet
+        .publish(&pod, &vol)
+        .await
+        .unwrap_or_else(|e| panic!("republish under lower caps: {e}\n{}", env.logs()));
+    assert_eq!(again, target);
+    let second = private_ca("partner CA 2");
+    api.patch(
+        "third",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"data": {"ca.crt": second.pem}})),
+    )
+    .await
+    .expect("update ConfigMap");
+    let new_ca = ders(&second.pem).remove(0);
+    eventually(Duration::from_secs(10), || {
+        ders(&bundle_and_cert(&target).0)
+            .contains(&new_ca)
+            .then_some(())
+    })
+    .await
+    .unwrap_or_else(|| {
+        panic!(
+            "the recovered volume's bundle was not refreshed\n{}",
+            env.logs()
+        )
+    });
+
+    let late = cluster.create_pod(&ns, "late").await;
+    let status = kubelet
+        .publish(&late, &vol)
+        .await
+        .expect_err("a new volume is held to the new cap");
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(
+        status
+            .message()
+            .contains("is 3; at most 1 (the node's --max-trust-sources-per-volume)"),
+        "{}",
+        status.message()
+    );
+}
