@@ -444,6 +444,11 @@ pub struct VolumeManager {
     /// Key generation: one permit per CPU, shared round-robin between namespaces, so a pod
     /// asking for many slow keys (RSA 4096) cannot keep the CPUs from everyone else's.
     keygen: FairPool,
+    /// RSA keys (hundreds of milliseconds to seconds each) also take a permit of this pool, one
+    /// smaller than `keygen` (but at least one): however many slow keys are queued, a CPU stays
+    /// free for the fast ones (ECDSA, Ed25519: microseconds), whose publishes then never wait
+    /// seconds behind someone else's RSA.
+    slow_keygen: FairPool,
 }
 
 impl VolumeManager {
@@ -457,6 +462,7 @@ impl VolumeManager {
     ) -> Self {
         VolumeManager {
             keygen: FairPool::new(cfg.keygen_concurrency),
+            slow_keygen: FairPool::new(cfg.keygen_concurrency.saturating_sub(1)),
             cfg,
             store,
             mounter,
@@ -1095,7 +1101,11 @@ impl VolumeManager {
                 let key = match reuse {
                     Some(key) => key,
                     None => {
-                        generate_key(&self.keygen, &req.pod.namespace, req.key_algorithm).await?
+                        let pools = KeyPools {
+                            all: &self.keygen,
+                            slow: &self.slow_keygen,
+                        };
+                        generate_key(pools, &req.pod.namespace, req.key_algorithm).await?
                     }
                 };
                 fsutil::replace(&pending_key, key.pkcs8_der(), 0o600)
@@ -1931,20 +1941,33 @@ fn namespace_of(state: &VolumeState) -> &str {
 /// as cheap to create as volumes, so a per-pod share would give one tenant as many shares as it
 /// cares to create pods, while a namespace is what a tenant is given.
 async fn generate_key(
-    pool: &FairPool,
+    pools: KeyPools<'_>,
     namespace: &str,
     alg: KeyAlgorithm,
 ) -> Result<PrivateKey, VolumeError> {
-    let permit = pool.acquire(namespace).await;
-    // The permit moves into the blocking task: a publish cancelled meanwhile does not stop the
+    let slow = match alg {
+        KeyAlgorithm::Rsa2048 | KeyAlgorithm::Rsa3072 | KeyAlgorithm::Rsa4096 => {
+            Some(pools.slow.acquire(namespace).await)
+        }
+        KeyAlgorithm::EcdsaP256 | KeyAlgorithm::EcdsaP384 | KeyAlgorithm::Ed25519 => None,
+    };
+    let permit = pools.all.acquire(namespace).await;
+    // The permits move into the blocking task: a publish cancelled meanwhile does not stop the
     // generation, so the CPU stays taken until it ends.
     tokio::task::spawn_blocking(move || {
-        let _permit = permit;
+        let _permits = (permit, slow);
         PrivateKey::generate(alg)
     })
     .await
     .map_err(|e| VolumeError::Internal(format!("key generation task failed: {e}")))?
     .map_err(VolumeError::from)
+}
+
+/// The pools a key generation takes its permits from (see [`VolumeManager`]'s fields).
+#[derive(Clone, Copy)]
+struct KeyPools<'a> {
+    all: &'a FairPool,
+    slow: &'a FairPool,
 }
 
 /// Removes every key file but `keep`'s: the superseded key after an issuance is recorded, or a
@@ -3366,6 +3389,51 @@ mod tests {
         let req = attrs::parse(&p.context).unwrap();
         assert_eq!(req.key_algorithm, KeyAlgorithm::Rsa4096);
         f.mgr.check_key(&req, &p.context).unwrap();
+    }
+
+    /// Two CPUs, and a hostile namespace generating two RSA 4096 keys: an ECDSA key of another
+    /// namespace does not wait for either, because RSA keys never take the last CPU.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn slow_keys_never_take_every_cpu_from_fast_ones() {
+        let f = fixture_configured(None, |cfg| cfg.keygen_concurrency = 2);
+        let rsa = |name: &str, n: usize| {
+            let mut p = with_attrs(
+                pod_volume(&f, name, n),
+                &[
+                    ("csi.certvol.io/key-algorithm", "RSA"),
+                    ("csi.certvol.io/key-size", "4096"),
+                ],
+            );
+            p.context
+                .insert("csi.storage.k8s.io/pod.namespace".into(), "hostile".into());
+            p
+        };
+        let slow: Vec<_> = [rsa("hog", 0), rsa("hog", 1)]
+            .into_iter()
+            .map(|p| {
+                let mgr = f.mgr.clone();
+                tokio::spawn(async move { mgr.publish(p).await })
+            })
+            .collect();
+        // Both RSA publishes reach key generation within moments; each generation takes
+        // seconds. One of them generates, the other waits for the slow pool: a CPU stays free.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(
+            f.mgr.keygen_pool().available(),
+            1,
+            "the RSA 4096 generations took every CPU"
+        );
+        f.mgr
+            .publish(params(&f, "honest"))
+            .await
+            .expect("honest publish");
+        assert!(
+            slow.iter().all(|t| !t.is_finished()),
+            "the ECDSA publish waited for an RSA 4096 generation"
+        );
+        for task in slow {
+            task.await.unwrap().expect("RSA publish");
+        }
     }
 
     /// Key generation is bounded and fair: while a hostile namespace holds the only key

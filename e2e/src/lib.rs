@@ -9,6 +9,7 @@ pub mod campaign;
 pub mod chart;
 pub mod cluster;
 pub mod container;
+pub mod hostile;
 pub mod kubesigner;
 pub mod python;
 pub mod signer;
@@ -298,15 +299,8 @@ impl Driver {
 
     /// The process's `VmRSS` and `VmHWM` (peak resident set) from `/proc/<pid>/status`, in KiB.
     pub fn memory_kib(&self) -> io::Result<(u64, u64)> {
-        let status = fs::read_to_string(format!("/proc/{}/status", self.pid()))?;
-        let field = |name: &str| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(name))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-                .ok_or_else(|| io::Error::other(format!("no {name} in /proc/<pid>/status")))
-        };
-        Ok((field("VmRSS:")?, field("VmHWM:")?))
+        let m = bench::procfs::memory(self.pid())?;
+        Ok((m.rss_kib, m.hwm_kib))
     }
 
     /// SIGKILL, as a crash or an OOM kill would stop it.

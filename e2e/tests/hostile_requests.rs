@@ -5,65 +5,16 @@
 
 use std::time::Duration;
 
-use base64::Engine as _;
-use certvol_driver::issuer::certmanager::resource::{LABEL_NODE, LABEL_VOLUME, hashed_label};
 use certvol_e2e::apiserver::Kind;
-use certvol_e2e::cluster::{Cluster, NODE_ID, cm_volume};
+use certvol_e2e::cluster::{Cluster, cm_volume};
 use certvol_e2e::{Driver, Env, can_mount, read_volume};
-use serde_json::json;
 
-/// Hostile objects; with [`ANNOTATION_BYTES`] and [`EXTENSION_BYTES`] about 53 MiB in all, more
-/// than one list page of the watcher's default 500 objects may carry.
+/// Hostile objects; with the hostile module's annotation and extension sizes about 53 MiB in
+/// all, more than one list page of the watcher's default 500 objects may carry.
 const HOSTILE: usize = 40;
-/// Just under the API server's 256 KiB limit on all annotations of an object.
-const ANNOTATION_BYTES: usize = 250 * 1024;
-/// Size of a private extension in the CSR of `spec.request` (cert-manager's webhook accepts only a
-/// CSR there): as PEM and then base64 (`format: byte`) about 1.1 MiB, so that the object stays
-/// under etcd's 1.5 MiB.
-const EXTENSION_BYTES: usize = 600 * 1024;
 
-/// A validly signed CSR carrying an [`EXTENSION_BYTES`] extension, as `spec.request` (base64).
-fn big_csr() -> String {
-    let key = rcgen::KeyPair::generate().expect("key");
-    let mut params = rcgen::CertificateParams::new(vec!["hog.example".to_owned()]).expect("params");
-    params.custom_extensions = vec![rcgen::CustomExtension::from_oid_content(
-        &[1, 3, 6, 1, 4, 1, 55555, 1],
-        vec![b'A'; EXTENSION_BYTES],
-    )];
-    let csr = params.serialize_request(&key).expect("CSR");
-    base64::engine::general_purpose::STANDARD.encode(csr.pem().expect("PEM"))
-}
-
-/// Creates the tenant's flood in namespace `tenant`: half named and annotated like certvol's own
-/// requests (they pass every check an object's own fields allow), half with other names.
 fn flood(cluster: &Cluster, tenant: &str) {
-    let store = cluster.standin.as_ref().expect("stand-in").api.store();
-    let request = big_csr();
-    let padding = "x".repeat(ANNOTATION_BYTES);
-    for i in 0..HOSTILE {
-        let name = if i % 2 == 0 {
-            format!("certvol-{:020x}-1", i)
-        } else {
-            format!("hog-{i}")
-        };
-        let object = json!({
-            "apiVersion": "cert-manager.io/v1",
-            "kind": "CertificateRequest",
-            "metadata": {
-                "name": name,
-                "namespace": tenant,
-                "labels": {LABEL_NODE: NODE_ID, LABEL_VOLUME: hashed_label(&name)},
-                "annotations": {"certvol.io/node-name": NODE_ID, "example.com/padding": padding},
-            },
-            "spec": {
-                "request": request,
-                "issuerRef": {"name": "no-such-issuer", "kind": "Issuer"},
-            },
-        });
-        store
-            .create(Kind::CertificateRequest, tenant, object)
-            .unwrap_or_else(|e| panic!("create hostile request {name}: {e:?}"));
-    }
+    certvol_e2e::hostile::flood_requests(cluster, tenant, HOSTILE);
 }
 
 async fn publish_honest_pod(env: &Env, cluster: &Cluster, name: &str) {
