@@ -25,6 +25,7 @@ use crate::issuer::certmanager::{CertManagerConfig, CertManagerIssuer};
 use crate::issuer::kubecsr::{KubeCsrConfig, KubeCsrIssuer};
 use crate::issuer::local::{LocalCa, LocalCaConfig};
 use crate::mount::{DirMounter, KernelMounter, Mounter, Probed};
+use crate::pods::PodIdentity;
 use crate::recovery;
 use crate::refresh;
 use crate::scheduler;
@@ -285,6 +286,18 @@ pub fn api_trust(
     (cache, events, Box::pin(watches))
 }
 
+/// The pod-identity checks of a node with Kubernetes API access; their background work (the
+/// CSIDriver read and the node's pod watch) joins `tasks`.
+pub fn api_identity(
+    client: &kube::Client,
+    opts: &NodeOptions,
+    tasks: &mut Vec<(tracing::Span, BoxFuture<'static, ()>)>,
+) -> PodIdentity {
+    let (identity, work) = PodIdentity::start(client.clone(), &opts.driver_name, &opts.node_id);
+    tasks.push((info_span!("pod-identity"), Box::pin(work)));
+    identity
+}
+
 /// Runs the node plugin until `shutdown` resolves, then drains within the grace period. Mounts are
 /// left in place: pods keep their files and the next start recovers them.
 pub async fn run(
@@ -305,6 +318,8 @@ pub async fn run(
     // What the cluster serves (API modes): the ClusterTrustBundle version every CTB reader uses,
     // and whether the issuer's API exists. Discovered in the background (see `discovery`).
     let mut apis: Option<Apis> = None;
+    // Whether pod information in volume contexts can be believed (API modes; see `pods`).
+    let mut pod_identity: Option<PodIdentity> = None;
     let (refresh_handle, refresher) = refresh::channel();
     let mut trust = TrustWiring {
         refresher: Some(refresh_handle),
@@ -321,6 +336,7 @@ pub async fn run(
             issuer_tasks.push((info_span!("api-discovery"), Box::pin(discovering)));
             let (cache, events, trust_watch) = api_trust(&client, &opts, &found);
             apis = Some(found);
+            pod_identity = Some(api_identity(&client, &opts, &mut issuer_tasks));
             trust.cache = Some(cache);
             trust.events = Some(events);
             issuer_tasks.push((info_span!("trust-watch"), trust_watch));
@@ -348,6 +364,7 @@ pub async fn run(
             let (found, discovering) = Apis::discover(client.clone(), discovery::CSR_API);
             issuer_tasks.push((info_span!("api-discovery"), Box::pin(discovering)));
             let (cache, events, trust_watch) = api_trust(&client, &opts, &found);
+            pod_identity = Some(api_identity(&client, &opts, &mut issuer_tasks));
             trust.cache = Some(cache);
             trust.events = Some(events);
             issuer_tasks.push((info_span!("trust-watch"), trust_watch));
@@ -405,6 +422,9 @@ pub async fn run(
     if let Some(apis) = &apis {
         manager = manager.with_apis(apis.clone());
     }
+    if let Some(pod_identity) = &pod_identity {
+        manager = manager.with_identity(pod_identity.clone());
+    }
     let volumes = Arc::new(manager);
     let ready = Readiness::default();
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -449,6 +469,7 @@ pub async fn run(
         info!(address = %ops_listener.local_addr().map_or_else(|e| e.to_string(), |a| a.to_string()), "serving /metrics, /healthz, /readyz");
         let (recovered, stopping) = (ready.clone(), stop_rx.clone());
         let apis = apis.clone();
+        let pod_identity = pod_identity.clone();
         let check: crate::ops::ReadyCheck = Arc::new(move || {
             if *stopping.borrow() {
                 Err("shutting down".into())
@@ -458,6 +479,8 @@ pub async fn run(
                 Err(why)
             } else if !issuer_reachable() {
                 Err("the issuer is not reachable (the request watch has not listed yet, or its last attempt failed; see the log)".into())
+            } else if let Some(Err(why)) = pod_identity.as_ref().map(PodIdentity::readiness) {
+                Err(why)
             } else {
                 Ok(())
             }
