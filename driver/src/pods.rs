@@ -37,6 +37,7 @@ use kube::{Api, ResourceExt};
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
+use crate::issuer::watch::retry_delay;
 use crate::request::PodInfo;
 
 /// How long a publish waits for its pod to appear in the node's pod watch.
@@ -418,61 +419,72 @@ async fn check_driver_loop(
     }
 }
 
-/// Lists and watches the pods bound to `node`, keeping [`PodRecord`]s. Relists after 410 Gone;
-/// backs off on errors.
+/// Lists and watches the pods bound to `node`, keeping [`PodRecord`]s.
+///
+/// After an error the watch starts over with a fresh list once a backoff has passed (as the
+/// request watch does): a resumed watch yields nothing until a pod changes, so only a completed
+/// relist proves the API server answers again (readiness depends on it). The cache keeps serving
+/// the last list meanwhile.
 async fn watch_pods(api: Api<Pod>, node: String, tx: Arc<watch::Sender<Snapshot>>) {
-    let config = watcher::Config::default().fields(&format!("spec.nodeName={node}"));
-    let mut stream = watcher::watcher(api, config).default_backoff().boxed();
-    let mut relist: Option<HashMap<(String, String), PodRecord>> = None;
     let key = |p: &PodRecord| (p.namespace.clone(), p.name.clone());
-    while let Some(item) = stream.next().await {
-        match item {
-            Ok(Event::Init) => relist = Some(HashMap::new()),
-            Ok(Event::InitApply(pod)) => {
-                if let Some(r) = relist.as_mut() {
+    let mut failures: u32 = 0;
+    loop {
+        let config = watcher::Config::default().fields(&format!("spec.nodeName={node}"));
+        let mut stream = watcher::watcher(api.clone(), config).boxed();
+        let mut relist: Option<HashMap<(String, String), PodRecord>> = None;
+        // The watcher's stream does not end on its own; if it ever does, start over.
+        let mut delay = retry_delay(failures.saturating_add(1), rand::random::<f64>());
+        while let Some(item) = stream.next().await {
+            match item {
+                Ok(Event::Init) => relist = Some(HashMap::new()),
+                Ok(Event::InitApply(pod)) => {
+                    if let Some(r) = relist.as_mut() {
+                        let record = PodRecord::from_pod(&pod);
+                        r.insert(key(&record), record);
+                    }
+                }
+                Ok(Event::InitDone) => {
+                    // The relist is the whole truth: what it lacks was deleted meanwhile.
+                    let listed = relist.take().unwrap_or_default();
+                    let count = listed.len();
+                    tx.send_modify(|s| {
+                        if !s.synced || failures > 0 {
+                            info!(pods = count, node = %node, "listed the pods bound to this node");
+                        }
+                        s.pods = listed;
+                        s.synced = true;
+                        s.error = None;
+                    });
+                    failures = 0;
+                }
+                Ok(Event::Apply(pod)) => {
                     let record = PodRecord::from_pod(&pod);
-                    r.insert(key(&record), record);
+                    tx.send_modify(|s| {
+                        s.pods.insert(key(&record), record);
+                    });
+                }
+                Ok(Event::Delete(pod)) => {
+                    let record = PodRecord::from_pod(&pod);
+                    tx.send_modify(|s| {
+                        s.pods.remove(&key(&record));
+                    });
+                }
+                Err(error) => {
+                    failures = failures.saturating_add(1);
+                    delay = retry_delay(failures, rand::random::<f64>());
+                    warn!(%error, node = %node, retry_in = ?delay, "the watch of this node's pods failed; relisting after a backoff");
+                    let message = error.to_string();
+                    tx.send_if_modified(|s| {
+                        let changed = s.error.as_deref() != Some(message.as_str());
+                        s.error = Some(message);
+                        changed
+                    });
+                    break;
                 }
             }
-            Ok(Event::InitDone) => {
-                // The relist is the whole truth: what it lacks was deleted meanwhile.
-                let listed = relist.take().unwrap_or_default();
-                let count = listed.len();
-                tx.send_modify(|s| {
-                    if !s.synced {
-                        info!(pods = count, node = %node, "listed the pods bound to this node");
-                    }
-                    s.pods = listed;
-                    s.synced = true;
-                    s.error = None;
-                });
-            }
-            Ok(Event::Apply(pod)) => {
-                let record = PodRecord::from_pod(&pod);
-                tx.send_modify(|s| {
-                    s.pods.insert(key(&record), record);
-                    s.error = None;
-                });
-            }
-            Ok(Event::Delete(pod)) => {
-                let record = PodRecord::from_pod(&pod);
-                tx.send_modify(|s| {
-                    s.pods.remove(&key(&record));
-                    s.error = None;
-                });
-            }
-            Err(error) => {
-                warn!(%error, node = %node, "the watch of this node's pods failed; retrying with backoff");
-                let message = error.to_string();
-                tx.send_if_modified(|s| {
-                    let changed = s.error.as_deref() != Some(message.as_str());
-                    s.error = Some(message);
-                    changed
-                });
-            }
         }
+        tokio::time::sleep(delay).await;
     }
-    warn!(node = %node, "the watch of this node's pods ended");
 }
 
 #[cfg(test)]
@@ -682,6 +694,68 @@ mod tests {
             msg.contains("may not read") && msg.contains("resourceNames [\"csi.certvol.io\"]"),
             "{msg}"
         );
+    }
+
+    /// A watch that fails turns the node not ready until a relist answers: a resumed watch
+    /// would say nothing until a pod changed, and readiness would never come back.
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_pod_watch_relists_and_readiness_comes_back() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let watches = Arc::new(AtomicUsize::new(0));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let client = {
+            let (watches, seen) = (watches.clone(), seen.clone());
+            crate::fakeapi::client(move |req| {
+                let (watches, seen) = (watches.clone(), seen.clone());
+                async move {
+                    seen.lock().unwrap().push(req.path_and_query());
+                    if req.path.starts_with("/apis/storage.k8s.io/") {
+                        return csidriver(Some(true));
+                    }
+                    if req.query.contains("watch=true") {
+                        if watches.fetch_add(1, Ordering::SeqCst) == 0 {
+                            return (403, status(403, "Forbidden"));
+                        }
+                        std::future::pending::<()>().await;
+                    }
+                    (
+                        200,
+                        json!({"apiVersion": "v1", "kind": "PodList",
+                                 "metadata": {"resourceVersion": "9"},
+                                 "items": [pod("shop", "web-0", "uid-1", "web")]}),
+                    )
+                }
+            })
+        };
+        let (identity, work) = PodIdentity::start(client, "csi.certvol.io", "node-a");
+        tokio::spawn(work);
+        let mut ready = identity.pods.subscribe();
+        ready.wait_for(|s| s.error.is_some()).await.unwrap();
+        let why = identity.readiness().unwrap_err();
+        assert!(
+            why.contains("watch of pods with spec.nodeName=node-a is failing"),
+            "{why}"
+        );
+        // The cache still serves the first list meanwhile.
+        identity
+            .verify(&claim("shop", "web-0", "uid-1", "web"), Duration::ZERO)
+            .await
+            .unwrap();
+        tokio::time::timeout(
+            Duration::from_secs(120),
+            ready.wait_for(|s| s.error.is_none()),
+        )
+        .await
+        .expect("ready again once a relist answers")
+        .unwrap();
+        assert_eq!(identity.readiness(), Ok(()));
+        let lists = seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|p| p.starts_with("/api/v1/pods") && !p.contains("watch=true"))
+            .count();
+        assert_eq!(lists, 2, "relisted after the failure");
     }
 
     #[tokio::test(start_paused = true)]

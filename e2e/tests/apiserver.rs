@@ -1536,7 +1536,16 @@ async fn discovery_documents_are_kube_apiservers() {
         json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": [
             {"name": "events.k8s.io", "versions": [gv("events.k8s.io", "v1")], "preferredVersion": gv("events.k8s.io", "v1")},
             {"name": "certificates.k8s.io", "versions": [gv("certificates.k8s.io", "v1")], "preferredVersion": gv("certificates.k8s.io", "v1")},
+            {"name": "storage.k8s.io", "versions": [gv("storage.k8s.io", "v1")], "preferredVersion": gv("storage.k8s.io", "v1")},
             {"name": "cert-manager.io", "versions": [gv("cert-manager.io", "v1")], "preferredVersion": gv("cert-manager.io", "v1")},
+        ]})
+    );
+    let (_, _, storage) = get("/apis/storage.k8s.io/v1");
+    assert_eq!(
+        storage,
+        json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "storage.k8s.io/v1", "resources": [
+            {"name": "csidrivers", "singularName": "csidriver", "namespaced": false,
+             "kind": "CSIDriver", "verbs": all_verbs},
         ]})
     );
     let (_, _, group) = get("/apis/certificates.k8s.io");
