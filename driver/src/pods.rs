@@ -695,6 +695,39 @@ mod tests {
         );
     }
 
+    /// A publish whose pod is not in the cache yet waits for the watch, and is woken by the
+    /// event that brings it (not by polling): it returns the moment the pod arrives.
+    #[tokio::test(start_paused = true)]
+    async fn a_publish_waits_for_its_pod_and_is_woken_by_the_watch() {
+        let (identity, _) = started(csidriver(Some(true)), vec![]);
+        let wait = Duration::from_secs(60);
+        let claimed = claim("shop", "web-1", "uid-2", "web");
+        let verifying = {
+            let (identity, claimed) = (identity.clone(), claimed.clone());
+            tokio::spawn(async move {
+                let started = tokio::time::Instant::now();
+                let found = identity.verify(&claimed, wait).await;
+                (found, started.elapsed())
+            })
+        };
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let record = PodRecord {
+            namespace: "shop".into(),
+            name: "web-1".into(),
+            uid: "uid-2".into(),
+            service_account: "web".into(),
+            pod_ips: vec![],
+        };
+        // What the watch loop does on an Apply event.
+        identity.pods.send_modify(|s| {
+            s.pods
+                .insert(("shop".into(), "web-1".into()), record.clone());
+        });
+        let (found, took) = verifying.await.unwrap();
+        assert_eq!(found.unwrap(), record);
+        assert_eq!(took, Duration::from_secs(3));
+    }
+
     /// A watch that fails turns the node not ready until a relist answers: a resumed watch
     /// would say nothing until a pod changed, and readiness would never come back.
     #[tokio::test(start_paused = true)]
