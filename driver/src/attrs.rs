@@ -676,6 +676,18 @@ impl<'a> Attrs<'a> {
     }
 }
 
+/// The key under which `name` (without prefix) is set to a non-empty value in `ctx`, certvol's
+/// spelling winning as in [`parse`]; `None` when it is not set.
+pub fn set_key<'a>(ctx: &'a HashMap<String, String>, name: &str) -> Option<&'a str> {
+    [CERTVOL_PREFIX, CERT_MANAGER_PREFIX]
+        .iter()
+        .find_map(|prefix| {
+            ctx.get_key_value(&format!("{prefix}{name}"))
+                .filter(|(_, v)| !v.is_empty())
+                .map(|(k, _)| k.as_str())
+        })
+}
+
 /// Maps an attribute name to its `'static` spelling, or explains why it is not accepted.
 /// `Ok(None)` means "accepted, carries nothing" (an explicit `pkcs12-enable: "false"`).
 fn known_name(

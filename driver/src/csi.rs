@@ -56,16 +56,16 @@ impl RpcError {
             RpcError::Unsupported(_) => Code::Unimplemented,
             RpcError::NotFound(_) => Code::NotFound,
             RpcError::Volume(e) => match e {
-                VolumeError::Attributes(_) | VolumeError::InvalidArgument(_) => {
-                    Code::InvalidArgument
-                }
+                VolumeError::Attributes(_)
+                | VolumeError::InvalidArgument(_)
+                | VolumeError::Limit(_) => Code::InvalidArgument,
                 VolumeError::OtherTarget { .. } => Code::FailedPrecondition,
                 // The request is valid; the node's state at the target is not. Final, so kubelet
                 // backs off, and it leaves a target that is a mount point in place.
                 VolumeError::ForeignMount { .. } => Code::FailedPrecondition,
                 VolumeError::Incompatible { .. } => Code::AlreadyExists,
                 // The request is well-formed; the operator's policy forbids it.
-                VolumeError::Policy(_) => Code::PermissionDenied,
+                VolumeError::Policy(_) | VolumeError::ForbiddenKey { .. } => Code::PermissionDenied,
                 VolumeError::Issue(issue) => match issue {
                     IssueError::Unavailable { .. } => Code::Unavailable,
                     IssueError::Timeout { .. } => Code::DeadlineExceeded,
@@ -651,6 +651,13 @@ mod tests {
                     value: "true".into(),
                     rule: "no CAs".into(),
                 })
+                .into(),
+                Code::PermissionDenied,
+            ),
+            (
+                VolumeError::ForbiddenKey {
+                    attribute: "csi.cert-manager.io/key-size".into(),
+                }
                 .into(),
                 Code::PermissionDenied,
             ),

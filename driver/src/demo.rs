@@ -95,6 +95,8 @@ pub async fn run(keep: bool) -> Result<bool, DemoError> {
         data_root.clone(),
     );
     opts.grace_period = Duration::from_secs(5);
+    // The demo shows a renewal within seconds; a real node keeps the one-hour floor.
+    opts.limits.min_duration = Duration::from_secs(1);
     // The demo's kubelet keeps its pods here; the plugin refuses targets anywhere else.
     opts.kubelet_dir = base.join("kubelet");
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();

@@ -33,18 +33,91 @@ impl Default for RateLimit {
 /// are bounded.
 pub fn client(config: kube::Config, limit: RateLimit) -> Result<kube::Client, kube::Error> {
     let builder = kube::client::ClientBuilder::try_from(config)?;
-    Ok(builder
-        .with_layer(&BodyLimitLayer)
+    Ok(stacked(builder, limit, MAX_RESPONSE_BYTES))
+}
+
+/// The issuer's client: its own token bucket (so that trust-source lists, Events and discovery
+/// on the node's other client never queue ahead of filing a request), and responses bounded by
+/// [`MAX_ISSUANCE_RESPONSE_BYTES`], since its biggest answers are the request watch's small list
+/// pages.
+pub fn issuance_client(
+    config: kube::Config,
+    limit: RateLimit,
+) -> Result<kube::Client, kube::Error> {
+    let builder = kube::client::ClientBuilder::try_from(config)?;
+    Ok(stacked(builder, limit, MAX_ISSUANCE_RESPONSE_BYTES))
+}
+
+/// The node's two API clients, each with its own token bucket: `general` for trust sources,
+/// Events and discovery (`--kube-api-qps/-burst`), `issuance` for the issuer's requests and
+/// their watch (`--issuance-api-qps/-burst`).
+#[derive(Clone)]
+pub struct ApiClients {
+    pub general: kube::Client,
+    pub issuance: kube::Client,
+}
+
+impl ApiClients {
+    pub fn new(
+        config: &kube::Config,
+        general: RateLimit,
+        issuance: RateLimit,
+    ) -> Result<Self, kube::Error> {
+        Ok(ApiClients {
+            general: client(config.clone(), general)?,
+            issuance: issuance_client(config.clone(), issuance)?,
+        })
+    }
+
+    /// The same two clients over `service` (tests: a fake API server).
+    #[cfg(test)]
+    pub(crate) fn over<S, B>(service: S, general: RateLimit, issuance: RateLimit) -> Self
+    where
+        S: Service<axum::http::Request<kube::client::Body>, Response = axum::http::Response<B>>
+            + Clone
+            + Send
+            + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<tower::BoxError>,
+        B: http_body::Body<Data = axum::body::Bytes> + Unpin + Send + 'static,
+        B::Error: Into<tower::BoxError>,
+    {
+        let builder = |s| kube::client::ClientBuilder::new(s, "default");
+        ApiClients {
+            general: stacked(builder(service.clone()), general, MAX_RESPONSE_BYTES),
+            issuance: stacked(builder(service), issuance, MAX_ISSUANCE_RESPONSE_BYTES),
+        }
+    }
+}
+
+/// `builder`'s stack behind certvol's layers: bounded responses, the token bucket (one per
+/// client built), request metrics.
+fn stacked<S, B>(
+    builder: kube::client::ClientBuilder<S>,
+    limit: RateLimit,
+    response: usize,
+) -> kube::Client
+where
+    S: Service<axum::http::Request<kube::client::Body>, Response = axum::http::Response<B>>
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<tower::BoxError>,
+    B: http_body::Body<Data = axum::body::Bytes> + Unpin + Send + 'static,
+    B::Error: Into<tower::BoxError>,
+{
+    builder
+        .with_layer(&BodyLimitLayer { response })
         .with_layer(&RateLimitLayer(limit))
         .with_layer(&CountLayer)
-        .build())
+        .build()
 }
 
 /// A client with bounded responses only (no rate limit, no request metrics): for short-lived
 /// clients that act with someone else's credentials (a pod's token).
 pub fn bounded_client(config: kube::Config) -> Result<kube::Client, kube::Error> {
     let builder = kube::client::ClientBuilder::try_from(config)?;
-    Ok(builder.with_layer(&BodyLimitLayer).build())
+    Ok(builder.with_layer(&BodyLimitLayer::default()).build())
 }
 
 /// Largest watch event accepted: one line of a watch stream, i.e. one object. etcd caps an object
@@ -57,8 +130,21 @@ pub const MAX_EVENT_BYTES: usize = 4 << 20;
 /// MiB at most.
 pub const MAX_RESPONSE_BYTES: usize = 64 << 20;
 
+/// Largest response to the issuer's client ([`issuance_client`]). Its biggest answers are list
+/// pages of the request watch, [`crate::issuer::watch::PAGE_SIZE`] (4) objects each. certvol's
+/// own requests are a few KiB (a CSR, a certificate chain of a few KiB, a CA), so a page of
+/// them is well under 100 KiB; but anyone who may create request objects can add the node's
+/// label to objects of up to etcd's 1.5 MiB (about 2 MiB as JSON once a protobuf-stored CSR's
+/// bytes are base64), and a list that always failed would keep the node unready. 4 × 2 MiB plus
+/// the list's envelope fits in 12 MiB, a fifth of [`MAX_RESPONSE_BYTES`].
+pub const MAX_ISSUANCE_RESPONSE_BYTES: usize = 12 << 20;
+
 // etcd refuses requests over 1.5 MiB; an event adds a few bytes of envelope around the object.
 const _: () = assert!(MAX_EVENT_BYTES > (3 << 19) + 4096 && MAX_RESPONSE_BYTES >= MAX_EVENT_BYTES);
+const _: () = assert!(
+    MAX_ISSUANCE_RESPONSE_BYTES >= crate::issuer::watch::PAGE_SIZE as usize * (2 << 20) + 65536
+        && MAX_ISSUANCE_RESPONSE_BYTES >= MAX_EVENT_BYTES
+);
 
 /// A response from the API server was larger than certvol accepts. The request (or the watch)
 /// fails with this error; watches relist after their backoff.
@@ -75,9 +161,20 @@ pub enum LimitError {
     Response { max: usize },
 }
 
-/// Tower layer for [`BodyLimited`].
+/// Tower layer for [`BodyLimited`]: watch events are bounded by [`MAX_EVENT_BYTES`], other
+/// responses by `response` bytes.
 #[derive(Clone, Copy, Debug)]
-pub struct BodyLimitLayer;
+pub struct BodyLimitLayer {
+    pub response: usize,
+}
+
+impl Default for BodyLimitLayer {
+    fn default() -> Self {
+        BodyLimitLayer {
+            response: MAX_RESPONSE_BYTES,
+        }
+    }
+}
 
 impl<S> Layer<S> for BodyLimitLayer {
     type Service = BodyLimited<S>;
@@ -86,7 +183,7 @@ impl<S> Layer<S> for BodyLimitLayer {
             inner,
             limits: Limits {
                 event: MAX_EVENT_BYTES,
-                response: MAX_RESPONSE_BYTES,
+                response: self.response,
             },
         }
     }
@@ -539,6 +636,114 @@ mod tests {
             err.contains("response") && err.contains("larger than 25 bytes"),
             "{err}"
         );
+    }
+
+    /// A fake API server recording the (virtual) time each request reached it.
+    fn recording_server(
+        log: std::sync::Arc<std::sync::Mutex<Vec<(String, Duration)>>>,
+    ) -> impl Service<
+        axum::http::Request<kube::client::Body>,
+        Response = axum::http::Response<kube::client::Body>,
+        Error = Infallible,
+        Future = impl Future<Output = Result<axum::http::Response<kube::client::Body>, Infallible>>
+                 + Send,
+    > + Clone
+    + Send
+    + 'static {
+        let start = Instant::now();
+        tower::service_fn(move |req: axum::http::Request<kube::client::Body>| {
+            let log = log.clone();
+            async move {
+                log.lock().unwrap().push((
+                    format!("{} {}", req.method(), req.uri().path()),
+                    start.elapsed(),
+                ));
+                let (parts, body) = req.into_parts();
+                let body = body.collect_bytes().await.unwrap_or_default();
+                let reply = if parts.method == axum::http::Method::POST {
+                    body.to_vec()
+                } else {
+                    br#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"ca","namespace":"shop"}}"#.to_vec()
+                };
+                Ok(axum::http::Response::builder()
+                    .status(if parts.method == axum::http::Method::POST {
+                        201
+                    } else {
+                        200
+                    })
+                    .header("content-type", "application/json")
+                    .body(kube::client::Body::from(reply))
+                    .unwrap())
+            }
+        })
+    }
+
+    /// Queues `n` trust-source reads on `client` and returns once they wait in its bucket.
+    async fn flood(client: &kube::Client, n: usize) -> Vec<tokio::task::JoinHandle<()>> {
+        use k8s_openapi::api::core::v1::ConfigMap;
+        let api: kube::Api<ConfigMap> = kube::Api::namespaced(client.clone(), "shop");
+        let tasks = (0..n)
+            .map(|i| {
+                let api = api.clone();
+                tokio::spawn(async move {
+                    let _ = api.get(&format!("trust-{i}")).await;
+                })
+            })
+            .collect();
+        // Long enough for every read to be queued, short against the bucket's 10 QPS.
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        tasks
+    }
+
+    /// How long filing one CertificateRequest through `client` takes.
+    async fn file_request(client: &kube::Client) -> Duration {
+        use crate::issuer::certmanager::resource::{self, tests};
+        let cr = resource::build(&tests::issue_request(tests::cert_request()), "node-1");
+        let api: kube::Api<resource::CertificateRequest> =
+            kube::Api::namespaced(client.clone(), "shop");
+        let started = Instant::now();
+        api.create(&kube::api::PostParams::default(), &cr)
+            .await
+            .expect("create");
+        started.elapsed()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_flood_of_trust_source_reads_does_not_delay_issuance() {
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let clients = ApiClients::over(
+            recording_server(log.clone()),
+            RateLimit::default(),
+            RateLimit::default(),
+        );
+        // 200 reads at 10 QPS after a burst of 20 take 18 s to get through.
+        let reads = flood(&clients.general, 200).await;
+        let waited = file_request(&clients.issuance).await;
+        assert!(
+            waited < Duration::from_millis(50),
+            "issuance waited {waited:?}"
+        );
+        for read in reads {
+            read.await.unwrap();
+        }
+        let last_read = log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(what, _)| what.starts_with("GET"))
+            .map(|(_, at)| *at)
+            .max()
+            .unwrap();
+        assert!(last_read >= Duration::from_secs(17), "{last_read:?}");
+
+        // What one shared bucket (the node before issuance had its own) would do: the create
+        // queues behind the reads.
+        let reads = flood(&clients.general, 200).await;
+        let waited = file_request(&clients.general).await;
+        assert!(waited >= Duration::from_secs(17), "{waited:?}");
+        for read in reads {
+            read.await.unwrap();
+        }
     }
 
     #[tokio::test(start_paused = true)]

@@ -23,6 +23,7 @@ pub mod csi;
 pub mod demo;
 pub mod discovery;
 pub mod events;
+pub mod fair;
 #[cfg(test)]
 mod fakeapi;
 pub mod fsutil;
@@ -32,6 +33,7 @@ pub mod keys;
 pub mod kubeclient;
 pub mod kubelet;
 pub mod layout;
+pub mod limits;
 pub mod metrics;
 pub mod mount;
 pub mod node;

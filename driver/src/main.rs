@@ -7,7 +7,9 @@ use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use tokio::signal::unix::{SignalKind, signal};
 
+use certvol_driver::issuer::filing::RequestWatch;
 use certvol_driver::issuer::policy::{self, DnsPattern, IpCidr, LocalPolicy, UriPattern};
+use certvol_driver::issuer::watch::CacheLimits;
 use certvol_driver::node::{self, DEFAULT_DATA_ROOT, DEFAULT_DRIVER_NAME, IssuerKind, NodeOptions};
 
 /// certvol: a CSI node plugin that gives every pod its own X.509 certificate through an inline
@@ -87,12 +89,36 @@ struct NodeArgs {
     /// kubelet passes when the CSIDriver sets tokenRequests and requiresRepublish.
     #[arg(long)]
     use_token_request: bool,
-    /// Kubernetes API requests per second (client-side limit, like client-go's --kube-api-qps).
+    /// Kubernetes API requests per second (client-side limit, like client-go's --kube-api-qps)
+    /// of the node's general client: trust-source watches, Events and discovery. Issuance has
+    /// its own budget (--issuance-api-qps).
     #[arg(long, default_value_t = 10.0)]
     kube_api_qps: f64,
     /// Kubernetes API burst above the QPS limit.
     #[arg(long, default_value_t = 20)]
     kube_api_burst: u32,
+    /// Requests per second of the issuer's own API client (filing, reading and deleting
+    /// CertificateRequests / CertificateSigningRequests and their watch), kept apart from
+    /// --kube-api-qps (trust sources, Events, discovery) so those cannot delay issuance.
+    #[arg(long, default_value_t = 10.0)]
+    issuance_api_qps: f64,
+    /// Burst above --issuance-api-qps.
+    #[arg(long, default_value_t = 20)]
+    issuance_api_burst: u32,
+    /// Namespaces in which the node files and watches cert-manager CertificateRequests
+    /// (comma-separated, one watch each, needing only namespaced RBAC); publishes for pods in
+    /// other namespaces fail with InvalidArgument. Unset: all namespaces, with one cluster-wide
+    /// watch. --issuer cert-manager only.
+    #[arg(long, value_delimiter = ',', value_name = "NAMESPACE", value_parser = parse_namespace)]
+    request_namespaces: Vec<String>,
+    /// Most of the node's labelled request objects cached per namespace (per requesting pod's
+    /// namespace for CertificateSigningRequests); more are ignored and counted in
+    /// certvol_request_watch_dropped_total. Bounds what one tenant can make the node hold.
+    #[arg(long, default_value_t = CacheLimits::default().per_namespace, value_parser = parse_count)]
+    max_requests_per_namespace: usize,
+    /// Most labelled request objects cached in all.
+    #[arg(long, default_value_t = CacheLimits::default().total, value_parser = parse_count)]
+    max_requests: usize,
     /// Local CA certificate (PEM). Without it, a CA is generated once and kept in the data root.
     #[arg(long, requires = "local_ca_key")]
     local_ca_cert: Option<PathBuf>,
@@ -147,9 +173,26 @@ struct NodeArgs {
     /// How many issued requests per volume the issuer keeps.
     #[arg(long, default_value_t = 1)]
     request_history: usize,
-    /// How many renewals may run at once.
+    /// How many renewals may work at once, shared round-robin between namespaces. A renewal
+    /// waiting for its signer's answer (cert-manager, kubernetes-csr) does not count.
     #[arg(long, default_value_t = 4)]
     renew_concurrency: usize,
+    /// Shortest certificate duration a volume may ask for (Go duration); shorter volumes are
+    /// refused with InvalidArgument. cert-manager's floor is 1h too.
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    min_duration: Duration,
+    /// Longest certificate duration a volume may ask for (Go duration); longer volumes are
+    /// refused with InvalidArgument.
+    #[arg(long, default_value = "8760h", value_parser = parse_duration)]
+    max_duration: Duration,
+    /// How many certvol volumes one pod may have on this node; more are refused with
+    /// InvalidArgument.
+    #[arg(long, default_value_t = certvol_driver::limits::DEFAULT_MAX_VOLUMES_PER_POD)]
+    max_volumes_per_pod: usize,
+    /// Refuse volumes asking for RSA 4096 keys (key-size "4096") with PermissionDenied: each
+    /// takes seconds of CPU to generate. Already published volumes keep renewing.
+    #[arg(long)]
+    forbid_rsa_4096: bool,
     /// After SIGTERM, how long in-flight calls and renewals may take to finish.
     #[arg(long, default_value = "20s", value_parser = parse_duration)]
     grace_period: Duration,
@@ -168,6 +211,31 @@ struct DemoArgs {
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
     certvol_driver::attrs::parse_duration(s)
+}
+
+/// A positive count.
+fn parse_count(s: &str) -> Result<usize, String> {
+    s.parse::<usize>()
+        .ok()
+        .filter(|n| *n > 0)
+        .ok_or_else(|| format!("{s:?} is not a count; accepted: a whole number of 1 or more"))
+}
+
+/// A namespace name: a DNS-1123 label (lower-case alphanumerics and '-', at most 63).
+fn parse_namespace(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-');
+    if ok {
+        Ok(s.to_owned())
+    } else {
+        Err(format!(
+            "{s:?} is not a namespace name; accepted: lower-case letters, digits and '-', at most 63 characters, starting and ending with a letter or digit"
+        ))
+    }
 }
 
 fn parse_dns_pattern(s: &str) -> Result<DnsPattern, String> {
@@ -252,6 +320,13 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         Command::Node(args) => {
             init_logging(&cli.log_level, cli.log_format);
             let args = *args;
+            if args.min_duration > args.max_duration {
+                anyhow::bail!(
+                    "certvol node: --min-duration ({:?}) is longer than --max-duration ({:?}); accepted: a minimum no longer than the maximum",
+                    args.min_duration,
+                    args.max_duration
+                );
+            }
             let mounter = node::choose_mounter(&args.data_root, args.allow_no_tmpfs)
                 .context("certvol node")?;
             let opts = NodeOptions {
@@ -279,9 +354,26 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                     qps: args.kube_api_qps,
                     burst: args.kube_api_burst,
                 },
+                issuance_rate_limit: certvol_driver::kubeclient::RateLimit {
+                    qps: args.issuance_api_qps,
+                    burst: args.issuance_api_burst,
+                },
                 request_history: args.request_history,
+                request_watch: RequestWatch {
+                    namespaces: args.request_namespaces,
+                    limits: CacheLimits {
+                        per_namespace: args.max_requests_per_namespace,
+                        total: args.max_requests,
+                    },
+                },
                 trust_namespace: args.trust_namespace,
                 renew_concurrency: args.renew_concurrency,
+                limits: certvol_driver::limits::Limits {
+                    min_duration: args.min_duration,
+                    max_duration: args.max_duration,
+                    max_volumes_per_pod: args.max_volumes_per_pod,
+                },
+                forbid_rsa_4096: args.forbid_rsa_4096,
                 grace_period: args.grace_period,
                 metrics_address: args.metrics_address,
             };

@@ -141,6 +141,7 @@ pub struct Metrics {
     renewals: Family<Labels, Counter>,
     trust_refreshes: Family<Labels, Counter>,
     kube_requests: Family<Labels, Counter>,
+    requests_dropped: Family<Labels, Counter>,
     volumes: Gauge,
     next_expiry: Arc<NextExpiry>,
     /// Expiry (notAfter) of every published volume's current certificate, keyed by volume id.
@@ -168,6 +169,7 @@ impl Metrics {
         let renewals = Family::<Labels, Counter>::default();
         let trust_refreshes = Family::<Labels, Counter>::default();
         let kube_requests = Family::<Labels, Counter>::default();
+        let requests_dropped = Family::<Labels, Counter>::default();
         let volumes = Gauge::default();
         let next_expiry = Arc::new(NextExpiry::default());
         registry.register(
@@ -207,6 +209,11 @@ impl Metrics {
             kube_requests.clone(),
         );
         registry.register(
+            "request_watch_dropped",
+            "Labelled request objects the node's request watch delivered but did not cache, by reason (foreign: not shaped like this node's own; over_limit: its namespace or the node is at --max-requests-per-namespace / --max-requests)",
+            requests_dropped.clone(),
+        );
+        registry.register(
             "volumes",
             "Published volumes this node manages",
             volumes.clone(),
@@ -221,6 +228,7 @@ impl Metrics {
             renewals,
             trust_refreshes,
             kube_requests,
+            requests_dropped,
             volumes,
             next_expiry,
             expiries: Mutex::new(HashMap::new()),
@@ -269,6 +277,13 @@ impl Metrics {
         let code = code.map_or_else(|| "error".to_string(), |c| c.to_string());
         self.kube_requests
             .get_or_create(&vec![("verb", verb.to_string()), ("code", code)])
+            .inc();
+    }
+
+    /// The request watch ignored an object (`reason`: foreign, over_limit).
+    pub fn request_dropped(&self, reason: &'static str) {
+        self.requests_dropped
+            .get_or_create(&vec![("reason", reason.to_string())])
             .inc();
     }
 

@@ -9,6 +9,7 @@ use std::ffi::OsString;
 use std::fmt::Debug;
 use std::fs;
 use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStringExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
@@ -117,6 +118,23 @@ pub trait Mounter: Send + Sync + Debug + 'static {
     fn bind_read_only(&self, src: &Path, target: &Path) -> io::Result<()>;
     /// Unmounts `path` (not lazily); Ok(()) if it is not mounted or does not exist.
     fn unmount(&self, path: &Path) -> io::Result<()>;
+    /// [`Mounter::bind_read_only`] at a `target` below `root`, reached from `root` without
+    /// following a symbolic link in any component (see [`open_beneath`]), so a link planted
+    /// after the callers' checks cannot take the bind elsewhere.
+    fn bind_read_only_beneath(&self, src: &Path, root: &Path, target: &Path) -> io::Result<()> {
+        open_parent_beneath(root, target)?;
+        self.bind_read_only(src, target)
+    }
+    /// [`Mounter::unmount`] of a `target` below `root`, resolved like
+    /// [`Mounter::bind_read_only_beneath`] (the kernel's is detached by descriptor, and gone
+    /// when the call returns); Ok(()) if it does not exist or is not mounted.
+    fn unmount_beneath(&self, root: &Path, target: &Path) -> io::Result<()> {
+        match open_parent_beneath(root, target) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e),
+            Ok(_) => self.unmount(target),
+        }
+    }
     /// The current mount table.
     fn mounts(&self) -> io::Result<Vec<MountInfo>>;
     /// Whether `path` is a mount point.
@@ -209,6 +227,97 @@ fn bind_protected(src: &Path, target: &Path) -> io::Result<()> {
     Ok(())
 }
 
+/// Opens the directory `path`, at or below `root`, as an `O_PATH` descriptor, refusing a
+/// symbolic link in any component below `root` (the last one included) and any way out of it
+/// (`..`, absolute names): `openat2` with RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS |
+/// RESOLVE_NO_MAGICLINKS, or on kernels before 5.6 a walk one component at a time with
+/// O_NOFOLLOW. Links at or above `root` itself (a relocated kubelet directory) are the
+/// operator's and are followed.
+pub fn open_beneath(root: &Path, path: &Path) -> io::Result<OwnedFd> {
+    use rustix::fs::{Mode, OFlags, ResolveFlags};
+    let rel = path.strip_prefix(root).map_err(|_| {
+        invalid_input(format!(
+            "{} is not below {}",
+            path.display(),
+            root.display()
+        ))
+    })?;
+    let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let base = rustix::fs::open(
+        root,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| rustix_error(e, format!("opening {}", root.display())))?;
+    if rel.as_os_str().is_empty() {
+        return Ok(base);
+    }
+    let refused = |e: rustix::io::Errno| {
+        // With O_NOFOLLOW a link as the last component is opened as the link, which is then
+        // not a directory.
+        let link_at_end = e == rustix::io::Errno::NOTDIR
+            && fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink());
+        let what = if e == rustix::io::Errno::LOOP || e == rustix::io::Errno::XDEV || link_at_end {
+            format!(
+                "{}: a component below {} is a symbolic link or leaves it; refusing to follow it",
+                path.display(),
+                root.display()
+            )
+        } else {
+            format!("opening {} below {}", path.display(), root.display())
+        };
+        rustix_error(e, what)
+    };
+    match rustix::fs::openat2(
+        &base,
+        rel,
+        flags,
+        Mode::empty(),
+        ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
+    ) {
+        Ok(fd) => Ok(fd),
+        Err(rustix::io::Errno::NOSYS) => {
+            let mut dir = base;
+            for component in rel.components() {
+                let std::path::Component::Normal(name) = component else {
+                    return Err(invalid_input(format!(
+                        "{} has a component that leaves {}",
+                        path.display(),
+                        root.display()
+                    )));
+                };
+                // A link, with O_NOFOLLOW and O_DIRECTORY, fails (ENOTDIR or ELOOP).
+                dir = rustix::fs::openat(&dir, name, flags, Mode::empty()).map_err(refused)?;
+            }
+            Ok(dir)
+        }
+        Err(e) => Err(refused(e)),
+    }
+}
+
+/// The parent directory of `target`, opened by [`open_beneath`].
+fn open_parent_beneath(root: &Path, target: &Path) -> io::Result<OwnedFd> {
+    let parent = target
+        .parent()
+        .ok_or_else(|| invalid_input(format!("{} has no parent", target.display())))?;
+    open_beneath(root, parent)
+}
+
+/// Creates the directory `target` (mode `mode`) in its parent opened by [`open_beneath`], so
+/// it is made exactly where the checks looked, never through a link planted since.
+pub fn create_dir_beneath(root: &Path, target: &Path, mode: u32) -> io::Result<()> {
+    let parent = open_parent_beneath(root, target)?;
+    let name = target
+        .file_name()
+        .ok_or_else(|| invalid_input(format!("{} has no file name", target.display())))?;
+    rustix::fs::mkdirat(&parent, name, rustix::fs::Mode::from_raw_mode(mode))
+        .map_err(|e| rustix_error(e, format!("creating {}", target.display())))
+}
+
+fn rustix_error(e: rustix::io::Errno, what: String) -> io::Error {
+    errno_error(Errno::from_raw(e.raw_os_error()), what)
+}
+
 /// Binds the (read-only) mount at `from` onto `target` by file descriptor: the target is opened
 /// once, refusing a symbolic link there (O_PATH | O_NOFOLLOW | O_DIRECTORY), and a clone of
 /// `from` is attached to exactly the directory opened, so the target is not resolved again
@@ -216,16 +325,21 @@ fn bind_protected(src: &Path, target: &Path) -> io::Result<()> {
 /// (read-only, nodev, nosuid, noexec), as a bind does, and so do the copies propagation makes.
 /// Kernels without open_tree/move_mount (before 5.2) get [`bind_protected`] by path instead.
 fn attach_clone(from: &Path, target: &Path) -> io::Result<()> {
-    use rustix::fs::{CWD, Mode, OFlags};
-    use rustix::mount::{MoveMountFlags, OpenTreeFlags};
-    let os_error =
-        |e: rustix::io::Errno, what: String| errno_error(Errno::from_raw(e.raw_os_error()), what);
+    use rustix::fs::{Mode, OFlags};
     let dir = rustix::fs::open(
         target,
         OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
         Mode::empty(),
     )
-    .map_err(|e| os_error(e, format!("opening bind target {}", target.display())))?;
+    .map_err(|e| rustix_error(e, format!("opening bind target {}", target.display())))?;
+    attach_clone_at(from, &dir, target)
+}
+
+/// [`attach_clone`] onto the directory `dir` already opened (`target` names it in messages and
+/// for the fallback by path).
+fn attach_clone_at(from: &Path, dir: &OwnedFd, target: &Path) -> io::Result<()> {
+    use rustix::fs::CWD;
+    use rustix::mount::{MoveMountFlags, OpenTreeFlags};
     let tree = match rustix::mount::open_tree(
         CWD,
         from,
@@ -234,7 +348,7 @@ fn attach_clone(from: &Path, target: &Path) -> io::Result<()> {
         Ok(tree) => tree,
         Err(rustix::io::Errno::NOSYS) => return bind_protected(from, target),
         Err(e) => {
-            return Err(os_error(
+            return Err(rustix_error(
                 e,
                 format!("cloning the mount at {}", from.display()),
             ));
@@ -243,16 +357,43 @@ fn attach_clone(from: &Path, target: &Path) -> io::Result<()> {
     rustix::mount::move_mount(
         &tree,
         "",
-        &dir,
+        dir,
         "",
         MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH | MoveMountFlags::MOVE_MOUNT_T_EMPTY_PATH,
     )
     .map_err(|e| {
-        os_error(
+        rustix_error(
             e,
             format!("bind-mounting {} at {}", from.display(), target.display()),
         )
     })
+}
+
+/// The read-only bind at a staging point next to `src`, handed to `attach` (which binds the
+/// target from it), and the staging point removed again whatever `attach` did.
+fn with_staged_bind(src: &Path, attach: impl FnOnce(&Path) -> io::Result<()>) -> io::Result<()> {
+    // A bind mount ignores MS_RDONLY and friends on creation; only a remount applies them,
+    // and a remount does not propagate. Under the chart's Bidirectional pods directory a
+    // bind straight to the target would reach the node (where kubelet and the runtime see
+    // it) writable. So the read-only bind is made first at a staging point next to the
+    // source, and the target is bound from it: a bind copies the flags of the mount it is
+    // made from, and so does every copy propagation makes of it.
+    let staging = src.with_file_name(BIND_STAGING);
+    let _ = nix::mount::umount2(&staging, MntFlags::MNT_DETACH);
+    match fs::create_dir(&staging) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) => {
+            return Err(io::Error::new(
+                e.kind(),
+                format!("creating {}: {e}", staging.display()),
+            ));
+        }
+    }
+    let bound = bind_protected(src, &staging).and_then(|()| attach(&staging));
+    let _ = nix::mount::umount2(&staging, MntFlags::MNT_DETACH);
+    let _ = fs::remove_dir(&staging);
+    bound
 }
 
 impl Mounter for KernelMounter {
@@ -263,28 +404,35 @@ impl Mounter for KernelMounter {
     }
 
     fn bind_read_only(&self, src: &Path, target: &Path) -> io::Result<()> {
-        // A bind mount ignores MS_RDONLY and friends on creation; only a remount applies them,
-        // and a remount does not propagate. Under the chart's Bidirectional pods directory a
-        // bind straight to the target would reach the node (where kubelet and the runtime see
-        // it) writable. So the read-only bind is made first at a staging point next to the
-        // source, and the target is bound from it: a bind copies the flags of the mount it is
-        // made from, and so does every copy propagation makes of it.
-        let staging = src.with_file_name(BIND_STAGING);
-        let _ = nix::mount::umount2(&staging, MntFlags::MNT_DETACH);
-        match fs::create_dir(&staging) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-            Err(e) => {
-                return Err(io::Error::new(
-                    e.kind(),
-                    format!("creating {}: {e}", staging.display()),
-                ));
-            }
+        with_staged_bind(src, |staging| attach_clone(staging, target))
+    }
+
+    fn bind_read_only_beneath(&self, src: &Path, root: &Path, target: &Path) -> io::Result<()> {
+        let dir = open_beneath(root, target)?;
+        with_staged_bind(src, |staging| attach_clone_at(staging, &dir, target))
+    }
+
+    fn unmount_beneath(&self, root: &Path, target: &Path) -> io::Result<()> {
+        let dir = match open_beneath(root, target) {
+            Ok(dir) => dir,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        // The descriptor's magic link in /proc names exactly the mount it was opened on, so the
+        // unmount cannot be taken elsewhere by a path changed since. The descriptor itself keeps
+        // that mount busy, so it is detached; it is gone once the descriptor closes, on return.
+        // Without /proc (ENOENT), by path with UMOUNT_NOFOLLOW as in `unmount`.
+        let by_fd = PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd()));
+        let result = nix::mount::umount2(&by_fd, MntFlags::MNT_DETACH);
+        drop(dir);
+        match result {
+            Ok(()) | Err(Errno::EINVAL) => Ok(()),
+            Err(Errno::ENOENT) => self.unmount(target),
+            Err(e) => Err(errno_error(
+                e,
+                format!("unmounting {} (by descriptor)", target.display()),
+            )),
         }
-        let bound = bind_protected(src, &staging).and_then(|()| attach_clone(&staging, target));
-        let _ = nix::mount::umount2(&staging, MntFlags::MNT_DETACH);
-        let _ = fs::remove_dir(&staging);
-        bound
     }
 
     fn unmount(&self, path: &Path) -> io::Result<()> {
@@ -1024,6 +1172,93 @@ x 36 0:51 / /bad-id rw - tmpfs src rw
             !src.with_file_name(BIND_STAGING).exists(),
             "the staging point is cleaned up"
         );
+    }
+
+    #[test]
+    fn open_beneath_refuses_links_and_escapes_in_any_component() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("pods");
+        let outside = dir.path().join("outside");
+        fs::create_dir_all(root.join("uid/volumes/csi/tls")).unwrap();
+        fs::create_dir_all(outside.join("tls")).unwrap();
+        std::os::unix::fs::symlink(&outside, root.join("uid/volumes/link")).unwrap();
+        // A link at or above the root is the operator's: followed.
+        let alias = dir.path().join("alias");
+        std::os::unix::fs::symlink(&root, &alias).unwrap();
+
+        assert!(open_beneath(&root, &root.join("uid/volumes/csi/tls")).is_ok());
+        assert!(open_beneath(&alias, &alias.join("uid/volumes/csi")).is_ok());
+        for (path, words) in [
+            (root.join("uid/volumes/link/tls"), "symbolic link"),
+            (root.join("uid/volumes/link"), "symbolic link"),
+            (root.join("uid/../../outside/tls"), "leaves it"),
+        ] {
+            let err = open_beneath(&root, &path).unwrap_err();
+            assert!(err.to_string().contains(words), "{}: {err}", path.display());
+        }
+        assert_eq!(
+            open_beneath(&root, &root.join("uid/missing"))
+                .unwrap_err()
+                .kind(),
+            io::ErrorKind::NotFound
+        );
+        assert!(open_beneath(&root, &outside).is_err(), "not below the root");
+
+        // The directory is made where the checks looked, never through the link.
+        assert!(create_dir_beneath(&root, &root.join("uid/volumes/link/new"), 0o750).is_err());
+        assert!(!outside.join("new").exists());
+        create_dir_beneath(&root, &root.join("uid/volumes/csi/mount"), 0o750).unwrap();
+        assert!(root.join("uid/volumes/csi/mount").is_dir());
+    }
+
+    /// A link planted in a directory between the pods directory and the target, after the
+    /// callers' checks: the bind and the unmount act below the root or not at all.
+    #[test]
+    fn bind_and_unmount_beneath_never_pass_a_link_above_the_target() {
+        if !root_or_skip("bind_and_unmount_beneath_never_pass_a_link_above_the_target") {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("pods");
+        let src = dir.path().join("src");
+        let outside = dir.path().join("outside");
+        fs::create_dir_all(root.join("uid/volumes/csi/mount")).unwrap();
+        fs::create_dir_all(outside.join("mount")).unwrap();
+        fs::create_dir(&src).unwrap();
+        fs::write(src.join("tls.crt"), b"cert").unwrap();
+        std::os::unix::fs::symlink(&outside, root.join("uid/link")).unwrap();
+        let _outside = Unmount(outside.join("mount"));
+
+        let through = root.join("uid/link/mount");
+        assert!(
+            KernelMounter
+                .bind_read_only_beneath(&src, &root, &through)
+                .is_err()
+        );
+        assert!(!KernelMounter.is_mounted(&outside.join("mount")).unwrap());
+
+        // A mount outside, reached through the link, is not unmounted.
+        KernelMounter
+            .mount_tmpfs(&outside.join("mount"), "foreign-test", 64 * 1024, 0o755)
+            .unwrap();
+        assert!(KernelMounter.unmount_beneath(&root, &through).is_err());
+        assert!(KernelMounter.is_mounted(&outside.join("mount")).unwrap());
+
+        // The real target: bound read-only, then unmounted by descriptor.
+        let target = root.join("uid/volumes/csi/mount");
+        let _target = Unmount(target.clone());
+        KernelMounter
+            .bind_read_only_beneath(&src, &root, &target)
+            .unwrap();
+        assert_eq!(fs::read(target.join("tls.crt")).unwrap(), b"cert");
+        assert!(fs::write(target.join("x"), b"").is_err(), "read-only");
+        KernelMounter.unmount_beneath(&root, &target).unwrap();
+        assert!(!KernelMounter.is_mounted(&target).unwrap());
+        // Not mounted any more, or gone: both fine.
+        KernelMounter.unmount_beneath(&root, &target).unwrap();
+        KernelMounter
+            .unmount_beneath(&root, &root.join("uid/gone"))
+            .unwrap();
     }
 
     #[test]

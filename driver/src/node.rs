@@ -24,6 +24,7 @@ use crate::issuer::Issuer;
 use crate::issuer::certmanager::{CertManagerConfig, CertManagerIssuer};
 use crate::issuer::kubecsr::{KubeCsrConfig, KubeCsrIssuer};
 use crate::issuer::local::{LocalCa, LocalCaConfig};
+use crate::kubeclient::ApiClients;
 use crate::mount::{DirMounter, KernelMounter, Mounter, Probed};
 use crate::pods::PodIdentity;
 use crate::recovery;
@@ -75,11 +76,22 @@ pub struct NodeOptions {
     pub use_token_request: bool,
     /// Client-side rate limit of the Kubernetes API client.
     pub api_rate_limit: crate::kubeclient::RateLimit,
+    /// Client-side rate limit of the issuer's own client (`--issuance-api-qps/-burst`): request
+    /// create/get/delete and their watch, apart from trust sources, Events and discovery.
+    pub issuance_rate_limit: crate::kubeclient::RateLimit,
     pub request_history: usize,
+    /// `--request-namespaces`, `--max-requests-per-namespace`, `--max-requests`: where the
+    /// issuer's request watch looks and how much it caches.
+    pub request_watch: crate::issuer::filing::RequestWatch,
     /// `--trust-namespace`: the namespace whose ConfigMaps and Secrets any volume may name as
     /// trust sources, besides the pod's own.
     pub trust_namespace: Option<String>,
+    /// How many renewals work at once (waiting for a signer's answer does not count).
     pub renew_concurrency: usize,
+    /// `--min-duration`, `--max-duration`, `--max-volumes-per-pod`.
+    pub limits: crate::limits::Limits,
+    /// `--forbid-rsa-4096`: refuse volumes asking for RSA 4096 keys.
+    pub forbid_rsa_4096: bool,
     pub grace_period: Duration,
     /// Where to serve `/metrics`, `/healthz` and `/readyz`; `None` serves nothing.
     pub metrics_address: Option<SocketAddr>,
@@ -106,9 +118,13 @@ impl NodeOptions {
             issue_timeout: Duration::from_secs(60),
             use_token_request: false,
             api_rate_limit: crate::kubeclient::RateLimit::default(),
+            issuance_rate_limit: crate::kubeclient::RateLimit::default(),
             request_history: 1,
+            request_watch: crate::issuer::filing::RequestWatch::default(),
             trust_namespace: None,
             renew_concurrency: 4,
+            limits: crate::limits::Limits::default(),
+            forbid_rsa_4096: false,
             grace_period: Duration::from_secs(20),
             metrics_address: None,
         }
@@ -298,6 +314,13 @@ pub fn api_identity(
     identity
 }
 
+/// The node's API clients: issuance gets its own token bucket, apart from trust sources, Events
+/// and discovery.
+fn api_clients(config: &kube::Config, opts: &NodeOptions) -> Result<ApiClients, NodeError> {
+    ApiClients::new(config, opts.api_rate_limit, opts.issuance_rate_limit)
+        .map_err(|e| NodeError::Kube(e.to_string()))
+}
+
 /// Runs the node plugin until `shutdown` resolves, then drains within the grace period. Mounts are
 /// left in place: pods keep their files and the next start recovers them.
 pub async fn run(
@@ -330,8 +353,10 @@ pub async fn run(
             let config = kube::Config::infer()
                 .await
                 .map_err(|e| NodeError::Kube(e.to_string()))?;
-            let client = crate::kubeclient::client(config.clone(), opts.api_rate_limit)
-                .map_err(|e| NodeError::Kube(e.to_string()))?;
+            let ApiClients {
+                general: client,
+                issuance,
+            } = api_clients(&config, &opts)?;
             let (found, discovering) = Apis::discover(client.clone(), discovery::CERT_MANAGER_API);
             issuer_tasks.push((info_span!("api-discovery"), Box::pin(discovering)));
             let (cache, events, trust_watch) = api_trust(&client, &opts, &found);
@@ -341,14 +366,16 @@ pub async fn run(
             trust.events = Some(events);
             issuer_tasks.push((info_span!("trust-watch"), trust_watch));
             let (issuer, watch) = CertManagerIssuer::new(
-                client,
+                issuance,
                 CertManagerConfig {
                     node_id: opts.node_id.clone(),
                     wait_timeout: opts.issue_timeout,
                     use_token_request: opts.use_token_request,
                     kube_config: Some(config),
+                    requests: opts.request_watch.clone(),
                 },
             );
+            let issuer = issuer.with_event_client(client);
             issuer_tasks.push((info_span!("cert-manager-watch"), Box::pin(watch)));
             let issuer = Arc::new(issuer);
             let probe = issuer.clone();
@@ -359,8 +386,15 @@ pub async fn run(
             let config = kube::Config::infer()
                 .await
                 .map_err(|e| NodeError::Kube(e.to_string()))?;
-            let client = crate::kubeclient::client(config, opts.api_rate_limit)
-                .map_err(|e| NodeError::Kube(e.to_string()))?;
+            if !opts.request_watch.namespaces.is_empty() {
+                warn!(
+                    "--request-namespaces has no effect with --issuer kubernetes-csr: CertificateSigningRequests are cluster-scoped"
+                );
+            }
+            let ApiClients {
+                general: client,
+                issuance,
+            } = api_clients(&config, &opts)?;
             let (found, discovering) = Apis::discover(client.clone(), discovery::CSR_API);
             issuer_tasks.push((info_span!("api-discovery"), Box::pin(discovering)));
             let (cache, events, trust_watch) = api_trust(&client, &opts, &found);
@@ -369,13 +403,15 @@ pub async fn run(
             trust.events = Some(events);
             issuer_tasks.push((info_span!("trust-watch"), trust_watch));
             let (issuer, watch) = KubeCsrIssuer::new(
-                client,
+                issuance,
                 KubeCsrConfig {
                     node_id: opts.node_id.clone(),
                     wait_timeout: opts.issue_timeout,
+                    requests: opts.request_watch.clone(),
                 },
                 found.clone(),
             );
+            let issuer = issuer.with_event_client(client);
             apis = Some(found);
             issuer_tasks.push((info_span!("kubernetes-csr-watch"), Box::pin(watch)));
             let issuer = Arc::new(issuer);
@@ -403,6 +439,8 @@ pub async fn run(
     cfg.tmpfs_size = opts.tmpfs_size;
     cfg.issue_timeout = opts.issue_timeout;
     cfg.request_history = opts.request_history;
+    cfg.limits = opts.limits.clone();
+    cfg.forbid_rsa_4096 = opts.forbid_rsa_4096;
 
     let (sched_handle, sched) = scheduler::channel();
     if opts.issuer == IssuerKind::Local && opts.trust_namespace.is_some() {

@@ -124,7 +124,13 @@ pub async fn recover(mgr: &VolumeManager) -> Result<Report, VolumeError> {
     orphans.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
     orphans.dedup();
     for point in orphans {
-        match mounter.unmount(&point) {
+        // A target is reached from the pods directory without following links, as at unpublish.
+        let unmounted = if point.starts_with(&pods_dir) {
+            mounter.unmount_beneath(&pods_dir, &point)
+        } else {
+            mounter.unmount(&point)
+        };
+        match unmounted {
             Ok(()) => {
                 report.orphan_mounts += 1;
                 info!(mount_point = %point.display(), "unmounted an orphan mount");

@@ -3,18 +3,25 @@
 //! The loop sleeps (with `tokio::time`, so tests can pause it) until the earliest deadline, runs
 //! due renewals with bounded concurrency, and puts each volume back on the queue at the time its
 //! renewal answered. No per-volume timers, no polling.
+//!
+//! The concurrency bounds renewals doing work, not renewals waiting: each renewal runs on a
+//! [`Lease`] of a worker permit that it puts down while it waits for its signer's answer (see
+//! `issuer::filing::file_and_wait`), so renewals whose signer never answers cannot occupy every
+//! worker. Permits go round-robin between namespaces ([`FairPool`]): a namespace with a thousand
+//! due renewals delays another namespace's one by at most one renewal per worker.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use certvol_renewer::DeadlineQueue;
 use futures::future::BoxFuture;
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tracing::{Instrument, debug, info_span};
 
 use crate::clock::Clock;
+use crate::fair::{FairPool, Lease};
 
 /// What a renewal attempt says about the next one.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -29,13 +36,23 @@ pub enum RenewOutcome {
 
 /// Something that can renew a volume: the volume manager, or a fake in tests.
 pub trait Renewer: Send + Sync + 'static {
-    fn renew(self: Arc<Self>, volume_id: String) -> BoxFuture<'static, RenewOutcome>;
+    /// Renews `volume_id` holding `worker`, a worker permit of the scheduler's pool. The renewer
+    /// puts it down ([`Lease::pause`]) while it waits for something outside the node (the
+    /// signer's answer) and picks it up again ([`Lease::resume`]) before it goes on working.
+    fn renew(self: Arc<Self>, volume_id: String, worker: Lease)
+    -> BoxFuture<'static, RenewOutcome>;
 }
 
 #[derive(Debug)]
 enum Command {
-    Schedule { volume_id: String, at: SystemTime },
-    Cancel { volume_id: String },
+    Schedule {
+        volume_id: String,
+        namespace: String,
+        at: SystemTime,
+    },
+    Cancel {
+        volume_id: String,
+    },
 }
 
 /// Cheap handle for scheduling and cancelling renewals.
@@ -45,11 +62,13 @@ pub struct SchedulerHandle {
 }
 
 impl SchedulerHandle {
-    /// Renew `volume_id` at `at` (replacing any earlier deadline for it).
-    pub fn schedule(&self, volume_id: &str, at: SystemTime) {
+    /// Renew `volume_id`, a volume of a pod in `namespace` (the tenant whose turn its renewal
+    /// takes), at `at` (replacing any earlier deadline for it).
+    pub fn schedule(&self, volume_id: &str, namespace: &str, at: SystemTime) {
         // A send fails only once the loop has stopped (shutdown); there is nothing to renew then.
         let _ = self.tx.send(Command::Schedule {
             volume_id: volume_id.to_string(),
+            namespace: namespace.to_string(),
             at,
         });
     }
@@ -74,7 +93,8 @@ pub fn channel() -> (SchedulerHandle, Scheduler) {
 }
 
 impl Scheduler {
-    /// Runs until `shutdown` turns true or every handle is dropped. In-flight renewals are
+    /// Runs until `shutdown` turns true or every handle is dropped. At most `concurrency`
+    /// renewals work at once, shared round-robin between namespaces. In-flight renewals are
     /// awaited before returning so that none is cut off half-way.
     pub async fn run(
         mut self,
@@ -88,7 +108,9 @@ impl Scheduler {
         // Cancelled while their renewal was running: their outcome must not re-queue them.
         let mut cancelled: HashSet<String> = HashSet::new();
         let mut tasks: JoinSet<(String, RenewOutcome)> = JoinSet::new();
-        let permits = Arc::new(Semaphore::new(concurrency.max(1)));
+        // Each queued or running volume's namespace; dropped with the volume.
+        let mut namespaces: HashMap<String, String> = HashMap::new();
+        let workers = FairPool::new(concurrency);
 
         loop {
             let sleep = queue
@@ -100,8 +122,9 @@ impl Scheduler {
                     if *shutdown.borrow() { break; }
                 }
                 cmd = self.rx.recv() => match cmd {
-                    Some(Command::Schedule { volume_id, at }) => {
+                    Some(Command::Schedule { volume_id, namespace, at }) => {
                         cancelled.remove(&volume_id);
+                        namespaces.insert(volume_id.clone(), namespace);
                         if !running.contains(&volume_id) {
                             queue.schedule(volume_id, at);
                         }
@@ -110,6 +133,8 @@ impl Scheduler {
                         queue.cancel(&volume_id);
                         if running.contains(&volume_id) {
                             cancelled.insert(volume_id);
+                        } else {
+                            namespaces.remove(&volume_id);
                         }
                     }
                     None => break,
@@ -117,23 +142,30 @@ impl Scheduler {
                 Some(joined) = tasks.join_next(), if !tasks.is_empty() => {
                     let Ok((volume_id, outcome)) = joined else { continue };
                     running.remove(&volume_id);
-                    if cancelled.remove(&volume_id) { continue; }
+                    if cancelled.remove(&volume_id) {
+                        namespaces.remove(&volume_id);
+                        continue;
+                    }
                     match outcome {
                         RenewOutcome::Renewed { next } => queue.schedule(volume_id, next),
                         RenewOutcome::Failed { retry_at } => queue.schedule(volume_id, retry_at),
-                        RenewOutcome::Done => {}
+                        RenewOutcome::Done => {
+                            namespaces.remove(&volume_id);
+                        }
                     }
                 }
                 _ = sleep_for(sleep) => {
                     for volume_id in queue.pop_due(clock.now()) {
                         running.insert(volume_id.clone());
                         let renewer = renewer.clone();
-                        let permits = permits.clone();
-                        let span = info_span!("renew", volume_id = %volume_id);
+                        let workers = workers.clone();
+                        let namespace = namespaces.get(&volume_id).cloned().unwrap_or_default();
+                        let span = info_span!("renew", volume_id = %volume_id, namespace = %namespace);
                         tasks.spawn(async move {
-                            let _permit = permits.acquire_owned().await;
+                            let permit = workers.acquire(&namespace).await;
+                            let worker = Lease::new(&workers, &namespace, permit);
                             debug!("renewal due");
-                            let outcome = renewer.renew(volume_id.clone()).await;
+                            let outcome = renewer.renew(volume_id.clone(), worker).await;
                             (volume_id, outcome)
                         }.instrument(span));
                     }
@@ -167,7 +199,11 @@ mod tests {
     }
 
     impl Renewer for Fake {
-        fn renew(self: Arc<Self>, volume_id: String) -> BoxFuture<'static, RenewOutcome> {
+        fn renew(
+            self: Arc<Self>,
+            volume_id: String,
+            _worker: Lease,
+        ) -> BoxFuture<'static, RenewOutcome> {
             Box::pin(async move {
                 let now = self.clock.now();
                 let n = {
@@ -224,8 +260,8 @@ mod tests {
                 RenewOutcome::Done
             }
         });
-        handle.schedule("b", t0() + Duration::from_secs(20));
-        handle.schedule("a", t0() + Duration::from_secs(10));
+        handle.schedule("b", "ns", t0() + Duration::from_secs(20));
+        handle.schedule("a", "ns", t0() + Duration::from_secs(10));
         tokio::time::sleep(Duration::from_secs(1000)).await;
         assert_eq!(
             calls(&fake),
@@ -253,7 +289,7 @@ mod tests {
                 RenewOutcome::Done
             }
         });
-        handle.schedule("v", t0() + Duration::from_secs(60));
+        handle.schedule("v", "ns", t0() + Duration::from_secs(60));
         tokio::time::sleep(Duration::from_secs(600)).await;
         assert_eq!(
             calls(&fake),
@@ -266,9 +302,9 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn cancel_and_reschedule_replace_deadlines() {
         let (handle, fake, stop, task) = start(|_, _, _| RenewOutcome::Done);
-        handle.schedule("gone", t0() + Duration::from_secs(10));
-        handle.schedule("moved", t0() + Duration::from_secs(10));
-        handle.schedule("moved", t0() + Duration::from_secs(30));
+        handle.schedule("gone", "ns", t0() + Duration::from_secs(10));
+        handle.schedule("moved", "ns", t0() + Duration::from_secs(10));
+        handle.schedule("moved", "ns", t0() + Duration::from_secs(30));
         handle.cancel("gone");
         tokio::time::sleep(Duration::from_secs(100)).await;
         assert_eq!(calls(&fake), vec![("moved".into(), 30)]);
@@ -281,10 +317,145 @@ mod tests {
         let (handle, fake, stop, task) = start(|_, _, _| RenewOutcome::Done);
         tokio::time::sleep(Duration::from_secs(3600)).await;
         assert!(calls(&fake).is_empty(), "nothing scheduled, nothing run");
-        handle.schedule("late", t0());
+        handle.schedule("late", "ns", t0());
         tokio::time::sleep(Duration::from_millis(1)).await;
         assert_eq!(calls(&fake), vec![("late".into(), 3600)]);
         stop.send(true).unwrap();
         task.await.unwrap();
+    }
+
+    /// A renewer whose signer answers some namespaces and never others: every renewal "files"
+    /// for one second holding its worker; in a namespace in `silent` it then puts the worker
+    /// down and waits forever for an answer; elsewhere it is renewed, next in 30 s.
+    struct Signers {
+        clock: TokioClock,
+        silent: &'static [&'static str],
+        /// (volume, namespace, when it started, when it finished filing).
+        calls: Mutex<Vec<(String, u64, u64)>>,
+    }
+
+    impl Signers {
+        fn namespace_of(volume_id: &str) -> &str {
+            volume_id.split('/').next().unwrap_or_default()
+        }
+
+        fn secs(&self) -> u64 {
+            self.clock.now().duration_since(t0()).unwrap().as_secs()
+        }
+
+        fn calls(&self, namespace: &str) -> Vec<(String, u64, u64)> {
+            self.calls
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|(v, _, _)| Signers::namespace_of(v) == namespace)
+                .cloned()
+                .collect()
+        }
+    }
+
+    impl Renewer for Signers {
+        fn renew(
+            self: Arc<Self>,
+            volume_id: String,
+            worker: Lease,
+        ) -> BoxFuture<'static, RenewOutcome> {
+            Box::pin(async move {
+                let started = self.secs();
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                self.calls
+                    .lock()
+                    .unwrap()
+                    .push((volume_id.clone(), started, self.secs()));
+                if self.silent.contains(&Signers::namespace_of(&volume_id)) {
+                    worker.pause();
+                    std::future::pending::<()>().await;
+                }
+                RenewOutcome::Renewed {
+                    next: self.clock.now() + Duration::from_secs(30),
+                }
+            })
+        }
+    }
+
+    fn start_signers(
+        silent: &'static [&'static str],
+        concurrency: usize,
+    ) -> (SchedulerHandle, Arc<Signers>, tokio::task::JoinHandle<()>) {
+        let clock = TokioClock::starting_at(t0());
+        let signers = Arc::new(Signers {
+            clock,
+            silent,
+            calls: Mutex::new(Vec::new()),
+        });
+        let (handle, scheduler) = channel();
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let renewer: Arc<dyn Renewer> = signers.clone();
+        let task = tokio::spawn(async move {
+            // Kept for the loop's lifetime: the tests end it by aborting the task, since
+            // renewals waiting forever would keep a shutdown waiting forever too.
+            let _stop_tx = stop_tx;
+            scheduler
+                .run(renewer, Arc::new(clock), concurrency, stop_rx)
+                .await
+        });
+        (handle, signers, task)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn renewals_waiting_for_a_silent_signer_leave_the_workers_to_others() {
+        let (handle, signers, task) = start_signers(&["hostile"], 2);
+        for i in 0..5 {
+            let volume = format!("hostile/v{i}");
+            handle.schedule(&volume, "hostile", t0() + Duration::from_secs(10));
+        }
+        handle.schedule("honest/v", "honest", t0() + Duration::from_secs(20));
+        tokio::time::sleep(Duration::from_secs(100)).await;
+        // The honest namespace renews at its deadlines...
+        let honest: Vec<u64> = signers.calls("honest").iter().map(|(_, s, _)| *s).collect();
+        assert_eq!(honest, [20, 51, 82], "honest renewals start on time");
+        // ...while every hostile renewal filed (two at a time) and waits for an answer that never
+        // comes.
+        let hostile: Vec<(u64, u64)> = signers
+            .calls("hostile")
+            .iter()
+            .map(|(_, s, f)| (*s, *f))
+            .collect();
+        assert_eq!(hostile, [(10, 11), (10, 11), (11, 12), (11, 12), (12, 13)]);
+        task.abort();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn due_renewals_start_round_robin_across_namespaces() {
+        let (handle, signers, task) = start_signers(&[], 1);
+        for i in 0..20 {
+            let volume = format!("big/v{i:02}");
+            handle.schedule(&volume, "big", t0() + Duration::from_secs(10));
+        }
+        handle.schedule("small/v", "small", t0() + Duration::from_secs(10));
+        handle.schedule("tiny/v", "tiny", t0() + Duration::from_secs(10));
+        // Renewals are recorded when they finish; the one finishing at 25 s is left out.
+        tokio::time::sleep(Duration::from_millis(24_500)).await;
+        let order: Vec<(String, u64)> = signers
+            .calls
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(v, s, _)| (v.clone(), *s))
+            .collect();
+        let mut expected: Vec<(String, u64)> = vec![
+            ("big/v00".into(), 10),
+            ("big/v01".into(), 11),
+            ("small/v".into(), 12),
+            ("tiny/v".into(), 13),
+        ];
+        for i in 2..12 {
+            expected.push((format!("big/v{i:02}"), 12 + i as u64));
+        }
+        assert_eq!(
+            order, expected,
+            "one worker: small and tiny wait for one of big's 20 renewals each, not all of them"
+        );
+        task.abort();
     }
 }

@@ -22,6 +22,7 @@ use crate::clock::Clock;
 use crate::crashpoint;
 use crate::discovery::{ApiError, Apis};
 use crate::events::{self, EventSink};
+use crate::fair::{FairPool, Lease};
 use crate::fsutil;
 use crate::issuer::certmanager::{BearerToken, token_from_context};
 use crate::issuer::{self, IssueError, IssueRequest, Issuer};
@@ -31,7 +32,7 @@ use crate::metrics::IssueOutcome;
 use crate::mount::{MountInfo, Mounter};
 use crate::pki;
 use crate::refresh::{Message, RefreshHandle};
-use crate::request::CertRequest;
+use crate::request::{CertRequest, KeyAlgorithm};
 use crate::scheduler::{RenewOutcome, Renewer, SchedulerHandle};
 use crate::store::{
     self, CertRecord, DiskFault, PendingRecord, Phase, RenewalRecord, STATE_VERSION, Store,
@@ -56,6 +57,13 @@ pub struct Config {
     pub policy: certvol_renewer::Policy,
     /// kubelet's root directory (`--kubelet-dir`): every target path must lie in its `pods/`.
     pub kubelet_dir: PathBuf,
+    /// What one volume or pod may ask of the node.
+    pub limits: crate::limits::Limits,
+    /// Refuse volumes asking for RSA 4096 keys (`--forbid-rsa-4096`): each takes seconds of
+    /// CPU to generate.
+    pub forbid_rsa_4096: bool,
+    /// How many keys may be generated at once (one per CPU).
+    pub keygen_concurrency: usize,
 }
 
 impl Config {
@@ -67,6 +75,9 @@ impl Config {
             request_history: 1,
             policy: certvol_renewer::Policy::default(),
             kubelet_dir: PathBuf::from(DEFAULT_KUBELET_DIR),
+            limits: crate::limits::Limits::default(),
+            forbid_rsa_4096: false,
+            keygen_concurrency: std::thread::available_parallelism().map_or(1, |n| n.get()),
         }
     }
 }
@@ -89,6 +100,22 @@ pub struct PublishParams {
     /// The data of the Secret named by the volume's `nodePublishSecretRef`, which kubelet sends
     /// with every publish. Secret values: never logged, never recorded in `state.json`.
     pub secrets: HashMap<String, String>,
+}
+
+/// What kubelet sent that is a secret (the pod's token, Secret data, a literal keystore password)
+/// is wiped when the request is done with, rather than left in freed heap memory.
+impl Drop for PublishParams {
+    fn drop(&mut self) {
+        use zeroize::Zeroize;
+        for (key, value) in self.context.iter_mut() {
+            if key == attrs::TOKENS_KEY || attrs::is_literal_password_key(key) {
+                value.zeroize();
+            }
+        }
+        for value in self.secrets.values_mut() {
+            value.zeroize();
+        }
+    }
 }
 
 impl std::fmt::Debug for PublishParams {
@@ -134,6 +161,9 @@ pub enum VolumeError {
     Attributes(#[from] AttrError),
     #[error("{0}")]
     InvalidArgument(String),
+    /// Outside the operator's limits on durations or volumes per pod.
+    #[error(transparent)]
+    Limit(#[from] crate::limits::LimitError),
     #[error(
         "volume {volume_id} is already published at {existing}; an inline ephemeral volume has exactly one target, so it cannot also be published at {requested}"
     )]
@@ -149,6 +179,11 @@ pub enum VolumeError {
     /// The issuer's policy (the local CA's, set by the operator) refuses what the volume asks.
     #[error(transparent)]
     Policy(#[from] crate::issuer::policy::PolicyViolation),
+    /// The operator forbids the key the volume asks for (`--forbid-rsa-4096`).
+    #[error(
+        "{attribute}: \"4096\" is not allowed: this node refuses RSA 4096 keys (--forbid-rsa-4096), which take seconds of CPU each to generate; accepted: RSA key-size 2048 or 3072, or key-algorithm ECDSA or Ed25519"
+    )]
+    ForbiddenKey { attribute: String },
     #[error("issuing the certificate: {0}")]
     Issue(#[from] IssueError),
     #[error("the issuer returned an unusable certificate for request {request}: {message}")]
@@ -298,6 +333,9 @@ type Slot = Arc<Mutex<Option<VolumeState>>>;
 struct With<'a> {
     reuse: Option<PrivateKey>,
     trust: BundleFrom<'a>,
+    /// The renewal worker the issuance runs on (none for a publish); put down while the
+    /// issuer waits for its answer.
+    worker: &'a Lease,
 }
 
 /// Where an issuance takes the trust bundle's sources from.
@@ -398,12 +436,18 @@ pub struct VolumeManager {
     /// (`mem/keys/pkcs12-password`) so that renewals after a driver restart can still write the
     /// keystore. Never on persistent disk.
     passwords: StdMutex<HashMap<String, Password>>,
+    /// The volume ids of each pod's volumes (keyed by the pod's directory under kubelet's
+    /// `pods/`, which kubelet names and the pod cannot), for the volumes-per-pod limit.
+    pod_volumes: StdMutex<HashMap<String, std::collections::BTreeSet<String>>>,
     trust: TrustWiring,
     /// What the cluster serves (API modes); `None` without an API (local mode).
     apis: Option<Apis>,
     /// The pod-identity checks (API modes); `None` in local mode, which trusts the chart's
     /// CSIDriver (`podInfoOnMount: true`).
     identity: Option<crate::pods::PodIdentity>,
+    /// Key generation: one permit per CPU, shared round-robin between namespaces, so a pod
+    /// asking for many slow keys (RSA 4096) cannot keep the CPUs from everyone else's.
+    keygen: FairPool,
 }
 
 impl VolumeManager {
@@ -416,6 +460,7 @@ impl VolumeManager {
         scheduler: SchedulerHandle,
     ) -> Self {
         VolumeManager {
+            keygen: FairPool::new(cfg.keygen_concurrency),
             cfg,
             store,
             mounter,
@@ -425,6 +470,7 @@ impl VolumeManager {
             slots: StdMutex::new(HashMap::new()),
             tokens: StdMutex::new(HashMap::new()),
             passwords: StdMutex::new(HashMap::new()),
+            pod_volumes: StdMutex::new(HashMap::new()),
             trust: TrustWiring::default(),
             apis: None,
             identity: None,
@@ -468,6 +514,11 @@ impl VolumeManager {
     }
     pub fn config(&self) -> &Config {
         &self.cfg
+    }
+    /// The key generation pool (tests fill it to hold key generation back).
+    #[cfg(test)]
+    pub(crate) fn keygen_pool(&self) -> &FairPool {
+        &self.keygen
     }
 
     /// Number of volumes with state in memory.
@@ -562,9 +613,66 @@ impl VolumeManager {
             crate::metrics::global()
                 .track_volume(&state.volume_id, store::to_system(current.not_after));
         }
+        self.count_pod_volume(&state.target_path, &state.volume_id, true);
         if let Ok(mut slots) = self.slots.lock() {
             slots.insert(state.volume_id.clone(), Arc::new(Mutex::new(Some(state))));
         }
+    }
+
+    /// The pod a target belongs to: its directory under kubelet's `pods/`.
+    fn pod_of(&self, target: &Path) -> Option<String> {
+        let rest = target
+            .strip_prefix(self.cfg.kubelet_dir.join("pods"))
+            .ok()?;
+        let first = rest.components().next()?;
+        Some(first.as_os_str().to_string_lossy().into_owned())
+    }
+
+    /// Adds (or removes) a volume to its pod's count; answers how many the pod had before.
+    fn count_pod_volume(&self, target: &Path, volume_id: &str, add: bool) -> usize {
+        let (Some(pod), Ok(mut pods)) = (self.pod_of(target), self.pod_volumes.lock()) else {
+            return 0;
+        };
+        let volumes = pods.entry(pod.clone()).or_default();
+        let before = volumes.len();
+        if add {
+            volumes.insert(volume_id.to_owned());
+        } else {
+            volumes.remove(volume_id);
+            if volumes.is_empty() {
+                pods.remove(&pod);
+            }
+        }
+        before
+    }
+
+    /// Reserves a place for a new volume among its pod's, within `--max-volumes-per-pod`.
+    fn reserve_pod_volume(&self, params: &PublishParams) -> Result<(), VolumeError> {
+        let Some(pod) = self.pod_of(&params.target_path) else {
+            return Ok(());
+        };
+        let mut pods = self
+            .pod_volumes
+            .lock()
+            .map_err(|_| VolumeError::Internal("pod volume table lock poisoned".into()))?;
+        let volumes = pods.entry(pod).or_default();
+        if !volumes.contains(&params.volume_id) {
+            let shown = match (
+                params.context.get("csi.storage.k8s.io/pod.namespace"),
+                params.context.get("csi.storage.k8s.io/pod.name"),
+            ) {
+                (Some(ns), Some(name)) => format!("{ns}/{name}"),
+                _ => params
+                    .target_path
+                    .strip_prefix(&self.cfg.kubelet_dir)
+                    .unwrap_or(&params.target_path)
+                    .display()
+                    .to_string(),
+            };
+            self.cfg.limits.check_volume_count(&shown, volumes.len())?;
+            volumes.insert(params.volume_id.clone());
+        }
+        Ok(())
     }
 
     /// NodePublishVolume: make the volume's certificate available read-only at the target.
@@ -574,6 +682,8 @@ impl VolumeManager {
         let req = Arc::new(attrs::parse(&params.context)?);
         self.issuer.check_request(&req)?;
         self.issuer.check_policy(&req)?;
+        self.cfg.limits.check_duration(&req, &params.context)?;
+        self.check_key(&req, &params.context)?;
         // Resolved before anything is created, so a missing password leaves nothing behind.
         let password = req
             .files
@@ -582,28 +692,34 @@ impl VolumeManager {
             .map(|p| attrs::pkcs12_password(&p.password, &params.context, &params.secrets))
             .transpose()?;
         let context = attrs::stable_context(&params.context);
-        if let Some(token) = token_from_context(&params.context).map_err(|e| {
+        let token = token_from_context(&params.context).map_err(|e| {
             VolumeError::InvalidArgument(format!("volume context {}: {e}", attrs::TOKENS_KEY))
-        })? && let Ok(mut tokens) = self.tokens.lock()
-        {
-            tokens.insert(params.volume_id.clone(), token);
-        }
+        })?;
         let (slot, mut guard) = self.lock(&params.volume_id).await?;
 
         if let Some(state) = guard.as_ref() {
             if state.target_path != params.target_path {
                 return Err(VolumeError::OtherTarget {
-                    volume_id: params.volume_id,
+                    volume_id: params.volume_id.clone(),
                     existing: state.target_path.clone(),
-                    requested: params.target_path,
+                    requested: params.target_path.clone(),
                 });
             }
             if state.context != context || state.mount_group != params.mount_group {
                 return Err(VolumeError::Incompatible {
-                    volume_id: params.volume_id,
-                    target: params.target_path,
+                    volume_id: params.volume_id.clone(),
+                    target: params.target_path.clone(),
                 });
             }
+        }
+        if guard.is_none() {
+            self.reserve_pod_volume(&params)?;
+        }
+        // Only now, under the volume's lock and for the volume this call publishes: a publish
+        // refused above (another target, other attributes) must not replace a live volume's
+        // token, and one that fails below takes its token with it.
+        if let Some(token) = token {
+            self.set_token(&params.volume_id, Some(token));
         }
 
         let mut trust = None;
@@ -620,6 +736,10 @@ impl VolumeManager {
                 warn!(volume_id = %params.volume_id, error = %cleanup, "clean-up after a failed publish did not finish; it is retried at the next start");
                 *guard = Some(state);
             }
+        }
+        if result.is_err() && guard.is_none() {
+            self.set_token(&params.volume_id, None);
+            self.count_pod_volume(&params.target_path, &params.volume_id, false);
         }
         if let Ok(Published::Issued { .. }) = &result
             && let Some(state) = guard.as_ref()
@@ -639,6 +759,36 @@ impl VolumeManager {
             self.report_source_error(&req, e).await;
         }
         result
+    }
+
+    /// Records (or with `None` forgets) the pod token the volume's requests are filed with.
+    fn set_token(&self, volume_id: &str, token: Option<BearerToken>) {
+        if let Ok(mut tokens) = self.tokens.lock() {
+            match token {
+                Some(token) => tokens.insert(volume_id.to_owned(), token),
+                None => tokens.remove(volume_id),
+            };
+        }
+    }
+
+    /// Whether the operator lets a volume have the key it asks for; checked before anything is
+    /// created. Renewals of volumes published before the operator forbade a key keep their key
+    /// algorithm: refusing them would let a running pod's certificate expire.
+    fn check_key(
+        &self,
+        req: &CertRequest,
+        context: &HashMap<String, String>,
+    ) -> Result<(), VolumeError> {
+        if self.cfg.forbid_rsa_4096 && req.key_algorithm == KeyAlgorithm::Rsa4096 {
+            // RSA 4096 is only ever chosen by key-size; name it as the pod spec spells it (ours
+            // wins when both prefixes set it).
+            let attribute = attrs::set_key(context, "key-size").map_or_else(
+                || format!("{}key-size", attrs::CERTVOL_PREFIX),
+                str::to_owned,
+            );
+            return Err(VolumeError::ForbiddenKey { attribute });
+        }
+        Ok(())
     }
 
     async fn publish_locked(
@@ -734,6 +884,7 @@ impl VolumeManager {
                 With {
                     reuse: None,
                     trust: BundleFrom::Sources(trust.as_ref()),
+                    worker: &Lease::default(),
                 },
             )
             .await?;
@@ -830,16 +981,19 @@ impl VolumeManager {
                 )));
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                fs::DirBuilder::new()
-                    .mode(0o750)
-                    .create(target)
+                crate::mount::create_dir_beneath(&self.pods_dir(), target, 0o750)
                     .map_err(VolumeError::io_at("create target directory", target))?;
             }
             Err(e) => return Err(VolumeError::io_at("inspect", target)(e)),
         }
         self.mounter
-            .bind_read_only(&paths.files, target)
+            .bind_read_only_beneath(&paths.files, &self.pods_dir(), target)
             .map_err(VolumeError::io_at("bind-mount read-only at", target))
+    }
+
+    /// kubelet's pods directory: every target is reached from here without following links.
+    fn pods_dir(&self) -> PathBuf {
+        self.cfg.kubelet_dir.join("pods")
     }
 
     /// A mount at the target that is not volume `key`'s bind: [`VolumeError::ForeignMount`].
@@ -922,7 +1076,11 @@ impl VolumeManager {
         revision: u64,
         with: With<'_>,
     ) -> Result<(), VolumeError> {
-        let With { reuse, trust } = with;
+        let With {
+            reuse,
+            trust,
+            worker,
+        } = with;
         // Before anything is issued: a renewal that could not write the keystore must not
         // consume a request.
         let password = match &req.files.pkcs12 {
@@ -950,7 +1108,9 @@ impl VolumeManager {
             None => {
                 let key = match reuse {
                     Some(key) => key,
-                    None => generate_key(req.key_algorithm).await?,
+                    None => {
+                        generate_key(&self.keygen, &req.pod.namespace, req.key_algorithm).await?
+                    }
                 };
                 fsutil::replace(&pending_key, key.pkcs8_der(), 0o600)
                     .map_err(VolumeError::io_at("write", &pending_key))?;
@@ -990,11 +1150,19 @@ impl VolumeManager {
                 .lock()
                 .ok()
                 .and_then(|t| t.get(&state.volume_id).cloned()),
+            worker: worker.clone(),
         };
+        let answer = tokio::time::timeout(
+            self.cfg.issue_timeout + Duration::from_secs(5),
+            self.issuer.issue(&ireq),
+        )
+        .await;
+        // The issuer may have put the worker down to wait; what follows is work again.
+        worker.resume().await;
         let issued =
             // Issuers answer Timeout themselves at `issue_timeout`; this outer limit only guards
             // against one that does not.
-            match tokio::time::timeout(self.cfg.issue_timeout + Duration::from_secs(5), self.issuer.issue(&ireq)).await {
+            match answer {
                 Ok(result) => {
                     crate::metrics::global().issuance(self.issuer.kind(), IssueOutcome::of(&result));
                     let issued = result?;
@@ -1415,9 +1583,7 @@ impl VolumeManager {
             crashpoint::hit("unpublish:marked");
         }
         self.scheduler.cancel(&state.volume_id);
-        if let Ok(mut tokens) = self.tokens.lock() {
-            tokens.remove(&state.volume_id);
-        }
+        self.set_token(&state.volume_id, None);
         if let Ok(mut passwords) = self.passwords.lock() {
             passwords.remove(&state.volume_id);
         }
@@ -1442,6 +1608,7 @@ impl VolumeManager {
             warn!(volume_id = %state.volume_id, error = %e, "could not delete the volume's issuer requests");
         }
         self.store.remove(&paths)?;
+        self.count_pod_volume(&state.target_path, &state.volume_id, false);
         crate::metrics::global().untrack_volume(&state.volume_id);
         info!(volume_id = %state.volume_id, "volume removed");
         Ok(())
@@ -1491,7 +1658,7 @@ impl VolumeManager {
         {
             Some(m) if self.is_our_bind(&m, key) => self
                 .mounter
-                .unmount(target)
+                .unmount_beneath(&self.pods_dir(), target)
                 .map_err(VolumeError::io_at("unmount", target))?,
             Some(m) => {
                 // Not an error: kubelet repeats a failed unpublish forever and the pod stays
@@ -1545,7 +1712,8 @@ impl VolumeManager {
         } else {
             return;
         };
-        self.scheduler.schedule(&state.volume_id, at);
+        self.scheduler
+            .schedule(&state.volume_id, namespace_of(state), at);
     }
 
     /// Moves every renewal that failed and waits out its backoff to now: called when the API
@@ -1574,15 +1742,22 @@ impl VolumeManager {
                 // The backoff starts over: the outage it grew during has ended. (In memory only;
                 // the attempt's outcome is saved either way.)
                 state.renewal.failures = 0;
-                self.scheduler.schedule(&volume_id, now);
+                self.scheduler
+                    .schedule(&volume_id, namespace_of(state), now);
                 moved += 1;
             }
         }
         moved
     }
 
-    /// One renewal of a published volume. Failures keep the old, still-valid files in place.
+    /// One renewal of a published volume, outside the scheduler's workers (tests, tools).
     pub async fn renew_volume(&self, volume_id: &str) -> RenewOutcome {
+        self.renew_on(volume_id, &Lease::default()).await
+    }
+
+    /// One renewal of a published volume on the scheduler's `worker`. Failures keep the old,
+    /// still-valid files in place.
+    async fn renew_on(&self, volume_id: &str, worker: &Lease) -> RenewOutcome {
         let (slot, mut guard) = match self.lock(volume_id).await {
             Ok(locked) => locked,
             Err(e) => {
@@ -1591,14 +1766,16 @@ impl VolumeManager {
             }
         };
         let outcome = match guard.as_mut() {
-            Some(state) if state.phase == Phase::Published => self.renew_locked(state).await,
+            Some(state) if state.phase == Phase::Published => {
+                self.renew_locked(state, worker).await
+            }
             _ => RenewOutcome::Done,
         };
         self.release(volume_id, &slot, &guard);
         outcome
     }
 
-    async fn renew_locked(&self, state: &mut VolumeState) -> RenewOutcome {
+    async fn renew_locked(&self, state: &mut VolumeState, worker: &Lease) -> RenewOutcome {
         let req = match attrs::parse(&state.context.clone().into_iter().collect()) {
             Ok(req) => Arc::new(req),
             Err(e) => {
@@ -1623,9 +1800,17 @@ impl VolumeManager {
         let mut stale = false;
         let result = async {
             trust = self.open_trust(&req)?;
-            if let Some(t) = trust.as_mut()
-                && let Err(e) = t.ready(self.cfg.issue_timeout).await
-            {
+            // Waiting for the trust sources' watches is not work: the worker is put down.
+            let ready = match trust.as_mut() {
+                Some(t) => {
+                    worker.pause();
+                    let ready = t.ready(self.cfg.issue_timeout).await;
+                    worker.resume().await;
+                    ready
+                }
+                None => Ok(()),
+            };
+            if let Err(e) = ready {
                 warn!(volume_id = %state.volume_id, error = %e, "renewing with the trust bundle as last written");
                 self.report_source_error(&req, &e).await;
                 stale = true;
@@ -1653,6 +1838,7 @@ impl VolumeManager {
                 With {
                     reuse,
                     trust: bundle_from,
+                    worker,
                 },
             )
             .await
@@ -1730,8 +1916,12 @@ impl VolumeManager {
 }
 
 impl Renewer for VolumeManager {
-    fn renew(self: Arc<Self>, volume_id: String) -> BoxFuture<'static, RenewOutcome> {
-        Box::pin(async move { self.renew_volume(&volume_id).await })
+    fn renew(
+        self: Arc<Self>,
+        volume_id: String,
+        worker: Lease,
+    ) -> BoxFuture<'static, RenewOutcome> {
+        Box::pin(async move { self.renew_on(&volume_id, &worker).await })
     }
 }
 
@@ -1743,12 +1933,25 @@ fn namespace_of(state: &VolumeState) -> &str {
         .map_or("", String::as_str)
 }
 
-/// Key generation is CPU-bound (seconds for RSA 4096), so it runs off the async worker threads.
-async fn generate_key(alg: crate::request::KeyAlgorithm) -> Result<PrivateKey, VolumeError> {
-    tokio::task::spawn_blocking(move || PrivateKey::generate(alg))
-        .await
-        .map_err(|e| VolumeError::Internal(format!("key generation task failed: {e}")))?
-        .map_err(VolumeError::from)
+/// Key generation is CPU-bound (seconds for RSA 4096), so it runs off the async worker threads,
+/// on a permit of `pool` taken for `namespace`. Fairness is per namespace, not per pod: pods are
+/// as cheap to create as volumes, so a per-pod share would give one tenant as many shares as it
+/// cares to create pods, while a namespace is what a tenant is given.
+async fn generate_key(
+    pool: &FairPool,
+    namespace: &str,
+    alg: KeyAlgorithm,
+) -> Result<PrivateKey, VolumeError> {
+    let permit = pool.acquire(namespace).await;
+    // The permit moves into the blocking task: a publish cancelled meanwhile does not stop the
+    // generation, so the CPU stays taken until it ends.
+    tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        PrivateKey::generate(alg)
+    })
+    .await
+    .map_err(|e| VolumeError::Internal(format!("key generation task failed: {e}")))?
+    .map_err(VolumeError::from)
 }
 
 /// Removes every key file but `keep`'s: the superseded key after an issuance is recorded, or a
@@ -2040,6 +2243,11 @@ mod tests {
 
     /// A fixture whose manager knows what the cluster serves (a node with API access).
     fn fixture_with(apis: Option<Apis>) -> Fixture {
+        fixture_configured(apis, |_| {})
+    }
+
+    /// A fixture whose volume layer's [`Config`] `edit` changes first.
+    fn fixture_configured(apis: Option<Apis>, edit: impl FnOnce(&mut Config)) -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
         let ahead = Arc::new(Ahead::default());
@@ -2054,6 +2262,7 @@ mod tests {
         let (handle, scheduler) = crate::scheduler::channel();
         let mut cfg = Config::new("node-a");
         cfg.kubelet_dir = dir.path().to_path_buf();
+        edit(&mut cfg);
         let mut mgr = VolumeManager::new(
             cfg,
             store,
@@ -2306,6 +2515,110 @@ mod tests {
             assert!(fs::symlink_metadata(&p.target_path).is_err(), "no target");
             assert_eq!(f.mgr.volume_count(), 0);
         }
+    }
+
+    fn token_of(f: &Fixture, volume_id: &str) -> Option<String> {
+        let tokens = f.mgr.tokens.lock().unwrap();
+        tokens.get(volume_id).map(|t| t.expose().to_owned())
+    }
+
+    fn with_token(p: PublishParams, token: &str) -> PublishParams {
+        let json = format!(
+            r#"{{"": {{"token": "{token}", "expirationTimestamp": "2030-01-01T00:00:00Z"}}}}"#
+        );
+        with_attrs(p, &[(attrs::TOKENS_KEY, json.as_str())])
+    }
+
+    #[tokio::test]
+    async fn a_pod_token_is_kept_only_for_the_volume_it_published() {
+        let f = fixture();
+        let p = params(&f, "tok");
+        f.mgr.publish(with_token(p.clone(), "t1")).await.unwrap();
+        assert_eq!(token_of(&f, "csi-tok").as_deref(), Some("t1"));
+
+        // The same volume id at another target is refused and must not replace the live token.
+        let mut elsewhere = with_token(p.clone(), "t2");
+        elsewhere.target_path = f.pods.join("other/volumes/kubernetes.io~csi/tls/mount");
+        let err = f.mgr.publish(elsewhere).await.unwrap_err();
+        assert!(matches!(err, VolumeError::OtherTarget { .. }), "{err}");
+        assert_eq!(token_of(&f, "csi-tok").as_deref(), Some("t1"));
+
+        // kubelet's republish (requiresRepublish) brings a fresh token: that one is kept.
+        let again = f.mgr.publish(with_token(p.clone(), "t3")).await.unwrap();
+        assert_eq!(again, Published::Unchanged);
+        assert_eq!(token_of(&f, "csi-tok").as_deref(), Some("t3"));
+
+        // A publish that fails for good leaves no token behind.
+        set(&f, DENIED);
+        let failed = params(&f, "nope");
+        f.mgr.publish(with_token(failed, "t4")).await.unwrap_err();
+        assert_eq!(token_of(&f, "csi-nope"), None);
+
+        set(&f, OK);
+        f.mgr.unpublish("csi-tok", &p.target_path).await.unwrap();
+        assert_eq!(token_of(&f, "csi-tok"), None);
+    }
+
+    /// The `n`th certvol volume of pod `pod`: same pod directory, its own volume name and id.
+    fn pod_volume(f: &Fixture, pod: &str, n: usize) -> PublishParams {
+        let mut p = params(f, pod);
+        p.volume_id = format!("csi-{pod}-{n}");
+        p.target_path = f
+            .pods
+            .join(pod)
+            .join(format!("volumes/kubernetes.io~csi/tls-{n}/mount"));
+        fs::create_dir_all(p.target_path.parent().unwrap()).unwrap();
+        p
+    }
+
+    #[tokio::test]
+    async fn a_pod_gets_at_most_its_share_of_volumes_and_a_refusal_leaves_nothing() {
+        let f = fixture_configured(None, |cfg| cfg.limits.max_volumes_per_pod = 2);
+        for n in 0..2 {
+            f.mgr.publish(pod_volume(&f, "greedy", n)).await.unwrap();
+        }
+        let third = pod_volume(&f, "greedy", 2);
+        let err = f.mgr.publish(third.clone()).await.unwrap_err();
+        assert!(matches!(err, VolumeError::Limit(_)), "{err}");
+        assert!(
+            err.to_string()
+                .contains("pod default/greedy already has 2 certvol volumes on this node"),
+            "{err}"
+        );
+        assert!(f.mgr.store().load(&third.volume_id).unwrap().is_none());
+        assert!(
+            fs::symlink_metadata(&third.target_path).is_err(),
+            "no target"
+        );
+        assert_eq!(calls(&f).len(), 2, "nothing filed for the refused volume");
+
+        // Another pod is not affected, and a republish of a counted volume is not a new one.
+        f.mgr.publish(pod_volume(&f, "other", 0)).await.unwrap();
+        let again = f.mgr.publish(pod_volume(&f, "greedy", 1)).await.unwrap();
+        assert_eq!(again, Published::Unchanged);
+
+        // An unpublish gives the place back.
+        let first = pod_volume(&f, "greedy", 0);
+        f.mgr
+            .unpublish(&first.volume_id, &first.target_path)
+            .await
+            .unwrap();
+        f.mgr.publish(third).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_duration_outside_the_node_limits_is_refused_before_anything_is_made() {
+        let f = fixture();
+        let p = with_attrs(
+            params(&f, "short"),
+            &[("csi.cert-manager.io/duration", "10m")],
+        );
+        let err = f.mgr.publish(p.clone()).await.unwrap_err();
+        assert!(matches!(err, VolumeError::Limit(_)), "{err}");
+        assert!(err.to_string().contains("--min-duration"), "{err}");
+        assert!(f.mgr.store().load("csi-short").unwrap().is_none());
+        assert!(!f.mgr.store().paths("csi-short").dir.exists());
+        assert!(calls(&f).is_empty());
     }
 
     #[tokio::test]
@@ -3019,5 +3332,91 @@ mod tests {
         let text = check_volume_id(&huge).unwrap_err().to_string();
         assert!(text.len() < 600, "the message stays short: {}", text.len());
         assert!(text.contains("first 80 of 2097152 bytes"), "{text}");
+    }
+
+    /// `--forbid-rsa-4096`: an RSA 4096 volume is refused with PermissionDenied naming the
+    /// attribute as the pod spec spells it and the flag, before any key, file, request or state
+    /// exists; smaller keys are still published.
+    #[tokio::test]
+    async fn rsa_4096_is_refused_when_the_operator_forbids_it_and_nothing_is_left() {
+        for prefix in [attrs::CERT_MANAGER_PREFIX, attrs::CERTVOL_PREFIX] {
+            let f = fixture_configured(None, |cfg| cfg.forbid_rsa_4096 = true);
+            let mut p = params(&f, "big");
+            p.context
+                .insert(format!("{prefix}key-algorithm"), "RSA".into());
+            p.context.insert(format!("{prefix}key-size"), "4096".into());
+            let err = f.mgr.publish(p.clone()).await.unwrap_err();
+            let status = crate::csi::RpcError::from(err).status();
+            assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+            assert_eq!(
+                status.message(),
+                format!(
+                    "{prefix}key-size: \"4096\" is not allowed: this node refuses RSA 4096 keys (--forbid-rsa-4096), which take seconds of CPU each to generate; accepted: RSA key-size 2048 or 3072, or key-algorithm ECDSA or Ed25519"
+                )
+            );
+            assert!(calls(&f).is_empty(), "nothing was issued");
+            assert!(f.mgr.store().load("csi-big").unwrap().is_none());
+            assert!(!f.mgr.store().paths("csi-big").dir.exists());
+            assert!(fs::symlink_metadata(&p.target_path).is_err(), "no target");
+            assert_eq!(f.mgr.volume_count(), 0);
+
+            p.context.insert(format!("{prefix}key-size"), "2048".into());
+            f.mgr.publish(p).await.expect("RSA 2048 is still allowed");
+        }
+        // Without the flag the same request passes the check.
+        let f = fixture();
+        let mut p = params(&f, "big");
+        p.context
+            .insert("csi.certvol.io/key-algorithm".into(), "RSA".into());
+        p.context
+            .insert("csi.certvol.io/key-size".into(), "4096".into());
+        let req = attrs::parse(&p.context).unwrap();
+        assert_eq!(req.key_algorithm, KeyAlgorithm::Rsa4096);
+        f.mgr.check_key(&req, &p.context).unwrap();
+    }
+
+    /// Key generation is bounded and fair: while a hostile namespace holds the only key
+    /// generation permit and has three more generations queued, a publish in another
+    /// namespace waits, then gets the permit after one of them, not after all three.
+    #[tokio::test]
+    async fn key_generation_waits_for_a_permit_and_takes_its_turn_before_a_busy_namespace() {
+        let f = fixture_configured(None, |cfg| cfg.keygen_concurrency = 1);
+        let pool = f.mgr.keygen_pool().clone();
+        let held = pool.acquire("hostile").await;
+        let granted = Arc::new(StdMutex::new(Vec::new()));
+        let mut hostile = Vec::new();
+        for i in 0..3 {
+            let (theirs, granted) = (pool.clone(), granted.clone());
+            hostile.push(tokio::spawn(async move {
+                let _permit = theirs.acquire("hostile").await;
+                granted.lock().unwrap().push(i);
+                // A slow key.
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }));
+            while pool.waiting() <= i {
+                tokio::task::yield_now().await;
+            }
+        }
+        let publish = {
+            let (mgr, p) = (f.mgr.clone(), params(&f, "honest"));
+            tokio::spawn(async move { mgr.publish(p).await })
+        };
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(
+            !publish.is_finished(),
+            "the publish generated its key while every permit was taken"
+        );
+        assert_eq!(pool.waiting(), 4, "the publish waits in the pool");
+        drop(held);
+        publish.await.unwrap().expect("publish");
+        let granted_before = granted.lock().unwrap().clone();
+        assert!(
+            granted_before == [0] || granted_before == [0, 1],
+            "the publish's key came right after the hostile namespace's first, not after all three: {granted_before:?}"
+        );
+        for task in hostile {
+            task.await.unwrap();
+        }
+        assert_eq!(pool.available(), 1, "every permit came back");
     }
 }

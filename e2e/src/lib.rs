@@ -159,6 +159,11 @@ impl Env {
         if !extra.contains(&"--issuer") {
             cmd.args(["--issuer", "local"]);
         }
+        // Renewal scenarios compress a certificate's life into seconds; the node's default floor
+        // (an hour, like cert-manager's) would refuse them. Tests of the floor pass their own.
+        if !extra.contains(&"--min-duration") {
+            cmd.args(["--min-duration", "1s"]);
+        }
         // The default metrics port is fixed; parallel tests would collide on it.
         if !extra.contains(&"--metrics-address") {
             cmd.args(["--metrics-address", "off"]);
@@ -289,6 +294,19 @@ impl Driver {
 
     pub fn pid(&self) -> i32 {
         self.child.id() as i32
+    }
+
+    /// The process's `VmRSS` and `VmHWM` (peak resident set) from `/proc/<pid>/status`, in KiB.
+    pub fn memory_kib(&self) -> io::Result<(u64, u64)> {
+        let status = fs::read_to_string(format!("/proc/{}/status", self.pid()))?;
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+                .ok_or_else(|| io::Error::other(format!("no {name} in /proc/<pid>/status")))
+        };
+        Ok((field("VmRSS:")?, field("VmHWM:")?))
     }
 
     /// SIGKILL, as a crash or an OOM kill would stop it.

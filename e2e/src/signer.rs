@@ -779,6 +779,9 @@ struct Shared {
     signed: AtomicUsize,
     /// uids of requests a delayed signing holds, so their Pending writes do not start another.
     in_flight: Mutex<HashSet<String>>,
+    /// Namespaces whose requests are left alone (never approved, never signed), as with an
+    /// issuer that never answers.
+    silent: Mutex<HashSet<String>>,
 }
 
 /// Poisoning only means a panic elsewhere; the data (a CA handle, a duration) is still sound.
@@ -814,6 +817,7 @@ impl Signer {
             omit_ca: cfg.omit_ca,
             signed: AtomicUsize::new(0),
             in_flight: Mutex::new(HashSet::new()),
+            silent: Mutex::new(HashSet::new()),
         });
         let task = tokio::spawn(run(store, shared.clone()));
         Ok(Signer { shared, task })
@@ -849,6 +853,18 @@ impl Signer {
     /// Replaces the approval policy; it decides requests not yet approved or denied.
     pub fn set_policy(&self, p: impl Fn(&Value) -> Approval + Send + Sync + 'static) {
         *lock(&self.shared.policy) = Arc::new(p);
+    }
+
+    /// Leaves `namespace`'s requests (from now on) untouched when `silent`: no approval, no
+    /// status, as an issuer that never answers. Turned off, they are picked up at the next
+    /// change to them.
+    pub fn set_silent(&self, namespace: &str, silent: bool) {
+        let mut set = lock(&self.shared.silent);
+        if silent {
+            set.insert(namespace.to_owned());
+        } else {
+            set.remove(namespace);
+        }
     }
 
     /// How many certificates it has signed (and written).
@@ -952,6 +968,9 @@ fn requeue_later(ctx: &Arc<Ctx>, ns: &str, name: &str, delayed: &mut JoinSet<()>
 /// the written object, so progress does not depend on seeing our own watch events.
 fn reconcile(ctx: &Arc<Ctx>, ns: &str, name: &str, delayed: &mut JoinSet<()>) {
     let shared = &ctx.shared;
+    if lock(&shared.silent).contains(ns) {
+        return;
+    }
     let Some(mut obj) = ctx.store.get(Kind::CertificateRequest, ns, name) else {
         return;
     };

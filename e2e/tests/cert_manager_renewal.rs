@@ -556,3 +556,99 @@ async fn hundred_concurrent_publishes_file_one_request_each_and_clean_up() {
         cluster.delete_pod(pod).await;
     }
 }
+
+/// Issue 13, renewals: with a single renewal worker (`--renew-concurrency 1`), a namespace
+/// whose signer never answers its renewals must not keep another namespace's renewals from
+/// finishing before its certificates expire. Each hostile renewal waits `--issue-timeout`
+/// (20 s) for an answer, more than three times the honest certificate's whole 6 s life, so a
+/// worker held while waiting lets the honest certificate expire.
+#[tokio::test]
+async fn a_namespace_whose_signer_never_answers_does_not_starve_another_namespaces_renewals() {
+    require_root!();
+    const HOSTILE: &str = "hostile";
+    let mut env = Env::new();
+    let cluster = Cluster::start(env.path()).await;
+    let s = standin_or_skip!(
+        cluster,
+        "silencing the signer for one namespace needs the cert-manager stand-in"
+    );
+    let _driver = env
+        .start_cert_manager(
+            &cluster,
+            &["--renew-concurrency", "1", "--issue-timeout", "20s"],
+            &[],
+        )
+        .await;
+    let kubelet = env.kubelet();
+    let short = [("csi.certvol.io/duration", "6s")];
+    let mut hostile = Vec::new();
+    for i in 0..3 {
+        let pod = cluster.create_pod(HOSTILE, &unique(&format!("h{i}"))).await;
+        let vol = cm_volume(&cluster.issuer_name(), short);
+        kubelet.publish(&pod, &vol).await.expect("hostile publish");
+        hostile.push((pod, vol));
+    }
+    // From now on the hostile namespace's renewals are filed and never answered.
+    s.signer.set_silent(HOSTILE, true);
+    let honest_pod = cluster
+        .create_pod(&cluster.namespace(), &unique("honest"))
+        .await;
+    let honest_vol = cm_volume(&cluster.issuer_name(), short);
+    let target = kubelet
+        .publish(&honest_pod, &honest_vol)
+        .await
+        .expect("honest publish");
+
+    // For 18 s (three lives of the honest certificate) the honest volume always holds a valid
+    // certificate, and renews again and again.
+    let started = Instant::now();
+    let mut serials = vec![serial(&target)];
+    let mut closest = Duration::MAX;
+    while started.elapsed() < Duration::from_secs(18) {
+        // read_volume refuses an expired certificate.
+        let files = read_volume(&target).unwrap_or_else(|e| {
+            panic!(
+                "honest volume after {:?}, {} renewals in: {e}\n--- log ---\n{}",
+                started.elapsed(),
+                serials.len() - 1,
+                env.logs()
+            )
+        });
+        let left = files
+            .leaf
+            .not_after
+            .duration_since(SystemTime::now())
+            .unwrap_or_default();
+        closest = closest.min(left);
+        if serials.last() != Some(&files.leaf.serial_hex) {
+            serials.push(files.leaf.serial_hex);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let renewals = serials.len() - 1;
+    assert!(
+        renewals >= 3,
+        "only {renewals} honest renewals in 18 s\n--- log ---\n{}",
+        env.logs()
+    );
+    let state = env.state(&honest_pod, &honest_vol).expect("honest state");
+    assert_eq!(state.renewal.failures, 0, "{:?}", state.renewal);
+
+    // Meanwhile every hostile volume filed its renewal, and none was answered.
+    for (pod, vol) in &hostile {
+        let st = env.state(pod, vol).expect("hostile state");
+        let current = st.current.as_ref().expect("hostile current");
+        assert_eq!(current.revision, 1, "a silent signer renews nothing");
+        let filed = requests_of(&cluster, pod).await;
+        assert!(
+            filed.len() >= 2,
+            "hostile {} filed its renewal: {:?}",
+            pod.name,
+            filed.iter().map(name_of).collect::<Vec<_>>()
+        );
+    }
+    println!(
+        "hostile namespace silent, --renew-concurrency 1: {renewals} honest renewals in 18 s, \
+         the honest certificate never closer than {closest:?} to expiry"
+    );
+}

@@ -75,6 +75,7 @@ fn issue_request(cert: CertRequest, revision: u64) -> (IssueRequest, PrivateKey)
         csr_der: csr.der,
         cert: Arc::new(cert),
         token: None,
+        worker: Default::default(),
     };
     (req, key)
 }
@@ -99,6 +100,7 @@ fn config(wait: Duration) -> CertManagerConfig {
         wait_timeout: wait,
         use_token_request: false,
         kube_config: None,
+        requests: Default::default(),
     }
 }
 

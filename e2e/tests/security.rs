@@ -229,6 +229,85 @@ async fn oversized_or_reserved_input_is_refused_and_leaves_nothing() {
     assert!(env.issued().is_empty(), "nothing was signed");
 }
 
+/// The node's floor and ceiling on durations and its share of volumes per pod are the
+/// operator's: flags, which the attributes cannot lift.
+#[tokio::test]
+async fn durations_and_volumes_per_pod_outside_the_node_limits_are_refused() {
+    require_root!();
+    let mut env = Env::new();
+    let _driver = env
+        .start_with(
+            &[
+                "--min-duration",
+                "1h",
+                "--max-duration",
+                "720h",
+                "--max-volumes-per-pod",
+                "2",
+            ],
+            &[],
+        )
+        .await;
+    let kubelet = env.kubelet();
+    // (duration, the words the error must say)
+    for (duration, words) in [
+        (
+            "10m",
+            "is shorter than the minimum 1h this node allows (--min-duration)",
+        ),
+        (
+            "721h",
+            "is longer than the maximum 720h this node allows (--max-duration)",
+        ),
+    ] {
+        let pod = Pod::new("default", &format!("d-{}", duration.replace('h', "x")));
+        let vol = volume([("csi.cert-manager.io/duration", duration)]);
+        let err = kubelet.publish(&pod, &vol).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{duration}: {err}");
+        assert!(
+            err.message().contains(&format!(
+                "csi.cert-manager.io/duration \"{duration}\" {words}"
+            )),
+            "{duration}: {}",
+            err.message()
+        );
+        assert!(!kubelet.target_path(&pod, &vol).exists());
+    }
+    // Unset, the default 2160h is over this node's 720h: the message says so.
+    let pod = Pod::new("default", "d-default");
+    let err = kubelet.publish(&pod, &volume([])).await.unwrap_err();
+    assert!(
+        err.message().contains("(not set, so the default 2160h)"),
+        "{}",
+        err.message()
+    );
+    env.assert_no_volume_left();
+    assert!(env.issued().is_empty(), "nothing was signed");
+
+    let pod = Pod::new("default", "greedy");
+    let vols: Vec<_> = (0..3)
+        .map(|i| {
+            let mut v = volume([("csi.cert-manager.io/duration", "24h")]);
+            v.name = format!("tls-{i}");
+            v
+        })
+        .collect();
+    kubelet.publish(&pod, &vols[0]).await.unwrap();
+    kubelet.publish(&pod, &vols[1]).await.unwrap();
+    let err = kubelet.publish(&pod, &vols[2]).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err}");
+    assert!(
+        err.message()
+            .contains("pod default/greedy already has 2 certvol volumes on this node"),
+        "{}",
+        err.message()
+    );
+    assert!(!kubelet.target_path(&pod, &vols[2]).exists());
+    assert_eq!(env.issued().len(), 2);
+    kubelet.unpublish(&pod, &vols[0]).await.unwrap();
+    kubelet.publish(&pod, &vols[2]).await.unwrap();
+}
+
 #[tokio::test]
 async fn symlinks_at_or_above_the_target_are_refused_and_the_outside_is_untouched() {
     require_root!();

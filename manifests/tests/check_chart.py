@@ -161,6 +161,7 @@ def check_common(objs, case, issuer):
     check(pod.get("priorityClassName") == "system-node-critical", f"{case}: priority class")
     check(pod.get("terminationGracePeriodSeconds") == 30, f"{case}: grace 20s + 10s")
     check(args.get("grace-period") == "20s", f"{case}: --grace-period")
+    check("forbid-rsa-4096" not in args, f"{case}: RSA 4096 allowed by default")
     check("resources" in c and c["resources"]["limits"]["memory"] == "128Mi", f"{case}: resources")
     check(c["image"] == "ghcr.io/certvol/certvol:0.1.0", f"{case}: image {c['image']}")
     return ds, drv, kinds
@@ -245,6 +246,11 @@ def case_default():
     check([r["resources"] for r in policy["spec"]["matchConstraints"]["resourceRules"]]
           == [["certificaterequests"], ["events"]], "default: policy covers requests and events")
     check("trust-namespace" not in arg_map(container(ds, "certvol")), "default: no --trust-namespace")
+    certvol_args = arg_map(container(ds, "certvol"))
+    check("request-namespaces" not in certvol_args, "default: one cluster-wide request watch")
+    check((certvol_args.get("issuance-api-qps"), certvol_args.get("issuance-api-burst"),
+           certvol_args.get("max-requests-per-namespace")) == ("10", "20", "512"),
+          f"default: the issuance client's budget and the request cache's cap: {certvol_args}")
     binding_ok(objs, "default")
     args = arg_map(container(ds, "certvol"))
     check(args.get("metrics-address") == "0.0.0.0:9402", "default: metrics on 9402")
@@ -357,6 +363,7 @@ def case_operations():
         "nodeSelector": {"pool": "edge"}, "tolerations": [{"key": "dedicated", "operator": "Exists"}],
         "priorityClassName": "", "gracePeriodSeconds": 45, "imagePullSecrets": [{"name": "reg"}],
         "image": {"digest": "sha256:" + "a" * 64}, "driverName": "certs.example.com",
+        "keys": {"forbidRsa4096": True},
     }
     objs = objects(render(values))
     validate(objs, "operations")
@@ -367,6 +374,7 @@ def case_operations():
     check(args.get("log-level") == "debug" and args.get("log-format") == "json", "ops: log flags")
     check(args.get("metrics-address") == "0.0.0.0:9500", "ops: metrics port")
     check(args.get("renew-concurrency") == "8", "ops: extra args appended")
+    check(args.get("forbid-rsa-4096") is True, "ops: keys.forbidRsa4096 sets --forbid-rsa-4096")
     check(args.get("driver-name") == "certs.example.com", "ops: driver name arg")
     check(one(objs, "CSIDriver", "ops")["metadata"]["name"] == "certs.example.com", "ops: CSIDriver")
     check(identity_rules(objs) == ["certs.example.com"], "ops: get on its own CSIDriver only")
@@ -482,30 +490,45 @@ def case_trust():
 
 
 def case_request_namespaces():
-    # certManager.namespaces: create/delete and events only there; the watch stays cluster-wide.
+    # certManager.namespaces: requests (create/delete/list/watch) and events only there, one
+    # watch per namespace (--request-namespaces); nothing about requests is cluster-wide.
     objs = objects(render({"certManager": {"namespaces": ["shop", "payments"]},
                            "trust": {"restrictToNamespaces": ["lib"]}}))
     validate(objs, "namespaces")
-    check_common(objs, "namespaces", "cert-manager")
+    ds, _, _ = check_common(objs, "namespaces", "cert-manager")
     check(rules_of(objs) == {
+        # Pod identity needs its CSIDriver and the node's pods whatever the namespaces.
         (("storage.k8s.io",), ("csidrivers",)): ["get"],
         (("",), ("pods",)): ["list", "watch"],
-        (("cert-manager.io",), ("certificaterequests",)): ["list", "watch"],
         (("certificates.k8s.io",), ("clustertrustbundles",)): ["list", "watch"],
-    }, f"namespaces: ClusterRole {rules_of(objs)}")
+    }, f"namespaces: ClusterRole has only the cluster-scoped trust bundles and pod identity: "
+       f"{rules_of(objs)}")
     roles = roles_by_namespace(objs, "namespaces")
-    issuing = {(("cert-manager.io",), ("certificaterequests",)): ["create", "delete"],
+    issuing = {(("cert-manager.io",), ("certificaterequests",)): ["create", "delete", "list", "watch"],
                (("",), ("events",)): ["create"],
                (("",), ("configmaps",)): ["list", "watch"]}
     check(roles == {"shop": issuing, "payments": issuing,
                     "lib": {(("",), ("configmaps",)): ["list", "watch"]}},
           f"namespaces: Roles {roles}")
+    args = arg_map(container(ds, "certvol"))
+    check(args.get("request-namespaces") == "shop,payments",
+          f"namespaces: --request-namespaces names the Roles' namespaces: {args}")
 
     objs = objects(render({"certManager": {"namespaces": ["shop"], "tokenRequest": True}}))
     validate(objs, "namespaces+token-request")
     roles = roles_by_namespace(objs, "namespaces+token-request")
-    check(roles.get("shop", {}).get((("cert-manager.io",), ("certificaterequests",))) == ["delete"],
-          f"namespaces+token-request: the pod's token creates, the driver deletes: {roles}")
+    check(roles.get("shop", {}).get((("cert-manager.io",), ("certificaterequests",)))
+          == ["delete", "list", "watch"],
+          f"namespaces+token-request: the pod's token creates, the driver deletes and watches: {roles}")
+
+    # No cluster-scoped trust source either: no ClusterRole at all.
+    objs = objects(render({"certManager": {"namespaces": ["shop"]},
+                           "trust": {"clusterTrustBundles": False}}))
+    validate(objs, "namespaces-only")
+    check(not by_kind(objs, "ClusterRole") and not by_kind(objs, "ClusterRoleBinding"),
+          "namespaces-only: no ClusterRole or ClusterRoleBinding")
+    check(sorted(roles_by_namespace(objs, "namespaces-only")) == ["shop"],
+          "namespaces-only: one Role in shop")
 
 
 def case_kubelet_dir():

@@ -10,16 +10,15 @@ use std::fmt::Debug;
 use std::future::Future;
 use std::time::Duration;
 
+use kube::Api;
 use kube::api::{DeleteParams, PostParams};
-use kube::{Api, Resource};
 use serde::Serialize;
-use serde::de::DeserializeOwned;
 use tracing::{debug, info, warn};
 
 use std::sync::Arc;
 
 use super::certmanager::resource::{LABEL_NODE, label_value};
-use super::watch::{self, Key, RequestCache, Waited};
+use super::watch::{self, CacheLimits, Cached, Key, RequestCache, Waited, Watched};
 use super::{IssueError, IssueRequest, Issued};
 use crate::events::EventSink;
 
@@ -37,9 +36,7 @@ pub struct Reasons {
 
 /// A request object an issuer files and waits on. `kind` and `plural` (from [`Resource`]) name it
 /// in messages.
-pub trait RequestObject:
-    Resource<DynamicType = ()> + Clone + Debug + Serialize + DeserializeOwned + Send + Sync + 'static
-{
+pub trait RequestObject: Watched + Serialize {
     /// Reasons of the warning Events on the pod.
     const REASONS: Reasons;
     /// Appended to the message when the object disappeared before it was signed (starts with a
@@ -49,8 +46,8 @@ pub trait RequestObject:
     /// other transient answer.
     const CREATE_NOT_FOUND_HINT: Option<&'static str>;
 
-    /// A one-line summary of the object's status, for timeout messages.
-    fn describe_status(&self) -> String;
+    /// A one-line summary of a cached object's status, for timeout messages.
+    fn describe_status(cached: &Cached) -> String;
 
     /// The warning Event (reason, request, message) for a failed issuance, or `None` when the
     /// failure is not the pod owner's to fix. Backends with extra failure kinds override this and
@@ -64,26 +61,61 @@ pub trait RequestObject:
     }
 }
 
-/// Starts on this node's request objects (those carrying its `certvol.io/node` label): returns
-/// the cache issuances wait on, the sink for Events on pods, and the watch loop future, which the
-/// caller spawns. Until the future runs, issuances file their requests but time out waiting.
+/// How the node watches its request objects.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RequestWatch {
+    /// Namespaces to watch (`--request-namespaces`), one watch each; empty: all namespaces with
+    /// one watch. Ignored for cluster-scoped kinds.
+    pub namespaces: Vec<String>,
+    /// What the cache holds at most.
+    pub limits: CacheLimits,
+}
+
+impl RequestWatch {
+    /// Whether requests may be filed in `namespace`: the node only sees results in the namespaces
+    /// it watches.
+    pub fn covers(&self, namespace: &str) -> bool {
+        self.namespaces.is_empty() || self.namespaces.iter().any(|n| n == namespace)
+    }
+}
+
+/// Starts on this node's request objects (those carrying its `certvol.io/node` label and shaped
+/// like its own, see [`watch::Owner`]): returns the cache issuances wait on, the sink for Events
+/// on pods, and the watch loop future, which the caller spawns. Until the future runs, issuances
+/// file their requests but time out waiting. `namespaced` kinds are watched in
+/// `watch.namespaces` (all when empty), cluster-scoped ones with one cluster-wide watch.
 pub fn node_requests<R: RequestObject>(
     client: &kube::Client,
     node_id: &str,
+    watch: &RequestWatch,
+    namespaced: bool,
 ) -> (
     Arc<RequestCache<R>>,
     EventSink,
     impl Future<Output = ()> + Send + 'static + use<R>,
 ) {
     let node_label = label_value(node_id);
-    let cache = RequestCache::new();
-    let watch = watch::run(
-        Api::<R>::all(client.clone()),
-        format!("{LABEL_NODE}={node_label}"),
-        cache.clone(),
-    );
+    let selector = format!("{LABEL_NODE}={node_label}");
+    let apis: Vec<Api<R>> = if namespaced && !watch.namespaces.is_empty() {
+        watch
+            .namespaces
+            .iter()
+            .map(|ns| R::api(client.clone(), Some(ns)))
+            .collect()
+    } else {
+        vec![R::api(client.clone(), None)]
+    };
+    let cache = RequestCache::new(watch::Owner::new(node_id), watch.limits, apis.len());
+    let loops: Vec<_> = apis
+        .into_iter()
+        .enumerate()
+        .map(|(i, api)| watch::run(api, selector.clone(), cache.clone(), i))
+        .collect();
+    let watches = async move {
+        futures::future::join_all(loops).await;
+    };
     let events = EventSink::new(client.clone(), node_id.to_owned());
-    (cache, events, watch)
+    (cache, events, watches)
 }
 
 fn kind<R: RequestObject>() -> String {
@@ -208,11 +240,14 @@ fn create_error<R: RequestObject>(request: &str, error: kube::Error) -> IssueErr
 /// `wait_timeout` for `check` to give its result. `file` creates or adopts it (see
 /// [`create_or_adopt`]); `check` is told whether the object was adopted, so it can refuse one
 /// that is not ours. A timeout also returns what the request looked like, for the Event.
+/// `worker` (the renewal's, see [`IssueRequest::worker`]) is put down once the request is filed:
+/// waiting on the watch costs the node nothing, and the signer may never answer.
 pub async fn file_and_wait<R, File, Filed, Check>(
     cache: &RequestCache<R>,
     key: &Key,
     request: &str,
     wait_timeout: Duration,
+    worker: &crate::fair::Lease,
     file: File,
     check: Check,
 ) -> Result<Issued, (IssueError, Option<String>)>
@@ -220,7 +255,7 @@ where
     R: RequestObject,
     File: FnOnce() -> Filed,
     Filed: Future<Output = Result<(bool, Option<String>), IssueError>>,
-    Check: Fn(bool, &R) -> Option<Result<Issued, IssueError>>,
+    Check: Fn(bool, &Cached) -> Option<Result<Issued, IssueError>>,
 {
     let kind = kind::<R>();
     // Subscribe before creating: a result that lands between the create and the first look at
@@ -230,10 +265,11 @@ where
         // Already on the node's watch (a retry after a timeout, or filed before a restart):
         // nothing to file, and no API call at all.
         debug!(%request, "{kind} already on the watch; waiting for it");
-        (true, known.meta().uid.clone())
+        (true, known.uid.clone())
     } else {
         file().await.map_err(|e| (e, None))?
     };
+    worker.pause();
     match cache
         .wait(key, changes, uid, wait_timeout, |object| {
             check(adopted, object)
@@ -253,7 +289,11 @@ where
         )),
         Waited::TimedOut { last, synced } => {
             let state = match (last, synced) {
-                (Some(object), _) => object.describe_status(),
+                (Some(object), _) => R::describe_status(&object),
+                (None, true) if !key.0.is_empty() && cache.was_over_limit(&key.0) => format!(
+                    "the request has not appeared on the node's watch, which ignores {kind}s of namespace {:?} beyond --max-requests-per-namespace (see certvol_request_watch_dropped_total)",
+                    key.0
+                ),
                 (None, true) => "the request has not appeared on the node's watch".into(),
                 (None, false) => format!(
                     "the node's {kind} watch has not synced yet (is the API server reachable and may the driver list/watch {}?)",

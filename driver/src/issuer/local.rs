@@ -649,6 +649,7 @@ mod tests {
             csr_der: csr.der,
             cert: Arc::new(cert),
             token: None,
+            worker: Default::default(),
         }
     }
 

@@ -33,6 +33,10 @@ pub struct IssueRequest {
     /// The pod's service-account token from kubelet's `tokenRequests`, for issuers that file
     /// requests as the pod (cert-manager's token-request mode). Redacted from `Debug`.
     pub token: Option<certmanager::BearerToken>,
+    /// The renewal worker this issuance runs on (see [`crate::scheduler`]); none for a publish.
+    /// Issuers that wait for an answer from outside the node put it down once the request is
+    /// filed, so waiting renewals do not keep others from working.
+    pub worker: crate::fair::Lease,
 }
 
 /// What an issuer returns.
@@ -117,20 +121,24 @@ pub trait Issuer: Send + Sync + std::fmt::Debug + 'static {
 /// larger than [`crate::pki::MAX_PEM_BYTES`] (a certificate chain is a few KiB; anything that big
 /// is not one) or not UTF-8. The answer is untrusted input: the error is final for the request.
 pub fn pem_text(request: &str, field: &str, bytes: &[u8]) -> Result<String, IssueError> {
-    let max = crate::pki::MAX_PEM_BYTES;
-    if bytes.len() > max {
-        return Err(IssueError::Failed {
-            request: request.to_owned(),
-            message: format!(
-                "{field} is {} bytes, more than the {max} bytes certvol accepts (a certificate chain is a few KiB)",
-                bytes.len()
-            ),
-        });
+    if bytes.len() > crate::pki::MAX_PEM_BYTES {
+        return Err(pem_too_large(request, field, bytes.len()));
     }
     String::from_utf8(bytes.to_vec()).map_err(|_| IssueError::Failed {
         request: request.to_owned(),
         message: format!("{field} is not PEM text"),
     })
+}
+
+/// The error of [`pem_text`] for a field of `len` bytes, more than certvol accepts.
+pub fn pem_too_large(request: &str, field: &str, len: usize) -> IssueError {
+    let max = crate::pki::MAX_PEM_BYTES;
+    IssueError::Failed {
+        request: request.to_owned(),
+        message: format!(
+            "{field} is {len} bytes, more than the {max} bytes certvol accepts (a certificate chain is a few KiB)"
+        ),
+    }
 }
 
 /// The deterministic name of a volume's `revision`-th issuance on `node_id`.

@@ -1,90 +1,413 @@
 //! One node-scoped watch on the issuer's request objects (cert-manager CertificateRequests or
 //! Kubernetes CertificateSigningRequests) feeding an in-memory cache that issuances wait on.
 //!
-//! Every issuance on the node shares this single watch (selected by the `certvol.io/node` label),
-//! so waiting costs no GETs or LISTs of its own: an issuance creates its request and then waits for
-//! the cache to show a final status.
+//! Every issuance on the node shares this watch (selected by the `certvol.io/node` label, one
+//! stream per watched namespace), so waiting costs no GETs or LISTs of its own: an issuance
+//! creates its request and then waits for the cache to show a final status.
+//!
+//! Anyone who may create request objects can put the node's label on them, so the label is no
+//! proof of ownership and the objects are untrusted input: the cache keeps only objects shaped
+//! like certvol's own (see [`Owner`]), only the few fields issuance reads ([`Cached`]), and only
+//! so many per tenant ([`CacheLimits`]); list pages are small ([`PAGE_SIZE`]).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use futures::StreamExt;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, Resource};
 use serde::de::DeserializeOwned;
+use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
+use crate::issuer::certmanager::resource::{
+    ANNOTATION_NODE_NAME, LABEL_NODE, LABEL_VOLUME, label_value,
+};
 use crate::issuer::{IssueError, Issued};
 
 /// `(namespace, name)` of a request; the namespace is empty for cluster-scoped kinds.
 pub type Key = (String, String);
 
-fn key_of<R: Resource>(cr: &R) -> Option<Key> {
-    let meta = cr.meta();
-    Some((
-        meta.namespace.clone().unwrap_or_default(),
-        meta.name.clone()?,
-    ))
+/// Objects per list page. The watcher holds one page at a time, and a page costs about four
+/// times its JSON while it is read (hyper's chunks, their concatenation, the parsed objects); a
+/// hostile tenant can make every object of a page about 1.5 MiB (etcd's limit), so a page of 4
+/// peaks at about 25 MiB (measured: a flood of 40 such objects took the driver from 22 MiB to 45
+/// MiB, against 65 MiB with pages of 8 and 128 MiB with the watcher's default of 500). A node's
+/// hundred or so requests still list in a few dozen small requests (about 2 s at the issuance
+/// client's default 10 QPS, burst 20).
+pub const PAGE_SIZE: u32 = 4;
+
+/// Longest condition reason / message kept: what a timeout message or an Event shows, not a
+/// place to store megabytes.
+const MAX_REASON: usize = 256;
+const MAX_MESSAGE: usize = 1024;
+
+/// One status condition as the cache keeps it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CachedCondition {
+    pub type_: String,
+    /// `True`, `False` or `Unknown`.
+    pub status: String,
+    pub reason: Option<String>,
+    pub message: Option<String>,
 }
 
-struct State<R> {
-    live: HashMap<Key, R>,
-    /// Objects listed since the watcher's last `Init`: the watcher relists after a 410 Gone or a
+impl CachedCondition {
+    /// Keeps a condition's fields, truncating reason and message.
+    pub fn new(type_: &str, status: &str, reason: Option<&str>, message: Option<&str>) -> Self {
+        CachedCondition {
+            type_: truncated(type_, MAX_REASON),
+            status: truncated(status, MAX_REASON),
+            reason: reason.map(|r| truncated(r, MAX_REASON)),
+            message: message.map(|m| truncated(m, MAX_MESSAGE)),
+        }
+    }
+}
+
+fn truncated(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_owned();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
+/// A PEM field of a request's status as the cache keeps it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Pem {
+    Text(Vec<u8>),
+    /// Larger than [`crate::pki::MAX_PEM_BYTES`]: only its size is kept, for the error.
+    TooLarge(usize),
+}
+
+impl Pem {
+    pub fn new(bytes: &[u8]) -> Self {
+        if bytes.len() > crate::pki::MAX_PEM_BYTES {
+            Pem::TooLarge(bytes.len())
+        } else {
+            Pem::Text(bytes.to_vec())
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        matches!(self, Pem::Text(t) if t.is_empty())
+    }
+
+    /// The field as text (see [`crate::issuer::pem_text`]).
+    pub fn text(&self, request: &str, field: &str) -> Result<String, IssueError> {
+        match self {
+            Pem::Text(bytes) => crate::issuer::pem_text(request, field, bytes),
+            Pem::TooLarge(len) => Err(crate::issuer::pem_too_large(request, field, *len)),
+        }
+    }
+}
+
+/// What the node keeps of one of its request objects: what waiting and adoption read, nothing
+/// else (no annotations, labels, managedFields or the CSR itself), so that a cached object costs
+/// a few KiB whatever a tenant put into it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Cached {
+    pub name: String,
+    /// Empty for cluster-scoped kinds.
+    pub namespace: String,
+    pub uid: Option<String>,
+    pub resource_version: Option<String>,
+    pub conditions: Vec<CachedCondition>,
+    /// `status.certificate`.
+    pub certificate: Option<Pem>,
+    /// `status.ca` (cert-manager only).
+    pub ca: Option<Pem>,
+    /// SHA-256 of the SubjectPublicKeyInfo in `spec.request`, `None` when it does not parse: an
+    /// adopted request must be for our key.
+    pub request_key: Option<[u8; 32]>,
+    /// `spec.signerName` (CertificateSigningRequests only).
+    pub signer_name: String,
+}
+
+impl Cached {
+    /// The fields of `meta` the cache keeps.
+    pub fn from_meta(meta: &ObjectMeta) -> Self {
+        Cached {
+            name: meta.name.clone().unwrap_or_default(),
+            namespace: meta.namespace.clone().unwrap_or_default(),
+            uid: meta.uid.clone(),
+            resource_version: meta.resource_version.clone(),
+            ..Cached::default()
+        }
+    }
+
+    pub fn condition(&self, type_: &str) -> Option<&CachedCondition> {
+        self.conditions.iter().find(|c| c.type_ == type_)
+    }
+}
+
+/// SHA-256 of the SubjectPublicKeyInfo of a PEM CSR, as [`Cached::request_key`] keeps it.
+pub fn request_key_of_pem(pem: &[u8]) -> Option<[u8; 32]> {
+    crate::issuer::certmanager::spki_of_pem(pem).map(|spki| Sha256::digest(spki).into())
+}
+
+/// SHA-256 of the SubjectPublicKeyInfo of a DER CSR (ours, to compare with
+/// [`Cached::request_key`]).
+pub fn request_key_of_der(der: &[u8]) -> Option<[u8; 32]> {
+    crate::issuer::certmanager::spki_of_der(der).map(|spki| Sha256::digest(spki).into())
+}
+
+/// A request object kind the node watches.
+pub trait Watched:
+    Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static
+{
+    /// What the cache keeps of the object.
+    fn cached(&self) -> Cached;
+
+    /// The API of the objects in `namespace`, or of all of them. Cluster-scoped kinds ignore
+    /// `namespace`.
+    fn api(client: kube::Client, namespace: Option<&str>) -> Api<Self>;
+
+    /// The tenant the object counts against in [`CacheLimits::per_namespace`]: its namespace,
+    /// or for cluster-scoped kinds the pod namespace certvol recorded on it.
+    fn scope(&self) -> String {
+        self.meta().namespace.clone().unwrap_or_default()
+    }
+}
+
+/// What makes a request object this node's own, beyond the label the watch selects on (which
+/// anyone who may create such objects can set): the name [`crate::issuer::request_name`] gives,
+/// this node's name in the `certvol.io/node-name` annotation, and a volume label as certvol
+/// writes it. Objects that lack any of these are ignored: not cached, and they wake no waiter.
+#[derive(Clone, Debug)]
+pub struct Owner {
+    node_id: String,
+    node_label: String,
+}
+
+impl Owner {
+    pub fn new(node_id: &str) -> Self {
+        Owner {
+            node_id: node_id.to_owned(),
+            node_label: label_value(node_id),
+        }
+    }
+
+    /// Why `meta` is not one of this node's requests, or `None` when it is.
+    pub fn foreign(&self, meta: &ObjectMeta) -> Option<&'static str> {
+        if !meta.name.as_deref().is_some_and(is_request_name) {
+            return Some("name");
+        }
+        let label = |k: &str| meta.labels.as_ref().and_then(|l| l.get(k));
+        if label(LABEL_NODE) != Some(&self.node_label) {
+            return Some("node label");
+        }
+        if !label(LABEL_VOLUME).is_some_and(|v| is_hashed_label(v)) {
+            return Some("volume label");
+        }
+        let node_name = meta
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(ANNOTATION_NODE_NAME));
+        if node_name != Some(&self.node_id) {
+            return Some("node-name annotation");
+        }
+        None
+    }
+}
+
+/// Whether `name` has the shape of [`crate::issuer::request_name`]: `certvol-`, 20 hex digits,
+/// `-` and a revision.
+pub fn is_request_name(name: &str) -> bool {
+    let Some(rest) = name.strip_prefix("certvol-") else {
+        return false;
+    };
+    let Some((hash, revision)) = rest.split_once('-') else {
+        return false;
+    };
+    hash.len() == 20
+        && hash.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        && !revision.is_empty()
+        && revision.len() <= 20
+        && revision.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// Whether `v` has the shape of [`crate::issuer::certmanager::resource::hashed_label`].
+fn is_hashed_label(v: &str) -> bool {
+    v.strip_prefix("sha256-")
+        .is_some_and(|h| h.len() == 40 && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
+}
+
+/// How many objects the cache holds at most.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CacheLimits {
+    /// Per tenant ([`Watched::scope`]): one namespace's volumes on this node times the request
+    /// history they keep. Beyond it, new objects of that namespace are dropped (and counted).
+    pub per_namespace: usize,
+    /// In all; bounds the memory whatever the scopes claim (a CertificateSigningRequest's
+    /// namespace label is written by whoever creates it).
+    pub total: usize,
+}
+
+impl Default for CacheLimits {
+    /// A node runs at most a few hundred pods (kubelet's default is 110), each with a volume or
+    /// two and a short request history; a cached object costs a few KiB.
+    fn default() -> Self {
+        CacheLimits {
+            per_namespace: 512,
+            total: 4096,
+        }
+    }
+}
+
+/// Why an object the watch delivered was not cached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dropped {
+    /// Not one of this node's requests (see [`Owner`]).
+    Foreign,
+    /// Its namespace (or the node) already has as many objects cached as allowed.
+    OverLimit,
+}
+
+impl Dropped {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Dropped::Foreign => "foreign",
+            Dropped::OverLimit => "over_limit",
+        }
+    }
+}
+
+struct Entry {
+    cached: Cached,
+    scope: String,
+    /// The watch stream that delivered it.
+    stream: usize,
+}
+
+/// One watch stream's progress (one per watched namespace, or one for all).
+#[derive(Default)]
+struct Stream {
+    /// Keys listed since the stream's last `Init`: the watcher relists after a 410 Gone or a
     /// reconnect, and what the relist does not contain was deleted meanwhile.
-    relist: Option<HashMap<Key, R>>,
+    relist: Option<HashSet<Key>>,
     /// Whether a full list has completed at least once (for timeout diagnostics).
     synced: bool,
-    /// Whether the last thing the watch stream yielded was an error (API server unreachable,
-    /// RBAC withdrawn): cleared by the next event, which only arrives once the server answers.
+    /// Whether the last thing the stream yielded was an error (API server unreachable, RBAC
+    /// withdrawn): cleared by the next event, which only arrives once the server answers.
     failing: bool,
-    /// Whether the watch failed since its last complete list: the next complete list is a
+    /// Whether the stream failed since its last complete list: the next complete list is a
     /// recovery (see [`RequestCache::recoveries`]).
     failed_since_list: bool,
+}
+
+struct State {
+    live: HashMap<Key, Entry>,
+    per_scope: HashMap<String, usize>,
+    streams: Vec<Stream>,
     /// Recently deleted requests: key → (change number of the deletion, uid). A waiter may wake
     /// only after both the ADDED and the DELETED event of its request were applied (the change
     /// counter coalesces), so "absent now" alone cannot tell "not seen yet" from "already gone".
     tombstones: HashMap<Key, (u64, Option<String>)>,
     tombstone_order: VecDeque<Key>,
-}
-
-impl<R> Default for State<R> {
-    fn default() -> Self {
-        State {
-            live: HashMap::new(),
-            relist: None,
-            synced: false,
-            failing: false,
-            failed_since_list: false,
-            tombstones: HashMap::new(),
-            tombstone_order: VecDeque::new(),
-        }
-    }
+    /// Scopes already warned about being over their limit (bounded like the tombstones).
+    warned: HashSet<String>,
+    dropped_foreign: u64,
+    dropped_over_limit: u64,
 }
 
 /// How many deletions are remembered; waiters look them up within moments of the event.
 const TOMBSTONES: usize = 1024;
 
-impl<R: Resource> State<R> {
-    fn bury(&mut self, key: Key, change: u64, cr: &R) {
+impl State {
+    fn new(streams: usize) -> Self {
+        State {
+            live: HashMap::new(),
+            per_scope: HashMap::new(),
+            streams: (0..streams.max(1)).map(|_| Stream::default()).collect(),
+            tombstones: HashMap::new(),
+            tombstone_order: VecDeque::new(),
+            warned: HashSet::new(),
+            dropped_foreign: 0,
+            dropped_over_limit: 0,
+        }
+    }
+
+    fn bury(&mut self, key: Key, change: u64, uid: Option<String>) {
         if self.tombstone_order.len() >= TOMBSTONES
             && let Some(old) = self.tombstone_order.pop_front()
         {
             self.tombstones.remove(&old);
         }
-        self.tombstones
-            .insert(key.clone(), (change, cr.meta().uid.clone()));
+        self.tombstones.insert(key.clone(), (change, uid));
         self.tombstone_order.push_back(key);
+    }
+
+    fn remove(&mut self, key: &Key) -> Option<Entry> {
+        let entry = self.live.remove(key)?;
+        if let Some(n) = self.per_scope.get_mut(&entry.scope) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.per_scope.remove(&entry.scope);
+            }
+        }
+        Some(entry)
+    }
+
+    /// Caches `entry` unless its scope or the node is at its limit. A cached version of the
+    /// object that moved to a full scope is removed and returned with the error.
+    fn admit(
+        &mut self,
+        key: Key,
+        entry: Entry,
+        limits: CacheLimits,
+    ) -> Result<(), (Dropped, Option<Box<Entry>>)> {
+        if let Some(old) = self.live.get_mut(&key)
+            && old.scope == entry.scope
+        {
+            *old = entry;
+            return Ok(());
+        }
+        let old = self.remove(&key).map(Box::new);
+        let in_scope = self.per_scope.get(&entry.scope).copied().unwrap_or(0);
+        if in_scope >= limits.per_namespace || self.live.len() >= limits.total {
+            return Err((Dropped::OverLimit, old));
+        }
+        *self.per_scope.entry(entry.scope.clone()).or_insert(0) += 1;
+        self.live.insert(key, entry);
+        Ok(())
+    }
+
+    fn drop_counted(&mut self, why: Dropped, scope: &str, kind: &str, limits: CacheLimits) {
+        crate::metrics::global().request_dropped(why.as_str());
+        match why {
+            Dropped::Foreign => self.dropped_foreign += 1,
+            Dropped::OverLimit => {
+                self.dropped_over_limit += 1;
+                if self.warned.len() < TOMBSTONES && self.warned.insert(scope.to_owned()) {
+                    warn!(
+                        %kind,
+                        namespace = %scope,
+                        per_namespace = limits.per_namespace,
+                        total = limits.total,
+                        "more labelled {kind}s than the node caches (--max-requests-per-namespace); ignoring the rest of this namespace's"
+                    );
+                }
+            }
+        }
     }
 }
 
-/// The cache of this node's requests plus a change counter waiters subscribe to.
+/// The cache of this node's requests of kind `R` plus a change counter waiters subscribe to.
 pub struct RequestCache<R> {
-    state: Mutex<State<R>>,
+    state: Mutex<State>,
+    owner: Owner,
+    limits: CacheLimits,
     changes: watch::Sender<u64>,
     /// Counts completed lists that followed a failure: the API server answers again.
     recoveries: watch::Sender<u64>,
+    kind: std::marker::PhantomData<fn() -> R>,
 }
 
 /// A waiter's view of the change counter, taken before its request was created.
@@ -95,25 +418,33 @@ pub struct Subscription {
 
 /// How waiting for a request ended.
 #[derive(Debug)]
-pub enum Waited<R> {
+pub enum Waited {
     /// The check function returned a final result.
     Done(Result<Issued, IssueError>),
     /// The request was in the cache and then disappeared (deleted, e.g. garbage-collected).
     Deleted,
     /// No final result in time. Carries the last version seen, if any.
-    TimedOut { last: Option<Box<R>>, synced: bool },
+    TimedOut {
+        last: Option<Box<Cached>>,
+        synced: bool,
+    },
 }
 
-impl<R: Resource + Clone> RequestCache<R> {
-    pub fn new() -> Arc<Self> {
+impl<R: Watched> RequestCache<R> {
+    /// A cache for the requests of `owner`'s node, fed by `streams` watch streams (one per
+    /// watched namespace; at least one).
+    pub fn new(owner: Owner, limits: CacheLimits, streams: usize) -> Arc<Self> {
         Arc::new(RequestCache {
-            state: Mutex::new(State::default()),
+            state: Mutex::new(State::new(streams)),
+            owner,
+            limits,
             changes: watch::Sender::new(0),
             recoveries: watch::Sender::new(0),
+            kind: std::marker::PhantomData,
         })
     }
 
-    fn lock(&self) -> MutexGuard<'_, State<R>> {
+    fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock leaves plain maps behind, which are still consistent
         // enough to serve: the next relist replaces them anyway.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
@@ -127,8 +458,8 @@ impl<R: Resource + Clone> RequestCache<R> {
         Subscription { changes, since }
     }
 
-    pub fn get(&self, key: &Key) -> Option<R> {
-        self.lock().live.get(key).cloned()
+    pub fn get(&self, key: &Key) -> Option<Cached> {
+        self.lock().live.get(key).map(|e| e.cached.clone())
     }
 
     pub fn len(&self) -> usize {
@@ -139,87 +470,140 @@ impl<R: Resource + Clone> RequestCache<R> {
         self.lock().live.is_empty()
     }
 
-    /// Whether the watch is serving: it has listed once and its latest attempt did not fail.
-    /// This is the cert-manager part of the node's readiness.
+    /// How many delivered objects were not cached, by reason: (foreign, over a limit).
+    pub fn dropped(&self) -> (u64, u64) {
+        let state = self.lock();
+        (state.dropped_foreign, state.dropped_over_limit)
+    }
+
+    /// Whether objects of `scope` (a namespace) were ever dropped for being over a limit: a
+    /// request of ours missing from the cache may be one of them.
+    pub fn was_over_limit(&self, scope: &str) -> bool {
+        self.lock().warned.contains(scope)
+    }
+
+    /// Whether the watch is serving: every stream has listed once and none's latest attempt
+    /// failed. This is the issuer's part of the node's readiness.
     pub fn healthy(&self) -> bool {
         let state = self.lock();
-        state.synced && !state.failing
+        state.streams.iter().all(|s| s.synced && !s.failing)
     }
 
     /// Records that the watch stream failed; the watcher retries with backoff.
     pub fn watch_failed(&self) {
-        let mut state = self.lock();
-        state.failing = true;
-        state.failed_since_list = true;
+        self.stream_failed(0);
     }
 
-    /// Changes each time the watch completes a list after having failed, i.e. when the API
+    /// Records that watch stream `stream` failed.
+    pub fn stream_failed(&self, stream: usize) {
+        let mut state = self.lock();
+        if let Some(s) = state.streams.get_mut(stream) {
+            s.failing = true;
+            s.failed_since_list = true;
+        }
+    }
+
+    /// Changes each time a watch stream completes a list after having failed, i.e. when the API
     /// server answers again after an outage. Work that backed off because the API was down (failed
     /// renewals) can be retried at once instead of sleeping out its backoff.
     pub fn recoveries(&self) -> watch::Receiver<u64> {
         self.recoveries.subscribe()
     }
 
-    /// Applies one watcher event and wakes waiters.
+    /// Applies one event of the (single) watch stream and wakes waiters.
     pub fn apply(&self, event: Event<R>) {
-        // managedFields can outweigh the rest of the object and nothing here reads them.
-        let event = event.modify(|cr| cr.meta_mut().managed_fields = None);
-        // The number this change will carry once sent: only `apply` moves the counter, and only
-        // the single watch loop calls it, so reading it first is exact.
-        let change = self.changes.borrow().wrapping_add(1);
+        self.apply_from(0, event);
+    }
+
+    /// Applies one event of watch stream `stream` and wakes waiters, unless the event was about
+    /// an object that is not the node's (those change nothing, so they wake no one).
+    pub fn apply_from(&self, stream: usize, event: Event<R>) {
+        // The number this change will carry once sent: only `apply_from` moves the counter, and
+        // it does so under the state lock, so reading it there is exact.
         let mut recovered = false;
+        let kind = R::kind(&());
         {
             let mut state = self.lock();
+            let change = self.changes.borrow().wrapping_add(1);
+            if stream >= state.streams.len() {
+                return;
+            }
             // The watcher yields `Init` before it sends its list request; everything else
             // carries an answer from the API server.
             if !matches!(event, Event::Init) {
-                state.failing = false;
+                state.streams[stream].failing = false;
             }
             match event {
-                Event::Init => state.relist = Some(HashMap::new()),
-                Event::InitApply(cr) => {
-                    if let Some(key) = key_of(&cr) {
-                        // Listed objects are current, so they go live at once: a result that lands
-                        // during a long relist is seen without waiting for InitDone.
-                        if let Some(relist) = state.relist.as_mut() {
-                            relist.insert(key.clone(), cr.clone());
-                        }
-                        state.live.insert(key, cr);
-                    }
-                }
+                Event::Init => state.streams[stream].relist = Some(HashSet::new()),
                 Event::InitDone => {
-                    if let Some(relist) = state.relist.take() {
+                    if let Some(listed) = state.streams[stream].relist.take() {
                         // Whatever the relist lacks was deleted while the watch was down.
-                        let old = std::mem::replace(&mut state.live, relist);
-                        for (key, cr) in old {
-                            if !state.live.contains_key(&key) {
-                                state.bury(key, change, &cr);
+                        let gone: Vec<Key> = state
+                            .live
+                            .iter()
+                            .filter(|(k, e)| e.stream == stream && !listed.contains(*k))
+                            .map(|(k, _)| k.clone())
+                            .collect();
+                        for key in gone {
+                            if let Some(entry) = state.remove(&key) {
+                                state.bury(key, change, entry.cached.uid);
                             }
                         }
                     }
-                    state.synced = true;
-                    recovered = std::mem::take(&mut state.failed_since_list);
+                    let progress = &mut state.streams[stream];
+                    progress.synced = true;
+                    recovered = std::mem::take(&mut progress.failed_since_list);
                 }
-                Event::Apply(cr) => {
-                    if let Some(key) = key_of(&cr) {
-                        if let Some(relist) = state.relist.as_mut() {
-                            relist.insert(key.clone(), cr.clone());
+                // Listed objects are current, so they go live at once: a result that lands
+                // during a long relist is seen without waiting for InitDone.
+                Event::InitApply(object) | Event::Apply(object) => {
+                    let Some(key) = key_of(&object) else { return };
+                    let scope = object.scope();
+                    let admitted = match self.owner.foreign(object.meta()) {
+                        Some(why) => {
+                            debug!(%kind, namespace = %key.0, name = %key.1, why, "ignoring a labelled object that is not this node's");
+                            Err((Dropped::Foreign, state.remove(&key).map(Box::new)))
                         }
-                        state.live.insert(key, cr);
+                        None => {
+                            let entry = Entry {
+                                cached: object.cached(),
+                                scope: scope.clone(),
+                                stream,
+                            };
+                            state.admit(key.clone(), entry, self.limits)
+                        }
+                    };
+                    match admitted {
+                        Ok(()) => {
+                            if let Some(listed) = state.streams[stream].relist.as_mut() {
+                                listed.insert(key);
+                            }
+                        }
+                        Err((why, old)) => {
+                            state.drop_counted(why, &scope, &kind, self.limits);
+                            // An object of ours that someone changed into a foreign one (or
+                            // that no longer fits) is gone for the waiters.
+                            match old {
+                                Some(entry) => state.bury(key, change, entry.cached.uid),
+                                None => return,
+                            }
+                        }
                     }
                 }
-                Event::Delete(cr) => {
-                    if let Some(key) = key_of(&cr) {
-                        if let Some(relist) = state.relist.as_mut() {
-                            relist.remove(&key);
-                        }
-                        state.live.remove(&key);
-                        state.bury(key, change, &cr);
+                Event::Delete(object) => {
+                    let Some(key) = key_of(&object) else { return };
+                    if let Some(listed) = state.streams[stream].relist.as_mut() {
+                        listed.remove(&key);
+                    }
+                    match state.remove(&key) {
+                        Some(entry) => state.bury(key, change, entry.cached.uid),
+                        // Never cached (foreign or dropped): nothing changes for anyone.
+                        None => return,
                     }
                 }
             }
+            self.changes.send_modify(|n| *n = n.wrapping_add(1));
         }
-        self.changes.send_modify(|n| *n = n.wrapping_add(1));
         if recovered {
             self.recoveries.send_modify(|n| *n = n.wrapping_add(1));
         }
@@ -236,6 +620,11 @@ impl<R: Resource + Clone> RequestCache<R> {
         }
     }
 
+    /// Whether every stream has completed a list.
+    fn synced(&self) -> bool {
+        self.lock().streams.iter().all(|s| s.synced)
+    }
+
     /// Waits up to `timeout` for `check` to return a final result for `key`, looking at the cache
     /// first (the result may already be there) and then after every change. `subscription` must
     /// be taken before the request is created; `uid` is the created object's, if known.
@@ -246,25 +635,25 @@ impl<R: Resource + Clone> RequestCache<R> {
         uid: Option<String>,
         timeout: Duration,
         check: F,
-    ) -> Waited<R>
+    ) -> Waited
     where
-        F: Fn(&R) -> Option<Result<Issued, IssueError>>,
+        F: Fn(&Cached) -> Option<Result<Issued, IssueError>>,
     {
         let Subscription { mut changes, since } = subscription;
         let mut uid = uid;
-        let mut last: Option<R> = None;
+        let mut last: Option<Cached> = None;
         let waiting = async {
             loop {
                 changes.borrow_and_update();
                 match self.get(key) {
-                    Some(cr) => {
-                        if let Some(result) = check(&cr) {
+                    Some(cached) => {
+                        if let Some(result) = check(&cached) {
                             return Waited::Done(result);
                         }
                         if uid.is_none() {
-                            uid = cr.meta().uid.clone();
+                            uid = cached.uid.clone();
                         }
-                        last = Some(cr);
+                        last = Some(cached);
                     }
                     None if last.is_some() => return Waited::Deleted,
                     None if self.deleted(key, since, uid.as_deref()) => return Waited::Deleted,
@@ -282,28 +671,40 @@ impl<R: Resource + Clone> RequestCache<R> {
             Ok(waited) => waited,
             Err(_) => Waited::TimedOut {
                 last: last.map(Box::new),
-                synced: self.lock().synced,
+                synced: self.synced(),
             },
         }
     }
 }
 
-/// Runs the node's watch until the process ends: lists and watches every request of `R`
-/// matching `selector` cluster-wide, relisting after 410 Gone.
+fn key_of<R: Resource>(object: &R) -> Option<Key> {
+    let meta = object.meta();
+    Some((
+        meta.namespace.clone().unwrap_or_default(),
+        meta.name.clone()?,
+    ))
+}
+
+/// Runs watch stream `stream` of the node's watch until the process ends: lists (in pages of
+/// [`PAGE_SIZE`]) and watches every request of `R` matching `selector` that `api` reaches (one
+/// namespace, or all), relisting after 410 Gone.
 ///
 /// After an error the watch starts over with a fresh list once a backoff has passed, instead of
 /// letting the watcher resume its watch: a resumed watch yields nothing until a request changes,
 /// so only a completed relist proves the API server answers again (readiness depends on it).
-pub async fn run<R>(api: Api<R>, selector: String, cache: Arc<RequestCache<R>>)
-where
-    R: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
-    R::DynamicType: Default,
-{
-    let kind = R::kind(&R::DynamicType::default()).into_owned();
+pub async fn run<R: Watched>(
+    api: Api<R>,
+    selector: String,
+    cache: Arc<RequestCache<R>>,
+    stream_index: usize,
+) {
+    let kind = R::kind(&()).into_owned();
     info!(%selector, %kind, "watching requests");
     let mut failures: u32 = 0;
     loop {
-        let config = watcher::Config::default().labels(&selector);
+        let config = watcher::Config::default()
+            .labels(&selector)
+            .page_size(PAGE_SIZE);
         let mut stream = watcher::watcher(api.clone(), config).boxed();
         // The watcher's stream does not end on its own; if it ever does, start over like after
         // an error.
@@ -318,11 +719,11 @@ where
                         debug!(%kind, "request list complete");
                         failures = 0;
                     }
-                    cache.apply(event);
+                    cache.apply_from(stream_index, event);
                 }
                 Err(error) => {
                     // Waiters keep waiting: results that arrive meanwhile show up in the relist.
-                    cache.watch_failed();
+                    cache.stream_failed(stream_index);
                     failures = failures.saturating_add(1);
                     delay = retry_delay(failures, rand::random::<f64>());
                     warn!(%error, %kind, retry_in = ?delay, "request watch failed; relisting after a backoff");
@@ -356,7 +757,7 @@ mod tests {
             &resource::tests::issue_request(resource::tests::cert_request()),
             "node-1",
         );
-        cr.metadata.name = Some(name.into());
+        cr.metadata.name = Some(request_name(name));
         if let Some((status, reason)) = ready {
             cr.status = Some(CertificateRequestStatus {
                 conditions: vec![Condition {
@@ -377,7 +778,7 @@ mod tests {
     fn spawn_wait_for_a(
         cache: &Arc<RequestCache<CertificateRequest>>,
         rx: Subscription,
-    ) -> tokio::task::JoinHandle<Waited<CertificateRequest>> {
+    ) -> tokio::task::JoinHandle<Waited> {
         let cache = cache.clone();
         tokio::spawn(async move {
             cache
@@ -386,19 +787,28 @@ mod tests {
                     rx,
                     None,
                     Duration::from_secs(5),
-                    resource::outcome,
+                    resource::outcome_of,
                 )
                 .await
         })
     }
 
+    /// The name certvol gives short test name `name` (as a volume id) on node-1.
+    fn request_name(name: &str) -> String {
+        crate::issuer::request_name("node-1", name, 1)
+    }
+
     fn key(name: &str) -> Key {
-        ("shop".into(), name.into())
+        ("shop".into(), request_name(name))
+    }
+
+    fn new_cache() -> Arc<RequestCache<CertificateRequest>> {
+        RequestCache::new(Owner::new("node-1"), CacheLimits::default(), 1)
     }
 
     #[tokio::test]
     async fn a_result_already_in_the_cache_is_returned_at_once() {
-        let cache = RequestCache::new();
+        let cache = new_cache();
         cache.apply(Event::Apply(cr("a", Some(("True", "Issued")))));
         let waited = cache
             .wait(
@@ -406,7 +816,7 @@ mod tests {
                 cache.subscribe(),
                 None,
                 Duration::from_secs(5),
-                resource::outcome,
+                resource::outcome_of,
             )
             .await;
         assert!(
@@ -417,7 +827,7 @@ mod tests {
 
     #[tokio::test]
     async fn waiters_wake_on_later_changes() {
-        let cache = RequestCache::new();
+        let cache = new_cache();
         let rx = cache.subscribe();
         let waiter = spawn_wait_for_a(&cache, rx);
         tokio::task::yield_now().await;
@@ -434,7 +844,7 @@ mod tests {
 
     #[tokio::test]
     async fn deletion_while_waiting_is_reported() {
-        let cache = RequestCache::new();
+        let cache = new_cache();
         cache.apply(Event::Apply(cr("a", None)));
         let rx = cache.subscribe();
         let waiter = spawn_wait_for_a(&cache, rx);
@@ -445,7 +855,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_deletion_coalesced_with_the_creation_is_still_seen() {
-        let cache = RequestCache::new();
+        let cache = new_cache();
         let rx = cache.subscribe();
         // Both events land before the waiter first looks.
         let mut ours = cr("a", None);
@@ -458,7 +868,7 @@ mod tests {
                 rx,
                 Some("uid-ours".into()),
                 Duration::from_secs(5),
-                resource::outcome,
+                resource::outcome_of,
             )
             .await;
         assert!(matches!(waited, Waited::Deleted), "{waited:?}");
@@ -466,7 +876,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn an_older_deletion_of_the_same_name_is_not_ours() {
-        let cache = RequestCache::new();
+        let cache = new_cache();
         let mut old = cr("a", None);
         old.metadata.uid = Some("uid-old".into());
         cache.apply(Event::Apply(old.clone()));
@@ -478,7 +888,7 @@ mod tests {
                 cache.subscribe(),
                 Some("uid-new".into()),
                 Duration::from_secs(5),
-                resource::outcome,
+                resource::outcome_of,
             )
             .await;
         assert!(matches!(waited, Waited::TimedOut { .. }), "{waited:?}");
@@ -488,7 +898,7 @@ mod tests {
                 cache.subscribe(),
                 None,
                 Duration::from_secs(5),
-                resource::outcome,
+                resource::outcome_of,
             )
             .await;
         assert!(matches!(waited, Waited::TimedOut { .. }), "{waited:?}");
@@ -496,7 +906,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn timeout_reports_the_last_status_seen() {
-        let cache = RequestCache::new();
+        let cache = new_cache();
         cache.apply(Event::Apply(cr("a", Some(("False", "Pending")))));
         let waited = cache
             .wait(
@@ -504,7 +914,7 @@ mod tests {
                 cache.subscribe(),
                 None,
                 Duration::from_secs(30),
-                resource::outcome,
+                resource::outcome_of,
             )
             .await;
         match waited {
@@ -513,7 +923,7 @@ mod tests {
                 synced,
             } => {
                 assert!(!synced);
-                assert_eq!(last.metadata.name.as_deref(), Some("a"));
+                assert_eq!(last.name, request_name("a"));
             }
             other => panic!("{other:?}"),
         }
@@ -523,7 +933,7 @@ mod tests {
                 cache.subscribe(),
                 None,
                 Duration::from_secs(30),
-                resource::outcome,
+                resource::outcome_of,
             )
             .await;
         assert!(matches!(waited, Waited::TimedOut { last: None, .. }));
@@ -552,7 +962,7 @@ mod tests {
 
     #[test]
     fn healthy_after_the_first_list_and_again_once_a_failed_watch_answers() {
-        let cache = RequestCache::<CertificateRequest>::new();
+        let cache = new_cache();
         assert!(!cache.healthy(), "not before the first list");
         cache.apply(Event::Init);
         assert!(!cache.healthy(), "not while listing the first time");
@@ -572,7 +982,7 @@ mod tests {
 
     #[test]
     fn a_list_completed_after_a_failure_is_a_recovery_and_only_that() {
-        let cache = RequestCache::<CertificateRequest>::new();
+        let cache = new_cache();
         let mut recoveries = cache.recoveries();
         cache.apply(Event::Init);
         cache.apply(Event::InitApply(cr("a", None)));
@@ -606,7 +1016,7 @@ mod tests {
 
     #[tokio::test]
     async fn relist_keeps_results_that_arrive_meanwhile_and_drops_deleted_objects() {
-        let cache = RequestCache::new();
+        let cache = new_cache();
         cache.apply(Event::Init);
         cache.apply(Event::InitApply(cr("gone", None)));
         cache.apply(Event::InitApply(cr("a", None)));
@@ -633,7 +1043,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_request_missing_from_a_relist_counts_as_deleted() {
-        let cache = RequestCache::new();
+        let cache = new_cache();
         cache.apply(Event::Apply(cr("a", None)));
         let rx = cache.subscribe();
         let waiter = spawn_wait_for_a(&cache, rx);
@@ -642,5 +1052,267 @@ mod tests {
         cache.apply(Event::InitApply(cr("b", None)));
         cache.apply(Event::InitDone);
         assert!(matches!(waiter.await.unwrap(), Waited::Deleted));
+    }
+
+    /// Whether anything woke subscribers since `rx` was taken.
+    fn woke(rx: &Subscription) -> bool {
+        rx.changes.has_changed().unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn labelled_objects_not_shaped_like_ours_are_ignored_and_wake_no_one() {
+        let cache = new_cache();
+        let ours = cr("a", Some(("True", "Issued")));
+        assert!(Owner::new("node-1").foreign(&ours.metadata).is_none());
+        let mut foreign: Vec<(&str, CertificateRequest)> = Vec::new();
+        let mut renamed = ours.clone();
+        renamed.metadata.name = Some("hog-1".into());
+        foreign.push(("name", renamed));
+        let mut almost = ours.clone();
+        almost.metadata.name = Some("certvol-0123456789abcdef012g-1".into());
+        foreign.push(("name with a non-hex digit", almost));
+        let mut other_node = ours.clone();
+        other_node
+            .metadata
+            .annotations
+            .as_mut()
+            .unwrap()
+            .insert(ANNOTATION_NODE_NAME.into(), "node-2".into());
+        foreign.push(("node-name annotation of another node", other_node));
+        let mut unannotated = ours.clone();
+        unannotated
+            .metadata
+            .annotations
+            .as_mut()
+            .unwrap()
+            .remove(ANNOTATION_NODE_NAME);
+        foreign.push(("no node-name annotation", unannotated));
+        let mut other_label = ours.clone();
+        other_label
+            .metadata
+            .labels
+            .as_mut()
+            .unwrap()
+            .insert(LABEL_NODE.into(), "node-2".into());
+        foreign.push(("node label", other_label));
+        let mut no_volume = ours.clone();
+        no_volume
+            .metadata
+            .labels
+            .as_mut()
+            .unwrap()
+            .insert(LABEL_VOLUME.into(), "mine".into());
+        foreign.push(("volume label not a hash", no_volume));
+
+        // A waiter for the very key the foreign objects claim.
+        let rx = cache.subscribe();
+        let waiter = spawn_wait_for_a(&cache, cache.subscribe());
+        tokio::task::yield_now().await;
+        for (what, object) in &foreign {
+            cache.apply(Event::Apply(object.clone()));
+            cache.apply(Event::Delete(object.clone()));
+            assert!(cache.is_empty(), "{what}: cached");
+            assert!(!woke(&rx), "{what}: woke the waiters");
+        }
+        assert_eq!(cache.dropped(), (foreign.len() as u64, 0));
+        // The foreign objects that carry the waiter's key (all but the renamed ones) neither
+        // answered it nor counted as its deletion.
+        assert!(
+            matches!(waiter.await.unwrap(), Waited::TimedOut { last: None, .. }),
+            "a foreign object answered the waiter"
+        );
+
+        // Ours is cached and wakes; if it is later changed into a foreign one it is gone.
+        cache.apply(Event::Apply(cr("a", None)));
+        assert!(woke(&rx));
+        assert_eq!(cache.len(), 1);
+        let rx = cache.subscribe();
+        let waiter = spawn_wait_for_a(&cache, cache.subscribe());
+        tokio::task::yield_now().await;
+        let mut stripped = cr("a", None);
+        stripped.metadata.annotations = None;
+        cache.apply(Event::Apply(stripped));
+        assert!(woke(&rx));
+        assert!(cache.is_empty());
+        assert!(matches!(waiter.await.unwrap(), Waited::Deleted));
+    }
+
+    fn in_namespace(name: &str, namespace: &str) -> CertificateRequest {
+        let mut cr = cr(name, None);
+        cr.metadata.namespace = Some(namespace.into());
+        cr
+    }
+
+    #[test]
+    fn one_namespace_cannot_make_the_node_cache_more_than_its_limit() {
+        let limits = CacheLimits {
+            per_namespace: 3,
+            total: 5,
+        };
+        let cache = RequestCache::<CertificateRequest>::new(Owner::new("node-1"), limits, 1);
+        for i in 0..10 {
+            cache.apply(Event::Apply(in_namespace(&format!("t{i}"), "tenant")));
+        }
+        assert_eq!(cache.len(), 3, "the tenant's namespace is capped");
+        assert_eq!(cache.dropped(), (0, 7));
+        assert!(cache.was_over_limit("tenant") && !cache.was_over_limit("honest"));
+        // Another namespace is not affected by the tenant's flood...
+        let rx = cache.subscribe();
+        for i in 0..2 {
+            cache.apply(Event::Apply(in_namespace(&format!("h{i}"), "honest")));
+        }
+        assert!(woke(&rx));
+        assert!(cache.get(&("honest".into(), request_name("h1"))).is_some());
+        // ...up to the node's total.
+        let rx = cache.subscribe();
+        cache.apply(Event::Apply(in_namespace("late", "third")));
+        assert!(!woke(&rx), "a dropped object wakes no one");
+        assert!(cache.get(&("third".into(), request_name("late"))).is_none());
+        assert_eq!(cache.len(), 5);
+        assert_eq!(cache.dropped(), (0, 8));
+        // Updates of cached objects still land at the limit.
+        let mut signed = in_namespace("t0", "tenant");
+        signed.status = cr("x", Some(("True", "Issued"))).status;
+        cache.apply(Event::Apply(signed));
+        let key = ("tenant".to_owned(), request_name("t0"));
+        assert!(resource::outcome_of(&cache.get(&key).unwrap()).is_some());
+        // A deletion frees room for the next one.
+        cache.apply(Event::Delete(in_namespace("t1", "tenant")));
+        cache.apply(Event::Apply(in_namespace("t9", "tenant")));
+        assert!(cache.get(&("tenant".into(), request_name("t9"))).is_some());
+        assert_eq!(cache.len(), 5);
+    }
+
+    #[test]
+    fn certificate_signing_requests_count_against_the_pods_namespace() {
+        use crate::issuer::kubecsr::resource::{self as csr, tests::signer};
+        let limits = CacheLimits {
+            per_namespace: 2,
+            total: 100,
+        };
+        let cache =
+            RequestCache::<k8s_openapi::api::certificates::v1::CertificateSigningRequest>::new(
+                Owner::new("node-1"),
+                limits,
+                1,
+            );
+        let req = resource::tests::issue_request(resource::tests::cert_request());
+        for (i, namespace) in ["shop", "shop", "shop", "bank"].iter().enumerate() {
+            let mut object = csr::build(&req, &signer(), "node-1");
+            object.metadata.name = Some(request_name(&format!("v{i}")));
+            object
+                .metadata
+                .labels
+                .as_mut()
+                .unwrap()
+                .insert(csr::LABEL_NAMESPACE.into(), (*namespace).into());
+            cache.apply(Event::Apply(object));
+        }
+        assert_eq!(cache.len(), 3);
+        assert_eq!(cache.dropped(), (0, 1));
+        assert!(cache.get(&(String::new(), request_name("v3"))).is_some());
+        // Relabelled into the full namespace: no longer cached, and its waiters are told.
+        let rx = cache.subscribe();
+        let mut moved = csr::build(&req, &signer(), "node-1");
+        moved.metadata.name = Some(request_name("v3"));
+        cache.apply(Event::Apply(moved));
+        assert!(woke(&rx));
+        assert!(cache.get(&(String::new(), request_name("v3"))).is_none());
+        assert!(cache.deleted(&(String::new(), request_name("v3")), rx.since, None));
+    }
+
+    #[test]
+    fn the_cache_keeps_a_small_copy_of_what_issuance_reads() {
+        let cert = resource::tests::cert_request();
+        let key = crate::keys::PrivateKey::generate(cert.key_algorithm).unwrap();
+        let csr = crate::keys::build_csr(&cert, &key).unwrap();
+        let mut req = resource::tests::issue_request(cert);
+        (req.csr_pem, req.csr_der) = (csr.pem, csr.der);
+        let mut object = resource::build(&req, "node-1");
+        let padding = "x".repeat(256 * 1024);
+        object
+            .metadata
+            .annotations
+            .as_mut()
+            .unwrap()
+            .insert("example.com/padding".into(), padding.clone());
+        object
+            .metadata
+            .labels
+            .as_mut()
+            .unwrap()
+            .insert("example.com/l".into(), "y".repeat(63));
+        object.metadata.uid = Some("uid-1".into());
+        object.metadata.resource_version = Some("42".into());
+        object.status = Some(CertificateRequestStatus {
+            conditions: vec![Condition {
+                type_: "Ready".into(),
+                status: "False".into(),
+                reason: Some("Pending".into()),
+                message: Some(padding.clone()),
+                last_transition_time: None,
+            }],
+            certificate: Some(ByteString(b"LEAF".to_vec())),
+            ca: Some(ByteString(vec![b'A'; crate::pki::MAX_PEM_BYTES + 1])),
+            ..Default::default()
+        });
+        let cached = object.cached();
+        assert_eq!(cached.name, req.name);
+        assert_eq!(cached.namespace, "shop");
+        assert_eq!(cached.uid.as_deref(), Some("uid-1"));
+        assert_eq!(cached.resource_version.as_deref(), Some("42"));
+        assert_eq!(cached.request_key, request_key_of_der(&req.csr_der));
+        assert!(cached.request_key.is_some());
+        assert_eq!(cached.certificate, Some(Pem::Text(b"LEAF".to_vec())));
+        assert_eq!(
+            cached.ca,
+            Some(Pem::TooLarge(crate::pki::MAX_PEM_BYTES + 1)),
+            "only the size of an oversized field is kept"
+        );
+        let message = cached.conditions[0].message.as_deref().unwrap();
+        assert!(message.len() <= MAX_MESSAGE + 3 && message.ends_with('…'));
+        // Everything the cache holds of a 512 KiB object.
+        let held = cached.name.len()
+            + cached.namespace.len()
+            + cached
+                .conditions
+                .iter()
+                .map(|c| {
+                    c.type_.len()
+                        + c.status.len()
+                        + c.reason.as_ref().map_or(0, String::len)
+                        + c.message.as_ref().map_or(0, String::len)
+                })
+                .sum::<usize>()
+            + 4
+            + 32;
+        assert!(held < 2048, "{held} bytes");
+    }
+
+    #[test]
+    fn a_watch_per_namespace_is_healthy_once_all_have_listed_and_relists_only_its_own() {
+        let cache = RequestCache::<CertificateRequest>::new(
+            Owner::new("node-1"),
+            CacheLimits::default(),
+            2,
+        );
+        cache.apply_from(0, Event::Init);
+        cache.apply_from(0, Event::InitApply(in_namespace("a", "shop")));
+        cache.apply_from(0, Event::InitDone);
+        assert!(!cache.healthy(), "the second namespace has not listed yet");
+        cache.apply_from(1, Event::Init);
+        cache.apply_from(1, Event::InitApply(in_namespace("b", "bank")));
+        cache.apply_from(1, Event::InitDone);
+        assert!(cache.healthy());
+        let recoveries = cache.recoveries();
+        cache.stream_failed(1);
+        assert!(!cache.healthy());
+        // The second namespace relists empty: only its object is gone.
+        cache.apply_from(1, Event::Init);
+        cache.apply_from(1, Event::InitDone);
+        assert!(cache.healthy());
+        assert!(recoveries.has_changed().unwrap());
+        assert!(cache.get(&("shop".into(), request_name("a"))).is_some());
+        assert!(cache.get(&("bank".into(), request_name("b"))).is_none());
     }
 }

@@ -97,7 +97,8 @@ pub struct Options {
     pub certvol: Option<PathBuf>,
     /// The command line, recorded in the report.
     pub command: String,
-    /// `--kube-api-qps` / `--kube-api-burst` for the cert-manager driver. The driver's defaults
+    /// `--kube-api-qps` / `--kube-api-burst` for the cert-manager driver, and the same values as
+    /// its `--issuance-api-qps` / `--issuance-api-burst`. The driver's defaults
     /// (10 QPS, burst 20) cap sustained issuance at 10 per second by design, which would measure
     /// the limiter rather than the driver; the benchmark raises them unless told otherwise.
     pub kube_api_qps: f64,
@@ -521,6 +522,11 @@ async fn publish_benchmarks(opts: &Options, bin: &Path, report: &mut Report) -> 
                 "--kube-api-qps",
                 &qps,
                 "--kube-api-burst",
+                &burst,
+                // Issuance has its own bucket; the knob sets both.
+                "--issuance-api-qps",
+                &qps,
+                "--issuance-api-burst",
                 &burst,
             ],
             &[("KUBECONFIG", &kubeconfig)],

@@ -39,11 +39,12 @@ struct Args {
     /// The certvol binary (default: $CERTVOL_BIN, else target/<profile>/certvol, built if missing).
     #[arg(long)]
     certvol: Option<PathBuf>,
-    /// The cert-manager driver's --kube-api-qps. Its default (10) caps sustained issuance at 10/s
-    /// by design; the benchmark raises it to measure the driver, not the limiter.
+    /// The cert-manager driver's --kube-api-qps and --issuance-api-qps. Their default (10) caps
+    /// sustained issuance at 10/s by design; the benchmark raises it to measure the driver, not
+    /// the limiter.
     #[arg(long, default_value_t = 1000.0)]
     kube_api_qps: f64,
-    /// The cert-manager driver's --kube-api-burst (driver default 20).
+    /// The cert-manager driver's --kube-api-burst and --issuance-api-burst (driver default 20).
     #[arg(long, default_value_t = 1000)]
     kube_api_burst: u32,
 }

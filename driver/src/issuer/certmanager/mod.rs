@@ -47,6 +47,8 @@ pub struct CertManagerConfig {
     /// mode (same server, CA and timeouts; only the credentials are replaced). Required when
     /// `use_token_request` is set.
     pub kube_config: Option<kube::Config>,
+    /// Which namespaces the node watches for its requests and how much it caches.
+    pub requests: filing::RequestWatch,
 }
 
 impl fmt::Debug for CertManagerConfig {
@@ -55,6 +57,7 @@ impl fmt::Debug for CertManagerConfig {
             .field("node_id", &self.node_id)
             .field("wait_timeout", &self.wait_timeout)
             .field("use_token_request", &self.use_token_request)
+            .field("requests", &self.requests)
             .field(
                 "kube_config",
                 &self.kube_config.as_ref().map(|c| c.cluster_url.to_string()),
@@ -87,7 +90,8 @@ impl CertManagerIssuer {
         client: kube::Client,
         cfg: CertManagerConfig,
     ) -> (Self, impl Future<Output = ()> + Send + 'static) {
-        let (cache, events, watch) = filing::node_requests(&client, &cfg.node_id);
+        let (cache, events, watch) =
+            filing::node_requests(&client, &cfg.node_id, &cfg.requests, true);
         let issuer = CertManagerIssuer {
             client,
             cfg,
@@ -95,6 +99,13 @@ impl CertManagerIssuer {
             events,
         };
         (issuer, watch)
+    }
+
+    /// Posts the Events on pods through `client` instead of the issuance client (whose rate limit
+    /// is kept for filing requests).
+    pub fn with_event_client(mut self, client: kube::Client) -> Self {
+        self.events = EventSink::new(client, self.cfg.node_id.clone());
+        self
     }
 
     /// Whether the node's CertificateRequest watch has listed at least once and is not failing
@@ -172,26 +183,38 @@ impl CertManagerIssuer {
                 None,
             ));
         }
+        if !self.cfg.requests.covers(namespace) {
+            return Err((
+                IssueError::Invalid {
+                    request: request.clone(),
+                    message: format!(
+                        "this node files CertificateRequests only in the namespaces of --request-namespaces ({}), not in the pod's namespace {namespace:?}: add it there (chart value certManager.namespaces) or run the pod in one of them",
+                        self.cfg.requests.namespaces.join(",")
+                    ),
+                },
+                None,
+            ));
+        }
         let key = (namespace.to_owned(), req.name.clone());
-        let our_key = spki_of_der(&req.csr_der);
-        let check = |adopted: bool, cr: &CertificateRequest| {
+        let our_key = watch::request_key_of_der(&req.csr_der);
+        let check = |adopted: bool, cr: &watch::Cached| {
             if adopted
-                && let (Some(ours), Some(theirs)) =
-                    (our_key.as_deref(), spki_of_pem(&cr.spec.request.0))
-                && ours != theirs.as_slice()
+                && let (Some(ours), Some(theirs)) = (our_key, cr.request_key)
+                && ours != theirs
             {
                 return Some(Err(IssueError::Failed {
                     request: request.clone(),
                     message: "a CertificateRequest with this name already exists for a different private key".into(),
                 }));
             }
-            outcome(cr)
+            resource::outcome_of(cr)
         };
         filing::file_and_wait(
             &self.cache,
             &key,
             &request,
             self.cfg.wait_timeout,
+            &req.worker,
             || self.file(req, &request),
             check,
         )
@@ -224,6 +247,18 @@ impl Issuer for CertManagerIssuer {
             return Err(crate::attrs::AttrError::Missing {
                 attribute: format!("{}issuer-name", crate::attrs::CERT_MANAGER_PREFIX),
                 why: "this node issues through cert-manager (--issuer cert-manager); \"signer-name\" is for --issuer kubernetes-csr".into(),
+            });
+        }
+        let namespace = &req.pod.namespace;
+        if !namespace.is_empty() && !self.cfg.requests.covers(namespace) {
+            return Err(crate::attrs::AttrError::Invalid {
+                attribute: "csi.storage.k8s.io/pod.namespace".into(),
+                value: namespace.clone(),
+                problem: format!(
+                    "is not one of the namespaces this node files and watches CertificateRequests in (--request-namespaces {})",
+                    self.cfg.requests.namespaces.join(",")
+                ),
+                accepted: "a pod in one of those namespaces, or add the namespace to --request-namespaces (chart value certManager.namespaces)".into(),
             });
         }
         Ok(())
@@ -370,6 +405,7 @@ pub(crate) mod tests {
             wait_timeout: wait,
             use_token_request: false,
             kube_config: None,
+            requests: filing::RequestWatch::default(),
         };
         // The watch future is not run: tests feed the cache directly, as the watch would.
         let (issuer, _watch) = CertManagerIssuer::new(client(fake.clone()), cfg);
@@ -385,6 +421,40 @@ pub(crate) mod tests {
     }
 
     const LEAF: &str = "-----BEGIN CERTIFICATE-----\nleaf\n-----END CERTIFICATE-----\n";
+
+    /// A renewal's worker is put down once its request is filed, while the answer is awaited,
+    /// so a signer that never answers holds no worker.
+    #[tokio::test]
+    async fn the_worker_is_put_down_once_the_request_is_filed() {
+        let fake = Arc::new(Fake::default());
+        let issuer = Arc::new(issuer(&fake, Duration::from_secs(30)));
+        let pool = crate::fair::FairPool::new(1);
+        let worker = crate::fair::Lease::new(&pool, "shop", pool.acquire("shop").await);
+        let mut req = issue_request(cert_request());
+        req.worker = worker.clone();
+        let task = issue_until_filed(&issuer, &req, &fake, "certificaterequests").await;
+        let put_down = tokio::time::timeout(Duration::from_secs(5), async {
+            while worker.held() {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await;
+        assert!(
+            put_down.is_ok(),
+            "the issuer held the renewal's worker while it waited for cert-manager"
+        );
+        assert_eq!(pool.available(), 1, "another renewal may take the worker");
+        assert!(!task.is_finished(), "still waiting for the answer");
+        issuer.cache.apply(Event::Apply(with_conditions(
+            &req,
+            &[
+                ("Approved", "True", "cert-manager.io", "ok"),
+                ("Ready", "True", "Issued", "ok"),
+            ],
+            Some(LEAF),
+        )));
+        assert_eq!(task.await.unwrap().unwrap().chain_pem, LEAF);
+    }
 
     #[tokio::test]
     async fn one_create_then_the_result_from_the_watch() {
@@ -584,6 +654,7 @@ pub(crate) mod tests {
             wait_timeout: Duration::from_secs(1),
             use_token_request: false,
             kube_config: None,
+            requests: filing::RequestWatch::default(),
         };
         // Bind then drop a listener: nothing accepts on that port any more.
         let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -666,6 +737,7 @@ pub(crate) mod tests {
             wait_timeout: Duration::from_secs(1),
             use_token_request: true,
             kube_config: Some(kube::Config::new("http://127.0.0.1:1".parse().unwrap())),
+            requests: filing::RequestWatch::default(),
         };
         let (token_issuer, _watch) = CertManagerIssuer::new(client(fake.clone()), cfg);
         match token_issuer.issue(&issue_request(cert_request())).await {
@@ -713,6 +785,7 @@ pub(crate) mod tests {
             wait_timeout: Duration::from_secs(5),
             use_token_request: true,
             kube_config: Some(base),
+            requests: filing::RequestWatch::default(),
         };
         let (issuer, _watch) = CertManagerIssuer::new(client(fake.clone()), cfg);
         let issuer = Arc::new(issuer);
@@ -763,6 +836,80 @@ pub(crate) mod tests {
         assert_eq!(err.attribute(), "csi.cert-manager.io/issuer-name");
         assert!(err.to_string().contains("kubernetes-csr"), "{err}");
         assert!(fake.calls().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_request_dropped_by_the_namespace_cap_times_out_saying_so() {
+        let fake = Arc::new(Fake::default());
+        let cfg = CertManagerConfig {
+            node_id: "node-1".into(),
+            wait_timeout: Duration::from_millis(50),
+            use_token_request: false,
+            kube_config: None,
+            requests: filing::RequestWatch {
+                namespaces: Vec::new(),
+                limits: watch::CacheLimits {
+                    per_namespace: 1,
+                    total: 10,
+                },
+            },
+        };
+        let (issuer, _watch) = CertManagerIssuer::new(client(fake.clone()), cfg);
+        issuer.cache.apply(Event::InitDone);
+        // Someone else's request, shaped like ours, fills the namespace's share.
+        let mut squatter = issue_request(cert_request());
+        squatter.name = crate::issuer::request_name("node-1", "other-volume", 1);
+        issuer
+            .cache
+            .apply(Event::Apply(with_conditions(&squatter, &[], None)));
+        let req = issue_request(cert_request());
+        issuer
+            .cache
+            .apply(Event::Apply(with_conditions(&req, &[], None)));
+        assert!(matches!(
+            issuer.issue(&req).await,
+            Err(IssueError::Timeout { .. })
+        ));
+        let events = fake.events();
+        let message = events[0].body["message"].as_str().unwrap();
+        assert!(
+            message.contains("namespace \"shop\" beyond --max-requests-per-namespace"),
+            "{message}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_pod_outside_the_watched_namespaces_is_refused_up_front() {
+        let fake = Arc::new(Fake::default());
+        let cfg = CertManagerConfig {
+            node_id: "node-1".into(),
+            wait_timeout: Duration::from_secs(1),
+            use_token_request: false,
+            kube_config: None,
+            requests: filing::RequestWatch {
+                namespaces: vec!["bank".into(), "lib".into()],
+                ..Default::default()
+            },
+        };
+        let (issuer, _watch) = CertManagerIssuer::new(client(fake.clone()), cfg);
+        let err = issuer.check_request(&cert_request()).unwrap_err();
+        assert_eq!(err.attribute(), "csi.storage.k8s.io/pod.namespace");
+        let message = err.to_string();
+        assert!(
+            message.contains("\"shop\"") && message.contains("--request-namespaces bank,lib"),
+            "{message}"
+        );
+        // A volume published before the flag changed: its renewal fails the same way.
+        match issuer.issue(&issue_request(cert_request())).await {
+            Err(IssueError::Invalid { message, .. }) => {
+                assert!(message.contains("--request-namespaces"), "{message}")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(fake.count("POST", "certificaterequests"), 0);
+        let mut in_bank = cert_request();
+        in_bank.pod.namespace = "bank".into();
+        issuer.check_request(&in_bank).unwrap();
     }
 
     #[tokio::test]

@@ -13,6 +13,7 @@ use sha2::{Digest, Sha256};
 
 use crate::events;
 use crate::issuer::filing::{Reasons, RequestObject, describe_condition};
+use crate::issuer::watch::{Cached, CachedCondition, Pem, Watched, request_key_of_pem};
 use crate::issuer::{IssueError, IssueRequest, Issued};
 
 /// Label holding the (label-safe) node id; the node's watch selects on it.
@@ -239,23 +240,15 @@ pub fn build(req: &IssueRequest, node_id: &str) -> CertificateRequest {
 }
 
 /// `namespace/name` of a request, for messages.
-pub fn display_name(cr: &CertificateRequest) -> String {
-    format!(
-        "{}/{}",
-        cr.metadata.namespace.as_deref().unwrap_or(""),
-        cr.metadata.name.as_deref().unwrap_or("")
-    )
+pub fn display_name(cr: &Cached) -> String {
+    format!("{}/{}", cr.namespace, cr.name)
 }
 
-fn condition<'a>(cr: &'a CertificateRequest, type_: &str) -> Option<&'a Condition> {
-    cr.status
-        .as_ref()?
-        .conditions
-        .iter()
-        .find(|c| c.type_ == type_)
+fn condition<'a>(cr: &'a Cached, type_: &str) -> Option<&'a CachedCondition> {
+    cr.condition(type_)
 }
 
-fn message_of(c: &Condition) -> String {
+fn message_of(c: &CachedCondition) -> String {
     match (c.reason.as_deref(), c.message.as_deref()) {
         (_, Some(m)) if !m.is_empty() => m.to_owned(),
         (Some(r), _) if !r.is_empty() => format!("{} (no message)", r),
@@ -263,10 +256,15 @@ fn message_of(c: &Condition) -> String {
     }
 }
 
+/// [`outcome_of`] of a whole request.
+pub fn outcome(cr: &CertificateRequest) -> Option<Result<Issued, IssueError>> {
+    outcome_of(&cr.cached())
+}
+
 /// What a request's status says, as cert-manager's controllers write it: `None` while pending,
 /// otherwise the final result. Denied and InvalidRequest win over Ready, since cert-manager sets
 /// them first and never retries a request in a final state.
-pub fn outcome(cr: &CertificateRequest) -> Option<Result<Issued, IssueError>> {
+pub fn outcome_of(cr: &Cached) -> Option<Result<Issued, IssueError>> {
     let request = display_name(cr);
     if let Some(c) = condition(cr, "Denied").filter(|c| c.status == "True") {
         return Some(Err(IssueError::Denied {
@@ -291,16 +289,14 @@ pub fn outcome(cr: &CertificateRequest) -> Option<Result<Issued, IssueError>> {
             message: message_of(ready),
         })),
         ("True", _) => {
-            let status = cr.status.as_ref()?;
-            let chain = status.certificate.as_ref().filter(|c| !c.0.is_empty())?;
-            let chain_pem = match crate::issuer::pem_text(&request, "status.certificate", &chain.0)
-            {
+            let chain = cr.certificate.as_ref().filter(|c| !c.is_empty())?;
+            let chain_pem = match chain.text(&request, "status.certificate") {
                 Ok(pem) => pem,
                 Err(e) => return Some(Err(e)),
             };
-            let ca_pem = match status.ca.as_ref() {
+            let ca_pem = match cr.ca.as_ref() {
                 None => String::new(),
-                Some(ca) => match crate::issuer::pem_text(&request, "status.ca", &ca.0) {
+                Some(ca) => match ca.text(&request, "status.ca") {
                     Ok(pem) => pem,
                     Err(e) => return Some(Err(e)),
                 },
@@ -311,18 +307,18 @@ pub fn outcome(cr: &CertificateRequest) -> Option<Result<Issued, IssueError>> {
     }
 }
 
+/// [`describe_cached`] of a whole request.
+pub fn describe_status(cr: &CertificateRequest) -> String {
+    describe_cached(&cr.cached())
+}
+
 /// A one-line summary of the conditions, for timeout messages (`Approved=True, Ready=False
 /// (Pending: Waiting on certificate issuance...)`), or `no conditions yet`.
-pub fn describe_status(cr: &CertificateRequest) -> String {
-    let conditions = cr
-        .status
-        .as_ref()
-        .map(|s| s.conditions.as_slice())
-        .unwrap_or_default();
-    if conditions.is_empty() {
+pub fn describe_cached(cr: &Cached) -> String {
+    if cr.conditions.is_empty() {
         return "no conditions yet (not approved by any approver)".into();
     }
-    conditions
+    cr.conditions
         .iter()
         .map(|c| {
             describe_condition(
@@ -336,6 +332,37 @@ pub fn describe_status(cr: &CertificateRequest) -> String {
         .join(", ")
 }
 
+impl Watched for CertificateRequest {
+    fn api(client: kube::Client, namespace: Option<&str>) -> kube::Api<Self> {
+        match namespace {
+            Some(namespace) => kube::Api::namespaced(client, namespace),
+            None => kube::Api::all(client),
+        }
+    }
+
+    fn cached(&self) -> Cached {
+        let mut cached = Cached::from_meta(&self.metadata);
+        cached.request_key = request_key_of_pem(&self.spec.request.0);
+        if let Some(status) = &self.status {
+            cached.conditions = status
+                .conditions
+                .iter()
+                .map(|c| {
+                    CachedCondition::new(
+                        &c.type_,
+                        &c.status,
+                        c.reason.as_deref(),
+                        c.message.as_deref(),
+                    )
+                })
+                .collect();
+            cached.certificate = status.certificate.as_ref().map(|c| Pem::new(&c.0));
+            cached.ca = status.ca.as_ref().map(|c| Pem::new(&c.0));
+        }
+        cached
+    }
+}
+
 impl RequestObject for CertificateRequest {
     const REASONS: Reasons = Reasons {
         denied: events::REASON_DENIED,
@@ -347,8 +374,8 @@ impl RequestObject for CertificateRequest {
     const DELETED_HINT: &'static str = " (was its pod deleted?)";
     const CREATE_NOT_FOUND_HINT: Option<&'static str> = Some("is cert-manager's CRD installed?");
 
-    fn describe_status(&self) -> String {
-        describe_status(self)
+    fn describe_status(cached: &Cached) -> String {
+        describe_cached(cached)
     }
 }
 
@@ -408,6 +435,7 @@ pub(crate) mod tests {
             csr_der: vec![1, 2, 3],
             cert: Arc::new(cert),
             token: None,
+            worker: Default::default(),
         }
     }
 

@@ -26,9 +26,8 @@ use tracing::info;
 
 use self::ca::{CaError, CaResolver, KubeCaResolver};
 use super::certmanager::events::EventSink;
-use super::certmanager::{spki_of_der, spki_of_pem};
 use super::filing::{self, Reasons, RequestObject};
-use super::watch::RequestCache;
+use super::watch::{Cached, RequestCache, request_key_of_der};
 use super::{IssueError, IssueRequest, Issued, Issuer};
 use crate::attrs::{AttrError, CERTVOL_PREFIX};
 use crate::discovery::Apis;
@@ -48,6 +47,9 @@ pub struct KubeCsrConfig {
     pub node_id: String,
     /// How long one `issue()` waits for the signer before returning [`IssueError::Timeout`].
     pub wait_timeout: Duration,
+    /// How much the node caches of its requests (requests are cluster-scoped: the watch's
+    /// namespaces do not apply).
+    pub requests: filing::RequestWatch,
 }
 
 /// The Kubernetes CSR API issuer backend ([`Issuer::kind`] `kubernetes-csr`).
@@ -82,7 +84,8 @@ impl KubeCsrIssuer {
         cfg: KubeCsrConfig,
         apis: Apis,
     ) -> (Self, impl Future<Output = ()> + Send + 'static) {
-        let (cache, events, watch) = filing::node_requests(&client, &cfg.node_id);
+        let (cache, events, watch) =
+            filing::node_requests(&client, &cfg.node_id, &cfg.requests, false);
         let issuer = KubeCsrIssuer {
             ca: Arc::new(KubeCaResolver::new(client.clone(), apis, cfg.wait_timeout)),
             client,
@@ -91,6 +94,13 @@ impl KubeCsrIssuer {
             events,
         };
         (issuer, watch)
+    }
+
+    /// Posts the Events on pods through `client` instead of the issuance client (whose rate limit
+    /// is kept for filing requests).
+    pub fn with_event_client(mut self, client: kube::Client) -> Self {
+        self.events = EventSink::new(client, self.cfg.node_id.clone());
+        self
     }
 
     /// Replaces how CA sources are read (e.g. with a watch-driven trust cache).
@@ -161,11 +171,11 @@ impl KubeCsrIssuer {
             .map_err(|e| (ca_error(&request, e), None))?;
 
         let key = (String::new(), req.name.clone());
-        let our_key = spki_of_der(&req.csr_der);
-        let check = |adopted: bool, csr: &CertificateSigningRequest| {
+        let our_key = request_key_of_der(&req.csr_der);
+        let check = |adopted: bool, csr: &Cached| {
             if adopted {
-                let same_key = match (our_key.as_deref(), spki_of_pem(&csr.spec.request.0)) {
-                    (Some(ours), Some(theirs)) => ours == theirs.as_slice(),
+                let same_key = match (our_key, csr.request_key) {
+                    (Some(ours), Some(theirs)) => ours == theirs,
                     _ => false,
                 };
                 if !same_key {
@@ -174,17 +184,17 @@ impl KubeCsrIssuer {
                         message: "a CertificateSigningRequest with this name already exists for a different private key (or with an unreadable spec.request); delete it to issue again".into(),
                     }));
                 }
-                if csr.spec.signer_name != signer.signer_name {
+                if csr.signer_name != signer.signer_name {
                     return Some(Err(IssueError::Failed {
                         request: request.clone(),
                         message: format!(
                             "a CertificateSigningRequest with this name already exists for signer {:?}, not {:?}",
-                            csr.spec.signer_name, signer.signer_name
+                            csr.signer_name, signer.signer_name
                         ),
                     }));
                 }
             }
-            resource::outcome(csr)
+            resource::outcome_of(csr)
         };
         let file = || async {
             let csr = resource::build(req, signer, &self.cfg.node_id);
@@ -195,6 +205,7 @@ impl KubeCsrIssuer {
             &key,
             &request,
             self.cfg.wait_timeout,
+            &req.worker,
             file,
             check,
         )
@@ -241,8 +252,8 @@ impl RequestObject for CertificateSigningRequest {
     // The CSR API is built in: a 404 is ordinary (transient) trouble, not a missing CRD.
     const CREATE_NOT_FOUND_HINT: Option<&'static str> = None;
 
-    fn describe_status(&self) -> String {
-        resource::describe_status(self)
+    fn describe_status(cached: &Cached) -> String {
+        resource::describe_cached(cached)
     }
 
     fn event<'e>(
@@ -364,6 +375,7 @@ mod tests {
         let cfg = KubeCsrConfig {
             node_id: "node-1".into(),
             wait_timeout: Duration::from_secs(10),
+            requests: filing::RequestWatch::default(),
         };
         let resolver = Arc::new(FixedCa {
             answer: ca,

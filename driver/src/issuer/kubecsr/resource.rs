@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::certificates::v1::{
-    CertificateSigningRequest, CertificateSigningRequestCondition, CertificateSigningRequestSpec,
+    CertificateSigningRequest, CertificateSigningRequestSpec,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
@@ -15,6 +15,7 @@ use crate::issuer::certmanager::resource::{
     LABEL_NODE, LABEL_POD, LABEL_VOLUME, annotations, hashed_label, label_value,
 };
 use crate::issuer::filing::describe_condition;
+use crate::issuer::watch::{Cached, CachedCondition, Pem, Watched, request_key_of_pem};
 use crate::issuer::{IssueError, IssueRequest, Issued};
 use crate::request::KubeCsrRef;
 
@@ -60,20 +61,15 @@ pub fn build(req: &IssueRequest, signer: &KubeCsrRef, node_id: &str) -> Certific
     }
 }
 
-fn condition<'a>(
-    csr: &'a CertificateSigningRequest,
-    type_: &str,
-) -> Option<&'a CertificateSigningRequestCondition> {
-    csr.status
-        .as_ref()?
-        .conditions
-        .as_ref()?
+/// A condition of `type_` with status True.
+fn condition<'a>(csr: &'a Cached, type_: &str) -> Option<&'a CachedCondition> {
+    csr.conditions
         .iter()
         .find(|c| c.type_ == type_ && c.status == "True")
 }
 
 /// `reason: message`, or whichever of the two is set.
-fn message_of(c: &CertificateSigningRequestCondition) -> String {
+fn message_of(c: &CachedCondition) -> String {
     let reason = c.reason.as_deref().filter(|r| !r.is_empty());
     let message = c.message.as_deref().filter(|m| !m.is_empty());
     match (reason, message) {
@@ -84,11 +80,16 @@ fn message_of(c: &CertificateSigningRequestCondition) -> String {
     }
 }
 
+/// [`outcome_of`] of a whole request.
+pub fn outcome(csr: &CertificateSigningRequest) -> Option<Result<Issued, IssueError>> {
+    outcome_of(&csr.cached())
+}
+
 /// What a request's status says: `None` while pending, otherwise the final result. Denied and
 /// Failed are final (the signer never signs such a request); a certificate ends the wait. The CA
 /// is not part of the answer (the CSR API has none), so `ca_pem` is empty here.
-pub fn outcome(csr: &CertificateSigningRequest) -> Option<Result<Issued, IssueError>> {
-    let request = csr.metadata.name.clone().unwrap_or_default();
+pub fn outcome_of(csr: &Cached) -> Option<Result<Issued, IssueError>> {
+    let request = csr.name.clone();
     if let Some(c) = condition(csr, "Denied") {
         return Some(Err(IssueError::Denied {
             request,
@@ -101,29 +102,31 @@ pub fn outcome(csr: &CertificateSigningRequest) -> Option<Result<Issued, IssueEr
             message: message_of(c),
         }));
     }
-    let cert = csr.status.as_ref()?.certificate.as_ref()?;
-    if cert.0.is_empty() {
+    let cert = csr.certificate.as_ref()?;
+    if cert.is_empty() {
         return None;
     }
     Some(
-        crate::issuer::pem_text(&request, "status.certificate", &cert.0).map(|chain_pem| Issued {
-            chain_pem,
-            ca_pem: String::new(),
-        }),
+        cert.text(&request, "status.certificate")
+            .map(|chain_pem| Issued {
+                chain_pem,
+                ca_pem: String::new(),
+            }),
     )
 }
 
-/// A one-line summary of the status, for timeout messages.
+/// [`describe_cached`] of a whole request.
 pub fn describe_status(csr: &CertificateSigningRequest) -> String {
-    let conditions = csr
-        .status
-        .as_ref()
-        .and_then(|s| s.conditions.as_deref())
-        .unwrap_or_default();
-    if conditions.is_empty() {
+    describe_cached(&csr.cached())
+}
+
+/// A one-line summary of the status, for timeout messages.
+pub fn describe_cached(csr: &Cached) -> String {
+    if csr.conditions.is_empty() {
         return "no conditions yet (not approved or denied by any approver)".into();
     }
-    let mut parts: Vec<String> = conditions
+    let mut parts: Vec<String> = csr
+        .conditions
         .iter()
         .map(|c| {
             describe_condition(
@@ -137,15 +140,73 @@ pub fn describe_status(csr: &CertificateSigningRequest) -> String {
     if condition(csr, "Approved").is_some() {
         parts.push(format!(
             "waiting for the signer {:?} to issue the certificate",
-            csr.spec.signer_name
+            csr.signer_name
         ));
     }
     parts.join(", ")
 }
 
+impl Watched for CertificateSigningRequest {
+    fn api(client: kube::Client, _namespace: Option<&str>) -> kube::Api<Self> {
+        kube::Api::all(client)
+    }
+
+    fn cached(&self) -> Cached {
+        let mut cached = Cached::from_meta(&self.metadata);
+        cached.request_key = request_key_of_pem(&self.spec.request.0);
+        cached.signer_name = truncated_signer(&self.spec.signer_name);
+        if let Some(status) = &self.status {
+            cached.conditions = status
+                .conditions
+                .iter()
+                .flatten()
+                .map(|c| {
+                    CachedCondition::new(
+                        &c.type_,
+                        &c.status,
+                        c.reason.as_deref(),
+                        c.message.as_deref(),
+                    )
+                })
+                .collect();
+            cached.certificate = status.certificate.as_ref().map(|c| Pem::new(&c.0));
+        }
+        cached
+    }
+
+    /// Cluster-scoped: the pod namespace certvol recorded in the `certvol.io/namespace` label
+    /// (whoever creates the object writes it, so [`CacheLimits::total`] bounds the node too).
+    ///
+    /// [`CacheLimits::total`]: crate::issuer::watch::CacheLimits::total
+    fn scope(&self) -> String {
+        self.metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(LABEL_NAMESPACE))
+            .cloned()
+            .unwrap_or_default()
+    }
+}
+
+/// Signer names are at most 571 characters (the API validates them); a longer one is kept only
+/// as far as a comparison with ours needs.
+fn truncated_signer(name: &str) -> String {
+    const MAX: usize = 600;
+    if name.len() <= MAX {
+        return name.to_owned();
+    }
+    let mut end = MAX;
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    name[..end].to_owned()
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
-    use k8s_openapi::api::certificates::v1::CertificateSigningRequestStatus;
+    use k8s_openapi::api::certificates::v1::{
+        CertificateSigningRequestCondition, CertificateSigningRequestStatus,
+    };
 
     use super::*;
     use crate::issuer::certmanager::resource::tests::{cert_request, issue_request};
