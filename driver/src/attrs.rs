@@ -514,6 +514,48 @@ pub fn parse(ctx: &HashMap<String, String>) -> Result<CertRequest, AttrError> {
     })
 }
 
+/// Default of `--max-trust-sources-per-volume`: a volume typically names one to three sources
+/// (a partner CA, a corporate root, a signer's bundles); each distinct one costs the node a list
+/// and a watch.
+pub const DEFAULT_MAX_TRUST_SOURCES: usize = 16;
+
+/// The node's cap on Kubernetes trust sources per volume (`--max-trust-sources-per-volume`):
+/// the entries of trust-configmaps, trust-secrets and trust-cluster-bundles plus a
+/// trust-signer-name, after duplicates are dropped. The error names the attribute whose entries
+/// cross the cap. Checked at publish only, so a lowered cap never breaks a published volume.
+pub fn check_trust_sources(req: &CertRequest, max: usize) -> Result<(), AttrError> {
+    let Some(spec) = &req.trust else {
+        return Ok(());
+    };
+    let lists = [
+        (&spec.config_maps_attribute, spec.config_maps.len()),
+        (&spec.secrets_attribute, spec.secrets.len()),
+        (&spec.cluster_bundles_attribute, spec.cluster_bundles.len()),
+        (&spec.signer_attribute, usize::from(spec.signer.is_some())),
+    ];
+    let total: usize = lists.iter().map(|(_, n)| n).sum();
+    if total <= max {
+        return Ok(());
+    }
+    let mut seen = 0;
+    let mut crossing = lists[0].0;
+    for (attribute, n) in lists {
+        seen += n;
+        if seen > max {
+            crossing = attribute;
+            break;
+        }
+    }
+    Err(AttrError::TooLarge {
+        attribute: crossing.clone(),
+        what: "the number of Kubernetes trust sources the volume names (the entries of \
+               trust-configmaps, trust-secrets and trust-cluster-bundles and a trust-signer-name, \
+               together)",
+        got: total.to_string(),
+        max: format!("{max} (the node's --max-trust-sources-per-volume)"),
+    })
+}
+
 const SIGNER_NAME_HELP: &str = "a signer name of the form \"example.com/signer-name\" (a fully \
                                 qualified DNS domain, \"/\", then letters, digits, '-', '_' and '.')";
 const CA_SOURCE_HELP: &str = "\"clustertrustbundle-signer\" (the default), \
@@ -1839,6 +1881,98 @@ mod tests {
             req.annotations,
             BTreeMap::from([("example.com/team".to_owned(), "payments".to_owned())])
         );
+    }
+
+    /// The cap on Kubernetes trust sources per volume: counted over all four attributes after
+    /// duplicates are dropped, the error names the attribute whose entries cross the cap, the
+    /// count and the cap (the node's flag); the issuing CA and public roots are not counted.
+    #[test]
+    fn trust_source_count_cap_table() {
+        let names = |prefix: &str, n: usize| -> String {
+            (0..n)
+                .map(|i| format!("{prefix}{i}/ca.crt"))
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        let bundles = |n: usize| -> String {
+            (0..n)
+                .map(|i| format!("b{i}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        let (cm16, cm17, cm10, s6, s7) = (
+            names("cm", 16),
+            names("cm", 17),
+            names("cm", 10),
+            names("s", 6),
+            names("s", 7),
+        );
+        let dup = format!("{cm16},cm0/ca.crt,cm1/ca.crt");
+        let b6 = bundles(6);
+        // Attributes, cap, expected error (attribute, count) or None when accepted.
+        type Row<'a> = (Vec<(&'a str, &'a str)>, usize, Option<(&'a str, usize)>);
+        let rows: Vec<Row> = vec![
+            (vec![("csi.certvol.io/trust-configmaps", &cm16)], 16, None),
+            (vec![("csi.certvol.io/trust-configmaps", &dup)], 16, None),
+            (
+                vec![("csi.certvol.io/trust-configmaps", &cm17)],
+                16,
+                Some(("csi.certvol.io/trust-configmaps", 17)),
+            ),
+            (
+                vec![
+                    ("csi.certvol.io/trust-configmaps", &cm10),
+                    ("csi.certvol.io/trust-secrets", &s7),
+                ],
+                16,
+                Some(("csi.certvol.io/trust-secrets", 17)),
+            ),
+            (
+                vec![
+                    ("csi.certvol.io/trust-configmaps", &cm10),
+                    ("csi.certvol.io/trust-secrets", &s6),
+                    ("csi.certvol.io/trust-signer-name", "example.com/s"),
+                ],
+                16,
+                Some(("csi.certvol.io/trust-signer-name", 17)),
+            ),
+            (
+                vec![
+                    ("csi.certvol.io/trust-cluster-bundles", &b6),
+                    ("csi.certvol.io/trust-public-roots", "true"),
+                ],
+                6,
+                None,
+            ),
+            (
+                vec![("csi.certvol.io/trust-cluster-bundles", &b6)],
+                5,
+                Some(("csi.certvol.io/trust-cluster-bundles", 6)),
+            ),
+            (vec![("csi.certvol.io/trust-public-roots", "true")], 1, None),
+            (vec![], 1, None),
+        ];
+        for (attrs, max, want) in rows {
+            let req = parse_ok(&attrs);
+            match (check_trust_sources(&req, max), want) {
+                (Ok(()), None) => {}
+                (Err(e), Some((attribute, count))) => {
+                    assert!(matches!(e, AttrError::TooLarge { .. }), "{e:?}");
+                    assert_eq!(e.attribute(), attribute);
+                    assert_eq!(
+                        e.to_string(),
+                        format!(
+                            "volume attribute {attribute:?}: the number of Kubernetes trust \
+                             sources the volume names (the entries of trust-configmaps, \
+                             trust-secrets and trust-cluster-bundles and a trust-signer-name, \
+                             together) is {count}; at most {max} (the node's \
+                             --max-trust-sources-per-volume) is accepted"
+                        )
+                    );
+                }
+                (got, want) => panic!("{attrs:?} cap {max}: got {got:?}, want {want:?}"),
+            }
+        }
     }
 
     #[test]

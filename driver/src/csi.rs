@@ -89,10 +89,18 @@ impl RpcError {
                     SourceError::NotFound { .. }
                     | SourceError::MissingKey { .. }
                     | SourceError::NotText { .. }
+                    | SourceError::TooLarge { .. }
                     | SourceError::NoneSelected { .. }
                     // The attribute is valid; the cluster lacks the API it needs.
                     | SourceError::NoApi(_) => Code::FailedPrecondition,
                     SourceError::Unavailable { .. } => Code::Unavailable,
+                    // The volume is valid; its namespace's other volumes hold the watch budget, or
+                    // the node's sources hold its byte budget. Final, not ResourceExhausted:
+                    // kubelet reads that as "maybe mounted" and this publish left nothing
+                    // behind; its retries (with backoff) succeed once under the budget again.
+                    SourceError::TooManyWatches { .. } | SourceError::OverBudget { .. } => {
+                        Code::FailedPrecondition
+                    }
                 },
                 VolumeError::Api(api) => match api {
                     ApiError::NotDiscovered { .. } => Code::Unavailable,
@@ -709,6 +717,39 @@ mod tests {
                 VolumeError::Trust(SourceError::NotFound {
                     attribute: "csi.certvol.io/trust-configmaps".into(),
                     object: "ConfigMap shop/ca".into(),
+                })
+                .into(),
+                Code::FailedPrecondition,
+            ),
+            (
+                VolumeError::Trust(SourceError::TooLarge {
+                    attribute: "csi.certvol.io/trust-configmaps".into(),
+                    object: "ConfigMap shop/ca".into(),
+                    key: "ca.crt".into(),
+                    bytes: 2 << 20,
+                    max: 1 << 20,
+                })
+                .into(),
+                Code::FailedPrecondition,
+            ),
+            (
+                VolumeError::Trust(SourceError::OverBudget {
+                    attribute: "csi.certvol.io/trust-configmaps".into(),
+                    object: "ConfigMap shop/ca".into(),
+                    key: "ca.crt".into(),
+                    bytes: 1 << 20,
+                    max: 32 << 20,
+                })
+                .into(),
+                Code::FailedPrecondition,
+            ),
+            (
+                VolumeError::Trust(SourceError::TooManyWatches {
+                    attribute: "csi.certvol.io/trust-configmaps".into(),
+                    object: "ConfigMap shop/ca".into(),
+                    namespace: "shop".into(),
+                    count: 65,
+                    max: 64,
                 })
                 .into(),
                 Code::FailedPrecondition,

@@ -170,6 +170,27 @@ struct NodeArgs {
     /// namespace. Needs Kubernetes API access (not --issuer local).
     #[arg(long)]
     trust_namespace: Option<String>,
+    /// Largest trust source the node keeps (one ConfigMap or Secret key, one ClusterTrustBundle;
+    /// bytes, or with a K/M/Ki/Mi suffix). A volume naming a larger one fails with an error
+    /// naming the source and this cap. Every source is held once, however many volumes name it.
+    #[arg(long, default_value = "1Mi", value_parser = parse_source_size)]
+    max_trust_source_bytes: u64,
+    /// Most bytes of trust source text the node holds in all, each source counted once however
+    /// many volumes name it (bytes, or with a K/M/Ki/Mi suffix). A source that would take it past
+    /// this fails its volumes with FailedPrecondition naming the source and this budget. Keep it
+    /// well under the container's memory limit.
+    #[arg(long, default_value = "32Mi", value_parser = parse_source_size)]
+    max_trust_bytes: u64,
+    /// Most Kubernetes trust sources one volume may name (entries of trust-configmaps,
+    /// trust-secrets and trust-cluster-bundles, plus trust-signer-name); a publish naming more
+    /// is refused with InvalidArgument.
+    #[arg(long, default_value_t = certvol_driver::attrs::DEFAULT_MAX_TRUST_SOURCES, value_parser = parse_count)]
+    max_trust_sources_per_volume: usize,
+    /// Most distinct trust sources (each one list and watch on the API server) the volumes of
+    /// one namespace may have watched at once; a publish that would exceed it fails with
+    /// FailedPrecondition naming the namespace and this cap, and kubelet retries it.
+    #[arg(long, default_value_t = certvol_driver::trust::watch::DEFAULT_MAX_WATCHES_PER_NAMESPACE, value_parser = parse_count)]
+    max_trust_watches_per_namespace: usize,
     /// How many issued requests per volume the issuer keeps.
     #[arg(long, default_value_t = 1)]
     request_history: usize,
@@ -187,7 +208,7 @@ struct NodeArgs {
     max_duration: Duration,
     /// How many certvol volumes one pod may have on this node; more are refused with
     /// InvalidArgument.
-    #[arg(long, default_value_t = certvol_driver::limits::DEFAULT_MAX_VOLUMES_PER_POD)]
+    #[arg(long, default_value_t = certvol_driver::limits::DEFAULT_MAX_VOLUMES_PER_POD, value_parser = parse_count)]
     max_volumes_per_pod: usize,
     /// Refuse volumes asking for RSA 4096 keys (key-size "4096") with PermissionDenied: each
     /// takes seconds of CPU to generate. Already published volumes keep renewing.
@@ -251,6 +272,19 @@ fn parse_cidr(s: &str) -> Result<IpCidr, String> {
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
+    parse_bytes(s)?
+        .filter(|&n| n >= 64 * 1024)
+        .ok_or_else(|| format!("{s:?} is out of range; accepted: 64Ki or more"))
+}
+
+fn parse_source_size(s: &str) -> Result<u64, String> {
+    parse_bytes(s)?
+        .filter(|&n| n >= 1024)
+        .ok_or_else(|| format!("{s:?} is out of range; accepted: 1Ki or more"))
+}
+
+/// Bytes with an optional K/Ki/M/Mi unit; `None` when the product overflows.
+fn parse_bytes(s: &str) -> Result<Option<u64>, String> {
     let (digits, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
     let n: u64 = digits
         .parse()
@@ -267,9 +301,7 @@ fn parse_size(s: &str) -> Result<u64, String> {
             ));
         }
     };
-    n.checked_mul(mult)
-        .filter(|&n| n >= 64 * 1024)
-        .ok_or_else(|| format!("{s:?} is out of range; accepted: 64Ki or more"))
+    Ok(n.checked_mul(mult))
 }
 
 fn init_logging(level: &str, format: LogFormat) {
@@ -364,9 +396,17 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                     limits: CacheLimits {
                         per_namespace: args.max_requests_per_namespace,
                         total: args.max_requests,
+                        ..CacheLimits::default()
                     },
                 },
                 trust_namespace: args.trust_namespace,
+                trust_limits: certvol_driver::trust::TrustLimits {
+                    max_source_bytes: usize::try_from(args.max_trust_source_bytes)
+                        .unwrap_or(usize::MAX),
+                    max_watches_per_namespace: args.max_trust_watches_per_namespace,
+                    max_total_bytes: usize::try_from(args.max_trust_bytes).unwrap_or(usize::MAX),
+                },
+                max_trust_sources: args.max_trust_sources_per_volume,
                 renew_concurrency: args.renew_concurrency,
                 limits: certvol_driver::limits::Limits {
                     min_duration: args.min_duration,

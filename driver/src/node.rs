@@ -86,6 +86,10 @@ pub struct NodeOptions {
     /// `--trust-namespace`: the namespace whose ConfigMaps and Secrets any volume may name as
     /// trust sources, besides the pod's own.
     pub trust_namespace: Option<String>,
+    /// `--max-trust-source-bytes`, `--max-trust-bytes` and `--max-trust-watches-per-namespace`.
+    pub trust_limits: crate::trust::TrustLimits,
+    /// `--max-trust-sources-per-volume`.
+    pub max_trust_sources: usize,
     /// How many renewals work at once (waiting for a signer's answer does not count).
     pub renew_concurrency: usize,
     /// `--min-duration`, `--max-duration`, `--max-volumes-per-pod`.
@@ -122,6 +126,8 @@ impl NodeOptions {
             request_history: 1,
             request_watch: crate::issuer::filing::RequestWatch::default(),
             trust_namespace: None,
+            trust_limits: crate::trust::TrustLimits::default(),
+            max_trust_sources: crate::attrs::DEFAULT_MAX_TRUST_SOURCES,
             renew_concurrency: 4,
             limits: crate::limits::Limits::default(),
             forbid_rsa_4096: false,
@@ -296,8 +302,12 @@ pub fn api_trust(
     opts: &NodeOptions,
     apis: &Apis,
 ) -> (TrustCache, Arc<EventSink>, BoxFuture<'static, ()>) {
-    let (cache, watches) =
-        TrustCache::new(client.clone(), opts.trust_namespace.clone(), apis.clone());
+    let (cache, watches) = TrustCache::with_limits(
+        client.clone(),
+        opts.trust_namespace.clone(),
+        apis.clone(),
+        opts.trust_limits,
+    );
     let events = Arc::new(EventSink::new(client.clone(), opts.node_id.clone()));
     (cache, events, Box::pin(watches))
 }
@@ -441,6 +451,7 @@ pub async fn run(
     cfg.request_history = opts.request_history;
     cfg.limits = opts.limits.clone();
     cfg.forbid_rsa_4096 = opts.forbid_rsa_4096;
+    cfg.max_trust_sources = opts.max_trust_sources;
 
     let (sched_handle, sched) = scheduler::channel();
     if opts.issuer == IssuerKind::Local && opts.trust_namespace.is_some() {

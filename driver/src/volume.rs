@@ -64,6 +64,8 @@ pub struct Config {
     pub forbid_rsa_4096: bool,
     /// How many keys may be generated at once (one per CPU).
     pub keygen_concurrency: usize,
+    /// Most Kubernetes trust sources one volume may name (`--max-trust-sources-per-volume`).
+    pub max_trust_sources: usize,
 }
 
 impl Config {
@@ -78,6 +80,7 @@ impl Config {
             limits: crate::limits::Limits::default(),
             forbid_rsa_4096: false,
             keygen_concurrency: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            max_trust_sources: attrs::DEFAULT_MAX_TRUST_SOURCES,
         }
     }
 }
@@ -819,6 +822,9 @@ impl VolumeManager {
             }
         }
 
+        // New volumes only (a republish returned above): one published under a higher cap keeps
+        // working, through republishes, renewals and restarts.
+        attrs::check_trust_sources(req, self.cfg.max_trust_sources)?;
         // Before anything is created: an API the volume needs that the cluster does not serve
         // (the issuer's, or ClusterTrustBundles for its ca-source or trust sources) is named
         // here rather than surfacing as a 404 later, and leaves nothing behind.
@@ -832,7 +838,7 @@ impl VolumeManager {
         }
         // Likewise a source that is missing or not allowed; kubelet's retry finds it once it
         // exists.
-        let mut trust = self.open_trust(req)?;
+        let mut trust = self.open_trust(req, false)?;
         if let Some(trust) = trust.as_mut() {
             trust.ready(self.cfg.issue_timeout).await?;
         }
@@ -1304,8 +1310,13 @@ impl VolumeManager {
 
     /// Subscribes to the Kubernetes objects the volume's trust spec names. Bad input (a source
     /// in a namespace the policy forbids, or Kubernetes sources on a node without API access)
-    /// is InvalidArgument.
-    fn open_trust(&self, req: &CertRequest) -> Result<Option<VolumeTrust>, VolumeError> {
+    /// is InvalidArgument. A new volume is refused past its namespace's watch budget; an
+    /// `admitted` one (published already: renewals, recovery) is not.
+    fn open_trust(
+        &self,
+        req: &CertRequest,
+        admitted: bool,
+    ) -> Result<Option<VolumeTrust>, VolumeError> {
         let Some(spec) = &req.trust else {
             return Ok(None);
         };
@@ -1320,10 +1331,12 @@ impl VolumeManager {
                 p = attrs::CERTVOL_PREFIX
             )));
         };
-        cache
-            .subscribe(spec, &req.pod.namespace)
-            .map(Some)
-            .map_err(|e| VolumeError::Trust(e.into()))
+        let subscribed = if admitted {
+            cache.resubscribe(spec, &req.pod.namespace)
+        } else {
+            cache.subscribe(spec, &req.pod.namespace)
+        };
+        subscribed.map(Some).map_err(VolumeError::Trust)
     }
 
     /// Hands a volume whose bundle was just written to the refresher.
@@ -1531,7 +1544,7 @@ impl VolumeManager {
         let Some(req) = req.filter(|r| r.trust.is_some()) else {
             return (None, Refreshed::Gone);
         };
-        let mut trust = match self.open_trust(&req) {
+        let mut trust = match self.open_trust(&req, true) {
             Ok(trust) => trust,
             Err(e) => {
                 warn!(volume_id, error = %e, "cannot watch the volume's trust sources; its bundle stays as it is");
@@ -1799,7 +1812,7 @@ impl VolumeManager {
         let mut trust = None;
         let mut stale = false;
         let result = async {
-            trust = self.open_trust(&req)?;
+            trust = self.open_trust(&req, true)?;
             // Waiting for the trust sources' watches is not work: the worker is put down.
             let ready = match trust.as_mut() {
                 Some(t) => {

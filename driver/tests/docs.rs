@@ -198,7 +198,7 @@ fn every_node_flag_is_documented() {
     for (pos, _) in help.match_indices("--") {
         let rest = &help[pos + 2..];
         let len = rest
-            .find(|c: char| !(c.is_ascii_lowercase() || c == '-'))
+            .find(|c: char| !(c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'))
             .unwrap_or(rest.len());
         if len > 1 {
             flags.insert(format!("--{}", &rest[..len]));

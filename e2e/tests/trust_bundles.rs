@@ -636,3 +636,459 @@ async fn a_deleted_source_neither_blocks_renewal_nor_empties_the_bundle() {
         bundle.len()
     );
 }
+
+/// Issue 13, bounded memory: 100 volumes naming one ~900 KiB ConfigMap key (a hostile tenant's
+/// cheapest way to make the node hold source text) cost the driver one copy of that text, not
+/// one per volume: its resident peak (VmHWM of the spawned `certvol node`) stays far below the
+/// chart's 128 MiB memory limit while every volume is published and again after the ConfigMap
+/// changes and every bundle is rewritten. The padding is text between PEM blocks, so the bundle
+/// files stay small and what is measured is the driver holding the source.
+#[tokio::test]
+async fn a_hundred_volumes_sharing_a_900_kib_source_hold_one_copy() {
+    require_root!();
+    const VOLUMES: usize = 100;
+    const SOURCE_BYTES: usize = 900 * 1024;
+    let mut env = Env::new();
+    let cluster = Cluster::start(env.path()).await;
+    let driver = env.start_cert_manager(&cluster, &[], &[]).await;
+    let ns = cluster.namespace();
+    let padded = |pem: &str| {
+        let mut text = pem.to_owned();
+        let line = format!("# {}\n", "x".repeat(76));
+        while text.len() + line.len() <= SOURCE_BYTES {
+            text.push_str(&line);
+        }
+        text
+    };
+    let first = private_ca("partner CA 1");
+    let first_text = padded(&first.pem);
+    assert!(first_text.len() > SOURCE_BYTES - 100);
+    create_partner_configmap(&cluster, &ns, &first_text).await;
+    let before = certvol_e2e::bench::procfs::memory(driver.pid()).expect("read /proc");
+    let vol = cm_volume(
+        &cluster.issuer_name(),
+        [("csi.certvol.io/trust-configmaps", "partner-ca/ca.crt")],
+    );
+    let kubelet = env.kubelet();
+    let mut targets = Vec::new();
+    for batch in 0..VOLUMES / 10 {
+        let mut pods = Vec::new();
+        for i in 0..10 {
+            pods.push(
+                cluster
+                    .create_pod(&ns, &format!("shop-{}", batch * 10 + i))
+                    .await,
+            );
+        }
+        let published =
+            futures::future::join_all(pods.iter().map(|pod| kubelet.publish(pod, &vol))).await;
+        for (pod, result) in pods.iter().zip(published) {
+            targets.push(result.unwrap_or_else(|e| {
+                panic!("publish {}: {e}\n--- log ---\n{}", pod.name, env.logs())
+            }));
+        }
+    }
+    let first_ca = ders(&first.pem).remove(0);
+    for target in &targets {
+        assert!(ders(&bundle_and_cert(target).0).contains(&first_ca));
+    }
+    let published = certvol_e2e::bench::procfs::memory(driver.pid()).expect("read /proc");
+
+    let second = private_ca("partner CA 2");
+    Api::<ConfigMap>::namespaced(cluster.client.clone(), &ns)
+        .patch(
+            "partner-ca",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"data": {"ca.crt": padded(&second.pem)}})),
+        )
+        .await
+        .expect("update ConfigMap");
+    let second_ca = ders(&second.pem).remove(0);
+    for target in &targets {
+        eventually(Duration::from_secs(60), || {
+            ders(&bundle_and_cert(target).0)
+                .contains(&second_ca)
+                .then_some(())
+        })
+        .await
+        .unwrap_or_else(|| panic!("{} never got the new CA\n{}", target.display(), env.logs()));
+    }
+    let changed = certvol_e2e::bench::procfs::memory(driver.pid()).expect("read /proc");
+    println!(
+        "driver memory with {VOLUMES} volumes sharing one {} KiB source: before the volumes \
+         VmRSS {} KiB; all published VmRSS {} KiB; after the change reached every volume VmRSS \
+         {} KiB, peak VmHWM {} KiB",
+        first_text.len() / 1024,
+        before.rss_kib,
+        published.rss_kib,
+        changed.rss_kib,
+        changed.hwm_kib
+    );
+    // One copy of the text (plus the watch's transient decoding of the object) is a few MiB;
+    // a copy per volume is over 88 MiB on its own.
+    let limit_kib = 64 * 1024;
+    assert!(
+        changed.hwm_kib < limit_kib,
+        "the driver's resident peak is {} KiB, over {limit_kib} KiB (half the chart's limit)",
+        changed.hwm_kib
+    );
+}
+
+/// Issue 13, bounded work: the node's trust caps through the real binary. A volume naming more
+/// sources than `--max-trust-sources-per-volume` is InvalidArgument naming the attribute, the
+/// count and the cap; a source over `--max-trust-source-bytes` fails naming the object, the key
+/// and the cap (never its content or its Secret's other keys); a publish taking its namespace
+/// past `--max-trust-watches-per-namespace` distinct watched sources fails FailedPrecondition
+/// naming the namespace and the cap, without any list or watch for the objects over the budget.
+/// Each failure leaves nothing behind and files nothing with the issuer.
+#[tokio::test]
+async fn trust_caps_refuse_clearly_and_leave_nothing_behind() {
+    require_root!();
+    let mut env = Env::new();
+    let cluster = Cluster::start(env.path()).await;
+    let _driver = env
+        .start_cert_manager(
+            &cluster,
+            &[
+                "--issue-timeout",
+                "5s",
+                "--max-trust-sources-per-volume",
+                "3",
+                "--max-trust-source-bytes",
+                "4Ki",
+                "--max-trust-watches-per-namespace",
+                "2",
+            ],
+            &[],
+        )
+        .await;
+    let ns = cluster.namespace();
+    let kubelet = env.kubelet();
+    let ca = private_ca("partner CA");
+    create_partner_configmap(&cluster, &ns, &ca.pem).await;
+    Api::<Secret>::namespaced(cluster.client.clone(), &ns)
+        .create(
+            &PostParams::default(),
+            &Secret {
+                metadata: ObjectMeta {
+                    name: Some("big".into()),
+                    ..ObjectMeta::default()
+                },
+                data: Some(
+                    [
+                        ("ca.crt".to_owned(), ByteString(vec![b'A'; 5000])),
+                        ("tls.key".to_owned(), ByteString(b"PRIVATE".to_vec())),
+                    ]
+                    .into(),
+                ),
+                ..Secret::default()
+            },
+        )
+        .await
+        .expect("create Secret");
+    let refused = async |name: &str, vol: &InlineVolume, code: Code, fragments: &[&str]| {
+        let pod = cluster.create_pod(&ns, name).await;
+        let status = kubelet
+            .publish(&pod, vol)
+            .await
+            .expect_err("publish must fail");
+        assert_eq!(status.code(), code, "{name}: {status:?}");
+        for fragment in fragments {
+            assert!(
+                status.message().contains(fragment),
+                "{name}: {}",
+                status.message()
+            );
+        }
+        assert!(!kubelet.target_path(&pod, vol).exists());
+        assert!(env.state(&pod, vol).is_none());
+        assert_eq!(requests_of(&cluster, &pod, vol).await, 0);
+        (pod, status.message().to_owned())
+    };
+
+    let four = cm_volume(
+        &cluster.issuer_name(),
+        [("csi.certvol.io/trust-configmaps", "a/k,b/k,c/k,d/k")],
+    );
+    refused(
+        "too-many-sources",
+        &four,
+        Code::InvalidArgument,
+        &[
+            "volume attribute \"csi.certvol.io/trust-configmaps\"",
+            "is 4; at most 3 (the node's --max-trust-sources-per-volume) is accepted",
+        ],
+    )
+    .await;
+
+    let big = cm_volume(
+        &cluster.issuer_name(),
+        [("csi.certvol.io/trust-secrets", "big/ca.crt")],
+    );
+    let (pod, message) = refused(
+        "too-large",
+        &big,
+        Code::FailedPrecondition,
+        &[&format!(
+            "Secret {ns}/big key \"ca.crt\" is 5000 bytes; a trust source may hold at most 4096 \
+             bytes (the node's --max-trust-source-bytes)"
+        )],
+    )
+    .await;
+    assert!(
+        !message.contains("tls.key") && !message.contains("AAAA"),
+        "{message}"
+    );
+    // The Warning Event on the pod says the same, and no more.
+    let events: Vec<String> = cluster
+        .pod_events(&pod)
+        .await
+        .into_iter()
+        .filter(|e| e["reason"] == events::REASON_TRUST_SOURCE)
+        .map(|e| e["message"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(events, [message], "one Warning event on the pod");
+
+    // One watch held by a published volume; a second volume may add one more distinct source,
+    // not two: the error names the first one over the budget.
+    let partner = cm_volume(
+        &cluster.issuer_name(),
+        [("csi.certvol.io/trust-configmaps", "partner-ca/ca.crt")],
+    );
+    let pod = cluster.create_pod(&ns, "holder").await;
+    kubelet.publish(&pod, &partner).await.expect("publish");
+    let lists = || {
+        cluster
+            .standin
+            .as_ref()
+            .map(|s| s.api.count("list", certvol_e2e::apiserver::Kind::ConfigMap))
+    };
+    let lists_before = lists();
+    let two_more = cm_volume(
+        &cluster.issuer_name(),
+        [(
+            "csi.certvol.io/trust-configmaps",
+            "partner-ca/ca.crt,other-a/ca.crt,other-b/ca.crt",
+        )],
+    );
+    refused(
+        "over-budget",
+        &two_more,
+        Code::FailedPrecondition,
+        &[&format!(
+            "ConfigMap {ns}/other-b would make 3 distinct trust sources watched for the volumes \
+             of namespace \"{ns}\"; this node watches at most 2 per namespace \
+             (--max-trust-watches-per-namespace)"
+        )],
+    )
+    .await;
+    assert_eq!(
+        lists(),
+        lists_before,
+        "no list for the sources over the budget"
+    );
+}
+
+/// Issue 13, the worst one namespace can do with the default caps: as many distinct ~1 MiB
+/// ConfigMap keys as `--max-trust-watches-per-namespace` allows (64), named 16 per volume (the
+/// per-volume cap) by 4 volumes published at once. Without a node-wide byte budget the driver
+/// held all 64 MiB (104 MiB resident); `--max-trust-bytes` (32 MiB by default) refuses what does
+/// not fit, naming the budget, so the resident peak stays well under the chart's 128 MiB limit,
+/// and once the greedy volumes are refused another namespace's volume with a small source
+/// publishes.
+#[tokio::test]
+async fn a_namespace_with_megabyte_sources_cannot_take_the_driver_past_its_limit() {
+    require_root!();
+    const SOURCES: usize = 64;
+    const PER_VOLUME: usize = 16;
+    let mut env = Env::new();
+    let cluster = Cluster::start(env.path()).await;
+    let driver = env
+        .start_cert_manager(&cluster, &["--issue-timeout", "20s"], &[])
+        .await;
+    let ns = cluster.namespace();
+    let ca = private_ca("partner CA");
+    let mut text = ca.pem.clone();
+    let line = format!("# {}\n", "x".repeat(76));
+    while text.len() + line.len() <= 1000 * 1024 {
+        text.push_str(&line);
+    }
+    let api = Api::<ConfigMap>::namespaced(cluster.client.clone(), &ns);
+    for i in 0..SOURCES {
+        let cm = ConfigMap {
+            metadata: ObjectMeta {
+                name: Some(format!("big-{i}")),
+                ..ObjectMeta::default()
+            },
+            data: Some([("ca.crt".to_owned(), text.clone())].into()),
+            ..ConfigMap::default()
+        };
+        api.create(&PostParams::default(), &cm)
+            .await
+            .expect("create ConfigMap");
+    }
+    let before = certvol_e2e::bench::procfs::memory(driver.pid()).expect("read /proc");
+    let kubelet = env.kubelet();
+    let mut pods = Vec::new();
+    let mut vols = Vec::new();
+    for v in 0..SOURCES / PER_VOLUME {
+        pods.push(cluster.create_pod(&ns, &format!("greedy-{v}")).await);
+        let names: Vec<String> = (0..PER_VOLUME)
+            .map(|i| format!("big-{}/ca.crt", v * PER_VOLUME + i))
+            .collect();
+        vols.push(cm_volume(
+            &cluster.issuer_name(),
+            [("csi.certvol.io/trust-configmaps", names.join(",").as_str())],
+        ));
+    }
+    let published = futures::future::join_all(
+        pods.iter()
+            .zip(&vols)
+            .map(|(pod, vol)| kubelet.publish(pod, vol)),
+    )
+    .await;
+    let mut refused = 0;
+    for (pod, result) in pods.iter().zip(published) {
+        if let Err(status) = result {
+            refused += 1;
+            assert_eq!(
+                status.code(),
+                Code::FailedPrecondition,
+                "{}: {status:?}",
+                pod.name
+            );
+            assert!(
+                status.message().contains(
+                    "bytes) is not kept: this node's trust sources would hold more than 33554432 \
+                     bytes in all (--max-trust-bytes)"
+                ),
+                "{}: {}",
+                pod.name,
+                status.message()
+            );
+        }
+    }
+    assert!(refused >= 2, "64 MiB of sources do not fit a 32 MiB budget");
+    let after = certvol_e2e::bench::procfs::memory(driver.pid()).expect("read /proc");
+
+    // Another namespace's small source still fits.
+    create_partner_configmap(&cluster, "honest", &ca.pem).await;
+    let pod = cluster.create_pod("honest", "web-0").await;
+    let target = kubelet
+        .publish(
+            &pod,
+            &cm_volume(
+                &cluster.issuer_name(),
+                [("csi.certvol.io/trust-configmaps", "partner-ca/ca.crt")],
+            ),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("honest publish: {e}\n{}", env.logs()));
+    assert!(ders(&bundle_and_cert(&target).0).contains(&ders(&ca.pem)[0]));
+    println!(
+        "driver memory with {SOURCES} distinct {} KiB sources in one namespace ({refused} of {} \
+         volumes refused over the byte budget): before VmRSS {} KiB; after VmRSS {} KiB, peak \
+         VmHWM {} KiB",
+        text.len() / 1024,
+        pods.len(),
+        before.rss_kib,
+        after.rss_kib,
+        after.hwm_kib
+    );
+    let limit_kib = 96 * 1024;
+    assert!(
+        after.hwm_kib < limit_kib,
+        "the driver's resident peak is {} KiB, over {limit_kib} KiB (3/4 of the chart's limit)",
+        after.hwm_kib
+    );
+}
+
+/// Lowering the trust caps never breaks a published volume: one naming three sources, published
+/// under `--max-trust-sources-per-volume 3` and `--max-trust-watches-per-namespace 3`, is
+/// republished (kubelet does so with requiresRepublish) and has its bundle refreshed after the
+/// driver restarts with both caps at 1, while a new volume with the same attributes is refused.
+#[tokio::test]
+async fn a_volume_published_under_higher_caps_keeps_working_after_they_are_lowered() {
+    require_root!();
+    let mut env = Env::new();
+    let cluster = Cluster::start(env.path()).await;
+    let caps = |n: &'static str| {
+        [
+            "--max-trust-sources-per-volume",
+            n,
+            "--max-trust-watches-per-namespace",
+            n,
+        ]
+    };
+    let mut driver = env.start_cert_manager(&cluster, &caps("3"), &[]).await;
+    let ns = cluster.namespace();
+    let first = private_ca("partner CA 1");
+    let api = Api::<ConfigMap>::namespaced(cluster.client.clone(), &ns);
+    for name in ["partner-ca", "second", "third"] {
+        let cm = ConfigMap {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                ..ObjectMeta::default()
+            },
+            data: Some([("ca.crt".to_owned(), first.pem.clone())].into()),
+            ..ConfigMap::default()
+        };
+        api.create(&PostParams::default(), &cm)
+            .await
+            .expect("create ConfigMap");
+    }
+    let vol = cm_volume(
+        &cluster.issuer_name(),
+        [(
+            "csi.certvol.io/trust-configmaps",
+            "partner-ca/ca.crt,second/ca.crt,third/ca.crt",
+        )],
+    );
+    let pod = cluster.create_pod(&ns, "early").await;
+    let kubelet = env.kubelet();
+    let target = kubelet.publish(&pod, &vol).await.expect("publish");
+
+    driver.terminate(Duration::from_secs(10)).expect("stop");
+    let _driver = env.start_cert_manager(&cluster, &caps("1"), &[]).await;
+    let kubelet = env.kubelet();
+    let again = kubelet
+        .publish(&pod, &vol)
+        .await
+        .unwrap_or_else(|e| panic!("republish under lower caps: {e}\n{}", env.logs()));
+    assert_eq!(again, target);
+    let second = private_ca("partner CA 2");
+    api.patch(
+        "third",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"data": {"ca.crt": second.pem}})),
+    )
+    .await
+    .expect("update ConfigMap");
+    let new_ca = ders(&second.pem).remove(0);
+    eventually(Duration::from_secs(10), || {
+        ders(&bundle_and_cert(&target).0)
+            .contains(&new_ca)
+            .then_some(())
+    })
+    .await
+    .unwrap_or_else(|| {
+        panic!(
+            "the recovered volume's bundle was not refreshed\n{}",
+            env.logs()
+        )
+    });
+
+    let late = cluster.create_pod(&ns, "late").await;
+    let status = kubelet
+        .publish(&late, &vol)
+        .await
+        .expect_err("a new volume is held to the new cap");
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(
+        status
+            .message()
+            .contains("is 3; at most 1 (the node's --max-trust-sources-per-volume)"),
+        "{}",
+        status.message()
+    );
+}

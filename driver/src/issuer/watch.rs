@@ -99,6 +99,14 @@ impl Pem {
         matches!(self, Pem::Text(t) if t.is_empty())
     }
 
+    /// The bytes this copy holds.
+    fn weight(&self) -> usize {
+        match self {
+            Pem::Text(t) => t.len(),
+            Pem::TooLarge(_) => 0,
+        }
+    }
+
     /// The field as text (see [`crate::issuer::pem_text`]).
     pub fn text(&self, request: &str, field: &str) -> Result<String, IssueError> {
         match self {
@@ -131,6 +139,26 @@ pub struct Cached {
 }
 
 impl Cached {
+    /// The bytes a cached copy holds beyond its fixed size: what the byte budgets count.
+    fn weight(&self) -> usize {
+        let pem = |p: &Option<Pem>| p.as_ref().map_or(0, Pem::weight);
+        let conditions: usize = self
+            .conditions
+            .iter()
+            .map(|c| {
+                c.type_.len()
+                    + c.status.len()
+                    + c.reason.as_ref().map_or(0, String::len)
+                    + c.message.as_ref().map_or(0, String::len)
+            })
+            .sum();
+        pem(&self.certificate)
+            + pem(&self.ca)
+            + conditions
+            + self.name.len()
+            + self.signer_name.len()
+    }
+
     /// The fields of `meta` the cache keeps.
     pub fn from_meta(meta: &ObjectMeta) -> Self {
         Cached {
@@ -178,7 +206,7 @@ pub trait Watched:
 
 /// What makes a request object this node's own, beyond the label the watch selects on (which
 /// anyone who may create such objects can set): the name [`crate::issuer::request_name`] gives,
-/// this node's name in the `certvol.io/node-name` annotation, and a volume label as certvol
+/// this node's name in the `certvol.io/node-name` annotation (when present), and a volume label as certvol
 /// writes it. Objects that lack any of these are ignored: not cached, and they wake no waiter.
 #[derive(Clone, Debug)]
 pub struct Owner {
@@ -210,7 +238,10 @@ impl Owner {
             .annotations
             .as_ref()
             .and_then(|a| a.get(ANNOTATION_NODE_NAME));
-        if node_name != Some(&self.node_id) {
+        // Requests filed by certvol 0.1.0 have no such annotation: one pending across the
+        // upgrade must still be seen. Anyone who can create these objects can write the
+        // annotation anyway; what bounds them is the cache's limits.
+        if node_name.is_some_and(|n| n != &self.node_id) {
             return Some("node-name annotation");
         }
         None
@@ -248,6 +279,12 @@ pub struct CacheLimits {
     /// In all; bounds the memory whatever the scopes claim (a CertificateSigningRequest's
     /// namespace label is written by whoever creates it).
     pub total: usize,
+    /// Bytes of certificates, CAs and condition texts one tenant's cached objects may hold: a
+    /// tenant that runs its own issuer controls `status.ca` (its CA Secret, up to 1 MiB) and so
+    /// could make every one of its [`CacheLimits::per_namespace`] objects weigh a MiB.
+    pub per_namespace_bytes: usize,
+    /// The same in all.
+    pub total_bytes: usize,
 }
 
 impl Default for CacheLimits {
@@ -257,6 +294,9 @@ impl Default for CacheLimits {
         CacheLimits {
             per_namespace: 512,
             total: 4096,
+            // A certificate chain and its CA are a few KiB: 512 of them are about 4 MiB.
+            per_namespace_bytes: 8 << 20,
+            total_bytes: 32 << 20,
         }
     }
 }
@@ -304,7 +344,10 @@ struct Stream {
 
 struct State {
     live: HashMap<Key, Entry>,
-    per_scope: HashMap<String, usize>,
+    /// Per scope: objects cached and the bytes they weigh ([`Cached::weight`]).
+    per_scope: HashMap<String, (usize, usize)>,
+    /// Bytes all cached objects weigh.
+    total_bytes: usize,
     streams: Vec<Stream>,
     /// Recently deleted requests: key → (change number of the deletion, uid). A waiter may wake
     /// only after both the ADDED and the DELETED event of its request were applied (the change
@@ -325,6 +368,7 @@ impl State {
         State {
             live: HashMap::new(),
             per_scope: HashMap::new(),
+            total_bytes: 0,
             streams: (0..streams.max(1)).map(|_| Stream::default()).collect(),
             tombstones: HashMap::new(),
             tombstone_order: VecDeque::new(),
@@ -346,8 +390,11 @@ impl State {
 
     fn remove(&mut self, key: &Key) -> Option<Entry> {
         let entry = self.live.remove(key)?;
-        if let Some(n) = self.per_scope.get_mut(&entry.scope) {
+        let weight = entry.cached.weight();
+        self.total_bytes = self.total_bytes.saturating_sub(weight);
+        if let Some((n, bytes)) = self.per_scope.get_mut(&entry.scope) {
             *n = n.saturating_sub(1);
+            *bytes = bytes.saturating_sub(weight);
             if *n == 0 {
                 self.per_scope.remove(&entry.scope);
             }
@@ -363,18 +410,24 @@ impl State {
         entry: Entry,
         limits: CacheLimits,
     ) -> Result<(), (Dropped, Option<Box<Entry>>)> {
-        if let Some(old) = self.live.get_mut(&key)
-            && old.scope == entry.scope
-        {
-            *old = entry;
-            return Ok(());
-        }
+        // Taken out first, so an update is weighed without its older copy; it goes back in
+        // below unless the new copy does not fit.
         let old = self.remove(&key).map(Box::new);
-        let in_scope = self.per_scope.get(&entry.scope).copied().unwrap_or(0);
-        if in_scope >= limits.per_namespace || self.live.len() >= limits.total {
+        let updated = old.as_ref().is_some_and(|o| o.scope == entry.scope);
+        let (in_scope, scope_bytes) = self.per_scope.get(&entry.scope).copied().unwrap_or((0, 0));
+        let weight = entry.cached.weight();
+        // An update of an object already counted is not a new one for the count limits.
+        let over_count =
+            !updated && (in_scope >= limits.per_namespace || self.live.len() >= limits.total);
+        let over_bytes = scope_bytes + weight > limits.per_namespace_bytes
+            || self.total_bytes + weight > limits.total_bytes;
+        if over_count || over_bytes {
             return Err((Dropped::OverLimit, old));
         }
-        *self.per_scope.entry(entry.scope.clone()).or_insert(0) += 1;
+        let (n, bytes) = self.per_scope.entry(entry.scope.clone()).or_insert((0, 0));
+        *n += 1;
+        *bytes += weight;
+        self.total_bytes += weight;
         self.live.insert(key, entry);
         Ok(())
     }
@@ -1064,6 +1117,19 @@ mod tests {
         let cache = new_cache();
         let ours = cr("a", Some(("True", "Issued")));
         assert!(Owner::new("node-1").foreign(&ours.metadata).is_none());
+        // As certvol 0.1.0 filed them: no node-name annotation. Still this node's.
+        let mut unannotated = ours.clone();
+        unannotated
+            .metadata
+            .annotations
+            .as_mut()
+            .unwrap()
+            .remove(ANNOTATION_NODE_NAME);
+        assert!(
+            Owner::new("node-1")
+                .foreign(&unannotated.metadata)
+                .is_none()
+        );
         let mut foreign: Vec<(&str, CertificateRequest)> = Vec::new();
         let mut renamed = ours.clone();
         renamed.metadata.name = Some("hog-1".into());
@@ -1079,14 +1145,6 @@ mod tests {
             .unwrap()
             .insert(ANNOTATION_NODE_NAME.into(), "node-2".into());
         foreign.push(("node-name annotation of another node", other_node));
-        let mut unannotated = ours.clone();
-        unannotated
-            .metadata
-            .annotations
-            .as_mut()
-            .unwrap()
-            .remove(ANNOTATION_NODE_NAME);
-        foreign.push(("no node-name annotation", unannotated));
         let mut other_label = ours.clone();
         other_label
             .metadata
@@ -1130,7 +1188,7 @@ mod tests {
         let waiter = spawn_wait_for_a(&cache, cache.subscribe());
         tokio::task::yield_now().await;
         let mut stripped = cr("a", None);
-        stripped.metadata.annotations = None;
+        stripped.metadata.labels = None;
         cache.apply(Event::Apply(stripped));
         assert!(woke(&rx));
         assert!(cache.is_empty());
@@ -1148,6 +1206,7 @@ mod tests {
         let limits = CacheLimits {
             per_namespace: 3,
             total: 5,
+            ..CacheLimits::default()
         };
         let cache = RequestCache::<CertificateRequest>::new(Owner::new("node-1"), limits, 1);
         for i in 0..10 {
@@ -1183,12 +1242,53 @@ mod tests {
         assert_eq!(cache.len(), 5);
     }
 
+    /// A tenant running its own CA issuer controls `status.ca`: a MiB on each of its requests
+    /// would multiply by the count cap. The byte budget bounds what the copies weigh.
+    #[test]
+    fn what_one_namespace_s_requests_weigh_is_capped_too() {
+        let limits = CacheLimits {
+            per_namespace_bytes: 20_000,
+            total_bytes: 30_000,
+            ..CacheLimits::default()
+        };
+        let cache = RequestCache::<CertificateRequest>::new(Owner::new("node-1"), limits, 1);
+        let heavy = |name: &str, namespace: &str, ca: usize| {
+            let mut cr = in_namespace(name, namespace);
+            cr.status = Some(CertificateRequestStatus {
+                ca: Some(ByteString(vec![b'A'; ca])),
+                ..Default::default()
+            });
+            cr
+        };
+        for i in 0..5 {
+            cache.apply(Event::Apply(heavy(&format!("t{i}"), "tenant", 8_000)));
+        }
+        assert_eq!(cache.len(), 2, "two 8 kB copies fit the tenant's 20 kB");
+        assert_eq!(cache.dropped(), (0, 3));
+        // An update that makes a cached copy heavier than the budget drops it.
+        cache.apply(Event::Apply(heavy("t0", "tenant", 15_000)));
+        assert!(cache.get(&("tenant".into(), request_name("t0"))).is_none());
+        // The honest namespace has its own share, within the node's total.
+        cache.apply(Event::Apply(heavy("h0", "honest", 8_000)));
+        assert!(cache.get(&("honest".into(), request_name("h0"))).is_some());
+        cache.apply(Event::Apply(heavy("h1", "honest", 20_000)));
+        assert!(
+            cache.get(&("honest".into(), request_name("h1"))).is_none(),
+            "over the node's total"
+        );
+        // A deletion gives its bytes back.
+        cache.apply(Event::Delete(heavy("t1", "tenant", 8_000)));
+        cache.apply(Event::Apply(heavy("t7", "tenant", 8_000)));
+        assert!(cache.get(&("tenant".into(), request_name("t7"))).is_some());
+    }
+
     #[test]
     fn certificate_signing_requests_count_against_the_pods_namespace() {
         use crate::issuer::kubecsr::resource::{self as csr, tests::signer};
         let limits = CacheLimits {
             per_namespace: 2,
             total: 100,
+            ..CacheLimits::default()
         };
         let cache =
             RequestCache::<k8s_openapi::api::certificates::v1::CertificateSigningRequest>::new(

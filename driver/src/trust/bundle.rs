@@ -9,19 +9,21 @@
 
 use std::collections::HashSet;
 use std::fmt;
+use std::sync::Arc;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 
 /// One source's PEM text with a label naming it for users, e.g. `ConfigMap shop/ca key ca.crt`.
+/// The text is shared: a source read from the trust cache is the cache's one copy.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SourcePem {
     pub label: String,
-    pub pem: String,
+    pub pem: Arc<str>,
 }
 
 impl SourcePem {
-    pub fn new(label: impl Into<String>, pem: impl Into<String>) -> SourcePem {
+    pub fn new(label: impl Into<String>, pem: impl Into<Arc<str>>) -> SourcePem {
         SourcePem {
             label: label.into(),
             pem: pem.into(),

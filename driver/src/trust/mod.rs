@@ -13,4 +13,4 @@ pub mod watch;
 pub use bundle::{Bundle, Rejected, SourcePem, assemble, public_roots};
 pub use rotation::{IssuingCa, OverlapPolicy, rotate};
 pub use source::{ObjectRef, ResolvedSource, TrustSpec, resolve};
-pub use watch::{SourceError, TrustCache, VolumeTrust};
+pub use watch::{SourceError, TrustCache, TrustLimits, VolumeTrust};

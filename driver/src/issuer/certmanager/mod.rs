@@ -851,6 +851,7 @@ pub(crate) mod tests {
                 limits: watch::CacheLimits {
                     per_namespace: 1,
                     total: 10,
+                    ..watch::CacheLimits::default()
                 },
             },
         };
