@@ -18,6 +18,7 @@ use tracing::{Instrument, info_span, warn};
 use crate::discovery::ApiError;
 use crate::issuer::IssueError;
 use crate::layout::LayoutError;
+use crate::pods::IdentityError;
 use crate::store::{self, Phase, VolumeState};
 use crate::trust::SourceError;
 use crate::volume::{PublishParams, VolumeError, VolumeManager};
@@ -106,6 +107,13 @@ impl RpcError {
                     ApiError::Missing(_) | ApiError::NoClusterTrustBundles(_) => {
                         Code::FailedPrecondition
                     }
+                },
+                VolumeError::Identity(identity) => match identity {
+                    IdentityError::NotReady(_) => Code::Unavailable,
+                    // The cluster's CSIDriver is wrong; an operator has to act.
+                    IdentityError::DriverObject(_) => Code::FailedPrecondition,
+                    // Well-formed, but it claims a pod the API does not confirm.
+                    IdentityError::Mismatch { .. } => Code::PermissionDenied,
                 },
                 _ => Code::Internal,
             },
@@ -804,6 +812,30 @@ mod tests {
                 ))
                 .into(),
                 Code::FailedPrecondition,
+            ),
+            (
+                VolumeError::Identity(IdentityError::NotReady("pod watch".into())).into(),
+                Code::Unavailable,
+            ),
+            (
+                VolumeError::Identity(IdentityError::DriverObject(
+                    crate::pods::DriverObjectError::Missing {
+                        name: "csi.certvol.io".into(),
+                    },
+                ))
+                .into(),
+                Code::FailedPrecondition,
+            ),
+            (
+                VolumeError::Identity(IdentityError::Mismatch {
+                    namespace: "other".into(),
+                    name: "victim".into(),
+                    uid: "u".into(),
+                    service_account: "default".into(),
+                    mismatch: "no such pod is bound to this node".into(),
+                })
+                .into(),
+                Code::PermissionDenied,
             ),
             (VolumeError::Internal("bug".into()).into(), Code::Internal),
         ];

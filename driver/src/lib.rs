@@ -11,7 +11,8 @@
 //! `kubelet` (a CSI client acting as kubelet, for the demo and the e2e harness) · `demo` ·
 //! `trust` (trust bundles: sources, assembly, CA rotation overlap, the watch-driven cache) ·
 //! `events` (Warning events on pods) · `refresh` (the loop keeping trust bundles current) ·
-//! `discovery` (which Kubernetes APIs and versions the cluster serves).
+//! `discovery` (which Kubernetes APIs and versions the cluster serves) · `pods` (pod identity:
+//! the CSIDriver's podInfoOnMount and the node's pod watch).
 
 #![forbid(unsafe_code)]
 
@@ -38,6 +39,7 @@ pub mod mount;
 pub mod node;
 pub mod ops;
 pub mod pki;
+pub mod pods;
 pub mod recovery;
 pub mod refresh;
 pub mod request;

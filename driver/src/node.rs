@@ -26,6 +26,7 @@ use crate::issuer::kubecsr::{KubeCsrConfig, KubeCsrIssuer};
 use crate::issuer::local::{LocalCa, LocalCaConfig};
 use crate::kubeclient::ApiClients;
 use crate::mount::{DirMounter, KernelMounter, Mounter, Probed};
+use crate::pods::PodIdentity;
 use crate::recovery;
 use crate::refresh;
 use crate::scheduler;
@@ -311,6 +312,18 @@ pub fn api_trust(
     (cache, events, Box::pin(watches))
 }
 
+/// The pod-identity checks of a node with Kubernetes API access; their background work (the
+/// CSIDriver read and the node's pod watch) joins `tasks`.
+pub fn api_identity(
+    client: &kube::Client,
+    opts: &NodeOptions,
+    tasks: &mut Vec<(tracing::Span, BoxFuture<'static, ()>)>,
+) -> PodIdentity {
+    let (identity, work) = PodIdentity::start(client.clone(), &opts.driver_name, &opts.node_id);
+    tasks.push((info_span!("pod-identity"), Box::pin(work)));
+    identity
+}
+
 /// The node's API clients: issuance gets its own token bucket, apart from trust sources, Events
 /// and discovery.
 fn api_clients(config: &kube::Config, opts: &NodeOptions) -> Result<ApiClients, NodeError> {
@@ -338,6 +351,8 @@ pub async fn run(
     // What the cluster serves (API modes): the ClusterTrustBundle version every CTB reader uses,
     // and whether the issuer's API exists. Discovered in the background (see `discovery`).
     let mut apis: Option<Apis> = None;
+    // Whether pod information in volume contexts can be believed (API modes; see `pods`).
+    let mut pod_identity: Option<PodIdentity> = None;
     let (refresh_handle, refresher) = refresh::channel();
     let mut trust = TrustWiring {
         refresher: Some(refresh_handle),
@@ -356,6 +371,7 @@ pub async fn run(
             issuer_tasks.push((info_span!("api-discovery"), Box::pin(discovering)));
             let (cache, events, trust_watch) = api_trust(&client, &opts, &found);
             apis = Some(found);
+            pod_identity = Some(api_identity(&client, &opts, &mut issuer_tasks));
             trust.cache = Some(cache);
             trust.events = Some(events);
             issuer_tasks.push((info_span!("trust-watch"), trust_watch));
@@ -392,6 +408,7 @@ pub async fn run(
             let (found, discovering) = Apis::discover(client.clone(), discovery::CSR_API);
             issuer_tasks.push((info_span!("api-discovery"), Box::pin(discovering)));
             let (cache, events, trust_watch) = api_trust(&client, &opts, &found);
+            pod_identity = Some(api_identity(&client, &opts, &mut issuer_tasks));
             trust.cache = Some(cache);
             trust.events = Some(events);
             issuer_tasks.push((info_span!("trust-watch"), trust_watch));
@@ -454,6 +471,9 @@ pub async fn run(
     if let Some(apis) = &apis {
         manager = manager.with_apis(apis.clone());
     }
+    if let Some(pod_identity) = &pod_identity {
+        manager = manager.with_identity(pod_identity.clone());
+    }
     let volumes = Arc::new(manager);
     let ready = Readiness::default();
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -498,6 +518,7 @@ pub async fn run(
         info!(address = %ops_listener.local_addr().map_or_else(|e| e.to_string(), |a| a.to_string()), "serving /metrics, /healthz, /readyz");
         let (recovered, stopping) = (ready.clone(), stop_rx.clone());
         let apis = apis.clone();
+        let pod_identity = pod_identity.clone();
         let check: crate::ops::ReadyCheck = Arc::new(move || {
             if *stopping.borrow() {
                 Err("shutting down".into())
@@ -507,6 +528,8 @@ pub async fn run(
                 Err(why)
             } else if !issuer_reachable() {
                 Err("the issuer is not reachable (the request watch has not listed yet, or its last attempt failed; see the log)".into())
+            } else if let Some(Err(why)) = pod_identity.as_ref().map(PodIdentity::readiness) {
+                Err(why)
             } else {
                 Ok(())
             }

@@ -222,6 +222,9 @@ pub enum VolumeError {
     /// The cluster does not serve an API the volume needs (or discovery has not answered yet).
     #[error(transparent)]
     Api(#[from] ApiError),
+    /// The volume context's pod identity cannot be believed (API modes; see `pods`).
+    #[error(transparent)]
+    Identity(#[from] crate::pods::IdentityError),
     /// The data root refused a write (full or read-only): an operator has to act, and until then
     /// no volume can be published there and no renewal can be recorded.
     #[error(
@@ -314,6 +317,7 @@ impl VolumeError {
     fn keeps_pending(&self) -> bool {
         matches!(self, VolumeError::Issue(e) if e.is_transient())
             || matches!(self, VolumeError::Api(e) if e.is_transient())
+            || matches!(self, VolumeError::Identity(e) if e.is_transient())
             || matches!(self, VolumeError::Expired { .. })
     }
 }
@@ -441,6 +445,9 @@ pub struct VolumeManager {
     trust: TrustWiring,
     /// What the cluster serves (API modes); `None` without an API (local mode).
     apis: Option<Apis>,
+    /// The pod-identity checks (API modes); `None` in local mode, which trusts the chart's
+    /// CSIDriver (`podInfoOnMount: true`).
+    identity: Option<crate::pods::PodIdentity>,
     /// Key generation: one permit per CPU, shared round-robin between namespaces, so a pod
     /// asking for many slow keys (RSA 4096) cannot keep the CPUs from everyone else's.
     keygen: FairPool,
@@ -475,6 +482,7 @@ impl VolumeManager {
             pod_volumes: StdMutex::new(HashMap::new()),
             trust: TrustWiring::default(),
             apis: None,
+            identity: None,
         }
     }
 
@@ -488,6 +496,13 @@ impl VolumeManager {
     /// check the APIs they need first (see [`crate::discovery::Apis::check`]).
     pub fn with_apis(mut self, apis: Apis) -> Self {
         self.apis = Some(apis);
+        self
+    }
+
+    /// Gives the manager the pod-identity checks of a node with Kubernetes API access:
+    /// publishes then check the claimed pod first (see [`crate::pods::PodIdentity::verify`]).
+    pub fn with_identity(mut self, identity: crate::pods::PodIdentity) -> Self {
+        self.identity = Some(identity);
         self
     }
 
@@ -821,6 +836,11 @@ impl VolumeManager {
         // here rather than surfacing as a 404 later, and leaves nothing behind.
         if let Some(apis) = &self.apis {
             apis.check(req, self.cfg.issue_timeout).await?;
+        }
+        // The pod the context names must be the one kubelet publishes for: nothing is filed in
+        // another pod's name.
+        if let Some(identity) = &self.identity {
+            identity.verify(&req.pod, self.cfg.issue_timeout).await?;
         }
         // Likewise a source that is missing or not allowed; kubelet's retry finds it once it
         // exists.

@@ -34,3 +34,21 @@ pub fn render(python: &Path, values: &[(&str, &str)]) -> Result<Vec<Value>, Stri
     }
     serde_json::from_slice(&out.stdout).map_err(|e| format!("render.py printed no JSON list: {e}"))
 }
+
+/// The plain manifest, `manifests/certvol.yaml`: the chart rendered with its default values
+/// (`check_chart.py --write-plain` writes it, and its check fails when it is stale).
+pub fn plain_manifest() -> PathBuf {
+    repo_root().join("manifests").join("certvol.yaml")
+}
+
+/// The CSIDriver object as the chart renders it with default values (from
+/// [`plain_manifest`]), for harnesses that stand in for an installed chart without running Helm.
+pub fn plain_csidriver() -> Value {
+    let path = plain_manifest();
+    let text =
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    serde_yaml::Deserializer::from_str(&text)
+        .filter_map(|doc| serde::Deserialize::deserialize(doc).ok())
+        .find(|v: &Value| v["kind"] == "CSIDriver")
+        .unwrap_or_else(|| panic!("{} holds no CSIDriver", path.display()))
+}

@@ -85,6 +85,7 @@ impl Cluster {
 
     async fn standin(dir: &Path) -> Cluster {
         let api = ApiServer::start().await.expect("start the API stand-in");
+        install_csidriver(&api);
         let signer = Signer::start(api.store(), SignerConfig::default());
         let kubeconfig = dir.join("kubeconfig");
         api.write_kubeconfig(&kubeconfig, DRIVER_TOKEN)
@@ -139,33 +140,15 @@ impl Cluster {
         self.namespace.clone()
     }
 
-    /// Creates the Pod object (the owner of its requests and the target of events) and returns the
-    /// kubelet-emulator Pod with the server-assigned uid.
+    /// Creates the Pod object (the owner of its requests and the target of events), bound to the
+    /// driver's node ([`NODE_ID`]) as the scheduler would bind it, and returns the
+    /// kubelet-emulator Pod with the server-assigned uid. API-mode drivers publish only for pods
+    /// their node's pod watch confirms (see `certvol_driver::pods`), so every API-mode publish
+    /// goes through here.
     pub async fn create_pod(&self, namespace: &str, name: &str) -> Pod {
-        // A scheduling gate keeps the pod from ever being scheduled on a real cluster: it exists
-        // only as the owner and event target, no kubelet runs it.
-        let object = json!({
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": {"name": name, "namespace": namespace},
-            "spec": {
-                "serviceAccountName": "default",
-                "schedulingGates": [{"name": "certvol.io/e2e"}],
-                "containers": [{"name": "app", "image": "registry.k8s.io/pause:3.10"}],
-            },
-        });
+        let object = pod_object(namespace, name, NODE_ID);
         let uid = match &self.standin {
-            Some(s) => {
-                let created = s
-                    .api
-                    .store()
-                    .create(Kind::Pod, namespace, object)
-                    .unwrap_or_else(|e| panic!("create pod {namespace}/{name}: {e:?}"));
-                created["metadata"]["uid"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_owned()
-            }
+            Some(s) => return standin_pod(&s.api, namespace, name),
             None => {
                 let pod: KubePod = serde_json::from_value(object).expect("pod object");
                 let created = Api::<KubePod>::namespaced(self.client.clone(), namespace)
@@ -252,6 +235,50 @@ impl Cluster {
                 .collect(),
         }
     }
+}
+
+/// A Pod object bound to `node` with service account "default", as the harness creates it for
+/// the kubelet emulator's pods. On a real cluster nothing runs it: `node` is no real node (the
+/// pod-garbage collector may remove it after its grace period).
+pub fn pod_object(namespace: &str, name: &str, node: &str) -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "nodeName": node,
+            "serviceAccountName": "default",
+            "containers": [{"name": "app", "image": "registry.k8s.io/pause:3.10"}],
+        },
+    })
+}
+
+/// Creates the Pod object in the stand-in `api`, bound to [`NODE_ID`] (see
+/// [`Cluster::create_pod`]), and returns the kubelet-emulator Pod with the uid the stand-in gave
+/// it.
+pub fn standin_pod(api: &ApiServer, namespace: &str, name: &str) -> Pod {
+    let created = api
+        .store()
+        .create(Kind::Pod, namespace, pod_object(namespace, name, NODE_ID))
+        .unwrap_or_else(|e| panic!("create pod {namespace}/{name}: {e:?}"));
+    let uid = created["metadata"]["uid"].as_str().unwrap_or_default();
+    assert!(!uid.is_empty(), "the stand-in assigned no uid to {name}");
+    Pod {
+        name: name.into(),
+        namespace: namespace.into(),
+        uid: uid.into(),
+        service_account: "default".into(),
+        fs_group: None,
+        token: None,
+    }
+}
+
+/// Creates the chart's CSIDriver object ([`crate::chart::plain_csidriver`]) in the stand-in,
+/// as installing the chart does: API-mode drivers refuse to serve without it.
+pub fn install_csidriver(api: &ApiServer) {
+    api.store()
+        .create(Kind::CsiDriver, "", crate::chart::plain_csidriver())
+        .unwrap_or_else(|e| panic!("create the chart's CSIDriver: {e:?}"));
 }
 
 /// A cert-manager volume for `issuer` with dns name ${POD_NAME}.${POD_NAMESPACE}.svc plus extra

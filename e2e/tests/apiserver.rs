@@ -1322,7 +1322,12 @@ async fn each_version_serves_exactly_its_cluster_trust_bundle_versions() {
         let names: Vec<&str> = groups.groups.iter().map(|g| g.name.as_str()).collect();
         assert_eq!(
             names,
-            ["events.k8s.io", "certificates.k8s.io", "cert-manager.io"],
+            [
+                "events.k8s.io",
+                "certificates.k8s.io",
+                "storage.k8s.io",
+                "cert-manager.io"
+            ],
             "{label}"
         );
         let certs = groups
@@ -1531,7 +1536,16 @@ async fn discovery_documents_are_kube_apiservers() {
         json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": [
             {"name": "events.k8s.io", "versions": [gv("events.k8s.io", "v1")], "preferredVersion": gv("events.k8s.io", "v1")},
             {"name": "certificates.k8s.io", "versions": [gv("certificates.k8s.io", "v1")], "preferredVersion": gv("certificates.k8s.io", "v1")},
+            {"name": "storage.k8s.io", "versions": [gv("storage.k8s.io", "v1")], "preferredVersion": gv("storage.k8s.io", "v1")},
             {"name": "cert-manager.io", "versions": [gv("cert-manager.io", "v1")], "preferredVersion": gv("cert-manager.io", "v1")},
+        ]})
+    );
+    let (_, _, storage) = get("/apis/storage.k8s.io/v1");
+    assert_eq!(
+        storage,
+        json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "storage.k8s.io/v1", "resources": [
+            {"name": "csidrivers", "singularName": "csidriver", "namespaced": false,
+             "kind": "CSIDriver", "verbs": all_verbs},
         ]})
     );
     let (_, _, group) = get("/apis/certificates.k8s.io");
@@ -1653,7 +1667,12 @@ async fn discovery_documents_are_kube_apiservers() {
         .collect();
     assert_eq!(
         names,
-        ["events.k8s.io", "certificates.k8s.io", "cert-manager.io"]
+        [
+            "events.k8s.io",
+            "certificates.k8s.io",
+            "storage.k8s.io",
+            "cert-manager.io"
+        ]
     );
     let core = client
         .list_core_api_versions_aggregated()
@@ -1932,7 +1951,7 @@ async fn tls_serves_in_cluster_clients_from_the_projected_service_account_files(
     assert_eq!(last.token.as_deref(), Some(TOKEN));
     // Discovery works over TLS too.
     let groups = client.list_api_groups().await.expect("groups");
-    assert_eq!(groups.groups.len(), 3);
+    assert_eq!(groups.groups.len(), 4);
 
     // The certificate names the in-cluster service too (Config::incluster_dns connects there).
     let mut by_dns = incluster_config(&env);
@@ -2044,5 +2063,66 @@ async fn incluster_env_child() {
     match result {
         Ok(ns) => println!("RESULT listed {ns}"),
         Err(e) => println!("RESULT error {e}"),
+    }
+}
+
+/// storage.k8s.io/v1 CSIDrivers as kube-apiserver serves them: cluster-scoped (no namespaced
+/// URL), defaulted on create (podInfoOnMount false unless set), validated (lifecycle modes,
+/// token requests), readable by name as certvol's start-up check reads it.
+#[tokio::test]
+async fn csidrivers_are_cluster_scoped_defaulted_and_validated() {
+    use k8s_openapi::api::storage::v1::CSIDriver;
+    let h = harness().await;
+    let drivers: Api<CSIDriver> = Api::all(h.client.clone());
+    let bare: CSIDriver = serde_json::from_value(json!({
+        "apiVersion": "storage.k8s.io/v1", "kind": "CSIDriver",
+        "metadata": {"name": "bare.example.com"}, "spec": {}
+    }))
+    .unwrap();
+    let created = drivers.create(&PostParams::default(), &bare).await.unwrap();
+    assert_eq!(created.spec.pod_info_on_mount, Some(false));
+    assert_eq!(created.spec.attach_required, Some(true));
+    assert_eq!(
+        created.spec.volume_lifecycle_modes.as_deref(),
+        Some(&["Persistent".to_string()][..])
+    );
+    assert!(created.metadata.namespace.is_none());
+
+    // The chart's object, as the harness installs it.
+    certvol_e2e::cluster::install_csidriver(&h.server);
+    let chart = drivers.get("csi.certvol.io").await.unwrap();
+    assert_eq!(chart.spec.pod_info_on_mount, Some(true));
+    assert_eq!(
+        chart.spec.volume_lifecycle_modes.as_deref(),
+        Some(&["Ephemeral".to_string()][..])
+    );
+    let (code, _) = raw_request(
+        &h.server.url(),
+        &format!(
+            "GET /apis/storage.k8s.io/v1/namespaces/{NS}/csidrivers/csi.certvol.io HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\nConnection: close\r\n\r\n"
+        ),
+    );
+    assert_eq!(code, 404, "CSIDrivers have no namespaced URL");
+
+    let bad: CSIDriver = serde_json::from_value(json!({
+        "apiVersion": "storage.k8s.io/v1", "kind": "CSIDriver",
+        "metadata": {"name": "bad.example.com"},
+        "spec": {"volumeLifecycleModes": ["Inline"],
+                 "tokenRequests": [{"audience": "a", "expirationSeconds": 60}]}
+    }))
+    .unwrap();
+    match drivers.create(&PostParams::default(), &bad).await {
+        Err(kube::Error::Api(status)) => {
+            assert_eq!(status.code, 422, "{status:?}");
+            assert!(
+                status.message.contains("spec.volumeLifecycleModes[0]")
+                    && status
+                        .message
+                        .contains("spec.tokenRequests[0].expirationSeconds"),
+                "{}",
+                status.message
+            );
+        }
+        other => panic!("created an invalid CSIDriver: {other:?}"),
     }
 }

@@ -490,6 +490,12 @@ impl Cluster {
             &["system:serviceaccounts", "system:authenticated"],
             "e2e-driver-uid",
         );
+        // The chart's CSIDriver, as rendered: API-mode drivers refuse to serve without
+        // podInfoOnMount: true.
+        server
+            .store()
+            .create(Kind::CsiDriver, "", plan.driver.object.clone())
+            .map_err(|e| format!("create the rendered CSIDriver: {e:?}"))?;
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
         let incluster = server
             .write_incluster_files(dir.path(), token, &plan.namespace)
@@ -501,17 +507,16 @@ impl Cluster {
         })
     }
 
-    /// The Pod object (owner of its requests, target of events), with the server's uid.
-    fn create_pod(&self, namespace: &str, name: &str) -> Result<Pod, String> {
+    /// The Pod object (owner of its requests, target of events) bound to `node`, with the
+    /// server's uid: the driver publishes only for pods its node's pod watch confirms.
+    fn create_pod(&self, node: &Node, namespace: &str, name: &str) -> Result<Pod, String> {
         let created = self
             .server
             .store()
             .create(
                 Kind::Pod,
                 namespace,
-                json!({"metadata": {"name": name},
-                       "spec": {"serviceAccountName": "default",
-                                "containers": [{"name": "app", "image": "pause"}]}}),
+                certvol_e2e::cluster::pod_object(namespace, name, &node.name),
             )
             .map_err(|e| format!("create pod {namespace}/{name}: {e:?}"))?;
         let mut pod = Pod::new(namespace, name);
@@ -561,7 +566,7 @@ async fn cert_manager_install_and_first_publish(ctx: Ctx) -> Outcome {
     let mut node =
         Node::boot("node-g", Path::new("/var/lib/kubelet")).map_err(|e| e.to_string())?;
     let (driver, kubelet) = start_ready_with(&mut node, &plan, Some(&cluster.incluster)).await?;
-    let pod = cluster.create_pod("shop", "web-0")?;
+    let pod = cluster.create_pod(&node, "shop", "web-0")?;
     let vol = cm_volume(STANDIN_ISSUER, []);
     let target = kubelet
         .publish(&pod, &vol)
@@ -601,7 +606,7 @@ async fn cert_manager_token_request(ctx: Ctx) -> Outcome {
     let mut node =
         Node::boot("node-h", Path::new("/var/lib/kubelet")).map_err(|e| e.to_string())?;
     let (driver, kubelet) = start_ready_with(&mut node, &plan, Some(&cluster.incluster)).await?;
-    let mut pod = cluster.create_pod("shop", "web-0")?;
+    let mut pod = cluster.create_pod(&node, "shop", "web-0")?;
     pod.token = Some("pod-token-web-0".into());
     cluster.server.add_token(
         "pod-token-web-0",
@@ -668,7 +673,7 @@ async fn kube_csr_install_and_first_publish(ctx: Ctx) -> Outcome {
     let mut node =
         Node::boot("node-i", Path::new("/var/lib/kubelet")).map_err(|e| e.to_string())?;
     let (driver, kubelet) = start_ready_with(&mut node, &plan, Some(&cluster.incluster)).await?;
-    let pod = cluster.create_pod("shop", "web-0")?;
+    let pod = cluster.create_pod(&node, "shop", "web-0")?;
     let mut vol = volume([("csi.certvol.io/signer-name", SIGNER)]);
     vol.attributes.remove("csi.certvol.io/issuer-name");
     let published = kubelet.publish(&pod, &vol).await;

@@ -46,6 +46,7 @@ impl Setup {
     async fn new() -> Setup {
         let env = Env::new();
         let api = ApiServer::start().await.expect("API stand-in");
+        certvol_e2e::cluster::install_csidriver(&api);
         let mut cfg = KubeSignerConfig::new(SIGNER);
         cfg.max_duration = MAX_LIFETIME;
         let signer = KubeSigner::start(api.store(), cfg).expect("signer stand-in");
@@ -125,23 +126,7 @@ impl Setup {
     }
 
     fn create_pod(&self, name: &str) -> Pod {
-        let created = self
-            .api
-            .store()
-            .create(
-                Kind::Pod,
-                "default",
-                json!({"metadata": {"name": name}, "spec": {"containers": [{"name": "app", "image": "pause"}]}}),
-            )
-            .expect("create pod");
-        Pod {
-            name: name.into(),
-            namespace: "default".into(),
-            uid: created["metadata"]["uid"].as_str().unwrap().to_owned(),
-            service_account: "default".into(),
-            fs_group: None,
-            token: None,
-        }
+        certvol_e2e::cluster::standin_pod(&self.api, "default", name)
     }
 
     /// The CSRs filed for one volume (selected by their volume label).

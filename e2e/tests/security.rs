@@ -643,6 +643,7 @@ async fn a_rogue_signer_cannot_plant_a_foreign_or_oversized_certificate() {
     require_root!();
     let mut env = Env::new();
     let api = ApiServer::start().await.expect("API stand-in");
+    certvol_e2e::cluster::install_csidriver(&api);
     let kubeconfig = env.path().join("kubeconfig");
     api.write_kubeconfig(&kubeconfig, DRIVER_TOKEN).unwrap();
     let kubeconfig = kubeconfig.display().to_string();
@@ -682,7 +683,7 @@ async fn a_rogue_signer_cannot_plant_a_foreign_or_oversized_certificate() {
 
     // A certificate for another key: refused, nothing written.
     let vol = cm_volume("ca-issuer", []);
-    let pod = Pod::new("default", "foreign");
+    let pod = certvol_e2e::cluster::standin_pod(&api, "default", "foreign");
     let started = Instant::now();
     let err = kubelet.publish(&pod, &vol).await.unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition, "{err}");
@@ -705,7 +706,7 @@ async fn a_rogue_signer_cannot_plant_a_foreign_or_oversized_certificate() {
     // request, and the issuance fails naming the field and the limit.
     huge.store(true, std::sync::atomic::Ordering::SeqCst);
     let before = api.requests().len();
-    let pod = Pod::new("default", "oversized");
+    let pod = certvol_e2e::cluster::standin_pod(&api, "default", "oversized");
     let started = Instant::now();
     let err = kubelet.publish(&pod, &vol).await.unwrap_err();
     let took = started.elapsed();

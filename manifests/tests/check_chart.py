@@ -197,6 +197,25 @@ def rules_of(objs):
             for r in (role[0]["rules"] if role else [])}
 
 
+def identity_rules(objs):
+    """The resourceNames of the ClusterRole's csidrivers rule (None: no such rule), after checking
+    that the pod-identity rules grant nothing beyond get on named CSIDrivers and list+watch on
+    pods."""
+    role = by_kind(objs, "ClusterRole")
+    names = None
+    for r in role[0]["rules"] if role else []:
+        if "csidrivers" in r["resources"]:
+            check(r["apiGroups"] == ["storage.k8s.io"] and r["resources"] == ["csidrivers"]
+                  and r["verbs"] == ["get"] and r.get("resourceNames"),
+                  f"pod identity: get on named CSIDrivers only: {r}")
+            names = r["resourceNames"]
+        if "pods" in r["resources"]:
+            check(r["apiGroups"] == [""] and r["resources"] == ["pods"]
+                  and r["verbs"] == ["list", "watch"] and "resourceNames" not in r,
+                  f"pod identity: list+watch on pods only: {r}")
+    return names
+
+
 def binding_ok(objs, case):
     b = one(objs, "ClusterRoleBinding", case)
     subj = b.get("subjects", [{}])[0]
@@ -214,12 +233,15 @@ def case_default():
     check("tokenRequests" not in drv["spec"] and drv["spec"]["requiresRepublish"] is False,
           "default: no tokenRequests, no republish")
     check(rules_of(objs) == {
+        (("storage.k8s.io",), ("csidrivers",)): ["get"],
+        (("",), ("pods",)): ["list", "watch"],
         (("cert-manager.io",), ("certificaterequests",)): ["create", "delete", "list", "watch"],
         (("",), ("events",)): ["create"],
         # No ConfigMap or Secret anywhere without namespaces (or trust.clusterWide).
         (("certificates.k8s.io",), ("clustertrustbundles",)): ["list", "watch"],
     }, f"default: RBAC {rules_of(objs)}")
     check(not by_kind(objs, "Role"), "default: no Roles")
+    check(identity_rules(objs) == ["csi.certvol.io"], "default: get on its own CSIDriver only")
     policy = one(objs, "ValidatingAdmissionPolicy", "default")
     check([r["resources"] for r in policy["spec"]["matchConstraints"]["resourceRules"]]
           == [["certificaterequests"], ["events"]], "default: policy covers requests and events")
@@ -261,12 +283,15 @@ def case_kubernetes_csr():
     check("tokenRequests" not in drv["spec"], "kubernetes-csr: no tokenRequests")
     # Least privilege: no update/patch, no approval subresource, no `approve` on signers.
     check(rules_of(objs) == {
+        (("storage.k8s.io",), ("csidrivers",)): ["get"],
+        (("",), ("pods",)): ["list", "watch"],
         (("certificates.k8s.io",), ("certificatesigningrequests",)):
             ["create", "delete", "get", "list", "watch"],
         (("certificates.k8s.io",), ("clustertrustbundles",)): ["get", "list", "watch"],
         (("",), ("events",)): ["create"],
     }, f"kubernetes-csr: RBAC {rules_of(objs)}")
     binding_ok(objs, "kubernetes-csr")
+    check(identity_rules(objs) == ["csi.certvol.io"], "kubernetes-csr: get on its own CSIDriver")
     args = arg_map(container(ds, "certvol"))
     check(args.get("kube-api-qps") == "10" and args.get("request-history") == "1",
           f"kubernetes-csr: API client args {args}")
@@ -352,6 +377,7 @@ def case_operations():
     check(args.get("forbid-rsa-4096") is True, "ops: keys.forbidRsa4096 sets --forbid-rsa-4096")
     check(args.get("driver-name") == "certs.example.com", "ops: driver name arg")
     check(one(objs, "CSIDriver", "ops")["metadata"]["name"] == "certs.example.com", "ops: CSIDriver")
+    check(identity_rules(objs) == ["certs.example.com"], "ops: get on its own CSIDriver only")
     # Helm merges maps with the defaults, so the OS selector stays.
     check(pod.get("nodeSelector") == {"kubernetes.io/os": "linux", "pool": "edge"},
           f"ops: node selector {pod.get('nodeSelector')}")
@@ -426,8 +452,9 @@ def case_trust():
                                      "namespace": "certvol-trust"}}))
     validate(objs, "trust-off")
     rules = rules_of(objs)
-    check(set(rules) == {(("cert-manager.io",), ("certificaterequests",)), (("",), ("events",))},
-          f"trust-off: only the issuer's rules: {rules}")
+    check(set(rules) == {(("cert-manager.io",), ("certificaterequests",)), (("",), ("events",)),
+                         (("storage.k8s.io",), ("csidrivers",)), (("",), ("pods",))},
+          f"trust-off: only the issuer's and pod identity's rules: {rules}")
     check(not by_kind(objs, "Role"), "trust-off: no Roles")
 
     # Restricted: a Role + RoleBinding per namespace (the trust namespace included), and no
@@ -470,8 +497,12 @@ def case_request_namespaces():
     validate(objs, "namespaces")
     ds, _, _ = check_common(objs, "namespaces", "cert-manager")
     check(rules_of(objs) == {
+        # Pod identity needs its CSIDriver and the node's pods whatever the namespaces.
+        (("storage.k8s.io",), ("csidrivers",)): ["get"],
+        (("",), ("pods",)): ["list", "watch"],
         (("certificates.k8s.io",), ("clustertrustbundles",)): ["list", "watch"],
-    }, f"namespaces: ClusterRole has only the cluster-scoped trust bundles: {rules_of(objs)}")
+    }, f"namespaces: ClusterRole has only the cluster-scoped trust bundles and pod identity: "
+       f"{rules_of(objs)}")
     roles = roles_by_namespace(objs, "namespaces")
     issuing = {(("cert-manager.io",), ("certificaterequests",)): ["create", "delete", "list", "watch"],
                (("",), ("events",)): ["create"],

@@ -359,7 +359,12 @@ mod tests {
             .collect();
         assert_eq!(
             names,
-            ["events.k8s.io", "certificates.k8s.io", "cert-manager.io"]
+            [
+                "events.k8s.io",
+                "certificates.k8s.io",
+                "storage.k8s.io",
+                "cert-manager.io"
+            ]
         );
         assert!(resource_list(&apis, "certificates.k8s.io/v1beta1").is_none());
         let csr = resource_list(&apis, "certificates.k8s.io/v1").unwrap();

@@ -508,6 +508,7 @@ fn selectors(
         Kind::Secret => Some(trust::SECRET_SELECTABLE),
         Kind::ClusterTrustBundle => Some(trust::CTB_SELECTABLE),
         Kind::CertificateSigningRequest => Some(CSR_SELECTABLE),
+        Kind::CsiDriver => Some(super::storage::CSIDRIVER_SELECTABLE),
         Kind::Pod | Kind::Event => None,
     };
     let fields = FieldSelector::parse(q.get("fieldSelector").map_or("", String::as_str), allowed)

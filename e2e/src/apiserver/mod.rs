@@ -19,6 +19,7 @@ mod http;
 mod meta;
 mod schema;
 mod selector;
+mod storage;
 mod store;
 mod tls;
 mod trust;
@@ -56,6 +57,8 @@ pub enum Kind {
     ClusterTrustBundle,
     /// certificates.k8s.io/v1, cluster-scoped, with `/status` and `/approval` (see `csr`).
     CertificateSigningRequest,
+    /// storage.k8s.io/v1 CSIDriver, cluster-scoped, defaulted and validated (see `storage`).
+    CsiDriver,
 }
 
 impl Kind {
@@ -68,6 +71,7 @@ impl Kind {
             Kind::Secret => "Secret",
             Kind::CertificateSigningRequest => "CertificateSigningRequest",
             Kind::ClusterTrustBundle => "ClusterTrustBundle",
+            Kind::CsiDriver => "CSIDriver",
         }
     }
 
@@ -81,6 +85,7 @@ impl Kind {
             Kind::Secret => "secrets",
             Kind::CertificateSigningRequest => "certificatesigningrequests",
             Kind::ClusterTrustBundle => "clustertrustbundles",
+            Kind::CsiDriver => "csidrivers",
         }
     }
 
@@ -88,6 +93,7 @@ impl Kind {
         match self {
             Kind::CertificateRequest => "cert-manager.io",
             Kind::ClusterTrustBundle | Kind::CertificateSigningRequest => "certificates.k8s.io",
+            Kind::CsiDriver => "storage.k8s.io",
             Kind::Pod | Kind::Event | Kind::ConfigMap | Kind::Secret => "",
         }
     }
@@ -99,6 +105,7 @@ impl Kind {
             Kind::CertificateRequest => "cert-manager.io/v1",
             Kind::ClusterTrustBundle => "certificates.k8s.io/v1",
             Kind::CertificateSigningRequest => "certificates.k8s.io/v1",
+            Kind::CsiDriver => "storage.k8s.io/v1",
             Kind::Pod | Kind::Event | Kind::ConfigMap | Kind::Secret => "v1",
         }
     }
@@ -113,6 +120,7 @@ impl Kind {
             Kind::Secret => "secret",
             Kind::CertificateSigningRequest => "certificatesigningrequest",
             Kind::ClusterTrustBundle => "clustertrustbundle",
+            Kind::CsiDriver => "csidriver",
         }
     }
 
@@ -125,7 +133,7 @@ impl Kind {
             Kind::Event => &["ev"],
             Kind::ConfigMap => &["cm"],
             Kind::CertificateSigningRequest => &["csr"],
-            Kind::Secret | Kind::ClusterTrustBundle => &[],
+            Kind::Secret | Kind::ClusterTrustBundle | Kind::CsiDriver => &[],
         }
     }
 
@@ -143,7 +151,7 @@ impl Kind {
     pub fn namespaced(self) -> bool {
         !matches!(
             self,
-            Kind::ClusterTrustBundle | Kind::CertificateSigningRequest
+            Kind::ClusterTrustBundle | Kind::CertificateSigningRequest | Kind::CsiDriver
         )
     }
 

@@ -13,6 +13,7 @@ use tokio::sync::broadcast;
 use super::csr::{self, Subresource};
 use super::schema::{Schema, SchemaError};
 use super::selector::{FieldSelector, LabelSelector};
+use super::storage;
 use super::versions::{KubeVersion, ServedApis};
 use super::{ApiError, EventType, FieldCause, Identity, Kind, WatchEvent, meta, trust, webhook};
 
@@ -230,8 +231,9 @@ impl Store {
             .unwrap_or("")
             .to_string();
         let mut causes = meta::validate(&Value::Object(meta.clone()));
-        if kind == Kind::ClusterTrustBundle {
-            // Its names follow their own rule (signer prefixes contain ':'), checked by admission.
+        if matches!(kind, Kind::ClusterTrustBundle | Kind::CsiDriver) {
+            // Their names follow their own rules (signer prefixes contain ':'; CSI driver names
+            // allow '_'), checked by admission.
             causes.retain(|c| c.field != "metadata.name");
         }
         if kind == Kind::CertificateRequest {
@@ -249,6 +251,9 @@ impl Store {
         if kind == Kind::CertificateSigningRequest {
             csr::prepare_create(&mut obj, who);
             causes.extend(csr::validate(&obj));
+        }
+        if kind == Kind::CsiDriver {
+            causes.extend(storage::admit_csidriver(&mut obj)?);
         }
         if !causes.is_empty() {
             return Err(ApiError::invalid(kind, &name, causes));
@@ -462,7 +467,7 @@ impl Store {
             Some(m) => meta::validate(m),
             None => Vec::new(),
         };
-        if kind == Kind::ClusterTrustBundle {
+        if matches!(kind, Kind::ClusterTrustBundle | Kind::CsiDriver) {
             causes.retain(|c| c.field != "metadata.name");
         }
         if trust::handles(kind) {
@@ -474,6 +479,9 @@ impl Store {
         }
         if kind == Kind::CertificateSigningRequest {
             causes.extend(csr::validate_update(&old, &new));
+        }
+        if kind == Kind::CsiDriver {
+            causes.extend(storage::admit_csidriver(&mut new)?);
         }
         if old.pointer("/metadata/deletionTimestamp").is_some() {
             let had = old

@@ -207,6 +207,9 @@ const PCR_V1BETA1: &str = "beta since v1.35, off by default (KEP-4317; runtime-c
 const PCR_V1: &str = "GA in v1.37 (\"Kubernetes v1.37: Pod Certificates and Cluster Trust \
      Bundles\", kubernetes/website#57194); k8s-openapi 0.29 has it only in \
      src/v1_37/api/certificates/v1/pod_certificate_request.rs";
+const CSIDRIVER_V1: &str = "k8s-openapi 0.29 src/v1_33..v1_37/api/storage/v1/csi_driver.rs; GA \
+     since v1.18 (https://kubernetes.io/docs/reference/kubernetes-api/config-and-storage-resources/csi-driver-v1/, \
+     kubernetes/kubernetes#84814 \"Promote CSIDriver to GA\")";
 const CERT_MANAGER_CRD: &str = "the cert-manager CRD (shared/reference/\
      cert-manager.io_certificaterequests.yaml): version v1 served, status subresource";
 
@@ -362,6 +365,15 @@ pub const TABLE: &[ApiRow] = &[
         None,
         built_in(34, Some(34), false),
         PCR_V1ALPHA1,
+    ),
+    // storage.k8s.io
+    row(
+        "storage.k8s.io",
+        "v1",
+        "csidrivers",
+        Some(Kind::CsiDriver),
+        built_in(18, None, true),
+        CSIDRIVER_V1,
     ),
     // cert-manager.io (CRD)
     row(
@@ -933,6 +945,7 @@ mod tests {
             Kind::Secret,
             Kind::ClusterTrustBundle,
             Kind::CertificateSigningRequest,
+            Kind::CsiDriver,
         ] {
             assert!(
                 TABLE

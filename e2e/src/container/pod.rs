@@ -59,6 +59,8 @@ pub struct DriverInfo {
     /// Audiences of `tokenRequests` ("" is the API server's default).
     pub token_audiences: Vec<String>,
     pub requires_republish: bool,
+    /// The object as rendered, for an API stand-in to serve as the installed chart does.
+    pub object: Value,
 }
 
 /// The certvol container of the rendered DaemonSet, ready to run.
@@ -155,8 +157,9 @@ impl PodPlan {
     pub fn from_objects(objects: &[Value]) -> Result<PodPlan, String> {
         let ds: DaemonSet = serde_json::from_value(find(objects, "DaemonSet")?.clone())
             .map_err(|e| format!("DaemonSet: {e}"))?;
-        let drv: CSIDriver = serde_json::from_value(find(objects, "CSIDriver")?.clone())
-            .map_err(|e| format!("CSIDriver: {e}"))?;
+        let drv_object = find(objects, "CSIDriver")?.clone();
+        let drv: CSIDriver =
+            serde_json::from_value(drv_object.clone()).map_err(|e| format!("CSIDriver: {e}"))?;
         let pod = ds
             .spec
             .template
@@ -281,6 +284,7 @@ impl PodPlan {
                     .map(|t| t.audience.clone())
                     .collect(),
                 requires_republish: spec.requires_republish.unwrap_or(false),
+                object: drv_object,
             },
         })
     }
