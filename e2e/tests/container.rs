@@ -306,7 +306,8 @@ async fn kubelet_root_elsewhere_names_the_flag(ctx: Ctx) -> Outcome {
 /// OOM kill: its mount namespace goes with it) and a new one started. Every volume stays
 /// served throughout and renews again under the new container.
 async fn restart_with_50_volumes_mid_renewal(ctx: Ctx) -> Outcome {
-    let plan = plan(&ctx, &[("issuer", "local")])?;
+    // Seconds-long certificates, which the chart's default floor (an hour) refuses.
+    let plan = plan(&ctx, &[("issuer", "local"), ("limits.minDuration", "1s")])?;
     let mut node =
         Node::boot("node-d", Path::new("/var/lib/kubelet")).map_err(|e| e.to_string())?;
     let (mut driver, kubelet) = start_ready(&mut node, &plan).await?;
@@ -409,11 +410,12 @@ async fn node_reboot_then_republish(ctx: Ctx) -> Outcome {
 /// holding its own copy of the binary, different values) starts on the same data root and
 /// takes over every volume: served, renewed, removable.
 async fn upgrade_on_the_same_data_root(ctx: Ctx) -> Outcome {
-    let old = plan(&ctx, &[("issuer", "local")])?;
+    let old = plan(&ctx, &[("issuer", "local"), ("limits.minDuration", "1s")])?;
     let new = plan(
         &ctx,
         &[
             ("issuer", "local"),
+            ("limits.minDuration", "1s"),
             ("logFormat", "json"),
             ("tmpfsSize", "2Mi"),
         ],
