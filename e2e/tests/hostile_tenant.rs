@@ -109,38 +109,51 @@ async fn a_hostile_tenant_doing_everything_at_once_leaves_the_honest_tenant_rene
     //    every few seconds into the void.
     standin.signer.set_silent(HOSTILE, true);
 
+    // 6. Meanwhile a hostile pod claims to be in the honest namespace: the node's pod watch
+    //    knows better (it waits a moment for the claimed pod, then refuses).
+    let mut forged = pods[2].clone();
+    forged.namespace = ns.clone();
+    let forged_volume = hostile_volume(&cluster, &[]);
+    let forged_publish = kubelet.publish(&forged, &forged_volume);
+
     // For 24 s the honest volumes always hold a valid certificate and keep renewing.
-    let started = Instant::now();
-    let mut serials: Vec<Vec<String>> = honest
-        .iter()
-        .map(|(_, _, t)| vec![read_volume(t).expect("honest volume").leaf.serial_hex])
-        .collect();
-    let mut closest = Duration::MAX;
-    let mut peak = after_start;
-    while started.elapsed() < Duration::from_secs(24) {
-        for ((pod, _, target), seen) in honest.iter().zip(serials.iter_mut()) {
-            // read_volume refuses an expired certificate.
-            let files = read_volume(target).unwrap_or_else(|e| {
-                panic!(
-                    "honest {} after {:?}: {e}\n--- log ---\n{}",
-                    pod.name,
-                    started.elapsed(),
-                    env.logs()
-                )
-            });
-            let left = files
-                .leaf
-                .not_after
-                .duration_since(SystemTime::now())
-                .unwrap_or_default();
-            closest = closest.min(left);
-            if seen.last() != Some(&files.leaf.serial_hex) {
-                seen.push(files.leaf.serial_hex);
+    let window = async {
+        let started = Instant::now();
+        let mut serials: Vec<Vec<String>> = honest
+            .iter()
+            .map(|(_, _, t)| vec![read_volume(t).expect("honest volume").leaf.serial_hex])
+            .collect();
+        let mut closest = Duration::MAX;
+        let mut peak = after_start;
+        while started.elapsed() < Duration::from_secs(24) {
+            for ((pod, _, target), seen) in honest.iter().zip(serials.iter_mut()) {
+                // read_volume refuses an expired certificate.
+                let files = read_volume(target).unwrap_or_else(|e| {
+                    panic!(
+                        "honest {} after {:?}: {e}\n--- log ---\n{}",
+                        pod.name,
+                        started.elapsed(),
+                        env.logs()
+                    )
+                });
+                let left = files
+                    .leaf
+                    .not_after
+                    .duration_since(SystemTime::now())
+                    .unwrap_or_default();
+                closest = closest.min(left);
+                if seen.last() != Some(&files.leaf.serial_hex) {
+                    seen.push(files.leaf.serial_hex);
+                }
             }
+            peak = peak.max(driver.memory_kib().expect("memory").1);
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        peak = peak.max(driver.memory_kib().expect("memory").1);
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        (serials, closest, peak)
+    };
+    let (forged_result, (serials, closest, mut peak)) = tokio::join!(forged_publish, window);
+    let err = forged_result.expect_err("a hostile pod claiming the honest namespace");
+    assert_eq!(err.code(), Code::PermissionDenied, "{err}");
     for ((pod, vol, _), seen) in honest.iter().zip(&serials) {
         assert!(
             seen.len() > 3,
@@ -159,7 +172,7 @@ async fn a_hostile_tenant_doing_everything_at_once_leaves_the_honest_tenant_rene
     let (rss, hwm) = driver.memory_kib().expect("memory");
     peak = peak.max(hwm);
     println!(
-        "hostile tenant: 40 big requests, {hostile_published} volumes on a 900 KiB source (3 RSA 4096), a silent issuer; \
+        "hostile tenant: 40 big requests, {hostile_published} volumes on a 900 KiB source (3 RSA 4096), a volume with 20 sources and a forged pod identity refused, a silent issuer; \
          honest renewals {:?}, closest to expiry {closest:?}; driver VmHWM {peak} KiB (after start {after_start} KiB, VmRSS now {rss} KiB)",
         serials.iter().map(|s| s.len() - 1).collect::<Vec<_>>()
     );
