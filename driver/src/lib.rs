@@ -2,7 +2,9 @@
 //! ephemeral volume.
 //!
 //! Modules, from pure data at the bottom to I/O at the edge:
-//! `request` (what a volume asks for) · `attrs` (volume context → request) · `clock` ·
+//! `request` (what a volume asks for) · `attrs` (volume context → request) · `limits` (the
+//! operator's bounds on durations and volumes per pod) · `clock` · `fair` (permits shared
+//! round-robin between namespaces: key generation, renewal workers) ·
 //! `keys` (key generation, CSR) · `pki` (certificate parsing and checks) · `layout` (issued
 //! material → the volume's files, PEM and PKCS#12) · `issuer` (trait + local CA) · `fsutil`,
 //! `store` (metadata on disk) · `mount` (tmpfs and bind mounts) · `writer` (the `..data` swap) ·
