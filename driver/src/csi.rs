@@ -82,6 +82,9 @@ impl RpcError {
                 // keep an uncertain mount of a publish that left nothing behind. Its retries
                 // (with backoff) succeed once an operator has cleared the fault.
                 VolumeError::DataRoot { .. } => Code::FailedPrecondition,
+                // The node's volumes hold the tmpfs budget: final for the same reason, and the
+                // publish left nothing behind; kubelet's retries succeed once volumes are gone.
+                VolumeError::TmpfsBudget(_) => Code::FailedPrecondition,
                 // Non-final: the volume keeps its state and kubelet's retry files a new request.
                 VolumeError::Expired { .. } => Code::Aborted,
                 VolumeError::Trust(source) => match source {

@@ -47,6 +47,7 @@ pub mod refresh;
 pub mod request;
 pub mod scheduler;
 pub mod store;
+pub mod tmpfs_budget;
 pub mod trust;
 pub mod volume;
 pub mod writer;

@@ -186,6 +186,13 @@ struct NodeArgs {
     /// is refused with InvalidArgument.
     #[arg(long, default_value_t = certvol_driver::attrs::DEFAULT_MAX_TRUST_SOURCES, value_parser = parse_count)]
     max_trust_sources_per_volume: usize,
+    /// Bytes (whole 4 KiB pages) the driver may keep in all volumes' tmpfs together: their files
+    /// and private keys. The kernel charges tmpfs pages to the driver's memory cgroup, so this
+    /// must stay well under the container's memory limit. A publish that would pass it fails
+    /// with FailedPrecondition; a renewal or trust-bundle rewrite that would keeps the volume's
+    /// current files and is retried later.
+    #[arg(long, default_value = "64Mi", value_parser = parse_source_size)]
+    max_volume_bytes: u64,
     /// Most distinct trust sources (each one list and watch on the API server) the volumes of
     /// one namespace may have watched at once; a publish that would exceed it fails with
     /// FailedPrecondition naming the namespace and this cap, and kubelet retries it.
@@ -407,6 +414,7 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                     max_total_bytes: usize::try_from(args.max_trust_bytes).unwrap_or(usize::MAX),
                 },
                 max_trust_sources: args.max_trust_sources_per_volume,
+                max_volume_bytes: args.max_volume_bytes,
                 renew_concurrency: args.renew_concurrency,
                 limits: certvol_driver::limits::Limits {
                     min_duration: args.min_duration,

@@ -143,6 +143,8 @@ pub struct Metrics {
     kube_requests: Family<Labels, Counter>,
     requests_dropped: Family<Labels, Counter>,
     volumes: Gauge,
+    volume_tmpfs_bytes: Gauge,
+    volume_tmpfs_budget_bytes: Gauge,
     next_expiry: Arc<NextExpiry>,
     /// Expiry (notAfter) of every published volume's current certificate, keyed by volume id.
     /// Kept here (not as labels) so the gauges can be computed at scrape time.
@@ -171,6 +173,8 @@ impl Metrics {
         let kube_requests = Family::<Labels, Counter>::default();
         let requests_dropped = Family::<Labels, Counter>::default();
         let volumes = Gauge::default();
+        let volume_tmpfs_bytes = Gauge::default();
+        let volume_tmpfs_budget_bytes = Gauge::default();
         let next_expiry = Arc::new(NextExpiry::default());
         registry.register(
             "publish_duration_seconds",
@@ -218,6 +222,16 @@ impl Metrics {
             "Published volumes this node manages",
             volumes.clone(),
         );
+        registry.register(
+            "volume_tmpfs_bytes",
+            "Bytes (whole pages) the volumes' files and keys keep in their tmpfs, charged to the driver's memory cgroup",
+            volume_tmpfs_bytes.clone(),
+        );
+        registry.register(
+            "volume_tmpfs_budget_bytes",
+            "The node's budget for volume_tmpfs_bytes (--max-volume-bytes)",
+            volume_tmpfs_budget_bytes.clone(),
+        );
         registry.register_collector(Box::new(next_expiry.clone()));
         Metrics {
             registry,
@@ -230,6 +244,8 @@ impl Metrics {
             kube_requests,
             requests_dropped,
             volumes,
+            volume_tmpfs_bytes,
+            volume_tmpfs_budget_bytes,
             next_expiry,
             expiries: Mutex::new(HashMap::new()),
         }
@@ -292,6 +308,14 @@ impl Metrics {
         if let Ok(mut map) = self.expiries.lock() {
             map.insert(volume_id.to_string(), not_after);
         }
+    }
+
+    /// What the volumes keep in tmpfs now, and the node's budget for it.
+    pub fn volume_tmpfs_bytes(&self, total: u64, budget: u64) {
+        self.volume_tmpfs_bytes
+            .set(i64::try_from(total).unwrap_or(i64::MAX));
+        self.volume_tmpfs_budget_bytes
+            .set(i64::try_from(budget).unwrap_or(i64::MAX));
     }
 
     /// A volume is gone.

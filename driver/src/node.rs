@@ -90,6 +90,8 @@ pub struct NodeOptions {
     pub trust_limits: crate::trust::TrustLimits,
     /// `--max-trust-sources-per-volume`.
     pub max_trust_sources: usize,
+    /// `--max-volume-bytes`: what all volumes' tmpfs may hold together.
+    pub max_volume_bytes: u64,
     /// How many renewals work at once (waiting for a signer's answer does not count).
     pub renew_concurrency: usize,
     /// `--min-duration`, `--max-duration`, `--max-volumes-per-pod`.
@@ -128,6 +130,7 @@ impl NodeOptions {
             trust_namespace: None,
             trust_limits: crate::trust::TrustLimits::default(),
             max_trust_sources: crate::attrs::DEFAULT_MAX_TRUST_SOURCES,
+            max_volume_bytes: crate::tmpfs_budget::DEFAULT_MAX_VOLUME_BYTES,
             renew_concurrency: 4,
             limits: crate::limits::Limits::default(),
             forbid_rsa_4096: false,
@@ -452,6 +455,7 @@ pub async fn run(
     cfg.limits = opts.limits.clone();
     cfg.forbid_rsa_4096 = opts.forbid_rsa_4096;
     cfg.max_trust_sources = opts.max_trust_sources;
+    cfg.max_volume_bytes = opts.max_volume_bytes;
 
     let (sched_handle, sched) = scheduler::channel();
     if opts.issuer == IssuerKind::Local && opts.trust_namespace.is_some() {

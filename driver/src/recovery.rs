@@ -87,6 +87,7 @@ pub async fn recover(mgr: &VolumeManager) -> Result<Report, VolumeError> {
         mgr.schedule(&state);
         let volume_id = state.volume_id.clone();
         let published = state.phase == Phase::Published;
+        mgr.measure_tmpfs(&volume_id);
         mgr.adopt(state);
         // After adopt: the refresher locks the volume through the slot adopt just made.
         if published {

@@ -66,6 +66,8 @@ pub struct Config {
     pub keygen_concurrency: usize,
     /// Most Kubernetes trust sources one volume may name (`--max-trust-sources-per-volume`).
     pub max_trust_sources: usize,
+    /// What all volumes' tmpfs may hold together (`--max-volume-bytes`).
+    pub max_volume_bytes: u64,
 }
 
 impl Config {
@@ -81,6 +83,7 @@ impl Config {
             forbid_rsa_4096: false,
             keygen_concurrency: std::thread::available_parallelism().map_or(1, |n| n.get()),
             max_trust_sources: attrs::DEFAULT_MAX_TRUST_SOURCES,
+            max_volume_bytes: crate::tmpfs_budget::DEFAULT_MAX_VOLUME_BYTES,
         }
     }
 }
@@ -225,6 +228,9 @@ pub enum VolumeError {
     /// The volume context's pod identity cannot be believed (API modes; see `pods`).
     #[error(transparent)]
     Identity(#[from] crate::pods::IdentityError),
+    /// The node's volumes already keep close to `--max-volume-bytes` in tmpfs.
+    #[error(transparent)]
+    TmpfsBudget(#[from] crate::tmpfs_budget::OverBudget),
     /// The data root refused a write (full or read-only): an operator has to act, and until then
     /// no volume can be published there and no renewal can be recorded.
     #[error(
@@ -456,6 +462,8 @@ pub struct VolumeManager {
     /// free for the fast ones (ECDSA, Ed25519: microseconds), whose publishes then never wait
     /// seconds behind someone else's RSA.
     slow_keygen: FairPool,
+    /// What each volume keeps in its tmpfs (charged to this process's memory cgroup).
+    tmpfs: crate::tmpfs_budget::TmpfsBudget,
 }
 
 impl VolumeManager {
@@ -470,6 +478,7 @@ impl VolumeManager {
         VolumeManager {
             keygen: FairPool::new(cfg.keygen_concurrency),
             slow_keygen: FairPool::new(cfg.keygen_concurrency.saturating_sub(1)),
+            tmpfs: crate::tmpfs_budget::TmpfsBudget::new(cfg.max_volume_bytes),
             cfg,
             store,
             mounter,
@@ -1284,7 +1293,7 @@ impl VolumeManager {
                 pkcs12_password: password,
             },
         )?;
-        writer::publish(&paths.files, &files, gid, now)?;
+        self.write_files(&state.volume_id, paths, &files, gid)?;
         crashpoint::hit(&format!("{op}:files-written"));
 
         let renew_at = certvol_renewer::renew_at(
@@ -1312,6 +1321,9 @@ impl VolumeManager {
         *state = next;
         crashpoint::hit(&format!("{op}:recorded"));
         prune_keys(paths, revision);
+        // The charge counted the key this revision replaced, now pruned.
+        self.tmpfs
+            .set(&state.volume_id, crate::tmpfs_budget::measure(&paths.mem));
         if let Some(bundle) = &bundle {
             self.report_rejected(req, &bundle.rejected).await;
         }
@@ -1533,11 +1545,11 @@ impl VolumeManager {
                 pkcs12_password: password,
             },
         )?;
-        writer::publish(
-            &paths.files,
+        self.write_files(
+            &state.volume_id,
+            &paths,
             &files,
             req.fs_group.or(state.mount_group),
-            now,
         )?;
         crashpoint::hit("refresh:files-written");
         Ok(Some(bundle.rejected))
@@ -1595,6 +1607,40 @@ impl VolumeManager {
 
     /// Removes everything a volume has: renewal, target bind, target dir, tmpfs, issuer requests,
     /// and state last, recording `Unpublishing` first so that a crash part-way is finished later.
+    /// Writes a new generation of the volume's files if the node's volumes stay within
+    /// `--max-volume-bytes` once it replaces the current one; over budget nothing is written
+    /// and the current files stay.
+    fn write_files(
+        &self,
+        volume_id: &str,
+        paths: &VolumePaths,
+        files: &[writer::FileSpec],
+        gid: Option<u32>,
+    ) -> Result<(), VolumeError> {
+        let cost =
+            crate::tmpfs_budget::files_cost(files) + crate::tmpfs_budget::measure(&paths.keys);
+        let previous = self.tmpfs.charge(volume_id, cost)?;
+        match writer::publish(&paths.files, files, gid, self.clock.now()) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                self.tmpfs.set(volume_id, previous);
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Records what a volume kept across a restart keeps in its tmpfs.
+    pub(crate) fn measure_tmpfs(&self, volume_id: &str) {
+        let paths = self.store.paths(volume_id);
+        self.tmpfs
+            .set(volume_id, crate::tmpfs_budget::measure(&paths.mem));
+    }
+
+    /// The bytes all volumes keep in tmpfs, and the budget (`--max-volume-bytes`).
+    pub fn tmpfs_usage(&self) -> (u64, u64) {
+        (self.tmpfs.total(), self.tmpfs.max())
+    }
+
     pub(crate) async fn remove_volume(&self, state: &VolumeState) -> Result<(), VolumeError> {
         let paths = self.store.paths(&state.volume_id);
         if state.phase != Phase::Unpublishing && paths.state.exists() {
@@ -1631,6 +1677,7 @@ impl VolumeManager {
             warn!(volume_id = %state.volume_id, error = %e, "could not delete the volume's issuer requests");
         }
         self.store.remove(&paths)?;
+        self.tmpfs.release(&state.volume_id);
         self.count_pod_volume(&state.target_path, &state.volume_id, false);
         crate::metrics::global().untrack_volume(&state.volume_id);
         info!(volume_id = %state.volume_id, "volume removed");
@@ -2655,6 +2702,70 @@ mod tests {
         assert!(f.mgr.store().load("csi-short").unwrap().is_none());
         assert!(!f.mgr.store().paths("csi-short").dir.exists());
         assert!(calls(&f).is_empty());
+    }
+
+    /// The node's volumes fill `--max-volume-bytes`: a new publish fails with FailedPrecondition
+    /// naming the flag and leaves nothing behind; a renewal keeps the volume's current files and
+    /// is retried; once room is made both succeed.
+    #[tokio::test]
+    async fn the_tmpfs_budget_refuses_publishes_and_renewals_past_it() {
+        use crate::tmpfs_budget::PAGE;
+        let budget = 1 << 20;
+        let f = fixture_configured(None, |c| c.max_volume_bytes = budget);
+        let a = params(&f, "a");
+        f.mgr.publish(a.clone()).await.unwrap();
+        let (used, max) = f.mgr.tmpfs_usage();
+        assert_eq!(max, budget);
+        let paths = f.mgr.store().paths("csi-a");
+        // Key, certificate and CA file, each a page, and the private key under keys/.
+        assert_eq!(used, crate::tmpfs_budget::measure(&paths.mem));
+        assert!(used >= 4 * PAGE, "{used}");
+        // Other volumes hold the rest of the budget.
+        f.mgr.tmpfs.set("others", budget - used);
+
+        let b = params(&f, "b");
+        let err = f.mgr.publish(b.clone()).await.unwrap_err();
+        let status = crate::csi::RpcError::Volume(err).status();
+        assert_eq!(status.code(), tonic::Code::FailedPrecondition);
+        let msg = status.message();
+        assert!(msg.contains("--max-volume-bytes"), "{msg}");
+        assert!(msg.contains(&format!("budget of {budget} bytes")), "{msg}");
+        assert!(msg.contains("this volume: "), "{msg}");
+        assert!(f.mgr.store().load("csi-b").unwrap().is_none());
+        assert!(!f.mgr.store().paths("csi-b").dir.exists());
+        assert_eq!(
+            f.mgr.tmpfs_usage().0,
+            budget,
+            "the refused volume is not charged"
+        );
+
+        let before = cert_of(&a.target_path);
+        let outcome = f.mgr.renew_volume("csi-a").await;
+        assert!(
+            matches!(outcome, RenewOutcome::Failed { .. }),
+            "{outcome:?}"
+        );
+        assert_eq!(cert_of(&a.target_path), before, "old files stay in place");
+        let state = f.mgr.store().load("csi-a").unwrap().unwrap();
+        let last = state.renewal.last_error.unwrap_or_default();
+        assert!(last.contains("--max-volume-bytes"), "{last}");
+
+        f.mgr.tmpfs.release("others");
+        let outcome = f.mgr.renew_volume("csi-a").await;
+        assert!(
+            matches!(outcome, RenewOutcome::Renewed { .. }),
+            "{outcome:?}"
+        );
+        assert_ne!(cert_of(&a.target_path), before);
+        f.mgr.publish(b.clone()).await.unwrap();
+        let both = crate::tmpfs_budget::measure(&paths.mem)
+            + crate::tmpfs_budget::measure(&f.mgr.store().paths("csi-b").mem);
+        assert_eq!(f.mgr.tmpfs_usage().0, both);
+        f.mgr.unpublish("csi-b", &b.target_path).await.unwrap();
+        assert_eq!(
+            f.mgr.tmpfs_usage().0,
+            crate::tmpfs_budget::measure(&paths.mem)
+        );
     }
 
     #[tokio::test]
