@@ -191,7 +191,7 @@ struct NodeArgs {
     /// must stay well under the container's memory limit. A publish that would pass it fails
     /// with FailedPrecondition; a renewal or trust-bundle rewrite that would keeps the volume's
     /// current files and is retried later.
-    #[arg(long, default_value = "64Mi", value_parser = parse_source_size)]
+    #[arg(long, default_value = "32Mi", value_parser = parse_source_size)]
     max_volume_bytes: u64,
     /// Most distinct trust sources (each one list and watch on the API server) the volumes of
     /// one namespace may have watched at once; a publish that would exceed it fails with

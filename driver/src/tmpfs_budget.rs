@@ -16,10 +16,11 @@ use crate::writer::FileSpec;
 /// tmpfs allocates whole pages; the memory cgroup is charged per page.
 pub const PAGE: u64 = 4096;
 
-/// Default of `--max-volume-bytes`: half of the chart's 128Mi memory limit, leaving the rest to
-/// the driver's own working set (tens of MiB: trust cache up to `--max-trust-bytes`, 32Mi by
-/// default, plus the runtime and TLS) and one swap's second generation per renewal worker.
-pub const DEFAULT_MAX_VOLUME_BYTES: u64 = 64 << 20;
+/// Default of `--max-volume-bytes`: a quarter of the chart's 128Mi memory limit, as the trust
+/// text budget (`--max-trust-bytes`, 32Mi, which peaks at about 75 MiB resident when full); the
+/// rest is the driver's own working set and the kernel's per-volume objects (inodes, mounts:
+/// tens of KiB each), which this budget does not count.
+pub const DEFAULT_MAX_VOLUME_BYTES: u64 = 32 << 20;
 
 /// `n` bytes rounded up to whole pages.
 pub fn pages(n: u64) -> u64 {

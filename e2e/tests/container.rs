@@ -50,6 +50,9 @@ fn scenarios() -> Vec<(&'static str, Scenario)> {
         ("restart_with_50_volumes_mid_renewal", |c| {
             Box::pin(restart_with_50_volumes_mid_renewal(c))
         }),
+        ("tmpfs_budget_bounds_the_memory_volumes_cost", |c| {
+            Box::pin(tmpfs_budget_bounds_the_memory_volumes_cost(c))
+        }),
         ("node_reboot_then_republish", |c| {
             Box::pin(node_reboot_then_republish(c))
         }),
@@ -365,6 +368,115 @@ async fn restart_with_50_volumes_mid_renewal(ctx: Ctx) -> Outcome {
         report.serials.len(),
         peak >> 10,
         limit >> 10
+    );
+    Ok(())
+}
+
+/// Volume tmpfs is charged to the driver's memory cgroup: a tenant publishing volume after
+/// volume grows the container's memory by each volume's files, until the chart's
+/// `maxVolumeBytes` refuses the next publish (FailedPrecondition naming the flag, nothing left
+/// behind) while the container is still well under its memory limit. Removing a volume frees
+/// both its budget and its memory.
+async fn tmpfs_budget_bounds_the_memory_volumes_cost(ctx: Ctx) -> Outcome {
+    const BUDGET: u64 = 256 << 10;
+    let plan = plan(&ctx, &[("issuer", "local"), ("maxVolumeBytes", "256Ki")])?;
+    let limit = plan.memory_limit.ok_or("the chart sets no memory limit")?;
+    let mut node =
+        Node::boot("node-m", Path::new("/var/lib/kubelet")).map_err(|e| e.to_string())?;
+    let (driver, kubelet) = start_ready(&mut node, &plan).await?;
+    let usage = |node: &Node| {
+        node.memory_current()
+            .ok_or("no memory cgroup for the container")
+    };
+    let vol = local_volume("tls", None);
+    // Warm up the driver's own allocations (first issuance, gRPC) before measuring tmpfs.
+    let first = Pod::new("shop", "web-0");
+    kubelet
+        .publish(&first, &vol)
+        .await
+        .map_err(|e| with_log(&driver, e))?;
+    let before = usage(&node)?;
+    let shmem_before = node.memory_stat("shmem").unwrap_or_default();
+    let rss_before = node
+        .memory_stat("rss")
+        .or_else(|| node.memory_stat("anon"))
+        .unwrap_or_default();
+    let mut published = 1;
+    let refused = loop {
+        if published > 64 {
+            return Err(with_log(
+                &driver,
+                format!("{published} volumes published under a {BUDGET}-byte budget"),
+            ));
+        }
+        let pod = Pod::new("shop", &format!("web-{published}"));
+        match kubelet.publish(&pod, &vol).await {
+            Ok(_) => published += 1,
+            Err(e) => break (pod, e),
+        }
+    };
+    let after = usage(&node)?;
+    let shmem = node
+        .memory_stat("shmem")
+        .unwrap_or_default()
+        .saturating_sub(shmem_before);
+    let rss = node
+        .memory_stat("rss")
+        .or_else(|| node.memory_stat("anon"))
+        .unwrap_or_default()
+        .saturating_sub(rss_before);
+    let (pod, err) = refused;
+    check(err.code() == tonic::Code::FailedPrecondition, || {
+        with_log(&driver, format!("expected FailedPrecondition, got {err:?}"))
+    })?;
+    check(
+        err.message().contains("--max-volume-bytes")
+            && err.message().contains(&format!("budget of {BUDGET} bytes"))
+            && err.message().contains("this volume: "),
+        || {
+            format!(
+                "the error does not name the flag, budget and volume size: {}",
+                err.message()
+            )
+        },
+    )?;
+    let target = kubelet.target_path(&pod, &vol);
+    check(!target.exists(), || {
+        format!("{} was created", target.display())
+    })?;
+    // Every published volume costs whole pages; at least 4 (key, certificate, CA, private key).
+    check(
+        (4..=BUDGET / 4096 / 4).contains(&(BUDGET / 4096 / published)),
+        || format!("{published} volumes fit a {BUDGET}-byte budget"),
+    )?;
+    let grown = after.saturating_sub(before);
+    let per_volume = grown / (published - 1).max(1);
+    check(grown >= (published - 1) * 4 * 4096, || {
+        format!(
+            "memory grew by {grown} bytes over {} volumes: tmpfs is not charged to the container",
+            published - 1
+        )
+    })?;
+    check(after < limit, || {
+        format!("memory {after} past the limit {limit}")
+    })?;
+    kubelet
+        .unpublish(&first, &vol)
+        .await
+        .map_err(|e| with_log(&driver, e))?;
+    kubelet
+        .publish(&pod, &vol)
+        .await
+        .map_err(|e| with_log(&driver, format!("after freeing a volume: {e}")))?;
+    println!(
+        "  {published} volumes under a {} KiB budget; container memory {} KiB -> {} KiB (limit {} KiB), {} KiB per volume, of which shmem (tmpfs: volume files, keys, state on the node's tmpfs data root) {} KiB, heap {} KiB, the rest kernel objects (inodes, the mounts)",
+        BUDGET >> 10,
+        before >> 10,
+        after >> 10,
+        limit >> 10,
+        per_volume >> 10,
+        (shmem / (published - 1).max(1)) >> 10,
+        (rss / (published - 1).max(1)) >> 10
     );
     Ok(())
 }

@@ -330,6 +330,26 @@ impl Node {
             .find_map(|f| fs::read_to_string(dir.join(f)).ok())
             .and_then(|t| t.trim().parse().ok())
     }
+
+    /// One counter of the `memory.stat` of the container started last (e.g. `shmem`: its tmpfs
+    /// pages, `rss` or `anon`: its heap), if it had a limit.
+    pub fn memory_stat(&self, key: &str) -> Option<u64> {
+        let dir = self.cgroups.last()?;
+        let text = fs::read_to_string(dir.join("memory.stat")).ok()?;
+        text.lines()
+            .find_map(|l| l.strip_prefix(key)?.strip_prefix(' ')?.trim().parse().ok())
+    }
+
+    /// The current memory use of the container started last (cgroup v1's
+    /// `memory.usage_in_bytes`, v2's `memory.current`: tmpfs pages it wrote included), if it
+    /// had a limit.
+    pub fn memory_current(&self) -> Option<u64> {
+        let dir = self.cgroups.last()?;
+        ["memory.usage_in_bytes", "memory.current"]
+            .iter()
+            .find_map(|f| fs::read_to_string(dir.join(f)).ok())
+            .and_then(|t| t.trim().parse().ok())
+    }
 }
 
 impl Drop for Node {
