@@ -383,7 +383,7 @@ async fn tmpfs_budget_bounds_the_memory_volumes_cost(ctx: Ctx) -> Outcome {
     let limit = plan.memory_limit.ok_or("the chart sets no memory limit")?;
     let mut node =
         Node::boot("node-m", Path::new("/var/lib/kubelet")).map_err(|e| e.to_string())?;
-    let (driver, kubelet) = start_ready(&mut node, &plan).await?;
+    let (mut driver, kubelet) = start_ready(&mut node, &plan).await?;
     let usage = |node: &Node| {
         node.memory_current()
             .ok_or("no memory cgroup for the container")
@@ -460,6 +460,20 @@ async fn tmpfs_budget_bounds_the_memory_volumes_cost(ctx: Ctx) -> Outcome {
     check(after < limit, || {
         format!("memory {after} past the limit {limit}")
     })?;
+    // A new container counts the volumes it keeps: the node is still full.
+    driver.kill9();
+    let (driver, kubelet) = start_ready(&mut node, &plan).await?;
+    match kubelet.publish(&pod, &vol).await {
+        Ok(_) => {
+            return Err(with_log(
+                &driver,
+                "after a restart the driver forgot the volumes' tmpfs: a publish past the budget succeeded",
+            ));
+        }
+        Err(e) => check(e.code() == tonic::Code::FailedPrecondition, || {
+            with_log(&driver, format!("after the restart: {e:?}"))
+        })?,
+    }
     kubelet
         .unpublish(&first, &vol)
         .await
