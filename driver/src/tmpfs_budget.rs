@@ -22,6 +22,9 @@ pub const PAGE: u64 = 4096;
 /// tens of KiB each), which this budget does not count.
 pub const DEFAULT_MAX_VOLUME_BYTES: u64 = 32 << 20;
 
+/// How soon a trust-bundle rewrite refused by the budget is tried again.
+pub const RETRY: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// `n` bytes rounded up to whole pages.
 pub fn pages(n: u64) -> u64 {
     n.div_ceil(PAGE) * PAGE

@@ -1474,9 +1474,14 @@ impl VolumeManager {
             }
         };
         crate::metrics::global().trust_refresh(metric);
-        Refreshed::Kept {
-            next_change: rotation::next_change(&cas, self.clock.now()),
+        let mut next_change = rotation::next_change(&cas, self.clock.now());
+        // Nothing else would bring the rewrite back (its sources did not change again): try
+        // again once other volumes may have gone.
+        if matches!(outcome, Err(VolumeError::TmpfsBudget(_))) {
+            let retry = self.clock.now() + crate::tmpfs_budget::RETRY;
+            next_change = Some(next_change.map_or(retry, |at| at.min(retry)));
         }
+        Refreshed::Kept { next_change }
     }
 
     /// Writes a new generation of the volume's files with a freshly built bundle, unless the
@@ -3212,6 +3217,58 @@ mod tests {
             f.mgr.refresh_trust("csi-roots", None).await,
             Refreshed::Gone
         );
+    }
+
+    /// A bundle rewrite that would take the node past `--max-volume-bytes` keeps the volume's
+    /// files and asks the refresher to try again soon; with room made it is written.
+    #[tokio::test]
+    async fn a_bundle_rewrite_past_the_tmpfs_budget_keeps_the_files_and_retries() {
+        let budget = 8 << 20;
+        let f = fixture_configured(None, |c| c.max_volume_bytes = budget);
+        let p = with_attrs(
+            params(&f, "roots"),
+            &[("csi.certvol.io/trust-public-roots", "true")],
+        );
+        f.mgr.publish(p.clone()).await.unwrap();
+        let (used, _) = f.mgr.tmpfs_usage();
+        f.mgr.tmpfs.set("others", budget - used);
+        let before = fs::read(p.target_path.join("ca-bundle.crt")).unwrap();
+        let now = SystemTime::now();
+        {
+            let (_slot, mut guard) = f.mgr.lock("csi-roots").await.unwrap();
+            let state = guard.as_mut().unwrap();
+            // Several retired CAs: the bundle grows by more than a page.
+            for i in 0..8 {
+                let pem = crate::trust::bundle::tests::ca_pem(&format!("retired-{i}"));
+                state.issuing_cas.push(crate::trust::IssuingCa {
+                    der: pki::parse_pem_chain(&pem).unwrap()[0].der.clone(),
+                    not_after: now + Duration::from_secs(3600),
+                    keep_until: Some(now + Duration::from_secs(600)),
+                });
+            }
+            f.mgr.store().save(state).unwrap();
+        }
+        let outcome = f.mgr.refresh_trust("csi-roots", None).await;
+        let Refreshed::Kept {
+            next_change: Some(at),
+        } = outcome
+        else {
+            panic!("{outcome:?}")
+        };
+        assert!(
+            at <= SystemTime::now() + crate::tmpfs_budget::RETRY,
+            "retried soon, not at the overlap's end"
+        );
+        assert_eq!(
+            fs::read(p.target_path.join("ca-bundle.crt")).unwrap(),
+            before,
+            "the bundle stays"
+        );
+        assert_eq!(f.mgr.tmpfs_usage().0, budget);
+
+        f.mgr.tmpfs.release("others");
+        f.mgr.refresh_trust("csi-roots", None).await;
+        assert!(fs::read(p.target_path.join("ca-bundle.crt")).unwrap().len() > before.len());
     }
 
     /// The refresher drops a retired CA from the bundle when its keep-until passes, by itself
