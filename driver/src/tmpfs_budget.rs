@@ -22,6 +22,10 @@ pub const PAGE: u64 = 4096;
 /// tens of KiB each), which this budget does not count.
 pub const DEFAULT_MAX_VOLUME_BYTES: u64 = 32 << 20;
 
+/// The least a volume keeps: a key, its certificate, the CA file and the key's copy in
+/// `mem/keys`, a page each.
+pub const MIN_VOLUME_BYTES: u64 = 4 * PAGE;
+
 /// How soon a trust-bundle rewrite refused by the budget is tried again.
 pub const RETRY: std::time::Duration = std::time::Duration::from_secs(60);
 
@@ -107,6 +111,23 @@ impl TmpfsBudget {
         drop(used);
         self.publish_metric();
         Ok(previous)
+    }
+
+    /// Whether a new volume of at least `bytes` fits: checked before a publish is issued, so a
+    /// node whose budget is full does not sign a certificate at every kubelet retry only to
+    /// refuse writing it. The write itself is charged exactly by [`TmpfsBudget::charge`].
+    pub fn has_room(&self, bytes: u64) -> Result<(), OverBudget> {
+        let others = self.total();
+        let total = others.saturating_add(bytes);
+        if total > self.max {
+            return Err(OverBudget {
+                volume: bytes,
+                others,
+                total,
+                budget: self.max,
+            });
+        }
+        Ok(())
     }
 
     /// Records what a volume keeps without checking (recovery's measure, a failed write's

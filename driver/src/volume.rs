@@ -731,6 +731,8 @@ impl VolumeManager {
             }
         }
         if guard.is_none() {
+            // Before anything is issued: a full node refuses here rather than after signing.
+            self.tmpfs.has_room(crate::tmpfs_budget::MIN_VOLUME_BYTES)?;
             self.reserve_pod_volume(&params)?;
         }
         // Only now, under the volume's lock and for the volume this call publishes: a publish
@@ -2738,6 +2740,7 @@ mod tests {
         assert!(msg.contains("this volume: "), "{msg}");
         assert!(f.mgr.store().load("csi-b").unwrap().is_none());
         assert!(!f.mgr.store().paths("csi-b").dir.exists());
+        assert_eq!(calls(&f).len(), 1, "nothing is signed for a volume that cannot fit");
         assert_eq!(
             f.mgr.tmpfs_usage().0,
             budget,

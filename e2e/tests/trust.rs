@@ -985,10 +985,22 @@ async fn cache_recovers_from_dropped_and_expired_watches() {
     spec.issuer_ca = false;
     let mut v = cache.subscribe(&spec, NS).expect("policy");
     v.ready(WITHIN).await.expect("ready");
-    // The watch is cut and its history compacted while the object changes: the watcher must
-    // relist (410 Gone on resume) and still deliver the new content.
-    server.faults().drop_watches();
+    // The watch is cut and its history compacted: the watcher's resume gets 410 Gone, so it
+    // must relist, and still deliver content changed after that. The cut reaches the server's
+    // watch task asynchronously; an object changed before it does would still travel on the
+    // old watch, so the change waits for the relist.
+    let lists = || {
+        server
+            .requests()
+            .iter()
+            .filter(|r| r.kind == Some(Kind::ConfigMap) && r.verb == "list")
+            .count()
+    };
     server.faults().expire_history();
+    server.faults().drop_watches();
+    let relisted =
+        certvol_e2e::eventually(Duration::from_secs(10), || (lists() >= 2).then_some(())).await;
+    assert!(relisted.is_some(), "a relist happened: {} lists", lists());
     cms.patch(
         "corp",
         &PatchParams::default(),
@@ -1002,10 +1014,4 @@ async fn cache_recovers_from_dropped_and_expired_watches() {
             .expect("notified after the relist")
     );
     assert_eq!(subjects(&v.bundle("").unwrap().pem()), vec!["CN=two"]);
-    let relisted = server
-        .requests()
-        .iter()
-        .filter(|r| r.kind == Some(Kind::ConfigMap) && r.verb == "list")
-        .count();
-    assert!(relisted >= 2, "a relist happened: {relisted} lists");
 }
