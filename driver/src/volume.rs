@@ -2740,7 +2740,11 @@ mod tests {
         assert!(msg.contains("this volume: "), "{msg}");
         assert!(f.mgr.store().load("csi-b").unwrap().is_none());
         assert!(!f.mgr.store().paths("csi-b").dir.exists());
-        assert_eq!(calls(&f).len(), 1, "nothing is signed for a volume that cannot fit");
+        assert_eq!(
+            calls(&f).len(),
+            1,
+            "nothing is signed for a volume that cannot fit"
+        );
         assert_eq!(
             f.mgr.tmpfs_usage().0,
             budget,
