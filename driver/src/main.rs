@@ -39,6 +39,7 @@ enum Command {
     Node(Box<NodeArgs>),
     /// Run the node plugin with the embedded local CA on a temporary socket and data root, act as
     /// kubelet against it, and show issuance, renewal and clean-up. Needs no cluster.
+    #[cfg(feature = "demo")]
     Demo(DemoArgs),
     /// Show the volumes in a node's data root: pod, issuer, certificate, renewal health.
     /// Read-only; never prints keys.
@@ -184,7 +185,7 @@ struct NodeArgs {
     /// Most Kubernetes trust sources one volume may name (entries of trust-configmaps,
     /// trust-secrets and trust-cluster-bundles, plus trust-signer-name); a publish naming more
     /// is refused with InvalidArgument.
-    #[arg(long, default_value_t = certvol_driver::attrs::DEFAULT_MAX_TRUST_SOURCES, value_parser = parse_count)]
+    #[arg(long, default_value_t = certvol_driver::spec::attrs::DEFAULT_MAX_TRUST_SOURCES, value_parser = parse_count)]
     max_trust_sources_per_volume: usize,
     /// Bytes (whole 4 KiB pages) the driver may keep in all volumes' tmpfs together: their files
     /// and private keys. The kernel charges tmpfs pages to the driver's memory cgroup, so this
@@ -215,7 +216,7 @@ struct NodeArgs {
     max_duration: Duration,
     /// How many certvol volumes one pod may have on this node; more are refused with
     /// InvalidArgument.
-    #[arg(long, default_value_t = certvol_driver::limits::DEFAULT_MAX_VOLUMES_PER_POD, value_parser = parse_count)]
+    #[arg(long, default_value_t = certvol_driver::spec::limits::DEFAULT_MAX_VOLUMES_PER_POD, value_parser = parse_count)]
     max_volumes_per_pod: usize,
     /// Refuse volumes asking for RSA 4096 keys (key-size "4096") with PermissionDenied: each
     /// takes seconds of CPU to generate. Already published volumes keep renewing.
@@ -226,10 +227,11 @@ struct NodeArgs {
     grace_period: Duration,
     /// Where to serve Prometheus /metrics and the /healthz and /readyz probes (IP:PORT); "off"
     /// or an empty value disables the endpoint.
-    #[arg(long, env = "METRICS_ADDRESS", default_value = certvol_driver::ops::DEFAULT_ADDRESS, value_parser = certvol_driver::ops::parse_address)]
+    #[arg(long, env = "METRICS_ADDRESS", default_value = certvol_driver::obs::ops::DEFAULT_ADDRESS, value_parser = certvol_driver::obs::ops::parse_address)]
     metrics_address: ::std::option::Option<std::net::SocketAddr>,
 }
 
+#[cfg(feature = "demo")]
 #[derive(Debug, clap::Args)]
 struct DemoArgs {
     /// Keep the temporary data root and print its path instead of deleting it.
@@ -238,7 +240,7 @@ struct DemoArgs {
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
-    certvol_driver::attrs::parse_duration(s)
+    certvol_driver::spec::attrs::parse_duration(s)
 }
 
 /// A positive count.
@@ -389,11 +391,11 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 tmpfs_size: args.tmpfs_size,
                 issue_timeout: args.issue_timeout,
                 use_token_request: args.use_token_request,
-                api_rate_limit: certvol_driver::kubeclient::RateLimit {
+                api_rate_limit: certvol_driver::kube::client::RateLimit {
                     qps: args.kube_api_qps,
                     burst: args.kube_api_burst,
                 },
-                issuance_rate_limit: certvol_driver::kubeclient::RateLimit {
+                issuance_rate_limit: certvol_driver::kube::client::RateLimit {
                     qps: args.issuance_api_qps,
                     burst: args.issuance_api_burst,
                 },
@@ -416,7 +418,7 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 max_trust_sources: args.max_trust_sources_per_volume,
                 max_volume_bytes: args.max_volume_bytes,
                 renew_concurrency: args.renew_concurrency,
-                limits: certvol_driver::limits::Limits {
+                limits: certvol_driver::spec::limits::Limits {
                     min_duration: args.min_duration,
                     max_duration: args.max_duration,
                     max_volumes_per_pod: args.max_volumes_per_pod,
@@ -433,14 +435,16 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         Command::Inspect(args) => {
             init_logging(&cli.log_level, cli.log_format);
             let format = match args.output {
-                InspectFormat::Table => certvol_driver::inspect::Format::Table,
-                InspectFormat::Json => certvol_driver::inspect::Format::Json,
+                InspectFormat::Table => certvol_driver::obs::inspect::Format::Table,
+                InspectFormat::Json => certvol_driver::obs::inspect::Format::Json,
             };
-            let out = certvol_driver::inspect::run(&args.data_root, format, args.volume.as_deref())
-                .context("certvol inspect")?;
+            let out =
+                certvol_driver::obs::inspect::run(&args.data_root, format, args.volume.as_deref())
+                    .context("certvol inspect")?;
             print!("{out}");
             Ok(std::process::ExitCode::SUCCESS)
         }
+        #[cfg(feature = "demo")]
         Command::Demo(args) => {
             // The demo prints its own narrative; the plugin's logs would interleave with it.
             let level = if cli.log_level == "info" {

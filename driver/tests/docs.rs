@@ -11,7 +11,7 @@ use std::process::Command;
 
 use serde::Deserialize;
 
-use certvol_driver::attrs::{self, AttrError, CERT_MANAGER_PREFIX, CERTVOL_PREFIX};
+use certvol_driver::spec::attrs::{self, AttrError, CERT_MANAGER_PREFIX, CERTVOL_PREFIX};
 
 const PREFIXES: [&str; 2] = [CERTVOL_PREFIX, CERT_MANAGER_PREFIX];
 

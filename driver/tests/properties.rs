@@ -10,11 +10,11 @@
 use std::cell::Cell;
 use std::collections::{BTreeSet, HashMap};
 
-use certvol_driver::attrs::{self, CERT_MANAGER_PREFIX, CERTVOL_PREFIX};
-use certvol_driver::pki::{self, MAX_PEM_BYTES, PkiError};
-use certvol_driver::request::FileNames;
-use certvol_driver::store;
+use certvol_driver::files::store;
+use certvol_driver::spec::attrs::{self, CERT_MANAGER_PREFIX, CERTVOL_PREFIX};
+use certvol_driver::spec::request::FileNames;
 use certvol_driver::trust::bundle::{self, SourcePem};
+use certvol_driver::x509::pki::{self, MAX_PEM_BYTES, PkiError};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, RngAlgorithm, RngSeed, TestRunner};
 

@@ -23,11 +23,11 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
-use certvol_driver::crashpoint;
+use certvol_driver::base::crashpoint;
+use certvol_driver::demo::kubelet::{InlineVolume, Pod, volume_id};
+use certvol_driver::files::store::{Phase as StatePhase, VolumeState};
 use certvol_driver::issuer::request_name;
-use certvol_driver::kubelet::{InlineVolume, Pod, volume_id};
-use certvol_driver::pki;
-use certvol_driver::store::{Phase as StatePhase, VolumeState};
+use certvol_driver::x509::pki;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Api;
 use kube::api::{Patch, PatchParams, PostParams};
@@ -732,7 +732,7 @@ impl Campaign {
             return Err(format!("key files {keys:?}, state names {named}"));
         }
         let kept = std::fs::read(keys_dir.join(&named)).map_err(|e| e.to_string())?;
-        let kept = certvol_driver::keys::PrivateKey::from_pkcs8_der(&kept)
+        let kept = certvol_driver::x509::keys::PrivateKey::from_pkcs8_der(&kept)
             .map_err(|e| format!("{named}: {e}"))?;
         if !pki::key_matches(&files.leaf, &kept).map_err(|e| e.to_string())? {
             return Err(format!("{named} is not the key of tls.crt"));
@@ -743,7 +743,7 @@ impl Campaign {
                 return Err("ca.crt is not the issuer's CA".into());
             }
         }
-        let bundle = certvol_driver::writer::read_all(&t.target, &[BUNDLE])
+        let bundle = certvol_driver::files::writer::read_all(&t.target, &[BUNDLE])
             .map_err(|e| format!("read {BUNDLE}: {e}"))?
             .pop()
             .unwrap_or_default();

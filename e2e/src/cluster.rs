@@ -12,9 +12,9 @@
 use std::path::{Path, PathBuf};
 use std::sync::Once;
 
+use certvol_driver::demo::kubelet::{InlineVolume, Pod};
 use certvol_driver::issuer::certmanager::CertificateRequest;
 use certvol_driver::issuer::certmanager::resource::{LABEL_NODE, label_value};
-use certvol_driver::kubelet::{InlineVolume, Pod};
 use k8s_openapi::api::core::v1::{Event, Pod as KubePod};
 use kube::Api;
 use kube::api::{DeleteParams, ListParams, PostParams};
@@ -143,7 +143,7 @@ impl Cluster {
     /// Creates the Pod object (the owner of its requests and the target of events), bound to the
     /// driver's node ([`NODE_ID`]) as the scheduler would bind it, and returns the
     /// kubelet-emulator Pod with the server-assigned uid. API-mode drivers publish only for pods
-    /// their node's pod watch confirms (see `certvol_driver::pods`), so every API-mode publish
+    /// their node's pod watch confirms (see `certvol_driver::kube::pods`), so every API-mode publish
     /// goes through here.
     pub async fn create_pod(&self, namespace: &str, name: &str) -> Pod {
         let object = pod_object(namespace, name, NODE_ID);

@@ -1,5 +1,5 @@
 //! End-to-end harness: runs the real `certvol` binary on a private socket and data root and drives
-//! it as kubelet does (through `certvol_driver::kubelet`). Each [`Env`] lives in its own temporary
+//! it as kubelet does (through `certvol_driver::demo::kubelet`). Each [`Env`] lives in its own temporary
 //! directory and unmounts everything below it when dropped, so tests leave no mounts behind even
 //! when they fail.
 
@@ -20,12 +20,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use certvol_driver::kubelet::{InlineVolume, Kubelet, Pod};
-use certvol_driver::mount::{self, MountInfo};
-use certvol_driver::pki::{self, CertInfo};
-use certvol_driver::store::{Store, VolumeState};
+use certvol_driver::demo::kubelet::{InlineVolume, Kubelet, Pod};
+use certvol_driver::files::mount::{self, MountInfo};
+use certvol_driver::files::store::{Store, VolumeState};
+use certvol_driver::x509::pki::{self, CertInfo};
 
-pub use certvol_driver::kubelet;
+pub use certvol_driver::demo::kubelet;
 
 /// Finds the `certvol` binary: `$CERTVOL_BIN`, else next to the test executable's directory
 /// (`target/<profile>/certvol`), which `cargo test --workspace` builds before running tests.
@@ -396,7 +396,7 @@ pub fn read_volume_named(
 ) -> Result<VolumeFiles, String> {
     // Read all three from one resolved `..data` generation, as an application that reloads its
     // pair should: separate opens of the visible names may straddle a renewal.
-    let mut files = certvol_driver::writer::read_all(target, &[key, cert, ca])
+    let mut files = certvol_driver::files::writer::read_all(target, &[key, cert, ca])
         .map_err(|e| format!("read {}: {e}", target.display()))?
         .into_iter()
         .map(|b| String::from_utf8(b).map_err(|e| e.to_string()));
@@ -404,8 +404,8 @@ pub fn read_volume_named(
     let (key_pem, chain_pem, ca_pem) = (next()?, next()?, next()?);
     let chain = pki::parse_pem_chain(&chain_pem).map_err(|e| format!("{cert}: {e}"))?;
     let ca = pki::parse_pem_chain(&ca_pem).map_err(|e| format!("{ca}: {e}"))?;
-    let key =
-        certvol_driver::keys::PrivateKey::from_pem(&key_pem).map_err(|e| format!("{key}: {e}"))?;
+    let key = certvol_driver::x509::keys::PrivateKey::from_pem(&key_pem)
+        .map_err(|e| format!("{key}: {e}"))?;
     let leaf = chain.first().cloned().ok_or("empty chain")?;
     if !pki::key_matches(&leaf, &key).map_err(|e| e.to_string())? {
         return Err(format!(

@@ -8,7 +8,7 @@
 
 use std::time::{Duration, Instant};
 
-use certvol_driver::kubelet::{InlineVolume, Pod};
+use certvol_driver::demo::kubelet::{InlineVolume, Pod};
 use certvol_e2e::campaign::{self, Campaign, Operation};
 use certvol_e2e::{Env, PairReader, ReaderReport, can_mount, volume};
 

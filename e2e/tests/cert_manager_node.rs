@@ -7,13 +7,13 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
+use certvol_driver::demo::kubelet::{InlineVolume, Pod, volume_id};
 use certvol_driver::issuer::certmanager::resource::{
     LABEL_NODE, LABEL_POD, LABEL_VOLUME, hashed_label,
 };
 use certvol_driver::issuer::certmanager::{CertificateRequest, events};
 use certvol_driver::issuer::request_name;
-use certvol_driver::kubelet::{InlineVolume, Pod, volume_id};
-use certvol_driver::pki;
+use certvol_driver::x509::pki;
 use certvol_e2e::apiserver::Kind;
 use certvol_e2e::cluster::{Cluster, DRIVER_TOKEN, NODE_ID, StandIn, cm_volume};
 use certvol_e2e::signer::Approval;
@@ -430,7 +430,7 @@ async fn a_crash_right_after_filing_the_request_is_resumed_without_a_second_requ
         .start_cert_manager(
             &cluster,
             &[],
-            &[(certvol_driver::crashpoint::ENV, "certmanager:created")],
+            &[(certvol_driver::base::crashpoint::ENV, "certmanager:created")],
         )
         .await;
     let ns = cluster.namespace();

@@ -9,10 +9,10 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant, SystemTime};
 
+use certvol_driver::demo::kubelet::{InlineVolume, Pod, volume_id};
 use certvol_driver::issuer::certmanager::CertificateRequest;
 use certvol_driver::issuer::request_name;
-use certvol_driver::kubelet::{InlineVolume, Pod, volume_id};
-use certvol_driver::pki;
+use certvol_driver::x509::pki;
 use certvol_e2e::apiserver::{ApiServer, Kind};
 use certvol_e2e::cluster::{Cluster, NODE_ID, cm_volume};
 use certvol_e2e::{Env, PairReader, ReaderReport, can_mount, eventually, read_volume, until};

@@ -9,11 +9,11 @@ use std::time::{Duration, SystemTime};
 
 use certvol_driver::issuer::certmanager::{BearerToken, CertManagerConfig, CertManagerIssuer};
 use certvol_driver::issuer::{IssueError, IssueRequest, Issuer, request_name};
-use certvol_driver::keys::{self, PrivateKey};
-use certvol_driver::pki;
-use certvol_driver::request::{
+use certvol_driver::spec::request::{
     CertRequest, FileNames, IssuerRef, KeyAlgorithm, KeyEncoding, KeyUsage, PodInfo, Sans, Subject,
 };
+use certvol_driver::x509::keys::{self, PrivateKey};
+use certvol_driver::x509::pki;
 use certvol_e2e::apiserver::{ApiServer, Kind};
 use certvol_e2e::signer::{Approval, Signer, SignerConfig};
 use serde_json::{Value, json};

@@ -813,7 +813,7 @@ async fn kube_csr_install_and_first_publish(ctx: Ctx) -> Outcome {
     match (ctb_version, published) {
         (Some(_), Ok(target)) => {
             check_served(&node, &target)?;
-            let signer_ca = certvol_driver::pki::parse_pem_chain(&signer.ca_pem())
+            let signer_ca = certvol_driver::x509::pki::parse_pem_chain(&signer.ca_pem())
                 .map_err(|e| e.to_string())?;
             let files = read_volume(&target)?;
             check(

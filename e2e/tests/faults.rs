@@ -18,10 +18,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
+use certvol_driver::demo::kubelet::{InlineVolume, Kubelet, Pod, volume_id};
+use certvol_driver::files::store::Phase;
 use certvol_driver::issuer::request_name;
-use certvol_driver::kubelet::{InlineVolume, Kubelet, Pod, volume_id};
-use certvol_driver::pki;
-use certvol_driver::store::Phase;
+use certvol_driver::x509::pki;
 use certvol_e2e::apiserver::{ApiServer, Kind, RequestRecord};
 use certvol_e2e::cluster::{Cluster, DRIVER_TOKEN, NODE_ID, StandIn, cm_volume};
 use certvol_e2e::{Env, can_mount, read_volume, until};
@@ -180,7 +180,7 @@ fn try_check_volume(
     }
     let current = state.current.as_ref().ok_or("no current certificate")?;
     if current.serial != files.leaf.serial_hex
-        || certvol_driver::store::to_system(current.not_after) != files.leaf.not_after
+        || certvol_driver::files::store::to_system(current.not_after) != files.leaf.not_after
     {
         return Err(format!(
             "state.json names serial {} but the files hold {}",
@@ -216,9 +216,9 @@ async fn check_volume(
 /// Whether the key and certificate a pod reads belong together (validity is not checked: a
 /// certificate may expire while faults keep it from being renewed).
 fn pair_matches(target: &Path) -> Result<String, String> {
-    let files = certvol_driver::writer::read_all(target, &["tls.key", "tls.crt"])
+    let files = certvol_driver::files::writer::read_all(target, &["tls.key", "tls.crt"])
         .map_err(|e| e.to_string())?;
-    let key = certvol_driver::keys::PrivateKey::from_pem(&String::from_utf8_lossy(&files[0]))
+    let key = certvol_driver::x509::keys::PrivateKey::from_pem(&String::from_utf8_lossy(&files[0]))
         .map_err(|e| e.to_string())?;
     let chain =
         pki::parse_pem_chain(&String::from_utf8_lossy(&files[1])).map_err(|e| e.to_string())?;
@@ -561,7 +561,7 @@ async fn api_faults_during_issuance_and_renewal_end_correct_without_duplicates_o
         let st = env.state(pod, &vol).expect("state");
         // Still valid: served unchanged. Expired while the driver was down: renewed at once.
         let valid = st.current.as_ref().is_some_and(|c| {
-            certvol_driver::store::to_system(c.not_after)
+            certvol_driver::files::store::to_system(c.not_after)
                 > SystemTime::now() + Duration::from_secs(1)
         });
         if !valid {

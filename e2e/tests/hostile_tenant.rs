@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant, SystemTime};
 
-use certvol_driver::kubelet::{InlineVolume, Pod};
+use certvol_driver::demo::kubelet::{InlineVolume, Pod};
 use certvol_e2e::cluster::{Cluster, cm_volume};
 use certvol_e2e::{Env, can_mount, hostile, read_volume};
 use tonic::Code;

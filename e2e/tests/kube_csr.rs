@@ -6,11 +6,11 @@
 
 use std::time::Duration;
 
+use certvol_driver::demo::kubelet::{InlineVolume, Pod, volume_id};
 use certvol_driver::issuer::certmanager::resource::{LABEL_NODE, LABEL_VOLUME, hashed_label};
 use certvol_driver::issuer::kubecsr;
 use certvol_driver::issuer::request_name;
-use certvol_driver::kubelet::{InlineVolume, Pod, volume_id};
-use certvol_driver::pki;
+use certvol_driver::x509::pki;
 use certvol_e2e::apiserver::{ApiServer, Kind, Subresource};
 use certvol_e2e::kubesigner::{Decision, KubeSigner, KubeSignerConfig};
 use certvol_e2e::{Driver, Env, can_mount, read_volume};
@@ -357,7 +357,7 @@ async fn a_crash_right_after_filing_is_resumed_without_a_second_request() {
     // A slow approver: the request is still pending when the driver dies.
     s.signer.set_policy(|_| Decision::Ignore);
     let mut dying = s
-        .start_driver(&[(certvol_driver::crashpoint::ENV, "kubecsr:created")])
+        .start_driver(&[(certvol_driver::base::crashpoint::ENV, "kubecsr:created")])
         .await;
     let pod = s.create_pod("web-0");
     let vol = s.volume([]);

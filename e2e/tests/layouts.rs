@@ -8,9 +8,9 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use certvol_driver::keys::PrivateKey;
-use certvol_driver::kubelet::Pod;
-use certvol_driver::pki::{self, CertInfo};
+use certvol_driver::demo::kubelet::Pod;
+use certvol_driver::x509::keys::PrivateKey;
+use certvol_driver::x509::pki::{self, CertInfo};
 use certvol_e2e::{Env, can_mount, eventually, read_volume, volume};
 use tonic::Code;
 
@@ -353,7 +353,7 @@ async fn renewals_rewrite_the_keystore_also_after_a_driver_restart() {
 
     read_volume(&target).expect("consistent PEM files");
     // Keystore and tls.crt from one `..data` generation, as a reloading application reads them.
-    let both = certvol_driver::writer::read_all(&target, &["keystore.p12", "tls.crt"])
+    let both = certvol_driver::files::writer::read_all(&target, &["keystore.p12", "tls.crt"])
         .expect("read one generation");
     let copy = env.path().join("renewed.p12");
     std::fs::write(&copy, &both[0]).unwrap();

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use certvol_driver::kubelet::Pod;
+use certvol_driver::demo::kubelet::Pod;
 use certvol_e2e::{Env, can_mount, eventually, read_volume, volume};
 use tonic::Code;
 use x509_parser::prelude::FromDer;

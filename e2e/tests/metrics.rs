@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 
-use certvol_driver::kubelet::Pod;
+use certvol_driver::demo::kubelet::Pod;
 use certvol_e2e::cluster::{Cluster, cm_volume};
 use certvol_e2e::{Env, can_mount, volume};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -7,9 +7,9 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::time::Duration;
 
-use certvol_driver::crashpoint;
-use certvol_driver::kubelet::{InlineVolume, Pod, volume_id};
-use certvol_driver::store::Phase;
+use certvol_driver::base::crashpoint;
+use certvol_driver::demo::kubelet::{InlineVolume, Pod, volume_id};
+use certvol_driver::files::store::Phase;
 use certvol_e2e::{Env, PairReader, ReaderReport, can_mount, eventually, read_volume, volume};
 use certvol_proto::csi::v1 as csi;
 use tonic::Code;

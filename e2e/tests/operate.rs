@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::SystemTime;
 
-use certvol_driver::kubelet::{Pod, volume_id};
+use certvol_driver::demo::kubelet::{Pod, volume_id};
 use certvol_e2e::{Env, can_mount, certvol_bin, read_volume, volume};
 use certvol_proto::csi::v1 as csi;
 use tonic::Code;

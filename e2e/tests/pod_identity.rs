@@ -6,7 +6,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use certvol_driver::kubelet::Pod;
+use certvol_driver::demo::kubelet::Pod;
 use certvol_e2e::apiserver::Kind;
 use certvol_e2e::cluster::{Cluster, NODE_ID, STANDIN_ISSUER, cm_volume, pod_object};
 use certvol_e2e::{Env, can_mount, read_volume};

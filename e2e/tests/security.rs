@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
-use certvol_driver::attrs::{CERT_MANAGER_PREFIX, CERTVOL_PREFIX, KEYS};
-use certvol_driver::kubelet::{InlineVolume, Kubelet, Pod};
+use certvol_driver::demo::kubelet::{InlineVolume, Kubelet, Pod};
+use certvol_driver::spec::attrs::{CERT_MANAGER_PREFIX, CERTVOL_PREFIX, KEYS};
 use certvol_e2e::apiserver::{ApiServer, EventType, Kind, Store};
 use certvol_e2e::cluster::{Cluster, DRIVER_TOKEN, cm_volume};
 use certvol_e2e::signer::{Ca, Step, apply_step, rfc3339};
@@ -362,7 +362,7 @@ async fn symlinks_at_or_above_the_target_are_refused_and_the_outside_is_untouche
     let err = kubelet
         .node()
         .node_unpublish_volume(csi::NodeUnpublishVolumeRequest {
-            volume_id: certvol_driver::kubelet::volume_id(&at.uid, &vol.name),
+            volume_id: certvol_driver::demo::kubelet::volume_id(&at.uid, &vol.name),
             target_path: target.display().to_string(),
         })
         .await
@@ -396,7 +396,7 @@ async fn unpublish_of_an_unknown_volume_unmounts_nothing_certvol_did_not_mount()
     let kubelet = env.kubelet();
     let vol = volume([]);
     let unpublish = |pod: &Pod| csi::NodeUnpublishVolumeRequest {
-        volume_id: certvol_driver::kubelet::volume_id(&pod.uid, &vol.name),
+        volume_id: certvol_driver::demo::kubelet::volume_id(&pod.uid, &vol.name),
         target_path: kubelet.target_path(pod, &vol).display().to_string(),
     };
 
@@ -802,7 +802,7 @@ async fn socket_mounts_and_file_modes_are_locked_down() {
 /// The forms a private key could leak in: each 64-character line of its PEM body, its DER in
 /// base64 without line breaks, and its DER in hex.
 fn key_needles(key_pem: &str) -> Vec<(String, String)> {
-    let key = certvol_driver::keys::PrivateKey::from_pem(key_pem).expect("key parses");
+    let key = certvol_driver::x509::keys::PrivateKey::from_pem(key_pem).expect("key parses");
     let der = key.pkcs8_der();
     let mut needles = vec![
         ("key DER (base64)".to_owned(), B64.encode(der)),

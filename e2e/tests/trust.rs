@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use certvol_driver::discovery::{self, Apis};
+use certvol_driver::kube::discovery::{self, Apis};
 use certvol_driver::trust::source::{KeyRef, SignerSelector};
 use certvol_driver::trust::{ObjectRef, SourceError, TrustCache, TrustSpec};
 use certvol_e2e::apiserver::{ApiServer, Kind};

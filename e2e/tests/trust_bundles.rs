@@ -11,11 +11,11 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use certvol_driver::events;
+use certvol_driver::demo::kubelet::{InlineVolume, Pod, volume_id};
 use certvol_driver::issuer::certmanager::resource::{LABEL_VOLUME, hashed_label};
-use certvol_driver::kubelet::{InlineVolume, Pod, volume_id};
-use certvol_driver::pki;
+use certvol_driver::kube::events;
 use certvol_driver::trust::public_roots;
+use certvol_driver::x509::pki;
 use certvol_e2e::cluster::{Cluster, cm_volume};
 use certvol_e2e::{Env, PairReader, can_mount, eventually, read_volume, volume};
 use k8s_openapi::ByteString;
@@ -129,7 +129,7 @@ async fn create_partner_configmap(cluster: &Cluster, ns: &str, pem: &str) {
 
 /// The bundle and the certificate chain, read from one `..data` generation.
 fn bundle_and_cert(target: &Path) -> (String, String) {
-    let mut both = certvol_driver::writer::read_all(target, &[BUNDLE, "tls.crt"])
+    let mut both = certvol_driver::files::writer::read_all(target, &[BUNDLE, "tls.crt"])
         .unwrap_or_else(|e| panic!("read {}: {e}", target.display()));
     let cert = String::from_utf8(both.pop().unwrap()).unwrap();
     let bundle = String::from_utf8(both.pop().unwrap()).unwrap();

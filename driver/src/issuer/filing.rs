@@ -20,7 +20,7 @@ use std::sync::Arc;
 use super::certmanager::resource::{LABEL_NODE, label_value};
 use super::watch::{self, CacheLimits, Cached, Key, RequestCache, Waited, Watched};
 use super::{IssueError, IssueRequest, Issued};
-use crate::events::EventSink;
+use crate::kube::events::EventSink;
 
 /// Field manager name on the requests the driver creates.
 const FIELD_MANAGER: &str = "certvol";
@@ -247,7 +247,7 @@ pub async fn file_and_wait<R, File, Filed, Check>(
     key: &Key,
     request: &str,
     wait_timeout: Duration,
-    worker: &crate::fair::Lease,
+    worker: &crate::base::fair::Lease,
     file: File,
     check: Check,
 ) -> Result<Issued, (IssueError, Option<String>)>

@@ -19,13 +19,13 @@ use x509_parser::cri_attributes::ParsedCriAttribute;
 use x509_parser::extensions::ParsedExtension;
 use x509_parser::prelude::FromDer;
 
-use crate::clock::Clock;
-use crate::fsutil;
+use crate::base::clock::Clock;
+use crate::files::fsutil;
 use crate::issuer::policy::{LocalPolicy, PolicyViolation};
 use crate::issuer::{IssueError, IssueRequest, Issued, Issuer};
-use crate::keys::{self, PrivateKey, der, oid};
-use crate::pki::{self, CertInfo};
-use crate::request::KeyAlgorithm;
+use crate::spec::request::KeyAlgorithm;
+use crate::x509::keys::{self, PrivateKey, der, oid};
+use crate::x509::pki::{self, CertInfo};
 
 /// Lifetime of a CA this issuer generates itself.
 const GENERATED_CA_VALIDITY: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
@@ -345,7 +345,7 @@ impl Issuer for LocalCa {
         "local"
     }
 
-    fn check_policy(&self, req: &crate::request::CertRequest) -> Result<(), PolicyViolation> {
+    fn check_policy(&self, req: &crate::spec::request::CertRequest) -> Result<(), PolicyViolation> {
         self.policy.check(req)
     }
 
@@ -543,7 +543,7 @@ fn generate_ca(cert_path: &Path, key_path: &Path, now: SystemTime) -> Result<(),
         path: cert_path.to_path_buf(),
         message: format!("cannot create the CA certificate: {message}"),
     })?;
-    let key_pem = key.to_pem(crate::request::KeyEncoding::Pkcs8)?;
+    let key_pem = key.to_pem(crate::spec::request::KeyEncoding::Pkcs8)?;
     fsutil::atomic_write(key_path, key_pem.as_bytes(), 0o600).map_err(io_err("write", key_path))?;
     let cert_pem =
         keys::pem_encode("CERTIFICATE", &der_cert).map_err(|message| LocalCaError::InvalidCa {
@@ -558,10 +558,10 @@ fn generate_ca(cert_path: &Path, key_path: &Path, now: SystemTime) -> Result<(),
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::keys::build_csr;
-    use crate::request::{
+    use crate::spec::request::{
         CertRequest, FileNames, IssuerRef, KeyEncoding, KeyUsage, PodInfo, Sans, Subject,
     };
+    use crate::x509::keys::build_csr;
     use std::collections::BTreeMap;
     use std::os::unix::fs::PermissionsExt;
     use x509_parser::certificate::X509Certificate;

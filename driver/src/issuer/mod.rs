@@ -13,7 +13,7 @@ use std::sync::Arc;
 use futures::future::BoxFuture;
 use sha2::{Digest, Sha256};
 
-use crate::request::CertRequest;
+use crate::spec::request::CertRequest;
 
 /// One issuance: a CSR plus what the issuer needs to know about it.
 #[derive(Clone, Debug)]
@@ -33,10 +33,10 @@ pub struct IssueRequest {
     /// The pod's service-account token from kubelet's `tokenRequests`, for issuers that file
     /// requests as the pod (cert-manager's token-request mode). Redacted from `Debug`.
     pub token: Option<certmanager::BearerToken>,
-    /// The renewal worker this issuance runs on (see [`crate::scheduler`]); none for a publish.
+    /// The renewal worker this issuance runs on (see [`crate::runtime::scheduler`]); none for a publish.
     /// Issuers that wait for an answer from outside the node put it down once the request is
     /// filed, so waiting renewals do not keep others from working.
-    pub worker: crate::fair::Lease,
+    pub worker: crate::base::fair::Lease,
 }
 
 /// What an issuer returns.
@@ -86,7 +86,7 @@ pub trait Issuer: Send + Sync + std::fmt::Debug + 'static {
 
     /// Whether this issuer can serve a volume asking for `req`, checked before anything is
     /// written, so a volume that names the wrong kind of issuer fails with InvalidArgument.
-    fn check_request(&self, _req: &CertRequest) -> Result<(), crate::attrs::AttrError> {
+    fn check_request(&self, _req: &CertRequest) -> Result<(), crate::spec::attrs::AttrError> {
         Ok(())
     }
 
@@ -118,10 +118,10 @@ pub trait Issuer: Send + Sync + std::fmt::Debug + 'static {
 }
 
 /// A PEM field of an issuer's answer (`field`, e.g. `status.certificate`) as text, refused when
-/// larger than [`crate::pki::MAX_PEM_BYTES`] (a certificate chain is a few KiB; anything that big
+/// larger than [`crate::x509::pki::MAX_PEM_BYTES`] (a certificate chain is a few KiB; anything that big
 /// is not one) or not UTF-8. The answer is untrusted input: the error is final for the request.
 pub fn pem_text(request: &str, field: &str, bytes: &[u8]) -> Result<String, IssueError> {
-    if bytes.len() > crate::pki::MAX_PEM_BYTES {
+    if bytes.len() > crate::x509::pki::MAX_PEM_BYTES {
         return Err(pem_too_large(request, field, bytes.len()));
     }
     String::from_utf8(bytes.to_vec()).map_err(|_| IssueError::Failed {
@@ -132,7 +132,7 @@ pub fn pem_text(request: &str, field: &str, bytes: &[u8]) -> Result<String, Issu
 
 /// The error of [`pem_text`] for a field of `len` bytes, more than certvol accepts.
 pub fn pem_too_large(request: &str, field: &str, len: usize) -> IssueError {
-    let max = crate::pki::MAX_PEM_BYTES;
+    let max = crate::x509::pki::MAX_PEM_BYTES;
     IssueError::Failed {
         request: request.to_owned(),
         message: format!(
@@ -162,7 +162,7 @@ mod tests {
     fn pem_fields_are_bounded_text() {
         let pem = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
         assert_eq!(pem_text("ns/r", "status.ca", pem.as_bytes()).unwrap(), pem);
-        let huge = vec![b'A'; crate::pki::MAX_PEM_BYTES + 1];
+        let huge = vec![b'A'; crate::x509::pki::MAX_PEM_BYTES + 1];
         match pem_text("ns/r", "status.certificate", &huge) {
             Err(IssueError::Failed { request, message }) => {
                 assert_eq!(request, "ns/r");

@@ -18,8 +18,8 @@ use std::fmt;
 use std::net::IpAddr;
 use std::str::FromStr;
 
-use crate::attrs::CERTVOL_PREFIX;
-use crate::request::{CertRequest, KeyUsage};
+use crate::spec::attrs::CERTVOL_PREFIX;
+use crate::spec::request::{CertRequest, KeyUsage};
 
 /// A request the policy refuses: the attribute, the offending value and the rule it breaks.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -450,7 +450,7 @@ fn join<T: fmt::Display>(items: &[T]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::request::{PodInfo, Sans, Subject};
+    use crate::spec::request::{PodInfo, Sans, Subject};
 
     fn request(ns: &str, sa: &str) -> CertRequest {
         let ctx = [
@@ -460,7 +460,7 @@ mod tests {
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .collect();
-        let mut req = crate::attrs::parse(&ctx).unwrap();
+        let mut req = crate::spec::attrs::parse(&ctx).unwrap();
         req.pod = PodInfo {
             name: "web-0".into(),
             namespace: ns.into(),

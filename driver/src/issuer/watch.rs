@@ -82,13 +82,13 @@ fn truncated(s: &str, max: usize) -> String {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Pem {
     Text(Vec<u8>),
-    /// Larger than [`crate::pki::MAX_PEM_BYTES`]: only its size is kept, for the error.
+    /// Larger than [`crate::x509::pki::MAX_PEM_BYTES`]: only its size is kept, for the error.
     TooLarge(usize),
 }
 
 impl Pem {
     pub fn new(bytes: &[u8]) -> Self {
-        if bytes.len() > crate::pki::MAX_PEM_BYTES {
+        if bytes.len() > crate::x509::pki::MAX_PEM_BYTES {
             Pem::TooLarge(bytes.len())
         } else {
             Pem::Text(bytes.to_vec())
@@ -433,7 +433,7 @@ impl State {
     }
 
     fn drop_counted(&mut self, why: Dropped, scope: &str, kind: &str, limits: CacheLimits) {
-        crate::metrics::global().request_dropped(why.as_str());
+        crate::obs::metrics::global().request_dropped(why.as_str());
         match why {
             Dropped::Foreign => self.dropped_foreign += 1,
             Dropped::OverLimit => {
@@ -1324,8 +1324,8 @@ mod tests {
     #[test]
     fn the_cache_keeps_a_small_copy_of_what_issuance_reads() {
         let cert = resource::tests::cert_request();
-        let key = crate::keys::PrivateKey::generate(cert.key_algorithm).unwrap();
-        let csr = crate::keys::build_csr(&cert, &key).unwrap();
+        let key = crate::x509::keys::PrivateKey::generate(cert.key_algorithm).unwrap();
+        let csr = crate::x509::keys::build_csr(&cert, &key).unwrap();
         let mut req = resource::tests::issue_request(cert);
         (req.csr_pem, req.csr_der) = (csr.pem, csr.der);
         let mut object = resource::build(&req, "node-1");
@@ -1353,7 +1353,7 @@ mod tests {
                 last_transition_time: None,
             }],
             certificate: Some(ByteString(b"LEAF".to_vec())),
-            ca: Some(ByteString(vec![b'A'; crate::pki::MAX_PEM_BYTES + 1])),
+            ca: Some(ByteString(vec![b'A'; crate::x509::pki::MAX_PEM_BYTES + 1])),
             ..Default::default()
         });
         let cached = object.cached();
@@ -1366,7 +1366,7 @@ mod tests {
         assert_eq!(cached.certificate, Some(Pem::Text(b"LEAF".to_vec())));
         assert_eq!(
             cached.ca,
-            Some(Pem::TooLarge(crate::pki::MAX_PEM_BYTES + 1)),
+            Some(Pem::TooLarge(crate::x509::pki::MAX_PEM_BYTES + 1)),
             "only the size of an oversized field is kept"
         );
         let message = cached.conditions[0].message.as_deref().unwrap();

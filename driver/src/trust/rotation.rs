@@ -1,5 +1,5 @@
 //! Keeping a retired issuing CA in the bundle while certificates it signed may still be in use:
-//! pure, the wall clock is passed in (from the injected [`crate::clock::Clock`]).
+//! pure, the wall clock is passed in (from the injected [`crate::base::clock::Clock`]).
 //!
 //! # The rule
 //!

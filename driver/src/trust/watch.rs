@@ -50,7 +50,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::bundle::{self, Bundle, SourcePem};
 use super::source::{self, ObjectRef, PolicyError, ResolvedSource, TrustSpec};
-use crate::discovery::{Apis, NoClusterTrustBundles};
+use crate::kube::discovery::{Apis, NoClusterTrustBundles};
 
 /// Data of one object: key → value (ConfigMap `data` and `binaryData`, Secret `data`,
 /// ClusterTrustBundle `spec.trustBundle` under the key `trustBundle`).
@@ -1271,7 +1271,7 @@ mod tests {
     /// for `ctb`; bundles are listed only in `ctb`; watches stay open without events. Everything
     /// else is 404, as kube-apiserver answers for versions it does not serve.
     fn apiserver(ctb: Option<&'static str>, seen: Arc<Mutex<Vec<String>>>) -> kube::Client {
-        use crate::fakeapi;
+        use crate::kube::fakeapi;
         use serde_json::json;
         fakeapi::client(move |req| {
             let seen = seen.clone();
@@ -1324,7 +1324,7 @@ mod tests {
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .collect();
-        crate::attrs::parse(&ctx).unwrap().trust.unwrap()
+        crate::spec::attrs::parse(&ctx).unwrap().trust.unwrap()
     }
 
     /// The trust watch reads ClusterTrustBundles in the version the server serves: v1 on 1.37
@@ -1335,7 +1335,8 @@ mod tests {
         for version in ["v1", "v1beta1"] {
             let seen = Arc::new(Mutex::new(Vec::new()));
             let client = apiserver(Some(version), seen.clone());
-            let (apis, discovering) = Apis::discover(client.clone(), crate::discovery::CSR_API);
+            let (apis, discovering) =
+                Apis::discover(client.clone(), crate::kube::discovery::CSR_API);
             let discovering = tokio::spawn(discovering);
             let (cache, drive) = TrustCache::new(client, None, apis);
             let drive = tokio::spawn(drive);
@@ -1378,7 +1379,7 @@ mod tests {
 
         let seen = Arc::new(Mutex::new(Vec::new()));
         let client = apiserver(None, seen.clone());
-        let (apis, discovering) = Apis::discover(client.clone(), crate::discovery::CSR_API);
+        let (apis, discovering) = Apis::discover(client.clone(), crate::kube::discovery::CSR_API);
         tokio::spawn(discovering);
         let (cache, drive) = TrustCache::new(client, None, apis);
         tokio::spawn(drive);
@@ -1413,7 +1414,7 @@ mod tests {
     type ConfigMaps = Vec<((&'static str, &'static str), Vec<(&'static str, String)>)>;
 
     fn configmap_server(objects: ConfigMaps, lists: Arc<Mutex<usize>>) -> kube::Client {
-        use crate::fakeapi;
+        use crate::kube::fakeapi;
         use serde_json::json;
         let objects = Arc::new(objects);
         fakeapi::client(move |req| {
@@ -1469,7 +1470,7 @@ mod tests {
             vec![(("shop", "big"), vec![("ca.crt", pem.clone())])],
             lists.clone(),
         );
-        let (apis, _) = Apis::discover(client.clone(), crate::discovery::CSR_API);
+        let (apis, _) = Apis::discover(client.clone(), crate::kube::discovery::CSR_API);
         let (cache, drive) = TrustCache::new(client, None, apis);
         let drive = tokio::spawn(drive);
         let spec = configmaps_spec("big/ca.crt");
@@ -1518,7 +1519,7 @@ mod tests {
     async fn distinct_watches_per_namespace_are_capped() {
         let lists = Arc::new(Mutex::new(0));
         let client = configmap_server(Vec::new(), lists);
-        let (apis, _) = Apis::discover(client.clone(), crate::discovery::CSR_API);
+        let (apis, _) = Apis::discover(client.clone(), crate::kube::discovery::CSR_API);
         let limits = TrustLimits {
             max_watches_per_namespace: 2,
             ..TrustLimits::default()
@@ -1580,7 +1581,7 @@ mod tests {
             ],
             Arc::new(Mutex::new(0)),
         );
-        let (apis, _) = Apis::discover(client.clone(), crate::discovery::CSR_API);
+        let (apis, _) = Apis::discover(client.clone(), crate::kube::discovery::CSR_API);
         let limits = TrustLimits {
             max_total_bytes: 3 << 19,
             ..TrustLimits::default()

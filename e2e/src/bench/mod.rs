@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
-use certvol_driver::kubelet::{InlineVolume, Kubelet, Pod, volume_id};
+use certvol_driver::demo::kubelet::{InlineVolume, Kubelet, Pod, volume_id};
 use certvol_proto::csi::v1 as csi;
 
 use crate::apiserver::{ApiServer, Kind, RequestRecord};

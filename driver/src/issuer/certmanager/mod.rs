@@ -7,7 +7,7 @@
 //! deterministic request name meets 409 AlreadyExists and the existing request is adopted; a retry
 //! of a request the watch already shows files nothing at all.
 
-pub use crate::events;
+pub use crate::kube::events;
 pub mod resource;
 pub mod token;
 
@@ -144,7 +144,7 @@ impl CertManagerIssuer {
             token: Some(token.expose().into()),
             ..kube::config::AuthInfo::default()
         };
-        crate::kubeclient::bounded_client(config).map_err(|e| IssueError::Unavailable {
+        crate::kube::client::bounded_client(config).map_err(|e| IssueError::Unavailable {
             message: format!("cannot build an API client with the pod's token: {e}"),
         })
     }
@@ -161,7 +161,7 @@ impl CertManagerIssuer {
         let api: Api<CertificateRequest> = Api::namespaced(client, &req.cert.pod.namespace);
         filing::create_or_adopt(&api, &cr, request, || {
             info!(%request, issuer = %req.cert.issuer.name, "created CertificateRequest");
-            crate::crashpoint::hit("certmanager:created");
+            crate::base::crashpoint::hit("certmanager:created");
         })
         .await
     }
@@ -241,17 +241,17 @@ impl Issuer for CertManagerIssuer {
 
     fn check_request(
         &self,
-        req: &crate::request::CertRequest,
-    ) -> Result<(), crate::attrs::AttrError> {
+        req: &crate::spec::request::CertRequest,
+    ) -> Result<(), crate::spec::attrs::AttrError> {
         if req.issuer.name.is_empty() {
-            return Err(crate::attrs::AttrError::Missing {
-                attribute: format!("{}issuer-name", crate::attrs::CERT_MANAGER_PREFIX),
+            return Err(crate::spec::attrs::AttrError::Missing {
+                attribute: format!("{}issuer-name", crate::spec::attrs::CERT_MANAGER_PREFIX),
                 why: "this node issues through cert-manager (--issuer cert-manager); \"signer-name\" is for --issuer kubernetes-csr".into(),
             });
         }
         let namespace = &req.pod.namespace;
         if !namespace.is_empty() && !self.cfg.requests.covers(namespace) {
-            return Err(crate::attrs::AttrError::Invalid {
+            return Err(crate::spec::attrs::AttrError::Invalid {
                 attribute: "csi.storage.k8s.io/pod.namespace".into(),
                 value: namespace.clone(),
                 problem: format!(
@@ -370,7 +370,7 @@ pub(crate) mod tests {
     }
 
     pub(crate) fn client(fake: Arc<Fake>) -> kube::Client {
-        crate::fakeapi::client(move |req| {
+        crate::kube::fakeapi::client(move |req| {
             let fake = fake.clone();
             async move {
                 let path = req.path_and_query();
@@ -428,8 +428,8 @@ pub(crate) mod tests {
     async fn the_worker_is_put_down_once_the_request_is_filed() {
         let fake = Arc::new(Fake::default());
         let issuer = Arc::new(issuer(&fake, Duration::from_secs(30)));
-        let pool = crate::fair::FairPool::new(1);
-        let worker = crate::fair::Lease::new(&pool, "shop", pool.acquire("shop").await);
+        let pool = crate::base::fair::FairPool::new(1);
+        let worker = crate::base::fair::Lease::new(&pool, "shop", pool.acquire("shop").await);
         let mut req = issue_request(cert_request());
         req.worker = worker.clone();
         let task = issue_until_filed(&issuer, &req, &fake, "certificaterequests").await;
@@ -541,9 +541,9 @@ pub(crate) mod tests {
         let fake = Arc::new(Fake::default());
         let issuer = issuer(&fake, Duration::from_secs(10));
         let cert = cert_request();
-        let csr_for = |cert: &crate::request::CertRequest| {
-            let key = crate::keys::PrivateKey::generate(cert.key_algorithm).unwrap();
-            crate::keys::build_csr(cert, &key).unwrap()
+        let csr_for = |cert: &crate::spec::request::CertRequest| {
+            let key = crate::x509::keys::PrivateKey::generate(cert.key_algorithm).unwrap();
+            crate::x509::keys::build_csr(cert, &key).unwrap()
         };
         let (ours, theirs) = (csr_for(&cert), csr_for(&cert));
         let mut req = issue_request(cert);
@@ -828,9 +828,9 @@ pub(crate) mod tests {
         issuer.check_request(&cert_request()).unwrap();
         let mut only_signer = cert_request();
         only_signer.issuer.name.clear();
-        only_signer.kube_csr = Some(crate::request::KubeCsrRef {
+        only_signer.kube_csr = Some(crate::spec::request::KubeCsrRef {
             signer_name: "example.com/workloads".into(),
-            ca_source: crate::request::CaSource::default(),
+            ca_source: crate::spec::request::CaSource::default(),
         });
         let err = issuer.check_request(&only_signer).unwrap_err();
         assert_eq!(err.attribute(), "csi.cert-manager.io/issuer-name");

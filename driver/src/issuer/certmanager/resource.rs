@@ -11,10 +11,10 @@ use kube::CustomResource;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::events;
 use crate::issuer::filing::{Reasons, RequestObject, describe_condition};
 use crate::issuer::watch::{Cached, CachedCondition, Pem, Watched, request_key_of_pem};
 use crate::issuer::{IssueError, IssueRequest, Issued};
+use crate::kube::events;
 
 /// Label holding the (label-safe) node id; the node's watch selects on it.
 pub const LABEL_NODE: &str = "certvol.io/node";
@@ -28,7 +28,10 @@ pub const LABEL_POD: &str = "certvol.io/pod";
 pub const ANNOTATION_NODE_NAME: &str = "certvol.io/node-name";
 
 /// The request's annotations: the volume's pass-through ones, then certvol's own.
-pub fn annotations(cert: &crate::request::CertRequest, node_id: &str) -> BTreeMap<String, String> {
+pub fn annotations(
+    cert: &crate::spec::request::CertRequest,
+    node_id: &str,
+) -> BTreeMap<String, String> {
     let mut out = cert.annotations.clone();
     out.insert(ANNOTATION_NODE_NAME.to_owned(), node_id.to_owned());
     out
@@ -384,7 +387,7 @@ pub(crate) mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::request::{
+    use crate::spec::request::{
         CertRequest, FileNames, IssuerRef, KeyAlgorithm, KeyEncoding, KeyUsage, PodInfo, Sans,
         Subject,
     };
@@ -861,7 +864,7 @@ pub(crate) mod tests {
 
     #[test]
     fn oversized_certificate_or_ca_fails_naming_the_field_and_the_limit() {
-        let max = crate::pki::MAX_PEM_BYTES;
+        let max = crate::x509::pki::MAX_PEM_BYTES;
         let huge = "A".repeat(max + 1);
         for (cert, ca, field) in [
             (huge.as_str(), None, "status.certificate"),

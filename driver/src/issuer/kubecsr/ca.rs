@@ -6,7 +6,7 @@
 //! Resolution sits behind [`CaResolver`] so that a watch-driven trust-source cache can replace the
 //! direct API reads of [`KubeCaResolver`] without touching the issuer.
 //!
-//! ClusterTrustBundles are read in the version API discovery found (see [`crate::discovery`]),
+//! ClusterTrustBundles are read in the version API discovery found (see [`crate::kube::discovery`]),
 //! as `DynamicObject`s: every version has the same `spec.signerName` and `spec.trustBundle`.
 
 use std::fmt;
@@ -18,8 +18,8 @@ use kube::api::{DynamicObject, ListParams};
 use kube::{Api, ResourceExt};
 use serde::de::DeserializeOwned;
 
-use crate::discovery::{Apis, NoClusterTrustBundles};
-use crate::request::CaSource;
+use crate::kube::discovery::{Apis, NoClusterTrustBundles};
+use crate::spec::request::CaSource;
 
 /// Why a CA could not be resolved.
 #[derive(Debug, thiserror::Error)]
@@ -124,7 +124,10 @@ pub fn certificates_only(pem: &[u8]) -> Result<String, String> {
         block
             .parse_x509()
             .map_err(|e| format!("holds a certificate that does not parse ({e})"))?;
-        out.push_str(&crate::keys::pem_encode("CERTIFICATE", &block.contents)?);
+        out.push_str(&crate::x509::keys::pem_encode(
+            "CERTIFICATE",
+            &block.contents,
+        )?);
     }
     if out.is_empty() {
         return Err("holds no PEM CERTIFICATE block".into());
@@ -256,21 +259,21 @@ mod tests {
     use serde_json::{Value, json};
 
     use super::*;
-    use crate::discovery::{CtbVersion, Served};
+    use crate::kube::discovery::{CtbVersion, Served};
 
     /// An API server answering GET/LIST from a map of path → (code, body), recording the paths.
     fn client(
         answers: Vec<(&'static str, u16, Value)>,
         seen: Arc<Mutex<Vec<String>>>,
     ) -> kube::Client {
-        crate::fakeapi::client(move |req| {
+        crate::kube::fakeapi::client(move |req| {
             let path = req.path_and_query();
             seen.lock().unwrap().push(path.clone());
             let answer = answers
                 .iter()
                 .find(|(p, _, _)| path.starts_with(p))
                 .map(|(_, c, b)| (*c, b.clone()))
-                .unwrap_or((404, crate::fakeapi::not_found()));
+                .unwrap_or((404, crate::kube::fakeapi::not_found()));
             async move { answer }
         })
     }
@@ -533,7 +536,7 @@ mod tests {
                 )],
                 Arc::new(Mutex::new(Vec::new())),
             ),
-            crate::discovery::CSR_API,
+            crate::kube::discovery::CSR_API,
         );
         // The discovery future is not run: discovery never answers.
         let resolver = KubeCaResolver::new(

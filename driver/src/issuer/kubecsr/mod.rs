@@ -29,9 +29,9 @@ use super::certmanager::events::EventSink;
 use super::filing::{self, Reasons, RequestObject};
 use super::watch::{Cached, RequestCache, request_key_of_der};
 use super::{IssueError, IssueRequest, Issued, Issuer};
-use crate::attrs::{AttrError, CERTVOL_PREFIX};
-use crate::discovery::Apis;
-use crate::request::{CaSource, CertRequest};
+use crate::kube::discovery::Apis;
+use crate::spec::attrs::{AttrError, CERTVOL_PREFIX};
+use crate::spec::request::{CaSource, CertRequest};
 
 pub const REASON_DENIED: &str = "CertificateSigningRequestDenied";
 pub const REASON_FAILED: &str = "CertificateSigningRequestFailed";
@@ -125,7 +125,7 @@ impl KubeCsrIssuer {
         let api: Api<CertificateSigningRequest> = Api::all(self.client.clone());
         filing::create_or_adopt(&api, csr, &req.name, || {
             info!(request = %req.name, signer = %csr.spec.signer_name, "created CertificateSigningRequest");
-            crate::crashpoint::hit("kubecsr:created");
+            crate::base::crashpoint::hit("kubecsr:created");
         })
         .await
     }
@@ -382,8 +382,8 @@ mod tests {
             asked: Mutex::new(Vec::new()),
         });
         // The watch future is not run: tests feed the cache directly, as the watch would.
-        let apis = crate::discovery::Apis::fixed(crate::discovery::Served {
-            cluster_trust_bundles: Some(crate::discovery::CtbVersion::V1),
+        let apis = crate::kube::discovery::Apis::fixed(crate::kube::discovery::Served {
+            cluster_trust_bundles: Some(crate::kube::discovery::CtbVersion::V1),
             missing: None,
         });
         let (issuer, _watch) = KubeCsrIssuer::new(client(fake.clone()), cfg, apis);
@@ -394,7 +394,7 @@ mod tests {
     fn no_clustertrustbundle_api_is_invalid_with_the_ca_source_event() {
         let err = ca_error(
             "certvol-x-1",
-            CaError::NoApi(crate::discovery::NoClusterTrustBundles::ca_source(
+            CaError::NoApi(crate::kube::discovery::NoClusterTrustBundles::ca_source(
                 &CaSource::ClusterTrustBundleSigner,
             )),
         );
@@ -418,8 +418,8 @@ mod tests {
     fn csr_request() -> IssueRequest {
         let mut cert = cert_request();
         cert.kube_csr = Some(signer());
-        let key = crate::keys::PrivateKey::generate(cert.key_algorithm).unwrap();
-        let csr = crate::keys::build_csr(&cert, &key).unwrap();
+        let key = crate::x509::keys::PrivateKey::generate(cert.key_algorithm).unwrap();
+        let csr = crate::x509::keys::build_csr(&cert, &key).unwrap();
         let mut req = issue_request(cert);
         (req.csr_pem, req.csr_der) = (csr.pem, csr.der);
         req
@@ -474,8 +474,8 @@ mod tests {
             c
         };
         let csr_for = |cert: &CertRequest| {
-            let key = crate::keys::PrivateKey::generate(cert.key_algorithm).unwrap();
-            crate::keys::build_csr(cert, &key).unwrap()
+            let key = crate::x509::keys::PrivateKey::generate(cert.key_algorithm).unwrap();
+            crate::x509::keys::build_csr(cert, &key).unwrap()
         };
         let (ours, theirs) = (csr_for(&cert), csr_for(&cert));
         let mut req = issue_request(cert);

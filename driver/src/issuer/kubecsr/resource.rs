@@ -17,7 +17,7 @@ use crate::issuer::certmanager::resource::{
 use crate::issuer::filing::describe_condition;
 use crate::issuer::watch::{Cached, CachedCondition, Pem, Watched, request_key_of_pem};
 use crate::issuer::{IssueError, IssueRequest, Issued};
-use crate::request::KubeCsrRef;
+use crate::spec::request::KubeCsrRef;
 
 /// Label holding the pod's namespace: requests are cluster-scoped, so the name alone does not say
 /// whose they are.
@@ -210,7 +210,7 @@ pub(crate) mod tests {
 
     use super::*;
     use crate::issuer::certmanager::resource::tests::{cert_request, issue_request};
-    use crate::request::CaSource;
+    use crate::spec::request::CaSource;
 
     pub(crate) fn signer() -> KubeCsrRef {
         KubeCsrRef {

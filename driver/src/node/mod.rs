@@ -16,22 +16,22 @@ use tokio::sync::watch;
 use tokio_stream::wrappers::UnixListenerStream;
 use tracing::{Instrument, error, info, info_span, warn};
 
-use crate::clock::{Clock, SystemClock};
+use crate::base::clock::{Clock, SystemClock};
 use crate::csi::{IdentityService, NodeService, Readiness};
-use crate::discovery::{self, Apis};
-use crate::events::EventSink;
+use crate::files::mount::{DirMounter, KernelMounter, Mounter, Probed};
+use crate::files::store::Store;
 use crate::issuer::Issuer;
 use crate::issuer::certmanager::{CertManagerConfig, CertManagerIssuer};
 use crate::issuer::kubecsr::{KubeCsrConfig, KubeCsrIssuer};
 use crate::issuer::local::{LocalCa, LocalCaConfig};
-use crate::kubeclient::ApiClients;
-use crate::mount::{DirMounter, KernelMounter, Mounter, Probed};
-use crate::pods::PodIdentity;
-use crate::recovery;
-use crate::refresh;
-use crate::scheduler;
-use crate::store::Store;
+use crate::kube::client::ApiClients;
+use crate::kube::discovery::{self, Apis};
+use crate::kube::events::EventSink;
+use crate::kube::pods::PodIdentity;
+use crate::runtime::refresh;
+use crate::runtime::scheduler;
 use crate::trust::TrustCache;
+use crate::volume::recovery;
 use crate::volume::{Config, TrustWiring, VolumeManager};
 use futures::future::BoxFuture;
 
@@ -75,10 +75,10 @@ pub struct NodeOptions {
     /// cert-manager mode: create requests with the pod's own token (kubelet `tokenRequests`).
     pub use_token_request: bool,
     /// Client-side rate limit of the Kubernetes API client.
-    pub api_rate_limit: crate::kubeclient::RateLimit,
+    pub api_rate_limit: crate::kube::client::RateLimit,
     /// Client-side rate limit of the issuer's own client (`--issuance-api-qps/-burst`): request
     /// create/get/delete and their watch, apart from trust sources, Events and discovery.
-    pub issuance_rate_limit: crate::kubeclient::RateLimit,
+    pub issuance_rate_limit: crate::kube::client::RateLimit,
     pub request_history: usize,
     /// `--request-namespaces`, `--max-requests-per-namespace`, `--max-requests`: where the
     /// issuer's request watch looks and how much it caches.
@@ -95,7 +95,7 @@ pub struct NodeOptions {
     /// How many renewals work at once (waiting for a signer's answer does not count).
     pub renew_concurrency: usize,
     /// `--min-duration`, `--max-duration`, `--max-volumes-per-pod`.
-    pub limits: crate::limits::Limits,
+    pub limits: crate::spec::limits::Limits,
     /// `--forbid-rsa-4096`: refuse volumes asking for RSA 4096 keys.
     pub forbid_rsa_4096: bool,
     pub grace_period: Duration,
@@ -123,16 +123,16 @@ impl NodeOptions {
             tmpfs_size: 4 << 20,
             issue_timeout: Duration::from_secs(60),
             use_token_request: false,
-            api_rate_limit: crate::kubeclient::RateLimit::default(),
-            issuance_rate_limit: crate::kubeclient::RateLimit::default(),
+            api_rate_limit: crate::kube::client::RateLimit::default(),
+            issuance_rate_limit: crate::kube::client::RateLimit::default(),
             request_history: 1,
             request_watch: crate::issuer::filing::RequestWatch::default(),
             trust_namespace: None,
             trust_limits: crate::trust::TrustLimits::default(),
-            max_trust_sources: crate::attrs::DEFAULT_MAX_TRUST_SOURCES,
-            max_volume_bytes: crate::tmpfs_budget::DEFAULT_MAX_VOLUME_BYTES,
+            max_trust_sources: crate::spec::attrs::DEFAULT_MAX_TRUST_SOURCES,
+            max_volume_bytes: crate::files::budget::DEFAULT_MAX_VOLUME_BYTES,
             renew_concurrency: 4,
-            limits: crate::limits::Limits::default(),
+            limits: crate::spec::limits::Limits::default(),
             forbid_rsa_4096: false,
             grace_period: Duration::from_secs(20),
             metrics_address: None,
@@ -160,14 +160,14 @@ pub enum NodeError {
             ""
         }
     )]
-    NoTmpfs(crate::mount::ProbeError),
+    NoTmpfs(crate::files::mount::ProbeError),
     /// `--allow-no-tmpfs` without its environment variable: the fallback is for tests only.
     #[error(
         "--allow-no-tmpfs is for tests only and needs {ALLOW_NO_TMPFS_ENV}=1 in the environment too: with plain directories private keys live on disk and the pod's volume is a writable link into the driver's data root (a pod could point its files anywhere); refusing to start"
     )]
     NoTmpfsNotEnabled,
     #[error("data root: {0}")]
-    Store(#[from] crate::store::StoreError),
+    Store(#[from] crate::files::store::StoreError),
     #[error("local CA: {0}")]
     LocalCa(#[from] crate::issuer::local::LocalCaError),
     #[error("socket {path}: {source}")]
@@ -185,7 +185,7 @@ pub enum NodeError {
     #[error("gRPC server: {0}")]
     Serve(#[from] tonic::transport::Error),
     #[error(transparent)]
-    Ops(#[from] crate::ops::OpsError),
+    Ops(#[from] crate::obs::ops::OpsError),
 }
 
 /// Parses `unix:///path` (also `unix:/path`) into a socket path.
@@ -276,7 +276,7 @@ pub fn choose_mounter(
 
 /// [`choose_mounter`] once the fallback's permission is settled.
 fn probe_and_choose(data_root: &Path, allow_no_tmpfs: bool) -> Result<Arc<dyn Mounter>, NodeError> {
-    match crate::mount::probe_tmpfs(data_root) {
+    match crate::files::mount::probe_tmpfs(data_root) {
         Ok(Probed::Mounted) => Ok(Arc::new(KernelMounter)),
         // Real mounts, never the directory fallback: if mounting does not work either, publishes
         // fail with the mount error instead of putting keys on disk.
@@ -485,7 +485,7 @@ pub async fn run(
     // Bound before the CSI socket: a taken port fails start-up with a clear error instead of
     // leaving a node plugin that looks healthy but cannot be scraped or probed.
     let ops_listener = match opts.metrics_address {
-        Some(address) => Some(crate::ops::bind(address).await?),
+        Some(address) => Some(crate::obs::ops::bind(address).await?),
         None => None,
     };
     let listener = bind_socket(&socket)?;
@@ -523,7 +523,7 @@ pub async fn run(
         let (recovered, stopping) = (ready.clone(), stop_rx.clone());
         let apis = apis.clone();
         let pod_identity = pod_identity.clone();
-        let check: crate::ops::ReadyCheck = Arc::new(move || {
+        let check: crate::obs::ops::ReadyCheck = Arc::new(move || {
             if *stopping.borrow() {
                 Err("shutting down".into())
             } else if !recovered.is_ready() {
@@ -543,8 +543,13 @@ pub async fn run(
         background.push(tokio::spawn(
             async move {
                 let stopped = std::future::pending();
-                if let Err(e) =
-                    crate::ops::serve(ops_listener, crate::metrics::global(), check, stopped).await
+                if let Err(e) = crate::obs::ops::serve(
+                    ops_listener,
+                    crate::obs::metrics::global(),
+                    check,
+                    stopped,
+                )
+                .await
                 {
                     error!(error = %e, "metrics endpoint stopped");
                 }
@@ -677,7 +682,7 @@ mod tests {
 
     #[test]
     fn no_tmpfs_suggests_directories_only_when_they_would_work() {
-        use crate::mount::{ProbeError, ProbeStep};
+        use crate::files::mount::{ProbeError, ProbeStep};
         use nix::errno::Errno;
         let mount = NodeError::NoTmpfs(ProbeError {
             step: ProbeStep::Mount,

@@ -15,11 +15,11 @@ use csi::volume_capability::access_mode::Mode;
 use tonic::{Code, Request, Response, Status};
 use tracing::{Instrument, info_span, warn};
 
-use crate::discovery::ApiError;
+use crate::files::layout::LayoutError;
+use crate::files::store::{self, Phase, VolumeState};
 use crate::issuer::IssueError;
-use crate::layout::LayoutError;
-use crate::pods::IdentityError;
-use crate::store::{self, Phase, VolumeState};
+use crate::kube::discovery::ApiError;
+use crate::kube::pods::IdentityError;
 use crate::trust::SourceError;
 use crate::volume::{PublishParams, VolumeError, VolumeManager};
 
@@ -416,7 +416,7 @@ impl Node for NodeService {
             Err(e) => Err(fail("NodePublishVolume", &volume_id, &pod, e)),
         };
         let code = answer.as_ref().map_or_else(Status::code, |_| Code::Ok);
-        crate::metrics::global().rpc("NodePublishVolume", code, started.elapsed());
+        crate::obs::metrics::global().rpc("NodePublishVolume", code, started.elapsed());
         answer
     }
 
@@ -456,7 +456,7 @@ impl Node for NodeService {
             Err(e) => Err(fail("NodeUnpublishVolume", &volume_id, "", e)),
         };
         let code = answer.as_ref().map_or_else(Status::code, |_| Code::Ok);
-        crate::metrics::global().rpc("NodeUnpublishVolume", code, started.elapsed());
+        crate::obs::metrics::global().rpc("NodeUnpublishVolume", code, started.elapsed());
         answer
     }
 
@@ -580,7 +580,7 @@ impl Node for NodeService {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::attrs;
+    use crate::spec::attrs;
     use csi::volume_capability::{AccessMode, MountVolume};
 
     fn request() -> csi::NodePublishVolumeRequest {
@@ -788,7 +788,7 @@ mod tests {
             ),
             (
                 VolumeError::Trust(SourceError::NoApi(
-                    crate::discovery::NoClusterTrustBundles::trust(
+                    crate::kube::discovery::NoClusterTrustBundles::trust(
                         "csi.certvol.io/trust-cluster-bundles",
                         "example.com:s:a",
                     ),
@@ -804,13 +804,14 @@ mod tests {
                 Code::Unavailable,
             ),
             (
-                VolumeError::Api(ApiError::Missing(crate::discovery::CERT_MANAGER_API)).into(),
+                VolumeError::Api(ApiError::Missing(crate::kube::discovery::CERT_MANAGER_API))
+                    .into(),
                 Code::FailedPrecondition,
             ),
             (
                 VolumeError::Api(ApiError::NoClusterTrustBundles(
-                    crate::discovery::NoClusterTrustBundles::ca_source(
-                        &crate::request::CaSource::ClusterTrustBundleSigner,
+                    crate::kube::discovery::NoClusterTrustBundles::ca_source(
+                        &crate::spec::request::CaSource::ClusterTrustBundleSigner,
                     ),
                 ))
                 .into(),
@@ -822,7 +823,7 @@ mod tests {
             ),
             (
                 VolumeError::Identity(IdentityError::DriverObject(
-                    crate::pods::DriverObjectError::Missing {
+                    crate::kube::pods::DriverObjectError::Missing {
                         name: "csi.certvol.io".into(),
                     },
                 ))
@@ -946,11 +947,11 @@ mod tests {
         _dir: tempfile::TempDir,
         node: NodeService,
         pods: PathBuf,
-        _scheduler: crate::scheduler::Scheduler,
+        _scheduler: crate::runtime::scheduler::Scheduler,
     }
 
     fn node_fixture() -> NodeFixture {
-        use crate::clock::{Clock, SystemClock};
+        use crate::base::clock::{Clock, SystemClock};
         use crate::issuer::local::{LocalCa, LocalCaConfig};
         let dir = tempfile::tempdir().unwrap();
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
@@ -970,13 +971,13 @@ mod tests {
             clock.clone(),
         )
         .unwrap();
-        let (handle, scheduler) = crate::scheduler::channel();
+        let (handle, scheduler) = crate::runtime::scheduler::channel();
         let mut cfg = crate::volume::Config::new("node-a");
         cfg.kubelet_dir = dir.path().to_path_buf();
         let volumes = Arc::new(VolumeManager::new(
             cfg,
             store,
-            Arc::new(crate::mount::DirMounter::default()),
+            Arc::new(crate::files::mount::DirMounter::default()),
             Arc::new(ca),
             clock,
             handle,

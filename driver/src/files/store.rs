@@ -16,8 +16,8 @@ use std::time::SystemTime;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::fsutil;
-use crate::request::KeyAlgorithm;
+use crate::files::fsutil;
+use crate::spec::request::KeyAlgorithm;
 
 /// Format version of `state.json`; bumped on incompatible changes.
 pub const STATE_VERSION: u32 = 1;
@@ -592,7 +592,7 @@ mod tests {
 
     impl SmallFs {
         fn new(size: usize) -> Option<SmallFs> {
-            if !crate::mount::can_mount_tmpfs() {
+            if !crate::files::mount::can_mount_tmpfs() {
                 eprintln!("skipped: needs root to mount tmpfs");
                 return None;
             }

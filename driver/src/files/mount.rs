@@ -590,7 +590,7 @@ impl Mounter for DirMounter {
         if state.mounts.contains_key(&key) {
             return Err(already_mounted(path));
         }
-        crate::fsutil::create_dir_mode(path, mode)
+        crate::files::fsutil::create_dir_mode(path, mode)
             .map_err(|e| context(e, format!("creating directory {}", path.display())))?;
         state.next_id += 1;
         let id = state.next_id;
@@ -875,7 +875,7 @@ pub fn probe_tmpfs(data_root: &Path) -> Result<Probed, ProbeError> {
         path: path.to_path_buf(),
         errno,
     };
-    crate::fsutil::create_dir_mode(&volumes, 0o700)
+    crate::files::fsutil::create_dir_mode(&volumes, 0o700)
         .map_err(|e| failed(ProbeStep::CreateDir, &volumes, errno_of(&e)))?;
     // Left by a probe that was killed before it cleaned up.
     remove_probe_dir(&dir);

@@ -11,7 +11,7 @@ use std::fs;
 use std::path::Path;
 use std::sync::Mutex;
 
-use crate::writer::FileSpec;
+use crate::files::writer::FileSpec;
 
 /// tmpfs allocates whole pages; the memory cgroup is charged per page.
 pub const PAGE: u64 = 4096;
@@ -149,7 +149,7 @@ impl TmpfsBudget {
     }
 
     fn publish_metric(&self) {
-        crate::metrics::global().volume_tmpfs_bytes(self.total(), self.max);
+        crate::obs::metrics::global().volume_tmpfs_bytes(self.total(), self.max);
     }
 }
 

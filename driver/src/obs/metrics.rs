@@ -1,5 +1,5 @@
 //! Prometheus metrics: one process-wide registry of `certvol_*` families, recorded by the CSI,
-//! volume and Kubernetes-client layers and served by [`crate::ops`].
+//! volume and Kubernetes-client layers and served by [`crate::obs::ops`].
 //!
 //! Labels are deliberately low-cardinality (RPC name, gRPC code, issuer kind, outcome, HTTP verb and
 //! status): never a pod, volume or request name, which would grow the series count with the

@@ -10,8 +10,8 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use crate::attrs;
-use crate::request::CertRequest;
+use crate::spec::attrs;
+use crate::spec::request::CertRequest;
 
 /// cert-manager refuses Certificates shorter than an hour; certvol defaults to the same floor.
 pub const DEFAULT_MIN_DURATION: Duration = Duration::from_secs(3600);

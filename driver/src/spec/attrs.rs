@@ -52,8 +52,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::time::Duration;
 
-use crate::layout::Password;
-use crate::request::{
+use crate::files::layout::Password;
+use crate::spec::request::{
     CaSource, CertRequest, FileNames, IssuerRef, KeyAlgorithm, KeyEncoding, KeyUsage, KubeCsrRef,
     PasswordSource, Pkcs12Files, Pkcs12Profile, PodInfo, Sans, Subject,
 };

@@ -37,7 +37,7 @@ use tokio::sync::watch;
 use tracing::{error, info, warn};
 
 use crate::issuer::watch::retry_delay;
-use crate::request::PodInfo;
+use crate::spec::request::PodInfo;
 
 /// How long a publish waits for its pod to appear in the node's pod watch.
 pub const POD_WAIT: Duration = Duration::from_secs(10);
@@ -514,7 +514,7 @@ mod tests {
         pods: Vec<Value>,
         seen: Arc<Mutex<Vec<String>>>,
     ) -> kube::Client {
-        crate::fakeapi::client(move |req| {
+        crate::kube::fakeapi::client(move |req| {
             let (driver, pods, seen) = (driver.clone(), pods.clone(), seen.clone());
             async move {
                 seen.lock().unwrap().push(req.path_and_query());
@@ -531,7 +531,7 @@ mod tests {
                                         "metadata": {"resourceVersion": "9"}, "items": pods}),
                     );
                 }
-                (404, crate::fakeapi::not_found())
+                (404, crate::kube::fakeapi::not_found())
             }
         })
     }
@@ -667,7 +667,7 @@ mod tests {
             );
             assert_eq!(identity.readiness(), Err(msg));
         }
-        let (identity, _) = started((404, crate::fakeapi::not_found()), vec![]);
+        let (identity, _) = started((404, crate::kube::fakeapi::not_found()), vec![]);
         let msg = identity
             .verify(
                 &claim("shop", "web-0", "uid-1", "web"),
@@ -737,7 +737,7 @@ mod tests {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let client = {
             let (watches, seen) = (watches.clone(), seen.clone());
-            crate::fakeapi::client(move |req| {
+            crate::kube::fakeapi::client(move |req| {
                 let (watches, seen) = (watches.clone(), seen.clone());
                 async move {
                     seen.lock().unwrap().push(req.path_and_query());

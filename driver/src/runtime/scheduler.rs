@@ -20,8 +20,8 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tracing::{Instrument, debug, info_span};
 
-use crate::clock::Clock;
-use crate::fair::{FairPool, Lease};
+use crate::base::clock::Clock;
+use crate::base::fair::{FairPool, Lease};
 
 /// What a renewal attempt says about the next one.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -186,7 +186,7 @@ async fn sleep_for(duration: Option<Duration>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::clock::TokioClock;
+    use crate::base::clock::TokioClock;
     use std::sync::Mutex;
 
     type Answer = Box<dyn Fn(&str, SystemTime, usize) -> RenewOutcome + Send + Sync>;

@@ -10,7 +10,7 @@ use x509_parser::prelude::FromDer;
 use x509_parser::public_key::PublicKey;
 use x509_parser::x509::{SubjectPublicKeyInfo, X509Name};
 
-use crate::keys::{KeyError, PrivateKey};
+use crate::x509::keys::{KeyError, PrivateKey};
 
 /// Largest PEM input accepted: certificate chains are a few KiB, so anything this big is not one.
 pub const MAX_PEM_BYTES: usize = 1024 * 1024;
@@ -208,7 +208,7 @@ fn name_to_string(name: &X509Name<'_>) -> String {
                     let arcs: Option<Vec<u64>> = atv.attr_type().iter().map(|i| i.collect());
                     let ty = arcs
                         .as_deref()
-                        .and_then(crate::keys::attribute_type_name)
+                        .and_then(crate::x509::keys::attribute_type_name)
                         .map(str::to_string)
                         .unwrap_or_else(|| atv.attr_type().to_id_string());
                     let value = match atv.as_str() {
@@ -384,7 +384,7 @@ pub fn key_matches(cert: &CertInfo, key: &PrivateKey) -> Result<bool, PkiError> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::request::KeyAlgorithm;
+    use crate::spec::request::KeyAlgorithm;
     use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
 
     fn ts(secs: u64) -> SystemTime {

@@ -249,7 +249,7 @@ pub fn publish(
         chown(&generation)?;
         fs::set_permissions(&generation, fs::Permissions::from_mode(dir_mode))
             .map_err(io_err("setting permissions of", &generation))?;
-        crate::fsutil::sync_dir(&generation).map_err(io_err("syncing", &generation))?;
+        crate::files::fsutil::sync_dir(&generation).map_err(io_err("syncing", &generation))?;
 
         let data_tmp = dir.join(DATA_TMP);
         remove_if_present(&data_tmp).map_err(io_err("removing stale link", &data_tmp))?;
@@ -266,7 +266,7 @@ pub fn publish(
     // The one step that switches readers from the old generation to the new one.
     let data = dir.join(DATA);
     fs::rename(dir.join(DATA_TMP), &data).map_err(io_err("switching link", &data))?;
-    crate::fsutil::sync_dir(dir).map_err(io_err("syncing", dir))?;
+    crate::files::fsutil::sync_dir(dir).map_err(io_err("syncing", dir))?;
 
     link_names(dir, &names)?;
     remove_old_generations(dir, &generation_name)

@@ -3,18 +3,20 @@
 //! a live renewal under a reader that checks every key/certificate pair it sees, a rejected
 //! request, and clean-up. Returns whether every check passed.
 
+pub mod kubelet;
+
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::keys::PrivateKey;
-use crate::kubelet::{InlineVolume, Kubelet, Pod, volume_id};
-use crate::mount::{self, DirMounter, KernelMounter, Mounter};
+use crate::demo::kubelet::{InlineVolume, Kubelet, Pod, volume_id};
+use crate::files::mount::{self, DirMounter, KernelMounter, Mounter};
+use crate::files::store::Store;
 use crate::node::{self, NodeOptions};
-use crate::pki::{self, CertInfo};
-use crate::store::Store;
+use crate::x509::keys::PrivateKey;
+use crate::x509::pki::{self, CertInfo};
 
 /// Why the demo could not run at all (failed checks are reported, not errors).
 #[derive(Debug, thiserror::Error)]
@@ -358,8 +360,8 @@ fn read_leaf(target: &Path, name: &str) -> Result<Option<CertInfo>, String> {
 /// Reads key and certificate as a pod does and checks they belong together and chain to the CA.
 fn pair_ok(target: &Path) -> Result<String, String> {
     // One resolved `..data` generation, as an application reloading its pair should read it.
-    let files =
-        crate::writer::read_all(target, &["tls.key", "tls.crt"]).map_err(|e| e.to_string())?;
+    let files = crate::files::writer::read_all(target, &["tls.key", "tls.crt"])
+        .map_err(|e| e.to_string())?;
     let key_pem = String::from_utf8_lossy(&files[0]).into_owned();
     let cert_pem = String::from_utf8_lossy(&files[1]).into_owned();
     let key = PrivateKey::from_pem(&key_pem).map_err(|e| e.to_string())?;

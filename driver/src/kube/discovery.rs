@@ -33,7 +33,7 @@ use kube::api::ApiResource;
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
-use crate::request::{CaSource, CertRequest};
+use crate::spec::request::{CaSource, CertRequest};
 
 /// The API group of ClusterTrustBundles and CertificateSigningRequests.
 pub const CERTIFICATES_GROUP: &str = "certificates.k8s.io";
@@ -163,7 +163,7 @@ pub struct NoClusterTrustBundles {
 impl NoClusterTrustBundles {
     /// For the kube-csr `ca-source` (the default one included).
     pub fn ca_source(source: &CaSource) -> Self {
-        let attribute = format!("{}ca-source", crate::attrs::CERTVOL_PREFIX);
+        let attribute = format!("{}ca-source", crate::spec::attrs::CERTVOL_PREFIX);
         let value = if *source == CaSource::default() {
             format!("{:?}, the default when it is not set", source.to_string())
         } else {
@@ -180,7 +180,7 @@ impl NoClusterTrustBundles {
 
     /// For a `trust-*` attribute naming ClusterTrustBundles (`what`, e.g. the bundle names).
     pub fn trust(attribute: &str, what: &str) -> Self {
-        let p = crate::attrs::CERTVOL_PREFIX;
+        let p = crate::spec::attrs::CERTVOL_PREFIX;
         NoClusterTrustBundles {
             attribute: attribute.to_owned(),
             value: format!("{what:?}"),
@@ -452,14 +452,14 @@ mod tests {
             .iter()
             .map(|(gv, rs)| (gv.to_string(), rs.iter().map(|r| r.to_string()).collect()))
             .collect();
-        crate::fakeapi::client(move |req| {
+        crate::kube::fakeapi::client(move |req| {
             seen.lock().unwrap().push(req.path.clone());
             let answer = match served
                 .iter()
                 .find(|(gv, _)| req.path == format!("/apis/{gv}"))
             {
-                Some((gv, resources)) => (200, crate::fakeapi::resource_list(gv, resources)),
-                None => (404, crate::fakeapi::not_found()),
+                Some((gv, resources)) => (200, crate::kube::fakeapi::resource_list(gv, resources)),
+                None => (404, crate::kube::fakeapi::not_found()),
             };
             async move { answer }
         })
@@ -568,7 +568,7 @@ mod tests {
 
     #[tokio::test]
     async fn discovery_errors_other_than_404_are_errors() {
-        let client = crate::fakeapi::client(|_| async { (503, etcd_unavailable()) });
+        let client = crate::kube::fakeapi::client(|_| async { (503, etcd_unavailable()) });
         let err = discover_once(&client, CSR_API).await.unwrap_err();
         assert_eq!(err.group_version, "certificates.k8s.io/v1");
         assert!(err.message.contains("etcd unavailable"), "{err}");
@@ -579,7 +579,7 @@ mod tests {
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let gate = Arc::new(tokio::sync::Mutex::new(Some(rx)));
         // An API server that fails until `tx` fires, then serves v1 only.
-        let client = crate::fakeapi::client(move |req| {
+        let client = crate::kube::fakeapi::client(move |req| {
             let gate = gate.clone();
             async move {
                 let open = {
@@ -598,19 +598,19 @@ mod tests {
                 } else if req.path == "/apis/certificates.k8s.io/v1" {
                     (
                         200,
-                        crate::fakeapi::resource_list(
+                        crate::kube::fakeapi::resource_list(
                             "certificates.k8s.io/v1",
                             &["certificatesigningrequests", "clustertrustbundles"],
                         ),
                     )
                 } else {
-                    (404, crate::fakeapi::not_found())
+                    (404, crate::kube::fakeapi::not_found())
                 }
             }
         });
         let (apis, task) = Apis::discover(client, CSR_API);
         let task = tokio::spawn(task);
-        let req = crate::attrs::parse(
+        let req = crate::spec::attrs::parse(
             &[
                 ("csi.certvol.io/signer-name", "example.com/w"),
                 ("csi.certvol.io/dns-names", "a.example"),
@@ -643,7 +643,7 @@ mod tests {
             .collect();
         ctx.entry("csi.certvol.io/dns-names".into())
             .or_insert_with(|| "a.example".into());
-        crate::attrs::parse(&ctx).unwrap()
+        crate::spec::attrs::parse(&ctx).unwrap()
     }
 
     #[tokio::test]

@@ -22,9 +22,9 @@ use p12_keystore::{
 };
 use zeroize::Zeroizing;
 
-use crate::keys::{self, KeyError, PrivateKey};
-use crate::request::{CertRequest, Pkcs12Profile};
-use crate::writer::FileSpec;
+use crate::files::writer::FileSpec;
+use crate::spec::request::{CertRequest, Pkcs12Profile};
+use crate::x509::keys::{self, KeyError, PrivateKey};
 
 /// Friendly name (Java alias) of the keystore's key entry; cert-manager uses the same.
 pub const KEYSTORE_ALIAS: &str = "certificate";
@@ -55,7 +55,7 @@ impl std::fmt::Debug for Password {
 }
 
 /// Everything a volume's files are made of. Nothing in here is a file name: names come from the
-/// request's [`FileNames`](crate::request::FileNames).
+/// request's [`FileNames`](crate::spec::request::FileNames).
 #[derive(Clone)]
 pub struct Material {
     pub key: PrivateKey,
@@ -291,7 +291,7 @@ mod tests {
     use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
 
     use super::*;
-    use crate::request::{
+    use crate::spec::request::{
         FileNames, IssuerRef, KeyAlgorithm, KeyEncoding, PasswordSource, Pkcs12Files, PodInfo,
         Sans, Subject,
     };
@@ -468,8 +468,8 @@ mod tests {
         assert_eq!(key_chain, format!("{key_pem}{}", m.chain_pem));
 
         let chain = String::from_utf8(files["chain.pem"].clone()).unwrap();
-        let leaf = crate::pki::parse_pem_chain(&p.leaf_pem).unwrap();
-        let inter = crate::pki::parse_pem_chain(&chain).unwrap();
+        let leaf = crate::x509::pki::parse_pem_chain(&p.leaf_pem).unwrap();
+        let inter = crate::x509::pki::parse_pem_chain(&chain).unwrap();
         assert_eq!(inter.len(), 1);
         assert!(inter[0].subject.contains("Layout Intermediate"));
         assert!(

@@ -367,7 +367,7 @@ where
         Box::pin(async move {
             let result = response.await;
             let code = result.as_ref().ok().map(|r| r.status().as_u16());
-            crate::metrics::global().kube_request(verb, code);
+            crate::obs::metrics::global().kube_request(verb, code);
             result
         })
     }

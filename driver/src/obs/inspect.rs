@@ -11,10 +11,10 @@ use std::time::SystemTime;
 
 use serde::Serialize;
 
-use crate::attrs;
-use crate::pki;
-use crate::store::{self, Store, StoreError, VolumePaths, VolumeState};
+use crate::files::store::{self, Store, StoreError, VolumePaths, VolumeState};
+use crate::spec::attrs;
 use crate::volume;
+use crate::x509::pki;
 
 const POD_NAMESPACE_KEY: &str = "csi.storage.k8s.io/pod.namespace";
 const POD_NAME_KEY: &str = "csi.storage.k8s.io/pod.name";
@@ -506,7 +506,7 @@ pub fn run(data_root: &Path, format: Format, volume: Option<&str>) -> Result<Str
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{CertRecord, Phase, RenewalRecord, STATE_VERSION};
+    use crate::files::store::{CertRecord, Phase, RenewalRecord, STATE_VERSION};
     use std::collections::BTreeMap;
     use std::time::Duration;
 

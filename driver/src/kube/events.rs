@@ -15,7 +15,7 @@ use kube::api::PostParams;
 use sha2::{Digest, Sha256};
 use tracing::{debug, warn};
 
-use crate::request::PodInfo;
+use crate::spec::request::PodInfo;
 
 /// `source.component` / `reportingComponent` of the events.
 pub const COMPONENT: &str = "certvol";

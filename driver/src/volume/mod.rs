@@ -4,6 +4,8 @@
 //! a per-volume async lock (its "slot", which also caches the volume's state); operations on
 //! different volumes run in parallel.
 
+pub mod recovery;
+
 use std::collections::HashMap;
 use std::fs;
 use std::io;
@@ -17,31 +19,31 @@ use tokio::sync::Mutex;
 use tracing::{debug, info, warn};
 use zeroize::Zeroizing;
 
-use crate::attrs::{self, AttrError};
-use crate::clock::Clock;
-use crate::crashpoint;
-use crate::discovery::{ApiError, Apis};
-use crate::events::{self, EventSink};
-use crate::fair::{FairPool, Lease};
-use crate::fsutil;
-use crate::issuer::certmanager::{BearerToken, token_from_context};
-use crate::issuer::{self, IssueError, IssueRequest, Issuer};
-use crate::keys::{self, KeyError, PrivateKey};
-use crate::layout::{self, LayoutError, Material, Password};
-use crate::metrics::IssueOutcome;
-use crate::mount::{MountInfo, Mounter};
-use crate::pki;
-use crate::refresh::{Message, RefreshHandle};
-use crate::request::{CertRequest, KeyAlgorithm};
-use crate::scheduler::{RenewOutcome, Renewer, SchedulerHandle};
-use crate::store::{
+use crate::base::clock::Clock;
+use crate::base::crashpoint;
+use crate::base::fair::{FairPool, Lease};
+use crate::files::fsutil;
+use crate::files::layout::{self, LayoutError, Material, Password};
+use crate::files::mount::{MountInfo, Mounter};
+use crate::files::store::{
     self, CertRecord, DiskFault, PendingRecord, Phase, RenewalRecord, STATE_VERSION, Store,
     StoreError, VolumePaths, VolumeState,
 };
+use crate::files::writer::{self, WriteError};
+use crate::issuer::certmanager::{BearerToken, token_from_context};
+use crate::issuer::{self, IssueError, IssueRequest, Issuer};
+use crate::kube::discovery::{ApiError, Apis};
+use crate::kube::events::{self, EventSink};
+use crate::obs::metrics::IssueOutcome;
+use crate::runtime::refresh::{Message, RefreshHandle};
+use crate::runtime::scheduler::{RenewOutcome, Renewer, SchedulerHandle};
+use crate::spec::attrs::{self, AttrError};
+use crate::spec::request::{CertRequest, KeyAlgorithm};
 use crate::trust::bundle::{self as trust_bundle, Bundle, Rejected, SourcePem};
 use crate::trust::rotation::{self, OverlapPolicy};
 use crate::trust::{SourceError, TrustCache, TrustSpec, VolumeTrust};
-use crate::writer::{self, WriteError};
+use crate::x509::keys::{self, KeyError, PrivateKey};
+use crate::x509::pki;
 
 /// Tunables of the volume layer.
 #[derive(Clone, Debug)]
@@ -58,7 +60,7 @@ pub struct Config {
     /// kubelet's root directory (`--kubelet-dir`): every target path must lie in its `pods/`.
     pub kubelet_dir: PathBuf,
     /// What one volume or pod may ask of the node.
-    pub limits: crate::limits::Limits,
+    pub limits: crate::spec::limits::Limits,
     /// Refuse volumes asking for RSA 4096 keys (`--forbid-rsa-4096`): each takes seconds of
     /// CPU to generate.
     pub forbid_rsa_4096: bool,
@@ -79,11 +81,11 @@ impl Config {
             request_history: 1,
             policy: certvol_renewer::Policy::default(),
             kubelet_dir: PathBuf::from(DEFAULT_KUBELET_DIR),
-            limits: crate::limits::Limits::default(),
+            limits: crate::spec::limits::Limits::default(),
             forbid_rsa_4096: false,
             keygen_concurrency: std::thread::available_parallelism().map_or(1, |n| n.get()),
             max_trust_sources: attrs::DEFAULT_MAX_TRUST_SOURCES,
-            max_volume_bytes: crate::tmpfs_budget::DEFAULT_MAX_VOLUME_BYTES,
+            max_volume_bytes: crate::files::budget::DEFAULT_MAX_VOLUME_BYTES,
         }
     }
 }
@@ -169,7 +171,7 @@ pub enum VolumeError {
     InvalidArgument(String),
     /// Outside the operator's limits on durations or volumes per pod.
     #[error(transparent)]
-    Limit(#[from] crate::limits::LimitError),
+    Limit(#[from] crate::spec::limits::LimitError),
     #[error(
         "volume {volume_id} is already published at {existing}; an inline ephemeral volume has exactly one target, so it cannot also be published at {requested}"
     )]
@@ -227,10 +229,10 @@ pub enum VolumeError {
     Api(#[from] ApiError),
     /// The volume context's pod identity cannot be believed (API modes; see `pods`).
     #[error(transparent)]
-    Identity(#[from] crate::pods::IdentityError),
+    Identity(#[from] crate::kube::pods::IdentityError),
     /// The node's volumes already keep close to `--max-volume-bytes` in tmpfs.
     #[error(transparent)]
-    TmpfsBudget(#[from] crate::tmpfs_budget::OverBudget),
+    TmpfsBudget(#[from] crate::files::budget::OverBudget),
     /// The data root refused a write (full or read-only): an operator has to act, and until then
     /// no volume can be published there and no renewal can be recorded.
     #[error(
@@ -453,7 +455,7 @@ pub struct VolumeManager {
     apis: Option<Apis>,
     /// The pod-identity checks (API modes); `None` in local mode, which trusts the chart's
     /// CSIDriver (`podInfoOnMount: true`).
-    identity: Option<crate::pods::PodIdentity>,
+    identity: Option<crate::kube::pods::PodIdentity>,
     /// Key generation: one permit per CPU, shared round-robin between namespaces, so a pod
     /// asking for many slow keys (RSA 4096) cannot keep the CPUs from everyone else's.
     keygen: FairPool,
@@ -463,7 +465,7 @@ pub struct VolumeManager {
     /// seconds behind someone else's RSA.
     slow_keygen: FairPool,
     /// What each volume keeps in its tmpfs (charged to this process's memory cgroup).
-    tmpfs: crate::tmpfs_budget::TmpfsBudget,
+    tmpfs: crate::files::budget::TmpfsBudget,
 }
 
 impl VolumeManager {
@@ -478,7 +480,7 @@ impl VolumeManager {
         VolumeManager {
             keygen: FairPool::new(cfg.keygen_concurrency),
             slow_keygen: FairPool::new(cfg.keygen_concurrency.saturating_sub(1)),
-            tmpfs: crate::tmpfs_budget::TmpfsBudget::new(cfg.max_volume_bytes),
+            tmpfs: crate::files::budget::TmpfsBudget::new(cfg.max_volume_bytes),
             cfg,
             store,
             mounter,
@@ -502,15 +504,15 @@ impl VolumeManager {
     }
 
     /// Gives the manager the API discovery of a node with Kubernetes API access: publishes then
-    /// check the APIs they need first (see [`crate::discovery::Apis::check`]).
+    /// check the APIs they need first (see [`crate::kube::discovery::Apis::check`]).
     pub fn with_apis(mut self, apis: Apis) -> Self {
         self.apis = Some(apis);
         self
     }
 
     /// Gives the manager the pod-identity checks of a node with Kubernetes API access:
-    /// publishes then check the claimed pod first (see [`crate::pods::PodIdentity::verify`]).
-    pub fn with_identity(mut self, identity: crate::pods::PodIdentity) -> Self {
+    /// publishes then check the claimed pod first (see [`crate::kube::pods::PodIdentity::verify`]).
+    pub fn with_identity(mut self, identity: crate::kube::pods::PodIdentity) -> Self {
         self.identity = Some(identity);
         self
     }
@@ -628,7 +630,7 @@ impl VolumeManager {
         if state.phase == Phase::Published
             && let Some(current) = &state.current
         {
-            crate::metrics::global()
+            crate::obs::metrics::global()
                 .track_volume(&state.volume_id, store::to_system(current.not_after));
         }
         self.count_pod_volume(&state.target_path, &state.volume_id, true);
@@ -732,7 +734,8 @@ impl VolumeManager {
         }
         if guard.is_none() {
             // Before anything is issued: a full node refuses here rather than after signing.
-            self.tmpfs.has_room(crate::tmpfs_budget::MIN_VOLUME_BYTES)?;
+            self.tmpfs
+                .has_room(crate::files::budget::MIN_VOLUME_BYTES)?;
             self.reserve_pod_volume(&params)?;
         }
         // Only now, under the volume's lock and for the volume this call publishes: a publish
@@ -770,7 +773,7 @@ impl VolumeManager {
         if result.is_ok()
             && let Some(current) = guard.as_ref().and_then(|s| s.current.as_ref())
         {
-            crate::metrics::global()
+            crate::obs::metrics::global()
                 .track_volume(&params.volume_id, store::to_system(current.not_after));
         }
         self.release(&params.volume_id, &slot, &guard);
@@ -1004,7 +1007,7 @@ impl VolumeManager {
                 )));
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                crate::mount::create_dir_beneath(&self.pods_dir(), target, 0o750)
+                crate::files::mount::create_dir_beneath(&self.pods_dir(), target, 0o750)
                     .map_err(VolumeError::io_at("create target directory", target))?;
             }
             Err(e) => return Err(VolumeError::io_at("inspect", target)(e)),
@@ -1191,13 +1194,13 @@ impl VolumeManager {
             // against one that does not.
             match answer {
                 Ok(result) => {
-                    crate::metrics::global().issuance(self.issuer.kind(), IssueOutcome::of(&result));
+                    crate::obs::metrics::global().issuance(self.issuer.kind(), IssueOutcome::of(&result));
                     let issued = result?;
                     crashpoint::hit(&format!("{op}:signed"));
                     issued
                 }
                 Err(_) => {
-                    crate::metrics::global().issuance(self.issuer.kind(), IssueOutcome::Timeout);
+                    crate::obs::metrics::global().issuance(self.issuer.kind(), IssueOutcome::Timeout);
                     return Err(IssueError::Timeout {
                         request: request_name,
                     }
@@ -1325,7 +1328,7 @@ impl VolumeManager {
         prune_keys(paths, revision);
         // The charge counted the key this revision replaced, now pruned.
         self.tmpfs
-            .set(&state.volume_id, crate::tmpfs_budget::measure(&paths.mem));
+            .set(&state.volume_id, crate::files::budget::measure(&paths.mem));
         if let Some(bundle) = &bundle {
             self.report_rejected(req, &bundle.rejected).await;
         }
@@ -1434,7 +1437,8 @@ impl VolumeManager {
             Ok(locked) => locked,
             Err(e) => {
                 warn!(volume_id, error = %e, "trust refresh could not load the volume");
-                crate::metrics::global().trust_refresh(crate::metrics::RefreshOutcome::Failed);
+                crate::obs::metrics::global()
+                    .trust_refresh(crate::obs::metrics::RefreshOutcome::Failed);
                 return Refreshed::Kept { next_change: None };
             }
         };
@@ -1459,28 +1463,28 @@ impl VolumeManager {
             return Refreshed::Gone;
         };
         let metric = match &outcome {
-            Ok(None) => crate::metrics::RefreshOutcome::Unchanged,
+            Ok(None) => crate::obs::metrics::RefreshOutcome::Unchanged,
             Ok(Some(rejected)) => {
                 info!(volume_id, "trust bundle rewritten");
                 self.report_rejected(&req, rejected).await;
-                crate::metrics::RefreshOutcome::Updated
+                crate::obs::metrics::RefreshOutcome::Updated
             }
             Err(VolumeError::Trust(e)) => {
                 warn!(volume_id, error = %e, "trust bundle not refreshed; the volume keeps its current files");
                 self.report_source_error(&req, e).await;
-                crate::metrics::RefreshOutcome::SourceError
+                crate::obs::metrics::RefreshOutcome::SourceError
             }
             Err(e) => {
                 warn!(volume_id, error = %e, "trust bundle not refreshed; the volume keeps its current files");
-                crate::metrics::RefreshOutcome::Failed
+                crate::obs::metrics::RefreshOutcome::Failed
             }
         };
-        crate::metrics::global().trust_refresh(metric);
+        crate::obs::metrics::global().trust_refresh(metric);
         let mut next_change = rotation::next_change(&cas, self.clock.now());
         // Nothing else would bring the rewrite back (its sources did not change again): try
         // again once other volumes may have gone.
         if matches!(outcome, Err(VolumeError::TmpfsBudget(_))) {
-            let retry = self.clock.now() + crate::tmpfs_budget::RETRY;
+            let retry = self.clock.now() + crate::files::budget::RETRY;
             next_change = Some(next_change.map_or(retry, |at| at.min(retry)));
         }
         Refreshed::Kept { next_change }
@@ -1625,7 +1629,7 @@ impl VolumeManager {
         gid: Option<u32>,
     ) -> Result<(), VolumeError> {
         let cost =
-            crate::tmpfs_budget::files_cost(files) + crate::tmpfs_budget::measure(&paths.keys);
+            crate::files::budget::files_cost(files) + crate::files::budget::measure(&paths.keys);
         let previous = self.tmpfs.charge(volume_id, cost)?;
         match writer::publish(&paths.files, files, gid, self.clock.now()) {
             Ok(()) => Ok(()),
@@ -1640,7 +1644,7 @@ impl VolumeManager {
     pub(crate) fn measure_tmpfs(&self, volume_id: &str) {
         let paths = self.store.paths(volume_id);
         self.tmpfs
-            .set(volume_id, crate::tmpfs_budget::measure(&paths.mem));
+            .set(volume_id, crate::files::budget::measure(&paths.mem));
     }
 
     /// The bytes all volumes keep in tmpfs, and the budget (`--max-volume-bytes`).
@@ -1686,7 +1690,7 @@ impl VolumeManager {
         self.store.remove(&paths)?;
         self.tmpfs.release(&state.volume_id);
         self.count_pod_volume(&state.target_path, &state.volume_id, false);
-        crate::metrics::global().untrack_volume(&state.volume_id);
+        crate::obs::metrics::global().untrack_volume(&state.volume_id);
         info!(volume_id = %state.volume_id, "volume removed");
         Ok(())
     }
@@ -1923,9 +1927,9 @@ impl VolumeManager {
         .await;
         match result {
             Ok(()) => {
-                crate::metrics::global().renewal(true);
+                crate::obs::metrics::global().renewal(true);
                 if let Some(c) = &state.current {
-                    crate::metrics::global()
+                    crate::obs::metrics::global()
                         .track_volume(&state.volume_id, store::to_system(c.not_after));
                 }
                 self.prune_requests(state).await;
@@ -1940,7 +1944,7 @@ impl VolumeManager {
             }
             Err(err) => {
                 let err = err.on_data_root(self.store.root());
-                crate::metrics::global().renewal(false);
+                crate::obs::metrics::global().renewal(false);
                 if let VolumeError::Issue(e) = &err
                     && !e.is_transient()
                 {
@@ -2221,10 +2225,10 @@ pub fn next_renewal(state: &VolumeState) -> Option<SystemTime> {
 mod tests {
     //! The volume layer against a scriptable issuer and directory mounts: no root, no socket.
     use super::*;
-    use crate::clock::SystemClock;
+    use crate::base::clock::SystemClock;
+    use crate::files::mount::DirMounter;
     use crate::issuer::Issued;
     use crate::issuer::local::{LocalCa, LocalCaConfig};
-    use crate::mount::DirMounter;
     use std::sync::atomic::{AtomicU8, Ordering};
 
     const OK: u8 = 0;
@@ -2305,7 +2309,7 @@ mod tests {
         issuer: Arc<Scripted>,
         pods: PathBuf,
         ahead: Arc<Ahead>,
-        _scheduler: crate::scheduler::Scheduler,
+        _scheduler: crate::runtime::scheduler::Scheduler,
     }
 
     /// The embedded CA in the store's data root, signing for at most a day.
@@ -2349,7 +2353,7 @@ mod tests {
             calls: StdMutex::new(Vec::new()),
             after_issue: StdMutex::new(None),
         });
-        let (handle, scheduler) = crate::scheduler::channel();
+        let (handle, scheduler) = crate::runtime::scheduler::channel();
         let mut cfg = Config::new("node-a");
         cfg.kubelet_dir = dir.path().to_path_buf();
         edit(&mut cfg);
@@ -2420,7 +2424,7 @@ mod tests {
     /// created, FailedPrecondition naming the attribute; one that needs none is published.
     #[tokio::test]
     async fn without_the_clustertrustbundle_api_volumes_that_need_it_fail_cleanly() {
-        use crate::discovery::{ApiError, Served};
+        use crate::kube::discovery::{ApiError, Served};
         use tonic::Code;
         let f = fixture_with(Some(Apis::fixed(Served {
             cluster_trust_bundles: None,
@@ -2507,7 +2511,7 @@ mod tests {
     /// nothing created.
     #[tokio::test]
     async fn a_missing_issuer_api_fails_publish_naming_it() {
-        use crate::discovery::{CERT_MANAGER_API, CtbVersion, Served};
+        use crate::kube::discovery::{CERT_MANAGER_API, CtbVersion, Served};
         let f = fixture_with(Some(Apis::fixed(Served {
             cluster_trust_bundles: Some(CtbVersion::V1),
             missing: Some(CERT_MANAGER_API),
@@ -2716,7 +2720,7 @@ mod tests {
     /// is retried; once room is made both succeed.
     #[tokio::test]
     async fn the_tmpfs_budget_refuses_publishes_and_renewals_past_it() {
-        use crate::tmpfs_budget::PAGE;
+        use crate::files::budget::PAGE;
         let budget = 1 << 20;
         let f = fixture_configured(None, |c| c.max_volume_bytes = budget);
         let a = params(&f, "a");
@@ -2725,7 +2729,7 @@ mod tests {
         assert_eq!(max, budget);
         let paths = f.mgr.store().paths("csi-a");
         // Key, certificate and CA file, each a page, and the private key under keys/.
-        assert_eq!(used, crate::tmpfs_budget::measure(&paths.mem));
+        assert_eq!(used, crate::files::budget::measure(&paths.mem));
         assert!(used >= 4 * PAGE, "{used}");
         // Other volumes hold the rest of the budget.
         f.mgr.tmpfs.set("others", budget - used);
@@ -2770,13 +2774,13 @@ mod tests {
         );
         assert_ne!(cert_of(&a.target_path), before);
         f.mgr.publish(b.clone()).await.unwrap();
-        let both = crate::tmpfs_budget::measure(&paths.mem)
-            + crate::tmpfs_budget::measure(&f.mgr.store().paths("csi-b").mem);
+        let both = crate::files::budget::measure(&paths.mem)
+            + crate::files::budget::measure(&f.mgr.store().paths("csi-b").mem);
         assert_eq!(f.mgr.tmpfs_usage().0, both);
         f.mgr.unpublish("csi-b", &b.target_path).await.unwrap();
         assert_eq!(
             f.mgr.tmpfs_usage().0,
-            crate::tmpfs_budget::measure(&paths.mem)
+            crate::files::budget::measure(&paths.mem)
         );
     }
 
@@ -3263,7 +3267,7 @@ mod tests {
             panic!("{outcome:?}")
         };
         assert!(
-            at <= SystemTime::now() + crate::tmpfs_budget::RETRY,
+            at <= SystemTime::now() + crate::files::budget::RETRY,
             "retried soon, not at the overlap's end"
         );
         assert_eq!(
@@ -3283,12 +3287,13 @@ mod tests {
     #[tokio::test]
     async fn the_refresher_rewrites_the_bundle_when_an_overlap_ends() {
         let dir = tempfile::tempdir().unwrap();
-        let clock: Arc<dyn Clock> =
-            Arc::new(crate::clock::TokioClock::starting_at(SystemTime::now()));
+        let clock: Arc<dyn Clock> = Arc::new(crate::base::clock::TokioClock::starting_at(
+            SystemTime::now(),
+        ));
         let store = Store::open(&dir.path().join("root")).unwrap();
         let ca = test_ca(&store, clock.clone());
-        let (handle, _scheduler) = crate::scheduler::channel();
-        let (refresh, refresher) = crate::refresh::channel();
+        let (handle, _scheduler) = crate::runtime::scheduler::channel();
+        let (refresh, refresher) = crate::runtime::refresh::channel();
         let mut cfg = Config::new("node-a");
         cfg.kubelet_dir = dir.path().to_path_buf();
         let mgr = Arc::new(

@@ -12,7 +12,7 @@ use rsa::pkcs8::{DecodePrivateKey as _, EncodePrivateKey as _};
 use rsa::traits::PublicKeyParts;
 use zeroize::Zeroizing;
 
-use crate::request::{CertRequest, KeyAlgorithm, KeyEncoding, KeyUsage, Sans, Subject};
+use crate::spec::request::{CertRequest, KeyAlgorithm, KeyEncoding, KeyUsage, Sans, Subject};
 
 /// Why a key or CSR could not be produced. Messages never contain key material.
 #[derive(Debug, thiserror::Error)]
@@ -908,7 +908,7 @@ pub(crate) mod der {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::request::{FileNames, IssuerRef, PodInfo};
+    use crate::spec::request::{FileNames, IssuerRef, PodInfo};
     use std::collections::BTreeMap;
     use std::net::IpAddr;
     use std::time::Duration;

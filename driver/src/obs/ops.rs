@@ -16,7 +16,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use tokio::net::TcpListener;
 
-use crate::metrics::{self, Metrics};
+use crate::obs::metrics::{self, Metrics};
 
 /// The default `--metrics-address`: 9402 is the port cert-manager's csi-driver uses for metrics,
 /// which Prometheus scrape configs for cert-manager components already expect.

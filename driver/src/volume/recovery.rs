@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use tracing::{info, warn};
 
-use crate::store::{Phase, VolumePaths, VolumeState};
+use crate::files::store::{Phase, VolumePaths, VolumeState};
 use crate::volume::{VolumeError, VolumeManager};
 
 /// What the pass found and did.
@@ -201,7 +201,7 @@ fn rebind(mgr: &VolumeManager, state: &VolumeState) -> Result<(), VolumeError> {
 
 async fn discard(
     mgr: &VolumeManager,
-    paths: &crate::store::VolumePaths,
+    paths: &crate::files::store::VolumePaths,
     state: Option<VolumeState>,
     report: &mut Report,
 ) {

@@ -1,0 +1,5 @@
+//! Observability: Prometheus metrics, the ops HTTP server and the `inspect` report.
+
+pub mod inspect;
+pub mod metrics;
+pub mod ops;
