@@ -67,7 +67,6 @@ const ALLOWED_CYCLES: &[&[&str]] = &[
 const ALLOWED_LONG_FILES: &[&str] = &[
     "files/mount.rs",
     "issuer/watch.rs",
-    "node/mod.rs",
     "spec/attrs.rs",
     "trust/watch.rs",
     "volume/mod.rs",
@@ -82,8 +81,6 @@ const ALLOWED_LONG_FNS: &[&str] = &[
     "issuer/kubecsr/mod.rs::issue_inner",
     "issuer/watch.rs::apply_from",
     "kube/events.rs::build_event",
-    "main.rs::run",
-    "node/mod.rs::run",
     "obs/inspect.rs::view",
     "obs/metrics.rs::new",
     "spec/attrs.rs::parse",

@@ -96,9 +96,12 @@ pub async fn run(keep: bool) -> Result<bool, DemoError> {
         "demo-node",
         data_root.clone(),
     );
+    opts.issuer = node::IssuerKind::Local;
     opts.grace_period = Duration::from_secs(5);
     // The demo shows a renewal within seconds; a real node keeps the one-hour floor.
-    opts.limits.min_duration = Duration::from_secs(1);
+    opts.min_duration = Duration::from_secs(1);
+    // The demo serves no /metrics: a second demo (or a node) on this machine may hold the port.
+    opts.metrics_address = None;
     // The demo's kubelet keeps its pods here; the plugin refuses targets anywhere else.
     opts.kubelet_dir = base.join("kubelet");
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
