@@ -568,8 +568,17 @@ fn the_checker_sees_what_it_checks() {
 fn the_error_map_is_exhaustive() {
     // A wildcard arm would let a new error variant reach kubelet as a code nobody chose.
     let (mods, _) = graph();
-    let status = mods.iter().find(|m| m.path == "csi::status").expect("csi/status.rs");
+    let status = mods
+        .iter()
+        .find(|m| m.path == "csi::status")
+        .expect("csi/status.rs");
     let code = code_only(&status.code);
-    assert!(!code.contains("_ =>"), "csi/status.rs has a wildcard match arm");
-    assert!(code.matches("impl GrpcCode for").count() >= 6, "one impl per error type");
+    assert!(
+        !code.contains("_ =>"),
+        "csi/status.rs has a wildcard match arm"
+    );
+    assert!(
+        code.matches("impl GrpcCode for").count() >= 6,
+        "one impl per error type"
+    );
 }

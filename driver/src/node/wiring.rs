@@ -76,15 +76,42 @@ impl Wiring {
 struct ApiWiring {
     config: kube::Config,
     clients: ApiClients,
+    parts: ApiParts,
+}
+
+/// What an API backend's [`Wiring`] takes from [`api_wiring`].
+struct ApiParts {
     apis: Apis,
     identity: PodIdentity,
     tasks: Tasks,
+    trust: TrustWiring,
+}
+
+impl ApiParts {
+    /// The wiring around `issuer`, whose `watch` runs with the other background work.
+    fn finish<I: Issuer + 'static>(
+        mut self,
+        issuer: Arc<I>,
+        reachable: fn(&I) -> bool,
+        watch: (tracing::Span, BoxFuture<'static, ()>),
+    ) -> Wiring {
+        self.tasks.push(watch);
+        let probe = issuer.clone();
+        Wiring {
+            issuer,
+            tasks: self.tasks,
+            reachable: Arc::new(move || reachable(&probe)),
+            apis: Some(self.apis),
+            identity: Some(self.identity),
+            trust: self.trust,
+        }
+    }
 }
 
 async fn api_wiring(
     opts: &NodeOptions,
     api: discovery::RequiredApi,
-    trust: &mut TrustWiring,
+    mut trust: TrustWiring,
 ) -> Result<ApiWiring, NodeError> {
     let config = kube::Config::infer()
         .await
@@ -99,18 +126,21 @@ async fn api_wiring(
     trust.cache = Some(cache);
     trust.events = Some(events);
     tasks.push((info_span!("trust-watch"), trust_watch));
-    Ok(ApiWiring {
-        config,
-        clients,
+    let parts = ApiParts {
         apis,
         identity,
         tasks,
+        trust,
+    };
+    Ok(ApiWiring {
+        config,
+        clients,
+        parts,
     })
 }
 
-async fn cert_manager(opts: &NodeOptions, mut trust: TrustWiring) -> Result<Wiring, NodeError> {
-    let api = api_wiring(opts, discovery::CERT_MANAGER_API, &mut trust).await?;
-    let mut tasks = api.tasks;
+async fn cert_manager(opts: &NodeOptions, trust: TrustWiring) -> Result<Wiring, NodeError> {
+    let api = api_wiring(opts, discovery::CERT_MANAGER_API, trust).await?;
     let (issuer, watch) = CertManagerIssuer::new(
         api.clients.issuance,
         CertManagerConfig {
@@ -122,26 +152,22 @@ async fn cert_manager(opts: &NodeOptions, mut trust: TrustWiring) -> Result<Wiri
         },
     );
     let issuer = Arc::new(issuer.with_event_client(api.clients.general));
-    tasks.push((info_span!("cert-manager-watch"), Box::pin(watch)));
-    let probe = issuer.clone();
-    Ok(Wiring {
-        issuer,
-        tasks,
-        reachable: Arc::new(move || probe.reachable()),
-        apis: Some(api.apis),
-        identity: Some(api.identity),
-        trust,
-    })
+    let watch = (
+        info_span!("cert-manager-watch"),
+        Box::pin(watch) as BoxFuture<'static, ()>,
+    );
+    Ok(api
+        .parts
+        .finish(issuer, CertManagerIssuer::reachable, watch))
 }
 
-async fn kubernetes_csr(opts: &NodeOptions, mut trust: TrustWiring) -> Result<Wiring, NodeError> {
+async fn kubernetes_csr(opts: &NodeOptions, trust: TrustWiring) -> Result<Wiring, NodeError> {
     if !opts.request_namespaces.is_empty() {
         warn!(
             "--request-namespaces has no effect with --issuer kubernetes-csr: CertificateSigningRequests are cluster-scoped"
         );
     }
-    let api = api_wiring(opts, discovery::CSR_API, &mut trust).await?;
-    let mut tasks = api.tasks;
+    let api = api_wiring(opts, discovery::CSR_API, trust).await?;
     let (issuer, watch) = KubeCsrIssuer::new(
         api.clients.issuance,
         KubeCsrConfig {
@@ -149,19 +175,14 @@ async fn kubernetes_csr(opts: &NodeOptions, mut trust: TrustWiring) -> Result<Wi
             wait_timeout: opts.issue_timeout,
             requests: opts.request_watch(),
         },
-        api.apis.clone(),
+        api.parts.apis.clone(),
     );
     let issuer = Arc::new(issuer.with_event_client(api.clients.general));
-    tasks.push((info_span!("kubernetes-csr-watch"), Box::pin(watch)));
-    let probe = issuer.clone();
-    Ok(Wiring {
-        issuer,
-        tasks,
-        reachable: Arc::new(move || probe.reachable()),
-        apis: Some(api.apis),
-        identity: Some(api.identity),
-        trust,
-    })
+    let watch = (
+        info_span!("kubernetes-csr-watch"),
+        Box::pin(watch) as BoxFuture<'static, ()>,
+    );
+    Ok(api.parts.finish(issuer, KubeCsrIssuer::reachable, watch))
 }
 
 fn local(
