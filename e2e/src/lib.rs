@@ -58,6 +58,32 @@ pub fn can_mount() -> bool {
     mount::can_mount_tmpfs()
 }
 
+/// Ends the calling test early, saying why, where it cannot make real mounts.
+#[macro_export]
+macro_rules! require_root {
+    () => {
+        if !$crate::can_mount() {
+            eprintln!("skipped: needs root to mount tmpfs (CI runs as root)");
+            return;
+        }
+    };
+}
+
+/// The cluster's API stand-in, or ends the calling test early on a real cluster, saying what
+/// of the stand-in's it needs (its faults, counts, logs or signer controls).
+#[macro_export]
+macro_rules! require_standin {
+    ($cluster:expr, $why:literal) => {
+        match $cluster.standin.as_ref() {
+            Some(s) => s,
+            None => {
+                eprintln!(concat!("skipped on a real cluster: ", $why));
+                return;
+            }
+        }
+    };
+}
+
 /// One isolated node: data root, kubelet pods dir, socket, logs.
 pub struct Env {
     dir: tempfile::TempDir,
@@ -380,6 +406,67 @@ pub struct VolumeFiles {
     pub chain: Vec<CertInfo>,
     pub ca: Vec<CertInfo>,
     pub key_pem: String,
+}
+
+/// What a watcher of one volume's renewals saw: each certificate serial once, in order, and how
+/// close to expiry the volume's certificate ever came.
+#[derive(Debug)]
+pub struct RenewalLog {
+    pub serials: Vec<String>,
+    pub closest: Duration,
+}
+
+impl RenewalLog {
+    /// Starts with the certificate `target` holds now.
+    pub fn start(target: &Path) -> RenewalLog {
+        let first = read_volume(target).unwrap_or_else(|e| panic!("{}: {e}", target.display()));
+        RenewalLog {
+            serials: vec![first.leaf.serial_hex],
+            closest: Duration::MAX,
+        }
+    }
+
+    /// How many times the certificate changed.
+    pub fn renewals(&self) -> usize {
+        self.serials.len() - 1
+    }
+
+    /// Reads `target` once more; panics, naming `who` and the driver's log, if it holds no valid
+    /// pair ([`read_volume`] refuses an expired certificate).
+    pub fn observe(&mut self, target: &Path, who: &str, env: &Env) {
+        let files = read_volume(target).unwrap_or_else(|e| {
+            panic!(
+                "{who}, {} renewals in: {e}\n--- log ---\n{}",
+                self.renewals(),
+                env.logs()
+            )
+        });
+        let left = files
+            .leaf
+            .not_after
+            .duration_since(std::time::SystemTime::now())
+            .unwrap_or_default();
+        self.closest = self.closest.min(left);
+        if self.serials.last() != Some(&files.leaf.serial_hex) {
+            self.serials.push(files.leaf.serial_hex);
+        }
+    }
+}
+
+/// `GET path` over HTTP/1.1 (the ops endpoint): (status, body), or `None` if nothing answers.
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> Option<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = tokio::net::TcpStream::connect(addr).await.ok()?;
+    conn.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .ok()?;
+    let mut raw = String::new();
+    conn.read_to_string(&mut raw).await.ok()?;
+    let (head, body) = raw.split_once("\r\n\r\n")?;
+    let status = head.split(' ').nth(1)?.parse().ok()?;
+    Some((status, body.to_string()))
 }
 
 /// Reads key, chain and CA through the target path (as a pod would) and checks the key matches

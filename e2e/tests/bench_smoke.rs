@@ -3,15 +3,12 @@
 
 use std::process::Command;
 
-use certvol_e2e::can_mount;
+use certvol_e2e::require_root;
 use serde_json::Value;
 
 #[test]
 fn quick_bench_completes_and_reports_every_section() {
-    if !can_mount() {
-        eprintln!("skipped: needs root to mount tmpfs (CI runs as root)");
-        return;
-    }
+    require_root!();
     let dir = tempfile::tempdir().expect("temp dir");
     let out = dir.path().join("bench.json");
     let before = certvol_e2e::read_mounts().len();

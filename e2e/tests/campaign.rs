@@ -10,16 +10,8 @@ use std::time::{Duration, Instant};
 
 use certvol_driver::demo::kubelet::{InlineVolume, Pod};
 use certvol_e2e::campaign::{self, Campaign, Operation};
-use certvol_e2e::{Env, PairReader, ReaderReport, can_mount, volume};
-
-macro_rules! require_root {
-    () => {
-        if !can_mount() {
-            eprintln!("skipped: needs root to mount tmpfs (CI runs as root)");
-            return;
-        }
-    };
-}
+use certvol_e2e::require_root;
+use certvol_e2e::{Env, PairReader, ReaderReport, volume};
 
 /// The last `n` lines of the driver's own logs (not its HTTP/2 and client libraries'), for a
 /// failure message.

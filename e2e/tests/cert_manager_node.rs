@@ -17,33 +17,9 @@ use certvol_driver::x509::pki;
 use certvol_e2e::apiserver::Kind;
 use certvol_e2e::cluster::{Cluster, DRIVER_TOKEN, NODE_ID, StandIn, cm_volume};
 use certvol_e2e::signer::Approval;
-use certvol_e2e::{Driver, Env, can_mount, files_below, read_volume};
+use certvol_e2e::{Driver, Env, files_below, read_volume};
+use certvol_e2e::{require_root, require_standin};
 use tonic::Code;
-
-macro_rules! require_root {
-    () => {
-        if !can_mount() {
-            eprintln!("skipped: needs root to mount tmpfs (CI runs as root)");
-            return;
-        }
-    };
-}
-
-/// Runs the rest of the test only on the stand-in: it needs its faults, counts or signer controls.
-macro_rules! require_standin {
-    ($cluster:expr, $what:literal) => {
-        match $cluster.standin.as_ref() {
-            Some(s) => s,
-            None => {
-                eprintln!(concat!(
-                    "skipped on a real cluster: needs the stand-in's ",
-                    $what
-                ));
-                return;
-            }
-        }
-    };
-}
 
 /// A fresh node (data root, socket) and cluster, and the driver running against it.
 async fn start(extra: &[&str]) -> (Env, Cluster, Driver) {
@@ -259,7 +235,7 @@ async fn issued_files_and_the_request_match_the_volume() {
     }
     // API traffic: one CREATE per issuance, no GETs, and list/watch traffic independent of the
     // number of volumes (one shared watch).
-    let standin = require_standin!(cluster, "request log");
+    let standin = require_standin!(cluster, "needs the stand-in's request log");
     let api = &standin.api;
     let list_watch = || {
         api.count("list", Kind::CertificateRequest) + api.count("watch", Kind::CertificateRequest)
@@ -306,7 +282,7 @@ async fn publish_fails(env: &Env, pod: &Pod, vol: &InlineVolume, code: Code) -> 
 async fn a_denied_request_fails_the_publish_and_leaves_only_one_event() {
     require_root!();
     let (env, cluster, _driver) = start(&[]).await;
-    let standin = require_standin!(cluster, "signer policy");
+    let standin = require_standin!(cluster, "needs the stand-in's signer policy");
     standin.signer.set_policy(|_| {
         Approval::deny("policy.cert-manager.io", "No policy approved this request")
     });
@@ -364,7 +340,7 @@ async fn a_denied_request_fails_the_publish_and_leaves_only_one_event() {
 async fn a_failed_request_fails_the_publish_as_a_precondition() {
     require_root!();
     let (env, cluster, _driver) = start(&[]).await;
-    let standin = require_standin!(cluster, "signer controls");
+    let standin = require_standin!(cluster, "needs the stand-in's signer controls");
     standin.signer.set_fail_signing(true);
     let ns = cluster.namespace();
     let pod = cluster.create_pod(&ns, "web-0").await;
@@ -394,7 +370,7 @@ async fn a_failed_request_fails_the_publish_as_a_precondition() {
 async fn a_slow_signer_is_waited_for_on_the_watch_without_polling() {
     require_root!();
     let (env, cluster, _driver) = start(&[]).await;
-    let standin = require_standin!(cluster, "signer delay");
+    let standin = require_standin!(cluster, "needs the stand-in's signer delay");
     standin.signer.set_delay(Duration::from_secs(3));
     let ns = cluster.namespace();
     let pod = cluster.create_pod(&ns, "web-0").await;
@@ -544,7 +520,7 @@ async fn unpublish_and_pod_deletion_remove_the_requests() {
 async fn token_request_mode_files_as_the_pod_and_never_persists_the_token() {
     require_root!();
     let (env, cluster, _driver) = start(&["--use-token-request"]).await;
-    let standin: &StandIn = require_standin!(cluster, "token registry");
+    let standin: &StandIn = require_standin!(cluster, "needs the stand-in's token registry");
     let ns = cluster.namespace();
     let pod = cluster.create_pod(&ns, "web-0").await;
     let username = format!("system:serviceaccount:{ns}:{}", pod.service_account);

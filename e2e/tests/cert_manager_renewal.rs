@@ -15,30 +15,8 @@ use certvol_driver::issuer::request_name;
 use certvol_driver::x509::pki;
 use certvol_e2e::apiserver::{ApiServer, Kind};
 use certvol_e2e::cluster::{Cluster, NODE_ID, cm_volume};
-use certvol_e2e::{Env, PairReader, ReaderReport, can_mount, eventually, read_volume, until};
-
-macro_rules! require_root {
-    () => {
-        if !can_mount() {
-            eprintln!("skipped: needs root to mount tmpfs (CI runs as root)");
-            return;
-        }
-    };
-}
-
-/// The stand-in's API server and signer, or a skip note on a real cluster (whose cert-manager
-/// cannot be told to rotate its CA or to fail on cue).
-macro_rules! standin_or_skip {
-    ($cluster:expr, $why:expr) => {
-        match &$cluster.standin {
-            Some(s) => s,
-            None => {
-                eprintln!("skipped on a real cluster: {}", $why);
-                return;
-            }
-        }
-    };
-}
+use certvol_e2e::{Env, PairReader, ReaderReport, RenewalLog, eventually, read_volume, until};
+use certvol_e2e::{require_root, require_standin};
 
 /// A pod name that cannot collide with one left behind by an earlier run on a real cluster.
 fn unique(base: &str) -> String {
@@ -226,7 +204,7 @@ async fn ca_rotation_reaches_ca_crt_at_the_next_renewal() {
     require_root!();
     let mut env = Env::new();
     let cluster = Cluster::start(env.path()).await;
-    let s = standin_or_skip!(cluster, "rotating the CA needs the cert-manager stand-in");
+    let s = require_standin!(cluster, "rotating the CA needs the cert-manager stand-in");
     let _driver = env.start_cert_manager(&cluster, &[], &[]).await;
     let kubelet = env.kubelet();
     let pod = cluster
@@ -274,7 +252,7 @@ async fn api_outage_during_renewal_keeps_the_old_certificate_and_recovers() {
     require_root!();
     let mut env = Env::new();
     let cluster = Cluster::start(env.path()).await;
-    let s = standin_or_skip!(
+    let s = require_standin!(
         cluster,
         "an API outage needs the stand-in's fault injection"
     );
@@ -359,7 +337,7 @@ async fn api_outage_during_renewal_keeps_the_old_certificate_and_recovers() {
 async fn publish_through_watch_fault(expire: bool) {
     let mut env = Env::new();
     let cluster = Cluster::start(env.path()).await;
-    let s = standin_or_skip!(
+    let s = require_standin!(
         cluster,
         "dropping watches needs the stand-in's fault injection"
     );
@@ -568,7 +546,7 @@ async fn a_namespace_whose_signer_never_answers_does_not_starve_another_namespac
     const HOSTILE: &str = "hostile";
     let mut env = Env::new();
     let cluster = Cluster::start(env.path()).await;
-    let s = standin_or_skip!(
+    let s = require_standin!(
         cluster,
         "silencing the signer for one namespace needs the cert-manager stand-in"
     );
@@ -602,30 +580,13 @@ async fn a_namespace_whose_signer_never_answers_does_not_starve_another_namespac
     // For 18 s (three lives of the honest certificate) the honest volume always holds a valid
     // certificate, and renews again and again.
     let started = Instant::now();
-    let mut serials = vec![serial(&target)];
-    let mut closest = Duration::MAX;
+    let mut seen = RenewalLog::start(&target);
     while started.elapsed() < Duration::from_secs(18) {
-        // read_volume refuses an expired certificate.
-        let files = read_volume(&target).unwrap_or_else(|e| {
-            panic!(
-                "honest volume after {:?}, {} renewals in: {e}\n--- log ---\n{}",
-                started.elapsed(),
-                serials.len() - 1,
-                env.logs()
-            )
-        });
-        let left = files
-            .leaf
-            .not_after
-            .duration_since(SystemTime::now())
-            .unwrap_or_default();
-        closest = closest.min(left);
-        if serials.last() != Some(&files.leaf.serial_hex) {
-            serials.push(files.leaf.serial_hex);
-        }
+        let who = format!("honest volume after {:?}", started.elapsed());
+        seen.observe(&target, &who, &env);
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let renewals = serials.len() - 1;
+    let (renewals, closest) = (seen.renewals(), seen.closest);
     assert!(
         renewals >= 3,
         "only {renewals} honest renewals in 18 s\n--- log ---\n{}",

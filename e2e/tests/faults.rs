@@ -24,29 +24,9 @@ use certvol_driver::issuer::request_name;
 use certvol_driver::x509::pki;
 use certvol_e2e::apiserver::{ApiServer, Kind, RequestRecord};
 use certvol_e2e::cluster::{Cluster, DRIVER_TOKEN, NODE_ID, StandIn, cm_volume};
-use certvol_e2e::{Env, can_mount, read_volume, until};
+use certvol_e2e::{Env, read_volume, until};
+use certvol_e2e::{require_root, require_standin};
 use tonic::Code;
-
-macro_rules! require_root {
-    () => {
-        if !can_mount() {
-            eprintln!("skipped: needs root to mount tmpfs (CI runs as root)");
-            return;
-        }
-    };
-}
-
-macro_rules! standin_or_skip {
-    ($cluster:expr) => {
-        match &$cluster.standin {
-            Some(s) => s,
-            None => {
-                eprintln!("skipped on a real cluster: faults need the stand-in's fault injection");
-                return;
-            }
-        }
-    };
-}
 
 /// How big a campaign is.
 #[derive(Clone, Copy, Debug)]
@@ -273,7 +253,7 @@ async fn api_faults_during_issuance_and_renewal_end_correct_without_duplicates_o
     let scale = Scale::get();
     let mut env = Env::new();
     let cluster = Cluster::start(env.path()).await;
-    let s = standin_or_skip!(cluster);
+    let s = require_standin!(cluster, "faults need the stand-in's fault injection");
     let faults = s.api.faults();
     let mut driver = env
         .start_cert_manager(&cluster, &["--issue-timeout", "5s"], &[])
@@ -698,7 +678,7 @@ async fn disk_faults_on_the_data_root_fail_cleanly_keep_serving_and_recover() {
     let data_root = DataRoot::mount(&env.data_root, "8m");
     let root = std::fs::canonicalize(&env.data_root).expect("data root path");
     let cluster = Cluster::start(env.path()).await;
-    let s = standin_or_skip!(cluster);
+    let s = require_standin!(cluster, "faults need the stand-in's fault injection");
     let mut driver = env.start_cert_manager(&cluster, &[], &[]).await;
     let kubelet = env.kubelet();
     let ns = cluster.namespace();

@@ -20,8 +20,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
+use certvol_e2e::Env;
 use certvol_e2e::python::{repo_root, requirements, run, venv_python};
-use certvol_e2e::{Env, can_mount};
+use certvol_e2e::require_root;
 use serde_json::Value;
 
 /// The :authority of a client that sends the socket path (the chart's path).
@@ -96,10 +97,7 @@ fn call<'a>(report: &'a Value, client: &str) -> &'a Value {
 
 #[tokio::test]
 async fn python_grpcio_is_served_with_the_authorities_kubelet_and_the_sidecars_send() {
-    if !can_mount() {
-        eprintln!("skipped: needs root to mount tmpfs (CI runs as root)");
-        return;
-    }
+    require_root!();
     let Some(python) = python_or_skip() else {
         return;
     };

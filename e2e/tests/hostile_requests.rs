@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use certvol_e2e::apiserver::Kind;
 use certvol_e2e::cluster::{Cluster, cm_volume};
-use certvol_e2e::{Driver, Env, can_mount, read_volume};
+use certvol_e2e::{Driver, Env, read_volume};
+use certvol_e2e::{require_root, require_standin};
 
 /// Hostile objects; with the hostile module's annotation and extension sizes about 53 MiB in
 /// all, more than one list page of the watcher's default 500 objects may carry.
@@ -42,10 +43,7 @@ async fn settle(driver: &Driver) -> (u64, u64) {
 
 #[tokio::test]
 async fn a_flood_of_big_labelled_requests_does_not_exhaust_the_node() {
-    if !can_mount() {
-        eprintln!("skipped: needs root to mount tmpfs (CI runs as root)");
-        return;
-    }
+    require_root!();
     let mut env = Env::new();
     let cluster = Cluster::start(env.path()).await;
     if cluster.is_real() {
@@ -79,16 +77,10 @@ async fn a_flood_of_big_labelled_requests_does_not_exhaust_the_node() {
 
 #[tokio::test]
 async fn a_node_restricted_to_its_namespaces_watches_only_those() {
-    if !can_mount() {
-        eprintln!("skipped: needs root to mount tmpfs (CI runs as root)");
-        return;
-    }
+    require_root!();
     let mut env = Env::new();
     let cluster = Cluster::start(env.path()).await;
-    let Some(standin) = cluster.standin.as_ref() else {
-        eprintln!("skipped on a real cluster: reads the stand-in's request log");
-        return;
-    };
+    let standin = require_standin!(cluster, "reads the stand-in's request log");
     flood(&cluster, "tenant");
     let ns = cluster.namespace();
     let _driver = env

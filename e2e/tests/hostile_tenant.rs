@@ -4,11 +4,12 @@
 //! chart's 128 MiB limit. Each bound has its own focused test elsewhere (hostile_requests,
 //! trust_bundles, cert_manager_renewal, security, local_policy); this one shows them together.
 
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use certvol_driver::demo::kubelet::{InlineVolume, Pod};
 use certvol_e2e::cluster::{Cluster, cm_volume};
-use certvol_e2e::{Env, can_mount, hostile, read_volume};
+use certvol_e2e::{Env, RenewalLog, hostile};
+use certvol_e2e::{require_root, require_standin};
 use tonic::Code;
 
 const HOSTILE: &str = "hostile";
@@ -23,16 +24,10 @@ fn hostile_volume(cluster: &Cluster, extra: &[(&str, &str)]) -> InlineVolume {
 
 #[tokio::test]
 async fn a_hostile_tenant_doing_everything_at_once_leaves_the_honest_tenant_renewing_on_time() {
-    if !can_mount() {
-        eprintln!("skipped: needs root to mount tmpfs (CI runs as root)");
-        return;
-    }
+    require_root!();
     let mut env = Env::new();
     let cluster = Cluster::start(env.path()).await;
-    let Some(standin) = cluster.standin.as_ref() else {
-        eprintln!("skipped on a real cluster: floods the API and silences the signer");
-        return;
-    };
+    let standin = require_standin!(cluster, "floods the API and silences the signer");
 
     // 1. Big request objects shaped like the node's own, there before the driver starts (as at
     //    every restart).
@@ -119,36 +114,25 @@ async fn a_hostile_tenant_doing_everything_at_once_leaves_the_honest_tenant_rene
     // For 24 s the honest volumes always hold a valid certificate and keep renewing.
     let window = async {
         let started = Instant::now();
-        let mut serials: Vec<Vec<String>> = honest
+        let mut seen: Vec<RenewalLog> = honest
             .iter()
-            .map(|(_, _, t)| vec![read_volume(t).expect("honest volume").leaf.serial_hex])
+            .map(|(_, _, t)| RenewalLog::start(t))
             .collect();
-        let mut closest = Duration::MAX;
         let mut peak = after_start;
         while started.elapsed() < Duration::from_secs(24) {
-            for ((pod, _, target), seen) in honest.iter().zip(serials.iter_mut()) {
-                // read_volume refuses an expired certificate.
-                let files = read_volume(target).unwrap_or_else(|e| {
-                    panic!(
-                        "honest {} after {:?}: {e}\n--- log ---\n{}",
-                        pod.name,
-                        started.elapsed(),
-                        env.logs()
-                    )
-                });
-                let left = files
-                    .leaf
-                    .not_after
-                    .duration_since(SystemTime::now())
-                    .unwrap_or_default();
-                closest = closest.min(left);
-                if seen.last() != Some(&files.leaf.serial_hex) {
-                    seen.push(files.leaf.serial_hex);
-                }
+            for ((pod, _, target), log) in honest.iter().zip(seen.iter_mut()) {
+                let who = format!("honest {} after {:?}", pod.name, started.elapsed());
+                log.observe(target, &who, &env);
             }
             peak = peak.max(driver.memory_kib().expect("memory").1);
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+        let closest = seen
+            .iter()
+            .map(|l| l.closest)
+            .min()
+            .unwrap_or(Duration::MAX);
+        let serials: Vec<Vec<String>> = seen.into_iter().map(|l| l.serials).collect();
         (serials, closest, peak)
     };
     let (forged_result, (serials, closest, mut peak)) = tokio::join!(forged_publish, window);

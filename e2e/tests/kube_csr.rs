@@ -13,7 +13,8 @@ use certvol_driver::issuer::request_name;
 use certvol_driver::x509::pki;
 use certvol_e2e::apiserver::{ApiServer, Kind, Subresource};
 use certvol_e2e::kubesigner::{Decision, KubeSigner, KubeSignerConfig};
-use certvol_e2e::{Driver, Env, can_mount, read_volume};
+use certvol_e2e::require_root;
+use certvol_e2e::{Driver, Env, read_volume};
 use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
 use serde_json::{Value, json};
 use tonic::Code;
@@ -25,15 +26,6 @@ const DRIVER_TOKEN: &str = "e2e-driver-token";
 const CA_CONFIGMAP: &str = "signer-ca";
 /// The signer's longest lifetime in these tests.
 const MAX_LIFETIME: Duration = Duration::from_secs(2 * 3600);
-
-macro_rules! require_root {
-    () => {
-        if !can_mount() {
-            eprintln!("skipped: needs root to mount tmpfs (CI runs as root)");
-            return;
-        }
-    };
-}
 
 struct Setup {
     env: Env,

@@ -11,17 +11,9 @@ use std::time::Duration;
 use certvol_driver::demo::kubelet::Pod;
 use certvol_driver::x509::keys::PrivateKey;
 use certvol_driver::x509::pki::{self, CertInfo};
-use certvol_e2e::{Env, can_mount, eventually, read_volume, volume};
+use certvol_e2e::require_root;
+use certvol_e2e::{Env, eventually, read_volume, volume};
 use tonic::Code;
-
-macro_rules! require_root {
-    () => {
-        if !can_mount() {
-            eprintln!("skipped: needs root to mount tmpfs (CI runs as root)");
-            return;
-        }
-    };
-}
 
 const PASSWORD: &str = "e2e-keystore-pass";
 

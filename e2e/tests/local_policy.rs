@@ -6,18 +6,10 @@
 use std::time::Duration;
 
 use certvol_driver::demo::kubelet::Pod;
-use certvol_e2e::{Env, can_mount, eventually, read_volume, volume};
+use certvol_e2e::require_root;
+use certvol_e2e::{Env, eventually, read_volume, volume};
 use tonic::Code;
 use x509_parser::prelude::FromDer;
-
-macro_rules! require_root {
-    () => {
-        if !can_mount() {
-            eprintln!("skipped: needs root to mount tmpfs (CI runs as root)");
-            return;
-        }
-    };
-}
 
 #[tokio::test]
 async fn refused_requests_are_permission_denied_naming_the_rule_and_leave_nothing() {

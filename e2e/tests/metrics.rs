@@ -2,27 +2,11 @@
 //! kubelet's CSI calls, `/healthz` and `/readyz`, scraped with plain HTTP as Prometheus and the
 //! kubelet probes do.
 
-use std::net::SocketAddr;
 
 use certvol_driver::demo::kubelet::Pod;
 use certvol_e2e::cluster::{Cluster, cm_volume};
-use certvol_e2e::{Env, can_mount, volume};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-/// `GET path` over HTTP/1.1: (status, body), or `None` if nothing answers.
-async fn get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
-    let mut conn = tokio::net::TcpStream::connect(addr).await.ok()?;
-    conn.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .await
-    .ok()?;
-    let mut raw = String::new();
-    conn.read_to_string(&mut raw).await.ok()?;
-    let (head, body) = raw.split_once("\r\n\r\n")?;
-    let status = head.split(' ').nth(1)?.parse().ok()?;
-    Some((status, body.to_string()))
-}
+use certvol_e2e::{Env, http_get, volume};
+use certvol_e2e::{require_root, require_standin};
 
 /// The value of the sample line `series` (name plus labels exactly as exposed).
 fn sample(text: &str, series: &str) -> Option<f64> {
@@ -37,10 +21,7 @@ fn sample(text: &str, series: &str) -> Option<f64> {
 
 #[tokio::test]
 async fn metrics_and_probes_after_two_publishes() {
-    if !can_mount() {
-        eprintln!("skipped: needs root to mount tmpfs (CI runs as root)");
-        return;
-    }
+    require_root!();
     // A free port: bind, note it, release it for the driver.
     let addr = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -50,9 +31,9 @@ async fn metrics_and_probes_after_two_publishes() {
     let _driver = env.start_with(&["--metrics-address", &address], &[]).await;
 
     // Probe answered ready, so recovery is done; the local CA is always reachable.
-    let (status, body) = get(addr, "/healthz").await.expect("/healthz answers");
+    let (status, body) = http_get(addr, "/healthz").await.expect("/healthz answers");
     assert_eq!(status, 200, "{body}");
-    assert_eq!(get(addr, "/readyz").await.map(|r| r.0), Some(200));
+    assert_eq!(http_get(addr, "/readyz").await.map(|r| r.0), Some(200));
 
     let kubelet = env.kubelet();
     let vol = volume([("csi.certvol.io/duration", "2h")]);
@@ -61,7 +42,7 @@ async fn metrics_and_probes_after_two_publishes() {
         kubelet.publish(pod, &vol).await.expect("publish");
     }
 
-    let (status, text) = get(addr, "/metrics").await.expect("/metrics answers");
+    let (status, text) = http_get(addr, "/metrics").await.expect("/metrics answers");
     assert_eq!(status, 200);
     let v = |series: &str| sample(&text, series);
     assert_eq!(v("certvol_volumes"), Some(2.0), "{text}");
@@ -85,7 +66,7 @@ async fn metrics_and_probes_after_two_publishes() {
     // No pod or volume names in any series.
     assert!(!text.contains("web-0") && !text.contains("csi-"), "{text}");
 
-    assert_eq!(get(addr, "/readyz").await.map(|r| r.0), Some(200));
+    assert_eq!(http_get(addr, "/readyz").await.map(|r| r.0), Some(200));
 
     // Unpublishing one volume leaves one, the second unpublish of the same volume is a no-op OK.
     kubelet.unpublish(&pods[0], &vol).await.expect("unpublish");
@@ -93,7 +74,7 @@ async fn metrics_and_probes_after_two_publishes() {
         .unpublish(&pods[0], &vol)
         .await
         .expect("repeated unpublish");
-    let (_, text) = get(addr, "/metrics").await.expect("/metrics answers");
+    let (_, text) = http_get(addr, "/metrics").await.expect("/metrics answers");
     let v = |series: &str| sample(&text, series);
     assert_eq!(v("certvol_volumes"), Some(1.0), "{text}");
     assert_eq!(
@@ -111,10 +92,7 @@ async fn metrics_and_probes_after_two_publishes() {
 
 #[tokio::test]
 async fn cert_manager_issuance_and_api_requests_are_counted() {
-    if !can_mount() {
-        eprintln!("skipped: needs root to mount tmpfs (CI runs as root)");
-        return;
-    }
+    require_root!();
     let addr = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .unwrap();
@@ -128,13 +106,13 @@ async fn cert_manager_issuance_and_api_requests_are_counted() {
     // Ready once the node's CertificateRequest watch has listed.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {
-        if get(addr, "/readyz").await.map(|r| r.0) == Some(200) {
+        if http_get(addr, "/readyz").await.map(|r| r.0) == Some(200) {
             break;
         }
         assert!(
             std::time::Instant::now() < deadline,
             "/readyz never answered 200: {:?}\n{}",
-            get(addr, "/readyz").await,
+            http_get(addr, "/readyz").await,
             env.logs()
         );
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
@@ -150,7 +128,7 @@ async fn cert_manager_issuance_and_api_requests_are_counted() {
     let vol = cm_volume(&cluster.issuer_name(), [("csi.certvol.io/duration", "2h")]);
     env.kubelet().publish(&pod, &vol).await.expect("publish");
 
-    let (status, text) = get(addr, "/metrics").await.expect("/metrics answers");
+    let (status, text) = http_get(addr, "/metrics").await.expect("/metrics answers");
     assert_eq!(status, 200);
     let v = |series: &str| sample(&text, series);
     assert_eq!(
@@ -174,10 +152,7 @@ async fn cert_manager_issuance_and_api_requests_are_counted() {
 
 #[tokio::test]
 async fn a_taken_metrics_port_stops_start_up_with_a_clear_error() {
-    if !can_mount() {
-        eprintln!("skipped: needs root to mount tmpfs (CI runs as root)");
-        return;
-    }
+    require_root!();
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let address = taken.local_addr().unwrap().to_string();
     let mut env = Env::new();
@@ -197,10 +172,7 @@ async fn a_taken_metrics_port_stops_start_up_with_a_clear_error() {
 
 #[tokio::test]
 async fn not_ready_until_the_certificate_request_watch_lists_nor_while_it_fails() {
-    if !can_mount() {
-        eprintln!("skipped: needs root to mount tmpfs (CI runs as root)");
-        return;
-    }
+    require_root!();
     let addr = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .unwrap();
@@ -208,10 +180,7 @@ async fn not_ready_until_the_certificate_request_watch_lists_nor_while_it_fails(
     let address = addr.to_string();
     let mut env = Env::new();
     let cluster = Cluster::start(env.path()).await;
-    let Some(standin) = cluster.standin.as_ref() else {
-        eprintln!("skipped on a real cluster: needs the stand-in's fault injection");
-        return;
-    };
+    let standin = require_standin!(cluster, "needs the stand-in's fault injection");
     // The API server answers the driver's first lists with 403 (as while its RBAC is not yet in
     // place; the client does not retry that itself); the watch backs off and lists again.
     standin.api.faults().fail_next(FAILURES, 403);
@@ -222,7 +191,7 @@ async fn not_ready_until_the_certificate_request_watch_lists_nor_while_it_fails(
     // CSI Probe is ready (recovery done) but the issuer is not reachable yet. The driver's API
     // discovery at start-up, its CSIDriver read or its pod watch may be the requests that met a
     // 403; then that is the reason given.
-    let (status, body) = get(addr, "/readyz").await.expect("/readyz answers");
+    let (status, body) = http_get(addr, "/readyz").await.expect("/readyz answers");
     assert_eq!(status, 503, "{body}\n{}", env.logs());
     assert!(
         body.contains("issuer is not reachable")
@@ -231,10 +200,10 @@ async fn not_ready_until_the_certificate_request_watch_lists_nor_while_it_fails(
             || body.contains("watch of pods with spec.nodeName=e2e-node"),
         "{body}"
     );
-    assert_eq!(get(addr, "/healthz").await.map(|r| r.0), Some(200));
+    assert_eq!(http_get(addr, "/healthz").await.map(|r| r.0), Some(200));
 
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while get(addr, "/readyz").await.map(|r| r.0) != Some(200) {
+    while http_get(addr, "/readyz").await.map(|r| r.0) != Some(200) {
         assert!(
             std::time::Instant::now() < deadline,
             "never ready\n{}",
@@ -242,7 +211,7 @@ async fn not_ready_until_the_certificate_request_watch_lists_nor_while_it_fails(
         );
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
-    let (_, text) = get(addr, "/metrics").await.expect("/metrics answers");
+    let (_, text) = http_get(addr, "/metrics").await.expect("/metrics answers");
     assert_eq!(
         sample(
             &text,
@@ -258,7 +227,7 @@ async fn not_ready_until_the_certificate_request_watch_lists_nor_while_it_fails(
     standin.api.faults().drop_watches();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {
-        let (status, body) = get(addr, "/readyz").await.expect("/readyz answers");
+        let (status, body) = http_get(addr, "/readyz").await.expect("/readyz answers");
         if status == 503 {
             // Either dropped watch may be the one that met the 403s: the request watch or the
             // node's pod watch (pod identity).
@@ -276,9 +245,9 @@ async fn not_ready_until_the_certificate_request_watch_lists_nor_while_it_fails(
         );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
-    assert_eq!(get(addr, "/healthz").await.map(|r| r.0), Some(200));
+    assert_eq!(http_get(addr, "/healthz").await.map(|r| r.0), Some(200));
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while get(addr, "/readyz").await.map(|r| r.0) != Some(200) {
+    while http_get(addr, "/readyz").await.map(|r| r.0) != Some(200) {
         assert!(
             std::time::Instant::now() < deadline,
             "never ready again\n{}",

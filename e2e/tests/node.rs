@@ -10,18 +10,10 @@ use std::time::Duration;
 use certvol_driver::base::crashpoint;
 use certvol_driver::demo::kubelet::{InlineVolume, Pod, volume_id};
 use certvol_driver::files::store::Phase;
-use certvol_e2e::{Env, PairReader, ReaderReport, can_mount, eventually, read_volume, volume};
+use certvol_e2e::require_root;
+use certvol_e2e::{Env, PairReader, ReaderReport, eventually, read_volume, volume};
 use certvol_proto::csi::v1 as csi;
 use tonic::Code;
-
-macro_rules! require_root {
-    () => {
-        if !can_mount() {
-            eprintln!("skipped: needs root to mount tmpfs (CI runs as root)");
-            return;
-        }
-    };
-}
 
 fn ours(env: &Env) -> Vec<String> {
     env.mounts()

@@ -6,18 +6,10 @@ use std::process::{Command, Output};
 use std::time::SystemTime;
 
 use certvol_driver::demo::kubelet::{Pod, volume_id};
-use certvol_e2e::{Env, can_mount, certvol_bin, read_volume, volume};
+use certvol_e2e::require_root;
+use certvol_e2e::{Env, certvol_bin, read_volume, volume};
 use certvol_proto::csi::v1 as csi;
 use tonic::Code;
-
-macro_rules! require_root {
-    () => {
-        if !can_mount() {
-            eprintln!("skipped: needs root to mount tmpfs (CI runs as root)");
-            return;
-        }
-    };
-}
 
 fn inspect(data_root: &Path, args: &[&str]) -> Output {
     Command::new(certvol_bin())

@@ -9,33 +9,9 @@ use std::time::{Duration, Instant};
 use certvol_driver::demo::kubelet::Pod;
 use certvol_e2e::apiserver::Kind;
 use certvol_e2e::cluster::{Cluster, NODE_ID, STANDIN_ISSUER, cm_volume, pod_object};
-use certvol_e2e::{Env, can_mount, read_volume};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use certvol_e2e::require_root;
+use certvol_e2e::{Env, http_get, read_volume};
 use tonic::Code;
-
-macro_rules! require_root {
-    () => {
-        if !can_mount() {
-            eprintln!("skipped: needs root to mount tmpfs (CI runs as root)");
-            return;
-        }
-    };
-}
-
-/// `GET path` over HTTP/1.1: (status, body), or `None` if nothing answers.
-async fn get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
-    let mut conn = tokio::net::TcpStream::connect(addr).await.ok()?;
-    conn.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .await
-    .ok()?;
-    let mut raw = String::new();
-    conn.read_to_string(&mut raw).await.ok()?;
-    let (head, body) = raw.split_once("\r\n\r\n")?;
-    let status = head.split(' ').nth(1)?.parse().ok()?;
-    Some((status, body.to_string()))
-}
 
 fn free_port() -> SocketAddr {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -118,7 +94,7 @@ async fn a_node_whose_csidriver_lacks_pod_info_on_mount_never_becomes_ready() {
         let deadline = Instant::now() + Duration::from_secs(6);
         let mut last = None;
         while Instant::now() < deadline {
-            let (status, body) = get(addr, "/readyz").await.expect("/readyz answers");
+            let (status, body) = http_get(addr, "/readyz").await.expect("/readyz answers");
             assert_eq!(status, 503, "{case}: ready although {body}\n{}", env.logs());
             last = Some(body);
             tokio::time::sleep(Duration::from_millis(200)).await;

@@ -17,21 +17,11 @@ use certvol_driver::spec::attrs::{CERT_MANAGER_PREFIX, CERTVOL_PREFIX, KEYS};
 use certvol_e2e::apiserver::{ApiServer, EventType, Kind, Store};
 use certvol_e2e::cluster::{Cluster, DRIVER_TOKEN, cm_volume};
 use certvol_e2e::signer::{Ca, Step, apply_step, rfc3339};
-use certvol_e2e::{
-    Env, can_mount, eventually, files_below, read_volume, read_volume_named, volume,
-};
+use certvol_e2e::{Env, eventually, files_below, read_volume, read_volume_named, volume};
+use certvol_e2e::{require_root, require_standin};
 use certvol_proto::csi::v1 as csi;
 use serde_json::Value;
 use tonic::Code;
-
-macro_rules! require_root {
-    () => {
-        if !can_mount() {
-            eprintln!("skipped: needs root to mount tmpfs (CI runs as root)");
-            return;
-        }
-    };
-}
 
 /// What a directory tree holds: every entry's relative path with its type and content (a file's
 /// bytes, a link's target), to show that nothing in it changed.
@@ -823,10 +813,7 @@ async fn no_key_token_or_password_in_a_whole_trace_run() {
     require_root!();
     let mut env = Env::new();
     let cluster = Cluster::start(env.path()).await;
-    let Some(standin) = cluster.standin.as_ref() else {
-        eprintln!("skipped on a real cluster: needs the stand-in's token registry");
-        return;
-    };
+    let standin = require_standin!(cluster, "needs the stand-in's token registry");
     let _driver = env
         .start_cert_manager(
             &cluster,

@@ -17,7 +17,8 @@ use certvol_driver::kube::events;
 use certvol_driver::trust::public_roots;
 use certvol_driver::x509::pki;
 use certvol_e2e::cluster::{Cluster, cm_volume};
-use certvol_e2e::{Env, PairReader, can_mount, eventually, read_volume, volume};
+use certvol_e2e::{Env, PairReader, eventually, read_volume, volume};
+use certvol_e2e::{require_root, require_standin};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::Api;
@@ -26,15 +27,6 @@ use kube::core::ObjectMeta;
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
 use serde_json::json;
 use tonic::Code;
-
-macro_rules! require_root {
-    () => {
-        if !can_mount() {
-            eprintln!("skipped: needs root to mount tmpfs (CI runs as root)");
-            return;
-        }
-    };
-}
 
 /// A leaf (crates.io, expired) and its intermediate "Amazon RSA 2048 M02", issued by the public
 /// root "Amazon Root CA 1". Public certificates, taken from the x509-cert crate's test vectors.
@@ -332,10 +324,7 @@ async fn ca_rotation_keeps_old_and_new_ca_during_the_overlap_then_drops_the_old(
     require_root!();
     let mut env = Env::new();
     let cluster = Cluster::start(env.path()).await;
-    let Some(standin) = cluster.standin.as_ref() else {
-        eprintln!("skipped on a real cluster: rotating the CA needs the stand-in");
-        return;
-    };
+    let standin = require_standin!(cluster, "rotating the CA needs the stand-in");
     let _driver = env.start_cert_manager(&cluster, &[], &[]).await;
     let pod = cluster.create_pod(&cluster.namespace(), "rotating").await;
     // 6 s certificates renew every few seconds; a retired CA stays for one certificate lifetime
