@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
 
 /// Who the volume belongs to, from the `csi.storage.k8s.io/*` keys kubelet adds when the CSIDriver
 /// object sets `podInfoOnMount: true`.
@@ -332,6 +333,26 @@ pub struct PasswordSource {
     pub secret_key_attribute: Option<String>,
     /// The `pkcs12-password` attribute as written, when set (cert-manager parity only).
     pub literal_attribute: Option<String>,
+}
+
+/// A keystore password. Never printed, wiped from memory on drop.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Password(Zeroizing<String>);
+
+impl Password {
+    pub fn new(password: impl Into<String>) -> Self {
+        Password(Zeroizing::new(password.into()))
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Password {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Password(<redacted>)")
+    }
 }
 
 /// The PKCS#12 files a volume asks for. Both share one password and one profile.
