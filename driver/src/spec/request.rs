@@ -10,6 +10,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
+use crate::spec::subject::LiteralSubject;
+
 /// Who the volume belongs to, from the `csi.storage.k8s.io/*` keys kubelet adds when the CSIDriver
 /// object sets `podInfoOnMount: true`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -179,9 +181,9 @@ pub struct Subject {
     pub street_addresses: Vec<String>,
     pub postal_codes: Vec<String>,
     pub serial_number: Option<String>,
-    /// RFC 4514 string (`literal-subject`). When set, the fields above are empty: cert-manager
-    /// forbids combining them.
-    pub literal: Option<String>,
+    /// The parsed RFC 4514 name (`literal-subject`). When set, the fields above are empty:
+    /// cert-manager forbids combining them.
+    pub literal: Option<LiteralSubject>,
 }
 
 /// Subject alternative names, after `${POD_NAME}`-style variables were expanded.

@@ -7,6 +7,7 @@ use super::context::{Attr, Attrs, invalid_entry};
 use super::values::{expand, split_list};
 use super::{AttrError, MAX_SANS};
 use crate::spec::request::{PodInfo, Sans, Subject};
+use crate::spec::subject::{self as literal_subject, LiteralSubject};
 
 /// The subject and SANs; a certificate without any of them identifies nothing.
 pub(super) fn parse_names(
@@ -52,18 +53,14 @@ fn parse_subject(attrs: &Attrs<'_>, pod: &PodInfo) -> Result<Subject, AttrError>
             });
         }
         let expanded = expand(literal, pod)?;
-        if let Err(problem) = check_rfc4514(&expanded) {
-            return Err(AttrError::Invalid {
-                attribute: literal.key.to_owned(),
-                value: expanded,
-                problem: problem.to_owned(),
-                accepted: "an RFC 4514 distinguished name such as \
-                           \"CN=app,O=Example,C=GB\""
-                    .to_owned(),
-            });
-        }
+        let parsed = LiteralSubject::parse(&expanded).map_err(|problem| AttrError::Invalid {
+            attribute: literal.key.to_owned(),
+            value: expanded.clone(),
+            problem: problem.to_string(),
+            accepted: literal_subject::ACCEPTED.to_owned(),
+        })?;
         return Ok(Subject {
-            literal: Some(expanded),
+            literal: Some(parsed),
             ..Subject::default()
         });
     }
@@ -92,44 +89,6 @@ fn parse_subject(attrs: &Attrs<'_>, pod: &PodInfo) -> Result<Subject, AttrError>
         serial_number: single("serialnumber")?,
         literal: None,
     })
-}
-
-/// Syntax check of an RFC 4514 distinguished name: `type=value` pairs separated by unescaped
-/// `,` (RDNs) or `+` (multi-valued RDNs), types being keywords or dotted OIDs. Attribute
-/// semantics are left to the CSR builder.
-fn check_rfc4514(dn: &str) -> Result<(), &'static str> {
-    let mut parts = Vec::new();
-    let mut start = 0;
-    let mut chars = dn.char_indices();
-    while let Some((i, c)) = chars.next() {
-        match c {
-            '\\' if chars.next().is_none() => return Err("ends with a lone backslash"),
-            // The escaped character was consumed by the guard above.
-            '\\' => {}
-            ',' | '+' => {
-                parts.push(&dn[start..i]);
-                start = i + 1;
-            }
-            _ => {}
-        }
-    }
-    parts.push(&dn[start..]);
-    for part in parts {
-        let Some((ty, _value)) = part.split_once('=') else {
-            return Err("has a component without \"type=value\"");
-        };
-        let ty = ty.trim();
-        let keyword = ty.starts_with(|c: char| c.is_ascii_alphabetic())
-            && ty.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
-        let oid = ty.contains('.')
-            && ty
-                .split('.')
-                .all(|arc| !arc.is_empty() && arc.chars().all(|c| c.is_ascii_digit()));
-        if !keyword && !oid {
-            return Err("has an attribute type that is neither a keyword (CN, O, ...) nor an OID");
-        }
-    }
-    Ok(())
 }
 
 /// Refuses `a` once the certificate would carry more than [`MAX_SANS`] names.
@@ -240,4 +199,48 @@ fn check_uri(uri: &str) -> Result<(), &'static str> {
         return Err("contains whitespace or control characters");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::with;
+    use super::super::{AttrError, parse};
+
+    /// A subject the encoder cannot write is refused here, with the other attribute errors,
+    /// naming the attribute, the value and every accepted type.
+    #[test]
+    fn an_unknown_literal_subject_type_is_refused_naming_the_accepted_ones() {
+        let err = parse(&with(&[
+            ("csi.cert-manager.io/common-name", ""),
+            ("csi.cert-manager.io/literal-subject", "FOO=bar"),
+        ]))
+        .unwrap_err();
+        assert_eq!(err.attribute(), "csi.cert-manager.io/literal-subject");
+        let AttrError::Invalid {
+            value,
+            problem,
+            accepted,
+            ..
+        } = &err
+        else {
+            panic!("{err:?}");
+        };
+        assert_eq!(value, "FOO=bar");
+        assert!(
+            problem.contains("unknown attribute type \"FOO\""),
+            "{problem}"
+        );
+        let types = ["CN", "SERIALNUMBER", "C", "L", "ST", "STREET", "O", "OU"];
+        for ty in types
+            .iter()
+            .chain(&["POSTALCODE", "UID", "DC", "dotted OID"])
+        {
+            assert!(accepted.contains(ty), "{ty} missing from {accepted}");
+        }
+        let msg = err.to_string();
+        assert!(
+            msg.contains("\"csi.cert-manager.io/literal-subject\"") && msg.contains("POSTALCODE"),
+            "{msg}"
+        );
+    }
 }

@@ -7,6 +7,7 @@ use crate::spec::request::{
     CaSource, FileNames, IssuerRef, KeyAlgorithm, KeyEncoding, KeyUsage, PasswordSource,
     Pkcs12Files, Pkcs12Profile, PodInfo, Sans, Subject,
 };
+use crate::spec::subject::LiteralSubject;
 
 const CM: &str = "csi.cert-manager.io/";
 const CV: &str = "csi.certvol.io/";
@@ -517,7 +518,7 @@ fn accepted_values_table() {
             ],
             |r| {
                 assert_eq!(
-                    r.subject.literal.as_deref(),
+                    r.subject.literal.as_ref().map(LiteralSubject::as_str),
                     Some("CN=web-0,O=Example\\, Inc+OU=web,1.2.3=x")
                 );
                 assert_eq!(r.subject.common_name, None);
