@@ -349,25 +349,6 @@ pub const MAX_SANS: usize = 100;
 pub const MAX_ANNOTATIONS: usize = 32;
 pub const MAX_ANNOTATION_BYTES: usize = 8 * 1024;
 
-fn check_context_size(ctx: &HashMap<String, String>) -> Result<(), AttrError> {
-    let total: usize = ctx.iter().map(|(k, v)| k.len() + v.len()).sum();
-    if total <= MAX_CONTEXT_BYTES {
-        return Ok(());
-    }
-    // Name the attribute that weighs most: the one to look at first.
-    let largest = ctx
-        .iter()
-        .max_by_key(|(k, v)| (k.len() + v.len(), k.as_str()))
-        .map(|(k, _)| k.clone())
-        .unwrap_or_default();
-    Err(AttrError::TooLarge {
-        attribute: largest,
-        what: "the volume context (attribute names and values, this one the largest)",
-        got: format!("{total} bytes"),
-        max: format!("{MAX_CONTEXT_BYTES} bytes"),
-    })
-}
-
 /// Parses a CSI volume context into the certificate it asks for. See the module docs for the
 /// rules. The steps run in a fixed order, so with several problems the same one is reported
 /// every time.
@@ -405,6 +386,26 @@ pub fn parse(ctx: &HashMap<String, String>) -> Result<CertRequest, AttrError> {
         fs_group,
         annotations: attrs.annotations,
         trust,
+    })
+}
+
+/// Refuses a context over [`MAX_CONTEXT_BYTES`], naming its largest attribute.
+fn check_context_size(ctx: &HashMap<String, String>) -> Result<(), AttrError> {
+    let total: usize = ctx.iter().map(|(k, v)| k.len() + v.len()).sum();
+    if total <= MAX_CONTEXT_BYTES {
+        return Ok(());
+    }
+    // Name the attribute that weighs most: the one to look at first.
+    let largest = ctx
+        .iter()
+        .max_by_key(|(k, v)| (k.len() + v.len(), k.as_str()))
+        .map(|(k, _)| k.clone())
+        .unwrap_or_default();
+    Err(AttrError::TooLarge {
+        attribute: largest,
+        what: "the volume context (attribute names and values, this one the largest)",
+        got: format!("{total} bytes"),
+        max: format!("{MAX_CONTEXT_BYTES} bytes"),
     })
 }
 
