@@ -23,6 +23,7 @@ use p12_keystore::{
 use zeroize::Zeroizing;
 
 use crate::files::writer::FileSpec;
+pub use crate::spec::request::Password;
 use crate::spec::request::{CertRequest, Pkcs12Profile};
 use crate::x509::keys::{self, KeyError, PrivateKey};
 
@@ -33,26 +34,6 @@ pub const KEYSTORE_ALIAS: &str = "certificate";
 const MODERN_ITERATIONS: u32 = 10_000;
 /// Iterations of the legacy profile (OpenSSL's traditional PKCS#12 default).
 const LEGACY_ITERATIONS: u32 = 2048;
-
-/// A keystore password. Never printed, wiped from memory on drop.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Password(Zeroizing<String>);
-
-impl Password {
-    pub fn new(password: impl Into<String>) -> Self {
-        Password(Zeroizing::new(password.into()))
-    }
-
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for Password {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Password(<redacted>)")
-    }
-}
 
 /// Everything a volume's files are made of. Nothing in here is a file name: names come from the
 /// request's [`FileNames`](crate::spec::request::FileNames).

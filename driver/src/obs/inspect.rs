@@ -240,7 +240,9 @@ pub fn view(paths: &VolumePaths, state: &VolumeState) -> VolumeView {
                 } else {
                     "none"
                 },
-                request.as_ref().and_then(|r| r.subject.literal.clone()),
+                request
+                    .as_ref()
+                    .and_then(|r| r.subject.literal.as_ref().map(ToString::to_string)),
                 request.as_ref().and_then(|r| r.subject.common_name.clone()),
                 request
                     .as_ref()

@@ -4,3 +4,4 @@
 pub mod attrs;
 pub mod limits;
 pub mod request;
+pub mod subject;

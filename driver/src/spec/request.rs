@@ -8,6 +8,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+use crate::spec::subject::LiteralSubject;
 
 /// Who the volume belongs to, from the `csi.storage.k8s.io/*` keys kubelet adds when the CSIDriver
 /// object sets `podInfoOnMount: true`.
@@ -178,9 +181,9 @@ pub struct Subject {
     pub street_addresses: Vec<String>,
     pub postal_codes: Vec<String>,
     pub serial_number: Option<String>,
-    /// RFC 4514 string (`literal-subject`). When set, the fields above are empty: cert-manager
-    /// forbids combining them.
-    pub literal: Option<String>,
+    /// The parsed RFC 4514 name (`literal-subject`). When set, the fields above are empty:
+    /// cert-manager forbids combining them.
+    pub literal: Option<LiteralSubject>,
 }
 
 /// Subject alternative names, after `${POD_NAME}`-style variables were expanded.
@@ -332,6 +335,26 @@ pub struct PasswordSource {
     pub secret_key_attribute: Option<String>,
     /// The `pkcs12-password` attribute as written, when set (cert-manager parity only).
     pub literal_attribute: Option<String>,
+}
+
+/// A keystore password. Never printed, wiped from memory on drop.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Password(Zeroizing<String>);
+
+impl Password {
+    pub fn new(password: impl Into<String>) -> Self {
+        Password(Zeroizing::new(password.into()))
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Password {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Password(<redacted>)")
+    }
 }
 
 /// The PKCS#12 files a volume asks for. Both share one password and one profile.

@@ -2715,6 +2715,27 @@ mod tests {
         assert!(calls(&f).is_empty());
     }
 
+    /// A literal subject with an unknown attribute type is refused by the attribute parser:
+    /// InvalidArgument naming the attribute, before a key, a mount or an issuer call.
+    #[tokio::test]
+    async fn a_literal_subject_certvol_cannot_encode_is_refused_before_anything_is_made() {
+        let f = fixture();
+        let p = with_attrs(
+            params(&f, "literal"),
+            &[("csi.cert-manager.io/literal-subject", "FOO=bar")],
+        );
+        let err = f.mgr.publish(p.clone()).await.unwrap_err();
+        assert!(matches!(err, VolumeError::Attributes(_)), "{err}");
+        assert!(f.mgr.store().load("csi-literal").unwrap().is_none());
+        assert!(!f.mgr.store().paths("csi-literal").dir.exists());
+        assert!(calls(&f).is_empty());
+        let status = crate::csi::RpcError::Volume(err).status();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        let msg = status.message();
+        assert!(msg.contains("csi.cert-manager.io/literal-subject"), "{msg}");
+        assert!(msg.contains("unknown attribute type \"FOO\""), "{msg}");
+    }
+
     /// The node's volumes fill `--max-volume-bytes`: a new publish fails with FailedPrecondition
     /// naming the flag and leaves nothing behind; a renewal keeps the volume's current files and
     /// is retried; once room is made both succeed.

@@ -208,7 +208,7 @@ fn name_to_string(name: &X509Name<'_>) -> String {
                     let arcs: Option<Vec<u64>> = atv.attr_type().iter().map(|i| i.collect());
                     let ty = arcs
                         .as_deref()
-                        .and_then(crate::x509::keys::attribute_type_name)
+                        .and_then(crate::spec::subject::attribute_type_name)
                         .map(str::to_string)
                         .unwrap_or_else(|| atv.attr_type().to_id_string());
                     let value = match atv.as_str() {
