@@ -75,15 +75,12 @@ const ALLOWED_LONG_FILES: &[&str] = &[
 /// Functions over the limits still to split: `path::fn_name`.
 const ALLOWED_LONG_FNS: &[&str] = &[
     "demo/mod.rs::run",
-    "files/writer.rs::publish",
     "issuer/filing.rs::file_and_wait",
     "issuer/kubecsr/mod.rs::issue_inner",
     "issuer/watch.rs::apply_from",
     "kube/events.rs::build_event",
     "main.rs::run",
     "node/mod.rs::run",
-    "obs/inspect.rs::view",
-    "obs/metrics.rs::new",
     "spec/attrs.rs::parse",
     "spec/attrs.rs::parse_key",
     "spec/attrs.rs::parse_pkcs12",
