@@ -9,7 +9,8 @@
 use std::collections::HashMap;
 use std::fs;
 use std::path::Path;
-use std::sync::Mutex;
+
+use parking_lot::Mutex;
 
 use crate::files::writer::FileSpec;
 
@@ -87,14 +88,14 @@ impl TmpfsBudget {
 
     /// The bytes every volume keeps, summed.
     pub fn total(&self) -> u64 {
-        self.used.lock().map_or(0, |m| m.values().sum())
+        self.used.lock().values().sum()
     }
 
     /// Charges `volume_id` with `bytes` (replacing what it was charged before) if the node stays
     /// within the budget; returns the previous charge, for [`TmpfsBudget::set`] to restore
     /// should the write then fail. Over budget nothing changes.
     pub fn charge(&self, volume_id: &str, bytes: u64) -> Result<u64, OverBudget> {
-        let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
+        let mut used = self.used.lock();
         let previous = used.get(volume_id).copied().unwrap_or(0);
         let others = used.values().sum::<u64>() - previous;
         let total = others.saturating_add(bytes);
@@ -133,13 +134,13 @@ impl TmpfsBudget {
     /// Records what a volume keeps without checking (recovery's measure, a failed write's
     /// rollback); zero forgets the volume.
     pub fn set(&self, volume_id: &str, bytes: u64) {
-        if let Ok(mut used) = self.used.lock() {
-            if bytes == 0 {
-                used.remove(volume_id);
-            } else {
-                used.insert(volume_id.to_string(), bytes);
-            }
+        let mut used = self.used.lock();
+        if bytes == 0 {
+            used.remove(volume_id);
+        } else {
+            used.insert(volume_id.to_string(), bytes);
         }
+        drop(used);
         self.publish_metric();
     }
 

@@ -1,7 +1,9 @@
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use parking_lot::Mutex;
 
 use super::content::content;
 use super::limits::Bounds;
@@ -211,9 +213,7 @@ fn apiserver(ctb: Option<&'static str>, seen: Arc<Mutex<Vec<String>>>) -> kube::
     fakeapi::client(move |req| {
         let seen = seen.clone();
         async move {
-            seen.lock()
-                .unwrap()
-                .push(format!("{}?{}", req.path, req.query));
+            seen.lock().push(format!("{}?{}", req.path, req.query));
             let path = req.path;
             let gv = |v: &str| format!("/apis/certificates.k8s.io/{v}");
             let mut resources = Vec::new();
@@ -298,7 +298,6 @@ async fn cluster_trust_bundles_are_watched_in_the_served_version() {
         }
         let lists: Vec<String> = seen
             .lock()
-            .unwrap()
             .iter()
             .filter(|p| p.contains("/clustertrustbundles?"))
             .cloned()
@@ -335,11 +334,10 @@ async fn cluster_trust_bundles_are_watched_in_the_served_version() {
     assert!(
         !seen
             .lock()
-            .unwrap()
             .iter()
             .any(|p| p.contains("/clustertrustbundles")),
         "no bundle read without the API: {:?}",
-        seen.lock().unwrap()
+        seen.lock()
     );
 }
 
@@ -364,7 +362,7 @@ fn configmap_server(objects: ConfigMaps, lists: Arc<Mutex<usize>>) -> kube::Clie
                 .find_map(|p| p.strip_prefix("fieldSelector=metadata.name%3D"))
                 .unwrap_or_default()
                 .to_owned();
-            *lists.lock().unwrap() += 1;
+            *lists.lock() += 1;
             let items: Vec<_> = objects
                 .iter()
                 .filter(|((ns, name), _)| {
@@ -437,7 +435,7 @@ async fn a_hundred_volumes_on_one_source_share_one_copy() {
     // The clone just taken, and the cache's own: no volume holds one.
     assert_eq!(Arc::strong_count(&text), 2);
     assert_eq!(cache.held_bytes(), 1 << 20);
-    assert_eq!(*lists.lock().unwrap(), 1, "one list for all volumes");
+    assert_eq!(*lists.lock(), 1, "one list for all volumes");
     drop(volumes);
     assert!(cache.watched().is_empty());
     drop(cache);
