@@ -102,7 +102,7 @@ fn io_err<'a>(step: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> W
 
 /// Checks that `name` is a plain file name that cannot escape `dir` or collide with the layout's
 /// own `..` entries.
-pub fn validate_name(name: &str) -> Result<(), WriteError> {
+pub(crate) fn validate_name(name: &str) -> Result<(), WriteError> {
     let reason = if name.is_empty() {
         Some("it is empty")
     } else if name == "." || name == ".." {
@@ -172,7 +172,7 @@ fn symlink_target(name: &str) -> PathBuf {
 /// A crash at any point leaves the previous `..data` intact (or the new one complete), plus at
 /// most an unreferenced generation directory and a stale `..data_tmp`, which the next publish
 /// removes.
-pub fn publish(
+pub(crate) fn publish(
     dir: &Path,
     files: &[FileSpec],
     gid: Option<u32>,
@@ -405,7 +405,7 @@ fn remove_old_generations(dir: &Path, current: &str) -> Result<(), WriteError> {
 }
 
 /// Reads `name` through `..data`, the way a pod does.
-pub fn read(dir: &Path, name: &str) -> Result<Vec<u8>, WriteError> {
+pub(crate) fn read(dir: &Path, name: &str) -> Result<Vec<u8>, WriteError> {
     let mut all = read_all(dir, &[name])?;
     Ok(all.pop().unwrap_or_default())
 }

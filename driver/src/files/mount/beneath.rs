@@ -86,7 +86,7 @@ pub(super) fn open_parent_beneath(root: &Path, target: &Path) -> io::Result<Owne
 
 /// Creates the directory `target` (mode `mode`) in its parent opened by [`open_beneath`], so
 /// it is made exactly where the checks looked, never through a link planted since.
-pub fn create_dir_beneath(root: &Path, target: &Path, mode: u32) -> io::Result<()> {
+pub(crate) fn create_dir_beneath(root: &Path, target: &Path, mode: u32) -> io::Result<()> {
     let parent = open_parent_beneath(root, target)?;
     let name = target
         .file_name()

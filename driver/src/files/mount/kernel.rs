@@ -15,7 +15,7 @@ use super::mountinfo::{MountInfo, parse_mountinfo};
 
 /// Real mounts through mount(2) and umount(2). Needs CAP_SYS_ADMIN.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct KernelMounter;
+pub(crate) struct KernelMounter;
 
 impl Mounter for KernelMounter {
     fn mount_tmpfs(&self, path: &Path, source: &str, size_bytes: u64, mode: u32) -> io::Result<()> {

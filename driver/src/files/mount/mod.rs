@@ -19,13 +19,14 @@ use std::fmt::Debug;
 use std::io;
 use std::path::Path;
 
-pub use beneath::{create_dir_beneath, open_beneath};
+pub use beneath::open_beneath;
 pub use dir::DirMounter;
-pub use kernel::KernelMounter;
 pub use mountinfo::{MountInfo, parse_mountinfo};
-pub use probe::{
-    PROBE_DIR, ProbeError, ProbeStep, Probed, can_mount_tmpfs, probe_advice, probe_tmpfs,
-};
+pub use probe::{PROBE_DIR, ProbeError, ProbeStep, can_mount_tmpfs, probe_advice};
+
+pub(crate) use beneath::create_dir_beneath;
+pub(crate) use kernel::KernelMounter;
+pub(crate) use probe::{Probed, probe_tmpfs};
 
 /// Mounting, as the volume code needs it. Real mounts in production, fake ones in demos.
 pub trait Mounter: Send + Sync + Debug + 'static {

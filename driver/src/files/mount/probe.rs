@@ -93,7 +93,7 @@ fn remove_probe_dir(dir: &Path) {
 
 /// What [`probe_tmpfs`] found out.
 #[derive(Debug)]
-pub enum Probed {
+pub(crate) enum Probed {
     /// A tmpfs was mounted below the data root (and removed again).
     Mounted,
     /// The data root holds a `volumes` directory from earlier runs but refuses writes now (read-only
@@ -107,7 +107,7 @@ pub enum Probed {
 /// below `<data_root>/volumes` (created 0700, as the store creates it). It mounts a small
 /// throwaway tmpfs on [`PROBE_DIR`] and removes it again, also when a step fails; nothing is
 /// written outside the data root (in a pod with `readOnlyRootFilesystem`, /tmp is not writable).
-pub fn probe_tmpfs(data_root: &Path) -> Result<Probed, ProbeError> {
+pub(crate) fn probe_tmpfs(data_root: &Path) -> Result<Probed, ProbeError> {
     let volumes = data_root.join("volumes");
     let dir = volumes.join(PROBE_DIR);
     let failed = |step, path: &Path, errno| ProbeError {

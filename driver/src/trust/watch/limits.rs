@@ -20,7 +20,7 @@ pub struct TrustLimits {
 
 /// A ConfigMap holds at most 1 MiB in all (the API server's limit), so no real single key is
 /// larger; the public root set, the largest bundle people paste, is about 200 KiB.
-pub const DEFAULT_MAX_SOURCE_BYTES: usize = 1 << 20;
+pub(crate) const DEFAULT_MAX_SOURCE_BYTES: usize = 1 << 20;
 /// Four times the sources one volume may name by default: room for several workloads with
 /// different CAs in one namespace, while a namespace that lists thousands of names costs the
 /// node's API budget 64 lists and watches, not thousands.
@@ -28,7 +28,7 @@ pub const DEFAULT_MAX_WATCHES_PER_NAMESPACE: usize = 64;
 /// A quarter of the chart's 128 MiB memory limit: thousands of typical CA sources (a few KiB
 /// each), while one namespace at its watch budget with 1 MiB sources (64 MiB of text, about
 /// 104 MiB resident) cannot take the driver past its limit.
-pub const DEFAULT_MAX_TOTAL_BYTES: usize = 32 << 20;
+pub(crate) const DEFAULT_MAX_TOTAL_BYTES: usize = 32 << 20;
 
 impl Default for TrustLimits {
     fn default() -> Self {

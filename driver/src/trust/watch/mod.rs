@@ -43,10 +43,7 @@ mod volume;
 
 pub use cache::TrustCache;
 pub use error::SourceError;
-pub use limits::{
-    DEFAULT_MAX_SOURCE_BYTES, DEFAULT_MAX_TOTAL_BYTES, DEFAULT_MAX_WATCHES_PER_NAMESPACE,
-    TrustLimits,
-};
+pub use limits::{DEFAULT_MAX_WATCHES_PER_NAMESPACE, TrustLimits};
 pub use volume::VolumeTrust;
 
 #[cfg(test)]
