@@ -411,7 +411,7 @@ pub(crate) fn read(dir: &Path, name: &str) -> Result<Vec<u8>, WriteError> {
 }
 
 /// Reads several files from one generation, so that e.g. a key and its certificate always match
-/// even while [`publish`] runs concurrently.
+/// even while `publish` runs concurrently.
 pub fn read_all(dir: &Path, names: &[&str]) -> Result<Vec<Vec<u8>>, WriteError> {
     for name in names {
         validate_name(name)?;

@@ -18,7 +18,7 @@
 //! `rotated_at + requested_duration`. A certificate we know about (e.g. this volume's previous
 //! leaf) can only lengthen the overlap. Nothing the old CA signed verifies after the CA itself
 //! expires, so its `notAfter` caps the overlap. Once `keep_until` has passed the CA leaves the
-//! bundle; [`next_change`] tells the volume when to rewrite it.
+//! bundle; `next_change` tells the volume when to rewrite it.
 
 use std::time::{Duration, SystemTime};
 

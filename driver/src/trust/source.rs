@@ -1,6 +1,6 @@
 //! What a volume's trust bundle is built from ([`TrustSpec`], parsed from the `trust-*`
 //! attributes by `attrs`) and the namespace policy that turns it into concrete objects
-//! ([`resolve`]). Pure: no I/O.
+//! (`resolve`). Pure: no I/O.
 //!
 //! Sources are assembled in this fixed order, each in the order the attribute lists it: the
 //! issuing CA, `trust-configmaps`, `trust-secrets`, `trust-cluster-bundles`, the ClusterTrustBundles

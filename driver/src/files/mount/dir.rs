@@ -12,7 +12,7 @@ use super::errors::context;
 use super::kernel::check_tmpfs_args;
 use super::mountinfo::MountInfo;
 
-/// A stand-in for [`KernelMounter`](super::KernelMounter) for demos without root. It gives none of the protection of
+/// A stand-in for `KernelMounter` for demos without root. It gives none of the protection of
 /// real mounts: a "tmpfs" is a plain directory (so keys land on disk, no size limit), and a
 /// "read-only bind" is a symlink from the target to the source (so it is writable). The fake
 /// mounts are remembered in memory only, for [`Mounter::mounts`] and [`Mounter::is_mounted`].

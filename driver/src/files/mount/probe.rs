@@ -9,12 +9,12 @@ use nix::mount::MntFlags;
 
 use super::kernel::mount_tmpfs_raw;
 
-/// The directory below `<data-root>/volumes` where [`probe_tmpfs`] mounts its throwaway tmpfs.
+/// The directory below `<data-root>/volumes` where `probe_tmpfs` mounts its throwaway tmpfs.
 /// Its name does not start with `v-`, so the store never takes it for a volume; it is fixed (not
 /// per process) so that a probe killed half-way is cleaned up by the next one.
 pub const PROBE_DIR: &str = ".tmpfs-probe";
 
-/// The step of [`probe_tmpfs`] that failed.
+/// The step of `probe_tmpfs` that failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ProbeStep {
     /// Creating the data root, its `volumes` directory or the probe directory.
@@ -136,7 +136,7 @@ pub(crate) fn probe_tmpfs(data_root: &Path) -> Result<Probed, ProbeError> {
 
 /// True if this process can mount a tmpfs in a fresh temporary directory (which it removes).
 /// For tests and the demo, which keep everything under the temporary directory anyway;
-/// `certvol node` probes its data root instead ([`probe_tmpfs`]).
+/// `certvol node` probes its data root instead (`probe_tmpfs`).
 pub fn can_mount_tmpfs() -> bool {
     tempfile::Builder::new()
         .prefix("certvol-probe")

@@ -91,7 +91,7 @@ impl VolumeTrust {
     }
 
     /// The bundle's sources in order: the issuing CA (`issuing_ca_pem`, e.g. from
-    /// [`crate::trust::rotation::in_bundle`]) when the spec includes it, each object's content, the
+    /// `trust::rotation::in_bundle`) when the spec includes it, each object's content, the
     /// public roots when asked for. Errors when a source is missing or not listed yet.
     pub fn sources(&self, issuing_ca_pem: &str) -> Result<Vec<SourcePem>, SourceError> {
         let mut out = Vec::new();
