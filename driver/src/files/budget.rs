@@ -9,39 +9,40 @@
 use std::collections::HashMap;
 use std::fs;
 use std::path::Path;
-use std::sync::Mutex;
+
+use parking_lot::Mutex;
 
 use crate::files::writer::FileSpec;
 
 /// tmpfs allocates whole pages; the memory cgroup is charged per page.
-pub const PAGE: u64 = 4096;
+pub(crate) const PAGE: u64 = 4096;
 
 /// Default of `--max-volume-bytes`: a quarter of the chart's 128Mi memory limit, as the trust
 /// text budget (`--max-trust-bytes`, 32Mi, which peaks at about 75 MiB resident when full); the
 /// rest is the driver's own working set and the kernel's per-volume objects (inodes, mounts:
 /// tens of KiB each), which this budget does not count.
-pub const DEFAULT_MAX_VOLUME_BYTES: u64 = 32 << 20;
+pub(crate) const DEFAULT_MAX_VOLUME_BYTES: u64 = 32 << 20;
 
 /// The least a volume keeps: a key, its certificate, the CA file and the key's copy in
 /// `mem/keys`, a page each.
-pub const MIN_VOLUME_BYTES: u64 = 4 * PAGE;
+pub(crate) const MIN_VOLUME_BYTES: u64 = 4 * PAGE;
 
 /// How soon a trust-bundle rewrite refused by the budget is tried again.
-pub const RETRY: std::time::Duration = std::time::Duration::from_secs(60);
+pub(crate) const RETRY: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// `n` bytes rounded up to whole pages.
-pub fn pages(n: u64) -> u64 {
+pub(crate) fn pages(n: u64) -> u64 {
     n.div_ceil(PAGE) * PAGE
 }
 
 /// What a generation of `files` costs once written, in page-rounded bytes.
-pub fn files_cost(files: &[FileSpec]) -> u64 {
+pub(crate) fn files_cost(files: &[FileSpec]) -> u64 {
     files.iter().map(|f| pages(f.contents.len() as u64)).sum()
 }
 
 /// The page-rounded bytes of every regular file below `dir` (a volume's tmpfs: its files'
 /// generations and its keys). Unreadable entries count nothing: a best-effort measure.
-pub fn measure(dir: &Path) -> u64 {
+pub(crate) fn measure(dir: &Path) -> u64 {
     let Ok(entries) = fs::read_dir(dir) else {
         return 0;
     };
@@ -68,7 +69,7 @@ pub struct OverBudget {
 
 /// The bytes each volume keeps in its tmpfs, and the node-wide bound on their sum.
 #[derive(Debug)]
-pub struct TmpfsBudget {
+pub(crate) struct TmpfsBudget {
     max: u64,
     used: Mutex<HashMap<String, u64>>,
 }
@@ -87,14 +88,14 @@ impl TmpfsBudget {
 
     /// The bytes every volume keeps, summed.
     pub fn total(&self) -> u64 {
-        self.used.lock().map_or(0, |m| m.values().sum())
+        self.used.lock().values().sum()
     }
 
     /// Charges `volume_id` with `bytes` (replacing what it was charged before) if the node stays
     /// within the budget; returns the previous charge, for [`TmpfsBudget::set`] to restore
     /// should the write then fail. Over budget nothing changes.
     pub fn charge(&self, volume_id: &str, bytes: u64) -> Result<u64, OverBudget> {
-        let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
+        let mut used = self.used.lock();
         let previous = used.get(volume_id).copied().unwrap_or(0);
         let others = used.values().sum::<u64>() - previous;
         let total = others.saturating_add(bytes);
@@ -133,13 +134,13 @@ impl TmpfsBudget {
     /// Records what a volume keeps without checking (recovery's measure, a failed write's
     /// rollback); zero forgets the volume.
     pub fn set(&self, volume_id: &str, bytes: u64) {
-        if let Ok(mut used) = self.used.lock() {
-            if bytes == 0 {
-                used.remove(volume_id);
-            } else {
-                used.insert(volume_id.to_string(), bytes);
-            }
+        let mut used = self.used.lock();
+        if bytes == 0 {
+            used.remove(volume_id);
+        } else {
+            used.insert(volume_id.to_string(), bytes);
         }
+        drop(used);
         self.publish_metric();
     }
 

@@ -8,7 +8,7 @@ use std::path::Path;
 /// Replaces `path` with `contents` so that a crash at any moment leaves either the old or the new
 /// file, never a torn one: write a temporary sibling, fsync it, rename it over `path`, fsync the
 /// directory so the rename itself is durable.
-pub fn atomic_write(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
+pub(crate) fn atomic_write(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
     write_then_rename(path, contents, mode, true)
 }
 
@@ -21,7 +21,7 @@ pub fn atomic_write(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
 /// unreadable and removed the same way. A SIGKILL, an OOM kill or a crash of the driver leave the
 /// page cache intact, so the campaign's kill -9 trials see every write. Each fsync is a device
 /// flush on most disks; a publish used to make eight of them.
-pub fn replace(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
+pub(crate) fn replace(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
     write_then_rename(path, contents, mode, false)
 }
 
@@ -60,12 +60,12 @@ fn write_then_rename(path: &Path, contents: &[u8], mode: u32, durable: bool) -> 
 }
 
 /// Makes renames and removals inside `dir` durable.
-pub fn sync_dir(dir: &Path) -> io::Result<()> {
+pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
 /// Creates `dir` (and missing parents) with `mode` on the last component.
-pub fn create_dir_mode(dir: &Path, mode: u32) -> io::Result<()> {
+pub(crate) fn create_dir_mode(dir: &Path, mode: u32) -> io::Result<()> {
     use std::os::unix::fs::DirBuilderExt;
     fs::DirBuilder::new()
         .recursive(true)

@@ -169,7 +169,7 @@ impl std::fmt::Display for DiskFault {
 }
 
 /// A volume directory found by [`Store::scan`], with its state if it could be read.
-pub type ScannedVolume = (VolumePaths, Result<Option<VolumeState>, StoreError>);
+pub(crate) type ScannedVolume = (VolumePaths, Result<Option<VolumeState>, StoreError>);
 
 /// Paths of one volume under the data root.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -433,7 +433,7 @@ pub fn decode(bytes: &[u8]) -> Result<VolumeState, String> {
 }
 
 /// Converts for `state.json`, which stores RFC 3339 times.
-pub fn to_offset(t: SystemTime) -> time::OffsetDateTime {
+pub(crate) fn to_offset(t: SystemTime) -> time::OffsetDateTime {
     time::OffsetDateTime::from(t)
 }
 

@@ -102,7 +102,7 @@ fn io_err<'a>(step: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> W
 
 /// Checks that `name` is a plain file name that cannot escape `dir` or collide with the layout's
 /// own `..` entries.
-pub fn validate_name(name: &str) -> Result<(), WriteError> {
+pub(crate) fn validate_name(name: &str) -> Result<(), WriteError> {
     let reason = if name.is_empty() {
         Some("it is empty")
     } else if name == "." || name == ".." {
@@ -172,54 +172,21 @@ fn symlink_target(name: &str) -> PathBuf {
 /// A crash at any point leaves the previous `..data` intact (or the new one complete), plus at
 /// most an unreferenced generation directory and a stale `..data_tmp`, which the next publish
 /// removes.
-pub fn publish(
+pub(crate) fn publish(
     dir: &Path,
     files: &[FileSpec],
     gid: Option<u32>,
     now: SystemTime,
 ) -> Result<(), WriteError> {
-    let mut names = BTreeSet::new();
-    for file in files {
-        validate_name(&file.name)?;
-        if !names.insert(file.name.as_str()) {
-            return Err(WriteError::DuplicateName {
-                name: file.name.clone(),
-            });
-        }
-    }
+    let names = checked_names(files)?;
     let meta = fs::metadata(dir).map_err(io_err("inspecting volume directory", dir))?;
     if !meta.is_dir() {
         return Err(WriteError::NotADirectory {
             dir: dir.to_path_buf(),
         });
     }
-
-    let (dir_mode, file_mode) = if gid.is_some() {
-        (0o750, 0o440)
-    } else {
-        (0o755, 0o400)
-    };
-    let group = gid.map(nix::unistd::Gid::from_raw);
-    let owner = Some(nix::unistd::geteuid());
-    let chown = |path: &Path| {
-        nix::unistd::chown(path, owner, group).map_err(|e| WriteError::Io {
-            step: "setting owner and group of",
-            path: path.to_path_buf(),
-            source: e.into(),
-        })
-    };
-
-    // `dir` may be a mount point (a tmpfs root), which is why it is fixed up here rather than
-    // created with the right mode.
-    if gid.is_some() {
-        nix::unistd::chown(dir, None, group).map_err(|e| WriteError::Io {
-            step: "setting the group of",
-            path: dir.to_path_buf(),
-            source: e.into(),
-        })?;
-    }
-    fs::set_permissions(dir, fs::Permissions::from_mode(dir_mode))
-        .map_err(io_err("setting permissions of", dir))?;
+    let access = Access::new(gid);
+    access.fix_volume_dir(dir)?;
 
     let generation_name = generation_dir_name(now);
     let generation = dir.join(&generation_name);
@@ -227,37 +194,7 @@ pub fn publish(
         .mode(0o700)
         .create(&generation)
         .map_err(io_err("creating generation directory", &generation))?;
-
-    let filled = (|| {
-        for file in files {
-            let path = generation.join(&file.name);
-            // Created owner-only and widened only once complete, so no one else can read a
-            // half-written file.
-            let mut out = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&path)
-                .map_err(io_err("creating", &path))?;
-            out.write_all(&file.contents)
-                .map_err(io_err("writing", &path))?;
-            chown(&path)?;
-            out.set_permissions(fs::Permissions::from_mode(file_mode))
-                .map_err(io_err("setting permissions of", &path))?;
-            out.sync_all().map_err(io_err("syncing", &path))?;
-        }
-        chown(&generation)?;
-        fs::set_permissions(&generation, fs::Permissions::from_mode(dir_mode))
-            .map_err(io_err("setting permissions of", &generation))?;
-        crate::files::fsutil::sync_dir(&generation).map_err(io_err("syncing", &generation))?;
-
-        let data_tmp = dir.join(DATA_TMP);
-        remove_if_present(&data_tmp).map_err(io_err("removing stale link", &data_tmp))?;
-        std::os::unix::fs::symlink(&generation_name, &data_tmp)
-            .map_err(io_err("creating link", &data_tmp))?;
-        Ok(())
-    })();
-    if let Err(e) = filled {
+    if let Err(e) = fill_generation(dir, &generation_name, files, &access) {
         // Nothing points at the new generation yet, so it can simply go.
         let _ = fs::remove_dir_all(&generation);
         return Err(e);
@@ -270,6 +207,108 @@ pub fn publish(
 
     link_names(dir, &names)?;
     remove_old_generations(dir, &generation_name)
+}
+
+/// The names of `files`, each valid and none twice.
+fn checked_names(files: &[FileSpec]) -> Result<BTreeSet<&str>, WriteError> {
+    let mut names = BTreeSet::new();
+    for file in files {
+        validate_name(&file.name)?;
+        if !names.insert(file.name.as_str()) {
+            return Err(WriteError::DuplicateName {
+                name: file.name.clone(),
+            });
+        }
+    }
+    Ok(names)
+}
+
+/// Who may read what [`publish`] writes: modes for directories and files, and their group.
+struct Access {
+    dir_mode: u32,
+    file_mode: u32,
+    group: Option<nix::unistd::Gid>,
+}
+
+impl Access {
+    fn new(gid: Option<u32>) -> Access {
+        let (dir_mode, file_mode) = if gid.is_some() {
+            (0o750, 0o440)
+        } else {
+            (0o755, 0o400)
+        };
+        Access {
+            dir_mode,
+            file_mode,
+            group: gid.map(nix::unistd::Gid::from_raw),
+        }
+    }
+
+    /// The volume's own directory: its group (when one is asked for) and mode.
+    fn fix_volume_dir(&self, dir: &Path) -> Result<(), WriteError> {
+        // `dir` may be a mount point (a tmpfs root), which is why it is fixed up here rather
+        // than created with the right mode.
+        if self.group.is_some() {
+            nix::unistd::chown(dir, None, self.group).map_err(|e| WriteError::Io {
+                step: "setting the group of",
+                path: dir.to_path_buf(),
+                source: e.into(),
+            })?;
+        }
+        fs::set_permissions(dir, fs::Permissions::from_mode(self.dir_mode))
+            .map_err(io_err("setting permissions of", dir))
+    }
+
+    /// Owned by the current effective user, with the group asked for.
+    fn chown(&self, path: &Path) -> Result<(), WriteError> {
+        let owner = Some(nix::unistd::geteuid());
+        nix::unistd::chown(path, owner, self.group).map_err(|e| WriteError::Io {
+            step: "setting owner and group of",
+            path: path.to_path_buf(),
+            source: e.into(),
+        })
+    }
+}
+
+/// Writes every file into the (empty) generation directory `generation_name` of `dir`, syncs
+/// it, and points a fresh `..data_tmp` at it.
+fn fill_generation(
+    dir: &Path,
+    generation_name: &str,
+    files: &[FileSpec],
+    access: &Access,
+) -> Result<(), WriteError> {
+    let generation = dir.join(generation_name);
+    for file in files {
+        write_file(&generation.join(&file.name), &file.contents, access)?;
+    }
+    access.chown(&generation)?;
+    fs::set_permissions(&generation, fs::Permissions::from_mode(access.dir_mode))
+        .map_err(io_err("setting permissions of", &generation))?;
+    crate::files::fsutil::sync_dir(&generation).map_err(io_err("syncing", &generation))?;
+
+    let data_tmp = dir.join(DATA_TMP);
+    remove_if_present(&data_tmp).map_err(io_err("removing stale link", &data_tmp))?;
+    std::os::unix::fs::symlink(generation_name, &data_tmp)
+        .map_err(io_err("creating link", &data_tmp))?;
+    Ok(())
+}
+
+/// One file of a generation, complete and synced before anyone else may read it.
+fn write_file(path: &Path, contents: &[u8], access: &Access) -> Result<(), WriteError> {
+    // Created owner-only and widened only once complete, so no one else can read a
+    // half-written file.
+    let mut out = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io_err("creating", path))?;
+    out.write_all(contents).map_err(io_err("writing", path))?;
+    access.chown(path)?;
+    out.set_permissions(fs::Permissions::from_mode(access.file_mode))
+        .map_err(io_err("setting permissions of", path))?;
+    out.sync_all().map_err(io_err("syncing", path))
 }
 
 fn remove_if_present(path: &Path) -> io::Result<()> {
@@ -366,13 +405,13 @@ fn remove_old_generations(dir: &Path, current: &str) -> Result<(), WriteError> {
 }
 
 /// Reads `name` through `..data`, the way a pod does.
-pub fn read(dir: &Path, name: &str) -> Result<Vec<u8>, WriteError> {
+pub(crate) fn read(dir: &Path, name: &str) -> Result<Vec<u8>, WriteError> {
     let mut all = read_all(dir, &[name])?;
     Ok(all.pop().unwrap_or_default())
 }
 
 /// Reads several files from one generation, so that e.g. a key and its certificate always match
-/// even while [`publish`] runs concurrently.
+/// even while `publish` runs concurrently.
 pub fn read_all(dir: &Path, names: &[&str]) -> Result<Vec<Vec<u8>>, WriteError> {
     for name in names {
         validate_name(name)?;

@@ -13,6 +13,7 @@ use serde::Serialize;
 
 use crate::files::store::{self, Store, StoreError, VolumePaths, VolumeState};
 use crate::spec::attrs;
+use crate::spec::request::CertRequest;
 use crate::volume;
 use crate::x509::pki;
 
@@ -217,45 +218,7 @@ pub fn view(paths: &VolumePaths, state: &VolumeState) -> VolumeView {
         .as_ref()
         .map(|f| f.certificate.clone())
         .unwrap_or_else(|| "tls.crt".to_string());
-    let served = read_served(paths, &cert_file);
-    let mut problem = None;
-    let (source, subject, common_name, dns_names, not_after, key_algorithm, serial) = match served {
-        Ok(Some(cert)) => (
-            "certificate",
-            Some(cert.subject.clone()),
-            common_name_of(&cert.subject),
-            cert.dns_names.clone(),
-            Some(rfc3339_system(cert.not_after)),
-            Some(cert.key_algorithm.clone()),
-            Some(cert.serial_hex.clone()),
-        ),
-        other => {
-            if let Err(e) = other {
-                problem = Some(e);
-            }
-            let has_cert = state.current.is_some();
-            (
-                if has_cert || request.is_some() {
-                    "state"
-                } else {
-                    "none"
-                },
-                request
-                    .as_ref()
-                    .and_then(|r| r.subject.literal.as_ref().map(ToString::to_string)),
-                request.as_ref().and_then(|r| r.subject.common_name.clone()),
-                request
-                    .as_ref()
-                    .map(|r| r.sans.dns_names.clone())
-                    .unwrap_or_default(),
-                state.current.as_ref().map(|c| rfc3339(c.not_after)),
-                request
-                    .as_ref()
-                    .map(|r| r.key_algorithm.label().to_string()),
-                state.current.as_ref().map(|c| c.serial.clone()),
-            )
-        }
-    };
+    let (shown, problem) = Shown::of(read_served(paths, &cert_file), state, request.as_ref());
     VolumeView {
         volume_id: state.volume_id.clone(),
         key: paths.key.clone(),
@@ -271,11 +234,11 @@ pub fn view(paths: &VolumePaths, state: &VolumeState) -> VolumeView {
             .or_else(|| get(&format!("{}issuer-name", attrs::CERTVOL_PREFIX)))
             .or_else(|| get(&format!("{}issuer-name", attrs::CERT_MANAGER_PREFIX))),
         issuer_kind: request.as_ref().map(|r| r.issuer.kind.clone()),
-        common_name,
-        subject,
-        dns_names,
-        serial,
-        not_after,
+        common_name: shown.common_name,
+        subject: shown.subject,
+        dns_names: shown.dns_names,
+        serial: shown.serial,
+        not_after: shown.not_after,
         next_renewal: volume::next_renewal(state).map(rfc3339_system),
         phase: Some(phase_name(state.phase)),
         failures: state.renewal.failures,
@@ -283,10 +246,66 @@ pub fn view(paths: &VolumePaths, state: &VolumeState) -> VolumeView {
         target_path: Some(state.target_path.clone()),
         revision: state.current.as_ref().map(|c| c.revision),
         requests: state.requests.clone(),
-        key_algorithm,
+        key_algorithm: shown.key_algorithm,
         files,
-        source,
+        source: shown.source,
         problem,
+    }
+}
+
+/// The certificate fields a view shows, and where they came from ([`VolumeView::source`]).
+struct Shown {
+    source: &'static str,
+    subject: Option<String>,
+    common_name: Option<String>,
+    dns_names: Vec<String>,
+    not_after: Option<String>,
+    key_algorithm: Option<String>,
+    serial: Option<String>,
+}
+
+impl Shown {
+    /// From the certificate the pod reads when there is one; otherwise from the state and the
+    /// attributes, with the reason the certificate could not be read (if it could not).
+    fn of(
+        served: Result<Option<pki::CertInfo>, String>,
+        state: &VolumeState,
+        request: Option<&CertRequest>,
+    ) -> (Shown, Option<String>) {
+        let problem = match served {
+            Ok(Some(cert)) => return (Shown::from_cert(&cert), None),
+            Ok(None) => None,
+            Err(e) => Some(e),
+        };
+        let has_cert = state.current.is_some();
+        let shown = Shown {
+            source: if has_cert || request.is_some() {
+                "state"
+            } else {
+                "none"
+            },
+            subject: request.and_then(|r| r.subject.literal.as_ref().map(ToString::to_string)),
+            common_name: request.and_then(|r| r.subject.common_name.clone()),
+            dns_names: request
+                .map(|r| r.sans.dns_names.clone())
+                .unwrap_or_default(),
+            not_after: state.current.as_ref().map(|c| rfc3339(c.not_after)),
+            key_algorithm: request.map(|r| r.key_algorithm.label().to_string()),
+            serial: state.current.as_ref().map(|c| c.serial.clone()),
+        };
+        (shown, problem)
+    }
+
+    fn from_cert(cert: &pki::CertInfo) -> Shown {
+        Shown {
+            source: "certificate",
+            subject: Some(cert.subject.clone()),
+            common_name: common_name_of(&cert.subject),
+            dns_names: cert.dns_names.clone(),
+            not_after: Some(rfc3339_system(cert.not_after)),
+            key_algorithm: Some(cert.key_algorithm.clone()),
+            serial: Some(cert.serial_hex.clone()),
+        }
     }
 }
 

@@ -160,95 +160,33 @@ impl Default for Metrics {
 impl Metrics {
     /// A fresh, independent set of families (tests use their own; the driver uses [`global`]).
     pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("certvol");
         // 5 ms .. ~82 s: a local-CA publish takes milliseconds, a cert-manager one seconds, and
         // the default issue timeout is 60 s.
         let latency = || Histogram::new(exponential_buckets(0.005, 2.0, 15));
-        let publish_duration = latency();
-        let unpublish_duration = latency();
-        let rpcs = Family::<Labels, Counter>::default();
-        let issuances = Family::<Labels, Counter>::default();
-        let renewals = Family::<Labels, Counter>::default();
-        let trust_refreshes = Family::<Labels, Counter>::default();
-        let kube_requests = Family::<Labels, Counter>::default();
-        let requests_dropped = Family::<Labels, Counter>::default();
-        let volumes = Gauge::default();
-        let volume_tmpfs_bytes = Gauge::default();
-        let volume_tmpfs_budget_bytes = Gauge::default();
-        let next_expiry = Arc::new(NextExpiry::default());
-        registry.register(
-            "publish_duration_seconds",
-            "Duration of NodePublishVolume calls, issuance included",
-            publish_duration.clone(),
-        );
-        registry.register(
-            "unpublish_duration_seconds",
-            "Duration of NodeUnpublishVolume calls",
-            unpublish_duration.clone(),
-        );
-        // The text encoder appends `_total` to counters.
-        registry.register(
-            "rpc",
-            "CSI Node RPCs answered, by RPC and gRPC code",
-            rpcs.clone(),
-        );
-        registry.register(
-            "issuance",
-            "Issuer answers, by issuer kind and outcome (issued, denied, failed, invalid, timeout, unavailable)",
-            issuances.clone(),
-        );
-        registry.register(
-            "renewals",
-            "Certificate renewals attempted, by outcome (renewed, failed)",
-            renewals.clone(),
-        );
-        registry.register(
-            "trust_bundle_refreshes",
-            "Trust bundle rebuilds outside issuance (a source changed, a retired CA's overlap ended, a restart), by outcome (updated, unchanged, source_error, failed)",
-            trust_refreshes.clone(),
-        );
-        registry.register(
-            "kube_requests",
-            "Kubernetes API requests, by verb and HTTP status code (\"error\" when no response arrived)",
-            kube_requests.clone(),
-        );
-        registry.register(
-            "request_watch_dropped",
-            "Labelled request objects the node's request watch delivered but did not cache, by reason (foreign: not shaped like this node's own; over_limit: its namespace or the node is at --max-requests-per-namespace / --max-requests)",
-            requests_dropped.clone(),
-        );
-        registry.register(
-            "volumes",
-            "Published volumes this node manages",
-            volumes.clone(),
-        );
-        registry.register(
-            "volume_tmpfs_bytes",
-            "Bytes (whole pages) the volumes' files and keys keep in their tmpfs, charged to the driver's memory cgroup",
-            volume_tmpfs_bytes.clone(),
-        );
-        registry.register(
-            "volume_tmpfs_budget_bytes",
-            "The node's budget for volume_tmpfs_bytes (--max-volume-bytes)",
-            volume_tmpfs_budget_bytes.clone(),
-        );
-        registry.register_collector(Box::new(next_expiry.clone()));
-        Metrics {
-            registry,
-            publish_duration,
-            unpublish_duration,
-            rpcs,
-            issuances,
-            renewals,
-            trust_refreshes,
-            kube_requests,
-            requests_dropped,
-            volumes,
-            volume_tmpfs_bytes,
-            volume_tmpfs_budget_bytes,
-            next_expiry,
+        let mut metrics = Metrics {
+            registry: Registry::default(),
+            publish_duration: latency(),
+            unpublish_duration: latency(),
+            rpcs: Family::default(),
+            issuances: Family::default(),
+            renewals: Family::default(),
+            trust_refreshes: Family::default(),
+            kube_requests: Family::default(),
+            requests_dropped: Family::default(),
+            volumes: Gauge::default(),
+            volume_tmpfs_bytes: Gauge::default(),
+            volume_tmpfs_budget_bytes: Gauge::default(),
+            next_expiry: Arc::new(NextExpiry::default()),
             expiries: Mutex::new(HashMap::new()),
-        }
+        };
+        // Registered in this order, which is the order of the encoded text.
+        let mut registry = Registry::with_prefix("certvol");
+        metrics.register_rpcs(&mut registry);
+        metrics.register_outcomes(&mut registry);
+        metrics.register_kube(&mut registry);
+        metrics.register_volumes(&mut registry);
+        metrics.registry = registry;
+        metrics
     }
 
     /// Records one answered NodePublishVolume / NodeUnpublishVolume (other RPCs only count).
@@ -348,6 +286,78 @@ impl Metrics {
         let mut out = String::new();
         text::encode(&mut out, &self.registry)?;
         Ok(out)
+    }
+}
+
+/// Registration of the families, by group; [`Metrics::new`] calls them in order.
+impl Metrics {
+    fn register_rpcs(&self, registry: &mut Registry) {
+        registry.register(
+            "publish_duration_seconds",
+            "Duration of NodePublishVolume calls, issuance included",
+            self.publish_duration.clone(),
+        );
+        registry.register(
+            "unpublish_duration_seconds",
+            "Duration of NodeUnpublishVolume calls",
+            self.unpublish_duration.clone(),
+        );
+        // The text encoder appends `_total` to counters.
+        registry.register(
+            "rpc",
+            "CSI Node RPCs answered, by RPC and gRPC code",
+            self.rpcs.clone(),
+        );
+    }
+
+    fn register_outcomes(&self, registry: &mut Registry) {
+        registry.register(
+            "issuance",
+            "Issuer answers, by issuer kind and outcome (issued, denied, failed, invalid, timeout, unavailable)",
+            self.issuances.clone(),
+        );
+        registry.register(
+            "renewals",
+            "Certificate renewals attempted, by outcome (renewed, failed)",
+            self.renewals.clone(),
+        );
+        registry.register(
+            "trust_bundle_refreshes",
+            "Trust bundle rebuilds outside issuance (a source changed, a retired CA's overlap ended, a restart), by outcome (updated, unchanged, source_error, failed)",
+            self.trust_refreshes.clone(),
+        );
+    }
+
+    fn register_kube(&self, registry: &mut Registry) {
+        registry.register(
+            "kube_requests",
+            "Kubernetes API requests, by verb and HTTP status code (\"error\" when no response arrived)",
+            self.kube_requests.clone(),
+        );
+        registry.register(
+            "request_watch_dropped",
+            "Labelled request objects the node's request watch delivered but did not cache, by reason (foreign: not shaped like this node's own; over_limit: its namespace or the node is at --max-requests-per-namespace / --max-requests)",
+            self.requests_dropped.clone(),
+        );
+    }
+
+    fn register_volumes(&self, registry: &mut Registry) {
+        registry.register(
+            "volumes",
+            "Published volumes this node manages",
+            self.volumes.clone(),
+        );
+        registry.register(
+            "volume_tmpfs_bytes",
+            "Bytes (whole pages) the volumes' files and keys keep in their tmpfs, charged to the driver's memory cgroup",
+            self.volume_tmpfs_bytes.clone(),
+        );
+        registry.register(
+            "volume_tmpfs_budget_bytes",
+            "The node's budget for volume_tmpfs_bytes (--max-volume-bytes)",
+            self.volume_tmpfs_budget_bytes.clone(),
+        );
+        registry.register_collector(Box::new(self.next_expiry.clone()));
     }
 }
 

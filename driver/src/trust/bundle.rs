@@ -223,7 +223,7 @@ pub fn assemble(sources: &[SourcePem]) -> Bundle {
 }
 
 /// Label of the public root set in bundles and reports.
-pub const PUBLIC_ROOTS_LABEL: &str = "public roots (webpki-root-certs)";
+pub(crate) const PUBLIC_ROOTS_LABEL: &str = "public roots (webpki-root-certs)";
 
 /// The well-known public roots (Mozilla's set as packaged by the webpki-root-certs crate) as a
 /// source, so a bundle can replace a distribution's `ca-certificates.crt`.

@@ -11,6 +11,6 @@ pub mod source;
 pub mod watch;
 
 pub use bundle::{Bundle, Rejected, SourcePem, assemble, public_roots};
-pub use rotation::{IssuingCa, OverlapPolicy, rotate};
-pub use source::{ObjectRef, ResolvedSource, TrustSpec, resolve};
+pub use rotation::IssuingCa;
+pub use source::{ObjectRef, TrustSpec};
 pub use watch::{SourceError, TrustCache, TrustLimits, VolumeTrust};

@@ -18,7 +18,7 @@
 //! `rotated_at + requested_duration`. A certificate we know about (e.g. this volume's previous
 //! leaf) can only lengthen the overlap. Nothing the old CA signed verifies after the CA itself
 //! expires, so its `notAfter` caps the overlap. Once `keep_until` has passed the CA leaves the
-//! bundle; [`next_change`] tells the volume when to rewrite it.
+//! bundle; `next_change` tells the volume when to rewrite it.
 
 use std::time::{Duration, SystemTime};
 
@@ -37,7 +37,7 @@ pub struct IssuingCa {
 
 /// What decides how long a retired CA stays (see the module docs).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct OverlapPolicy {
+pub(crate) struct OverlapPolicy {
     /// The validity the volume requests for its certificates.
     pub requested_duration: Duration,
     /// The latest `notAfter` of certificates known to be signed by the CAs being retired (the
@@ -48,7 +48,7 @@ pub struct OverlapPolicy {
 /// The issuing CA text could not be read.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
-pub enum RotationError {
+pub(crate) enum RotationError {
     #[error("the issuing CA's entry {index} {reason}")]
     Entry { index: usize, reason: RejectReason },
     #[error("the issuing CA's entry {index} has no readable notAfter")]
@@ -67,7 +67,7 @@ fn not_after(der: &[u8]) -> Option<SystemTime> {
 /// last call returned (empty the first time). Current CAs come first in their order in
 /// `current_ca_pem`, then retired CAs still within their overlap, in the order they had; expired
 /// overlaps are dropped.
-pub fn rotate(
+pub(crate) fn rotate(
     previous: &[IssuingCa],
     current_ca_pem: &str,
     now: SystemTime,
@@ -112,7 +112,7 @@ pub fn rotate(
 
 /// The CAs still to be in the bundle at `now` (retired ones whose overlap has ended dropped),
 /// as PEM in order; for rewriting the bundle when [`next_change`] comes.
-pub fn in_bundle(cas: &[IssuingCa], now: SystemTime) -> String {
+pub(crate) fn in_bundle(cas: &[IssuingCa], now: SystemTime) -> String {
     cas.iter()
         .filter(|c| c.keep_until.is_none_or(|t| t > now))
         .map(|c| bundle::der_to_pem(&c.der))
@@ -120,7 +120,7 @@ pub fn in_bundle(cas: &[IssuingCa], now: SystemTime) -> String {
 }
 
 /// When the bundle next changes on its own: the earliest end of an overlap still to come.
-pub fn next_change(cas: &[IssuingCa], now: SystemTime) -> Option<SystemTime> {
+pub(crate) fn next_change(cas: &[IssuingCa], now: SystemTime) -> Option<SystemTime> {
     cas.iter()
         .filter_map(|c| c.keep_until)
         .filter(|t| *t > now)

@@ -1,6 +1,6 @@
 //! What a volume's trust bundle is built from ([`TrustSpec`], parsed from the `trust-*`
 //! attributes by `attrs`) and the namespace policy that turns it into concrete objects
-//! ([`resolve`]). Pure: no I/O.
+//! (`resolve`). Pure: no I/O.
 //!
 //! Sources are assembled in this fixed order, each in the order the attribute lists it: the
 //! issuing CA, `trust-configmaps`, `trust-secrets`, `trust-cluster-bundles`, the ClusterTrustBundles
@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 /// Default file name of the bundle.
-pub const DEFAULT_BUNDLE_FILE: &str = "ca-bundle.crt";
+pub(crate) const DEFAULT_BUNDLE_FILE: &str = "ca-bundle.crt";
 
 /// `NAME/KEY` or `NAMESPACE/NAME/KEY` of a ConfigMap or Secret, as written.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -143,7 +143,7 @@ impl std::fmt::Display for ObjectRef {
 /// One Kubernetes source of a bundle: the object, the key within it (ConfigMaps and Secrets)
 /// and the attribute that asked for it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ResolvedSource {
+pub(crate) struct ResolvedSource {
     pub object: ObjectRef,
     pub key: Option<String>,
     pub attribute: String,
@@ -186,7 +186,7 @@ impl PolicyError {
 
 /// Applies the namespace policy: the Kubernetes objects `spec` reads, in bundle order (the
 /// issuing CA and public roots are not objects and are not listed).
-pub fn resolve(
+pub(crate) fn resolve(
     spec: &TrustSpec,
     pod_namespace: &str,
     trust_namespace: Option<&str>,
@@ -262,12 +262,12 @@ fn is_dns_label(s: &str) -> bool {
 }
 
 /// RFC 1123 subdomain, the rule for ConfigMap and Secret names.
-pub fn is_dns_subdomain(s: &str) -> bool {
+pub(crate) fn is_dns_subdomain(s: &str) -> bool {
     !s.is_empty() && s.len() <= 253 && s.split('.').all(is_dns_label)
 }
 
 /// ConfigMap/Secret data keys (`IsConfigMapKey`).
-pub fn is_data_key(s: &str) -> bool {
+pub(crate) fn is_data_key(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 253
         && !s.starts_with("..")
@@ -277,7 +277,7 @@ pub fn is_data_key(s: &str) -> bool {
 }
 
 /// ClusterTrustBundle names: a DNS subdomain, where signer bundles add `domain:path:` prefixes.
-pub fn is_cluster_bundle_name(s: &str) -> bool {
+pub(crate) fn is_cluster_bundle_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 253
         && s.split(':')
@@ -287,7 +287,7 @@ pub fn is_cluster_bundle_name(s: &str) -> bool {
 }
 
 /// `<fully qualified domain>/<path>`, as the certificates API requires of signer names.
-pub fn check_signer_name(s: &str) -> Result<(), &'static str> {
+pub(crate) fn check_signer_name(s: &str) -> Result<(), &'static str> {
     let Some((domain, path)) = s.split_once('/') else {
         return Err("is not of the form DOMAIN/PATH");
     };
@@ -309,7 +309,7 @@ pub fn check_signer_name(s: &str) -> Result<(), &'static str> {
 }
 
 /// Label key rule (optional DNS-subdomain prefix, name of at most 63).
-pub fn is_label_key(k: &str) -> bool {
+pub(crate) fn is_label_key(k: &str) -> bool {
     let (prefix, name) = match k.split_once('/') {
         Some((p, n)) => (Some(p), n),
         None => (None, k),
@@ -318,7 +318,7 @@ pub fn is_label_key(k: &str) -> bool {
 }
 
 /// Label value rule (empty, or at most 63 of letters, digits, '-', '_', '.', alphanumeric ends).
-pub fn is_label_value(v: &str) -> bool {
+pub(crate) fn is_label_value(v: &str) -> bool {
     v.is_empty()
         || (v.len() <= 63
             && v.starts_with(|c: char| c.is_ascii_alphanumeric())
