@@ -1,0 +1,351 @@
+//! Trust bundles: subscribing to a volume's sources, and rewriting its bundle when they change.
+
+use crate::base::crashpoint;
+use crate::files::layout::{self, Material};
+use crate::files::store::{Phase, VolumeState};
+use crate::files::writer::{self};
+use crate::kube::events::{self, EventSink};
+use crate::runtime::refresh::{Message, RefreshHandle};
+use crate::spec::attrs::{self};
+use crate::spec::request::CertRequest;
+use crate::trust::bundle::{self as trust_bundle, Bundle, Rejected, SourcePem};
+use crate::trust::rotation::{self};
+use crate::trust::{SourceError, TrustCache, TrustSpec, VolumeTrust};
+use crate::x509::keys::PrivateKey;
+use std::fs;
+use std::sync::Arc;
+use std::time::SystemTime;
+use tracing::{info, warn};
+use zeroize::Zeroizing;
+
+use super::{VolumeManager, error::VolumeError};
+
+impl VolumeManager {
+    /// Subscribes to the Kubernetes objects the volume's trust spec names. Bad input (a source
+    /// in a namespace the policy forbids, or Kubernetes sources on a node without API access)
+    /// is InvalidArgument. A new volume is refused past its namespace's watch budget; an
+    /// `admitted` one (published already: renewals, recovery) is not.
+    pub(super) fn open_trust(
+        &self,
+        req: &CertRequest,
+        admitted: bool,
+    ) -> Result<Option<VolumeTrust>, VolumeError> {
+        let Some(spec) = &req.trust else {
+            return Ok(None);
+        };
+        let Some(attribute) = api_attribute(spec) else {
+            return Ok(None);
+        };
+        let Some(cache) = &self.trust.cache else {
+            return Err(VolumeError::InvalidArgument(format!(
+                "volume attribute {attribute:?} names Kubernetes objects, but this node has no \
+                 Kubernetes API access (--issuer local); accepted here: \
+                 {p}trust-issuer-ca and {p}trust-public-roots",
+                p = attrs::CERTVOL_PREFIX
+            )));
+        };
+        let subscribed = if admitted {
+            cache.resubscribe(spec, &req.pod.namespace)
+        } else {
+            cache.subscribe(spec, &req.pod.namespace)
+        };
+        subscribed.map(Some).map_err(VolumeError::Trust)
+    }
+
+    /// Hands a volume whose bundle was just written to the refresher.
+    pub(super) fn watch_trust(
+        &self,
+        state: &VolumeState,
+        req: &CertRequest,
+        trust: Option<VolumeTrust>,
+    ) {
+        if req.trust.is_none() {
+            return;
+        }
+        if let Some(refresher) = &self.trust.refresher {
+            refresher.send(Message::Watch {
+                volume_id: state.volume_id.clone(),
+                trust,
+                next_change: rotation::next_change(&state.issuing_cas, self.clock.now()),
+            });
+        }
+    }
+
+    /// Start-up: asks the refresher to re-subscribe a recovered volume with a trust bundle.
+    /// `resume_trust` then checks that the volume is published and has a trust bundle.
+    pub(crate) fn resume_trust_watch(&self, volume_id: &str) {
+        if let Some(refresher) = &self.trust.refresher {
+            refresher.send(Message::Resume {
+                volume_id: volume_id.to_owned(),
+            });
+        }
+    }
+
+    /// A missing or unreadable source: a Warning event on the pod (the log has the error from
+    /// the caller). Policy errors are the caller's bad input and answered InvalidArgument only.
+    pub(super) async fn report_source_error(&self, req: &CertRequest, error: &SourceError) {
+        if matches!(error, SourceError::Policy(_)) {
+            return;
+        }
+        if let Some(events) = &self.trust.events {
+            let message = error.to_string();
+            events
+                .report(&req.pod, events::REASON_TRUST_SOURCE, &message, &message)
+                .await;
+        }
+    }
+
+    /// Entries of trust sources that are not certificates are left out: log and event.
+    pub(super) async fn report_rejected(&self, req: &CertRequest, rejected: &[Rejected]) {
+        for r in rejected {
+            let message = format!("trust bundle: left out {r}");
+            warn!(pod = %format_args!("{}/{}", req.pod.namespace, req.pod.name), "{message}");
+            if let Some(events) = &self.trust.events {
+                events
+                    .report(&req.pod, events::REASON_TRUST_REJECTED, &message, &message)
+                    .await;
+            }
+        }
+    }
+
+    /// Rebuilds a published volume's trust bundle from `trust` (waiting until its sources are
+    /// listed, bounded by the issue timeout) and the recorded issuing CAs, and rewrites its
+    /// files atomically with the same key and certificates. On a source error the old files
+    /// stay. Never talks to the issuer.
+    pub(crate) async fn refresh_trust(
+        &self,
+        volume_id: &str,
+        trust: Option<&mut VolumeTrust>,
+    ) -> Refreshed {
+        let ready = match trust {
+            Some(trust) => trust
+                .ready(self.cfg.issue_timeout)
+                .await
+                .map(|()| Some(&*trust)),
+            None => Ok(None),
+        };
+        let (slot, mut guard) = match self.lock(volume_id).await {
+            Ok(locked) => locked,
+            Err(e) => {
+                warn!(volume_id, error = %e, "trust refresh could not load the volume");
+                crate::obs::metrics::global()
+                    .trust_refresh(crate::obs::metrics::RefreshOutcome::Failed);
+                return Refreshed::Kept { next_change: None };
+            }
+        };
+        let result = match guard.as_mut() {
+            Some(state) if state.phase == Phase::Published && state.current.is_some() => {
+                match attrs::parse(&state.context.clone().into_iter().collect()) {
+                    Ok(req) if req.trust.is_some() => {
+                        let outcome = match ready {
+                            Ok(trust) => self.rewrite_bundle(state, &req, trust).await,
+                            Err(e) => Err(VolumeError::Trust(e)),
+                        };
+                        Some((req, outcome, state.issuing_cas.clone()))
+                    }
+                    _ => None,
+                }
+            }
+            _ => None,
+        };
+        self.release(volume_id, &slot, &guard);
+        drop(guard);
+        let Some((req, outcome, cas)) = result else {
+            return Refreshed::Gone;
+        };
+        let metric = match &outcome {
+            Ok(None) => crate::obs::metrics::RefreshOutcome::Unchanged,
+            Ok(Some(rejected)) => {
+                info!(volume_id, "trust bundle rewritten");
+                self.report_rejected(&req, rejected).await;
+                crate::obs::metrics::RefreshOutcome::Updated
+            }
+            Err(VolumeError::Trust(e)) => {
+                warn!(volume_id, error = %e, "trust bundle not refreshed; the volume keeps its current files");
+                self.report_source_error(&req, e).await;
+                crate::obs::metrics::RefreshOutcome::SourceError
+            }
+            Err(e) => {
+                warn!(volume_id, error = %e, "trust bundle not refreshed; the volume keeps its current files");
+                crate::obs::metrics::RefreshOutcome::Failed
+            }
+        };
+        crate::obs::metrics::global().trust_refresh(metric);
+        let mut next_change = rotation::next_change(&cas, self.clock.now());
+        // Nothing else would bring the rewrite back (its sources did not change again): try
+        // again once other volumes may have gone.
+        if matches!(outcome, Err(VolumeError::TmpfsBudget(_))) {
+            let retry = self.clock.now() + crate::files::budget::RETRY;
+            next_change = Some(next_change.map_or(retry, |at| at.min(retry)));
+        }
+        Refreshed::Kept { next_change }
+    }
+
+    /// Writes a new generation of the volume's files with a freshly built bundle, unless the
+    /// bundle is what the volume already has (`Ok(None)`); returns the rejected entries.
+    async fn rewrite_bundle(
+        &self,
+        state: &mut VolumeState,
+        req: &CertRequest,
+        trust: Option<&VolumeTrust>,
+    ) -> Result<Option<Vec<Rejected>>, VolumeError> {
+        // attrs sets the file name whenever it sets the trust spec.
+        let (Some(spec), Some(bundle_file)) = (&req.trust, req.files.trust_bundle.as_deref())
+        else {
+            return Ok(None);
+        };
+        let now = self.clock.now();
+        let paths = self.store.paths(&state.volume_id);
+        let before = state.issuing_cas.len();
+        state
+            .issuing_cas
+            .retain(|c| c.keep_until.is_none_or(|t| t > now));
+        if state.issuing_cas.len() != before {
+            self.save(state).await?;
+        }
+        let bundle = build_bundle(spec, trust, &rotation::in_bundle(&state.issuing_cas, now))?;
+        let pem = bundle.pem();
+        let names = &req.files;
+        let mut current =
+            writer::read_all(&paths.files, &[bundle_file, &names.certificate, &names.ca])?;
+        // read_all returns one entry per name, in order.
+        let (ca_pem, chain_pem, old_bundle) = match (current.pop(), current.pop(), current.pop()) {
+            (Some(ca), Some(chain), Some(old)) => (ca, chain, old),
+            _ => {
+                return Err(VolumeError::Internal(
+                    "the volume's files are incomplete".into(),
+                ));
+            }
+        };
+        if old_bundle == pem.as_bytes() {
+            return Ok(None);
+        }
+        let text = |bytes: Vec<u8>, what: &str| {
+            String::from_utf8(bytes)
+                .map_err(|_| VolumeError::Internal(format!("the volume's {what} is not UTF-8")))
+        };
+        let key_path = paths.key(
+            state
+                .current
+                .as_ref()
+                .ok_or_else(|| VolumeError::Internal("the volume has no certificate yet".into()))?
+                .revision,
+        );
+        let der =
+            Zeroizing::new(fs::read(&key_path).map_err(VolumeError::io_at("read", &key_path))?);
+        let password = match &req.files.pkcs12 {
+            Some(_) => Some(self.kept_password(&paths, &state.volume_id)?),
+            None => None,
+        };
+        let files = layout::render(
+            req,
+            &Material {
+                key: PrivateKey::from_pkcs8_der(&der)?,
+                chain_pem: text(chain_pem, "certificate chain")?,
+                ca_pem: text(ca_pem, "CA file")?,
+                trust_bundle_pem: Some(pem),
+                pkcs12_password: password,
+            },
+        )?;
+        self.write_files(
+            &state.volume_id,
+            &paths,
+            &files,
+            req.fs_group.or(state.mount_group),
+        )?;
+        crashpoint::hit("refresh:files-written");
+        Ok(Some(bundle.rejected))
+    }
+
+    /// After a restart: subscribe a recovered volume to its sources and refresh its bundle.
+    pub(crate) async fn resume_trust(&self, volume_id: &str) -> (Option<VolumeTrust>, Refreshed) {
+        let req = match self.status(volume_id).await {
+            Ok(Some(state)) if state.phase == Phase::Published => {
+                attrs::parse(&state.context.into_iter().collect()).ok()
+            }
+            _ => None,
+        };
+        let Some(req) = req.filter(|r| r.trust.is_some()) else {
+            return (None, Refreshed::Gone);
+        };
+        let mut trust = match self.open_trust(&req, true) {
+            Ok(trust) => trust,
+            Err(e) => {
+                warn!(volume_id, error = %e, "cannot watch the volume's trust sources; its bundle stays as it is");
+                return (None, Refreshed::Gone);
+            }
+        };
+        let outcome = self.refresh_trust(volume_id, trust.as_mut()).await;
+        (trust, outcome)
+    }
+}
+
+/// How volumes get their trust bundles on this node.
+#[derive(Clone, Default)]
+pub struct TrustWiring {
+    /// The watch-driven cache of ConfigMaps, Secrets and ClusterTrustBundles; `None` without
+    /// Kubernetes API access (`--issuer local`), where only the issuing CA and the public roots
+    /// can go into a bundle.
+    pub cache: Option<TrustCache>,
+    /// Warning events on pods whose trust sources are missing or hold bad entries.
+    pub events: Option<Arc<EventSink>>,
+    /// The refresher that keeps published bundles current (see `refresh`).
+    pub refresher: Option<RefreshHandle>,
+}
+
+impl std::fmt::Debug for TrustWiring {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TrustWiring")
+            .field("cache", &self.cache.as_ref().map(|c| c.watched()))
+            .field("events", &self.events.is_some())
+            .field("refresher", &self.refresher.is_some())
+            .finish()
+    }
+}
+
+/// What a trust refresh left behind, for the refresher.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refreshed {
+    /// The volume is no longer published (or has no trust bundle): stop watching it.
+    Gone,
+    /// The volume stays; rebuild again at `next_change` (a retired CA's overlap end) or when a
+    /// source changes.
+    Kept { next_change: Option<SystemTime> },
+}
+
+/// The first attribute of `spec` that names Kubernetes objects, if any.
+pub(super) fn api_attribute(spec: &TrustSpec) -> Option<&str> {
+    if !spec.config_maps.is_empty() {
+        Some(&spec.config_maps_attribute)
+    } else if !spec.secrets.is_empty() {
+        Some(&spec.secrets_attribute)
+    } else if !spec.cluster_bundles.is_empty() {
+        Some(&spec.cluster_bundles_attribute)
+    } else if spec.signer.is_some() {
+        Some(&spec.signer_attribute)
+    } else {
+        None
+    }
+}
+
+/// The bundle of `spec` with `issuing_ca_pem` as the issuing CA: from the volume's
+/// subscriptions when it names Kubernetes objects, else from the issuing CA and public roots.
+pub(super) fn build_bundle(
+    spec: &TrustSpec,
+    trust: Option<&VolumeTrust>,
+    issuing_ca_pem: &str,
+) -> Result<Bundle, SourceError> {
+    match trust {
+        Some(trust) => trust.bundle(issuing_ca_pem),
+        None => {
+            let mut sources = Vec::new();
+            if spec.issuer_ca {
+                sources.push(SourcePem::new("issuing CA", issuing_ca_pem));
+            }
+            if spec.public_roots {
+                sources.push(trust_bundle::public_roots());
+            }
+            Ok(trust_bundle::assemble(&sources))
+        }
+    }
+}
