@@ -47,7 +47,6 @@ const LAYERS: &[(&str, &str)] = &[
 const ALLOWED_UPWARD: &[(&str, &str)] = &[
     ("kube", "issuer"),
     ("obs::metrics", "issuer"),
-    ("runtime", "volume"),
     ("spec", "files"),
 ];
 
@@ -89,12 +88,6 @@ const ALLOWED_LONG_FNS: &[&str] = &[
     "trust/watch.rs::content",
     "trust/watch.rs::watch_ctb",
     "trust/watch.rs::watch_object",
-    "volume/issue.rs::issue_revision",
-    "volume/mod.rs::new",
-    "volume/publish.rs::publish",
-    "volume/publish.rs::publish_locked",
-    "volume/renew.rs::renew_locked",
-    "volume/recovery.rs::recover",
 ];
 
 const MAX_FILE_LINES: usize = 600;

@@ -32,7 +32,7 @@ use crate::runtime::refresh;
 use crate::runtime::scheduler;
 use crate::trust::TrustCache;
 use crate::volume::recovery;
-use crate::volume::{Config, TrustWiring, VolumeManager};
+use crate::volume::{Config, Services, TrustWiring, VolumeManager};
 use futures::future::BoxFuture;
 
 /// The default CSI driver name.
@@ -463,15 +463,13 @@ pub async fn run(
             "--trust-namespace has no effect with --issuer local: without Kubernetes API access no ConfigMap or Secret can be read"
         );
     }
-    let mut manager = VolumeManager::new(
-        cfg,
-        store,
-        mounter.clone(),
+    let services = Services {
+        mounter: mounter.clone(),
         issuer,
-        clock.clone(),
-        sched_handle,
-    )
-    .with_trust(trust);
+        clock: clock.clone(),
+        scheduler: sched_handle,
+    };
+    let mut manager = VolumeManager::new(cfg, store, services).with_trust(trust);
     if let Some(apis) = &apis {
         manager = manager.with_apis(apis.clone());
     }

@@ -1,4 +1,6 @@
-//! One issuance, shared by publish and renewal: key, request, verification, files, record.
+//! One issuance, shared by publish and renewal, as named steps: the key (new, reused or the
+//! pending one of an interrupted attempt), filing the request, verifying what the issuer
+//! returned, writing the new generation of files, and recording it.
 
 use crate::base::crashpoint;
 use crate::base::fair::{FairPool, Lease};
@@ -8,114 +10,201 @@ use crate::files::store::{
     self, CertRecord, PendingRecord, Phase, RenewalRecord, VolumePaths, VolumeState,
 };
 use crate::files::writer::{self};
-use crate::issuer::{self, IssueError, IssueRequest};
+use crate::issuer::{self, IssueError, IssueRequest, Issued};
 use crate::obs::metrics::IssueOutcome;
 use crate::spec::request::{CertRequest, KeyAlgorithm};
-use crate::trust::VolumeTrust;
 use crate::trust::bundle::{self as trust_bundle, Bundle, SourcePem};
 use crate::trust::rotation::{self, OverlapPolicy};
+use crate::trust::{IssuingCa, TrustSpec, VolumeTrust};
 use crate::x509::keys::{self, PrivateKey};
 use crate::x509::pki;
 use std::fs;
 use std::io;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 use tracing::{debug, warn};
 use zeroize::Zeroizing;
 
 use super::{VolumeManager, error::VolumeError, trust::build_bundle};
 
+/// Which operation an issuance is part of; it names the issuance's crash points.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Op {
+    Publish,
+    Renew,
+}
+
+impl Op {
+    fn name(self) -> &'static str {
+        match self {
+            Op::Publish => "publish",
+            Op::Renew => "renew",
+        }
+    }
+
+    fn hit(self, step: &str) {
+        crashpoint::hit(&format!("{}:{step}", self.name()));
+    }
+}
+
+/// What one issuance needs besides the volume's state.
+pub(super) struct Issuance<'a> {
+    pub(super) op: Op,
+    pub(super) paths: &'a VolumePaths,
+    pub(super) req: &'a Arc<CertRequest>,
+    pub(super) revision: u64,
+    /// A key to reuse (renewal with `reuse-private-key`).
+    pub(super) reuse: Option<PrivateKey>,
+    /// Where the volume's trust bundle comes from.
+    pub(super) trust: BundleFrom<'a>,
+    /// The renewal worker the issuance runs on (none for a publish); put down while the
+    /// issuer waits for its answer.
+    pub(super) worker: &'a Lease,
+}
+
+/// Where an issuance takes the trust bundle's sources from.
+#[derive(Clone, Copy)]
+pub(super) enum BundleFrom<'a> {
+    /// The volume's subscriptions, listed (`None`: the spec names no Kubernetes objects).
+    Sources(Option<&'a VolumeTrust>),
+    /// A renewal whose sources cannot be read right now: the new issuing CA(s) followed by the
+    /// bundle last written, so that a deleted ConfigMap never lets the certificate expire. The
+    /// refresher rewrites the bundle once the sources are readable again.
+    LastWritten,
+}
+
+/// What the node checked of an issued certificate.
+struct Verified {
+    request: String,
+    not_before: SystemTime,
+    not_after: SystemTime,
+    serial: String,
+    /// When it was checked: the bundle's overlaps are measured from here.
+    now: SystemTime,
+}
+
 impl VolumeManager {
-    /// Steps 4-6 of a publish, shared with renewal: key (new, reused or the pending one from an
-    /// interrupted attempt), request, verification, atomic file swap, state update.
+    /// Issues revision `job.revision` of the volume: key, request, verification, atomic file
+    /// swap, state update. Each step that changes the state saves it before the next is taken.
     pub(super) async fn issue_revision(
         &self,
-        op: &str,
-        paths: &VolumePaths,
         state: &mut VolumeState,
-        req: &Arc<CertRequest>,
-        revision: u64,
-        with: With<'_>,
+        mut job: Issuance<'_>,
     ) -> Result<(), VolumeError> {
-        let With {
-            reuse,
-            trust,
-            worker,
-        } = with;
         // Before anything is issued: a renewal that could not write the keystore must not
         // consume a request.
-        let password = match &req.files.pkcs12 {
-            Some(_) => Some(self.kept_password(paths, &state.volume_id)?),
+        let password = match &job.req.files.pkcs12 {
+            Some(_) => Some(self.kept_password(job.paths, &state.volume_id)?),
             None => None,
         };
-        let pending_key = paths.key(revision);
-        let resumed = match &state.pending {
-            Some(p) if p.revision == revision => match fs::read(&pending_key) {
-                Ok(der) => Some(PrivateKey::from_pkcs8_der(&Zeroizing::new(der))?),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    debug!(volume_id = %state.volume_id, revision, "the pending key is gone; filing with a new key");
-                    None
-                }
-                Err(e) => return Err(VolumeError::io_at("read", &pending_key)(e)),
-            },
-            _ => None,
+        let request = issuer::request_name(&self.cfg.node_id, &state.volume_id, job.revision);
+        let key = self.issuance_key(state, &mut job, &request).await?;
+        let issued = self.file_request(state, &job, &request, &key).await?;
+        let checked = self.verify_issued(state, request, &issued, &key).await?;
+        let (issuing_cas, bundle) = self.issuance_bundle(state, &job, &issued.ca_pem, &checked)?;
+        let material = Material {
+            key,
+            chain_pem: issued.chain_pem,
+            ca_pem: issued.ca_pem,
+            trust_bundle_pem: bundle.as_ref().map(Bundle::pem),
+            pkcs12_password: password,
         };
-        let request_name = issuer::request_name(&self.cfg.node_id, &state.volume_id, revision);
-        let key = match resumed {
-            Some(key) => {
-                debug!(volume_id = %state.volume_id, request = %request_name, "resuming pending request");
-                key
-            }
-            None => {
-                let key = match reuse {
-                    Some(key) => key,
-                    None => {
-                        let pools = KeyPools {
-                            all: &self.keygen,
-                            slow: &self.slow_keygen,
-                        };
-                        generate_key(pools, &req.pod.namespace, req.key_algorithm).await?
-                    }
-                };
-                fsutil::replace(&pending_key, key.pkcs8_der(), 0o600)
-                    .map_err(VolumeError::io_at("write", &pending_key))?;
-                // Changed on a copy and adopted only once it is on disk: a request must never be
-                // filed on the strength of a record the data root refused (full, read-only).
-                let mut next = state.clone();
-                next.last_revision = next.last_revision.max(revision);
-                next.pending = Some(PendingRecord {
-                    revision,
-                    request_name: request_name.clone(),
-                    key_algorithm: key.algorithm(),
-                    started_at: store::to_offset(self.clock.now()),
-                });
-                if !next.requests.contains(&request_name) {
-                    next.requests.push(request_name.clone());
-                }
-                if next.current.is_none() {
-                    next.phase = Phase::Issuing;
-                }
-                self.save(&next).await?;
-                *state = next;
-                crashpoint::hit(&format!("{op}:key-saved"));
-                key
-            }
-        };
+        self.write_generation(state, &job, material)?;
+        self.record_issuance(state, &job, checked, issuing_cas)
+            .await?;
+        if let Some(bundle) = &bundle {
+            self.report_rejected(job.req, &bundle.rejected).await;
+        }
+        Ok(())
+    }
 
-        let csr = keys::build_csr(req, &key)?;
+    /// Step 1, the key: the pending one of an interrupted attempt at this revision, else the
+    /// reused or a new one, recorded as pending before any request is filed with it.
+    async fn issuance_key(
+        &self,
+        state: &mut VolumeState,
+        job: &mut Issuance<'_>,
+        request: &str,
+    ) -> Result<PrivateKey, VolumeError> {
+        if let Some(key) = self.pending_key(state, job)? {
+            debug!(volume_id = %state.volume_id, request = %request, "resuming pending request");
+            return Ok(key);
+        }
+        let key = match job.reuse.take() {
+            Some(key) => key,
+            None => {
+                let pools = KeyPools {
+                    all: &self.keygen,
+                    slow: &self.slow_keygen,
+                };
+                generate_key(pools, &job.req.pod.namespace, job.req.key_algorithm).await?
+            }
+        };
+        let pending_key = job.paths.key(job.revision);
+        fsutil::replace(&pending_key, key.pkcs8_der(), 0o600)
+            .map_err(VolumeError::io_at("write", &pending_key))?;
+        // Changed on a copy and adopted only once it is on disk: a request must never be
+        // filed on the strength of a record the data root refused (full, read-only).
+        let mut next = state.clone();
+        next.last_revision = next.last_revision.max(job.revision);
+        next.pending = Some(PendingRecord {
+            revision: job.revision,
+            request_name: request.to_owned(),
+            key_algorithm: key.algorithm(),
+            started_at: store::to_offset(self.clock.now()),
+        });
+        if !next.requests.iter().any(|r| r == request) {
+            next.requests.push(request.to_owned());
+        }
+        if next.current.is_none() {
+            next.phase = Phase::Issuing;
+        }
+        self.save(&next).await?;
+        *state = next;
+        job.op.hit("key-saved");
+        Ok(key)
+    }
+
+    /// The key an interrupted attempt at this revision recorded as pending, if it is still there.
+    fn pending_key(
+        &self,
+        state: &VolumeState,
+        job: &Issuance<'_>,
+    ) -> Result<Option<PrivateKey>, VolumeError> {
+        let pending_key = job.paths.key(job.revision);
+        match &state.pending {
+            Some(p) if p.revision == job.revision => match fs::read(&pending_key) {
+                Ok(der) => Ok(Some(PrivateKey::from_pkcs8_der(&Zeroizing::new(der))?)),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    debug!(volume_id = %state.volume_id, revision = job.revision, "the pending key is gone; filing with a new key");
+                    Ok(None)
+                }
+                Err(e) => Err(VolumeError::io_at("read", &pending_key)(e)),
+            },
+            _ => Ok(None),
+        }
+    }
+
+    /// Step 2, the request: filed with the issuer, whose answer is awaited with the worker put
+    /// down.
+    async fn file_request(
+        &self,
+        state: &VolumeState,
+        job: &Issuance<'_>,
+        request: &str,
+        key: &PrivateKey,
+    ) -> Result<Issued, VolumeError> {
+        let csr = keys::build_csr(job.req, key)?;
+        let token = self.tokens.lock().get(&state.volume_id).cloned();
         let ireq = IssueRequest {
-            name: request_name.clone(),
+            name: request.to_owned(),
             volume_id: state.volume_id.clone(),
             node_id: self.cfg.node_id.clone(),
             csr_pem: csr.pem,
             csr_der: csr.der,
-            cert: req.clone(),
-            token: self
-                .tokens
-                .lock()
-                .ok()
-                .and_then(|t| t.get(&state.volume_id).cloned()),
-            worker: worker.clone(),
+            cert: job.req.clone(),
+            token,
+            worker: job.worker.clone(),
         };
         let answer = tokio::time::timeout(
             self.cfg.issue_timeout + Duration::from_secs(5),
@@ -123,35 +212,42 @@ impl VolumeManager {
         )
         .await;
         // The issuer may have put the worker down to wait; what follows is work again.
-        worker.resume().await;
-        let issued =
-            // Issuers answer Timeout themselves at `issue_timeout`; this outer limit only guards
-            // against one that does not.
-            match answer {
-                Ok(result) => {
-                    crate::obs::metrics::global().issuance(self.issuer.kind(), IssueOutcome::of(&result));
-                    let issued = result?;
-                    crashpoint::hit(&format!("{op}:signed"));
-                    issued
+        job.worker.resume().await;
+        // Issuers answer Timeout themselves at `issue_timeout`; this outer limit only guards
+        // against one that does not.
+        let metrics = crate::obs::metrics::global();
+        match answer {
+            Ok(result) => {
+                metrics.issuance(self.issuer.kind(), IssueOutcome::of(&result));
+                let issued = result?;
+                job.op.hit("signed");
+                Ok(issued)
+            }
+            Err(_) => {
+                metrics.issuance(self.issuer.kind(), IssueOutcome::Timeout);
+                Err(IssueError::Timeout {
+                    request: request.to_owned(),
                 }
-                Err(_) => {
-                    crate::obs::metrics::global().issuance(self.issuer.kind(), IssueOutcome::Timeout);
-                    return Err(IssueError::Timeout {
-                        request: request_name,
-                    }
-                    .into());
-                }
-            };
+                .into())
+            }
+        }
+    }
 
-        let bad = |message: String| VolumeError::BadCertificate {
-            request: request_name.clone(),
-            message,
-        };
+    /// Step 3, verification: the chain parses, its leaf holds the node's key, it has not
+    /// expired, and it chains to the CA the issuer named (when it named one).
+    async fn verify_issued(
+        &self,
+        state: &mut VolumeState,
+        request: String,
+        issued: &Issued,
+        key: &PrivateKey,
+    ) -> Result<Verified, VolumeError> {
+        let bad = |message: String| bad_certificate(&request, message);
         let chain = pki::parse_pem_chain(&issued.chain_pem).map_err(|e| bad(e.to_string()))?;
         let leaf = chain
             .first()
             .ok_or_else(|| bad("the chain holds no certificate".into()))?;
-        if !pki::key_matches(leaf, &key).map_err(|e| bad(e.to_string()))? {
+        if !pki::key_matches(leaf, key).map_err(|e| bad(e.to_string()))? {
             return Err(bad(
                 "its public key does not match the private key this node generated".into(),
             ));
@@ -169,7 +265,7 @@ impl VolumeManager {
                 *state = next;
             }
             return Err(VolumeError::Expired {
-                request: request_name,
+                request,
                 not_after: leaf.not_after,
             });
         }
@@ -177,81 +273,91 @@ impl VolumeManager {
             let ca = pki::parse_pem_chain(&issued.ca_pem).map_err(|e| bad(e.to_string()))?;
             pki::verify_chain(&chain, &ca, now).map_err(|e| bad(e.to_string()))?;
         }
-        let (not_before, not_after, serial) =
-            (leaf.not_before, leaf.not_after, leaf.serial_hex.clone());
+        Ok(Verified {
+            not_before: leaf.not_before,
+            not_after: leaf.not_after,
+            serial: leaf.serial_hex.clone(),
+            now,
+            request,
+        })
+    }
 
-        // The bundle is built with the new CA (and any retired one still in its overlap) and
-        // written in the same generation as the key and certificate.
-        let (issuing_cas, bundle) = match &req.trust {
-            Some(spec) => {
-                let cas = rotation::rotate(
-                    &state.issuing_cas,
-                    &issued.ca_pem,
-                    now,
-                    OverlapPolicy {
-                        requested_duration: req.duration,
-                        // The certificate being replaced was signed by the CA that may retire.
-                        latest_known_leaf: state
-                            .current
-                            .as_ref()
-                            .map(|c| store::to_system(c.not_after)),
-                    },
-                )
-                .map_err(|e| bad(e.to_string()))?;
-                let issuing = rotation::in_bundle(&cas, now);
-                let bundle = match trust {
-                    BundleFrom::Sources(trust) => build_bundle(spec, trust, &issuing)?,
-                    BundleFrom::LastWritten => {
-                        // attrs sets the file name whenever it sets the trust spec.
-                        let name = req.files.trust_bundle.as_deref().ok_or_else(|| {
-                            VolumeError::Internal("a trust bundle without a file name".into())
-                        })?;
-                        let old = writer::read(&paths.files, name)?;
-                        let mut sources = Vec::new();
-                        if spec.issuer_ca {
-                            sources.push(SourcePem::new("issuing CA", issuing));
-                        }
-                        sources.push(SourcePem::new(
-                            "the bundle last written",
-                            String::from_utf8_lossy(&old).into_owned(),
-                        ));
-                        trust_bundle::assemble(&sources)
-                    }
-                };
-                (cas, Some(bundle))
-            }
-            None => (Vec::new(), None),
+    /// The issuing CAs to record (the new one, and any retired one still in its overlap) and
+    /// the bundle built with them, to be written in the same generation as the key and
+    /// certificate; none without a trust spec.
+    fn issuance_bundle(
+        &self,
+        state: &VolumeState,
+        job: &Issuance<'_>,
+        ca_pem: &str,
+        checked: &Verified,
+    ) -> Result<(Vec<IssuingCa>, Option<Bundle>), VolumeError> {
+        let Some(spec) = &job.req.trust else {
+            return Ok((Vec::new(), None));
         };
-        let gid = req.fs_group.or(state.mount_group);
-        let files = layout::render(
-            req,
-            &Material {
-                key,
-                chain_pem: issued.chain_pem,
-                ca_pem: issued.ca_pem,
-                trust_bundle_pem: bundle.as_ref().map(Bundle::pem),
-                pkcs12_password: password,
+        let cas = rotation::rotate(
+            &state.issuing_cas,
+            ca_pem,
+            checked.now,
+            OverlapPolicy {
+                requested_duration: job.req.duration,
+                // The certificate being replaced was signed by the CA that may retire.
+                latest_known_leaf: state
+                    .current
+                    .as_ref()
+                    .map(|c| store::to_system(c.not_after)),
             },
-        )?;
-        self.write_files(&state.volume_id, paths, &files, gid)?;
-        crashpoint::hit(&format!("{op}:files-written"));
+        )
+        .map_err(|e| bad_certificate(&checked.request, e.to_string()))?;
+        let issuing = rotation::in_bundle(&cas, checked.now);
+        let bundle = match job.trust {
+            BundleFrom::Sources(trust) => build_bundle(spec, trust, &issuing)?,
+            BundleFrom::LastWritten => last_written_bundle(spec, job, issuing)?,
+        };
+        Ok((cas, Some(bundle)))
+    }
 
+    /// Step 4, the files: the new generation, swapped in atomically.
+    fn write_generation(
+        &self,
+        state: &VolumeState,
+        job: &Issuance<'_>,
+        material: Material,
+    ) -> Result<(), VolumeError> {
+        let gid = job.req.fs_group.or(state.mount_group);
+        let files = layout::render(job.req, &material)?;
+        drop(material);
+        self.write_files(&state.volume_id, job.paths, &files, gid)?;
+        job.op.hit("files-written");
+        Ok(())
+    }
+
+    /// Step 5, the record: the new certificate becomes the volume's current one, with its
+    /// renewal time; the superseded key goes.
+    async fn record_issuance(
+        &self,
+        state: &mut VolumeState,
+        job: &Issuance<'_>,
+        checked: Verified,
+        issuing_cas: Vec<IssuingCa>,
+    ) -> Result<(), VolumeError> {
         let renew_at = certvol_renewer::renew_at(
-            not_before,
-            not_after,
-            req.renew_before,
+            checked.not_before,
+            checked.not_after,
+            job.req.renew_before,
             &self.cfg.policy,
-            rand::random::<f64>(),
+            self.random.sample(),
         );
-        // As above, adopted only once on disk: if the data root refuses the record, memory keeps
-        // the pending record, and the retry resumes it with the same key (keys never move).
+        // As with the key, adopted only once on disk: if the data root refuses the record,
+        // memory keeps the pending record, and the retry resumes it with the same key (keys
+        // never move).
         let mut next = state.clone();
         next.current = Some(CertRecord {
-            revision,
-            request_name,
-            serial,
-            not_before: store::to_offset(not_before),
-            not_after: store::to_offset(not_after),
+            revision: job.revision,
+            request_name: checked.request,
+            serial: checked.serial,
+            not_before: store::to_offset(checked.not_before),
+            not_after: store::to_offset(checked.not_after),
             renew_at: store::to_offset(renew_at),
         });
         next.pending = None;
@@ -259,14 +365,13 @@ impl VolumeManager {
         next.issuing_cas = issuing_cas;
         self.save(&next).await?;
         *state = next;
-        crashpoint::hit(&format!("{op}:recorded"));
-        prune_keys(paths, revision);
+        job.op.hit("recorded");
+        prune_keys(job.paths, job.revision);
         // The charge counted the key this revision replaced, now pruned.
-        self.tmpfs
-            .set(&state.volume_id, crate::files::budget::measure(&paths.mem));
-        if let Some(bundle) = &bundle {
-            self.report_rejected(req, &bundle.rejected).await;
-        }
+        self.tmpfs.set(
+            &state.volume_id,
+            crate::files::budget::measure(&job.paths.mem),
+        );
         Ok(())
     }
 
@@ -293,25 +398,38 @@ impl VolumeManager {
     }
 }
 
-/// What an issuance starts from besides the request: a key to reuse (renewal with
-/// `reuse-private-key`) and where the volume's trust bundle comes from.
-pub(super) struct With<'a> {
-    pub(super) reuse: Option<PrivateKey>,
-    pub(super) trust: BundleFrom<'a>,
-    /// The renewal worker the issuance runs on (none for a publish); put down while the
-    /// issuer waits for its answer.
-    pub(super) worker: &'a Lease,
+/// The issuer returned something the node cannot use for `request`.
+fn bad_certificate(request: &str, message: String) -> VolumeError {
+    VolumeError::BadCertificate {
+        request: request.to_owned(),
+        message,
+    }
 }
 
-/// Where an issuance takes the trust bundle's sources from.
-#[derive(Clone, Copy)]
-pub(super) enum BundleFrom<'a> {
-    /// The volume's subscriptions, listed (`None`: the spec names no Kubernetes objects).
-    Sources(Option<&'a VolumeTrust>),
-    /// A renewal whose sources cannot be read right now: the new issuing CA(s) followed by the
-    /// bundle last written, so that a deleted ConfigMap never lets the certificate expire. The
-    /// refresher rewrites the bundle once the sources are readable again.
-    LastWritten,
+/// A renewal's bundle while its sources cannot be read: the new issuing CA(s), then the bundle
+/// last written.
+fn last_written_bundle(
+    spec: &TrustSpec,
+    job: &Issuance<'_>,
+    issuing: String,
+) -> Result<Bundle, VolumeError> {
+    // attrs sets the file name whenever it sets the trust spec.
+    let name = job
+        .req
+        .files
+        .trust_bundle
+        .as_deref()
+        .ok_or_else(|| VolumeError::Internal("a trust bundle without a file name".into()))?;
+    let old = writer::read(&job.paths.files, name)?;
+    let mut sources = Vec::new();
+    if spec.issuer_ca {
+        sources.push(SourcePem::new("issuing CA", issuing));
+    }
+    sources.push(SourcePem::new(
+        "the bundle last written",
+        String::from_utf8_lossy(&old).into_owned(),
+    ));
+    Ok(trust_bundle::assemble(&sources))
 }
 
 /// Key generation is CPU-bound (seconds for RSA 4096), so it runs off the async worker threads,

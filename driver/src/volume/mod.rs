@@ -18,12 +18,15 @@ mod target;
 mod trust;
 mod unpublish;
 
+pub use crate::runtime::refresh::Refreshed;
 pub use error::VolumeError;
+pub use publish::{PublishParams, Published};
 pub use target::{check_in_pods_dir, check_volume_id};
-pub use trust::{Refreshed, TrustWiring};
+pub use trust::TrustWiring;
 
 use crate::base::clock::Clock;
 use crate::base::fair::FairPool;
+use crate::base::random::{Random, ThreadRng};
 use crate::files::fsutil;
 use crate::files::layout::Password;
 use crate::files::mount::Mounter;
@@ -32,13 +35,14 @@ use crate::issuer::Issuer;
 use crate::issuer::certmanager::BearerToken;
 use crate::kube::discovery::Apis;
 use crate::runtime::scheduler::SchedulerHandle;
-use crate::spec::attrs::{self};
+use crate::spec::attrs::{self, AttrError};
+use crate::spec::request::CertRequest;
+use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex as StdMutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
-use tokio::sync::Mutex;
 use zeroize::Zeroizing;
 
 /// Tunables of the volume layer.
@@ -93,71 +97,28 @@ pub const DEFAULT_KUBELET_DIR: &str = "/var/lib/kubelet";
 /// SHA-256 in hex); the bound keeps ids usable in file names, labels and log lines.
 pub const MAX_VOLUME_ID_BYTES: usize = 128;
 
-/// A NodePublishVolume request after the CSI layer checked its fields.
-#[derive(Clone)]
-pub struct PublishParams {
-    pub volume_id: String,
-    pub target_path: PathBuf,
-    pub context: HashMap<String, String>,
-    /// kubelet's `volume_mount_group`: the pod's fsGroup.
-    pub mount_group: Option<u32>,
-    /// The data of the Secret named by the volume's `nodePublishSecretRef`, which kubelet sends
-    /// with every publish. Secret values: never logged, never recorded in `state.json`.
-    pub secrets: HashMap<String, String>,
+/// One volume's place in the manager: its state behind the per-volume async lock, and the
+/// request its attributes describe, parsed once (at publish, at recovery, or from the saved
+/// context when the state is first loaded) rather than at every renewal and refresh.
+#[derive(Debug, Default)]
+pub(crate) struct VolumeSlot {
+    state: Arc<tokio::sync::Mutex<Option<VolumeState>>>,
+    request: Mutex<Option<Arc<CertRequest>>>,
 }
 
-/// What kubelet sent that is a secret (the pod's token, Secret data, a literal keystore password)
-/// is wiped when the request is done with, rather than left in freed heap memory.
-impl Drop for PublishParams {
-    fn drop(&mut self) {
-        use zeroize::Zeroize;
-        for (key, value) in self.context.iter_mut() {
-            if key == attrs::TOKENS_KEY || attrs::is_literal_password_key(key) {
-                value.zeroize();
-            }
-        }
-        for value in self.secrets.values_mut() {
-            value.zeroize();
-        }
-    }
-}
+type Slot = Arc<VolumeSlot>;
 
-impl std::fmt::Debug for PublishParams {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let context: std::collections::BTreeMap<&str, &str> = self
-            .context
-            .iter()
-            .map(|(k, v)| {
-                let shown = if attrs::is_literal_password_key(k) || k == attrs::TOKENS_KEY {
-                    "<redacted>"
-                } else {
-                    v.as_str()
-                };
-                (k.as_str(), shown)
-            })
-            .collect();
-        let mut secret_keys: Vec<&str> = self.secrets.keys().map(String::as_str).collect();
-        secret_keys.sort_unstable();
-        f.debug_struct("PublishParams")
-            .field("volume_id", &self.volume_id)
-            .field("target_path", &self.target_path)
-            .field("context", &context)
-            .field("mount_group", &self.mount_group)
-            .field("secret_keys", &secret_keys)
-            .finish()
-    }
-}
+/// A volume's state, locked: what [`VolumeManager::lock`] hands out.
+pub(crate) type Locked = tokio::sync::OwnedMutexGuard<Option<VolumeState>>;
 
-/// What a successful publish did.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Published {
-    /// A certificate was issued and bound at the target.
-    Issued { revision: u64 },
-    /// The volume was already published there; nothing changed.
-    Unchanged,
+/// What a manager works with besides its configuration and store: the node's mounts, the
+/// issuer, the wall clock and the renewal queue.
+pub struct Services {
+    pub mounter: Arc<dyn Mounter>,
+    pub issuer: Arc<dyn Issuer>,
+    pub clock: Arc<dyn Clock>,
+    pub scheduler: SchedulerHandle,
 }
-
-type Slot = Arc<Mutex<Option<VolumeState>>>;
 
 /// Owns every volume on this node.
 #[derive(Debug)]
@@ -167,18 +128,20 @@ pub struct VolumeManager {
     mounter: Arc<dyn Mounter>,
     issuer: Arc<dyn Issuer>,
     clock: Arc<dyn Clock>,
+    /// The samples renewal times are jittered with (see `certvol_renewer`).
+    random: Arc<dyn Random>,
     scheduler: SchedulerHandle,
-    slots: StdMutex<HashMap<String, Slot>>,
+    slots: Mutex<HashMap<String, Slot>>,
     /// The newest service-account token kubelet passed for each volume (token-request mode).
     /// Memory only: never written to state, never logged; refreshed by every republish.
-    tokens: StdMutex<HashMap<String, BearerToken>>,
+    tokens: Mutex<HashMap<String, BearerToken>>,
     /// PKCS#12 passwords by volume id, for renewals; also kept in the volume's private tmpfs
     /// (`mem/keys/pkcs12-password`) so that renewals after a driver restart can still write the
     /// keystore. Never on persistent disk.
-    passwords: StdMutex<HashMap<String, Password>>,
+    passwords: Mutex<HashMap<String, Password>>,
     /// The volume ids of each pod's volumes (keyed by the pod's directory under kubelet's
     /// `pods/`, which kubelet names and the pod cannot), for the volumes-per-pod limit.
-    pod_volumes: StdMutex<HashMap<String, std::collections::BTreeSet<String>>>,
+    pod_volumes: Mutex<HashMap<String, std::collections::BTreeSet<String>>>,
     trust: TrustWiring,
     /// What the cluster serves (API modes); `None` without an API (local mode).
     apis: Option<Apis>,
@@ -215,14 +178,13 @@ pub fn next_renewal(state: &VolumeState) -> Option<SystemTime> {
 }
 
 impl VolumeManager {
-    pub fn new(
-        cfg: Config,
-        store: Store,
-        mounter: Arc<dyn Mounter>,
-        issuer: Arc<dyn Issuer>,
-        clock: Arc<dyn Clock>,
-        scheduler: SchedulerHandle,
-    ) -> Self {
+    pub fn new(cfg: Config, store: Store, services: Services) -> Self {
+        let Services {
+            mounter,
+            issuer,
+            clock,
+            scheduler,
+        } = services;
         VolumeManager {
             keygen: FairPool::new(cfg.keygen_concurrency),
             slow_keygen: FairPool::new(cfg.keygen_concurrency.saturating_sub(1)),
@@ -232,15 +194,23 @@ impl VolumeManager {
             mounter,
             issuer,
             clock,
+            random: Arc::new(ThreadRng),
             scheduler,
-            slots: StdMutex::new(HashMap::new()),
-            tokens: StdMutex::new(HashMap::new()),
-            passwords: StdMutex::new(HashMap::new()),
-            pod_volumes: StdMutex::new(HashMap::new()),
+            slots: Mutex::new(HashMap::new()),
+            tokens: Mutex::new(HashMap::new()),
+            passwords: Mutex::new(HashMap::new()),
+            pod_volumes: Mutex::new(HashMap::new()),
             trust: TrustWiring::default(),
             apis: None,
             identity: None,
         }
+    }
+
+    /// Gives the manager the source of its renewal jitter (tests fix it; the default is the
+    /// thread's random number generator).
+    pub fn with_random(mut self, random: Arc<dyn Random>) -> Self {
+        self.random = random;
+        self
     }
 
     /// Gives the manager its trust-bundle wiring (before it is shared).
@@ -289,7 +259,7 @@ impl VolumeManager {
 
     /// Number of volumes with state in memory.
     pub fn volume_count(&self) -> usize {
-        self.slots.lock().map(|s| s.len()).unwrap_or(0)
+        self.slots.lock().len()
     }
 
     /// Saves `state` durably on the blocking pool. A save waits for two fsyncs (file and
@@ -313,30 +283,23 @@ impl VolumeManager {
 
     /// Locks a volume's slot, loading its state from disk on first use. The slot map may have
     /// dropped the slot (an unpublish finished) while we waited, so re-check after locking.
-    pub(crate) async fn lock(
-        &self,
-        volume_id: &str,
-    ) -> Result<(Slot, tokio::sync::OwnedMutexGuard<Option<VolumeState>>), VolumeError> {
+    pub(crate) async fn lock(&self, volume_id: &str) -> Result<(Slot, Locked), VolumeError> {
         loop {
             let (slot, fresh) = {
-                let mut slots = self
-                    .slots
-                    .lock()
-                    .map_err(|_| VolumeError::Internal("volume table lock poisoned".into()))?;
+                let mut slots = self.slots.lock();
                 match slots.get(volume_id) {
                     Some(slot) => (slot.clone(), false),
                     None => {
-                        let slot: Slot = Arc::new(Mutex::new(None));
+                        let slot = Slot::default();
                         slots.insert(volume_id.to_string(), slot.clone());
                         (slot, true)
                     }
                 }
             };
-            let mut guard = slot.clone().lock_owned().await;
+            let mut guard = slot.state.clone().lock_owned().await;
             let current = self
                 .slots
                 .lock()
-                .map_err(|_| VolumeError::Internal("volume table lock poisoned".into()))?
                 .get(volume_id)
                 .is_some_and(|s| Arc::ptr_eq(s, &slot));
             if !current {
@@ -347,6 +310,18 @@ impl VolumeManager {
             }
             return Ok((slot, guard));
         }
+    }
+
+    /// The request of the volume in `slot`, whose state is `state`: the one kept with the slot,
+    /// else parsed from the saved context and kept from then on.
+    fn request(&self, slot: &Slot, state: &VolumeState) -> Result<Arc<CertRequest>, AttrError> {
+        let mut kept = slot.request.lock();
+        if let Some(req) = kept.as_ref() {
+            return Ok(req.clone());
+        }
+        let req = Arc::new(attrs::parse(&state.context.clone().into_iter().collect())?);
+        *kept = Some(req.clone());
+        Ok(req)
     }
 
     /// A copy of a volume's current state (`None` if certvol has none), for read-only views such
@@ -364,15 +339,15 @@ impl VolumeManager {
         if guard.is_some() {
             return;
         }
-        if let Ok(mut slots) = self.slots.lock()
-            && slots.get(volume_id).is_some_and(|s| Arc::ptr_eq(s, slot))
-        {
+        let mut slots = self.slots.lock();
+        if slots.get(volume_id).is_some_and(|s| Arc::ptr_eq(s, slot)) {
             slots.remove(volume_id);
         }
     }
 
-    /// Inserts state found on disk at start-up (recovery) without touching the disk again.
-    pub(crate) fn adopt(&self, state: VolumeState) {
+    /// Inserts state found on disk at start-up (recovery) without touching the disk again, with
+    /// the request recovery parsed from its context (`None` if it no longer parses).
+    pub(crate) fn adopt(&self, state: VolumeState, request: Option<Arc<CertRequest>>) {
         if state.phase == Phase::Published
             && let Some(current) = &state.current
         {
@@ -380,9 +355,12 @@ impl VolumeManager {
                 .track_volume(&state.volume_id, store::to_system(current.not_after));
         }
         self.count_pod_volume(&state.target_path, &state.volume_id, true);
-        if let Ok(mut slots) = self.slots.lock() {
-            slots.insert(state.volume_id.clone(), Arc::new(Mutex::new(Some(state))));
-        }
+        let volume_id = state.volume_id.clone();
+        let slot = VolumeSlot {
+            state: Arc::new(tokio::sync::Mutex::new(Some(state))),
+            request: Mutex::new(request),
+        };
+        self.slots.lock().insert(volume_id, Arc::new(slot));
     }
 
     /// The pod a target belongs to: its directory under kubelet's `pods/`.
@@ -396,9 +374,10 @@ impl VolumeManager {
 
     /// Adds (or removes) a volume to its pod's count; answers how many the pod had before.
     fn count_pod_volume(&self, target: &Path, volume_id: &str, add: bool) -> usize {
-        let (Some(pod), Ok(mut pods)) = (self.pod_of(target), self.pod_volumes.lock()) else {
+        let Some(pod) = self.pod_of(target) else {
             return 0;
         };
+        let mut pods = self.pod_volumes.lock();
         let volumes = pods.entry(pod.clone()).or_default();
         let before = volumes.len();
         if add {
@@ -417,10 +396,7 @@ impl VolumeManager {
         let Some(pod) = self.pod_of(&params.target_path) else {
             return Ok(());
         };
-        let mut pods = self
-            .pod_volumes
-            .lock()
-            .map_err(|_| VolumeError::Internal("pod volume table lock poisoned".into()))?;
+        let mut pods = self.pod_volumes.lock();
         let volumes = pods.entry(pod).or_default();
         if !volumes.contains(&params.volume_id) {
             let shown = match (
@@ -443,12 +419,11 @@ impl VolumeManager {
 
     /// Records (or with `None` forgets) the pod token the volume's requests are filed with.
     fn set_token(&self, volume_id: &str, token: Option<BearerToken>) {
-        if let Ok(mut tokens) = self.tokens.lock() {
-            match token {
-                Some(token) => tokens.insert(volume_id.to_owned(), token),
-                None => tokens.remove(volume_id),
-            };
-        }
+        let mut tokens = self.tokens.lock();
+        match token {
+            Some(token) => tokens.insert(volume_id.to_owned(), token),
+            None => tokens.remove(volume_id),
+        };
     }
 
     /// Keeps a volume's PKCS#12 password for its renewals: in memory and in the volume's private
@@ -462,21 +437,16 @@ impl VolumeManager {
         let path = paths.pkcs12_password();
         fsutil::replace(&path, password.expose().as_bytes(), 0o600)
             .map_err(VolumeError::io_at("write", &path))?;
-        if let Ok(mut passwords) = self.passwords.lock() {
-            passwords.insert(volume_id.to_owned(), password.clone());
-        }
+        self.passwords
+            .lock()
+            .insert(volume_id.to_owned(), password.clone());
         Ok(())
     }
 
     /// The PKCS#12 password kept at publish: from memory, or after a driver restart from the
     /// volume's tmpfs.
     fn kept_password(&self, paths: &VolumePaths, volume_id: &str) -> Result<Password, VolumeError> {
-        if let Some(password) = self
-            .passwords
-            .lock()
-            .ok()
-            .and_then(|p| p.get(volume_id).cloned())
-        {
+        if let Some(password) = self.passwords.lock().get(volume_id).cloned() {
             return Ok(password);
         }
         let path = paths.pkcs12_password();
@@ -484,9 +454,9 @@ impl VolumeManager {
         let text = std::str::from_utf8(&bytes)
             .map_err(|_| VolumeError::Internal(format!("{} is not UTF-8", path.display())))?;
         let password = Password::new(text);
-        if let Ok(mut passwords) = self.passwords.lock() {
-            passwords.insert(volume_id.to_owned(), password.clone());
-        }
+        self.passwords
+            .lock()
+            .insert(volume_id.to_owned(), password.clone());
         Ok(password)
     }
 

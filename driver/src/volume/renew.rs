@@ -1,9 +1,10 @@
 //! Renewals: the scheduler's queue entries and one renewal of a published volume.
 
 use crate::base::fair::Lease;
-use crate::files::store::{self, Phase, RenewalRecord, VolumeState};
+use crate::files::store::{self, CertRecord, Phase, RenewalRecord, VolumePaths, VolumeState};
 use crate::runtime::scheduler::{RenewOutcome, Renewer};
-use crate::spec::attrs::{self};
+use crate::spec::request::CertRequest;
+use crate::trust::VolumeTrust;
 use crate::x509::keys::PrivateKey;
 use futures::future::BoxFuture;
 use std::fs;
@@ -14,20 +15,15 @@ use zeroize::Zeroizing;
 use super::{
     Slot, VolumeManager,
     error::VolumeError,
-    issue::{BundleFrom, With, prune_keys},
+    issue::{BundleFrom, Issuance, Op, prune_keys},
     namespace_of,
 };
 
 impl VolumeManager {
-    /// Puts a published volume on the renewal queue at its recorded time.
-    pub(crate) fn schedule(&self, state: &VolumeState) {
-        if state.phase != Phase::Published {
-            return;
-        }
-        let renew = attrs::parse(&state.context.clone().into_iter().collect())
-            .map(|r| r.renew)
-            .unwrap_or(true);
-        if !renew {
+    /// Puts a published volume on the renewal queue at its recorded time, unless its attributes
+    /// turn renewal off (`renew`).
+    pub(crate) fn schedule(&self, state: &VolumeState, renew: bool) {
+        if state.phase != Phase::Published || !renew {
             return;
         }
         let at = if state.pending.is_some() {
@@ -50,17 +46,16 @@ impl VolumeManager {
     /// the policy's cap, minutes). A volume busy with another operation is skipped: that
     /// operation reschedules it. Returns how many renewals were moved.
     pub fn retry_failed_renewals(&self) -> usize {
-        let slots: Vec<(String, Slot)> = match self.slots.lock() {
-            Ok(slots) => slots
-                .iter()
-                .map(|(id, s)| (id.clone(), s.clone()))
-                .collect(),
-            Err(_) => return 0,
-        };
+        let slots: Vec<(String, Slot)> = self
+            .slots
+            .lock()
+            .iter()
+            .map(|(id, s)| (id.clone(), s.clone()))
+            .collect();
         let now = self.clock.now();
         let mut moved = 0;
         for (volume_id, slot) in slots {
-            let Ok(mut guard) = slot.try_lock() else {
+            let Ok(mut guard) = slot.state.try_lock() else {
                 continue;
             };
             if let Some(state) = guard.as_mut()
@@ -94,30 +89,31 @@ impl VolumeManager {
             }
         };
         let outcome = match guard.as_mut() {
-            Some(state) if state.phase == Phase::Published => {
-                self.renew_locked(state, worker).await
-            }
+            Some(state) if state.phase == Phase::Published => match self.request(&slot, state) {
+                Ok(req) => self.renew_locked(state, req, worker).await,
+                Err(e) => {
+                    warn!(volume_id = %state.volume_id, error = %e, "recorded attributes no longer parse; renewal stopped");
+                    RenewOutcome::Done
+                }
+            },
             _ => RenewOutcome::Done,
         };
         self.release(volume_id, &slot, &guard);
         outcome
     }
 
-    async fn renew_locked(&self, state: &mut VolumeState, worker: &Lease) -> RenewOutcome {
-        let req = match attrs::parse(&state.context.clone().into_iter().collect()) {
-            Ok(req) => Arc::new(req),
-            Err(e) => {
-                warn!(volume_id = %state.volume_id, error = %e, "recorded attributes no longer parse; renewal stopped");
-                return RenewOutcome::Done;
-            }
-        };
+    async fn renew_locked(
+        &self,
+        state: &mut VolumeState,
+        req: Arc<CertRequest>,
+        worker: &Lease,
+    ) -> RenewOutcome {
         if !req.renew {
             return RenewOutcome::Done;
         }
         let Some(current) = state.current.clone() else {
             return RenewOutcome::Done;
         };
-        let paths = self.store.paths(&state.volume_id);
         let revision = state
             .pending
             .as_ref()
@@ -125,101 +121,118 @@ impl VolumeManager {
                 p.revision
             });
         let mut trust = None;
-        let mut stale = false;
-        let result = async {
-            trust = self.open_trust(&req, true)?;
-            // Waiting for the trust sources' watches is not work: the worker is put down.
-            let ready = match trust.as_mut() {
-                Some(t) => {
-                    worker.pause();
-                    let ready = t.ready(self.cfg.issue_timeout).await;
-                    worker.resume().await;
-                    ready
-                }
-                None => Ok(()),
-            };
-            if let Err(e) = ready {
-                warn!(volume_id = %state.volume_id, error = %e, "renewing with the trust bundle as last written");
-                self.report_source_error(&req, &e).await;
-                stale = true;
-            }
-            let bundle_from = if stale {
-                BundleFrom::LastWritten
-            } else {
-                BundleFrom::Sources(trust.as_ref())
-            };
-            let reuse = if req.reuse_private_key && state.pending.is_none() {
-                let path = paths.key(current.revision);
-                let der = fs::read(&path)
-                    .map(Zeroizing::new)
-                    .map_err(VolumeError::io_at("read", &path))?;
-                Some(PrivateKey::from_pkcs8_der(&der)?)
-            } else {
-                None
-            };
-            self.issue_revision(
-                "renew",
-                &paths,
-                state,
-                &req,
-                revision,
-                With {
-                    reuse,
-                    trust: bundle_from,
-                    worker,
-                },
-            )
+        match self
+            .issue_renewal(state, &req, revision, worker, &mut trust)
             .await
+        {
+            Ok(()) => self.renewed(state, &req, revision, trust).await,
+            Err(err) => self.renewal_failed(state, err, &current).await,
         }
-        .await;
-        match result {
-            Ok(()) => {
-                crate::obs::metrics::global().renewal(true);
-                if let Some(c) = &state.current {
-                    crate::obs::metrics::global()
-                        .track_volume(&state.volume_id, store::to_system(c.not_after));
-                }
-                self.prune_requests(state).await;
-                self.watch_trust(state, &req, trust.take());
-                info!(volume_id = %state.volume_id, revision, "certificate renewed");
-                match &state.current {
-                    Some(c) => RenewOutcome::Renewed {
-                        next: store::to_system(c.renew_at),
-                    },
-                    None => RenewOutcome::Done,
-                }
+    }
+
+    /// Issues the next revision with the volume's trust sources, or with the bundle as last
+    /// written when they cannot be read right now; `trust` gets the subscriptions opened.
+    async fn issue_renewal(
+        &self,
+        state: &mut VolumeState,
+        req: &Arc<CertRequest>,
+        revision: u64,
+        worker: &Lease,
+        trust: &mut Option<VolumeTrust>,
+    ) -> Result<(), VolumeError> {
+        *trust = self.open_trust(req, true)?;
+        // Waiting for the trust sources' watches is not work: the worker is put down.
+        let ready = match trust.as_mut() {
+            Some(t) => {
+                worker.pause();
+                let ready = t.ready(self.cfg.issue_timeout).await;
+                worker.resume().await;
+                ready
             }
-            Err(err) => {
-                let err = err.on_data_root(self.store.root());
-                crate::obs::metrics::global().renewal(false);
-                if let VolumeError::Issue(e) = &err
-                    && !e.is_transient()
-                {
-                    // cert-manager never retries a denied or failed request: the next attempt
-                    // must file a new one (with a new key; this one is of no further use).
-                    state.pending = None;
-                    prune_keys(&paths, current.revision);
-                }
-                let failures = state.renewal.failures.saturating_add(1);
-                let retry = certvol_renewer::retry_at(
-                    self.clock.now(),
-                    store::to_system(current.not_after),
-                    failures,
-                    &self.cfg.policy,
-                    rand::random::<f64>(),
-                );
-                state.renewal = RenewalRecord {
-                    failures,
-                    last_error: Some(err.to_string()),
-                    next_attempt: Some(store::to_offset(retry)),
-                };
-                if let Err(e) = self.save(state).await {
-                    warn!(volume_id = %state.volume_id, error = %e, "could not record the renewal failure");
-                }
-                warn!(volume_id = %state.volume_id, error = %err, failures, "renewal failed; the current certificate stays in place");
-                RenewOutcome::Failed { retry_at: retry }
+            None => Ok(()),
+        };
+        let bundle_from = match ready {
+            Ok(()) => BundleFrom::Sources(trust.as_ref()),
+            Err(e) => {
+                warn!(volume_id = %state.volume_id, error = %e, "renewing with the trust bundle as last written");
+                self.report_source_error(req, &e).await;
+                BundleFrom::LastWritten
             }
+        };
+        let paths = self.store.paths(&state.volume_id);
+        let job = Issuance {
+            op: Op::Renew,
+            paths: &paths,
+            req,
+            revision,
+            reuse: reused_key(state, req, &paths)?,
+            trust: bundle_from,
+            worker,
+        };
+        self.issue_revision(state, job).await
+    }
+
+    /// After a renewal: metrics, old requests pruned, the trust watch handed over; answers when
+    /// the next renewal is due.
+    async fn renewed(
+        &self,
+        state: &mut VolumeState,
+        req: &CertRequest,
+        revision: u64,
+        trust: Option<VolumeTrust>,
+    ) -> RenewOutcome {
+        crate::obs::metrics::global().renewal(true);
+        if let Some(c) = &state.current {
+            crate::obs::metrics::global()
+                .track_volume(&state.volume_id, store::to_system(c.not_after));
         }
+        self.prune_requests(state).await;
+        self.watch_trust(state, req, trust);
+        info!(volume_id = %state.volume_id, revision, "certificate renewed");
+        match &state.current {
+            Some(c) => RenewOutcome::Renewed {
+                next: store::to_system(c.renew_at),
+            },
+            None => RenewOutcome::Done,
+        }
+    }
+
+    /// After a failed renewal: the failure recorded with the time of the next attempt (backing
+    /// off, but before `current` expires). The current files stay.
+    async fn renewal_failed(
+        &self,
+        state: &mut VolumeState,
+        err: VolumeError,
+        current: &CertRecord,
+    ) -> RenewOutcome {
+        let err = err.on_data_root(self.store.root());
+        crate::obs::metrics::global().renewal(false);
+        if let VolumeError::Issue(e) = &err
+            && !e.is_transient()
+        {
+            // cert-manager never retries a denied or failed request: the next attempt
+            // must file a new one (with a new key; this one is of no further use).
+            state.pending = None;
+            prune_keys(&self.store.paths(&state.volume_id), current.revision);
+        }
+        let failures = state.renewal.failures.saturating_add(1);
+        let retry = certvol_renewer::retry_at(
+            self.clock.now(),
+            store::to_system(current.not_after),
+            failures,
+            &self.cfg.policy,
+            self.random.sample(),
+        );
+        state.renewal = RenewalRecord {
+            failures,
+            last_error: Some(err.to_string()),
+            next_attempt: Some(store::to_offset(retry)),
+        };
+        if let Err(e) = self.save(state).await {
+            warn!(volume_id = %state.volume_id, error = %e, "could not record the renewal failure");
+        }
+        warn!(volume_id = %state.volume_id, error = %err, failures, "renewal failed; the current certificate stays in place");
+        RenewOutcome::Failed { retry_at: retry }
     }
 
     /// Keeps the newest `request_history` requests and asks the issuer to forget the rest.
@@ -251,4 +264,24 @@ impl Renewer for VolumeManager {
     ) -> BoxFuture<'static, RenewOutcome> {
         Box::pin(async move { self.renew_on(&volume_id, &worker).await })
     }
+}
+
+/// The current key, for a renewal that keeps it (`reuse-private-key`) and is not resuming a
+/// pending request (which has its own key).
+fn reused_key(
+    state: &VolumeState,
+    req: &CertRequest,
+    paths: &VolumePaths,
+) -> Result<Option<PrivateKey>, VolumeError> {
+    let Some(current) = state.current.as_ref() else {
+        return Ok(None);
+    };
+    if !req.reuse_private_key || state.pending.is_some() {
+        return Ok(None);
+    }
+    let path = paths.key(current.revision);
+    let der = fs::read(&path)
+        .map(Zeroizing::new)
+        .map_err(VolumeError::io_at("read", &path))?;
+    Ok(Some(PrivateKey::from_pkcs8_der(&der)?))
 }

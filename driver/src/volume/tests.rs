@@ -3,6 +3,7 @@ use super::*;
 use super::{error::*, trust::*};
 use crate::base::clock::Clock;
 use crate::base::clock::SystemClock;
+use crate::base::random::{Fixed, Random};
 use crate::files::mount::DirMounter;
 use crate::files::store::{DiskFault, Phase, RenewalRecord, Store, StoreError};
 use crate::issuer::Issued;
@@ -135,6 +136,19 @@ fn fixture_with(apis: Option<Apis>) -> Fixture {
 
 /// A fixture whose volume layer's [`Config`] `edit` changes first.
 fn fixture_configured(apis: Option<Apis>, edit: impl FnOnce(&mut Config)) -> Fixture {
+    fixture_built(apis, edit, None)
+}
+
+/// A fixture whose renewal jitter always draws `sample`.
+fn fixture_sampled(sample: f64) -> Fixture {
+    fixture_built(None, |_| {}, Some(Arc::new(Fixed(sample))))
+}
+
+fn fixture_built(
+    apis: Option<Apis>,
+    edit: impl FnOnce(&mut Config),
+    random: Option<Arc<dyn Random>>,
+) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let ahead = Arc::new(Ahead::default());
@@ -150,16 +164,18 @@ fn fixture_configured(apis: Option<Apis>, edit: impl FnOnce(&mut Config)) -> Fix
     let mut cfg = Config::new("node-a");
     cfg.kubelet_dir = dir.path().to_path_buf();
     edit(&mut cfg);
-    let mut mgr = VolumeManager::new(
-        cfg,
-        store,
-        Arc::new(DirMounter::default()),
-        issuer.clone(),
-        ahead.clone(),
-        handle,
-    );
+    let services = Services {
+        mounter: Arc::new(DirMounter::default()),
+        issuer: issuer.clone(),
+        clock: ahead.clone(),
+        scheduler: handle,
+    };
+    let mut mgr = VolumeManager::new(cfg, store, services);
     if let Some(apis) = apis {
         mgr = mgr.with_apis(apis);
+    }
+    if let Some(random) = random {
+        mgr = mgr.with_random(random);
     }
     let mgr = Arc::new(mgr);
     let pods = dir.path().join("pods");
@@ -323,6 +339,53 @@ async fn a_missing_issuer_api_fails_publish_naming_it() {
     assert!(f.mgr.store().load(&p.volume_id).unwrap().is_none());
 }
 
+/// Renewal times are jittered with the injected samples only: with a fixed sample, the time
+/// recorded at publish and after a renewal is exactly the renewer policy's for the certificate.
+#[tokio::test]
+async fn with_a_fixed_sample_the_renewal_time_is_the_policys() {
+    // The recorded renewal time, the policy's, and how long after not-before it falls.
+    let check = |f: &Fixture, p: &PublishParams, sample: f64, when: &str| {
+        let current = f
+            .mgr
+            .store()
+            .load(&p.volume_id)
+            .unwrap()
+            .unwrap()
+            .current
+            .unwrap();
+        let req = attrs::parse(&p.context).unwrap();
+        let want = certvol_renewer::renew_at(
+            store::to_system(current.not_before),
+            store::to_system(current.not_after),
+            req.renew_before,
+            &f.mgr.config().policy,
+            sample,
+        );
+        assert_eq!(
+            current.renew_at,
+            store::to_offset(want),
+            "{when}, sample {sample}"
+        );
+        current.renew_at - current.not_before
+    };
+    let mut after_not_before = Vec::new();
+    for sample in [0.0, 0.75] {
+        let f = fixture_sampled(sample);
+        let p = params(&f, "jitter");
+        f.mgr.publish(p.clone()).await.unwrap();
+        check(&f, &p, sample, "at publish");
+        assert!(matches!(
+            f.mgr.renew_volume(&p.volume_id).await,
+            RenewOutcome::Renewed { .. }
+        ));
+        after_not_before.push(check(&f, &p, sample, "after a renewal"));
+    }
+    assert_ne!(
+        after_not_before[0], after_not_before[1],
+        "the sample moves the renewal time"
+    );
+}
+
 #[tokio::test]
 async fn publish_then_republish_issues_once() {
     let f = fixture();
@@ -403,7 +466,7 @@ async fn final_failures_leave_nothing_behind() {
 }
 
 fn token_of(f: &Fixture, volume_id: &str) -> Option<String> {
-    let tokens = f.mgr.tokens.lock().unwrap();
+    let tokens = f.mgr.tokens.lock();
     tokens.get(volume_id).map(|t| t.expose().to_owned())
 }
 
@@ -1090,10 +1153,12 @@ async fn the_refresher_rewrites_the_bundle_when_an_overlap_ends() {
         VolumeManager::new(
             cfg,
             store,
-            Arc::new(DirMounter::default()),
-            Arc::new(ca),
-            clock.clone(),
-            handle,
+            Services {
+                mounter: Arc::new(DirMounter::default()),
+                issuer: Arc::new(ca),
+                clock: clock.clone(),
+                scheduler: handle,
+            },
         )
         .with_trust(TrustWiring {
             refresher: Some(refresh.clone()),

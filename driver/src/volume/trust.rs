@@ -5,13 +5,14 @@ use crate::files::layout::{self, Material};
 use crate::files::store::{Phase, VolumeState};
 use crate::files::writer::{self};
 use crate::kube::events::{self, EventSink};
-use crate::runtime::refresh::{Message, RefreshHandle};
+use crate::runtime::refresh::{Message, RefreshHandle, Refreshed, TrustRefresher};
 use crate::spec::attrs::{self};
 use crate::spec::request::CertRequest;
 use crate::trust::bundle::{self as trust_bundle, Bundle, Rejected, SourcePem};
 use crate::trust::rotation::{self};
 use crate::trust::{SourceError, TrustCache, TrustSpec, VolumeTrust};
 use crate::x509::keys::PrivateKey;
+use futures::future::BoxFuture;
 use std::fs;
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -19,6 +20,47 @@ use tracing::{info, warn};
 use zeroize::Zeroizing;
 
 use super::{VolumeManager, error::VolumeError};
+
+/// How volumes get their trust bundles on this node.
+#[derive(Clone, Default)]
+pub struct TrustWiring {
+    /// The watch-driven cache of ConfigMaps, Secrets and ClusterTrustBundles; `None` without
+    /// Kubernetes API access (`--issuer local`), where only the issuing CA and the public roots
+    /// can go into a bundle.
+    pub cache: Option<TrustCache>,
+    /// Warning events on pods whose trust sources are missing or hold bad entries.
+    pub events: Option<Arc<EventSink>>,
+    /// The refresher that keeps published bundles current (see `refresh`).
+    pub refresher: Option<RefreshHandle>,
+}
+
+impl std::fmt::Debug for TrustWiring {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TrustWiring")
+            .field("cache", &self.cache.as_ref().map(|c| c.watched()))
+            .field("events", &self.events.is_some())
+            .field("refresher", &self.refresher.is_some())
+            .finish()
+    }
+}
+
+impl TrustRefresher for VolumeManager {
+    fn now(&self) -> SystemTime {
+        self.clock.now()
+    }
+
+    fn refresh<'a>(
+        &'a self,
+        volume_id: &'a str,
+        trust: Option<&'a mut VolumeTrust>,
+    ) -> BoxFuture<'a, Refreshed> {
+        Box::pin(self.refresh_trust(volume_id, trust))
+    }
+
+    fn resume<'a>(&'a self, volume_id: &'a str) -> BoxFuture<'a, (Option<VolumeTrust>, Refreshed)> {
+        Box::pin(self.resume_trust(volume_id))
+    }
+}
 
 impl VolumeManager {
     /// Subscribes to the Kubernetes objects the volume's trust spec names. Bad input (a source
@@ -135,7 +177,7 @@ impl VolumeManager {
         };
         let result = match guard.as_mut() {
             Some(state) if state.phase == Phase::Published && state.current.is_some() => {
-                match attrs::parse(&state.context.clone().into_iter().collect()) {
+                match self.request(&slot, state) {
                     Ok(req) if req.trust.is_some() => {
                         let outcome = match ready {
                             Ok(trust) => self.rewrite_bundle(state, &req, trust).await,
@@ -259,12 +301,7 @@ impl VolumeManager {
 
     /// After a restart: subscribe a recovered volume to its sources and refresh its bundle.
     pub(crate) async fn resume_trust(&self, volume_id: &str) -> (Option<VolumeTrust>, Refreshed) {
-        let req = match self.status(volume_id).await {
-            Ok(Some(state)) if state.phase == Phase::Published => {
-                attrs::parse(&state.context.into_iter().collect()).ok()
-            }
-            _ => None,
-        };
+        let req = self.published_request(volume_id).await;
         let Some(req) = req.filter(|r| r.trust.is_some()) else {
             return (None, Refreshed::Gone);
         };
@@ -278,39 +315,18 @@ impl VolumeManager {
         let outcome = self.refresh_trust(volume_id, trust.as_mut()).await;
         (trust, outcome)
     }
-}
 
-/// How volumes get their trust bundles on this node.
-#[derive(Clone, Default)]
-pub struct TrustWiring {
-    /// The watch-driven cache of ConfigMaps, Secrets and ClusterTrustBundles; `None` without
-    /// Kubernetes API access (`--issuer local`), where only the issuing CA and the public roots
-    /// can go into a bundle.
-    pub cache: Option<TrustCache>,
-    /// Warning events on pods whose trust sources are missing or hold bad entries.
-    pub events: Option<Arc<EventSink>>,
-    /// The refresher that keeps published bundles current (see `refresh`).
-    pub refresher: Option<RefreshHandle>,
-}
-
-impl std::fmt::Debug for TrustWiring {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TrustWiring")
-            .field("cache", &self.cache.as_ref().map(|c| c.watched()))
-            .field("events", &self.events.is_some())
-            .field("refresher", &self.refresher.is_some())
-            .finish()
+    /// The request of a published volume; `None` if it is not published (or its recorded
+    /// attributes no longer parse).
+    async fn published_request(&self, volume_id: &str) -> Option<Arc<CertRequest>> {
+        let (slot, guard) = self.lock(volume_id).await.ok()?;
+        let req = match guard.as_ref() {
+            Some(state) if state.phase == Phase::Published => self.request(&slot, state).ok(),
+            _ => None,
+        };
+        self.release(volume_id, &slot, &guard);
+        req
     }
-}
-
-/// What a trust refresh left behind, for the refresher.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Refreshed {
-    /// The volume is no longer published (or has no trust bundle): stop watching it.
-    Gone,
-    /// The volume stays; rebuild again at `next_change` (a retired CA's overlap end) or when a
-    /// source changes.
-    Kept { next_change: Option<SystemTime> },
 }
 
 /// The first attribute of `spec` that names Kubernetes objects, if any.

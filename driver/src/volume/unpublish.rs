@@ -58,9 +58,7 @@ impl VolumeManager {
         }
         self.scheduler.cancel(&state.volume_id);
         self.set_token(&state.volume_id, None);
-        if let Ok(mut passwords) = self.passwords.lock() {
-            passwords.remove(&state.volume_id);
-        }
+        self.passwords.lock().remove(&state.volume_id);
         if let Some(refresher) = &self.trust.refresher {
             refresher.send(Message::Forget {
                 volume_id: state.volume_id.clone(),
