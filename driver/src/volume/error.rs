@@ -1,5 +1,9 @@
 //! Why a volume operation failed: one error type, which the CSI layer maps to gRPC codes.
 
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
 use crate::files::layout::LayoutError;
 use crate::files::store::{self, DiskFault, StoreError};
 use crate::files::writer::WriteError;
@@ -8,9 +12,6 @@ use crate::kube::discovery::ApiError;
 use crate::spec::attrs::AttrError;
 use crate::trust::SourceError;
 use crate::x509::keys::KeyError;
-use std::io;
-use std::path::{Path, PathBuf};
-use std::time::SystemTime;
 
 /// Why a volume operation failed. The CSI layer maps each variant to a gRPC code once.
 #[derive(Debug, thiserror::Error)]

@@ -2,6 +2,14 @@
 //! pending one of an interrupted attempt), filing the request, verifying what the issuer
 //! returned, writing the new generation of files, and recording it.
 
+use std::fs;
+use std::io;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tracing::{debug, warn};
+use zeroize::Zeroizing;
+
 use crate::base::crashpoint;
 use crate::base::fair::{FairPool, Lease};
 use crate::files::fsutil;
@@ -9,7 +17,7 @@ use crate::files::layout::{self, Material};
 use crate::files::store::{
     self, CertRecord, PendingRecord, Phase, RenewalRecord, VolumePaths, VolumeState,
 };
-use crate::files::writer::{self};
+use crate::files::writer;
 use crate::issuer::{self, IssueError, IssueRequest, Issued};
 use crate::obs::metrics::IssueOutcome;
 use crate::spec::request::{CertRequest, KeyAlgorithm};
@@ -18,12 +26,6 @@ use crate::trust::rotation::{self, OverlapPolicy};
 use crate::trust::{IssuingCa, TrustSpec, VolumeTrust};
 use crate::x509::keys::{self, PrivateKey};
 use crate::x509::pki;
-use std::fs;
-use std::io;
-use std::sync::Arc;
-use std::time::{Duration, SystemTime};
-use tracing::{debug, warn};
-use zeroize::Zeroizing;
 
 use super::{VolumeManager, error::VolumeError, trust::build_bundle};
 

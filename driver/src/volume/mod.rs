@@ -24,6 +24,15 @@ pub use publish::{PublishParams, Published};
 pub use target::{check_in_pods_dir, check_volume_id};
 pub use trust::TrustWiring;
 
+use std::collections::HashMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use parking_lot::Mutex;
+use zeroize::Zeroizing;
+
 use crate::base::clock::Clock;
 use crate::base::fair::FairPool;
 use crate::base::random::{Random, ThreadRng};
@@ -37,13 +46,6 @@ use crate::kube::discovery::Apis;
 use crate::runtime::scheduler::SchedulerHandle;
 use crate::spec::attrs::{self, AttrError};
 use crate::spec::request::CertRequest;
-use parking_lot::Mutex;
-use std::collections::HashMap;
-use std::fs;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::{Duration, SystemTime};
-use zeroize::Zeroizing;
 
 /// Tunables of the volume layer.
 #[derive(Clone, Debug)]
@@ -158,14 +160,6 @@ pub struct VolumeManager {
     slow_keygen: FairPool,
     /// What each volume keeps in its tmpfs (charged to this process's memory cgroup).
     tmpfs: crate::files::budget::TmpfsBudget,
-}
-
-/// The pod's namespace, where the volume's requests were filed.
-fn namespace_of(state: &VolumeState) -> &str {
-    state
-        .context
-        .get("csi.storage.k8s.io/pod.namespace")
-        .map_or("", String::as_str)
 }
 
 /// Renewal time as recorded, for display.
@@ -471,6 +465,14 @@ impl VolumeManager {
     pub fn tmpfs_usage(&self) -> (u64, u64) {
         (self.tmpfs.total(), self.tmpfs.max())
     }
+}
+
+/// The pod's namespace, where the volume's requests were filed.
+fn namespace_of(state: &VolumeState) -> &str {
+    state
+        .context
+        .get("csi.storage.k8s.io/pod.namespace")
+        .map_or("", String::as_str)
 }
 
 #[cfg(test)]

@@ -1,20 +1,22 @@
 //! NodePublishVolume: check the request, record the volume, mount its tmpfs, issue, bind.
 
-use crate::base::crashpoint;
-use crate::base::fair::Lease;
-use crate::files::layout::Password;
-use crate::files::store::{self, Phase, RenewalRecord, STATE_VERSION, VolumePaths, VolumeState};
-use crate::issuer::certmanager::{BearerToken, token_from_context};
-use crate::spec::attrs::{self};
-use crate::spec::request::{CertRequest, KeyAlgorithm};
-use crate::trust::VolumeTrust;
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::io;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+
 use tracing::{debug, info, warn};
+
+use crate::base::crashpoint;
+use crate::base::fair::Lease;
+use crate::files::layout::Password;
+use crate::files::store::{self, Phase, RenewalRecord, STATE_VERSION, VolumePaths, VolumeState};
+use crate::issuer::certmanager::{BearerToken, token_from_context};
+use crate::spec::attrs;
+use crate::spec::request::{CertRequest, KeyAlgorithm};
+use crate::trust::VolumeTrust;
 
 use super::{
     VolumeManager,

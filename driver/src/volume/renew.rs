@@ -1,16 +1,18 @@
 //! Renewals: the scheduler's queue entries and one renewal of a published volume.
 
+use std::fs;
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use tracing::{info, warn};
+use zeroize::Zeroizing;
+
 use crate::base::fair::Lease;
 use crate::files::store::{self, CertRecord, Phase, RenewalRecord, VolumePaths, VolumeState};
 use crate::runtime::scheduler::{RenewOutcome, Renewer};
 use crate::spec::request::CertRequest;
 use crate::trust::VolumeTrust;
 use crate::x509::keys::PrivateKey;
-use futures::future::BoxFuture;
-use std::fs;
-use std::sync::Arc;
-use tracing::{info, warn};
-use zeroize::Zeroizing;
 
 use super::{
     Slot, VolumeManager,

@@ -1,10 +1,11 @@
 //! Target paths: checks that keep certvol inside kubelet's pods directory, and the bind there.
 
-use crate::files::mount::MountInfo;
-use crate::files::store::VolumePaths;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
+
+use crate::files::mount::MountInfo;
+use crate::files::store::VolumePaths;
 
 use super::{MAX_VOLUME_ID_BYTES, VolumeManager, error::VolumeError};
 

@@ -1,6 +1,14 @@
 //! The volume layer against a scriptable issuer and directory mounts: no root, no socket.
-use super::*;
-use super::{error::*, trust::*};
+use std::collections::HashMap;
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex as StdMutex};
+use std::time::{Duration, SystemTime};
+
+use futures::future::BoxFuture;
+
 use crate::base::clock::Clock;
 use crate::base::clock::SystemClock;
 use crate::base::random::{Fixed, Random};
@@ -12,18 +20,13 @@ use crate::issuer::{self, IssueError, IssueRequest, Issuer};
 use crate::kube::discovery::Apis;
 use crate::runtime::refresh::Message;
 use crate::runtime::scheduler::RenewOutcome;
-use crate::spec::attrs::{self};
+use crate::spec::attrs;
 use crate::spec::request::KeyAlgorithm;
 use crate::x509::keys::{self, PrivateKey};
 use crate::x509::pki;
-use futures::future::BoxFuture;
-use std::collections::HashMap;
-use std::fs;
-use std::io;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Arc, Mutex as StdMutex};
-use std::time::{Duration, SystemTime};
+
+use super::*;
+use super::{error::*, trust::*};
 
 const OK: u8 = 0;
 const UNAVAILABLE: u8 = 1;
@@ -383,6 +386,28 @@ async fn with_a_fixed_sample_the_renewal_time_is_the_policys() {
     assert_ne!(
         after_not_before[0], after_not_before[1],
         "the sample moves the renewal time"
+    );
+}
+
+/// The request publish parsed is kept with the volume's slot and used by its renewals, which
+/// do not parse the recorded context again.
+#[tokio::test]
+async fn a_volumes_request_is_parsed_at_publish_and_kept_with_its_slot() {
+    let f = fixture();
+    let p = params(&f, "parsed");
+    f.mgr.publish(p.clone()).await.unwrap();
+    let kept = || {
+        let slots = f.mgr.slots.lock();
+        slots[&p.volume_id].request.lock().clone().unwrap()
+    };
+    let at_publish = kept();
+    assert!(matches!(
+        f.mgr.renew_volume(&p.volume_id).await,
+        RenewOutcome::Renewed { .. }
+    ));
+    assert!(
+        Arc::ptr_eq(&at_publish, &kept()),
+        "the renewal kept the same parse"
     );
 }
 

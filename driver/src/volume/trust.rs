@@ -1,23 +1,25 @@
 //! Trust bundles: subscribing to a volume's sources, and rewriting its bundle when they change.
 
-use crate::base::crashpoint;
-use crate::files::layout::{self, Material};
-use crate::files::store::{Phase, VolumeState};
-use crate::files::writer::{self};
-use crate::kube::events::{self, EventSink};
-use crate::runtime::refresh::{Message, RefreshHandle, Refreshed, TrustRefresher};
-use crate::spec::attrs::{self};
-use crate::spec::request::CertRequest;
-use crate::trust::bundle::{self as trust_bundle, Bundle, Rejected, SourcePem};
-use crate::trust::rotation::{self};
-use crate::trust::{SourceError, TrustCache, TrustSpec, VolumeTrust};
-use crate::x509::keys::PrivateKey;
-use futures::future::BoxFuture;
 use std::fs;
 use std::sync::Arc;
 use std::time::SystemTime;
+
+use futures::future::BoxFuture;
 use tracing::{info, warn};
 use zeroize::Zeroizing;
+
+use crate::base::crashpoint;
+use crate::files::layout::{self, Material};
+use crate::files::store::{Phase, VolumeState};
+use crate::files::writer;
+use crate::kube::events::{self, EventSink};
+use crate::runtime::refresh::{Message, RefreshHandle, Refreshed, TrustRefresher};
+use crate::spec::attrs;
+use crate::spec::request::CertRequest;
+use crate::trust::bundle::{self as trust_bundle, Bundle, Rejected, SourcePem};
+use crate::trust::rotation;
+use crate::trust::{SourceError, TrustCache, TrustSpec, VolumeTrust};
+use crate::x509::keys::PrivateKey;
 
 use super::{VolumeManager, error::VolumeError};
 
@@ -63,6 +65,184 @@ impl TrustRefresher for VolumeManager {
 }
 
 impl VolumeManager {
+    /// Rebuilds a published volume's trust bundle from `trust` (waiting until its sources are
+    /// listed, bounded by the issue timeout) and the recorded issuing CAs, and rewrites its
+    /// files atomically with the same key and certificates. On a source error the old files
+    /// stay. Never talks to the issuer.
+    pub(crate) async fn refresh_trust(
+        &self,
+        volume_id: &str,
+        trust: Option<&mut VolumeTrust>,
+    ) -> Refreshed {
+        let ready = match trust {
+            Some(trust) => trust
+                .ready(self.cfg.issue_timeout)
+                .await
+                .map(|()| Some(&*trust)),
+            None => Ok(None),
+        };
+        let (slot, mut guard) = match self.lock(volume_id).await {
+            Ok(locked) => locked,
+            Err(e) => {
+                warn!(volume_id, error = %e, "trust refresh could not load the volume");
+                crate::obs::metrics::global()
+                    .trust_refresh(crate::obs::metrics::RefreshOutcome::Failed);
+                return Refreshed::Kept { next_change: None };
+            }
+        };
+        let result = match guard.as_mut() {
+            Some(state) if state.phase == Phase::Published && state.current.is_some() => {
+                match self.request(&slot, state) {
+                    Ok(req) if req.trust.is_some() => {
+                        let outcome = match ready {
+                            Ok(trust) => self.rewrite_bundle(state, &req, trust).await,
+                            Err(e) => Err(VolumeError::Trust(e)),
+                        };
+                        Some((req, outcome, state.issuing_cas.clone()))
+                    }
+                    _ => None,
+                }
+            }
+            _ => None,
+        };
+        self.release(volume_id, &slot, &guard);
+        drop(guard);
+        let Some((req, outcome, cas)) = result else {
+            return Refreshed::Gone;
+        };
+        let metric = match &outcome {
+            Ok(None) => crate::obs::metrics::RefreshOutcome::Unchanged,
+            Ok(Some(rejected)) => {
+                info!(volume_id, "trust bundle rewritten");
+                self.report_rejected(&req, rejected).await;
+                crate::obs::metrics::RefreshOutcome::Updated
+            }
+            Err(VolumeError::Trust(e)) => {
+                warn!(volume_id, error = %e, "trust bundle not refreshed; the volume keeps its current files");
+                self.report_source_error(&req, e).await;
+                crate::obs::metrics::RefreshOutcome::SourceError
+            }
+            Err(e) => {
+                warn!(volume_id, error = %e, "trust bundle not refreshed; the volume keeps its current files");
+                crate::obs::metrics::RefreshOutcome::Failed
+            }
+        };
+        crate::obs::metrics::global().trust_refresh(metric);
+        let mut next_change = rotation::next_change(&cas, self.clock.now());
+        // Nothing else would bring the rewrite back (its sources did not change again): try
+        // again once other volumes may have gone.
+        if matches!(outcome, Err(VolumeError::TmpfsBudget(_))) {
+            let retry = self.clock.now() + crate::files::budget::RETRY;
+            next_change = Some(next_change.map_or(retry, |at| at.min(retry)));
+        }
+        Refreshed::Kept { next_change }
+    }
+
+    /// After a restart: subscribe a recovered volume to its sources and refresh its bundle.
+    pub(crate) async fn resume_trust(&self, volume_id: &str) -> (Option<VolumeTrust>, Refreshed) {
+        let req = self.published_request(volume_id).await;
+        let Some(req) = req.filter(|r| r.trust.is_some()) else {
+            return (None, Refreshed::Gone);
+        };
+        let mut trust = match self.open_trust(&req, true) {
+            Ok(trust) => trust,
+            Err(e) => {
+                warn!(volume_id, error = %e, "cannot watch the volume's trust sources; its bundle stays as it is");
+                return (None, Refreshed::Gone);
+            }
+        };
+        let outcome = self.refresh_trust(volume_id, trust.as_mut()).await;
+        (trust, outcome)
+    }
+
+    /// The request of a published volume; `None` if it is not published (or its recorded
+    /// attributes no longer parse).
+    async fn published_request(&self, volume_id: &str) -> Option<Arc<CertRequest>> {
+        let (slot, guard) = self.lock(volume_id).await.ok()?;
+        let req = match guard.as_ref() {
+            Some(state) if state.phase == Phase::Published => self.request(&slot, state).ok(),
+            _ => None,
+        };
+        self.release(volume_id, &slot, &guard);
+        req
+    }
+
+    /// Writes a new generation of the volume's files with a freshly built bundle, unless the
+    /// bundle is what the volume already has (`Ok(None)`); returns the rejected entries.
+    async fn rewrite_bundle(
+        &self,
+        state: &mut VolumeState,
+        req: &CertRequest,
+        trust: Option<&VolumeTrust>,
+    ) -> Result<Option<Vec<Rejected>>, VolumeError> {
+        // attrs sets the file name whenever it sets the trust spec.
+        let (Some(spec), Some(bundle_file)) = (&req.trust, req.files.trust_bundle.as_deref())
+        else {
+            return Ok(None);
+        };
+        let now = self.clock.now();
+        let paths = self.store.paths(&state.volume_id);
+        let before = state.issuing_cas.len();
+        state
+            .issuing_cas
+            .retain(|c| c.keep_until.is_none_or(|t| t > now));
+        if state.issuing_cas.len() != before {
+            self.save(state).await?;
+        }
+        let bundle = build_bundle(spec, trust, &rotation::in_bundle(&state.issuing_cas, now))?;
+        let pem = bundle.pem();
+        let names = &req.files;
+        let mut current =
+            writer::read_all(&paths.files, &[bundle_file, &names.certificate, &names.ca])?;
+        // read_all returns one entry per name, in order.
+        let (ca_pem, chain_pem, old_bundle) = match (current.pop(), current.pop(), current.pop()) {
+            (Some(ca), Some(chain), Some(old)) => (ca, chain, old),
+            _ => {
+                return Err(VolumeError::Internal(
+                    "the volume's files are incomplete".into(),
+                ));
+            }
+        };
+        if old_bundle == pem.as_bytes() {
+            return Ok(None);
+        }
+        let text = |bytes: Vec<u8>, what: &str| {
+            String::from_utf8(bytes)
+                .map_err(|_| VolumeError::Internal(format!("the volume's {what} is not UTF-8")))
+        };
+        let key_path = paths.key(
+            state
+                .current
+                .as_ref()
+                .ok_or_else(|| VolumeError::Internal("the volume has no certificate yet".into()))?
+                .revision,
+        );
+        let der =
+            Zeroizing::new(fs::read(&key_path).map_err(VolumeError::io_at("read", &key_path))?);
+        let password = match &req.files.pkcs12 {
+            Some(_) => Some(self.kept_password(&paths, &state.volume_id)?),
+            None => None,
+        };
+        let files = layout::render(
+            req,
+            &Material {
+                key: PrivateKey::from_pkcs8_der(&der)?,
+                chain_pem: text(chain_pem, "certificate chain")?,
+                ca_pem: text(ca_pem, "CA file")?,
+                trust_bundle_pem: Some(pem),
+                pkcs12_password: password,
+            },
+        )?;
+        self.write_files(
+            &state.volume_id,
+            &paths,
+            &files,
+            req.fs_group.or(state.mount_group),
+        )?;
+        crashpoint::hit("refresh:files-written");
+        Ok(Some(bundle.rejected))
+    }
+
     /// Subscribes to the Kubernetes objects the volume's trust spec names. Bad input (a source
     /// in a namespace the policy forbids, or Kubernetes sources on a node without API access)
     /// is InvalidArgument. A new volume is refused past its namespace's watch budget; an
@@ -148,184 +328,6 @@ impl VolumeManager {
                     .await;
             }
         }
-    }
-
-    /// Rebuilds a published volume's trust bundle from `trust` (waiting until its sources are
-    /// listed, bounded by the issue timeout) and the recorded issuing CAs, and rewrites its
-    /// files atomically with the same key and certificates. On a source error the old files
-    /// stay. Never talks to the issuer.
-    pub(crate) async fn refresh_trust(
-        &self,
-        volume_id: &str,
-        trust: Option<&mut VolumeTrust>,
-    ) -> Refreshed {
-        let ready = match trust {
-            Some(trust) => trust
-                .ready(self.cfg.issue_timeout)
-                .await
-                .map(|()| Some(&*trust)),
-            None => Ok(None),
-        };
-        let (slot, mut guard) = match self.lock(volume_id).await {
-            Ok(locked) => locked,
-            Err(e) => {
-                warn!(volume_id, error = %e, "trust refresh could not load the volume");
-                crate::obs::metrics::global()
-                    .trust_refresh(crate::obs::metrics::RefreshOutcome::Failed);
-                return Refreshed::Kept { next_change: None };
-            }
-        };
-        let result = match guard.as_mut() {
-            Some(state) if state.phase == Phase::Published && state.current.is_some() => {
-                match self.request(&slot, state) {
-                    Ok(req) if req.trust.is_some() => {
-                        let outcome = match ready {
-                            Ok(trust) => self.rewrite_bundle(state, &req, trust).await,
-                            Err(e) => Err(VolumeError::Trust(e)),
-                        };
-                        Some((req, outcome, state.issuing_cas.clone()))
-                    }
-                    _ => None,
-                }
-            }
-            _ => None,
-        };
-        self.release(volume_id, &slot, &guard);
-        drop(guard);
-        let Some((req, outcome, cas)) = result else {
-            return Refreshed::Gone;
-        };
-        let metric = match &outcome {
-            Ok(None) => crate::obs::metrics::RefreshOutcome::Unchanged,
-            Ok(Some(rejected)) => {
-                info!(volume_id, "trust bundle rewritten");
-                self.report_rejected(&req, rejected).await;
-                crate::obs::metrics::RefreshOutcome::Updated
-            }
-            Err(VolumeError::Trust(e)) => {
-                warn!(volume_id, error = %e, "trust bundle not refreshed; the volume keeps its current files");
-                self.report_source_error(&req, e).await;
-                crate::obs::metrics::RefreshOutcome::SourceError
-            }
-            Err(e) => {
-                warn!(volume_id, error = %e, "trust bundle not refreshed; the volume keeps its current files");
-                crate::obs::metrics::RefreshOutcome::Failed
-            }
-        };
-        crate::obs::metrics::global().trust_refresh(metric);
-        let mut next_change = rotation::next_change(&cas, self.clock.now());
-        // Nothing else would bring the rewrite back (its sources did not change again): try
-        // again once other volumes may have gone.
-        if matches!(outcome, Err(VolumeError::TmpfsBudget(_))) {
-            let retry = self.clock.now() + crate::files::budget::RETRY;
-            next_change = Some(next_change.map_or(retry, |at| at.min(retry)));
-        }
-        Refreshed::Kept { next_change }
-    }
-
-    /// Writes a new generation of the volume's files with a freshly built bundle, unless the
-    /// bundle is what the volume already has (`Ok(None)`); returns the rejected entries.
-    async fn rewrite_bundle(
-        &self,
-        state: &mut VolumeState,
-        req: &CertRequest,
-        trust: Option<&VolumeTrust>,
-    ) -> Result<Option<Vec<Rejected>>, VolumeError> {
-        // attrs sets the file name whenever it sets the trust spec.
-        let (Some(spec), Some(bundle_file)) = (&req.trust, req.files.trust_bundle.as_deref())
-        else {
-            return Ok(None);
-        };
-        let now = self.clock.now();
-        let paths = self.store.paths(&state.volume_id);
-        let before = state.issuing_cas.len();
-        state
-            .issuing_cas
-            .retain(|c| c.keep_until.is_none_or(|t| t > now));
-        if state.issuing_cas.len() != before {
-            self.save(state).await?;
-        }
-        let bundle = build_bundle(spec, trust, &rotation::in_bundle(&state.issuing_cas, now))?;
-        let pem = bundle.pem();
-        let names = &req.files;
-        let mut current =
-            writer::read_all(&paths.files, &[bundle_file, &names.certificate, &names.ca])?;
-        // read_all returns one entry per name, in order.
-        let (ca_pem, chain_pem, old_bundle) = match (current.pop(), current.pop(), current.pop()) {
-            (Some(ca), Some(chain), Some(old)) => (ca, chain, old),
-            _ => {
-                return Err(VolumeError::Internal(
-                    "the volume's files are incomplete".into(),
-                ));
-            }
-        };
-        if old_bundle == pem.as_bytes() {
-            return Ok(None);
-        }
-        let text = |bytes: Vec<u8>, what: &str| {
-            String::from_utf8(bytes)
-                .map_err(|_| VolumeError::Internal(format!("the volume's {what} is not UTF-8")))
-        };
-        let key_path = paths.key(
-            state
-                .current
-                .as_ref()
-                .ok_or_else(|| VolumeError::Internal("the volume has no certificate yet".into()))?
-                .revision,
-        );
-        let der =
-            Zeroizing::new(fs::read(&key_path).map_err(VolumeError::io_at("read", &key_path))?);
-        let password = match &req.files.pkcs12 {
-            Some(_) => Some(self.kept_password(&paths, &state.volume_id)?),
-            None => None,
-        };
-        let files = layout::render(
-            req,
-            &Material {
-                key: PrivateKey::from_pkcs8_der(&der)?,
-                chain_pem: text(chain_pem, "certificate chain")?,
-                ca_pem: text(ca_pem, "CA file")?,
-                trust_bundle_pem: Some(pem),
-                pkcs12_password: password,
-            },
-        )?;
-        self.write_files(
-            &state.volume_id,
-            &paths,
-            &files,
-            req.fs_group.or(state.mount_group),
-        )?;
-        crashpoint::hit("refresh:files-written");
-        Ok(Some(bundle.rejected))
-    }
-
-    /// After a restart: subscribe a recovered volume to its sources and refresh its bundle.
-    pub(crate) async fn resume_trust(&self, volume_id: &str) -> (Option<VolumeTrust>, Refreshed) {
-        let req = self.published_request(volume_id).await;
-        let Some(req) = req.filter(|r| r.trust.is_some()) else {
-            return (None, Refreshed::Gone);
-        };
-        let mut trust = match self.open_trust(&req, true) {
-            Ok(trust) => trust,
-            Err(e) => {
-                warn!(volume_id, error = %e, "cannot watch the volume's trust sources; its bundle stays as it is");
-                return (None, Refreshed::Gone);
-            }
-        };
-        let outcome = self.refresh_trust(volume_id, trust.as_mut()).await;
-        (trust, outcome)
-    }
-
-    /// The request of a published volume; `None` if it is not published (or its recorded
-    /// attributes no longer parse).
-    async fn published_request(&self, volume_id: &str) -> Option<Arc<CertRequest>> {
-        let (slot, guard) = self.lock(volume_id).await.ok()?;
-        let req = match guard.as_ref() {
-            Some(state) if state.phase == Phase::Published => self.request(&slot, state).ok(),
-            _ => None,
-        };
-        self.release(volume_id, &slot, &guard);
-        req
     }
 }
 

@@ -1,12 +1,14 @@
 //! NodeUnpublishVolume: take a volume down, bind, tmpfs, requests and state.
 
-use crate::base::crashpoint;
-use crate::files::store::{Phase, VolumeState};
-use crate::runtime::refresh::Message;
 use std::fs;
 use std::io;
 use std::path::Path;
+
 use tracing::{info, warn};
+
+use crate::base::crashpoint;
+use crate::files::store::{Phase, VolumeState};
+use crate::runtime::refresh::Message;
 
 use super::{
     VolumeManager,
