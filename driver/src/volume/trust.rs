@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use futures::future::BoxFuture;
-use tracing::{info, warn};
+use tracing::{Instrument, info, info_span, warn};
 use zeroize::Zeroizing;
 
 use crate::base::crashpoint;
@@ -46,6 +46,7 @@ impl std::fmt::Debug for TrustWiring {
     }
 }
 
+/// The refresher's calls run in a span naming the volume, which the log lines inside carry.
 impl TrustRefresher for VolumeManager {
     fn now(&self) -> SystemTime {
         self.clock.now()
@@ -56,11 +57,17 @@ impl TrustRefresher for VolumeManager {
         volume_id: &'a str,
         trust: Option<&'a mut VolumeTrust>,
     ) -> BoxFuture<'a, Refreshed> {
-        Box::pin(self.refresh_trust(volume_id, trust))
+        Box::pin(
+            self.refresh_trust(volume_id, trust)
+                .instrument(info_span!("refresh", volume_id)),
+        )
     }
 
     fn resume<'a>(&'a self, volume_id: &'a str) -> BoxFuture<'a, (Option<VolumeTrust>, Refreshed)> {
-        Box::pin(self.resume_trust(volume_id))
+        Box::pin(
+            self.resume_trust(volume_id)
+                .instrument(info_span!("resume", volume_id)),
+        )
     }
 }
 
@@ -84,7 +91,7 @@ impl VolumeManager {
         let (slot, mut guard) = match self.lock(volume_id).await {
             Ok(locked) => locked,
             Err(e) => {
-                warn!(volume_id, error = %e, "trust refresh could not load the volume");
+                warn!(error = %e, "trust refresh could not load the volume");
                 crate::obs::metrics::global()
                     .trust_refresh(crate::obs::metrics::RefreshOutcome::Failed);
                 return Refreshed::Kept { next_change: None };
@@ -113,17 +120,17 @@ impl VolumeManager {
         let metric = match &outcome {
             Ok(None) => crate::obs::metrics::RefreshOutcome::Unchanged,
             Ok(Some(rejected)) => {
-                info!(volume_id, "trust bundle rewritten");
+                info!("trust bundle rewritten");
                 self.report_rejected(&req, rejected).await;
                 crate::obs::metrics::RefreshOutcome::Updated
             }
             Err(VolumeError::Trust(e)) => {
-                warn!(volume_id, error = %e, "trust bundle not refreshed; the volume keeps its current files");
+                warn!(error = %e, "trust bundle not refreshed; the volume keeps its current files");
                 self.report_source_error(&req, e).await;
                 crate::obs::metrics::RefreshOutcome::SourceError
             }
             Err(e) => {
-                warn!(volume_id, error = %e, "trust bundle not refreshed; the volume keeps its current files");
+                warn!(error = %e, "trust bundle not refreshed; the volume keeps its current files");
                 crate::obs::metrics::RefreshOutcome::Failed
             }
         };
@@ -147,7 +154,7 @@ impl VolumeManager {
         let mut trust = match self.open_trust(&req, true) {
             Ok(trust) => trust,
             Err(e) => {
-                warn!(volume_id, error = %e, "cannot watch the volume's trust sources; its bundle stays as it is");
+                warn!(error = %e, "cannot watch the volume's trust sources; its bundle stays as it is");
                 return (None, Refreshed::Gone);
             }
         };
