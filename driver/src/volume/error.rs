@@ -188,3 +188,58 @@ fn humantime_utc(t: SystemTime) -> String {
     t.format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_else(|_| t.to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use std::io;
+    use std::path::Path;
+
+    use crate::files::store::{DiskFault, StoreError};
+
+    #[test]
+    fn disk_faults_name_the_data_root_only_for_its_own_filesystem() {
+        let root = Path::new("/var/lib/certvol");
+        let io = |path: &str, code| VolumeError::Io {
+            action: "write",
+            path: path.into(),
+            source: io::Error::from_raw_os_error(code),
+        };
+        let state = "/var/lib/certvol/volumes/v-01/state.json";
+        let err = VolumeError::Store(StoreError::Io {
+            action: "write",
+            path: state.into(),
+            source: io::Error::from_raw_os_error(libc::ENOSPC),
+        })
+        .on_data_root(root);
+        assert!(
+            matches!(
+                err,
+                VolumeError::DataRoot {
+                    fault: DiskFault::Full,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        let message = err.to_string();
+        for part in ["/var/lib/certvol", "is full", state, "free space"] {
+            assert!(message.contains(part), "{part:?} missing from {message}");
+        }
+        let err = io("/var/lib/certvol/volumes/v-01/mem", libc::EROFS).on_data_root(root);
+        assert!(err.to_string().contains("is read-only"), "{err}");
+        assert!(err.to_string().contains("remount it read-write"), "{err}");
+        // Inside a volume's own tmpfs, elsewhere, or another error: left as it was.
+        for err in [
+            io(
+                "/var/lib/certvol/volumes/v-01/mem/files/tls.crt",
+                libc::ENOSPC,
+            ),
+            io("/elsewhere/state.json", libc::ENOSPC),
+            io(state, libc::EACCES),
+        ] {
+            assert!(matches!(err.on_data_root(root), VolumeError::Io { .. }));
+        }
+    }
+}

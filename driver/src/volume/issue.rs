@@ -485,3 +485,271 @@ pub(super) fn prune_keys(paths: &VolumePaths, keep: u64) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::volume::tests::*;
+    use crate::volume::*;
+
+    use std::sync::atomic::Ordering;
+    use std::sync::{Arc, Mutex as StdMutex};
+    use std::time::Duration;
+
+    use crate::files::store::Phase;
+    use crate::issuer::{self};
+    use crate::runtime::scheduler::RenewOutcome;
+    use crate::spec::attrs;
+
+    /// Renewal times are jittered with the injected samples only: with a fixed sample, the time
+    /// recorded at publish and after a renewal is exactly the renewer policy's for the certificate.
+    #[tokio::test]
+    async fn with_a_fixed_sample_the_renewal_time_is_the_policys() {
+        // The recorded renewal time, the policy's, and how long after not-before it falls.
+        let check = |f: &Fixture, p: &PublishParams, sample: f64, when: &str| {
+            let current = f
+                .mgr
+                .store()
+                .load(&p.volume_id)
+                .unwrap()
+                .unwrap()
+                .current
+                .unwrap();
+            let req = attrs::parse(&p.context).unwrap();
+            let want = certvol_renewer::renew_at(
+                store::to_system(current.not_before),
+                store::to_system(current.not_after),
+                req.renew_before,
+                &f.mgr.config().policy,
+                sample,
+            );
+            assert_eq!(
+                current.renew_at,
+                store::to_offset(want),
+                "{when}, sample {sample}"
+            );
+            current.renew_at - current.not_before
+        };
+        let mut after_not_before = Vec::new();
+        for sample in [0.0, 0.75] {
+            let f = fixture_sampled(sample);
+            let p = params(&f, "jitter");
+            f.mgr.publish(p.clone()).await.unwrap();
+            check(&f, &p, sample, "at publish");
+            assert!(matches!(
+                f.mgr.renew_volume(&p.volume_id).await,
+                RenewOutcome::Renewed { .. }
+            ));
+            after_not_before.push(check(&f, &p, sample, "after a renewal"));
+        }
+        assert_ne!(
+            after_not_before[0], after_not_before[1],
+            "the sample moves the renewal time"
+        );
+    }
+
+    /// The node's volumes fill `--max-volume-bytes`: a new publish fails with FailedPrecondition
+    /// naming the flag and leaves nothing behind; a renewal keeps the volume's current files and
+    /// is retried; once room is made both succeed.
+    #[tokio::test]
+    async fn the_tmpfs_budget_refuses_publishes_and_renewals_past_it() {
+        use crate::files::budget::PAGE;
+        let budget = 1 << 20;
+        let f = fixture_configured(None, |c| c.max_volume_bytes = budget);
+        let a = params(&f, "a");
+        f.mgr.publish(a.clone()).await.unwrap();
+        let (used, max) = f.mgr.tmpfs_usage();
+        assert_eq!(max, budget);
+        let paths = f.mgr.store().paths("csi-a");
+        // Key, certificate and CA file, each a page, and the private key under keys/.
+        assert_eq!(used, crate::files::budget::measure(&paths.mem));
+        assert!(used >= 4 * PAGE, "{used}");
+        // Other volumes hold the rest of the budget.
+        f.mgr.tmpfs.set("others", budget - used);
+
+        let b = params(&f, "b");
+        let err = f.mgr.publish(b.clone()).await.unwrap_err();
+        let status = crate::csi::RpcError::Volume(err).status();
+        assert_eq!(status.code(), tonic::Code::FailedPrecondition);
+        let msg = status.message();
+        assert!(msg.contains("--max-volume-bytes"), "{msg}");
+        assert!(msg.contains(&format!("budget of {budget} bytes")), "{msg}");
+        assert!(msg.contains("this volume: "), "{msg}");
+        assert!(f.mgr.store().load("csi-b").unwrap().is_none());
+        assert!(!f.mgr.store().paths("csi-b").dir.exists());
+        assert_eq!(
+            calls(&f).len(),
+            1,
+            "nothing is signed for a volume that cannot fit"
+        );
+        assert_eq!(
+            f.mgr.tmpfs_usage().0,
+            budget,
+            "the refused volume is not charged"
+        );
+
+        let before = cert_of(&a.target_path);
+        let outcome = f.mgr.renew_volume("csi-a").await;
+        assert!(
+            matches!(outcome, RenewOutcome::Failed { .. }),
+            "{outcome:?}"
+        );
+        assert_eq!(cert_of(&a.target_path), before, "old files stay in place");
+        let state = f.mgr.store().load("csi-a").unwrap().unwrap();
+        let last = state.renewal.last_error.unwrap_or_default();
+        assert!(last.contains("--max-volume-bytes"), "{last}");
+
+        f.mgr.tmpfs.release("others");
+        let outcome = f.mgr.renew_volume("csi-a").await;
+        assert!(
+            matches!(outcome, RenewOutcome::Renewed { .. }),
+            "{outcome:?}"
+        );
+        assert_ne!(cert_of(&a.target_path), before);
+        f.mgr.publish(b.clone()).await.unwrap();
+        let both = crate::files::budget::measure(&paths.mem)
+            + crate::files::budget::measure(&f.mgr.store().paths("csi-b").mem);
+        assert_eq!(f.mgr.tmpfs_usage().0, both);
+        f.mgr.unpublish("csi-b", &b.target_path).await.unwrap();
+        assert_eq!(
+            f.mgr.tmpfs_usage().0,
+            crate::files::budget::measure(&paths.mem)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_certificate_that_expired_before_it_arrived_is_never_asked_for_again() {
+        let f = fixture();
+        let p = params(&f, "late");
+        let two_days = 2 * 86_400;
+        // The CA signs at most a day: two days on, whatever it signs has expired.
+        f.ahead.ahead_secs.store(two_days, Ordering::SeqCst);
+        let err = f.mgr.publish(p.clone()).await.unwrap_err();
+        assert!(matches!(err, VolumeError::Expired { .. }), "{err:?}");
+        let rev = |n| issuer::request_name("node-a", "csi-late", n);
+        assert!(err.to_string().contains(&rev(1)), "{err}");
+        // Kept for kubelet's retry, which files the next revision instead of resuming this one.
+        let state = f.mgr.store().load("csi-late").unwrap().unwrap();
+        assert_eq!(
+            (state.phase, state.pending, state.last_revision),
+            (Phase::Issuing, None, 1)
+        );
+        assert!(!p.target_path.exists());
+        f.ahead.ahead_secs.store(0, Ordering::SeqCst);
+        f.mgr.publish(p.clone()).await.unwrap();
+        assert_eq!(calls(&f), [rev(1), rev(2)]);
+
+        f.ahead.ahead_secs.store(two_days, Ordering::SeqCst);
+        let outcome = f.mgr.renew_volume("csi-late").await;
+        assert!(
+            matches!(outcome, RenewOutcome::Failed { .. }),
+            "{outcome:?}"
+        );
+        let state = f.mgr.store().load("csi-late").unwrap().unwrap();
+        assert_eq!(state.pending, None);
+        assert!(
+            state
+                .renewal
+                .last_error
+                .unwrap()
+                .contains("already expired")
+        );
+        f.ahead.ahead_secs.store(0, Ordering::SeqCst);
+        let outcome = f.mgr.renew_volume("csi-late").await;
+        assert!(
+            matches!(outcome, RenewOutcome::Renewed { .. }),
+            "{outcome:?}"
+        );
+        assert_eq!(calls(&f), [rev(1), rev(2), rev(3), rev(4)]);
+    }
+
+    /// Two CPUs, and a hostile namespace generating two RSA 4096 keys: an ECDSA key of another
+    /// namespace does not wait for either, because RSA keys never take the last CPU.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn slow_keys_never_take_every_cpu_from_fast_ones() {
+        let f = fixture_configured(None, |cfg| cfg.keygen_concurrency = 2);
+        let rsa = |name: &str, n: usize| {
+            let mut p = with_attrs(
+                pod_volume(&f, name, n),
+                &[
+                    ("csi.certvol.io/key-algorithm", "RSA"),
+                    ("csi.certvol.io/key-size", "4096"),
+                ],
+            );
+            p.context
+                .insert("csi.storage.k8s.io/pod.namespace".into(), "hostile".into());
+            p
+        };
+        let slow: Vec<_> = [rsa("hog", 0), rsa("hog", 1)]
+            .into_iter()
+            .map(|p| {
+                let mgr = f.mgr.clone();
+                tokio::spawn(async move { mgr.publish(p).await })
+            })
+            .collect();
+        // Both RSA publishes reach key generation within moments; each generation takes
+        // seconds. One of them generates, the other waits for the slow pool: a CPU stays free.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(
+            f.mgr.keygen_pool().available(),
+            1,
+            "the RSA 4096 generations took every CPU"
+        );
+        f.mgr
+            .publish(params(&f, "honest"))
+            .await
+            .expect("honest publish");
+        assert!(
+            slow.iter().all(|t| !t.is_finished()),
+            "the ECDSA publish waited for an RSA 4096 generation"
+        );
+        for task in slow {
+            task.await.unwrap().expect("RSA publish");
+        }
+    }
+
+    /// Key generation is bounded and fair: while a hostile namespace holds the only key
+    /// generation permit and has three more generations queued, a publish in another
+    /// namespace waits, then gets the permit after one of them, not after all three.
+    #[tokio::test]
+    async fn key_generation_waits_for_a_permit_and_takes_its_turn_before_a_busy_namespace() {
+        let f = fixture_configured(None, |cfg| cfg.keygen_concurrency = 1);
+        let pool = f.mgr.keygen_pool().clone();
+        let held = pool.acquire("hostile").await;
+        let granted = Arc::new(StdMutex::new(Vec::new()));
+        let mut hostile = Vec::new();
+        for i in 0..3 {
+            let (theirs, granted) = (pool.clone(), granted.clone());
+            hostile.push(tokio::spawn(async move {
+                let _permit = theirs.acquire("hostile").await;
+                granted.lock().unwrap().push(i);
+                // A slow key.
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }));
+            while pool.waiting() <= i {
+                tokio::task::yield_now().await;
+            }
+        }
+        let publish = {
+            let (mgr, p) = (f.mgr.clone(), params(&f, "honest"));
+            tokio::spawn(async move { mgr.publish(p).await })
+        };
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(
+            !publish.is_finished(),
+            "the publish generated its key while every permit was taken"
+        );
+        assert_eq!(pool.waiting(), 4, "the publish waits in the pool");
+        drop(held);
+        publish.await.unwrap().expect("publish");
+        let granted_before = granted.lock().unwrap().clone();
+        assert!(
+            granted_before == [0] || granted_before == [0, 1],
+            "the publish's key came right after the hostile namespace's first, not after all three: {granted_before:?}"
+        );
+        for task in hostile {
+            task.await.unwrap();
+        }
+        assert_eq!(pool.available(), 1, "every permit came back");
+    }
+}

@@ -462,3 +462,331 @@ impl VolumeManager {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::volume::tests::*;
+
+    use std::fs;
+
+    use crate::files::store::Phase;
+    use crate::issuer::{self, IssueError};
+    use crate::kube::discovery::Apis;
+    use crate::spec::attrs;
+    use crate::spec::request::KeyAlgorithm;
+    use crate::x509::pki;
+
+    /// No ClusterTrustBundle API (a 1.30 cluster, or 1.33-1.36 without the beta enabled): a
+    /// volume whose default ca-source or trust attributes need one fails before anything is
+    /// created, FailedPrecondition naming the attribute; one that needs none is published.
+    #[tokio::test]
+    async fn without_the_clustertrustbundle_api_volumes_that_need_it_fail_cleanly() {
+        use crate::kube::discovery::{ApiError, Served};
+        use tonic::Code;
+        let f = fixture_with(Some(Apis::fixed(Served {
+            cluster_trust_bundles: None,
+            missing: None,
+        })));
+        let with = |name: &str, set: &[(&str, &str)], unset: &[&str]| {
+            let mut p = params(&f, name);
+            for key in unset {
+                p.context.remove(*key);
+            }
+            for (k, v) in set {
+                p.context.insert((*k).to_owned(), (*v).to_owned());
+            }
+            p
+        };
+        let cases = [
+            (
+                with(
+                    "csr-default",
+                    &[("csi.certvol.io/signer-name", "example.com/w")],
+                    &["csi.certvol.io/issuer-name"],
+                ),
+                "csi.certvol.io/ca-source",
+            ),
+            (
+                with(
+                    "trust-named",
+                    &[("csi.certvol.io/trust-cluster-bundles", "example.com:s:a")],
+                    &[],
+                ),
+                "csi.certvol.io/trust-cluster-bundles",
+            ),
+            (
+                with(
+                    "trust-signer",
+                    &[("csi.certvol.io/trust-signer-name", "example.com/s")],
+                    &[],
+                ),
+                "csi.certvol.io/trust-signer-name",
+            ),
+        ];
+        for (p, attribute) in cases {
+            let err = f.mgr.publish(p.clone()).await.unwrap_err();
+            assert!(
+                matches!(&err, VolumeError::Api(ApiError::NoClusterTrustBundles(e)) if e.attribute == attribute),
+                "{err:?}"
+            );
+            let status = crate::csi::RpcError::Volume(err).status();
+            assert_eq!(status.code(), Code::FailedPrecondition);
+            let msg = status.message();
+            assert!(
+                msg.starts_with(&format!("volume attribute {attribute:?} (")),
+                "{msg}"
+            );
+            assert!(
+                msg.contains("needs the ClusterTrustBundle API, which this cluster does not serve in any version: certificates.k8s.io/v1 (Kubernetes 1.37 and later), or certificates.k8s.io/v1beta1 on 1.33-1.36"),
+                "{msg}"
+            );
+            // Nothing left behind, nothing filed.
+            assert!(f.mgr.store().load(&p.volume_id).unwrap().is_none());
+            assert!(!p.target_path.exists());
+        }
+        assert!(calls(&f).is_empty());
+        assert_eq!(
+            fs::read_dir(f.mgr.store().root().join("volumes"))
+                .unwrap()
+                .count(),
+            0
+        );
+
+        // A ConfigMap ca-source needs no ClusterTrustBundle API.
+        let p = with(
+            "csr-configmap",
+            &[
+                ("csi.certvol.io/signer-name", "example.com/w"),
+                ("csi.certvol.io/ca-source", "configmap:corp-ca/ca.crt"),
+            ],
+            &["csi.certvol.io/issuer-name"],
+        );
+        f.mgr.publish(p).await.unwrap();
+    }
+
+    /// The issuer's API is missing (cert-manager not installed): FailedPrecondition naming it,
+    /// nothing created.
+    #[tokio::test]
+    async fn a_missing_issuer_api_fails_publish_naming_it() {
+        use crate::kube::discovery::{CERT_MANAGER_API, CtbVersion, Served};
+        let f = fixture_with(Some(Apis::fixed(Served {
+            cluster_trust_bundles: Some(CtbVersion::V1),
+            missing: Some(CERT_MANAGER_API),
+        })));
+        let p = params(&f, "web");
+        let status =
+            crate::csi::RpcError::Volume(f.mgr.publish(p.clone()).await.unwrap_err()).status();
+        assert_eq!(status.code(), tonic::Code::FailedPrecondition);
+        assert!(
+            status
+                .message()
+                .starts_with("this cluster does not serve cert-manager.io/v1 certificaterequests, which --issuer cert-manager needs"),
+            "{}",
+            status.message()
+        );
+        assert!(calls(&f).is_empty());
+        assert!(f.mgr.store().load(&p.volume_id).unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn publish_then_republish_issues_once() {
+        let f = fixture();
+        let p = params(&f, "web");
+        assert_eq!(
+            f.mgr.publish(p.clone()).await.unwrap(),
+            Published::Issued { revision: 1 }
+        );
+        assert_eq!(
+            f.mgr.publish(p.clone()).await.unwrap(),
+            Published::Unchanged
+        );
+        assert_eq!(calls(&f).len(), 1);
+        let state = f.mgr.store().load("csi-web").unwrap().unwrap();
+        assert_eq!(state.phase, Phase::Published);
+        assert_eq!(
+            state.requests,
+            vec![issuer::request_name("node-a", "csi-web", 1)]
+        );
+        let cert =
+            pki::parse_pem_chain(&String::from_utf8(cert_of(&p.target_path)).unwrap()).unwrap();
+        assert_eq!(cert[0].dns_names, vec!["web.svc".to_string()]);
+    }
+
+    #[tokio::test]
+    async fn transient_failure_keeps_the_pending_request_and_the_retry_resumes_it() {
+        let f = fixture();
+        let p = params(&f, "slow");
+        set(&f, UNAVAILABLE);
+        let err = f.mgr.publish(p.clone()).await.unwrap_err();
+        assert!(
+            matches!(err, VolumeError::Issue(IssueError::Unavailable { .. })),
+            "{err}"
+        );
+        let state = f.mgr.store().load("csi-slow").unwrap().unwrap();
+        assert_eq!(state.phase, Phase::Issuing);
+        let pending = state.pending.clone().unwrap();
+        assert!(f.mgr.store().paths("csi-slow").key(1).exists());
+
+        set(&f, OK);
+        f.mgr.publish(p.clone()).await.unwrap();
+        // Same request name both times: the retry resumed, it did not file a second request.
+        assert_eq!(
+            calls(&f),
+            vec![pending.request_name.clone(), pending.request_name]
+        );
+        // The pending key became the current one where it was: state names revision 1, and its
+        // key is the only one in the volume.
+        let state = f.mgr.store().load("csi-slow").unwrap().unwrap();
+        assert_eq!(state.current.map(|c| c.revision), Some(1));
+        let keys: Vec<String> = fs::read_dir(&f.mgr.store().paths("csi-slow").keys)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".pk8"))
+            .collect();
+        assert_eq!(keys, ["key-1.pk8"]);
+    }
+
+    #[tokio::test]
+    async fn final_failures_leave_nothing_behind() {
+        for mode in [DENIED, WRONG_KEY] {
+            let f = fixture();
+            let p = params(&f, "nope");
+            set(&f, mode);
+            let err = f.mgr.publish(p.clone()).await.unwrap_err();
+            match mode {
+                DENIED => assert!(err.to_string().contains("denied: policy says no"), "{err}"),
+                _ => assert!(
+                    matches!(err, VolumeError::BadCertificate { .. })
+                        && err.to_string().contains("does not match"),
+                    "{err}"
+                ),
+            }
+            assert!(f.mgr.store().load("csi-nope").unwrap().is_none());
+            assert!(!f.mgr.store().paths("csi-nope").dir.exists());
+            assert!(fs::symlink_metadata(&p.target_path).is_err(), "no target");
+            assert_eq!(f.mgr.volume_count(), 0);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_pod_token_is_kept_only_for_the_volume_it_published() {
+        let f = fixture();
+        let p = params(&f, "tok");
+        f.mgr.publish(with_token(p.clone(), "t1")).await.unwrap();
+        assert_eq!(token_of(&f, "csi-tok").as_deref(), Some("t1"));
+
+        // The same volume id at another target is refused and must not replace the live token.
+        let mut elsewhere = with_token(p.clone(), "t2");
+        elsewhere.target_path = f.pods.join("other/volumes/kubernetes.io~csi/tls/mount");
+        let err = f.mgr.publish(elsewhere).await.unwrap_err();
+        assert!(matches!(err, VolumeError::OtherTarget { .. }), "{err}");
+        assert_eq!(token_of(&f, "csi-tok").as_deref(), Some("t1"));
+
+        // kubelet's republish (requiresRepublish) brings a fresh token: that one is kept.
+        let again = f.mgr.publish(with_token(p.clone(), "t3")).await.unwrap();
+        assert_eq!(again, Published::Unchanged);
+        assert_eq!(token_of(&f, "csi-tok").as_deref(), Some("t3"));
+
+        // A publish that fails for good leaves no token behind.
+        set(&f, DENIED);
+        let failed = params(&f, "nope");
+        f.mgr.publish(with_token(failed, "t4")).await.unwrap_err();
+        assert_eq!(token_of(&f, "csi-nope"), None);
+
+        set(&f, OK);
+        f.mgr.unpublish("csi-tok", &p.target_path).await.unwrap();
+        assert_eq!(token_of(&f, "csi-tok"), None);
+    }
+
+    #[tokio::test]
+    async fn a_pod_gets_at_most_its_share_of_volumes_and_a_refusal_leaves_nothing() {
+        let f = fixture_configured(None, |cfg| cfg.limits.max_volumes_per_pod = 2);
+        for n in 0..2 {
+            f.mgr.publish(pod_volume(&f, "greedy", n)).await.unwrap();
+        }
+        let third = pod_volume(&f, "greedy", 2);
+        let err = f.mgr.publish(third.clone()).await.unwrap_err();
+        assert!(matches!(err, VolumeError::Limit(_)), "{err}");
+        assert!(
+            err.to_string()
+                .contains("pod default/greedy already has 2 certvol volumes on this node"),
+            "{err}"
+        );
+        assert!(f.mgr.store().load(&third.volume_id).unwrap().is_none());
+        assert!(
+            fs::symlink_metadata(&third.target_path).is_err(),
+            "no target"
+        );
+        assert_eq!(calls(&f).len(), 2, "nothing filed for the refused volume");
+
+        // Another pod is not affected, and a republish of a counted volume is not a new one.
+        f.mgr.publish(pod_volume(&f, "other", 0)).await.unwrap();
+        let again = f.mgr.publish(pod_volume(&f, "greedy", 1)).await.unwrap();
+        assert_eq!(again, Published::Unchanged);
+
+        // An unpublish gives the place back.
+        let first = pod_volume(&f, "greedy", 0);
+        f.mgr
+            .unpublish(&first.volume_id, &first.target_path)
+            .await
+            .unwrap();
+        f.mgr.publish(third).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_duration_outside_the_node_limits_is_refused_before_anything_is_made() {
+        let f = fixture();
+        let p = with_attrs(
+            params(&f, "short"),
+            &[("csi.cert-manager.io/duration", "10m")],
+        );
+        let err = f.mgr.publish(p.clone()).await.unwrap_err();
+        assert!(matches!(err, VolumeError::Limit(_)), "{err}");
+        assert!(err.to_string().contains("--min-duration"), "{err}");
+        assert!(f.mgr.store().load("csi-short").unwrap().is_none());
+        assert!(!f.mgr.store().paths("csi-short").dir.exists());
+        assert!(calls(&f).is_empty());
+    }
+
+    /// `--forbid-rsa-4096`: an RSA 4096 volume is refused with PermissionDenied naming the
+    /// attribute as the pod spec spells it and the flag, before any key, file, request or state
+    /// exists; smaller keys are still published.
+    #[tokio::test]
+    async fn rsa_4096_is_refused_when_the_operator_forbids_it_and_nothing_is_left() {
+        for prefix in [attrs::CERT_MANAGER_PREFIX, attrs::CERTVOL_PREFIX] {
+            let f = fixture_configured(None, |cfg| cfg.forbid_rsa_4096 = true);
+            let mut p = params(&f, "big");
+            p.context
+                .insert(format!("{prefix}key-algorithm"), "RSA".into());
+            p.context.insert(format!("{prefix}key-size"), "4096".into());
+            let err = f.mgr.publish(p.clone()).await.unwrap_err();
+            let status = crate::csi::RpcError::from(err).status();
+            assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+            assert_eq!(
+                status.message(),
+                format!(
+                    "{prefix}key-size: \"4096\" is not allowed: this node refuses RSA 4096 keys (--forbid-rsa-4096), which take seconds of CPU each to generate; accepted: RSA key-size 2048 or 3072, or key-algorithm ECDSA or Ed25519"
+                )
+            );
+            assert!(calls(&f).is_empty(), "nothing was issued");
+            assert!(f.mgr.store().load("csi-big").unwrap().is_none());
+            assert!(!f.mgr.store().paths("csi-big").dir.exists());
+            assert!(fs::symlink_metadata(&p.target_path).is_err(), "no target");
+            assert_eq!(f.mgr.volume_count(), 0);
+
+            p.context.insert(format!("{prefix}key-size"), "2048".into());
+            f.mgr.publish(p).await.expect("RSA 2048 is still allowed");
+        }
+        // Without the flag the same request passes the check.
+        let f = fixture();
+        let mut p = params(&f, "big");
+        p.context
+            .insert("csi.certvol.io/key-algorithm".into(), "RSA".into());
+        p.context
+            .insert("csi.certvol.io/key-size".into(), "4096".into());
+        let req = attrs::parse(&p.context).unwrap();
+        assert_eq!(req.key_algorithm, KeyAlgorithm::Rsa4096);
+        f.mgr.check_key(&req, &p.context).unwrap();
+    }
+}

@@ -287,3 +287,202 @@ fn reused_key(
         .map_err(VolumeError::io_at("read", &path))?;
     Ok(Some(PrivateKey::from_pkcs8_der(&der)?))
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::volume::tests::*;
+
+    use std::fs;
+    use std::time::SystemTime;
+
+    use crate::files::store::RenewalRecord;
+    use crate::issuer::{self};
+    use crate::runtime::scheduler::RenewOutcome;
+    use crate::x509::keys::PrivateKey;
+    use crate::x509::pki;
+
+    #[tokio::test]
+    async fn failed_renewals_keep_the_old_files_back_off_and_recover() {
+        let f = fixture();
+        let p = params(&f, "renew");
+        f.mgr.publish(p.clone()).await.unwrap();
+        let before = cert_of(&p.target_path);
+
+        set(&f, UNAVAILABLE);
+        let outcome = f.mgr.renew_volume("csi-renew").await;
+        let RenewOutcome::Failed { retry_at } = outcome else {
+            panic!("{outcome:?}")
+        };
+        assert!(retry_at > SystemTime::now());
+        assert_eq!(cert_of(&p.target_path), before, "old files stay in place");
+        let state = f.mgr.store().load("csi-renew").unwrap().unwrap();
+        assert_eq!(state.renewal.failures, 1);
+        assert!(
+            state
+                .renewal
+                .last_error
+                .as_deref()
+                .unwrap()
+                .contains("connection refused")
+        );
+        let rev2 = issuer::request_name("node-a", "csi-renew", 2);
+        assert_eq!(state.pending.as_ref().unwrap().request_name, rev2);
+
+        // Denied is final for that request: the next attempt files revision 3.
+        set(&f, DENIED);
+        assert!(matches!(
+            f.mgr.renew_volume("csi-renew").await,
+            RenewOutcome::Failed { .. }
+        ));
+        let state = f.mgr.store().load("csi-renew").unwrap().unwrap();
+        assert_eq!(state.renewal.failures, 2);
+        assert!(state.pending.is_none());
+
+        set(&f, OK);
+        let outcome = f.mgr.renew_volume("csi-renew").await;
+        assert!(
+            matches!(outcome, RenewOutcome::Renewed { .. }),
+            "{outcome:?}"
+        );
+        assert_ne!(cert_of(&p.target_path), before);
+        let state = f.mgr.store().load("csi-renew").unwrap().unwrap();
+        assert_eq!(state.renewal, RenewalRecord::default());
+        let rev3 = issuer::request_name("node-a", "csi-renew", 3);
+        assert_eq!(state.current.as_ref().unwrap().request_name, rev3);
+        assert_eq!(
+            state.requests,
+            vec![rev3],
+            "older requests pruned (history 1)"
+        );
+        let names = calls(&f);
+        assert_eq!(
+            names[1..],
+            [
+                rev2.clone(),
+                rev2,
+                issuer::request_name("node-a", "csi-renew", 3)
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_renewal_whose_pending_record_is_refused_files_nothing() {
+        let f = fixture();
+        let p = params(&f, "nosave");
+        f.mgr.publish(p.clone()).await.unwrap();
+        let before = cert_of(&p.target_path);
+        let on_disk = f.mgr.store().load("csi-nosave").unwrap().unwrap();
+        let blocker = block_saves(&f, "csi-nosave");
+        fs::create_dir(&blocker).unwrap();
+
+        let outcome = f.mgr.renew_volume("csi-nosave").await;
+        assert!(
+            matches!(outcome, RenewOutcome::Failed { .. }),
+            "{outcome:?}"
+        );
+        assert_eq!(calls(&f).len(), 1, "no request filed without its record");
+        assert_eq!(cert_of(&p.target_path), before);
+        assert_eq!(f.mgr.store().load("csi-nosave").unwrap().unwrap(), on_disk);
+        // Nothing was recorded, so memory must not claim a pending request either.
+        let in_memory = f.mgr.status("csi-nosave").await.unwrap().unwrap();
+        assert_eq!(in_memory.pending, None);
+        assert_eq!(in_memory.last_revision, on_disk.last_revision);
+
+        fs::remove_dir(&blocker).unwrap();
+        let outcome = f.mgr.renew_volume("csi-nosave").await;
+        assert!(
+            matches!(outcome, RenewOutcome::Renewed { .. }),
+            "{outcome:?}"
+        );
+        assert_eq!(
+            calls(&f)[1..],
+            [issuer::request_name("node-a", "csi-nosave", 2)]
+        );
+        assert_ne!(cert_of(&p.target_path), before);
+    }
+
+    #[tokio::test]
+    async fn a_renewal_whose_result_cannot_be_recorded_is_finished_without_a_new_request() {
+        let f = fixture();
+        let p = params(&f, "unrec");
+        f.mgr.publish(p.clone()).await.unwrap();
+        let before = cert_of(&p.target_path);
+        let blocker = block_saves(&f, "csi-unrec");
+        *f.issuer.after_issue.lock().unwrap() = Some(blocker.clone());
+
+        let outcome = f.mgr.renew_volume("csi-unrec").await;
+        assert!(
+            matches!(outcome, RenewOutcome::Failed { .. }),
+            "{outcome:?}"
+        );
+        let rev2 = issuer::request_name("node-a", "csi-unrec", 2);
+        assert_eq!(&calls(&f)[1..], std::slice::from_ref(&rev2));
+        // The new pair is in place and matches; only its record is missing.
+        let written = cert_of(&p.target_path);
+        assert_ne!(written, before);
+        let leaf = pki::parse_pem_chain(&String::from_utf8(written.clone()).unwrap()).unwrap();
+        let key = PrivateKey::from_pem(&fs::read_to_string(p.target_path.join("tls.key")).unwrap())
+            .unwrap();
+        assert!(pki::key_matches(&leaf[0], &key).unwrap());
+        let on_disk = f.mgr.store().load("csi-unrec").unwrap().unwrap();
+        assert_eq!(on_disk.current.as_ref().unwrap().revision, 1);
+        assert_eq!(on_disk.pending.as_ref().unwrap().request_name, rev2);
+
+        // The retry resumes the same request with the key already in place: the issuer is
+        // asked for revision 2 again (and answers with what it signed), never for a third.
+        fs::remove_dir(&blocker).unwrap();
+        let outcome = f.mgr.renew_volume("csi-unrec").await;
+        assert!(
+            matches!(outcome, RenewOutcome::Renewed { .. }),
+            "{outcome:?}"
+        );
+        assert_eq!(calls(&f)[1..], [rev2.clone(), rev2.clone()]);
+        assert_eq!(cert_of(&p.target_path), written, "the same certificate");
+        let state = f.mgr.store().load("csi-unrec").unwrap().unwrap();
+        let current = state.current.unwrap();
+        assert_eq!((current.revision, current.request_name), (2, rev2));
+        assert_eq!(current.serial, leaf[0].serial_hex);
+        assert_eq!(state.pending, None);
+        assert_eq!(state.renewal, RenewalRecord::default());
+    }
+
+    #[tokio::test]
+    async fn only_failed_renewals_are_moved_when_the_api_answers_again() {
+        let f = fixture();
+        let (ok, failing) = (params(&f, "fine"), params(&f, "failing"));
+        f.mgr.publish(ok.clone()).await.unwrap();
+        f.mgr.publish(failing.clone()).await.unwrap();
+        assert_eq!(f.mgr.retry_failed_renewals(), 0);
+        set(&f, UNAVAILABLE);
+        let outcome = f.mgr.renew_volume("csi-failing").await;
+        assert!(
+            matches!(outcome, RenewOutcome::Failed { .. }),
+            "{outcome:?}"
+        );
+        let outcome = f.mgr.renew_volume("csi-failing").await;
+        assert!(
+            matches!(outcome, RenewOutcome::Failed { .. }),
+            "{outcome:?}"
+        );
+        assert_eq!(f.mgr.retry_failed_renewals(), 1);
+        // The backoff starts over: the next failure is the first again.
+        let outcome = f.mgr.renew_volume("csi-failing").await;
+        assert!(
+            matches!(outcome, RenewOutcome::Failed { .. }),
+            "{outcome:?}"
+        );
+        let state = f.mgr.store().load("csi-failing").unwrap().unwrap();
+        assert_eq!(state.renewal.failures, 1);
+        set(&f, OK);
+        let outcome = f.mgr.renew_volume("csi-failing").await;
+        assert!(
+            matches!(outcome, RenewOutcome::Renewed { .. }),
+            "{outcome:?}"
+        );
+        assert_eq!(
+            f.mgr.retry_failed_renewals(),
+            0,
+            "a success clears the failure"
+        );
+    }
+}

@@ -234,3 +234,160 @@ pub(super) fn check_target(kubelet_dir: &Path, target: &Path) -> Result<(), Volu
         _ => Ok(()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::volume::tests::*;
+
+    use std::fs;
+    use std::path::PathBuf;
+
+    #[tokio::test]
+    async fn targets_that_are_symlinks_or_relative_are_refused() {
+        let f = fixture();
+        let mut p = params(&f, "sym");
+        let elsewhere = f.pods.join("elsewhere");
+        fs::create_dir_all(&elsewhere).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, &p.target_path).unwrap();
+        let err = f.mgr.publish(p.clone()).await.unwrap_err();
+        assert!(err.to_string().contains("symbolic link"), "{err}");
+        assert_eq!(
+            fs::read_dir(&elsewhere).unwrap().count(),
+            0,
+            "nothing written through it"
+        );
+        p.target_path = PathBuf::from("relative/mount");
+        p.volume_id = "csi-rel".into();
+        let err = f.mgr.publish(p).await.unwrap_err();
+        assert!(matches!(err, VolumeError::InvalidArgument(_)), "{err}");
+        assert!(calls(&f).is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_symlink_above_the_target_is_refused_and_nothing_is_created_through_it() {
+        let f = fixture();
+        let outside = f._dir.path().join("outside");
+        fs::create_dir_all(outside.join("kubernetes.io~csi/tls")).unwrap();
+        fs::write(outside.join("keep"), b"x").unwrap();
+        let before = tree(&outside);
+        // The pod's volumes directory replaced by a link to a directory outside kubelet's tree.
+        let pod = f.pods.join("linked");
+        fs::create_dir_all(&pod).unwrap();
+        std::os::unix::fs::symlink(&outside, pod.join("volumes")).unwrap();
+        let mut p = params(&f, "ok");
+        p.volume_id = "csi-linked".into();
+        p.target_path = pod.join("volumes/kubernetes.io~csi/tls/mount");
+        let err = f.mgr.publish(p.clone()).await.unwrap_err();
+        assert!(matches!(err, VolumeError::InvalidArgument(_)), "{err}");
+        let text = err.to_string();
+        assert!(
+            text.contains("symbolic link") && text.contains(&outside.display().to_string()),
+            "{text}"
+        );
+        assert_eq!(tree(&outside), before, "nothing created outside");
+        assert!(calls(&f).is_empty(), "nothing issued");
+        assert!(f.mgr.store().load("csi-linked").unwrap().is_none());
+
+        // Unpublish through the link touches nothing either.
+        fs::create_dir(outside.join("kubernetes.io~csi/tls/mount")).unwrap();
+        let before = tree(&outside);
+        let err = f
+            .mgr
+            .unpublish("csi-linked", &p.target_path)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("symbolic link"), "{err}");
+        assert_eq!(tree(&outside), before);
+    }
+
+    #[tokio::test]
+    async fn a_link_planted_above_a_published_target_is_not_followed_on_removal() {
+        let f = fixture();
+        let p = params(&f, "later");
+        f.mgr.publish(p.clone()).await.unwrap();
+        // The pod's volumes directory swapped for a link to a look-alike tree outside.
+        let outside = f._dir.path().join("outside");
+        let look_alike = outside.join("kubernetes.io~csi/tls/mount");
+        fs::create_dir_all(&look_alike).unwrap();
+        let volumes = f.pods.join("later/volumes");
+        fs::rename(&volumes, f._dir.path().join("moved-away")).unwrap();
+        std::os::unix::fs::symlink(&outside, &volumes).unwrap();
+        let before = tree(&outside);
+        f.mgr.unbind_target(&p.target_path, None).unwrap();
+        assert_eq!(
+            tree(&outside),
+            before,
+            "the empty look-alike is not removed"
+        );
+        let paths = f.mgr.store().paths("csi-later");
+        let err = f.mgr.bind_target(&paths, &p.target_path).unwrap_err();
+        assert!(err.to_string().contains("symbolic link"), "{err}");
+        assert_eq!(tree(&outside), before, "nothing bound through the link");
+    }
+
+    #[tokio::test]
+    async fn targets_outside_the_kubelet_pods_dir_are_refused_both_ways() {
+        let f = fixture();
+        let outside = f._dir.path().join("etc-like");
+        fs::create_dir_all(outside.join("mount")).unwrap();
+        fs::write(outside.join("passwd"), b"root:x:0:0").unwrap();
+        let before = tree(&outside);
+        let pods = f.pods.display().to_string();
+        let dotdot = f.pods.join("u/../../etc-like/mount");
+        for target in [outside.join("mount"), dotdot, f.pods.clone()] {
+            let mut p = params(&f, "out");
+            p.target_path = target.clone();
+            let err = f.mgr.publish(p).await.unwrap_err();
+            assert!(matches!(err, VolumeError::InvalidArgument(_)), "{err}");
+            let text = err.to_string();
+            assert!(text.contains("target_path"), "{text}");
+            if !target.to_string_lossy().contains("..") {
+                assert!(
+                    text.contains(&pods) && text.contains("--kubelet-dir"),
+                    "{text}"
+                );
+            }
+            let err = f.mgr.unpublish("csi-out", &target).await.unwrap_err();
+            assert!(matches!(err, VolumeError::InvalidArgument(_)), "{err}");
+        }
+        assert_eq!(tree(&outside), before, "nothing created or removed");
+        assert!(calls(&f).is_empty());
+        assert_eq!(f.mgr.volume_count(), 0);
+    }
+
+    #[test]
+    fn volume_ids_are_plain_and_bounded() {
+        for good in [
+            "csi-5f2c0e6d4b1a9c8e7f6a5b4c3d2e1f0a9b8c7d6e5f4a3b2c1d0e9f8a7b6c5d4e",
+            "a",
+            "vol_1.x-2",
+            &"a".repeat(MAX_VOLUME_ID_BYTES),
+        ] {
+            assert!(check_volume_id(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "",
+            "..",
+            "-x",
+            "a/b",
+            "../etc",
+            "a\0b",
+            "a b",
+            "é",
+            &"a".repeat(MAX_VOLUME_ID_BYTES + 1),
+        ] {
+            let err = check_volume_id(bad).unwrap_err();
+            assert!(matches!(err, VolumeError::InvalidArgument(_)), "{bad:?}");
+            let text = err.to_string();
+            assert!(
+                text.contains("volume_id") && text.contains("accepted: 1 to 128"),
+                "{text}"
+            );
+        }
+        let huge = "x/".repeat(1 << 20);
+        let text = check_volume_id(&huge).unwrap_err().to_string();
+        assert!(text.len() < 600, "the message stays short: {}", text.len());
+        assert!(text.contains("first 80 of 2097152 bytes"), "{text}");
+    }
+}

@@ -374,3 +374,274 @@ pub(super) fn build_bundle(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::volume::tests::*;
+    use crate::volume::*;
+
+    use std::collections::HashMap;
+    use std::fs;
+    use std::sync::Arc;
+    use std::time::{Duration, SystemTime};
+
+    use crate::base::clock::Clock;
+    use crate::files::mount::DirMounter;
+    use crate::files::store::Store;
+    use crate::runtime::refresh::Message;
+    use crate::x509::pki;
+
+    #[tokio::test]
+    async fn kubernetes_sources_without_api_access_are_invalid_and_leave_nothing() {
+        let f = fixture();
+        for attr in [
+            "csi.certvol.io/trust-configmaps",
+            "csi.certvol.io/trust-secrets",
+        ] {
+            let p = with_attrs(params(&f, "nokube"), &[(attr, "ca/ca.crt")]);
+            let err = f.mgr.publish(p.clone()).await.unwrap_err();
+            assert!(matches!(err, VolumeError::InvalidArgument(_)), "{err}");
+            let msg = err.to_string();
+            assert!(msg.contains(&format!("{attr:?}")), "{msg}");
+            assert!(msg.contains("trust-public-roots"), "{msg}");
+            assert!(f.mgr.store().load("csi-nokube").unwrap().is_none());
+            assert!(fs::symlink_metadata(&p.target_path).is_err());
+        }
+        assert!(calls(&f).is_empty(), "nothing filed with the issuer");
+    }
+
+    #[tokio::test]
+    async fn issuing_ca_and_public_roots_bundle_and_a_retired_ca_leaves_on_refresh() {
+        let f = fixture();
+        let p = with_attrs(
+            params(&f, "roots"),
+            &[("csi.certvol.io/trust-public-roots", "true")],
+        );
+        f.mgr.publish(p.clone()).await.unwrap();
+        let ca = fs::read_to_string(p.target_path.join("ca.crt")).unwrap();
+        let ca_der = pki::parse_pem_chain(&ca).unwrap()[0].der.clone();
+        let roots = webpki_root_certs::TLS_SERVER_ROOT_CERTS.len();
+        let got = bundle_ders(&p.target_path);
+        assert_eq!(got[0], ca_der, "issuing CA first");
+        assert_eq!(got.len(), 1 + roots);
+        let state = f.mgr.store().load("csi-roots").unwrap().unwrap();
+        assert_eq!(state.issuing_cas.len(), 1);
+        assert_eq!(state.issuing_cas[0].keep_until, None);
+
+        // A retired CA still in its overlap is in the bundle; once its keep-until has passed a
+        // refresh drops it without touching key, certificate or issuer.
+        let retired = crate::trust::bundle::tests::ca_pem("retired");
+        let retired_der = pki::parse_pem_chain(&retired).unwrap()[0].der.clone();
+        let now = SystemTime::now();
+        {
+            let (_slot, mut guard) = f.mgr.lock("csi-roots").await.unwrap();
+            let state = guard.as_mut().unwrap();
+            state.issuing_cas.push(crate::trust::IssuingCa {
+                der: retired_der.clone(),
+                not_after: now + Duration::from_secs(3600),
+                keep_until: Some(now + Duration::from_secs(600)),
+            });
+            f.mgr.store().save(state).unwrap();
+        }
+        let (key, cert) = (
+            fs::read(p.target_path.join("tls.key")).unwrap(),
+            cert_of(&p.target_path),
+        );
+        let outcome = f.mgr.refresh_trust("csi-roots", None).await;
+        assert_eq!(
+            outcome,
+            Refreshed::Kept {
+                next_change: Some(now + Duration::from_secs(600))
+            }
+        );
+        let got = bundle_ders(&p.target_path);
+        assert_eq!(got[..2], [ca_der.clone(), retired_der.clone()]);
+        assert_eq!(fs::read(p.target_path.join("tls.key")).unwrap(), key);
+        assert_eq!(cert_of(&p.target_path), cert);
+
+        {
+            let (_slot, mut guard) = f.mgr.lock("csi-roots").await.unwrap();
+            let state = guard.as_mut().unwrap();
+            state.issuing_cas[1].keep_until = Some(now - Duration::from_secs(1));
+            f.mgr.store().save(state).unwrap();
+        }
+        let outcome = f.mgr.refresh_trust("csi-roots", None).await;
+        assert_eq!(outcome, Refreshed::Kept { next_change: None });
+        let got = bundle_ders(&p.target_path);
+        assert!(!got.contains(&retired_der), "the retired CA left");
+        assert_eq!(got.len(), 1 + roots);
+        let state = f.mgr.store().load("csi-roots").unwrap().unwrap();
+        assert_eq!(
+            state.issuing_cas.len(),
+            1,
+            "expired overlap pruned from state"
+        );
+        assert_eq!(fs::read(p.target_path.join("tls.key")).unwrap(), key);
+        assert_eq!(calls(&f).len(), 1, "no issuance");
+
+        // Unpublished: the refresher is told to stop.
+        f.mgr.unpublish("csi-roots", &p.target_path).await.unwrap();
+        assert_eq!(
+            f.mgr.refresh_trust("csi-roots", None).await,
+            Refreshed::Gone
+        );
+    }
+
+    /// A bundle rewrite that would take the node past `--max-volume-bytes` keeps the volume's
+    /// files and asks the refresher to try again soon; with room made it is written.
+    #[tokio::test]
+    async fn a_bundle_rewrite_past_the_tmpfs_budget_keeps_the_files_and_retries() {
+        let budget = 8 << 20;
+        let f = fixture_configured(None, |c| c.max_volume_bytes = budget);
+        let p = with_attrs(
+            params(&f, "roots"),
+            &[("csi.certvol.io/trust-public-roots", "true")],
+        );
+        f.mgr.publish(p.clone()).await.unwrap();
+        let (used, _) = f.mgr.tmpfs_usage();
+        f.mgr.tmpfs.set("others", budget - used);
+        let before = fs::read(p.target_path.join("ca-bundle.crt")).unwrap();
+        let now = SystemTime::now();
+        {
+            let (_slot, mut guard) = f.mgr.lock("csi-roots").await.unwrap();
+            let state = guard.as_mut().unwrap();
+            // Several retired CAs: the bundle grows by more than a page.
+            for i in 0..8 {
+                let pem = crate::trust::bundle::tests::ca_pem(&format!("retired-{i}"));
+                state.issuing_cas.push(crate::trust::IssuingCa {
+                    der: pki::parse_pem_chain(&pem).unwrap()[0].der.clone(),
+                    not_after: now + Duration::from_secs(3600),
+                    keep_until: Some(now + Duration::from_secs(600)),
+                });
+            }
+            f.mgr.store().save(state).unwrap();
+        }
+        let outcome = f.mgr.refresh_trust("csi-roots", None).await;
+        let Refreshed::Kept {
+            next_change: Some(at),
+        } = outcome
+        else {
+            panic!("{outcome:?}")
+        };
+        assert!(
+            at <= SystemTime::now() + crate::files::budget::RETRY,
+            "retried soon, not at the overlap's end"
+        );
+        assert_eq!(
+            fs::read(p.target_path.join("ca-bundle.crt")).unwrap(),
+            before,
+            "the bundle stays"
+        );
+        assert_eq!(f.mgr.tmpfs_usage().0, budget);
+
+        f.mgr.tmpfs.release("others");
+        f.mgr.refresh_trust("csi-roots", None).await;
+        assert!(fs::read(p.target_path.join("ca-bundle.crt")).unwrap().len() > before.len());
+    }
+
+    /// The refresher drops a retired CA from the bundle when its keep-until passes, by itself
+    /// (a `tokio::time` sleep; paused time here), and stops caring once the volume is gone.
+    #[tokio::test]
+    async fn the_refresher_rewrites_the_bundle_when_an_overlap_ends() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock: Arc<dyn Clock> = Arc::new(crate::base::clock::TokioClock::starting_at(
+            SystemTime::now(),
+        ));
+        let store = Store::open(&dir.path().join("root")).unwrap();
+        let ca = test_ca(&store, clock.clone());
+        let (handle, _scheduler) = crate::runtime::scheduler::channel();
+        let (refresh, refresher) = crate::runtime::refresh::channel();
+        let mut cfg = Config::new("node-a");
+        cfg.kubelet_dir = dir.path().to_path_buf();
+        let mgr = Arc::new(
+            VolumeManager::new(
+                cfg,
+                store,
+                Services {
+                    mounter: Arc::new(DirMounter::default()),
+                    issuer: Arc::new(ca),
+                    clock: clock.clone(),
+                    scheduler: handle,
+                },
+            )
+            .with_trust(TrustWiring {
+                refresher: Some(refresh.clone()),
+                ..TrustWiring::default()
+            }),
+        );
+        let running = tokio::spawn(refresher.run(mgr.clone()));
+        let target = dir
+            .path()
+            .join("pods/p/volumes/kubernetes.io~csi/tls/mount");
+        fs::create_dir_all(target.parent().unwrap()).unwrap();
+        let context = [
+            ("csi.certvol.io/issuer-name", "ca"),
+            ("csi.certvol.io/dns-names", "p.svc"),
+            ("csi.certvol.io/trust-issuer-ca", "true"),
+            ("csi.storage.k8s.io/pod.name", "p"),
+            ("csi.storage.k8s.io/pod.namespace", "default"),
+            ("csi.storage.k8s.io/ephemeral", "true"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let p = PublishParams {
+            volume_id: "csi-p".into(),
+            target_path: target.clone(),
+            context,
+            mount_group: None,
+            secrets: HashMap::new(),
+        };
+        // Real time for the issuance (key generation runs on a blocking thread, which paused
+        // time would skip past), paused from here on.
+        mgr.publish(p.clone()).await.unwrap();
+        tokio::time::pause();
+        let retired = crate::trust::bundle::tests::ca_pem("retired");
+        let retired_der = pki::parse_pem_chain(&retired).unwrap()[0].der.clone();
+        let keep_until = clock.now() + Duration::from_secs(600);
+        {
+            let (_slot, mut guard) = mgr.lock("csi-p").await.unwrap();
+            let state = guard.as_mut().unwrap();
+            state.issuing_cas.push(crate::trust::IssuingCa {
+                der: retired_der.clone(),
+                not_after: keep_until + Duration::from_secs(3600),
+                keep_until: Some(keep_until),
+            });
+            mgr.store().save(state).unwrap();
+        }
+        // What a renewal that retired the CA tells the refresher.
+        refresh.send(Message::Watch {
+            volume_id: "csi-p".into(),
+            trust: None,
+            next_change: Some(keep_until),
+        });
+        tokio::time::sleep(Duration::from_secs(300)).await;
+        assert_eq!(bundle_ders(&target).len(), 1, "nothing rewritten early");
+        let cert = cert_of(&target);
+        // Rebuilt at the keep-until (plus a margin), dropping the retired CA.
+        tokio::time::sleep(Duration::from_secs(302)).await;
+        for _ in 0..100 {
+            if mgr
+                .store()
+                .load("csi-p")
+                .unwrap()
+                .unwrap()
+                .issuing_cas
+                .len()
+                == 1
+            {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        let state = mgr.store().load("csi-p").unwrap().unwrap();
+        assert_eq!(state.issuing_cas.len(), 1, "the overlap ended");
+        let got = bundle_ders(&target);
+        assert_eq!(got.len(), 1);
+        assert!(!got.contains(&retired_der));
+        assert_eq!(cert_of(&target), cert, "same certificate");
+        mgr.unpublish("csi-p", &target).await.unwrap();
+        running.abort();
+    }
+}

@@ -166,3 +166,60 @@ impl VolumeManager {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::volume::tests::*;
+
+    use std::fs;
+
+    use crate::files::store::Phase;
+    use crate::runtime::scheduler::RenewOutcome;
+
+    #[tokio::test]
+    async fn an_unpublish_whose_first_record_is_refused_touches_nothing() {
+        let f = fixture();
+        let p = params(&f, "stay");
+        f.mgr.publish(p.clone()).await.unwrap();
+        let before = cert_of(&p.target_path);
+        let blocker = block_saves(&f, "csi-stay");
+        fs::create_dir(&blocker).unwrap();
+        f.mgr
+            .unpublish("csi-stay", &p.target_path)
+            .await
+            .unwrap_err();
+        assert_eq!(cert_of(&p.target_path), before, "still bound and serving");
+        let state = f.mgr.status("csi-stay").await.unwrap().unwrap();
+        assert_eq!(state.phase, Phase::Published);
+        // Still renewable, as it was.
+        fs::remove_dir(&blocker).unwrap();
+        let outcome = f.mgr.renew_volume("csi-stay").await;
+        assert!(
+            matches!(outcome, RenewOutcome::Renewed { .. }),
+            "{outcome:?}"
+        );
+        f.mgr.unpublish("csi-stay", &p.target_path).await.unwrap();
+        assert!(!p.target_path.exists());
+        assert_eq!(f.mgr.store().load("csi-stay").unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn unpublish_removes_everything_and_tolerates_unknown_volumes() {
+        let f = fixture();
+        let p = params(&f, "gone");
+        f.mgr.publish(p.clone()).await.unwrap();
+        f.mgr.unpublish("csi-gone", &p.target_path).await.unwrap();
+        assert!(fs::symlink_metadata(&p.target_path).is_err());
+        assert!(!f.mgr.store().paths("csi-gone").dir.exists());
+        assert!(f.issuer.ca.issued_names().unwrap().is_empty());
+        f.mgr.unpublish("csi-gone", &p.target_path).await.unwrap();
+        f.mgr
+            .unpublish("csi-never", &f.pods.join("never/mount"))
+            .await
+            .unwrap();
+        assert!(matches!(
+            f.mgr.renew_volume("csi-gone").await,
+            RenewOutcome::Done
+        ));
+    }
+}
