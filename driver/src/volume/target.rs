@@ -9,6 +9,56 @@ use crate::files::store::VolumePaths;
 
 use super::{MAX_VOLUME_ID_BYTES, VolumeManager, error::VolumeError};
 
+/// Refuses volume ids kubelet would never send: empty, longer than [`MAX_VOLUME_ID_BYTES`], or
+/// with characters outside ASCII letters, digits, `-`, `_` and `.` (starting with a letter or
+/// digit). Ids end up in request names, labels and log lines, so they must stay plain.
+pub fn check_volume_id(volume_id: &str) -> Result<(), VolumeError> {
+    let plain = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+    let ok = volume_id.len() <= MAX_VOLUME_ID_BYTES
+        && volume_id.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && volume_id.chars().all(plain);
+    if ok {
+        return Ok(());
+    }
+    // A hostile id may be megabytes long: show only its start.
+    let shown: String = volume_id.chars().take(80).collect();
+    let cut = if shown.len() < volume_id.len() {
+        format!(" (first 80 of {} bytes)", volume_id.len())
+    } else {
+        String::new()
+    };
+    Err(VolumeError::InvalidArgument(format!(
+        "volume_id {shown:?}{cut} is not accepted; accepted: 1 to {MAX_VOLUME_ID_BYTES} ASCII letters, digits, '-', '_' or '.', starting with a letter or digit (kubelet sends \"csi-\" and 64 hex digits)"
+    )))
+}
+
+/// The target must be absolute, without `.` or `..` components, and strictly inside
+/// `<kubelet_dir>/pods/`, so that a caller on the CSI socket cannot make certvol mount over, or
+/// unmount and remove, anything else on the node.
+pub fn check_in_pods_dir(kubelet_dir: &Path, target: &Path) -> Result<(), VolumeError> {
+    use std::path::Component;
+    if !target.is_absolute()
+        || target
+            .components()
+            .any(|c| matches!(c, Component::ParentDir | Component::CurDir))
+    {
+        return Err(VolumeError::InvalidArgument(format!(
+            "target_path {:?} must be an absolute path without \".\" or \"..\" components",
+            target.display().to_string()
+        )));
+    }
+    let pods = kubelet_dir.join("pods");
+    if target.starts_with(&pods) && target != pods {
+        return Ok(());
+    }
+    Err(VolumeError::InvalidArgument(format!(
+        "target_path {:?} is not inside the kubelet pods directory {}/; certvol only mounts and unmounts volumes there (set --kubelet-dir, the Helm chart's kubeletRootDir, to kubelet's --root-dir to change it; configured: {})",
+        target.display().to_string(),
+        pods.display(),
+        kubelet_dir.display()
+    )))
+}
+
 impl VolumeManager {
     pub(crate) fn bind_target(
         &self,
@@ -87,56 +137,6 @@ impl VolumeManager {
                 .key_from_mount_source(&m.source)
                 .is_some_and(|k| key.is_none_or(|want| want == k))
     }
-}
-
-/// Refuses volume ids kubelet would never send: empty, longer than [`MAX_VOLUME_ID_BYTES`], or
-/// with characters outside ASCII letters, digits, `-`, `_` and `.` (starting with a letter or
-/// digit). Ids end up in request names, labels and log lines, so they must stay plain.
-pub fn check_volume_id(volume_id: &str) -> Result<(), VolumeError> {
-    let plain = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
-    let ok = volume_id.len() <= MAX_VOLUME_ID_BYTES
-        && volume_id.starts_with(|c: char| c.is_ascii_alphanumeric())
-        && volume_id.chars().all(plain);
-    if ok {
-        return Ok(());
-    }
-    // A hostile id may be megabytes long: show only its start.
-    let shown: String = volume_id.chars().take(80).collect();
-    let cut = if shown.len() < volume_id.len() {
-        format!(" (first 80 of {} bytes)", volume_id.len())
-    } else {
-        String::new()
-    };
-    Err(VolumeError::InvalidArgument(format!(
-        "volume_id {shown:?}{cut} is not accepted; accepted: 1 to {MAX_VOLUME_ID_BYTES} ASCII letters, digits, '-', '_' or '.', starting with a letter or digit (kubelet sends \"csi-\" and 64 hex digits)"
-    )))
-}
-
-/// The target must be absolute, without `.` or `..` components, and strictly inside
-/// `<kubelet_dir>/pods/`, so that a caller on the CSI socket cannot make certvol mount over, or
-/// unmount and remove, anything else on the node.
-pub fn check_in_pods_dir(kubelet_dir: &Path, target: &Path) -> Result<(), VolumeError> {
-    use std::path::Component;
-    if !target.is_absolute()
-        || target
-            .components()
-            .any(|c| matches!(c, Component::ParentDir | Component::CurDir))
-    {
-        return Err(VolumeError::InvalidArgument(format!(
-            "target_path {:?} must be an absolute path without \".\" or \"..\" components",
-            target.display().to_string()
-        )));
-    }
-    let pods = kubelet_dir.join("pods");
-    if target.starts_with(&pods) && target != pods {
-        return Ok(());
-    }
-    Err(VolumeError::InvalidArgument(format!(
-        "target_path {:?} is not inside the kubelet pods directory {}/; certvol only mounts and unmounts volumes there (set --kubelet-dir, the Helm chart's kubeletRootDir, to kubelet's --root-dir to change it; configured: {})",
-        target.display().to_string(),
-        pods.display(),
-        kubelet_dir.display()
-    )))
 }
 
 /// The root (in mountinfo) of certvol's bind at a target: the `files` directory of the
