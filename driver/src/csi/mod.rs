@@ -650,14 +650,13 @@ mod tests {
         let (handle, scheduler) = crate::runtime::scheduler::channel();
         let mut cfg = crate::volume::Config::new("node-a");
         cfg.kubelet_dir = dir.path().to_path_buf();
-        let volumes = Arc::new(VolumeManager::new(
-            cfg,
-            store,
-            Arc::new(crate::files::mount::DirMounter::default()),
-            Arc::new(ca),
+        let services = crate::volume::Services {
+            mounter: Arc::new(crate::files::mount::DirMounter::default()),
+            issuer: Arc::new(ca),
             clock,
-            handle,
-        ));
+            scheduler: handle,
+        };
+        let volumes = Arc::new(VolumeManager::new(cfg, store, services));
         let ready = Readiness::default();
         ready.set_ready();
         NodeFixture {

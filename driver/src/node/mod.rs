@@ -31,8 +31,8 @@ use crate::kube::discovery::Apis;
 use crate::kube::pods::PodIdentity;
 use crate::runtime::refresh;
 use crate::runtime::scheduler;
-use crate::volume::VolumeManager;
 use crate::volume::recovery;
+use crate::volume::{Services, VolumeManager};
 use wiring::Wiring;
 
 /// Which issuer backend signs certificates.
@@ -110,14 +110,13 @@ pub async fn run(
     let (refresh_handle, refresher) = refresh::channel();
     let wiring = Wiring::build(&opts, &store, &clock, refresh_handle).await?;
     let (sched_handle, sched) = scheduler::channel();
-    let manager = VolumeManager::new(
-        opts.volume_config(),
-        store,
-        mounter.clone(),
-        wiring.issuer.clone(),
-        clock.clone(),
-        sched_handle,
-    );
+    let services = Services {
+        mounter: mounter.clone(),
+        issuer: wiring.issuer.clone(),
+        clock: clock.clone(),
+        scheduler: sched_handle,
+    };
+    let manager = VolumeManager::new(opts.volume_config(), store, services);
     let volumes = Arc::new(wiring.manager(manager));
     let ready = Readiness::default();
     let (stop_tx, stop_rx) = watch::channel(false);

@@ -20,11 +20,37 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::debug;
 
 use crate::trust::VolumeTrust;
-use crate::volume::{Refreshed, VolumeManager};
 
 /// Waking this much after a retired CA's keep-until makes sure the wall clock has passed it
 /// when the bundle is rebuilt (monotonic and wall clock may drift apart slightly).
 const WAKE_MARGIN: Duration = Duration::from_secs(1);
+
+/// What the loop asks of the volume layer, which sits above it (the volume manager implements
+/// it): the wall clock, and one rebuild of a volume's bundle.
+pub trait TrustRefresher: Send + Sync + 'static {
+    /// The wall clock overlap ends are measured on.
+    fn now(&self) -> SystemTime;
+
+    /// Rebuilds a published volume's bundle from `trust` and its recorded issuing CAs.
+    fn refresh<'a>(
+        &'a self,
+        volume_id: &'a str,
+        trust: Option<&'a mut VolumeTrust>,
+    ) -> BoxFuture<'a, Refreshed>;
+
+    /// After a restart: subscribes a recovered volume to its sources and rebuilds its bundle.
+    fn resume<'a>(&'a self, volume_id: &'a str) -> BoxFuture<'a, (Option<VolumeTrust>, Refreshed)>;
+}
+
+/// What a trust refresh left behind, for the refresher.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refreshed {
+    /// The volume is no longer published (or has no trust bundle): stop watching it.
+    Gone,
+    /// The volume stays; rebuild again at `next_change` (a retired CA's overlap end) or when a
+    /// source changes.
+    Kept { next_change: Option<SystemTime> },
+}
 
 /// What the volume layer tells the refresher.
 pub enum Message {
@@ -117,7 +143,7 @@ impl Refresher {
     /// Serves messages for the life of the node: the volume manager holds a handle, so the
     /// channel stays open and `node.rs` aborts this with the rest of the background work. (Should
     /// every handle go away, it finishes the work in flight and returns.)
-    pub async fn run(mut self, mgr: Arc<VolumeManager>) {
+    pub async fn run(mut self, mgr: Arc<dyn TrustRefresher>) {
         let mut entries: HashMap<String, Entry> = HashMap::new();
         let mut tasks: FuturesUnordered<BoxFuture<'static, Done>> = FuturesUnordered::new();
         let mut generation = 0u64;
@@ -179,7 +205,7 @@ impl Refresher {
 }
 
 fn handle(
-    mgr: &Arc<VolumeManager>,
+    mgr: &Arc<dyn TrustRefresher>,
     message: Message,
     generation: u64,
     entries: &mut HashMap<String, Entry>,
@@ -212,7 +238,7 @@ fn handle(
             );
             let mgr = mgr.clone();
             tasks.push(Box::pin(async move {
-                let (trust, outcome) = mgr.resume_trust(&volume_id).await;
+                let (trust, outcome) = mgr.resume(&volume_id).await;
                 Done::Rebuilt {
                     volume_id,
                     generation,
@@ -229,18 +255,15 @@ fn handle(
 
 /// Waits for a change of the volume's sources or its next overlap end, whichever comes first.
 fn wait(
-    mgr: &Arc<VolumeManager>,
+    mgr: &Arc<dyn TrustRefresher>,
     volume_id: String,
     generation: u64,
     mut trust: Option<VolumeTrust>,
     next_change: Option<SystemTime>,
 ) -> (BoxFuture<'static, Done>, oneshot::Sender<()>) {
     let (cancel_tx, cancel_rx) = oneshot::channel::<()>();
-    let sleep_for = next_change.map(|at| {
-        at.duration_since(mgr.clock().now())
-            .unwrap_or(Duration::ZERO)
-            + WAKE_MARGIN
-    });
+    let sleep_for =
+        next_change.map(|at| at.duration_since(mgr.now()).unwrap_or(Duration::ZERO) + WAKE_MARGIN);
     let task = async move {
         let fired = {
             let changed = async {
@@ -276,13 +299,13 @@ fn wait(
 }
 
 fn rebuild(
-    mgr: Arc<VolumeManager>,
+    mgr: Arc<dyn TrustRefresher>,
     volume_id: String,
     generation: u64,
     mut trust: Option<VolumeTrust>,
 ) -> BoxFuture<'static, Done> {
     Box::pin(async move {
-        let outcome = mgr.refresh_trust(&volume_id, trust.as_mut()).await;
+        let outcome = mgr.refresh(&volume_id, trust.as_mut()).await;
         Done::Rebuilt {
             volume_id,
             generation,

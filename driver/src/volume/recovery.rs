@@ -6,7 +6,10 @@ use std::path::{Path, PathBuf};
 
 use tracing::{info, warn};
 
-use crate::files::store::{Phase, VolumePaths, VolumeState};
+use std::sync::Arc;
+
+use crate::files::store::{Phase, ScannedVolume, VolumePaths, VolumeState};
+use crate::spec::attrs;
 use crate::volume::{VolumeError, VolumeManager};
 
 /// What the pass found and did.
@@ -29,80 +32,118 @@ pub struct Report {
 /// only a failure to read the mount table or the data root stops the pass.
 pub async fn recover(mgr: &VolumeManager) -> Result<Report, VolumeError> {
     let store = mgr.store();
-    let mounter = mgr.mounter();
-    let io = |action: &'static str, path: &std::path::Path| VolumeError::io_at(action, path);
-    let mounts = mounter
+    let mounts = mgr
+        .mounter()
         .mounts()
-        .map_err(io("read the mount table for", store.root()))?;
+        .map_err(VolumeError::io_at("read the mount table for", store.root()))?;
     let mounted: HashSet<PathBuf> = mounts.iter().map(|m| m.mount_point.clone()).collect();
     let mut report = Report::default();
     // Volume key -> mount points that state accounts for.
     let mut claimed: HashMap<String, Vec<PathBuf>> = HashMap::new();
-
-    for (paths, loaded) in store.scan()? {
-        let state = match loaded {
-            Ok(Some(state)) => state,
-            Ok(None) => {
-                // A crash before the first state write: only an empty or mounted directory exists.
-                discard(mgr, &paths, None, &mut report).await;
-                continue;
-            }
-            Err(e) => {
-                warn!(volume_key = %paths.key, error = %e, "unreadable volume state; removing the volume");
-                discard(mgr, &paths, None, &mut report).await;
-                continue;
-            }
-        };
-        let volume_id = state.volume_id.clone();
-        let keep = match state.phase {
-            Phase::Mounting | Phase::Unpublishing => false,
-            Phase::Issuing | Phase::Published => mounted.contains(&paths.mem),
-        };
-        if !keep {
-            discard(mgr, &paths, Some(state), &mut report).await;
-            continue;
-        }
-        let mut state = state;
-        adopt_legacy_keys(&paths, &state);
-        if state.phase == Phase::Published && !mounted.contains(&state.target_path) {
-            match rebind(mgr, &state) {
-                Ok(()) => report.rebound += 1,
-                Err(e) => {
-                    warn!(volume_id, error = %e, "the target bind is gone and cannot be made again; removing the volume");
-                    discard(mgr, &paths, Some(state), &mut report).await;
-                    continue;
-                }
-            }
-        }
-        if state.phase == Phase::Published && state.pending.is_some() {
-            report.resumed += 1;
-        }
-        // mountinfo names mount points resolved; a relocated kubelet directory must not make a
-        // kept volume's bind look unclaimed.
-        let target =
-            std::fs::canonicalize(&state.target_path).unwrap_or_else(|_| state.target_path.clone());
-        claimed.insert(paths.key.clone(), vec![paths.mem.clone(), target]);
-        report.kept += 1;
-        normalise(&mut state);
-        mgr.schedule(&state);
-        let volume_id = state.volume_id.clone();
-        let published = state.phase == Phase::Published;
-        mgr.measure_tmpfs(&volume_id);
-        mgr.adopt(state);
-        // After adopt: the refresher locks the volume through the slot adopt just made.
-        if published {
-            mgr.resume_trust_watch(&volume_id);
+    for scanned in store.scan()? {
+        if let Some((key, points)) = recover_volume(mgr, scanned, &mounted, &mut report).await {
+            claimed.insert(key, points);
         }
     }
+    sweep_orphans(mgr, &claimed, &mut report)?;
+    info!(
+        kept = report.kept,
+        resumed = report.resumed,
+        rebound = report.rebound,
+        removed = report.removed,
+        orphan_mounts = report.orphan_mounts,
+        "state recovered"
+    );
+    Ok(report)
+}
 
-    // Mounts certvol made that no kept volume accounts for: tmpfs (and staging binds) left by a
-    // crash between mount and state write, or binds of state that was just discarded. Only
-    // what certvol makes is swept: its mounts below its own volume directories and its binds
-    // at kubelet's target paths. Others carry the same source (kubelet's subPath binds of a
-    // volume's files under `volume-subpaths/`) and are kubelet's to remove.
+/// Keeps one volume found on disk (answering the mount points it accounts for), or removes it.
+async fn recover_volume(
+    mgr: &VolumeManager,
+    (paths, loaded): ScannedVolume,
+    mounted: &HashSet<PathBuf>,
+    report: &mut Report,
+) -> Option<(String, Vec<PathBuf>)> {
+    let state = match loaded {
+        Ok(Some(state)) => state,
+        Ok(None) => {
+            // A crash before the first state write: only an empty or mounted directory exists.
+            discard(mgr, &paths, None, report).await;
+            return None;
+        }
+        Err(e) => {
+            warn!(volume_key = %paths.key, error = %e, "unreadable volume state; removing the volume");
+            discard(mgr, &paths, None, report).await;
+            return None;
+        }
+    };
+    let volume_id = state.volume_id.clone();
+    let keep = match state.phase {
+        Phase::Mounting | Phase::Unpublishing => false,
+        Phase::Issuing | Phase::Published => mounted.contains(&paths.mem),
+    };
+    if !keep {
+        discard(mgr, &paths, Some(state), report).await;
+        return None;
+    }
+    let mut state = state;
+    adopt_legacy_keys(&paths, &state);
+    if state.phase == Phase::Published && !mounted.contains(&state.target_path) {
+        match rebind(mgr, &state) {
+            Ok(()) => report.rebound += 1,
+            Err(e) => {
+                warn!(volume_id, error = %e, "the target bind is gone and cannot be made again; removing the volume");
+                discard(mgr, &paths, Some(state), report).await;
+                return None;
+            }
+        }
+    }
+    if state.phase == Phase::Published && state.pending.is_some() {
+        report.resumed += 1;
+    }
+    // mountinfo names mount points resolved; a relocated kubelet directory must not make a
+    // kept volume's bind look unclaimed.
+    let target =
+        std::fs::canonicalize(&state.target_path).unwrap_or_else(|_| state.target_path.clone());
+    report.kept += 1;
+    normalise(&mut state);
+    adopt(mgr, state);
+    Some((paths.key, vec![paths.mem, target]))
+}
+
+/// Hands a kept volume to the manager: its renewal queued, its tmpfs measured, its request
+/// parsed once from the saved context, its trust watch resumed.
+fn adopt(mgr: &VolumeManager, state: VolumeState) {
+    let request = attrs::parse(&state.context.clone().into_iter().collect())
+        .ok()
+        .map(Arc::new);
+    // Attributes that no longer parse still get their renewal, which reports them.
+    mgr.schedule(&state, request.as_ref().is_none_or(|r| r.renew));
+    let volume_id = state.volume_id.clone();
+    let published = state.phase == Phase::Published;
+    mgr.measure_tmpfs(&volume_id);
+    mgr.adopt(state, request);
+    // After adopt: the refresher locks the volume through the slot adopt just made.
+    if published {
+        mgr.resume_trust_watch(&volume_id);
+    }
+}
+
+/// Unmounts mounts certvol made that no kept volume accounts for: tmpfs (and staging binds)
+/// left by a crash between mount and state write, or binds of state that was just discarded.
+/// Only what certvol makes is swept: its mounts below its own volume directories and its binds
+/// at kubelet's target paths. Others carry the same source (kubelet's subPath binds of a
+/// volume's files under `volume-subpaths/`) and are kubelet's to remove.
+fn sweep_orphans(
+    mgr: &VolumeManager,
+    claimed: &HashMap<String, Vec<PathBuf>>,
+    report: &mut Report,
+) -> Result<(), VolumeError> {
+    let store = mgr.store();
+    let mounter = mgr.mounter();
     let mounts = mounter
         .mounts()
-        .map_err(io("read the mount table for", store.root()))?;
+        .map_err(VolumeError::io_at("read the mount table for", store.root()))?;
     let resolved = |p: PathBuf| std::fs::canonicalize(&p).unwrap_or(p);
     let volumes_dir = resolved(store.root().join("volumes"));
     let pods_dir = resolved(mgr.config().kubelet_dir.join("pods"));
@@ -141,15 +182,7 @@ pub async fn recover(mgr: &VolumeManager) -> Result<Report, VolumeError> {
             }
         }
     }
-    info!(
-        kept = report.kept,
-        resumed = report.resumed,
-        rebound = report.rebound,
-        removed = report.removed,
-        orphan_mounts = report.orphan_mounts,
-        "state recovered"
-    );
-    Ok(report)
+    Ok(())
 }
 
 /// Whether `point` has the shape of a target path kubelet gives an inline CSI volume:
