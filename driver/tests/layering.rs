@@ -46,7 +46,6 @@ const LAYERS: &[(&str, &str)] = &[
 /// Known upward edges `(from unit, to unit)` still to remove.
 const ALLOWED_UPWARD: &[(&str, &str)] = &[
     ("kube", "issuer"),
-    ("obs::metrics", "issuer"),
     ("runtime", "volume"),
     ("spec", "files"),
 ];

@@ -1194,7 +1194,7 @@ impl VolumeManager {
             // against one that does not.
             match answer {
                 Ok(result) => {
-                    crate::obs::metrics::global().issuance(self.issuer.kind(), IssueOutcome::of(&result));
+                    crate::obs::metrics::global().issuance(self.issuer.kind(), crate::issuer::outcome_of(&result));
                     let issued = result?;
                     crashpoint::hit(&format!("{op}:signed"));
                     issued
