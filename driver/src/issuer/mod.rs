@@ -1,11 +1,14 @@
 //! Issuers sign a CSR for a volume. Backends (the embedded local CA here; cert-manager and the
 //! Kubernetes CSR API later) plug in behind [`Issuer`].
 
+pub mod cached;
 pub mod certmanager;
 pub mod filing;
 pub mod kubecsr;
+pub mod labels;
 pub mod local;
 pub mod policy;
+pub mod token;
 pub mod watch;
 
 use std::sync::Arc;
@@ -33,7 +36,7 @@ pub struct IssueRequest {
     pub cert: Arc<CertRequest>,
     /// The pod's service-account token from kubelet's `tokenRequests`, for issuers that file
     /// requests as the pod (cert-manager's token-request mode). Redacted from `Debug`.
-    pub token: Option<certmanager::BearerToken>,
+    pub token: Option<token::BearerToken>,
     /// The renewal worker this issuance runs on (see [`crate::runtime::scheduler`]); none for a publish.
     /// Issuers that wait for an answer from outside the node put it down once the request is
     /// filed, so waiting renewals do not keep others from working.

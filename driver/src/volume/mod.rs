@@ -30,7 +30,7 @@ use crate::files::store::{
     StoreError, VolumePaths, VolumeState,
 };
 use crate::files::writer::{self, WriteError};
-use crate::issuer::certmanager::{BearerToken, token_from_context};
+use crate::issuer::token::{BearerToken, token_from_context};
 use crate::issuer::{self, IssueError, IssueRequest, Issuer};
 use crate::kube::discovery::{ApiError, Apis};
 use crate::kube::events::{self, EventSink};
