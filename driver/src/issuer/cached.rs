@@ -40,7 +40,9 @@ impl CachedCondition {
 
 impl CachedCondition {
     /// What the cache keeps of each of an object's `conditions`.
-    pub fn all<'a, C: ApiCondition + 'a>(conditions: impl IntoIterator<Item = &'a C>) -> Vec<Self> {
+    pub(crate) fn all<'a, C: ApiCondition + 'a>(
+        conditions: impl IntoIterator<Item = &'a C>,
+    ) -> Vec<Self> {
         conditions
             .into_iter()
             .map(|c| {
@@ -51,7 +53,7 @@ impl CachedCondition {
     }
 
     /// The condition as timeout messages show it: `Type=Status (Reason: message)`.
-    pub fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         let (type_, status) = (&self.type_, &self.status);
         match (self.reason.as_deref(), self.message.as_deref()) {
             (Some(r), Some(m)) if !m.is_empty() => format!("{type_}={status} ({r}: {m})"),
@@ -63,7 +65,7 @@ impl CachedCondition {
 
 /// A status condition as an API object carries it: cert-manager's and the CSR API's have the
 /// same four fields, which the cache keeps ([`CachedCondition::all`]).
-pub trait ApiCondition {
+pub(crate) trait ApiCondition {
     /// `(type, status, reason, message)`.
     fn fields(&self) -> (&str, &str, Option<&str>, Option<&str>);
 }

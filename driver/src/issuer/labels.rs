@@ -28,7 +28,11 @@ pub fn annotations(cert: &CertRequest, node_id: &str) -> BTreeMap<String, String
 
 /// The labels of the request certvol files for `volume_id` of `pod` on `node_id`: the node's
 /// watch selects on the first, the others say whose it is.
-pub fn request_labels(node_id: &str, volume_id: &str, pod: &PodInfo) -> BTreeMap<String, String> {
+pub(crate) fn request_labels(
+    node_id: &str,
+    volume_id: &str,
+    pod: &PodInfo,
+) -> BTreeMap<String, String> {
     BTreeMap::from([
         (LABEL_NODE.to_owned(), label_value(node_id)),
         (LABEL_VOLUME.to_owned(), hashed_label(volume_id)),

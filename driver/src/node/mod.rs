@@ -458,6 +458,7 @@ pub async fn run(
     cfg.max_volume_bytes = opts.max_volume_bytes;
 
     let (sched_handle, sched) = scheduler::channel();
+    let sched = sched.with_policy(cfg.policy.clone());
     if opts.issuer == IssuerKind::Local && opts.trust_namespace.is_some() {
         warn!(
             "--trust-namespace has no effect with --issuer local: without Kubernetes API access no ConfigMap or Secret can be read"

@@ -98,8 +98,8 @@ pub fn channel() -> (SchedulerHandle, Scheduler) {
 }
 
 impl Scheduler {
-    /// Retries a renewal that panicked with `policy`'s backoff. The default policy is the one the
-    /// volume manager's failed renewals back off with unless configured otherwise.
+    /// Retries a renewal that panicked with `policy`'s backoff: the volume manager's
+    /// (`Config::policy`), so that it backs off like a failed renewal. Default: the default policy.
     pub fn with_policy(mut self, policy: Policy) -> Self {
         self.policy = policy;
         self
