@@ -9,6 +9,10 @@
 //! `issuer::filing::file_and_wait`), so renewals whose signer never answers cannot occupy every
 //! worker. Permits go round-robin between namespaces ([`FairPool`]): a namespace with a thousand
 //! due renewals delays another namespace's one by at most one renewal per worker.
+//!
+//! A renewal task that panics is a bug, but must not stop that volume's renewals for good: the
+//! loop tracks each task's volume by task id, retries it after the renewal backoff, and counts the
+//! panic (`certvol_renewal_panics_total`).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
