@@ -237,7 +237,7 @@ fn kubelet_calls_within(window: Duration) -> usize {
 }
 
 /// Upper bound on the request watch's relists during `outage`: after a failure the watch
-/// relists after `issuer::watch::retry_delay`, at least 0.8 s doubling (jitter shortens it by up
+/// relists after `kube::client::retry_delay`, at least 0.8 s doubling (jitter shortens it by up
 /// to a fifth), so within `outage` at most k+1 relists start where 0.8 * (2^k - 1) <= outage.
 fn relist_bound(outage: Duration) -> usize {
     let mut k = 0u32;

@@ -17,9 +17,11 @@ use tracing::{debug, info, warn};
 
 use std::sync::Arc;
 
-use super::certmanager::resource::{LABEL_NODE, label_value};
-use super::watch::{self, CacheLimits, Cached, Key, RequestCache, Waited, Watched};
+use super::cached::{Cached, Watched};
+use super::labels::{LABEL_NODE, Owner, label_value};
+use super::watch::{self, CacheLimits, Key, RequestCache, Waited};
 use super::{IssueError, IssueRequest, Issued};
+use crate::base::fair::Lease;
 use crate::kube::events::EventSink;
 
 /// Field manager name on the requests the driver creates.
@@ -80,7 +82,7 @@ impl RequestWatch {
 }
 
 /// Starts on this node's request objects (those carrying its `certvol.io/node` label and shaped
-/// like its own, see [`watch::Owner`]): returns the cache issuances wait on, the sink for Events
+/// like its own, see [`Owner`]): returns the cache issuances wait on, the sink for Events
 /// on pods, and the watch loop future, which the caller spawns. Until the future runs, issuances
 /// file their requests but time out waiting. `namespaced` kinds are watched in
 /// `watch.namespaces` (all when empty), cluster-scoped ones with one cluster-wide watch.
@@ -105,7 +107,7 @@ pub fn node_requests<R: RequestObject>(
     } else {
         vec![R::api(client.clone(), None)]
     };
-    let cache = RequestCache::new(watch::Owner::new(node_id), watch.limits, apis.len());
+    let cache = RequestCache::new(Owner::new(node_id), watch.limits, apis.len());
     let loops: Vec<_> = apis
         .into_iter()
         .enumerate()
@@ -236,18 +238,27 @@ fn create_error<R: RequestObject>(request: &str, error: kube::Error) -> IssueErr
     }
 }
 
-/// Files the request for `key` (unless the node's watch already shows it) and waits up to
+/// One request [`file_and_wait`] files and waits for.
+pub struct Filing<'a, R> {
+    /// The node's watch of requests of its kind.
+    pub cache: &'a RequestCache<R>,
+    /// Where the request shows in `cache`.
+    pub key: &'a Key,
+    /// Its name in messages.
+    pub request: &'a str,
+    pub wait_timeout: Duration,
+    /// The renewal's worker (see [`IssueRequest::worker`]).
+    pub worker: &'a Lease,
+}
+
+/// Files `filing`'s request (unless the node's watch already shows it) and waits up to its
 /// `wait_timeout` for `check` to give its result. `file` creates or adopts it (see
 /// [`create_or_adopt`]); `check` is told whether the object was adopted, so it can refuse one
 /// that is not ours. A timeout also returns what the request looked like, for the Event.
-/// `worker` (the renewal's, see [`IssueRequest::worker`]) is put down once the request is filed:
-/// waiting on the watch costs the node nothing, and the signer may never answer.
+/// The worker is put down once the request is filed: waiting on the watch costs the node
+/// nothing, and the signer may never answer.
 pub async fn file_and_wait<R, File, Filed, Check>(
-    cache: &RequestCache<R>,
-    key: &Key,
-    request: &str,
-    wait_timeout: Duration,
-    worker: &crate::base::fair::Lease,
+    filing: Filing<'_, R>,
     file: File,
     check: Check,
 ) -> Result<Issued, (IssueError, Option<String>)>
@@ -257,6 +268,13 @@ where
     Filed: Future<Output = Result<(bool, Option<String>), IssueError>>,
     Check: Fn(bool, &Cached) -> Option<Result<Issued, IssueError>>,
 {
+    let Filing {
+        cache,
+        key,
+        request,
+        wait_timeout,
+        worker,
+    } = filing;
     let kind = kind::<R>();
     // Subscribe before creating: a result that lands between the create and the first look at
     // the cache must still wake this waiter.
@@ -337,18 +355,4 @@ pub async fn delete_all<R: RequestObject>(
         }
     }
     first_error.map_or(Ok(()), Err)
-}
-
-/// One status condition as timeout messages show it: `Type=Status (Reason: message)`.
-pub fn describe_condition(
-    type_: &str,
-    status: &str,
-    reason: Option<&str>,
-    message: Option<&str>,
-) -> String {
-    match (reason, message) {
-        (Some(r), Some(m)) if !m.is_empty() => format!("{type_}={status} ({r}: {m})"),
-        (Some(r), _) => format!("{type_}={status} ({r})"),
-        _ => format!("{type_}={status}"),
-    }
 }

@@ -9,10 +9,11 @@
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::future::BoxFuture;
+use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
 use x509_parser::certification_request::X509CertificationRequest;
 use x509_parser::cri_attributes::ParsedCriAttribute;
@@ -229,9 +230,9 @@ impl LocalCa {
             })?;
         let csr = CsrParts::parse(&req.csr_der).map_err(&invalid)?;
 
-        // A poisoned lock only means another issuance panicked; the files are still consistent
+        // A lock that cannot poison: an issuance that panicked leaves the files consistent,
         // because every write is atomic.
-        let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        let _guard = self.lock.lock();
         let record = self.record_path(&req.name);
         match fs::read_to_string(&record) {
             Ok(pem) => {
@@ -360,7 +361,7 @@ impl Issuer for LocalCa {
         names: &'a [String],
     ) -> BoxFuture<'a, Result<(), IssueError>> {
         Box::pin(async move {
-            let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+            let _guard = self.lock.lock();
             for name in names {
                 // A name that is not a plain file name was never recorded.
                 if check_request_name(name).is_err() {

@@ -1,11 +1,14 @@
 //! Issuers sign a CSR for a volume. Backends (the embedded local CA here; cert-manager and the
 //! Kubernetes CSR API later) plug in behind [`Issuer`].
 
+pub mod cached;
 pub mod certmanager;
 pub mod filing;
 pub mod kubecsr;
+pub mod labels;
 pub mod local;
 pub mod policy;
+pub mod token;
 pub mod watch;
 
 use std::sync::Arc;
@@ -13,6 +16,7 @@ use std::sync::Arc;
 use futures::future::BoxFuture;
 use sha2::{Digest, Sha256};
 
+use crate::obs::metrics::IssueOutcome;
 use crate::spec::request::CertRequest;
 
 /// One issuance: a CSR plus what the issuer needs to know about it.
@@ -32,7 +36,7 @@ pub struct IssueRequest {
     pub cert: Arc<CertRequest>,
     /// The pod's service-account token from kubelet's `tokenRequests`, for issuers that file
     /// requests as the pod (cert-manager's token-request mode). Redacted from `Debug`.
-    pub token: Option<certmanager::BearerToken>,
+    pub token: Option<token::BearerToken>,
     /// The renewal worker this issuance runs on (see [`crate::runtime::scheduler`]); none for a publish.
     /// Issuers that wait for an answer from outside the node put it down once the request is
     /// filed, so waiting renewals do not keep others from working.
@@ -70,12 +74,31 @@ pub enum IssueError {
 }
 
 impl IssueError {
+    /// The `outcome` label of `certvol_issuance_total` for this error.
+    pub fn outcome(&self) -> IssueOutcome {
+        match self {
+            IssueError::Denied { .. } => IssueOutcome::Denied,
+            IssueError::Failed { .. } => IssueOutcome::Failed,
+            IssueError::Invalid { .. } => IssueOutcome::Invalid,
+            IssueError::Timeout { .. } => IssueOutcome::Timeout,
+            IssueError::Unavailable { .. } => IssueOutcome::Unavailable,
+        }
+    }
+
     /// Whether retrying the same request may succeed.
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
             IssueError::Unavailable { .. } | IssueError::Timeout { .. }
         )
+    }
+}
+
+/// The `outcome` label of `certvol_issuance_total` for an issuer's answer.
+pub fn outcome_of<T>(result: &Result<T, IssueError>) -> IssueOutcome {
+    match result {
+        Ok(_) => IssueOutcome::Issued,
+        Err(e) => e.outcome(),
     }
 }
 
@@ -191,6 +214,34 @@ mod tests {
         assert!(
             a.chars()
                 .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        );
+    }
+
+    #[test]
+    fn issue_outcomes_cover_every_error() {
+        let r = |e| outcome_of::<()>(&Err(e));
+        let s = String::new;
+        assert_eq!(
+            r(IssueError::Timeout { request: s() }),
+            IssueOutcome::Timeout
+        );
+        assert_eq!(
+            r(IssueError::Unavailable { message: s() }),
+            IssueOutcome::Unavailable
+        );
+        assert_eq!(
+            r(IssueError::Failed {
+                request: s(),
+                message: s()
+            }),
+            IssueOutcome::Failed
+        );
+        assert_eq!(
+            r(IssueError::Invalid {
+                request: s(),
+                message: s()
+            }),
+            IssueOutcome::Invalid
         );
     }
 }

@@ -8,267 +8,26 @@
 //! Anyone who may create request objects can put the node's label on them, so the label is no
 //! proof of ownership and the objects are untrusted input: the cache keeps only objects shaped
 //! like certvol's own (see [`Owner`]), only the few fields issuance reads ([`Cached`]), and only
-//! so many per tenant ([`CacheLimits`]); list pages are small ([`PAGE_SIZE`]).
+//! so many per tenant ([`CacheLimits`]); list pages are small ([`REQUEST_PAGE_SIZE`](crate::kube::client::REQUEST_PAGE_SIZE)).
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, Resource};
-use serde::de::DeserializeOwned;
-use sha2::{Digest, Sha256};
+use parking_lot::{Mutex, MutexGuard};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
-use crate::issuer::certmanager::resource::{
-    ANNOTATION_NODE_NAME, LABEL_NODE, LABEL_VOLUME, label_value,
-};
+use crate::issuer::cached::{Cached, Watched};
+use crate::issuer::labels::Owner;
 use crate::issuer::{IssueError, Issued};
+use crate::kube::client::{REQUEST_PAGE_SIZE, retry_delay};
 
 /// `(namespace, name)` of a request; the namespace is empty for cluster-scoped kinds.
 pub type Key = (String, String);
-
-/// Objects per list page. The watcher holds one page at a time, and a page costs about four
-/// times its JSON while it is read (hyper's chunks, their concatenation, the parsed objects); a
-/// hostile tenant can make every object of a page about 1.5 MiB (etcd's limit), so a page of 4
-/// peaks at about 25 MiB (measured: a flood of 40 such objects took the driver from 22 MiB to 45
-/// MiB, against 65 MiB with pages of 8 and 128 MiB with the watcher's default of 500). A node's
-/// hundred or so requests still list in a few dozen small requests (about 2 s at the issuance
-/// client's default 10 QPS, burst 20).
-pub const PAGE_SIZE: u32 = 4;
-
-/// Longest condition reason / message kept: what a timeout message or an Event shows, not a
-/// place to store megabytes.
-const MAX_REASON: usize = 256;
-const MAX_MESSAGE: usize = 1024;
-
-/// One status condition as the cache keeps it.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct CachedCondition {
-    pub type_: String,
-    /// `True`, `False` or `Unknown`.
-    pub status: String,
-    pub reason: Option<String>,
-    pub message: Option<String>,
-}
-
-impl CachedCondition {
-    /// Keeps a condition's fields, truncating reason and message.
-    pub fn new(type_: &str, status: &str, reason: Option<&str>, message: Option<&str>) -> Self {
-        CachedCondition {
-            type_: truncated(type_, MAX_REASON),
-            status: truncated(status, MAX_REASON),
-            reason: reason.map(|r| truncated(r, MAX_REASON)),
-            message: message.map(|m| truncated(m, MAX_MESSAGE)),
-        }
-    }
-}
-
-fn truncated(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.to_owned();
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &s[..end])
-}
-
-/// A PEM field of a request's status as the cache keeps it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Pem {
-    Text(Vec<u8>),
-    /// Larger than [`crate::x509::pki::MAX_PEM_BYTES`]: only its size is kept, for the error.
-    TooLarge(usize),
-}
-
-impl Pem {
-    pub fn new(bytes: &[u8]) -> Self {
-        if bytes.len() > crate::x509::pki::MAX_PEM_BYTES {
-            Pem::TooLarge(bytes.len())
-        } else {
-            Pem::Text(bytes.to_vec())
-        }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        matches!(self, Pem::Text(t) if t.is_empty())
-    }
-
-    /// The bytes this copy holds.
-    fn weight(&self) -> usize {
-        match self {
-            Pem::Text(t) => t.len(),
-            Pem::TooLarge(_) => 0,
-        }
-    }
-
-    /// The field as text (see [`crate::issuer::pem_text`]).
-    pub fn text(&self, request: &str, field: &str) -> Result<String, IssueError> {
-        match self {
-            Pem::Text(bytes) => crate::issuer::pem_text(request, field, bytes),
-            Pem::TooLarge(len) => Err(crate::issuer::pem_too_large(request, field, *len)),
-        }
-    }
-}
-
-/// What the node keeps of one of its request objects: what waiting and adoption read, nothing
-/// else (no annotations, labels, managedFields or the CSR itself), so that a cached object costs
-/// a few KiB whatever a tenant put into it.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Cached {
-    pub name: String,
-    /// Empty for cluster-scoped kinds.
-    pub namespace: String,
-    pub uid: Option<String>,
-    pub resource_version: Option<String>,
-    pub conditions: Vec<CachedCondition>,
-    /// `status.certificate`.
-    pub certificate: Option<Pem>,
-    /// `status.ca` (cert-manager only).
-    pub ca: Option<Pem>,
-    /// SHA-256 of the SubjectPublicKeyInfo in `spec.request`, `None` when it does not parse: an
-    /// adopted request must be for our key.
-    pub request_key: Option<[u8; 32]>,
-    /// `spec.signerName` (CertificateSigningRequests only).
-    pub signer_name: String,
-}
-
-impl Cached {
-    /// The bytes a cached copy holds beyond its fixed size: what the byte budgets count.
-    fn weight(&self) -> usize {
-        let pem = |p: &Option<Pem>| p.as_ref().map_or(0, Pem::weight);
-        let conditions: usize = self
-            .conditions
-            .iter()
-            .map(|c| {
-                c.type_.len()
-                    + c.status.len()
-                    + c.reason.as_ref().map_or(0, String::len)
-                    + c.message.as_ref().map_or(0, String::len)
-            })
-            .sum();
-        pem(&self.certificate)
-            + pem(&self.ca)
-            + conditions
-            + self.name.len()
-            + self.signer_name.len()
-    }
-
-    /// The fields of `meta` the cache keeps.
-    pub fn from_meta(meta: &ObjectMeta) -> Self {
-        Cached {
-            name: meta.name.clone().unwrap_or_default(),
-            namespace: meta.namespace.clone().unwrap_or_default(),
-            uid: meta.uid.clone(),
-            resource_version: meta.resource_version.clone(),
-            ..Cached::default()
-        }
-    }
-
-    pub fn condition(&self, type_: &str) -> Option<&CachedCondition> {
-        self.conditions.iter().find(|c| c.type_ == type_)
-    }
-}
-
-/// SHA-256 of the SubjectPublicKeyInfo of a PEM CSR, as [`Cached::request_key`] keeps it.
-pub fn request_key_of_pem(pem: &[u8]) -> Option<[u8; 32]> {
-    crate::issuer::certmanager::spki_of_pem(pem).map(|spki| Sha256::digest(spki).into())
-}
-
-/// SHA-256 of the SubjectPublicKeyInfo of a DER CSR (ours, to compare with
-/// [`Cached::request_key`]).
-pub fn request_key_of_der(der: &[u8]) -> Option<[u8; 32]> {
-    crate::issuer::certmanager::spki_of_der(der).map(|spki| Sha256::digest(spki).into())
-}
-
-/// A request object kind the node watches.
-pub trait Watched:
-    Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static
-{
-    /// What the cache keeps of the object.
-    fn cached(&self) -> Cached;
-
-    /// The API of the objects in `namespace`, or of all of them. Cluster-scoped kinds ignore
-    /// `namespace`.
-    fn api(client: kube::Client, namespace: Option<&str>) -> Api<Self>;
-
-    /// The tenant the object counts against in [`CacheLimits::per_namespace`]: its namespace,
-    /// or for cluster-scoped kinds the pod namespace certvol recorded on it.
-    fn scope(&self) -> String {
-        self.meta().namespace.clone().unwrap_or_default()
-    }
-}
-
-/// What makes a request object this node's own, beyond the label the watch selects on (which
-/// anyone who may create such objects can set): the name [`crate::issuer::request_name`] gives,
-/// this node's name in the `certvol.io/node-name` annotation (when present), and a volume label as certvol
-/// writes it. Objects that lack any of these are ignored: not cached, and they wake no waiter.
-#[derive(Clone, Debug)]
-pub struct Owner {
-    node_id: String,
-    node_label: String,
-}
-
-impl Owner {
-    pub fn new(node_id: &str) -> Self {
-        Owner {
-            node_id: node_id.to_owned(),
-            node_label: label_value(node_id),
-        }
-    }
-
-    /// Why `meta` is not one of this node's requests, or `None` when it is.
-    pub fn foreign(&self, meta: &ObjectMeta) -> Option<&'static str> {
-        if !meta.name.as_deref().is_some_and(is_request_name) {
-            return Some("name");
-        }
-        let label = |k: &str| meta.labels.as_ref().and_then(|l| l.get(k));
-        if label(LABEL_NODE) != Some(&self.node_label) {
-            return Some("node label");
-        }
-        if !label(LABEL_VOLUME).is_some_and(|v| is_hashed_label(v)) {
-            return Some("volume label");
-        }
-        let node_name = meta
-            .annotations
-            .as_ref()
-            .and_then(|a| a.get(ANNOTATION_NODE_NAME));
-        // Requests filed by certvol 0.1.0 have no such annotation: one pending across the
-        // upgrade must still be seen. Anyone who can create these objects can write the
-        // annotation anyway; what bounds them is the cache's limits.
-        if node_name.is_some_and(|n| n != &self.node_id) {
-            return Some("node-name annotation");
-        }
-        None
-    }
-}
-
-/// Whether `name` has the shape of [`crate::issuer::request_name`]: `certvol-`, 20 hex digits,
-/// `-` and a revision.
-pub fn is_request_name(name: &str) -> bool {
-    let Some(rest) = name.strip_prefix("certvol-") else {
-        return false;
-    };
-    let Some((hash, revision)) = rest.split_once('-') else {
-        return false;
-    };
-    hash.len() == 20
-        && hash.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-        && !revision.is_empty()
-        && revision.len() <= 20
-        && revision.bytes().all(|b| b.is_ascii_digit())
-}
-
-/// Whether `v` has the shape of [`crate::issuer::certmanager::resource::hashed_label`].
-fn is_hashed_label(v: &str) -> bool {
-    v.strip_prefix("sha256-")
-        .is_some_and(|h| h.len() == 40 && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
-}
 
 /// How many objects the cache holds at most.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -432,6 +191,45 @@ impl State {
         Ok(())
     }
 
+    /// Stream `stream` completed a list: whatever its relist lacks was deleted while the watch
+    /// was down. Returns whether the list follows a failure (a recovery).
+    fn listed(&mut self, stream: usize, change: u64) -> bool {
+        if let Some(listed) = self.streams[stream].relist.take() {
+            let gone: Vec<Key> = self
+                .live
+                .iter()
+                .filter(|(k, e)| e.stream == stream && !listed.contains(*k))
+                .map(|(k, _)| k.clone())
+                .collect();
+            for key in gone {
+                if let Some(entry) = self.remove(&key) {
+                    self.bury(key, change, entry.cached.uid);
+                }
+            }
+        }
+        let progress = &mut self.streams[stream];
+        progress.synced = true;
+        std::mem::take(&mut progress.failed_since_list)
+    }
+
+    /// Stream `stream` saw `object` deleted. Returns whether that changed anything for the
+    /// waiters: an object never cached (foreign or dropped) changes nothing for anyone.
+    fn deleted<R: Resource>(&mut self, stream: usize, change: u64, object: &R) -> bool {
+        let Some(key) = key_of(object) else {
+            return false;
+        };
+        if let Some(listed) = self.streams[stream].relist.as_mut() {
+            listed.remove(&key);
+        }
+        match self.remove(&key) {
+            Some(entry) => {
+                self.bury(key, change, entry.cached.uid);
+                true
+            }
+            None => false,
+        }
+    }
+
     fn drop_counted(&mut self, why: Dropped, scope: &str, kind: &str, limits: CacheLimits) {
         crate::obs::metrics::global().request_dropped(why.as_str());
         match why {
@@ -499,8 +297,8 @@ impl<R: Watched> RequestCache<R> {
 
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock leaves plain maps behind, which are still consistent
-        // enough to serve: the next relist replaces them anyway.
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        // enough to serve (the next relist replaces them anyway): a lock that cannot poison.
+        self.state.lock()
     }
 
     /// Subscribe before creating a request, so that a change between the create and the first
@@ -571,12 +369,11 @@ impl<R: Watched> RequestCache<R> {
     /// Applies one event of watch stream `stream` and wakes waiters, unless the event was about
     /// an object that is not the node's (those change nothing, so they wake no one).
     pub fn apply_from(&self, stream: usize, event: Event<R>) {
-        // The number this change will carry once sent: only `apply_from` moves the counter, and
-        // it does so under the state lock, so reading it there is exact.
         let mut recovered = false;
-        let kind = R::kind(&());
         {
             let mut state = self.lock();
+            // The number this change will carry once sent: only `apply_from` moves the counter,
+            // and it does so under the state lock, so reading it there is exact.
             let change = self.changes.borrow().wrapping_add(1);
             if stream >= state.streams.len() {
                 return;
@@ -586,80 +383,71 @@ impl<R: Watched> RequestCache<R> {
             if !matches!(event, Event::Init) {
                 state.streams[stream].failing = false;
             }
-            match event {
-                Event::Init => state.streams[stream].relist = Some(HashSet::new()),
+            let changed = match event {
+                Event::Init => {
+                    state.streams[stream].relist = Some(HashSet::new());
+                    true
+                }
                 Event::InitDone => {
-                    if let Some(listed) = state.streams[stream].relist.take() {
-                        // Whatever the relist lacks was deleted while the watch was down.
-                        let gone: Vec<Key> = state
-                            .live
-                            .iter()
-                            .filter(|(k, e)| e.stream == stream && !listed.contains(*k))
-                            .map(|(k, _)| k.clone())
-                            .collect();
-                        for key in gone {
-                            if let Some(entry) = state.remove(&key) {
-                                state.bury(key, change, entry.cached.uid);
-                            }
-                        }
-                    }
-                    let progress = &mut state.streams[stream];
-                    progress.synced = true;
-                    recovered = std::mem::take(&mut progress.failed_since_list);
+                    recovered = state.listed(stream, change);
+                    true
                 }
                 // Listed objects are current, so they go live at once: a result that lands
                 // during a long relist is seen without waiting for InitDone.
                 Event::InitApply(object) | Event::Apply(object) => {
-                    let Some(key) = key_of(&object) else { return };
-                    let scope = object.scope();
-                    let admitted = match self.owner.foreign(object.meta()) {
-                        Some(why) => {
-                            debug!(%kind, namespace = %key.0, name = %key.1, why, "ignoring a labelled object that is not this node's");
-                            Err((Dropped::Foreign, state.remove(&key).map(Box::new)))
-                        }
-                        None => {
-                            let entry = Entry {
-                                cached: object.cached(),
-                                scope: scope.clone(),
-                                stream,
-                            };
-                            state.admit(key.clone(), entry, self.limits)
-                        }
-                    };
-                    match admitted {
-                        Ok(()) => {
-                            if let Some(listed) = state.streams[stream].relist.as_mut() {
-                                listed.insert(key);
-                            }
-                        }
-                        Err((why, old)) => {
-                            state.drop_counted(why, &scope, &kind, self.limits);
-                            // An object of ours that someone changed into a foreign one (or
-                            // that no longer fits) is gone for the waiters.
-                            match old {
-                                Some(entry) => state.bury(key, change, entry.cached.uid),
-                                None => return,
-                            }
-                        }
-                    }
+                    self.applied(&mut state, stream, change, &object)
                 }
-                Event::Delete(object) => {
-                    let Some(key) = key_of(&object) else { return };
-                    if let Some(listed) = state.streams[stream].relist.as_mut() {
-                        listed.remove(&key);
-                    }
-                    match state.remove(&key) {
-                        Some(entry) => state.bury(key, change, entry.cached.uid),
-                        // Never cached (foreign or dropped): nothing changes for anyone.
-                        None => return,
-                    }
-                }
+                Event::Delete(object) => state.deleted(stream, change, &object),
+            };
+            if !changed {
+                return;
             }
             self.changes.send_modify(|n| *n = n.wrapping_add(1));
         }
         if recovered {
             self.recoveries.send_modify(|n| *n = n.wrapping_add(1));
         }
+    }
+
+    /// Caches (or drops) an object stream `stream` listed or saw change. Returns whether that
+    /// changed anything for the waiters.
+    fn applied(&self, state: &mut State, stream: usize, change: u64, object: &R) -> bool {
+        let Some(key) = key_of(object) else {
+            return false;
+        };
+        let kind = R::kind(&());
+        let scope = object.scope();
+        let admitted = match self.owner.foreign(object.meta()) {
+            Some(why) => {
+                debug!(%kind, namespace = %key.0, name = %key.1, why, "ignoring a labelled object that is not this node's");
+                Err((Dropped::Foreign, state.remove(&key).map(Box::new)))
+            }
+            None => {
+                let entry = Entry {
+                    cached: object.cached(),
+                    scope: scope.clone(),
+                    stream,
+                };
+                state.admit(key.clone(), entry, self.limits)
+            }
+        };
+        match admitted {
+            Ok(()) => {
+                if let Some(listed) = state.streams[stream].relist.as_mut() {
+                    listed.insert(key);
+                }
+            }
+            Err((why, old)) => {
+                state.drop_counted(why, &scope, &kind, self.limits);
+                // An object of ours that someone changed into a foreign one (or that no longer
+                // fits) is gone for the waiters.
+                match old {
+                    Some(entry) => state.bury(key, change, entry.cached.uid),
+                    None => return false,
+                }
+            }
+        }
+        true
     }
 
     /// Whether `key` was deleted after change `since`, or is the deletion of the object `uid`.
@@ -739,7 +527,7 @@ fn key_of<R: Resource>(object: &R) -> Option<Key> {
 }
 
 /// Runs watch stream `stream` of the node's watch until the process ends: lists (in pages of
-/// [`PAGE_SIZE`]) and watches every request of `R` matching `selector` that `api` reaches (one
+/// [`REQUEST_PAGE_SIZE`](crate::kube::client::REQUEST_PAGE_SIZE)) and watches every request of `R` matching `selector` that `api` reaches (one
 /// namespace, or all), relisting after 410 Gone.
 ///
 /// After an error the watch starts over with a fresh list once a backoff has passed, instead of
@@ -757,7 +545,7 @@ pub async fn run<R: Watched>(
     loop {
         let config = watcher::Config::default()
             .labels(&selector)
-            .page_size(PAGE_SIZE);
+            .page_size(REQUEST_PAGE_SIZE);
         let mut stream = watcher::watcher(api.clone(), config).boxed();
         // The watcher's stream does not end on its own; if it ever does, start over like after
         // an error.
@@ -788,21 +576,14 @@ pub async fn run<R: Watched>(
     }
 }
 
-/// Backoff before relisting after `failures` consecutive failed attempts (at least 1): 1 s
-/// doubling to 30 s, shortened by up to a fifth at random (`jitter` in [0, 1)) so that the nodes
-/// of a cluster do not relist in lockstep after an API server outage.
-pub fn retry_delay(failures: u32, jitter: f64) -> Duration {
-    let exp = failures.saturating_sub(1).min(5);
-    let base = Duration::from_secs(1u64 << exp).min(Duration::from_secs(30));
-    base.mul_f64(1.0 - 0.2 * jitter.clamp(0.0, 1.0))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::issuer::cached::{MAX_MESSAGE, Pem, request_key_of_der};
     use crate::issuer::certmanager::resource::{
         self, CertificateRequest, CertificateRequestStatus, Condition,
     };
+    use crate::issuer::labels::{ANNOTATION_NODE_NAME, LABEL_NODE, LABEL_VOLUME};
     use k8s_openapi::ByteString;
 
     fn cr(name: &str, ready: Option<(&str, &str)>) -> CertificateRequest {
@@ -990,27 +771,6 @@ mod tests {
             )
             .await;
         assert!(matches!(waited, Waited::TimedOut { last: None, .. }));
-    }
-
-    #[test]
-    fn retry_delay_doubles_to_thirty_seconds_and_jitter_only_shortens() {
-        let table = [
-            (1, 0.0, 1_000),
-            (2, 0.0, 2_000),
-            (3, 0.0, 4_000),
-            (5, 0.0, 16_000),
-            (6, 0.0, 30_000),
-            (40, 0.0, 30_000),
-            (1, 0.5, 900),
-            (6, 0.999_999, 24_000),
-        ];
-        for (failures, jitter, millis) in table {
-            assert_eq!(
-                retry_delay(failures, jitter).as_millis(),
-                millis,
-                "failures={failures} jitter={jitter}"
-            );
-        }
     }
 
     #[test]

@@ -130,8 +130,17 @@ pub const MAX_EVENT_BYTES: usize = 4 << 20;
 /// MiB at most.
 pub const MAX_RESPONSE_BYTES: usize = 64 << 20;
 
+/// Objects per list page of the node's request watch (`issuer::watch`). The watcher holds one page at a time, and a page costs about four
+/// times its JSON while it is read (hyper's chunks, their concatenation, the parsed objects); a
+/// hostile tenant can make every object of a page about 1.5 MiB (etcd's limit), so a page of 4
+/// peaks at about 25 MiB (measured: a flood of 40 such objects took the driver from 22 MiB to 45
+/// MiB, against 65 MiB with pages of 8 and 128 MiB with the watcher's default of 500). A node's
+/// hundred or so requests still list in a few dozen small requests (about 2 s at the issuance
+/// client's default 10 QPS, burst 20).
+pub const REQUEST_PAGE_SIZE: u32 = 4;
+
 /// Largest response to the issuer's client ([`issuance_client`]). Its biggest answers are list
-/// pages of the request watch, [`crate::issuer::watch::PAGE_SIZE`] (4) objects each. certvol's
+/// pages of the request watch, [`REQUEST_PAGE_SIZE`] (4) objects each. certvol's
 /// own requests are a few KiB (a CSR, a certificate chain of a few KiB, a CA), so a page of
 /// them is well under 100 KiB; but anyone who may create request objects can add the node's
 /// label to objects of up to etcd's 1.5 MiB (about 2 MiB as JSON once a protobuf-stored CSR's
@@ -142,9 +151,18 @@ pub const MAX_ISSUANCE_RESPONSE_BYTES: usize = 12 << 20;
 // etcd refuses requests over 1.5 MiB; an event adds a few bytes of envelope around the object.
 const _: () = assert!(MAX_EVENT_BYTES > (3 << 19) + 4096 && MAX_RESPONSE_BYTES >= MAX_EVENT_BYTES);
 const _: () = assert!(
-    MAX_ISSUANCE_RESPONSE_BYTES >= crate::issuer::watch::PAGE_SIZE as usize * (2 << 20) + 65536
+    MAX_ISSUANCE_RESPONSE_BYTES >= REQUEST_PAGE_SIZE as usize * (2 << 20) + 65536
         && MAX_ISSUANCE_RESPONSE_BYTES >= MAX_EVENT_BYTES
 );
+
+/// Backoff before relisting after `failures` consecutive failed attempts (at least 1): 1 s
+/// doubling to 30 s, shortened by up to a fifth at random (`jitter` in [0, 1)) so that the nodes
+/// of a cluster do not relist in lockstep after an API server outage.
+pub fn retry_delay(failures: u32, jitter: f64) -> Duration {
+    let exp = failures.saturating_sub(1).min(5);
+    let base = Duration::from_secs(1u64 << exp).min(Duration::from_secs(30));
+    base.mul_f64(1.0 - 0.2 * jitter.clamp(0.0, 1.0))
+}
 
 /// A response from the API server was larger than certvol accepts. The request (or the watch)
 /// fails with this error; watches relist after their backoff.
@@ -469,7 +487,7 @@ mod tests {
     /// Records when each request arrived.
     #[derive(Clone, Default)]
     struct Clockwork(
-        std::sync::Arc<std::sync::Mutex<Vec<Duration>>>,
+        std::sync::Arc<parking_lot::Mutex<Vec<Duration>>>,
         Option<Instant>,
     );
 
@@ -482,7 +500,7 @@ mod tests {
         }
         fn call(&mut self, (): ()) -> Self::Future {
             let start = self.1.unwrap_or_else(Instant::now);
-            self.0.lock().unwrap().push(start.elapsed());
+            self.0.lock().push(start.elapsed());
             std::future::ready(Ok(()))
         }
     }
@@ -494,7 +512,7 @@ mod tests {
         for _ in 0..n {
             svc.ready().await.unwrap().call(()).await.unwrap();
         }
-        let times = log.lock().unwrap().clone();
+        let times = log.lock().clone();
         times.iter().map(|d| d.as_millis() as u64).collect()
     }
 
@@ -522,12 +540,7 @@ mod tests {
         for _ in 0..3 {
             svc.ready().await.unwrap().call(()).await.unwrap();
         }
-        let times: Vec<u64> = log
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|d| d.as_millis() as u64)
-            .collect();
+        let times: Vec<u64> = log.lock().iter().map(|d| d.as_millis() as u64).collect();
         assert_eq!(times, vec![0, 0, 60_000, 60_000, 60_100]);
     }
 
@@ -640,7 +653,7 @@ mod tests {
 
     /// A fake API server recording the (virtual) time each request reached it.
     fn recording_server(
-        log: std::sync::Arc<std::sync::Mutex<Vec<(String, Duration)>>>,
+        log: std::sync::Arc<parking_lot::Mutex<Vec<(String, Duration)>>>,
     ) -> impl Service<
         axum::http::Request<kube::client::Body>,
         Response = axum::http::Response<kube::client::Body>,
@@ -654,7 +667,7 @@ mod tests {
         tower::service_fn(move |req: axum::http::Request<kube::client::Body>| {
             let log = log.clone();
             async move {
-                log.lock().unwrap().push((
+                log.lock().push((
                     format!("{} {}", req.method(), req.uri().path()),
                     start.elapsed(),
                 ));
@@ -710,7 +723,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_flood_of_trust_source_reads_does_not_delay_issuance() {
-        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = std::sync::Arc::new(parking_lot::Mutex::new(Vec::new()));
         let clients = ApiClients::over(
             recording_server(log.clone()),
             RateLimit::default(),
@@ -728,7 +741,6 @@ mod tests {
         }
         let last_read = log
             .lock()
-            .unwrap()
             .iter()
             .filter(|(what, _)| what.starts_with("GET"))
             .map(|(_, at)| *at)
@@ -750,5 +762,26 @@ mod tests {
     async fn nonsense_rates_do_not_hang() {
         let times = arrivals(RateLimit { qps: 0.0, burst: 0 }, 4).await;
         assert_eq!(times, vec![0, 0, 0, 0]);
+    }
+
+    #[test]
+    fn retry_delay_doubles_to_thirty_seconds_and_jitter_only_shortens() {
+        let table = [
+            (1, 0.0, 1_000),
+            (2, 0.0, 2_000),
+            (3, 0.0, 4_000),
+            (5, 0.0, 16_000),
+            (6, 0.0, 30_000),
+            (40, 0.0, 30_000),
+            (1, 0.5, 900),
+            (6, 0.999_999, 24_000),
+        ];
+        for (failures, jitter, millis) in table {
+            assert_eq!(
+                retry_delay(failures, jitter).as_millis(),
+                millis,
+                "failures={failures} jitter={jitter}"
+            );
+        }
     }
 }

@@ -4,7 +4,6 @@
 //! the cert-manager backend and by the volume layer.
 
 use std::collections::{HashSet, VecDeque};
-use std::sync::Mutex;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference};
@@ -12,6 +11,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::Api;
 use kube::api::PostParams;
+use parking_lot::{Mutex, MutexGuard};
 use sha2::{Digest, Sha256};
 use tracing::{debug, warn};
 
@@ -103,14 +103,12 @@ impl EventSink {
             debug!(request, reason, "event already reported");
             return;
         }
-        let event = build_event(
-            pod,
+        let report = Report {
             reason,
             request,
             message,
-            &self.node_id,
-            Timestamp::now(),
-        );
+        };
+        let event = build_event(pod, report, &self.node_id, Timestamp::now());
         let api: Api<Event> = Api::namespaced(self.client.clone(), &pod.namespace);
         match tokio::time::timeout(EVENT_TIMEOUT, api.create(&PostParams::default(), &event)).await
         {
@@ -128,21 +126,28 @@ impl EventSink {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Dedup> {
-        self.dedup.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> MutexGuard<'_, Dedup> {
+        self.dedup.lock()
     }
+}
+
+/// What one report on a pod says.
+#[derive(Clone, Copy, Debug)]
+pub struct Report<'a> {
+    pub reason: &'a str,
+    /// The request it is about; with the pod and the reason, what makes it one event.
+    pub request: &'a str,
+    pub message: &'a str,
 }
 
 /// The core/v1 Event for one report. Its name is derived from (pod uid, reason, request), so the
 /// same report after a driver restart collides instead of duplicating.
-pub fn build_event(
-    pod: &PodInfo,
-    reason: &str,
-    request: &str,
-    message: &str,
-    node_id: &str,
-    now: Timestamp,
-) -> Event {
+pub fn build_event(pod: &PodInfo, report: Report<'_>, node_id: &str, now: Timestamp) -> Event {
+    let Report {
+        reason,
+        request,
+        message,
+    } = report;
     let mut hasher = Sha256::new();
     for part in [pod.uid.as_str(), pod.name.as_str(), reason, request] {
         hasher.update(part.as_bytes());
@@ -211,9 +216,11 @@ mod tests {
         let now = Timestamp::from_second(1_800_000_000).unwrap();
         let ev = build_event(
             &pod(),
-            REASON_DENIED,
-            "shop/certvol-x-1",
-            "request shop/certvol-x-1 was denied: nope",
+            Report {
+                reason: REASON_DENIED,
+                request: "shop/certvol-x-1",
+                message: "request shop/certvol-x-1 was denied: nope",
+            },
             "node-1",
             now,
         );
@@ -251,18 +258,22 @@ mod tests {
         // Same triple, same name (restart-safe dedup); another reason, another name.
         let again = build_event(
             &pod(),
-            REASON_DENIED,
-            "shop/certvol-x-1",
-            "other text",
+            Report {
+                reason: REASON_DENIED,
+                request: "shop/certvol-x-1",
+                message: "other text",
+            },
             "node-1",
             now,
         );
         assert_eq!(again.metadata.name.unwrap(), name);
         let other = build_event(
             &pod(),
-            REASON_TIMEOUT,
-            "shop/certvol-x-1",
-            "m",
+            Report {
+                reason: REASON_TIMEOUT,
+                request: "shop/certvol-x-1",
+                message: "m",
+            },
             "node-1",
             now,
         );
@@ -275,9 +286,11 @@ mod tests {
         p.name = "p".repeat(253);
         let ev = build_event(
             &p,
-            REASON_FAILED,
-            "r",
-            &"é".repeat(2000),
+            Report {
+                reason: REASON_FAILED,
+                request: "r",
+                message: &"é".repeat(2000),
+            },
             "n",
             Timestamp::UNIX_EPOCH,
         );

@@ -36,7 +36,7 @@ use kube::{Api, ResourceExt};
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
-use crate::issuer::watch::retry_delay;
+use crate::kube::client::retry_delay;
 use crate::spec::request::PodInfo;
 
 /// How long a publish waits for its pod to appear in the node's pod watch.

@@ -116,7 +116,9 @@ pub async fn run(
         clock: clock.clone(),
         scheduler: sched_handle,
     };
-    let manager = VolumeManager::new(opts.volume_config(), store, services);
+    let cfg = opts.volume_config();
+    let sched = sched.with_policy(cfg.policy.clone());
+    let manager = VolumeManager::new(cfg, store, services);
     let volumes = Arc::new(wiring.manager(manager));
     let ready = Readiness::default();
     let (stop_tx, stop_rx) = watch::channel(false);

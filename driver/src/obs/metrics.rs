@@ -6,7 +6,9 @@
 //! workload.
 
 use std::collections::HashMap;
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::{Arc, LazyLock};
+
+use parking_lot::Mutex;
 use std::time::{Duration, SystemTime};
 
 use prometheus_client::collector::Collector;
@@ -28,7 +30,7 @@ struct NextExpiry(Mutex<Option<f64>>);
 
 impl Collector for NextExpiry {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let Some(secs) = self.0.lock().ok().and_then(|v| *v) else {
+        let Some(secs) = *self.0.lock() else {
             return Ok(());
         };
         let gauge = ConstGauge::new(secs);
@@ -65,19 +67,6 @@ impl IssueOutcome {
             IssueOutcome::Invalid => "invalid",
             IssueOutcome::Timeout => "timeout",
             IssueOutcome::Unavailable => "unavailable",
-        }
-    }
-
-    /// The outcome of an issuer's answer.
-    pub fn of<T>(result: &Result<T, crate::issuer::IssueError>) -> Self {
-        use crate::issuer::IssueError as E;
-        match result {
-            Ok(_) => IssueOutcome::Issued,
-            Err(E::Denied { .. }) => IssueOutcome::Denied,
-            Err(E::Failed { .. }) => IssueOutcome::Failed,
-            Err(E::Invalid { .. }) => IssueOutcome::Invalid,
-            Err(E::Timeout { .. }) => IssueOutcome::Timeout,
-            Err(E::Unavailable { .. }) => IssueOutcome::Unavailable,
         }
     }
 }
@@ -139,6 +128,7 @@ pub struct Metrics {
     rpcs: Family<Labels, Counter>,
     issuances: Family<Labels, Counter>,
     renewals: Family<Labels, Counter>,
+    renewal_panics: Counter,
     trust_refreshes: Family<Labels, Counter>,
     kube_requests: Family<Labels, Counter>,
     requests_dropped: Family<Labels, Counter>,
@@ -170,6 +160,7 @@ impl Metrics {
             rpcs: Family::default(),
             issuances: Family::default(),
             renewals: Family::default(),
+            renewal_panics: Counter::default(),
             trust_refreshes: Family::default(),
             kube_requests: Family::default(),
             requests_dropped: Family::default(),
@@ -220,6 +211,11 @@ impl Metrics {
             .inc();
     }
 
+    /// A renewal task panicked (a bug: the volume is retried, the panic is in the log).
+    pub fn renewal_panic(&self) {
+        self.renewal_panics.inc();
+    }
+
     pub fn trust_refresh(&self, outcome: RefreshOutcome) {
         self.trust_refreshes
             .get_or_create(&vec![("outcome", outcome.as_str().to_string())])
@@ -243,9 +239,9 @@ impl Metrics {
 
     /// A volume is published (or renewed) with a certificate valid until `not_after`.
     pub fn track_volume(&self, volume_id: &str, not_after: SystemTime) {
-        if let Ok(mut map) = self.expiries.lock() {
-            map.insert(volume_id.to_string(), not_after);
-        }
+        self.expiries
+            .lock()
+            .insert(volume_id.to_string(), not_after);
     }
 
     /// What the volumes keep in tmpfs now, and the node's budget for it.
@@ -258,16 +254,14 @@ impl Metrics {
 
     /// A volume is gone.
     pub fn untrack_volume(&self, volume_id: &str) {
-        if let Ok(mut map) = self.expiries.lock() {
-            map.remove(volume_id);
-        }
+        self.expiries.lock().remove(volume_id);
     }
 
     /// Brings the volume gauges up to `now` (called on every scrape).
     pub fn refresh(&self, now: SystemTime) {
-        let (count, nearest) = match self.expiries.lock() {
-            Ok(map) => (map.len(), map.values().min().copied()),
-            Err(_) => return,
+        let (count, nearest) = {
+            let map = self.expiries.lock();
+            (map.len(), map.values().min().copied())
         };
         self.volumes.set(i64::try_from(count).unwrap_or(i64::MAX));
         // Negative once expired, so an alert on "< 0" still fires.
@@ -275,9 +269,7 @@ impl Metrics {
             Ok(d) => d.as_secs_f64(),
             Err(e) => -e.duration().as_secs_f64(),
         });
-        if let Ok(mut value) = self.next_expiry.0.lock() {
-            *value = secs;
-        }
+        *self.next_expiry.0.lock() = secs;
     }
 
     /// The OpenMetrics text exposition of every family, gauges refreshed to `now`.
@@ -320,6 +312,11 @@ impl Metrics {
             "renewals",
             "Certificate renewals attempted, by outcome (renewed, failed)",
             self.renewals.clone(),
+        );
+        registry.register(
+            "renewal_panics",
+            "Renewal tasks that panicked instead of answering; the scheduler retries their volume after a backoff",
+            self.renewal_panics.clone(),
         );
         registry.register(
             "trust_bundle_refreshes",
@@ -400,10 +397,13 @@ mod tests {
             Duration::from_secs(60),
         );
         m.rpc("NodeUnpublishVolume", Code::Ok, Duration::from_millis(1));
-        m.issuance("local", IssueOutcome::of(&Ok::<(), IssueError>(())));
+        m.issuance(
+            "local",
+            crate::issuer::outcome_of(&Ok::<(), IssueError>(())),
+        );
         m.issuance(
             "cert-manager",
-            IssueOutcome::of::<()>(&Err(IssueError::Denied {
+            crate::issuer::outcome_of::<()>(&Err(IssueError::Denied {
                 request: "r".into(),
                 message: "no".into(),
             })),
@@ -411,6 +411,7 @@ mod tests {
         m.renewal(true);
         m.renewal(false);
         m.renewal(false);
+        m.renewal_panic();
         m.trust_refresh(RefreshOutcome::Updated);
         m.trust_refresh(RefreshOutcome::SourceError);
         m.kube_request("create", Some(201));
@@ -457,6 +458,7 @@ mod tests {
         );
         assert_eq!(v(r#"certvol_renewals_total{outcome="renewed"}"#), Some(1.0));
         assert_eq!(v(r#"certvol_renewals_total{outcome="failed"}"#), Some(2.0));
+        assert_eq!(v("certvol_renewal_panics_total"), Some(1.0));
         assert_eq!(
             v(r#"certvol_trust_bundle_refreshes_total{outcome="updated"}"#),
             Some(1.0)
@@ -487,33 +489,5 @@ mod tests {
         let gone = m.encode(later).unwrap();
         assert_eq!(line_value(&gone, "certvol_volumes"), Some(0.0));
         assert_eq!(line_value(&gone, "certvol_next_expiry_seconds"), None);
-    }
-
-    #[test]
-    fn issue_outcomes_cover_every_error() {
-        let r = |e| IssueOutcome::of::<()>(&Err(e));
-        let s = String::new;
-        assert_eq!(
-            r(IssueError::Timeout { request: s() }),
-            IssueOutcome::Timeout
-        );
-        assert_eq!(
-            r(IssueError::Unavailable { message: s() }),
-            IssueOutcome::Unavailable
-        );
-        assert_eq!(
-            r(IssueError::Failed {
-                request: s(),
-                message: s()
-            }),
-            IssueOutcome::Failed
-        );
-        assert_eq!(
-            r(IssueError::Invalid {
-                request: s(),
-                message: s()
-            }),
-            IssueOutcome::Invalid
-        );
     }
 }

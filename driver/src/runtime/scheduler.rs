@@ -9,16 +9,20 @@
 //! `issuer::filing::file_and_wait`), so renewals whose signer never answers cannot occupy every
 //! worker. Permits go round-robin between namespaces ([`FairPool`]): a namespace with a thousand
 //! due renewals delays another namespace's one by at most one renewal per worker.
+//!
+//! A renewal task that panics is a bug, but must not stop that volume's renewals for good: the
+//! loop tracks each task's volume by task id, retries it after the renewal backoff, and counts the
+//! panic (`certvol_renewal_panics_total`).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use certvol_renewer::DeadlineQueue;
+use certvol_renewer::{DeadlineQueue, Policy};
 use futures::future::BoxFuture;
 use tokio::sync::{mpsc, watch};
-use tokio::task::JoinSet;
-use tracing::{Instrument, debug, info_span};
+use tokio::task::{self, JoinError, JoinSet};
+use tracing::{Instrument, debug, error, info_span};
 
 use crate::base::clock::Clock;
 use crate::base::fair::{FairPool, Lease};
@@ -84,15 +88,27 @@ impl SchedulerHandle {
 #[derive(Debug)]
 pub struct Scheduler {
     rx: mpsc::UnboundedReceiver<Command>,
+    policy: Policy,
 }
 
 /// A handle and the loop it feeds.
 pub fn channel() -> (SchedulerHandle, Scheduler) {
     let (tx, rx) = mpsc::unbounded_channel();
-    (SchedulerHandle { tx }, Scheduler { rx })
+    let scheduler = Scheduler {
+        rx,
+        policy: Policy::default(),
+    };
+    (SchedulerHandle { tx }, scheduler)
 }
 
 impl Scheduler {
+    /// Retries a renewal that panicked with `policy`'s backoff: the volume manager's
+    /// (`Config::policy`), so that it backs off like a failed renewal. Default: the default policy.
+    pub fn with_policy(mut self, policy: Policy) -> Self {
+        self.policy = policy;
+        self
+    }
+
     /// Runs until `shutdown` turns true or every handle is dropped. At most `concurrency`
     /// renewals work at once, shared round-robin between namespaces. In-flight renewals are
     /// awaited before returning so that none is cut off half-way.
@@ -103,76 +119,151 @@ impl Scheduler {
         concurrency: usize,
         mut shutdown: watch::Receiver<bool>,
     ) {
-        let mut queue: DeadlineQueue<String> = DeadlineQueue::new();
-        let mut running: HashSet<String> = HashSet::new();
-        // Cancelled while their renewal was running: their outcome must not re-queue them.
-        let mut cancelled: HashSet<String> = HashSet::new();
-        let mut tasks: JoinSet<(String, RenewOutcome)> = JoinSet::new();
-        // Each queued or running volume's namespace; dropped with the volume.
-        let mut namespaces: HashMap<String, String> = HashMap::new();
-        let workers = FairPool::new(concurrency);
-
+        let mut state = Loop {
+            renewer,
+            clock,
+            policy: self.policy.clone(),
+            workers: FairPool::new(concurrency),
+            queue: DeadlineQueue::new(),
+            running: HashSet::new(),
+            cancelled: HashSet::new(),
+            tasks: JoinSet::new(),
+            task_volumes: HashMap::new(),
+            panics: HashMap::new(),
+            namespaces: HashMap::new(),
+        };
         loop {
-            let sleep = queue
-                .next_deadline()
-                .map(|at| at.duration_since(clock.now()).unwrap_or(Duration::ZERO));
+            let sleep = state.queue.next_deadline().map(|at| {
+                at.duration_since(state.clock.now())
+                    .unwrap_or(Duration::ZERO)
+            });
             tokio::select! {
                 biased;
                 _ = shutdown.changed() => {
                     if *shutdown.borrow() { break; }
                 }
                 cmd = self.rx.recv() => match cmd {
-                    Some(Command::Schedule { volume_id, namespace, at }) => {
-                        cancelled.remove(&volume_id);
-                        namespaces.insert(volume_id.clone(), namespace);
-                        if !running.contains(&volume_id) {
-                            queue.schedule(volume_id, at);
-                        }
-                    }
-                    Some(Command::Cancel { volume_id }) => {
-                        queue.cancel(&volume_id);
-                        if running.contains(&volume_id) {
-                            cancelled.insert(volume_id);
-                        } else {
-                            namespaces.remove(&volume_id);
-                        }
-                    }
+                    Some(cmd) => state.command(cmd),
                     None => break,
                 },
-                Some(joined) = tasks.join_next(), if !tasks.is_empty() => {
-                    let Ok((volume_id, outcome)) = joined else { continue };
-                    running.remove(&volume_id);
-                    if cancelled.remove(&volume_id) {
-                        namespaces.remove(&volume_id);
-                        continue;
-                    }
-                    match outcome {
-                        RenewOutcome::Renewed { next } => queue.schedule(volume_id, next),
-                        RenewOutcome::Failed { retry_at } => queue.schedule(volume_id, retry_at),
-                        RenewOutcome::Done => {
-                            namespaces.remove(&volume_id);
-                        }
-                    }
+                Some(joined) = state.tasks.join_next_with_id(), if !state.tasks.is_empty() => {
+                    state.joined(joined);
                 }
-                _ = sleep_for(sleep) => {
-                    for volume_id in queue.pop_due(clock.now()) {
-                        running.insert(volume_id.clone());
-                        let renewer = renewer.clone();
-                        let workers = workers.clone();
-                        let namespace = namespaces.get(&volume_id).cloned().unwrap_or_default();
-                        let span = info_span!("renew", volume_id = %volume_id, namespace = %namespace);
-                        tasks.spawn(async move {
-                            let permit = workers.acquire(&namespace).await;
-                            let worker = Lease::new(&workers, &namespace, permit);
-                            debug!("renewal due");
-                            let outcome = renewer.renew(volume_id.clone(), worker).await;
-                            (volume_id, outcome)
-                        }.instrument(span));
-                    }
+                _ = sleep_for(sleep) => state.start_due(),
+            }
+        }
+        while state.tasks.join_next().await.is_some() {}
+    }
+}
+
+/// The loop's state between two wake-ups.
+struct Loop {
+    renewer: Arc<dyn Renewer>,
+    clock: Arc<dyn Clock>,
+    policy: Policy,
+    workers: FairPool,
+    queue: DeadlineQueue<String>,
+    running: HashSet<String>,
+    /// Cancelled while their renewal was running: their outcome must not re-queue them.
+    cancelled: HashSet<String>,
+    tasks: JoinSet<RenewOutcome>,
+    /// The volume each running task renews: a task that panicked returns no outcome to say so.
+    task_volumes: HashMap<task::Id, String>,
+    /// Renewals of a volume that panicked in a row, the attempt number of their backoff.
+    panics: HashMap<String, u32>,
+    /// Each queued or running volume's namespace; dropped with the volume.
+    namespaces: HashMap<String, String>,
+}
+
+impl Loop {
+    fn command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Schedule {
+                volume_id,
+                namespace,
+                at,
+            } => {
+                self.cancelled.remove(&volume_id);
+                self.namespaces.insert(volume_id.clone(), namespace);
+                if !self.running.contains(&volume_id) {
+                    self.queue.schedule(volume_id, at);
+                }
+            }
+            Command::Cancel { volume_id } => {
+                self.queue.cancel(&volume_id);
+                if self.running.contains(&volume_id) {
+                    self.cancelled.insert(volume_id);
+                } else {
+                    self.forget(&volume_id);
                 }
             }
         }
-        while tasks.join_next().await.is_some() {}
+    }
+
+    /// A renewal task ended: with an outcome, or by panicking (which leaves its volume to be
+    /// retried like a failed renewal, not stuck as running until the driver restarts).
+    fn joined(&mut self, joined: Result<(task::Id, RenewOutcome), JoinError>) {
+        let (id, outcome) = match joined {
+            Ok((id, outcome)) => (id, Ok(outcome)),
+            Err(e) => (e.id(), Err(e)),
+        };
+        let Some(volume_id) = self.task_volumes.remove(&id) else {
+            return;
+        };
+        self.running.remove(&volume_id);
+        if self.cancelled.remove(&volume_id) {
+            self.forget(&volume_id);
+            return;
+        }
+        match outcome {
+            Ok(outcome) => {
+                self.panics.remove(&volume_id);
+                match outcome {
+                    RenewOutcome::Renewed { next } => self.queue.schedule(volume_id, next),
+                    RenewOutcome::Failed { retry_at } => self.queue.schedule(volume_id, retry_at),
+                    RenewOutcome::Done => self.forget(&volume_id),
+                }
+            }
+            Err(e) => {
+                let failures = self.panics.entry(volume_id.clone()).or_insert(0);
+                *failures = failures.saturating_add(1);
+                let delay = certvol_renewer::backoff(*failures, &self.policy, rand::random());
+                let now = self.clock.now();
+                let retry_at = now.checked_add(delay).unwrap_or(now);
+                if e.is_panic() {
+                    crate::obs::metrics::global().renewal_panic();
+                }
+                error!(volume_id = %volume_id, error = %e, failures = *failures, retry_in = ?delay, "renewal task ended without an outcome; retrying after a backoff");
+                self.queue.schedule(volume_id, retry_at);
+            }
+        }
+    }
+
+    fn start_due(&mut self) {
+        for volume_id in self.queue.pop_due(self.clock.now()) {
+            self.running.insert(volume_id.clone());
+            let renewer = self.renewer.clone();
+            let workers = self.workers.clone();
+            let namespace = self.namespaces.get(&volume_id).cloned().unwrap_or_default();
+            let span = info_span!("renew", volume_id = %volume_id, namespace = %namespace);
+            let id = volume_id.clone();
+            let task = self.tasks.spawn(
+                async move {
+                    let permit = workers.acquire(&namespace).await;
+                    let worker = Lease::new(&workers, &namespace, permit);
+                    debug!("renewal due");
+                    renewer.renew(id, worker).await
+                }
+                .instrument(span),
+            );
+            self.task_volumes.insert(task.id(), volume_id);
+        }
+    }
+
+    /// Drops what the loop knows of a volume it no longer renews.
+    fn forget(&mut self, volume_id: &str) {
+        self.namespaces.remove(volume_id);
+        self.panics.remove(volume_id);
     }
 }
 
@@ -187,7 +278,7 @@ async fn sleep_for(duration: Option<Duration>) {
 mod tests {
     use super::*;
     use crate::base::clock::TokioClock;
-    use std::sync::Mutex;
+    use parking_lot::Mutex;
 
     type Answer = Box<dyn Fn(&str, SystemTime, usize) -> RenewOutcome + Send + Sync>;
 
@@ -207,7 +298,7 @@ mod tests {
             Box::pin(async move {
                 let now = self.clock.now();
                 let n = {
-                    let mut calls = self.calls.lock().unwrap();
+                    let mut calls = self.calls.lock();
                     calls.push((volume_id.clone(), now));
                     calls.iter().filter(|(v, _)| *v == volume_id).count()
                 };
@@ -243,7 +334,6 @@ mod tests {
     fn calls(fake: &Fake) -> Vec<(String, u64)> {
         fake.calls
             .lock()
-            .unwrap()
             .iter()
             .map(|(v, t)| (v.clone(), t.duration_since(t0()).unwrap().as_secs()))
             .collect()
@@ -299,6 +389,42 @@ mod tests {
         task.await.unwrap();
     }
 
+    /// The value of `certvol_renewal_panics_total` in the process's metrics.
+    fn panics_counted() -> f64 {
+        let text = crate::obs::metrics::global().encode(t0()).unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix("certvol_renewal_panics_total "))
+            .map_or(0.0, |v| v.trim().parse().unwrap())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_renewal_that_panics_is_retried_after_a_backoff_and_counted() {
+        let before = panics_counted();
+        let (handle, fake, stop, task) = start(|_, now, n| match n {
+            1 => panic!("a bug in the renewal"),
+            2 => RenewOutcome::Renewed {
+                next: now + Duration::from_secs(100),
+            },
+            _ => RenewOutcome::Done,
+        });
+        handle.schedule("v", "ns", t0() + Duration::from_secs(10));
+        tokio::time::sleep(Duration::from_secs(1000)).await;
+        let calls = calls(&fake);
+        assert_eq!(calls.len(), 3, "{calls:?}");
+        assert_eq!(calls[0], ("v".into(), 10));
+        // The default policy's first backoff: 2 s, shortened by up to half at random.
+        let retried = calls[1].1;
+        assert!((11..=12).contains(&retried), "{calls:?}");
+        assert_eq!(
+            calls[2],
+            ("v".into(), retried + 100),
+            "renewed as usual after"
+        );
+        assert!(panics_counted() >= before + 1.0, "the panic is counted");
+        stop.send(true).unwrap();
+        task.await.unwrap();
+    }
+
     #[tokio::test(start_paused = true)]
     async fn cancel_and_reschedule_replace_deadlines() {
         let (handle, fake, stop, task) = start(|_, _, _| RenewOutcome::Done);
@@ -346,7 +472,6 @@ mod tests {
         fn calls(&self, namespace: &str) -> Vec<(String, u64, u64)> {
             self.calls
                 .lock()
-                .unwrap()
                 .iter()
                 .filter(|(v, _, _)| Signers::namespace_of(v) == namespace)
                 .cloned()
@@ -365,7 +490,6 @@ mod tests {
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 self.calls
                     .lock()
-                    .unwrap()
                     .push((volume_id.clone(), started, self.secs()));
                 if self.silent.contains(&Signers::namespace_of(&volume_id)) {
                     worker.pause();
@@ -439,7 +563,6 @@ mod tests {
         let order: Vec<(String, u64)> = signers
             .calls
             .lock()
-            .unwrap()
             .iter()
             .map(|(v, s, _)| (v.clone(), *s))
             .collect();

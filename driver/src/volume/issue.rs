@@ -220,7 +220,7 @@ impl VolumeManager {
         let metrics = crate::obs::metrics::global();
         match answer {
             Ok(result) => {
-                metrics.issuance(self.issuer.kind(), IssueOutcome::of(&result));
+                metrics.issuance(self.issuer.kind(), crate::issuer::outcome_of(&result));
                 let issued = result?;
                 job.op.hit("signed");
                 Ok(issued)

@@ -41,7 +41,7 @@ use crate::files::layout::Password;
 use crate::files::mount::Mounter;
 use crate::files::store::{self, Phase, Store, StoreError, VolumePaths, VolumeState};
 use crate::issuer::Issuer;
-use crate::issuer::certmanager::BearerToken;
+use crate::issuer::token::BearerToken;
 use crate::kube::discovery::Apis;
 use crate::runtime::scheduler::SchedulerHandle;
 use crate::spec::attrs::{self, AttrError};

@@ -13,7 +13,7 @@ use crate::base::crashpoint;
 use crate::base::fair::Lease;
 use crate::files::layout::Password;
 use crate::files::store::{self, Phase, RenewalRecord, STATE_VERSION, VolumePaths, VolumeState};
-use crate::issuer::certmanager::{BearerToken, token_from_context};
+use crate::issuer::token::{BearerToken, token_from_context};
 use crate::spec::attrs;
 use crate::spec::request::{CertRequest, KeyAlgorithm};
 use crate::trust::VolumeTrust;

@@ -9,7 +9,6 @@
 
 pub use crate::kube::events;
 pub mod resource;
-pub mod token;
 
 /// The shared request watch (it began here, with cert-manager's requests).
 pub use super::watch;
@@ -22,15 +21,16 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use kube::Api;
 use tracing::info;
-use x509_parser::certification_request::X509CertificationRequest;
-use x509_parser::prelude::FromDer;
 
+/// The pod's token, which began here (the token-request mode is cert-manager's).
+pub use super::token::{BearerToken, token_from_context};
 pub use resource::{CertificateRequest, outcome};
-pub use token::{BearerToken, token_from_context};
 
 use self::events::EventSink;
 use self::watch::RequestCache;
-use super::{IssueError, IssueRequest, Issued, Issuer, filing};
+use super::cached::{Cached, request_key_of_der};
+use super::filing::{self, Filing};
+use super::{IssueError, IssueRequest, Issued, Issuer};
 
 /// Configuration of the cert-manager backend.
 #[derive(Clone)]
@@ -196,8 +196,8 @@ impl CertManagerIssuer {
             ));
         }
         let key = (namespace.to_owned(), req.name.clone());
-        let our_key = watch::request_key_of_der(&req.csr_der);
-        let check = |adopted: bool, cr: &watch::Cached| {
+        let our_key = request_key_of_der(&req.csr_der);
+        let check = |adopted: bool, cr: &Cached| {
             if adopted
                 && let (Some(ours), Some(theirs)) = (our_key, cr.request_key)
                 && ours != theirs
@@ -209,29 +209,15 @@ impl CertManagerIssuer {
             }
             resource::outcome_of(cr)
         };
-        filing::file_and_wait(
-            &self.cache,
-            &key,
-            &request,
-            self.cfg.wait_timeout,
-            &req.worker,
-            || self.file(req, &request),
-            check,
-        )
-        .await
+        let filing = Filing {
+            cache: &self.cache,
+            key: &key,
+            request: &request,
+            wait_timeout: self.cfg.wait_timeout,
+            worker: &req.worker,
+        };
+        filing::file_and_wait(filing, || self.file(req, &request), check).await
     }
-}
-
-/// The raw SubjectPublicKeyInfo of a DER CSR, or `None` when it does not parse.
-pub(crate) fn spki_of_der(der: &[u8]) -> Option<Vec<u8>> {
-    let (_, csr) = X509CertificationRequest::from_der(der).ok()?;
-    Some(csr.certification_request_info.subject_pki.raw.to_vec())
-}
-
-/// The raw SubjectPublicKeyInfo of a PEM CSR (`spec.request`), or `None` when it does not parse.
-pub(crate) fn spki_of_pem(pem: &[u8]) -> Option<Vec<u8>> {
-    let (_, pem) = x509_parser::pem::parse_x509_pem(pem).ok()?;
-    spki_of_der(&pem.contents)
 }
 
 impl Issuer for CertManagerIssuer {
@@ -294,8 +280,8 @@ impl Issuer for CertManagerIssuer {
 
 #[cfg(test)]
 pub(crate) mod tests {
+    use parking_lot::Mutex;
     use std::collections::VecDeque;
-    use std::sync::Mutex;
 
     use kube::runtime::watcher::Event;
     use serde_json::{Value, json};
@@ -323,7 +309,7 @@ pub(crate) mod tests {
 
     impl Fake {
         pub(crate) fn calls(&self) -> Vec<Call> {
-            self.calls.lock().unwrap().clone()
+            self.calls.lock().clone()
         }
 
         pub(crate) fn count(&self, method: &str, resource: &str) -> usize {
@@ -334,7 +320,7 @@ pub(crate) mod tests {
         }
 
         pub(crate) fn script(&self, code: u16, reason: &'static str) {
-            self.replies.lock().unwrap().push_back((code, reason));
+            self.replies.lock().push_back((code, reason));
         }
 
         /// The Events posted so far.
@@ -374,7 +360,7 @@ pub(crate) mod tests {
             let fake = fake.clone();
             async move {
                 let path = req.path_and_query();
-                fake.calls.lock().unwrap().push(Call {
+                fake.calls.lock().push(Call {
                     method: req.method.clone(),
                     path: path.clone(),
                     body: req.body.clone(),
@@ -383,7 +369,7 @@ pub(crate) mod tests {
                 let scripted = if path.contains("certificaterequests")
                     || path.contains("certificatesigningrequests")
                 {
-                    fake.replies.lock().unwrap().pop_front()
+                    fake.replies.lock().pop_front()
                 } else {
                     None
                 };

@@ -9,33 +9,20 @@ use k8s_openapi::ByteString;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
 use kube::CustomResource;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
-use crate::issuer::filing::{Reasons, RequestObject, describe_condition};
-use crate::issuer::watch::{Cached, CachedCondition, Pem, Watched, request_key_of_pem};
+use crate::issuer::cached::{
+    ApiCondition, Cached, CachedCondition, Pem, Watched, request_key_of_pem,
+};
+use crate::issuer::filing::{Reasons, RequestObject};
 use crate::issuer::{IssueError, IssueRequest, Issued};
 use crate::kube::events;
 
-/// Label holding the (label-safe) node id; the node's watch selects on it.
-pub const LABEL_NODE: &str = "certvol.io/node";
-/// Label holding a hash of the CSI volume id (volume ids are longer than a label value allows).
-pub const LABEL_VOLUME: &str = "certvol.io/volume";
-/// Label holding the pod name (hashed when it is not a valid label value).
-pub const LABEL_POD: &str = "certvol.io/pod";
-/// Annotation holding the node name verbatim: the `certvol.io/node` label is a hash for names
-/// longer than a label allows, and the chart's admission policy compares the request with the
-/// node name its bound token carries. Volume attributes cannot set it (the prefix is reserved).
-pub const ANNOTATION_NODE_NAME: &str = "certvol.io/node-name";
-
-/// The request's annotations: the volume's pass-through ones, then certvol's own.
-pub fn annotations(
-    cert: &crate::spec::request::CertRequest,
-    node_id: &str,
-) -> BTreeMap<String, String> {
-    let mut out = cert.annotations.clone();
-    out.insert(ANNOTATION_NODE_NAME.to_owned(), node_id.to_owned());
-    out
-}
+use crate::issuer::labels::request_labels;
+/// The label helpers began here; e2e and older callers name them by this path.
+pub use crate::issuer::labels::{
+    ANNOTATION_NODE_NAME, LABEL_NODE, LABEL_POD, LABEL_VOLUME, annotations, hashed_label,
+    is_valid_label_value, label_value,
+};
 
 /// `spec` of a cert-manager `CertificateRequest`.
 ///
@@ -116,6 +103,13 @@ pub struct Condition {
     pub last_transition_time: Option<Time>,
 }
 
+impl ApiCondition for Condition {
+    fn fields(&self) -> (&str, &str, Option<&str>, Option<&str>) {
+        let (reason, message) = (self.reason.as_deref(), self.message.as_deref());
+        (&self.type_, &self.status, reason, message)
+    }
+}
+
 /// Formats `d` the way Go's `time.Duration.String()` does (`2160h0m0s`, `1m30s`, `1.5s`, `500ms`),
 /// which is how cert-manager writes and expects `spec.duration`.
 pub fn go_duration(d: Duration) -> String {
@@ -162,47 +156,12 @@ fn fraction(value: u128, scale: u128) -> String {
     format!("{whole}.{}", frac.trim_end_matches('0'))
 }
 
-/// Whether `v` is a valid Kubernetes label value: at most 63 characters, alphanumerics with `-`,
-/// `_` and `.` inside, starting and ending with an alphanumeric (or empty).
-pub fn is_valid_label_value(v: &str) -> bool {
-    if v.is_empty() {
-        return true;
-    }
-    let bytes = v.as_bytes();
-    v.len() <= 63
-        && bytes[0].is_ascii_alphanumeric()
-        && bytes[bytes.len() - 1].is_ascii_alphanumeric()
-        && bytes
-            .iter()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-}
-
-/// A label value naming `v`: `v` itself when it is a valid, non-empty label value, otherwise a
-/// stable hash of it (so long or odd node and pod names still select exactly).
-pub fn label_value(v: &str) -> String {
-    if !v.is_empty() && is_valid_label_value(v) {
-        v.to_owned()
-    } else {
-        hashed_label(v)
-    }
-}
-
-/// `sha256-` and the first 20 bytes of SHA-256 in hex: 47 characters, always a valid label value.
-pub fn hashed_label(v: &str) -> String {
-    let digest = Sha256::digest(v.as_bytes());
-    format!("sha256-{}", hex::encode(&digest[..20]))
-}
-
 /// Builds the `CertificateRequest` for `req`, labelled for `node_label`'s watch and owned by the pod
 /// so that deleting the pod garbage-collects it.
 pub fn build(req: &IssueRequest, node_id: &str) -> CertificateRequest {
     let cert = &req.cert;
     let pod = &cert.pod;
-    let labels = BTreeMap::from([
-        (LABEL_NODE.to_owned(), label_value(node_id)),
-        (LABEL_VOLUME.to_owned(), hashed_label(&req.volume_id)),
-        (LABEL_POD.to_owned(), label_value(&pod.name)),
-    ]);
+    let labels = request_labels(node_id, &req.volume_id, pod);
     // Without a uid the reference would be rejected (and could name a different pod with the same
     // name); the request then simply outlives the pod until `forget` deletes it.
     let owner_references = (!pod.uid.is_empty()).then(|| {
@@ -323,14 +282,7 @@ pub fn describe_cached(cr: &Cached) -> String {
     }
     cr.conditions
         .iter()
-        .map(|c| {
-            describe_condition(
-                &c.type_,
-                &c.status,
-                c.reason.as_deref(),
-                c.message.as_deref(),
-            )
-        })
+        .map(CachedCondition::describe)
         .collect::<Vec<_>>()
         .join(", ")
 }
@@ -347,18 +299,7 @@ impl Watched for CertificateRequest {
         let mut cached = Cached::from_meta(&self.metadata);
         cached.request_key = request_key_of_pem(&self.spec.request.0);
         if let Some(status) = &self.status {
-            cached.conditions = status
-                .conditions
-                .iter()
-                .map(|c| {
-                    CachedCondition::new(
-                        &c.type_,
-                        &c.status,
-                        c.reason.as_deref(),
-                        c.message.as_deref(),
-                    )
-                })
-                .collect();
+            cached.conditions = CachedCondition::all(&status.conditions);
             cached.certificate = status.certificate.as_ref().map(|c| Pem::new(&c.0));
             cached.ca = status.ca.as_ref().map(|c| Pem::new(&c.0));
         }
@@ -496,27 +437,6 @@ pub(crate) mod tests {
         for (d, want) in cases {
             assert_eq!(go_duration(*d), *want, "{d:?}");
         }
-    }
-
-    #[test]
-    fn label_values_are_kept_when_valid_and_hashed_otherwise() {
-        assert_eq!(label_value("node-1"), "node-1");
-        assert_eq!(
-            label_value("ip-10-0-0-1.ec2.internal"),
-            "ip-10-0-0-1.ec2.internal"
-        );
-        let long = "n".repeat(64);
-        for odd in [long.as_str(), "", "-lead", "trail.", "has space", "ünï"] {
-            let v = label_value(odd);
-            assert!(
-                v.starts_with("sha256-") && is_valid_label_value(&v),
-                "{odd:?} -> {v}"
-            );
-            assert_eq!(v, label_value(odd), "stable");
-        }
-        assert_ne!(label_value(&"a".repeat(64)), label_value(&"a".repeat(65)));
-        assert!(is_valid_label_value(&"a".repeat(63)));
-        assert!(!is_valid_label_value(&"a".repeat(64)));
     }
 
     #[test]

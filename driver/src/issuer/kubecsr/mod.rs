@@ -25,13 +25,14 @@ use kube::Api;
 use tracing::info;
 
 use self::ca::{CaError, CaResolver, KubeCaResolver};
-use super::certmanager::events::EventSink;
-use super::filing::{self, Reasons, RequestObject};
-use super::watch::{Cached, RequestCache, request_key_of_der};
+use super::cached::{Cached, request_key_of_der};
+use super::filing::{self, Filing, Reasons, RequestObject};
+use super::watch::RequestCache;
 use super::{IssueError, IssueRequest, Issued, Issuer};
 use crate::kube::discovery::Apis;
+use crate::kube::events::EventSink;
 use crate::spec::attrs::{AttrError, CERTVOL_PREFIX};
-use crate::spec::request::{CaSource, CertRequest};
+use crate::spec::request::{CaSource, CertRequest, KubeCsrRef};
 
 pub const REASON_DENIED: &str = "CertificateSigningRequestDenied";
 pub const REASON_FAILED: &str = "CertificateSigningRequestFailed";
@@ -135,64 +136,27 @@ impl KubeCsrIssuer {
         req: &IssueRequest,
     ) -> Result<Issued, (IssueError, Option<String>)> {
         let request = req.name.clone();
-        let invalid = |message: String| {
-            (
-                IssueError::Invalid {
-                    request: request.clone(),
-                    message,
-                },
-                None,
-            )
-        };
-        let Some(signer) = req.cert.kube_csr.as_ref() else {
-            return Err(invalid(format!(
-                "this node issues through the Kubernetes CSR API (--issuer kubernetes-csr): set \"{CERTVOL_PREFIX}signer-name\""
-            )));
-        };
-        let namespace = req.cert.pod.namespace.as_str();
-        if namespace.is_empty()
-            && matches!(
-                signer.ca_source,
-                CaSource::ConfigMap { .. } | CaSource::Secret { .. }
-            )
-        {
-            return Err(invalid(format!(
-                "{}: {} is read from the pod's namespace, which is unknown: the CSIDriver object must set podInfoOnMount: true",
-                ca_source_attribute(),
-                signer.ca_source
-            )));
-        }
+        let signer = signer_of(req).map_err(|message| {
+            let request = request.clone();
+            (IssueError::Invalid { request, message }, None)
+        })?;
         // The CA first: without one the volume cannot be completed, and failing before the
         // request is filed leaves nothing to clean up.
         let ca_pem = self
             .ca
-            .resolve(namespace, &signer.signer_name, &signer.ca_source)
+            .resolve(
+                &req.cert.pod.namespace,
+                &signer.signer_name,
+                &signer.ca_source,
+            )
             .await
             .map_err(|e| (ca_error(&request, e), None))?;
 
         let key = (String::new(), req.name.clone());
         let our_key = request_key_of_der(&req.csr_der);
         let check = |adopted: bool, csr: &Cached| {
-            if adopted {
-                let same_key = match (our_key, csr.request_key) {
-                    (Some(ours), Some(theirs)) => ours == theirs,
-                    _ => false,
-                };
-                if !same_key {
-                    return Some(Err(IssueError::Failed {
-                        request: request.clone(),
-                        message: "a CertificateSigningRequest with this name already exists for a different private key (or with an unreadable spec.request); delete it to issue again".into(),
-                    }));
-                }
-                if csr.signer_name != signer.signer_name {
-                    return Some(Err(IssueError::Failed {
-                        request: request.clone(),
-                        message: format!(
-                            "a CertificateSigningRequest with this name already exists for signer {:?}, not {:?}",
-                            csr.signer_name, signer.signer_name
-                        ),
-                    }));
-                }
+            if adopted && let Some(refused) = not_ours(&request, our_key, signer, csr) {
+                return Some(Err(refused));
             }
             resource::outcome_of(csr)
         };
@@ -200,21 +164,71 @@ impl KubeCsrIssuer {
             let csr = resource::build(req, signer, &self.cfg.node_id);
             self.file(req, &csr).await
         };
-        let issued = filing::file_and_wait(
-            &self.cache,
-            &key,
-            &request,
-            self.cfg.wait_timeout,
-            &req.worker,
-            file,
-            check,
-        )
-        .await?;
+        let filing = Filing {
+            cache: &self.cache,
+            key: &key,
+            request: &request,
+            wait_timeout: self.cfg.wait_timeout,
+            worker: &req.worker,
+        };
+        let issued = filing::file_and_wait(filing, file, check).await?;
         Ok(Issued {
             chain_pem: issued.chain_pem,
             ca_pem,
         })
     }
+}
+
+/// The volume's signer, or why this backend cannot serve the volume as it is.
+fn signer_of(req: &IssueRequest) -> Result<&KubeCsrRef, String> {
+    let Some(signer) = req.cert.kube_csr.as_ref() else {
+        return Err(format!(
+            "this node issues through the Kubernetes CSR API (--issuer kubernetes-csr): set \"{CERTVOL_PREFIX}signer-name\""
+        ));
+    };
+    if req.cert.pod.namespace.is_empty()
+        && matches!(
+            signer.ca_source,
+            CaSource::ConfigMap { .. } | CaSource::Secret { .. }
+        )
+    {
+        return Err(format!(
+            "{}: {} is read from the pod's namespace, which is unknown: the CSIDriver object must set podInfoOnMount: true",
+            ca_source_attribute(),
+            signer.ca_source
+        ));
+    }
+    Ok(signer)
+}
+
+/// Why an existing request of this name cannot be adopted (it is for another key, an unreadable
+/// one, or another signer), or `None` when it is ours.
+fn not_ours(
+    request: &str,
+    our_key: Option<[u8; 32]>,
+    signer: &KubeCsrRef,
+    csr: &Cached,
+) -> Option<IssueError> {
+    let same_key = match (our_key, csr.request_key) {
+        (Some(ours), Some(theirs)) => ours == theirs,
+        _ => false,
+    };
+    if !same_key {
+        return Some(IssueError::Failed {
+            request: request.to_owned(),
+            message: "a CertificateSigningRequest with this name already exists for a different private key (or with an unreadable spec.request); delete it to issue again".into(),
+        });
+    }
+    if csr.signer_name != signer.signer_name {
+        return Some(IssueError::Failed {
+            request: request.to_owned(),
+            message: format!(
+                "a CertificateSigningRequest with this name already exists for signer {:?}, not {:?}",
+                csr.signer_name, signer.signer_name
+            ),
+        });
+    }
+    None
 }
 
 /// A CA source that cannot be read: missing or unusable ones are final for this publish (named
@@ -329,7 +343,7 @@ impl Issuer for KubeCsrIssuer {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Mutex;
+    use parking_lot::Mutex;
 
     use kube::runtime::watcher::Event;
 
@@ -352,11 +366,9 @@ mod tests {
             signer_name: &'a str,
             source: &'a CaSource,
         ) -> BoxFuture<'a, Result<String, CaError>> {
-            self.asked.lock().unwrap().push((
-                namespace.to_owned(),
-                signer_name.to_owned(),
-                source.clone(),
-            ));
+            self.asked
+                .lock()
+                .push((namespace.to_owned(), signer_name.to_owned(), source.clone()));
             let result = match &self.answer {
                 Ok(pem) => Ok(pem.clone()),
                 Err(what) => Err(CaError::Missing {
@@ -444,7 +456,7 @@ mod tests {
         assert_eq!(issued.chain_pem, LEAF);
         assert_eq!(issued.ca_pem, CA);
         assert_eq!(
-            resolver.asked.lock().unwrap().as_slice(),
+            resolver.asked.lock().as_slice(),
             [(
                 "shop".to_owned(),
                 "example.com/workloads".to_owned(),

@@ -2,20 +2,18 @@
 //! functions to build one from an [`IssueRequest`] and to read the outcome from the conditions
 //! the approver and the signer set.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::certificates::v1::{
-    CertificateSigningRequest, CertificateSigningRequestSpec,
+    CertificateSigningRequest, CertificateSigningRequestCondition, CertificateSigningRequestSpec,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
-use crate::issuer::certmanager::resource::{
-    LABEL_NODE, LABEL_POD, LABEL_VOLUME, annotations, hashed_label, label_value,
+use crate::issuer::cached::{
+    ApiCondition, Cached, CachedCondition, Pem, Watched, request_key_of_pem,
 };
-use crate::issuer::filing::describe_condition;
-use crate::issuer::watch::{Cached, CachedCondition, Pem, Watched, request_key_of_pem};
+use crate::issuer::labels::{annotations, label_value, request_labels};
 use crate::issuer::{IssueError, IssueRequest, Issued};
 use crate::spec::request::KubeCsrRef;
 
@@ -37,12 +35,8 @@ pub fn expiration_seconds(duration: Duration) -> i32 {
 pub fn build(req: &IssueRequest, signer: &KubeCsrRef, node_id: &str) -> CertificateSigningRequest {
     let cert = &req.cert;
     let pod = &cert.pod;
-    let labels = BTreeMap::from([
-        (LABEL_NODE.to_owned(), label_value(node_id)),
-        (LABEL_VOLUME.to_owned(), hashed_label(&req.volume_id)),
-        (LABEL_POD.to_owned(), label_value(&pod.name)),
-        (LABEL_NAMESPACE.to_owned(), label_value(&pod.namespace)),
-    ]);
+    let mut labels = request_labels(node_id, &req.volume_id, pod);
+    labels.insert(LABEL_NAMESPACE.to_owned(), label_value(&pod.namespace));
     CertificateSigningRequest {
         metadata: ObjectMeta {
             name: Some(req.name.clone()),
@@ -128,14 +122,7 @@ pub fn describe_cached(csr: &Cached) -> String {
     let mut parts: Vec<String> = csr
         .conditions
         .iter()
-        .map(|c| {
-            describe_condition(
-                &c.type_,
-                &c.status,
-                c.reason.as_deref(),
-                c.message.as_deref(),
-            )
-        })
+        .map(CachedCondition::describe)
         .collect();
     if condition(csr, "Approved").is_some() {
         parts.push(format!(
@@ -156,19 +143,7 @@ impl Watched for CertificateSigningRequest {
         cached.request_key = request_key_of_pem(&self.spec.request.0);
         cached.signer_name = truncated_signer(&self.spec.signer_name);
         if let Some(status) = &self.status {
-            cached.conditions = status
-                .conditions
-                .iter()
-                .flatten()
-                .map(|c| {
-                    CachedCondition::new(
-                        &c.type_,
-                        &c.status,
-                        c.reason.as_deref(),
-                        c.message.as_deref(),
-                    )
-                })
-                .collect();
+            cached.conditions = CachedCondition::all(status.conditions.iter().flatten());
             cached.certificate = status.certificate.as_ref().map(|c| Pem::new(&c.0));
         }
         cached
@@ -185,6 +160,13 @@ impl Watched for CertificateSigningRequest {
             .and_then(|l| l.get(LABEL_NAMESPACE))
             .cloned()
             .unwrap_or_default()
+    }
+}
+
+impl ApiCondition for CertificateSigningRequestCondition {
+    fn fields(&self) -> (&str, &str, Option<&str>, Option<&str>) {
+        let (reason, message) = (self.reason.as_deref(), self.message.as_deref());
+        (&self.type_, &self.status, reason, message)
     }
 }
 
@@ -210,6 +192,7 @@ pub(crate) mod tests {
 
     use super::*;
     use crate::issuer::certmanager::resource::tests::{cert_request, issue_request};
+    use crate::issuer::labels::{LABEL_NODE, LABEL_POD};
     use crate::spec::request::CaSource;
 
     pub(crate) fn signer() -> KubeCsrRef {

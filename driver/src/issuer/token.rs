@@ -153,8 +153,8 @@ mod tests {
         );
         assert!(shown.contains("redacted"));
 
-        let mut req = super::super::resource::tests::issue_request(
-            super::super::resource::tests::cert_request(),
+        let mut req = crate::issuer::certmanager::resource::tests::issue_request(
+            crate::issuer::certmanager::resource::tests::cert_request(),
         );
         req.token = token;
         let shown = format!("{req:?}");
