@@ -95,9 +95,9 @@ impl Operation {
             Operation::Refresh => "refresh:",
             Operation::Unpublish => "unpublish:",
         };
-        let mut points: Vec<&'static str> = crashpoint::POINTS
+        let mut points: Vec<&'static str> = crashpoint::Point::ALL
             .iter()
-            .copied()
+            .map(|p| p.name())
             .filter(|p| p.starts_with(prefix))
             .collect();
         if self == Operation::Publish {

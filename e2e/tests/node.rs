@@ -733,8 +733,9 @@ async fn crash_during_publish(point: &str) {
 #[tokio::test]
 async fn sigkill_at_every_publish_step_then_restart_recovers() {
     require_root!();
-    for point in crashpoint::POINTS
+    for point in crashpoint::Point::ALL
         .iter()
+        .map(|p| p.name())
         .filter(|p| p.starts_with("publish:"))
     {
         crash_during_publish(point).await;
@@ -768,8 +769,9 @@ async fn sigkill_during_unpublish_is_finished_by_the_next_start() {
 #[tokio::test]
 async fn sigkill_at_every_renewal_step_then_restart_resumes_without_duplicates() {
     require_root!();
-    for point in crashpoint::POINTS
+    for point in crashpoint::Point::ALL
         .iter()
+        .map(|p| p.name())
         .filter(|p| p.starts_with("renew:"))
     {
         let mut env = Env::new();

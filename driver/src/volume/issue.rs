@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime};
 use tracing::{debug, warn};
 use zeroize::Zeroizing;
 
-use crate::base::crashpoint;
+use crate::base::crashpoint::{self, Point};
 use crate::base::fair::{FairPool, Lease};
 use crate::files::fsutil;
 use crate::files::layout::{self, Material};
@@ -36,16 +36,27 @@ pub(super) enum Op {
     Renew,
 }
 
-impl Op {
-    fn name(self) -> &'static str {
-        match self {
-            Op::Publish => "publish",
-            Op::Renew => "renew",
-        }
-    }
+/// A step of an issuance, named by its crash point.
+#[derive(Clone, Copy, Debug)]
+enum Step {
+    KeySaved,
+    Signed,
+    FilesWritten,
+    Recorded,
+}
 
-    fn hit(self, step: &str) {
-        crashpoint::hit(&format!("{}:{step}", self.name()));
+impl Op {
+    fn hit(self, step: Step) {
+        crashpoint::hit(match (self, step) {
+            (Op::Publish, Step::KeySaved) => Point::PublishKeySaved,
+            (Op::Publish, Step::Signed) => Point::PublishSigned,
+            (Op::Publish, Step::FilesWritten) => Point::PublishFilesWritten,
+            (Op::Publish, Step::Recorded) => Point::PublishRecorded,
+            (Op::Renew, Step::KeySaved) => Point::RenewKeySaved,
+            (Op::Renew, Step::Signed) => Point::RenewSigned,
+            (Op::Renew, Step::FilesWritten) => Point::RenewFilesWritten,
+            (Op::Renew, Step::Recorded) => Point::RenewRecorded,
+        });
     }
 }
 
@@ -163,7 +174,7 @@ impl VolumeManager {
         }
         self.save(&next).await?;
         *state = next;
-        job.op.hit("key-saved");
+        job.op.hit(Step::KeySaved);
         Ok(key)
     }
 
@@ -222,7 +233,7 @@ impl VolumeManager {
             Ok(result) => {
                 metrics.issuance(self.issuer.kind(), crate::issuer::outcome_of(&result));
                 let issued = result?;
-                job.op.hit("signed");
+                job.op.hit(Step::Signed);
                 Ok(issued)
             }
             Err(_) => {
@@ -330,7 +341,7 @@ impl VolumeManager {
         let files = layout::render(job.req, &material)?;
         drop(material);
         self.write_files(&state.volume_id, job.paths, &files, gid)?;
-        job.op.hit("files-written");
+        job.op.hit(Step::FilesWritten);
         Ok(())
     }
 
@@ -367,7 +378,7 @@ impl VolumeManager {
         next.issuing_cas = issuing_cas;
         self.save(&next).await?;
         *state = next;
-        job.op.hit("recorded");
+        job.op.hit(Step::Recorded);
         prune_keys(job.paths, job.revision);
         // The charge counted the key this revision replaced, now pruned.
         self.tmpfs.set(

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use tracing::{debug, info, warn};
 
-use crate::base::crashpoint;
+use crate::base::crashpoint::{self, Point};
 use crate::base::fair::Lease;
 use crate::files::layout::Password;
 use crate::files::store::{self, Phase, RenewalRecord, STATE_VERSION, VolumePaths, VolumeState};
@@ -288,7 +288,7 @@ impl VolumeManager {
         // Files are in place (recorded with `current`); a crash from here on is finished by the
         // retried publish, which finds the files and only binds the target.
         self.bind_target(&paths, &params.target_path)?;
-        crashpoint::hit("publish:bound");
+        crashpoint::hit(Point::PublishBound);
         let mut next = state.clone();
         next.phase = Phase::Published;
         self.save(&next).await?;
@@ -391,7 +391,7 @@ impl VolumeManager {
         self.save(&state).await?;
         *guard = Some(state);
         self.mount_memory(paths)?;
-        crashpoint::hit("publish:mounted");
+        crashpoint::hit(Point::PublishMounted);
         Ok(())
     }
 

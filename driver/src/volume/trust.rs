@@ -8,7 +8,7 @@ use futures::future::BoxFuture;
 use tracing::{Instrument, info, info_span, warn};
 use zeroize::Zeroizing;
 
-use crate::base::crashpoint;
+use crate::base::crashpoint::{self, Point};
 use crate::files::layout::{self, Material};
 use crate::files::store::{Phase, VolumeState};
 use crate::files::writer;
@@ -246,7 +246,7 @@ impl VolumeManager {
             &files,
             req.fs_group.or(state.mount_group),
         )?;
-        crashpoint::hit("refresh:files-written");
+        crashpoint::hit(Point::RefreshFilesWritten);
         Ok(Some(bundle.rejected))
     }
 

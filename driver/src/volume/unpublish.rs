@@ -6,7 +6,7 @@ use std::path::Path;
 
 use tracing::{info, warn};
 
-use crate::base::crashpoint;
+use crate::base::crashpoint::{self, Point};
 use crate::files::store::{Phase, VolumeState};
 use crate::runtime::refresh::Message;
 
@@ -56,7 +56,7 @@ impl VolumeManager {
             // First: if the data root refuses the record (full, read-only), the volume stays as
             // it was, still renewed and refreshed, and kubelet's retry of the unpublish finds it.
             self.save(&marked).await?;
-            crashpoint::hit("unpublish:marked");
+            crashpoint::hit(Point::UnpublishMarked);
         }
         self.scheduler.cancel(&state.volume_id);
         self.set_token(&state.volume_id, None);
@@ -67,7 +67,7 @@ impl VolumeManager {
             });
         }
         self.unbind_target(&state.target_path, Some(&paths.key))?;
-        crashpoint::hit("unpublish:unbound");
+        crashpoint::hit(Point::UnpublishUnbound);
         self.mounter
             .unmount(&paths.mem)
             .map_err(VolumeError::io_at("unmount", &paths.mem))?;

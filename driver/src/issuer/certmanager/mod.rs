@@ -161,7 +161,7 @@ impl CertManagerIssuer {
         let api: Api<CertificateRequest> = Api::namespaced(client, &req.cert.pod.namespace);
         filing::create_or_adopt(&api, &cr, request, || {
             info!(%request, issuer = %req.cert.issuer.name, "created CertificateRequest");
-            crate::base::crashpoint::hit("certmanager:created");
+            crate::base::crashpoint::hit(crate::base::crashpoint::Point::CertManagerCreated);
         })
         .await
     }

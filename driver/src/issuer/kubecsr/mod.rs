@@ -126,7 +126,7 @@ impl KubeCsrIssuer {
         let api: Api<CertificateSigningRequest> = Api::all(self.client.clone());
         filing::create_or_adopt(&api, csr, &req.name, || {
             info!(request = %req.name, signer = %csr.spec.signer_name, "created CertificateSigningRequest");
-            crate::base::crashpoint::hit("kubecsr:created");
+            crate::base::crashpoint::hit(crate::base::crashpoint::Point::KubeCsrCreated);
         })
         .await
     }
