@@ -13,7 +13,9 @@
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
 /// A pool of `size` permits, shared round-robin between tenants. Cheap to clone.
@@ -108,10 +110,10 @@ impl FairPool {
         }
     }
 
-    /// Poisoning only means a panic elsewhere while the lock was held; every update above
-    /// leaves the state consistent before it can panic, so the state is still sound.
+    /// A lock that cannot poison: every update above leaves the state consistent before it
+    /// can panic.
     fn state(&self) -> MutexGuard<'_, State> {
-        self.shared.lock().unwrap_or_else(|e| e.into_inner())
+        self.shared.lock()
     }
 
     pub fn size(&self) -> usize {
@@ -304,7 +306,7 @@ impl Lease {
     }
 
     fn slot(inner: &LeaseInner) -> MutexGuard<'_, Option<Permit>> {
-        inner.permit.lock().unwrap_or_else(|e| e.into_inner())
+        inner.permit.lock()
     }
 
     /// Whether the permit is held now (`false` for the default lease).
