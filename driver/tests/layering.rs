@@ -540,3 +540,42 @@ fn the_error_map_is_exhaustive() {
         "one impl per error type"
     );
 }
+
+#[test]
+fn docs_architecture_lists_every_module() {
+    let doc = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/architecture.md"),
+    )
+    .expect("docs/architecture.md");
+    let listed: BTreeSet<&str> = doc
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    let (mods, _) = graph();
+    let missing: Vec<&str> = mods
+        .iter()
+        .map(|m| m.path.as_str())
+        .filter(|p| !p.is_empty() && *p != "main" && !listed.contains(p))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "modules docs/architecture.md does not list: {missing:?}"
+    );
+    let known: BTreeSet<&str> = mods.iter().map(|m| m.path.as_str()).collect();
+    // A listed module that no longer exists is as wrong as a missing one.
+    let stale: Vec<&str> = doc
+        .lines()
+        .filter(|l| l.starts_with("  ") || l.split_whitespace().count() > 1)
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|w| {
+            w.contains("::")
+                && w.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == ':')
+        })
+        .filter(|w| !known.contains(w))
+        .collect();
+    assert!(
+        stale.is_empty(),
+        "docs/architecture.md lists modules that do not exist: {stale:?}"
+    );
+}
