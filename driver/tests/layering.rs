@@ -111,16 +111,28 @@ fn modules() -> Vec<Module> {
     out
 }
 
-/// The source before its `#[cfg(test)]` test module, which every file keeps last.
+/// The source without its `#[cfg(test)]` items; the test module, which every file keeps last,
+/// ends it.
 fn strip_tests(text: &str) -> String {
     let mut out = String::new();
     let mut lines = text.lines().peekable();
     while let Some(line) = lines.next() {
-        if line.trim() == "#[cfg(test)]" && lines.peek().is_some_and(|n| n.contains("mod tests")) {
+        if line.trim() != "#[cfg(test)]" {
+            out.push_str(line);
+            out.push('\n');
+            continue;
+        }
+        if lines.peek().is_some_and(|n| n.contains("mod tests")) {
             break;
         }
-        out.push_str(line);
-        out.push('\n');
+        // Any other test-only item (an impl, a helper): skip it to its closing brace.
+        let mut depth = 0i32;
+        for item in lines.by_ref() {
+            depth += item.matches('{').count() as i32 - item.matches('}').count() as i32;
+            if depth <= 0 && (item.trim_end().ends_with('}') || item.trim_end().ends_with(';')) {
+                break;
+            }
+        }
     }
     out
 }

@@ -17,12 +17,6 @@ use crate::files::writer::FileSpec;
 /// tmpfs allocates whole pages; the memory cgroup is charged per page.
 pub(crate) const PAGE: u64 = 4096;
 
-/// Default of `--max-volume-bytes`: a quarter of the chart's 128Mi memory limit, as the trust
-/// text budget (`--max-trust-bytes`, 32Mi, which peaks at about 75 MiB resident when full); the
-/// rest is the driver's own working set and the kernel's per-volume objects (inodes, mounts:
-/// tens of KiB each), which this budget does not count.
-pub(crate) const DEFAULT_MAX_VOLUME_BYTES: u64 = 32 << 20;
-
 /// The least a volume keeps: a key, its certificate, the CA file and the key's copy in
 /// `mem/keys`, a page each.
 pub(crate) const MIN_VOLUME_BYTES: u64 = 4 * PAGE;

@@ -150,6 +150,9 @@ pub struct NodeOptions {
     /// must stay well under the container's memory limit. A publish that would pass it fails
     /// with FailedPrecondition; a renewal or trust-bundle rewrite that would keeps the volume's
     /// current files and is retried later.
+    // A quarter of the chart's 128Mi memory limit, as the trust text budget (--max-trust-bytes,
+    // 32Mi, which peaks at about 75 MiB resident when full); the rest is the driver's own working
+    // set and the kernel's per-volume objects (inodes, mounts: tens of KiB each), not counted here.
     #[arg(long, default_value = "32Mi", value_parser = parse_source_size)]
     pub max_volume_bytes: u64,
     /// Most distinct trust sources (each one list and watch on the API server) the volumes of
@@ -166,15 +169,19 @@ pub struct NodeOptions {
     pub renew_concurrency: usize,
     /// Shortest certificate duration a volume may ask for (Go duration); shorter volumes are
     /// refused with InvalidArgument. cert-manager's floor is 1h too.
+    // A very short duration would keep renewal slots and the API busy.
     #[arg(long, default_value = "1h", value_parser = parse_duration)]
     pub min_duration: Duration,
     /// Longest certificate duration a volume may ask for (Go duration); longer volumes are
     /// refused with InvalidArgument.
+    // A year: the longest a leaf certificate is commonly trusted (the local CA's default cap too).
     #[arg(long, default_value = "8760h", value_parser = parse_duration)]
     pub max_duration: Duration,
     /// How many certvol volumes one pod may have on this node; more are refused with
     /// InvalidArgument.
-    #[arg(long, default_value_t = crate::spec::limits::DEFAULT_MAX_VOLUMES_PER_POD, value_parser = parse_count)]
+    // More than any real pod needs (an SNI server with a few domains, a client certificate, a
+    // keystore), few enough that one pod cannot hold a noticeable share of the node.
+    #[arg(long, default_value_t = 32, value_parser = parse_count)]
     pub max_volumes_per_pod: usize,
     /// Refuse volumes asking for RSA 4096 keys (key-size "4096") with PermissionDenied: each
     /// takes seconds of CPU to generate. Already published volumes keep renewing.
@@ -285,16 +292,20 @@ impl NodeOptions {
 
     /// The volume layer's tunables.
     pub fn volume_config(&self) -> crate::volume::Config {
-        let mut cfg = crate::volume::Config::new(self.node_id.clone());
-        cfg.kubelet_dir = self.kubelet_dir.clone();
-        cfg.tmpfs_size = self.tmpfs_size;
-        cfg.issue_timeout = self.issue_timeout;
-        cfg.request_history = self.request_history;
-        cfg.limits = self.limits();
-        cfg.forbid_rsa_4096 = self.forbid_rsa_4096;
-        cfg.max_trust_sources = self.max_trust_sources_per_volume;
-        cfg.max_volume_bytes = self.max_volume_bytes;
-        cfg
+        crate::volume::Config {
+            node_id: self.node_id.clone(),
+            tmpfs_size: self.tmpfs_size,
+            issue_timeout: self.issue_timeout,
+            request_history: self.request_history,
+            policy: certvol_renewer::Policy::default(),
+            kubelet_dir: self.kubelet_dir.clone(),
+            limits: self.limits(),
+            forbid_rsa_4096: self.forbid_rsa_4096,
+            // One key generation per CPU: what the machine has, not a setting.
+            keygen_concurrency: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            max_trust_sources: self.max_trust_sources_per_volume,
+            max_volume_bytes: self.max_volume_bytes,
+        }
     }
 
     /// What one volume or pod may ask of the node.

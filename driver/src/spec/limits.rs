@@ -13,14 +13,8 @@ use std::time::Duration;
 use crate::spec::attrs;
 use crate::spec::request::CertRequest;
 
-/// cert-manager refuses Certificates shorter than an hour; certvol defaults to the same floor.
-pub const DEFAULT_MIN_DURATION: Duration = Duration::from_secs(3600);
-/// A year: the longest a leaf certificate is commonly trusted (and the local CA's default cap).
-pub const DEFAULT_MAX_DURATION: Duration = Duration::from_secs(8760 * 3600);
-/// More than any real pod needs (an SNI server with a few domains, a client certificate, a
-/// keystore), few enough that one pod cannot hold a noticeable share of the node.
-pub const DEFAULT_MAX_VOLUMES_PER_POD: usize = 32;
-
+/// What one volume or pod may ask of the node (`--min-duration`, `--max-duration`,
+/// `--max-volumes-per-pod`, whose defaults are written on the command line, `node::NodeOptions`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Limits {
     pub min_duration: Duration,
@@ -28,13 +22,12 @@ pub struct Limits {
     pub max_volumes_per_pod: usize,
 }
 
+/// The command line's defaults, for the tests here.
+#[cfg(test)]
 impl Default for Limits {
     fn default() -> Self {
-        Limits {
-            min_duration: DEFAULT_MIN_DURATION,
-            max_duration: DEFAULT_MAX_DURATION,
-            max_volumes_per_pod: DEFAULT_MAX_VOLUMES_PER_POD,
-        }
+        crate::node::NodeOptions::new("unix:///csi/csi.sock", "n", "/var/lib/certvol".into())
+            .limits()
     }
 }
 

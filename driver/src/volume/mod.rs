@@ -74,21 +74,13 @@ pub struct Config {
     pub max_volume_bytes: u64,
 }
 
+#[cfg(test)]
 impl Config {
-    pub fn new(node_id: impl Into<String>) -> Self {
-        Config {
-            node_id: node_id.into(),
-            tmpfs_size: 4 << 20,
-            issue_timeout: Duration::from_secs(60),
-            request_history: 1,
-            policy: certvol_renewer::Policy::default(),
-            kubelet_dir: PathBuf::from(DEFAULT_KUBELET_DIR),
-            limits: crate::spec::limits::Limits::default(),
-            forbid_rsa_4096: false,
-            keygen_concurrency: std::thread::available_parallelism().map_or(1, |n| n.get()),
-            max_trust_sources: attrs::DEFAULT_MAX_TRUST_SOURCES,
-            max_volume_bytes: crate::files::budget::DEFAULT_MAX_VOLUME_BYTES,
-        }
+    /// What `certvol node` runs with for `node_id`: the defaults are written once, on its
+    /// command line (`node::NodeOptions`).
+    pub(crate) fn new(node_id: &str) -> Self {
+        crate::node::NodeOptions::new("unix:///csi/csi.sock", node_id, "/var/lib/certvol".into())
+            .volume_config()
     }
 }
 
