@@ -51,18 +51,18 @@ pub struct NodeOptions {
     /// Kubernetes API requests per second (client-side limit, like client-go's --kube-api-qps)
     /// of the node's general client: trust-source watches, Events and discovery. Issuance has
     /// its own budget (--issuance-api-qps).
-    #[arg(long, default_value_t = 10.0)]
+    #[arg(long, default_value_t = RateLimit::default().qps)]
     pub kube_api_qps: f64,
     /// Kubernetes API burst above the QPS limit.
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, default_value_t = RateLimit::default().burst)]
     pub kube_api_burst: u32,
     /// Requests per second of the issuer's own API client (filing, reading and deleting
     /// CertificateRequests / CertificateSigningRequests and their watch), kept apart from
     /// --kube-api-qps (trust sources, Events, discovery) so those cannot delay issuance.
-    #[arg(long, default_value_t = 10.0)]
+    #[arg(long, default_value_t = RateLimit::default().qps)]
     pub issuance_api_qps: f64,
     /// Burst above --issuance-api-qps.
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, default_value_t = RateLimit::default().burst)]
     pub issuance_api_burst: u32,
     /// Namespaces in which the node files and watches cert-manager CertificateRequests
     /// (comma-separated, one watch each, needing only namespaced RBAC); publishes for pods in
