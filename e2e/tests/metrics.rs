@@ -2,7 +2,6 @@
 //! kubelet's CSI calls, `/healthz` and `/readyz`, scraped with plain HTTP as Prometheus and the
 //! kubelet probes do.
 
-
 use certvol_driver::demo::kubelet::Pod;
 use certvol_e2e::cluster::{Cluster, cm_volume};
 use certvol_e2e::{Env, http_get, volume};
