@@ -129,6 +129,8 @@ struct Shared {
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
+
+/// How long a failed status write waits before the request is reconciled again (cert-manager's
 /// workqueue requeues with backoff; a short fixed delay keeps tests fast).
 const REQUEUE_AFTER: Duration = Duration::from_millis(100);
 /// Attempts a delayed signing makes to write its result before giving the request back.
