@@ -4,8 +4,8 @@
 //! "Benchmarks" section for the command and the latest figures.
 //!
 //! Every driver process is a [`BenchDriver`] (killed when dropped) and every node lives in an
-//! [`Env`] (its mounts are detached when dropped), declared so that the driver goes first: an
-//! error, a panic or Ctrl-C leaves no process and no mount behind.
+//! [`Env`](crate::Env) (its mounts are detached when dropped), declared so that the driver goes
+//! first: an error, a panic or Ctrl-C leaves no process and no mount behind.
 
 mod driver;
 pub mod procfs;

@@ -18,8 +18,8 @@
 //! Not modelled: Issuer objects (the issuers served are a list of names), intermediate CAs (the
 //! CA is a root, so `status.certificate` holds the leaf only), Kubernetes Events.
 //!
-//! Split by concern: [`spec`] reads the spec fields cert-manager interprets, [`status`] writes
-//! conditions, [`plan`] decides the next step, [`ca`] signs, [`controller`] runs the loop.
+//! Split by concern: `spec` reads the spec fields cert-manager interprets, `status` writes
+//! conditions, `plan` decides the next step, `ca` signs, `controller` runs the loop.
 
 mod ca;
 mod controller;
