@@ -205,6 +205,23 @@ mod tests {
     }
 
     #[test]
+    fn the_budget_records_its_use_in_the_metrics_it_was_given() {
+        let mut registry = prometheus_client::registry::Registry::with_prefix("certvol");
+        let budget = TmpfsBudget::new(10 * PAGE, Metrics::register(&mut registry));
+        budget.charge("a", 4 * PAGE).unwrap();
+        budget.set("b", PAGE);
+        let text = crate::obs::metrics::encode(&registry).unwrap();
+        assert!(
+            text.contains("certvol_volume_tmpfs_bytes 20480\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("certvol_volume_tmpfs_budget_bytes 40960\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn a_shrinking_volume_is_never_refused() {
         let budget = TmpfsBudget::new(4 * PAGE, Metrics::detached());
         budget.set("a", 6 * PAGE);
