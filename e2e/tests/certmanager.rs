@@ -9,6 +9,7 @@ use std::time::{Duration, SystemTime};
 
 use certvol_driver::issuer::certmanager::{BearerToken, CertManagerConfig, CertManagerIssuer};
 use certvol_driver::issuer::{IssueError, IssueRequest, Issuer, request_name};
+use certvol_driver::obs::metrics::Metrics;
 use certvol_driver::spec::request::{
     CertRequest, FileNames, IssuerRef, KeyAlgorithm, KeyEncoding, KeyUsage, PodInfo, Sans, Subject,
 };
@@ -101,6 +102,7 @@ fn config(wait: Duration) -> CertManagerConfig {
         use_token_request: false,
         kube_config: None,
         requests: Default::default(),
+        metrics: Metrics::detached(),
     }
 }
 

@@ -84,6 +84,8 @@ pub struct NodeService {
     pub node_id: String,
     pub volumes: Arc<VolumeManager>,
     pub ready: Readiness,
+    /// Where answered publish and unpublish calls are counted.
+    pub metrics: crate::obs::metrics::Metrics,
 }
 
 impl NodeService {
@@ -316,7 +318,8 @@ impl Node for NodeService {
             Err(e) => Err(fail("NodePublishVolume", &volume_id, &pod, e)),
         };
         let code = answer.as_ref().map_or_else(Status::code, |_| Code::Ok);
-        crate::obs::metrics::global().rpc("NodePublishVolume", code, started.elapsed());
+        self.metrics
+            .rpc("NodePublishVolume", code, started.elapsed());
         answer
     }
 
@@ -356,7 +359,8 @@ impl Node for NodeService {
             Err(e) => Err(fail("NodeUnpublishVolume", &volume_id, "", e)),
         };
         let code = answer.as_ref().map_or_else(Status::code, |_| Code::Ok);
-        crate::obs::metrics::global().rpc("NodeUnpublishVolume", code, started.elapsed());
+        self.metrics
+            .rpc("NodeUnpublishVolume", code, started.elapsed());
         answer
     }
 
@@ -655,6 +659,7 @@ mod tests {
             issuer: Arc::new(ca),
             clock,
             scheduler: handle,
+            metrics: crate::obs::metrics::Metrics::detached(),
         };
         let volumes = Arc::new(VolumeManager::new(cfg, store, services));
         let ready = Readiness::default();
@@ -664,6 +669,7 @@ mod tests {
             _dir: dir,
             node: NodeService {
                 node_id: "node-a".into(),
+                metrics: volumes.metrics().clone(),
                 volumes,
                 ready,
             },

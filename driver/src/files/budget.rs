@@ -13,6 +13,7 @@ use std::path::Path;
 use parking_lot::Mutex;
 
 use crate::files::writer::FileSpec;
+use crate::obs::metrics::Metrics;
 
 /// tmpfs allocates whole pages; the memory cgroup is charged per page.
 pub(crate) const PAGE: u64 = 4096;
@@ -66,13 +67,16 @@ pub struct OverBudget {
 pub(crate) struct TmpfsBudget {
     max: u64,
     used: Mutex<HashMap<String, u64>>,
+    metrics: Metrics,
 }
 
 impl TmpfsBudget {
-    pub fn new(max: u64) -> Self {
+    /// A budget of `max` bytes, whose use is recorded in `metrics`.
+    pub fn new(max: u64, metrics: Metrics) -> Self {
         TmpfsBudget {
             max,
             used: Mutex::new(HashMap::new()),
+            metrics,
         }
     }
 
@@ -144,7 +148,7 @@ impl TmpfsBudget {
     }
 
     fn publish_metric(&self) {
-        crate::obs::metrics::global().volume_tmpfs_bytes(self.total(), self.max);
+        self.metrics.volume_tmpfs_bytes(self.total(), self.max);
     }
 }
 
@@ -168,7 +172,7 @@ mod tests {
 
     #[test]
     fn the_budget_refuses_what_would_pass_it_and_counts_replacements_once() {
-        let budget = TmpfsBudget::new(10 * PAGE);
+        let budget = TmpfsBudget::new(10 * PAGE, Metrics::detached());
         assert_eq!(budget.charge("a", 4 * PAGE).unwrap(), 0);
         assert_eq!(budget.charge("b", 4 * PAGE).unwrap(), 0);
         // A rewrite of "a" replaces its charge: 5 + 4 fits.
@@ -195,8 +199,25 @@ mod tests {
     }
 
     #[test]
+    fn the_budget_records_its_use_in_the_metrics_it_was_given() {
+        let mut registry = prometheus_client::registry::Registry::with_prefix("certvol");
+        let budget = TmpfsBudget::new(10 * PAGE, Metrics::register(&mut registry));
+        budget.charge("a", 4 * PAGE).unwrap();
+        budget.set("b", PAGE);
+        let text = crate::obs::metrics::encode(&registry).unwrap();
+        assert!(
+            text.contains("certvol_volume_tmpfs_bytes 20480\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("certvol_volume_tmpfs_budget_bytes 40960\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn a_shrinking_volume_is_never_refused() {
-        let budget = TmpfsBudget::new(4 * PAGE);
+        let budget = TmpfsBudget::new(4 * PAGE, Metrics::detached());
         budget.set("a", 6 * PAGE);
         budget.charge("a", 5 * PAGE).unwrap();
         assert_eq!(budget.total(), 5 * PAGE);

@@ -23,6 +23,7 @@ use super::watch::{self, CacheLimits, Key, RequestCache, Waited};
 use super::{IssueError, IssueRequest, Issued};
 use crate::base::fair::Lease;
 use crate::kube::events::EventSink;
+use crate::obs::metrics::Metrics;
 
 /// Field manager name on the requests the driver creates.
 const FIELD_MANAGER: &str = "certvol";
@@ -85,12 +86,14 @@ impl RequestWatch {
 /// like its own, see [`Owner`]): returns the cache issuances wait on, the sink for Events
 /// on pods, and the watch loop future, which the caller spawns. Until the future runs, issuances
 /// file their requests but time out waiting. `namespaced` kinds are watched in
-/// `watch.namespaces` (all when empty), cluster-scoped ones with one cluster-wide watch.
+/// `watch.namespaces` (all when empty), cluster-scoped ones with one cluster-wide watch. What
+/// the cache drops is counted in `metrics`.
 pub fn node_requests<R: RequestObject>(
     client: &kube::Client,
     node_id: &str,
     watch: &RequestWatch,
     namespaced: bool,
+    metrics: &Metrics,
 ) -> (
     Arc<RequestCache<R>>,
     EventSink,
@@ -107,7 +110,12 @@ pub fn node_requests<R: RequestObject>(
     } else {
         vec![R::api(client.clone(), None)]
     };
-    let cache = RequestCache::new(Owner::new(node_id), watch.limits, apis.len());
+    let cache = RequestCache::new(
+        Owner::new(node_id),
+        watch.limits,
+        apis.len(),
+        metrics.clone(),
+    );
     let loops: Vec<_> = apis
         .into_iter()
         .enumerate()

@@ -25,6 +25,7 @@ use crate::issuer::cached::{Cached, Watched};
 use crate::issuer::labels::Owner;
 use crate::issuer::{IssueError, Issued};
 use crate::kube::client::{REQUEST_PAGE_SIZE, retry_delay};
+use crate::obs::metrics::Metrics;
 
 /// `(namespace, name)` of a request; the namespace is empty for cluster-scoped kinds.
 pub type Key = (String, String);
@@ -231,7 +232,6 @@ impl State {
     }
 
     fn drop_counted(&mut self, why: Dropped, scope: &str, kind: &str, limits: CacheLimits) {
-        crate::obs::metrics::global().request_dropped(why.as_str());
         match why {
             Dropped::Foreign => self.dropped_foreign += 1,
             Dropped::OverLimit => {
@@ -255,6 +255,7 @@ pub struct RequestCache<R> {
     state: Mutex<State>,
     owner: Owner,
     limits: CacheLimits,
+    metrics: Metrics,
     changes: watch::Sender<u64>,
     /// Counts completed lists that followed a failure: the API server answers again.
     recoveries: watch::Sender<u64>,
@@ -283,12 +284,13 @@ pub enum Waited {
 
 impl<R: Watched> RequestCache<R> {
     /// A cache for the requests of `owner`'s node, fed by `streams` watch streams (one per
-    /// watched namespace; at least one).
-    pub fn new(owner: Owner, limits: CacheLimits, streams: usize) -> Arc<Self> {
+    /// watched namespace; at least one), counting what it drops in `metrics`.
+    pub fn new(owner: Owner, limits: CacheLimits, streams: usize, metrics: Metrics) -> Arc<Self> {
         Arc::new(RequestCache {
             state: Mutex::new(State::new(streams)),
             owner,
             limits,
+            metrics,
             changes: watch::Sender::new(0),
             recoveries: watch::Sender::new(0),
             kind: std::marker::PhantomData,
@@ -438,6 +440,7 @@ impl<R: Watched> RequestCache<R> {
                 }
             }
             Err((why, old)) => {
+                self.metrics.request_dropped(why.as_str());
                 state.drop_counted(why, &scope, &kind, self.limits);
                 // An object of ours that someone changed into a foreign one (or that no longer
                 // fits) is gone for the waiters.
@@ -637,7 +640,12 @@ mod tests {
     }
 
     fn new_cache() -> Arc<RequestCache<CertificateRequest>> {
-        RequestCache::new(Owner::new("node-1"), CacheLimits::default(), 1)
+        RequestCache::new(
+            Owner::new("node-1"),
+            CacheLimits::default(),
+            1,
+            Metrics::detached(),
+        )
     }
 
     #[tokio::test]
@@ -968,7 +976,12 @@ mod tests {
             total: 5,
             ..CacheLimits::default()
         };
-        let cache = RequestCache::<CertificateRequest>::new(Owner::new("node-1"), limits, 1);
+        let cache = RequestCache::<CertificateRequest>::new(
+            Owner::new("node-1"),
+            limits,
+            1,
+            Metrics::detached(),
+        );
         for i in 0..10 {
             cache.apply(Event::Apply(in_namespace(&format!("t{i}"), "tenant")));
         }
@@ -1011,7 +1024,12 @@ mod tests {
             total_bytes: 30_000,
             ..CacheLimits::default()
         };
-        let cache = RequestCache::<CertificateRequest>::new(Owner::new("node-1"), limits, 1);
+        let cache = RequestCache::<CertificateRequest>::new(
+            Owner::new("node-1"),
+            limits,
+            1,
+            Metrics::detached(),
+        );
         let heavy = |name: &str, namespace: &str, ca: usize| {
             let mut cr = in_namespace(name, namespace);
             cr.status = Some(CertificateRequestStatus {
@@ -1055,6 +1073,7 @@ mod tests {
                 Owner::new("node-1"),
                 limits,
                 1,
+                Metrics::detached(),
             );
         let req = resource::tests::issue_request(resource::tests::cert_request());
         for (i, namespace) in ["shop", "shop", "shop", "bank"].iter().enumerate() {
@@ -1155,6 +1174,7 @@ mod tests {
             Owner::new("node-1"),
             CacheLimits::default(),
             2,
+            Metrics::detached(),
         );
         cache.apply_from(0, Event::Init);
         cache.apply_from(0, Event::InitApply(in_namespace("a", "shop")));

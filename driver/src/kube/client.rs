@@ -12,6 +12,8 @@ use std::time::Duration;
 use tokio::time::{Instant, Sleep};
 use tower::{Layer, Service};
 
+use crate::obs::metrics::Metrics;
+
 /// Requests per second and burst size of the client-side limiter.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct RateLimit {
@@ -29,11 +31,15 @@ impl Default for RateLimit {
     }
 }
 
-/// Builds a client from `config` whose requests pass through the limiter and whose responses
-/// are bounded.
-pub fn client(config: kube::Config, limit: RateLimit) -> Result<kube::Client, kube::Error> {
+/// Builds a client from `config` whose requests pass through the limiter, are counted in
+/// `metrics`, and whose responses are bounded.
+pub fn client(
+    config: kube::Config,
+    limit: RateLimit,
+    metrics: &Metrics,
+) -> Result<kube::Client, kube::Error> {
     let builder = kube::client::ClientBuilder::try_from(config)?;
-    Ok(stacked(builder, limit, MAX_RESPONSE_BYTES))
+    Ok(stacked(builder, limit, MAX_RESPONSE_BYTES, metrics))
 }
 
 /// The issuer's client: its own token bucket (so that trust-source lists, Events and discovery
@@ -43,14 +49,20 @@ pub fn client(config: kube::Config, limit: RateLimit) -> Result<kube::Client, ku
 pub fn issuance_client(
     config: kube::Config,
     limit: RateLimit,
+    metrics: &Metrics,
 ) -> Result<kube::Client, kube::Error> {
     let builder = kube::client::ClientBuilder::try_from(config)?;
-    Ok(stacked(builder, limit, MAX_ISSUANCE_RESPONSE_BYTES))
+    Ok(stacked(
+        builder,
+        limit,
+        MAX_ISSUANCE_RESPONSE_BYTES,
+        metrics,
+    ))
 }
 
 /// The node's two API clients, each with its own token bucket: `general` for trust sources,
 /// Events and discovery (`--kube-api-qps/-burst`), `issuance` for the issuer's requests and
-/// their watch (`--issuance-api-qps/-burst`).
+/// their watch (`--issuance-api-qps/-burst`). Both count their requests in the same metrics.
 #[derive(Clone)]
 pub struct ApiClients {
     pub general: kube::Client,
@@ -62,10 +74,11 @@ impl ApiClients {
         config: &kube::Config,
         general: RateLimit,
         issuance: RateLimit,
+        metrics: &Metrics,
     ) -> Result<Self, kube::Error> {
         Ok(ApiClients {
-            general: client(config.clone(), general)?,
-            issuance: issuance_client(config.clone(), issuance)?,
+            general: client(config.clone(), general, metrics)?,
+            issuance: issuance_client(config.clone(), issuance, metrics)?,
         })
     }
 
@@ -83,9 +96,20 @@ impl ApiClients {
         B::Error: Into<tower::BoxError>,
     {
         let builder = |s| kube::client::ClientBuilder::new(s, "default");
+        let metrics = Metrics::detached();
         ApiClients {
-            general: stacked(builder(service.clone()), general, MAX_RESPONSE_BYTES),
-            issuance: stacked(builder(service), issuance, MAX_ISSUANCE_RESPONSE_BYTES),
+            general: stacked(
+                builder(service.clone()),
+                general,
+                MAX_RESPONSE_BYTES,
+                &metrics,
+            ),
+            issuance: stacked(
+                builder(service),
+                issuance,
+                MAX_ISSUANCE_RESPONSE_BYTES,
+                &metrics,
+            ),
         }
     }
 }
@@ -96,6 +120,7 @@ fn stacked<S, B>(
     builder: kube::client::ClientBuilder<S>,
     limit: RateLimit,
     response: usize,
+    metrics: &Metrics,
 ) -> kube::Client
 where
     S: Service<axum::http::Request<kube::client::Body>, Response = axum::http::Response<B>>
@@ -109,7 +134,7 @@ where
     builder
         .with_layer(&BodyLimitLayer { response })
         .with_layer(&RateLimitLayer(limit))
-        .with_layer(&CountLayer)
+        .with_layer(&CountLayer(metrics.clone()))
         .build()
 }
 
@@ -329,14 +354,17 @@ where
     }
 }
 
-/// Tower layer for [`Counted`].
-#[derive(Clone, Copy, Debug)]
-pub struct CountLayer;
+/// Tower layer for [`Counted`], counting into its metrics.
+#[derive(Clone, Debug)]
+pub struct CountLayer(pub Metrics);
 
 impl<S> Layer<S> for CountLayer {
     type Service = Counted<S>;
     fn layer(&self, inner: S) -> Counted<S> {
-        Counted(inner)
+        Counted {
+            inner,
+            metrics: self.0.clone(),
+        }
     }
 }
 
@@ -345,7 +373,10 @@ impl<S> Layer<S> for CountLayer {
 /// with `with_layer` sit outside kube's own retry of 429/503/504, so a call counts once, with its
 /// final status.
 #[derive(Clone, Debug)]
-pub struct Counted<S>(S);
+pub struct Counted<S> {
+    inner: S,
+    metrics: Metrics,
+}
 
 /// The Kubernetes verb of a request, as far as method and query tell it. `get` also covers
 /// `list`: telling them apart would mean parsing resource paths, and both are reads.
@@ -376,16 +407,17 @@ where
     type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.0.poll_ready(cx)
+        self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, req: axum::http::Request<B>) -> Self::Future {
         let verb = verb_of(&req);
-        let response = self.0.call(req);
+        let response = self.inner.call(req);
+        let metrics = self.metrics.clone();
         Box::pin(async move {
             let result = response.await;
             let code = result.as_ref().ok().map(|r| r.status().as_u16());
-            crate::obs::metrics::global().kube_request(verb, code);
+            metrics.kube_request(verb, code);
             result
         })
     }

@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use certvol_proto::csi::v1::identity_server::IdentityServer;
 use certvol_proto::csi::v1::node_server::NodeServer;
+use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::UnixListenerStream;
@@ -29,6 +30,7 @@ use crate::files::mount::Mounter;
 use crate::files::store::Store;
 use crate::kube::discovery::Apis;
 use crate::kube::pods::PodIdentity;
+use crate::obs::metrics::{self, Metrics};
 use crate::runtime::refresh;
 use crate::runtime::scheduler;
 use crate::volume::recovery;
@@ -107,17 +109,21 @@ pub async fn run(
     let socket = socket_path(&opts.endpoint)?;
     check_kubelet_dir(&opts.kubelet_dir)?;
     let store = Store::open(&opts.data_root)?;
+    // The node owns the registry /metrics serves; every layer records through the handle.
+    let mut registry = Registry::with_prefix(metrics::PREFIX);
+    let metrics = Metrics::register(&mut registry);
     let (refresh_handle, refresher) = refresh::channel();
-    let wiring = Wiring::build(&opts, &store, &clock, refresh_handle).await?;
+    let wiring = Wiring::build(&opts, &store, &clock, refresh_handle, &metrics).await?;
     let (sched_handle, sched) = scheduler::channel();
     let services = Services {
         mounter: mounter.clone(),
         issuer: wiring.issuer.clone(),
         clock: clock.clone(),
         scheduler: sched_handle,
+        metrics: metrics.clone(),
     };
     let cfg = opts.volume_config();
-    let sched = sched.with_policy(cfg.policy.clone());
+    let sched = sched.with_policy(cfg.policy.clone()).with_metrics(metrics);
     let manager = VolumeManager::new(cfg, store, services);
     let volumes = Arc::new(wiring.manager(manager));
     let ready = Readiness::default();
@@ -132,7 +138,7 @@ pub async fn run(
     let mut server = serve_csi(&opts, &socket, &volumes, &ready, stop_rx.clone())?;
     let mut background = Vec::new();
     if let Some(listener) = ops_listener {
-        background.push(serve_ops(listener, &wiring, &ready, stop_rx.clone()));
+        background.push(serve_ops(listener, registry, &wiring, &ready, &stop_rx));
     }
     for (span, task) in wiring.tasks {
         background.push(tokio::spawn(task.instrument(span)));
@@ -230,6 +236,7 @@ fn serve_csi(
         node_id: opts.node_id.clone(),
         volumes: volumes.clone(),
         ready: ready.clone(),
+        metrics: volumes.metrics().clone(),
     };
     Ok(tokio::spawn(
         tonic::transport::Server::builder()
@@ -242,16 +249,19 @@ fn serve_csi(
     ))
 }
 
-/// Serves /metrics, /healthz and /readyz through the drain (readiness then answers "shutting
-/// down") until the task is aborted with the rest of the background work.
+/// Serves /metrics (the families in `registry`), /healthz and /readyz through the drain
+/// (readiness then answers "shutting down") until the task is aborted with the rest of the
+/// background work.
 fn serve_ops(
     listener: tokio::net::TcpListener,
+    registry: Registry,
     wiring: &Wiring,
     ready: &Readiness,
-    stopping: watch::Receiver<bool>,
+    stopping: &watch::Receiver<bool>,
 ) -> JoinHandle<()> {
     info!(address = %listener.local_addr().map_or_else(|e| e.to_string(), |a| a.to_string()), "serving /metrics, /healthz, /readyz");
     let recovered = ready.clone();
+    let stopping = stopping.clone();
     let apis = wiring.apis.clone();
     let pod_identity = wiring.identity.clone();
     let issuer_reachable = wiring.reachable.clone();
@@ -273,8 +283,7 @@ fn serve_ops(
     tokio::spawn(
         async move {
             let stopped = std::future::pending();
-            let metrics = crate::obs::metrics::global();
-            if let Err(e) = crate::obs::ops::serve(listener, metrics, check, stopped).await {
+            if let Err(e) = crate::obs::ops::serve(listener, registry, check, stopped).await {
                 error!(error = %e, "metrics endpoint stopped");
             }
         }

@@ -17,6 +17,7 @@ use crate::kube::client::ApiClients;
 use crate::kube::discovery::{self, Apis};
 use crate::kube::events::EventSink;
 use crate::kube::pods::PodIdentity;
+use crate::obs::metrics::Metrics;
 use crate::runtime::refresh::RefreshHandle;
 use crate::trust::TrustCache;
 use crate::volume::{TrustWiring, VolumeManager};
@@ -40,20 +41,21 @@ pub(crate) struct Wiring {
 }
 
 impl Wiring {
-    /// Builds the issuer `opts.issuer` names and what it needs.
+    /// Builds the issuer `opts.issuer` names and what it needs, recording into `metrics`.
     pub(crate) async fn build(
         opts: &NodeOptions,
         store: &Store,
         clock: &Arc<dyn Clock>,
         refresher: RefreshHandle,
+        metrics: &Metrics,
     ) -> Result<Wiring, NodeError> {
         let trust = TrustWiring {
             refresher: Some(refresher),
             ..TrustWiring::default()
         };
         match opts.issuer {
-            IssuerKind::CertManager => cert_manager(opts, trust).await,
-            IssuerKind::KubernetesCsr => kubernetes_csr(opts, trust).await,
+            IssuerKind::CertManager => cert_manager(opts, trust, metrics).await,
+            IssuerKind::KubernetesCsr => kubernetes_csr(opts, trust, metrics).await,
             IssuerKind::Local => local(opts, store, clock, trust),
         }
     }
@@ -112,11 +114,12 @@ async fn api_wiring(
     opts: &NodeOptions,
     api: discovery::RequiredApi,
     mut trust: TrustWiring,
+    metrics: &Metrics,
 ) -> Result<ApiWiring, NodeError> {
     let config = kube::Config::infer()
         .await
         .map_err(|e| NodeError::Kube(e.to_string()))?;
-    let clients = api_clients(&config, opts)?;
+    let clients = api_clients(&config, opts, metrics)?;
     let client = &clients.general;
     let mut tasks: Tasks = Vec::new();
     let (apis, discovering) = Apis::discover(client.clone(), api);
@@ -139,8 +142,12 @@ async fn api_wiring(
     })
 }
 
-async fn cert_manager(opts: &NodeOptions, trust: TrustWiring) -> Result<Wiring, NodeError> {
-    let api = api_wiring(opts, discovery::CERT_MANAGER_API, trust).await?;
+async fn cert_manager(
+    opts: &NodeOptions,
+    trust: TrustWiring,
+    metrics: &Metrics,
+) -> Result<Wiring, NodeError> {
+    let api = api_wiring(opts, discovery::CERT_MANAGER_API, trust, metrics).await?;
     let (issuer, watch) = CertManagerIssuer::new(
         api.clients.issuance,
         CertManagerConfig {
@@ -149,6 +156,7 @@ async fn cert_manager(opts: &NodeOptions, trust: TrustWiring) -> Result<Wiring, 
             use_token_request: opts.use_token_request,
             kube_config: Some(api.config),
             requests: opts.request_watch(),
+            metrics: metrics.clone(),
         },
     );
     let issuer = Arc::new(issuer.with_event_client(api.clients.general));
@@ -161,19 +169,24 @@ async fn cert_manager(opts: &NodeOptions, trust: TrustWiring) -> Result<Wiring, 
         .finish(issuer, CertManagerIssuer::reachable, watch))
 }
 
-async fn kubernetes_csr(opts: &NodeOptions, trust: TrustWiring) -> Result<Wiring, NodeError> {
+async fn kubernetes_csr(
+    opts: &NodeOptions,
+    trust: TrustWiring,
+    metrics: &Metrics,
+) -> Result<Wiring, NodeError> {
     if !opts.request_namespaces.is_empty() {
         warn!(
             "--request-namespaces has no effect with --issuer kubernetes-csr: CertificateSigningRequests are cluster-scoped"
         );
     }
-    let api = api_wiring(opts, discovery::CSR_API, trust).await?;
+    let api = api_wiring(opts, discovery::CSR_API, trust, metrics).await?;
     let (issuer, watch) = KubeCsrIssuer::new(
         api.clients.issuance,
         KubeCsrConfig {
             node_id: opts.node_id.clone(),
             wait_timeout: opts.issue_timeout,
             requests: opts.request_watch(),
+            metrics: metrics.clone(),
         },
         api.parts.apis.clone(),
     );
@@ -249,8 +262,17 @@ pub(crate) fn api_identity(
 }
 
 /// The node's API clients: issuance gets its own token bucket, apart from trust sources, Events
-/// and discovery.
-fn api_clients(config: &kube::Config, opts: &NodeOptions) -> Result<ApiClients, NodeError> {
-    ApiClients::new(config, opts.api_rate_limit(), opts.issuance_rate_limit())
-        .map_err(|e| NodeError::Kube(e.to_string()))
+/// and discovery; both count their requests in `metrics`.
+fn api_clients(
+    config: &kube::Config,
+    opts: &NodeOptions,
+    metrics: &Metrics,
+) -> Result<ApiClients, NodeError> {
+    ApiClients::new(
+        config,
+        opts.api_rate_limit(),
+        opts.issuance_rate_limit(),
+        metrics,
+    )
+    .map_err(|e| NodeError::Kube(e.to_string()))
 }

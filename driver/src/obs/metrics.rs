@@ -1,18 +1,20 @@
-//! Prometheus metrics: one process-wide registry of `certvol_*` families, recorded by the CSI,
-//! volume and Kubernetes-client layers and served by [`crate::obs::ops`].
+//! Prometheus metrics: the `certvol_*` families, registered into a registry the caller owns
+//! (the node's, which [`crate::obs::ops`] serves) and recorded through a [`Metrics`] handle that
+//! the node hands to the CSI, volume, scheduler, issuer and Kubernetes-client layers. No registry
+//! is process-wide: tests register into their own.
 //!
 //! Labels are deliberately low-cardinality (RPC name, gRPC code, issuer kind, outcome, HTTP verb and
 //! status): never a pod, volume or request name, which would grow the series count with the
 //! workload.
 
 use std::collections::HashMap;
-use std::sync::{Arc, LazyLock};
-
-use parking_lot::Mutex;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use parking_lot::Mutex;
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, text};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, MetricEncoder, text};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
@@ -20,31 +22,15 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use tonic::Code;
 
+use crate::base::clock::{Clock, SystemClock};
+
 type Labels = Vec<(&'static str, String)>;
 
-/// `certvol_next_expiry_seconds`, exposed only while there is a certificate: a registered gauge
-/// would always show a sample, and 0 would read as "a certificate expires now". [`Metrics::refresh`]
-/// computes the value before each encoding.
-#[derive(Debug, Default)]
-struct NextExpiry(Mutex<Option<f64>>);
+/// The prefix of every family's name: the registry [`Metrics::register`] is given carries it
+/// (`Registry::with_prefix(PREFIX)`), so the names are `certvol_*`.
+pub const PREFIX: &str = "certvol";
 
-impl Collector for NextExpiry {
-    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let Some(secs) = *self.0.lock() else {
-            return Ok(());
-        };
-        let gauge = ConstGauge::new(secs);
-        let metric = encoder.encode_descriptor(
-            "next_expiry_seconds",
-            "Seconds until the nearest notAfter among the published certificates (negative once expired)",
-            None,
-            gauge.metric_type(),
-        )?;
-        gauge.encode(metric)
-    }
-}
-
-/// The content type of [`Metrics::encode`]'s output (OpenMetrics text, which Prometheus scrapes).
+/// The content type of [`encode`]'s output (OpenMetrics text, which Prometheus scrapes).
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// How one issuance ended, as the `outcome` label of `certvol_issuance_total`.
@@ -119,10 +105,16 @@ impl RefreshOutcome {
     }
 }
 
-/// The metric families and the registry that encodes them.
+/// The handle the driver records into: cheap to clone (one `Arc`), shared by every layer that
+/// records. The families live in the registry it was registered into, which whoever serves
+/// `/metrics` owns.
+#[derive(Clone, Debug)]
+pub struct Metrics(Arc<Families>);
+
+/// What a handle records into: each field shares its values with the copy registered in the
+/// registry (prometheus-client's metrics are handles themselves).
 #[derive(Debug)]
-pub struct Metrics {
-    registry: Registry,
+struct Families {
     publish_duration: Histogram,
     unpublish_duration: Histogram,
     rpcs: Family<Labels, Counter>,
@@ -132,29 +124,35 @@ pub struct Metrics {
     trust_refreshes: Family<Labels, Counter>,
     kube_requests: Family<Labels, Counter>,
     requests_dropped: Family<Labels, Counter>,
-    volumes: Gauge,
     volume_tmpfs_bytes: Gauge,
     volume_tmpfs_budget_bytes: Gauge,
-    next_expiry: Arc<NextExpiry>,
-    /// Expiry (notAfter) of every published volume's current certificate, keyed by volume id.
-    /// Kept here (not as labels) so the gauges can be computed at scrape time.
-    expiries: Mutex<HashMap<String, SystemTime>>,
+    expiries: Arc<Expiries>,
 }
 
-impl Default for Metrics {
-    fn default() -> Self {
-        Self::new()
-    }
-}
+/// Expiry (notAfter) of every published volume's current certificate, keyed by volume id.
+/// Kept here (not as labels) so `certvol_volumes` and `certvol_next_expiry_seconds` are computed
+/// at scrape time.
+#[derive(Debug, Default)]
+struct Expiries(Mutex<HashMap<String, SystemTime>>);
 
 impl Metrics {
-    /// A fresh, independent set of families (tests use their own; the driver uses [`global`]).
-    pub fn new() -> Self {
+    /// Registers the families into `registry` and returns the handle that records into them.
+    /// The expiry gauge is computed against the system clock whenever the registry is encoded.
+    pub fn register(registry: &mut Registry) -> Metrics {
+        Self::register_with_clock(registry, Arc::new(SystemClock))
+    }
+
+    /// A handle whose registry is thrown away: for tests, and for parts built without a node
+    /// (nothing serves what they record).
+    pub fn detached() -> Metrics {
+        Self::register(&mut Registry::with_prefix(PREFIX))
+    }
+
+    fn register_with_clock(registry: &mut Registry, clock: Arc<dyn Clock>) -> Metrics {
         // 5 ms .. ~82 s: a local-CA publish takes milliseconds, a cert-manager one seconds, and
         // the default issue timeout is 60 s.
         let latency = || Histogram::new(exponential_buckets(0.005, 2.0, 15));
-        let mut metrics = Metrics {
-            registry: Registry::default(),
+        let families = Families {
             publish_duration: latency(),
             unpublish_duration: latency(),
             rpcs: Family::default(),
@@ -164,30 +162,27 @@ impl Metrics {
             trust_refreshes: Family::default(),
             kube_requests: Family::default(),
             requests_dropped: Family::default(),
-            volumes: Gauge::default(),
             volume_tmpfs_bytes: Gauge::default(),
             volume_tmpfs_budget_bytes: Gauge::default(),
-            next_expiry: Arc::new(NextExpiry::default()),
-            expiries: Mutex::new(HashMap::new()),
+            expiries: Arc::new(Expiries::default()),
         };
         // Registered in this order, which is the order of the encoded text.
-        let mut registry = Registry::with_prefix("certvol");
-        metrics.register_rpcs(&mut registry);
-        metrics.register_outcomes(&mut registry);
-        metrics.register_kube(&mut registry);
-        metrics.register_volumes(&mut registry);
-        metrics.registry = registry;
-        metrics
+        families.register_rpcs(registry);
+        families.register_outcomes(registry);
+        families.register_kube(registry);
+        families.register_volumes(registry, clock);
+        Metrics(Arc::new(families))
     }
 
     /// Records one answered NodePublishVolume / NodeUnpublishVolume (other RPCs only count).
     pub fn rpc(&self, rpc: &'static str, code: Code, elapsed: Duration) {
         match rpc {
-            "NodePublishVolume" => self.publish_duration.observe(elapsed.as_secs_f64()),
-            "NodeUnpublishVolume" => self.unpublish_duration.observe(elapsed.as_secs_f64()),
+            "NodePublishVolume" => self.0.publish_duration.observe(elapsed.as_secs_f64()),
+            "NodeUnpublishVolume" => self.0.unpublish_duration.observe(elapsed.as_secs_f64()),
             _ => {}
         }
-        self.rpcs
+        self.0
+            .rpcs
             .get_or_create(&vec![
                 ("rpc", rpc.to_string()),
                 ("code", code_name(code).to_string()),
@@ -196,7 +191,8 @@ impl Metrics {
     }
 
     pub fn issuance(&self, issuer: &'static str, outcome: IssueOutcome) {
-        self.issuances
+        self.0
+            .issuances
             .get_or_create(&vec![
                 ("issuer", issuer.to_string()),
                 ("outcome", outcome.as_str().to_string()),
@@ -206,18 +202,20 @@ impl Metrics {
 
     pub fn renewal(&self, renewed: bool) {
         let outcome = if renewed { "renewed" } else { "failed" };
-        self.renewals
+        self.0
+            .renewals
             .get_or_create(&vec![("outcome", outcome.to_string())])
             .inc();
     }
 
     /// A renewal task panicked (a bug: the volume is retried, the panic is in the log).
     pub fn renewal_panic(&self) {
-        self.renewal_panics.inc();
+        self.0.renewal_panics.inc();
     }
 
     pub fn trust_refresh(&self, outcome: RefreshOutcome) {
-        self.trust_refreshes
+        self.0
+            .trust_refreshes
             .get_or_create(&vec![("outcome", outcome.as_str().to_string())])
             .inc();
     }
@@ -225,64 +223,55 @@ impl Metrics {
     /// `code` is the HTTP status, or `None` when the request failed without a response.
     pub fn kube_request(&self, verb: &'static str, code: Option<u16>) {
         let code = code.map_or_else(|| "error".to_string(), |c| c.to_string());
-        self.kube_requests
+        self.0
+            .kube_requests
             .get_or_create(&vec![("verb", verb.to_string()), ("code", code)])
             .inc();
     }
 
     /// The request watch ignored an object (`reason`: foreign, over_limit).
     pub fn request_dropped(&self, reason: &'static str) {
-        self.requests_dropped
+        self.0
+            .requests_dropped
             .get_or_create(&vec![("reason", reason.to_string())])
             .inc();
     }
 
     /// A volume is published (or renewed) with a certificate valid until `not_after`.
     pub fn track_volume(&self, volume_id: &str, not_after: SystemTime) {
-        self.expiries
+        self.0
+            .expiries
+            .0
             .lock()
             .insert(volume_id.to_string(), not_after);
     }
 
     /// What the volumes keep in tmpfs now, and the node's budget for it.
     pub fn volume_tmpfs_bytes(&self, total: u64, budget: u64) {
-        self.volume_tmpfs_bytes
+        self.0
+            .volume_tmpfs_bytes
             .set(i64::try_from(total).unwrap_or(i64::MAX));
-        self.volume_tmpfs_budget_bytes
+        self.0
+            .volume_tmpfs_budget_bytes
             .set(i64::try_from(budget).unwrap_or(i64::MAX));
     }
 
     /// A volume is gone.
     pub fn untrack_volume(&self, volume_id: &str) {
-        self.expiries.lock().remove(volume_id);
-    }
-
-    /// Brings the volume gauges up to `now` (called on every scrape).
-    pub fn refresh(&self, now: SystemTime) {
-        let (count, nearest) = {
-            let map = self.expiries.lock();
-            (map.len(), map.values().min().copied())
-        };
-        self.volumes.set(i64::try_from(count).unwrap_or(i64::MAX));
-        // Negative once expired, so an alert on "< 0" still fires.
-        let secs = nearest.map(|at| match at.duration_since(now) {
-            Ok(d) => d.as_secs_f64(),
-            Err(e) => -e.duration().as_secs_f64(),
-        });
-        *self.next_expiry.0.lock() = secs;
-    }
-
-    /// The OpenMetrics text exposition of every family, gauges refreshed to `now`.
-    pub fn encode(&self, now: SystemTime) -> Result<String, std::fmt::Error> {
-        self.refresh(now);
-        let mut out = String::new();
-        text::encode(&mut out, &self.registry)?;
-        Ok(out)
+        self.0.expiries.0.lock().remove(volume_id);
     }
 }
 
-/// Registration of the families, by group; [`Metrics::new`] calls them in order.
-impl Metrics {
+/// The OpenMetrics text exposition of every family in `registry`, the scrape-time gauges
+/// computed now.
+pub fn encode(registry: &Registry) -> Result<String, std::fmt::Error> {
+    let mut out = String::new();
+    text::encode(&mut out, registry)?;
+    Ok(out)
+}
+
+/// Registration of the families, by group; [`Metrics::register`] calls them in order.
+impl Families {
     fn register_rpcs(&self, registry: &mut Registry) {
         registry.register(
             "publish_duration_seconds",
@@ -338,11 +327,11 @@ impl Metrics {
         );
     }
 
-    fn register_volumes(&self, registry: &mut Registry) {
+    fn register_volumes(&self, registry: &mut Registry, clock: Arc<dyn Clock>) {
         registry.register(
             "volumes",
             "Published volumes this node manages",
-            self.volumes.clone(),
+            VolumeCount(self.expiries.clone()),
         );
         registry.register(
             "volume_tmpfs_bytes",
@@ -354,15 +343,63 @@ impl Metrics {
             "The node's budget for volume_tmpfs_bytes (--max-volume-bytes)",
             self.volume_tmpfs_budget_bytes.clone(),
         );
-        registry.register_collector(Box::new(self.next_expiry.clone()));
+        registry.register_collector(Box::new(NextExpiry {
+            expiries: self.expiries.clone(),
+            clock,
+        }));
     }
 }
 
-static GLOBAL: LazyLock<Metrics> = LazyLock::new(Metrics::new);
+/// `certvol_volumes`: the tracked volumes, counted when the registry is encoded.
+#[derive(Debug)]
+struct VolumeCount(Arc<Expiries>);
 
-/// The process-wide metrics the driver records into and `/metrics` serves.
-pub fn global() -> &'static Metrics {
-    &GLOBAL
+impl EncodeMetric for VolumeCount {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        let count = self.0.0.lock().len();
+        encoder.encode_gauge(&i64::try_from(count).unwrap_or(i64::MAX))
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Gauge
+    }
+}
+
+/// `certvol_next_expiry_seconds`, exposed only while there is a certificate: a registered gauge
+/// would always show a sample, and 0 would read as "a certificate expires now". Computed against
+/// `clock` when the registry is encoded.
+#[derive(Debug)]
+struct NextExpiry {
+    expiries: Arc<Expiries>,
+    clock: Arc<dyn Clock>,
+}
+
+impl NextExpiry {
+    /// Seconds until the nearest expiry, negative once expired (so an alert on "< 0" still
+    /// fires); `None` without volumes.
+    fn seconds(&self) -> Option<f64> {
+        let nearest = self.expiries.0.lock().values().min().copied()?;
+        Some(match nearest.duration_since(self.clock.now()) {
+            Ok(d) => d.as_secs_f64(),
+            Err(e) => -e.duration().as_secs_f64(),
+        })
+    }
+}
+
+impl Collector for NextExpiry {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let Some(secs) = self.seconds() else {
+            return Ok(());
+        };
+        let gauge = ConstGauge::new(secs);
+        let metric = encoder.encode_descriptor(
+            "next_expiry_seconds",
+            "Seconds until the nearest notAfter among the published certificates (negative once expired)",
+            None,
+            gauge.metric_type(),
+        )?;
+        gauge.encode(metric)
+    }
 }
 
 #[cfg(test)]
@@ -376,11 +413,47 @@ mod tests {
             .and_then(|l| l[prefix.len()..].trim().parse().ok())
     }
 
+    /// A wall clock the test sets.
+    #[derive(Debug)]
+    struct Fixed(Mutex<SystemTime>);
+
+    impl Clock for Fixed {
+        fn now(&self) -> SystemTime {
+            *self.0.lock()
+        }
+    }
+
+    /// A handle over its own registry, encoded at times the test chooses.
+    struct Registered {
+        registry: Registry,
+        clock: Arc<Fixed>,
+        metrics: Metrics,
+    }
+
+    impl Registered {
+        fn new() -> Self {
+            let clock = Arc::new(Fixed(Mutex::new(SystemTime::UNIX_EPOCH)));
+            let mut registry = Registry::with_prefix(PREFIX);
+            let metrics = Metrics::register_with_clock(&mut registry, clock.clone());
+            Registered {
+                registry,
+                clock,
+                metrics,
+            }
+        }
+
+        fn encode(&self, now: SystemTime) -> Result<String, std::fmt::Error> {
+            *self.clock.0.lock() = now;
+            encode(&self.registry)
+        }
+    }
+
     #[test]
     fn families_encode_with_names_and_labels() {
-        let m = Metrics::new();
+        let r = Registered::new();
+        let m = &r.metrics;
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
-        let empty = m.encode(now).unwrap();
+        let empty = r.encode(now).unwrap();
         // Plain metrics are exposed from the start; labelled families once they have a series,
         // and the expiry gauge has no sample without volumes.
         assert!(empty.contains("# TYPE certvol_publish_duration_seconds histogram"));
@@ -421,7 +494,7 @@ mod tests {
         m.track_volume("c", now + Duration::from_secs(7200));
         m.untrack_volume("c");
 
-        let text = m.encode(now).unwrap();
+        let text = r.encode(now).unwrap();
         assert!(text.contains("# TYPE certvol_rpc counter"), "{text}");
         assert!(
             text.contains("# TYPE certvol_next_expiry_seconds gauge"),
@@ -481,13 +554,24 @@ mod tests {
         // An expired certificate reads negative; the last volume gone removes the sample.
         let later = now + Duration::from_secs(700);
         assert_eq!(
-            line_value(&m.encode(later).unwrap(), "certvol_next_expiry_seconds"),
+            line_value(&r.encode(later).unwrap(), "certvol_next_expiry_seconds"),
             Some(-100.0)
         );
         m.untrack_volume("a");
         m.untrack_volume("b");
-        let gone = m.encode(later).unwrap();
+        let gone = r.encode(later).unwrap();
         assert_eq!(line_value(&gone, "certvol_volumes"), Some(0.0));
         assert_eq!(line_value(&gone, "certvol_next_expiry_seconds"), None);
+    }
+
+    #[test]
+    fn clones_record_into_one_registry_and_registries_stay_apart() {
+        let r = Registered::new();
+        let clone = r.metrics.clone();
+        clone.renewal_panic();
+        r.metrics.renewal_panic();
+        Metrics::detached().renewal_panic();
+        let text = r.encode(SystemTime::UNIX_EPOCH).unwrap();
+        assert_eq!(line_value(&text, "certvol_renewal_panics_total"), Some(2.0));
     }
 }

@@ -7,16 +7,16 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 
-use crate::obs::metrics::{self, Metrics};
+use crate::obs::metrics;
 
 /// The default `--metrics-address`: 9402 is the port cert-manager's csi-driver uses for metrics,
 /// which Prometheus scrape configs for cert-manager components already expect.
@@ -54,21 +54,24 @@ pub fn parse_address(s: &str) -> Result<Option<SocketAddr>, String> {
 
 #[derive(Clone)]
 struct Ops {
-    metrics: &'static Metrics,
+    registry: Arc<Registry>,
     ready: ReadyCheck,
 }
 
-/// The routes, over `metrics` and `ready`.
-pub fn router(metrics: &'static Metrics, ready: ReadyCheck) -> Router {
+/// The routes, over the metrics registered in `registry` and `ready`.
+pub fn router(registry: Registry, ready: ReadyCheck) -> Router {
     Router::new()
         .route("/metrics", get(scrape))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
-        .with_state(Ops { metrics, ready })
+        .with_state(Ops {
+            registry: Arc::new(registry),
+            ready,
+        })
 }
 
 async fn scrape(State(ops): State<Ops>) -> Response {
-    match ops.metrics.encode(SystemTime::now()) {
+    match metrics::encode(&ops.registry) {
         Ok(body) => ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], body).into_response(),
         Err(_) => (
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -99,11 +102,11 @@ pub async fn bind(address: SocketAddr) -> Result<TcpListener, OpsError> {
 /// Serves the routes on `listener` until `shutdown` resolves.
 pub async fn serve(
     listener: TcpListener,
-    metrics: &'static Metrics,
+    registry: Registry,
     ready: ReadyCheck,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), OpsError> {
-    axum::serve(listener, router(metrics, ready))
+    axum::serve(listener, router(registry, ready))
         .with_graceful_shutdown(shutdown)
         .await
         .map_err(OpsError::Serve)
@@ -146,7 +149,8 @@ mod tests {
 
     #[tokio::test]
     async fn health_readiness_and_metrics() {
-        let metrics: &'static Metrics = Box::leak(Box::new(Metrics::new()));
+        let mut registry = Registry::with_prefix(metrics::PREFIX);
+        let metrics = metrics::Metrics::register(&mut registry);
         metrics.rpc(
             "NodePublishVolume",
             tonic::Code::Ok,
@@ -164,7 +168,7 @@ mod tests {
         let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(serve(listener, metrics, check, async move {
+        let server = tokio::spawn(serve(listener, registry, check, async move {
             let _ = stop_rx.await;
         }));
 

@@ -26,6 +26,7 @@ use tracing::{Instrument, debug, error, info_span};
 
 use crate::base::clock::Clock;
 use crate::base::fair::{FairPool, Lease};
+use crate::obs::metrics::Metrics;
 
 /// What a renewal attempt says about the next one.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -89,6 +90,7 @@ impl SchedulerHandle {
 pub struct Scheduler {
     rx: mpsc::UnboundedReceiver<Command>,
     policy: Policy,
+    metrics: Metrics,
 }
 
 /// A handle and the loop it feeds.
@@ -97,6 +99,7 @@ pub fn channel() -> (SchedulerHandle, Scheduler) {
     let scheduler = Scheduler {
         rx,
         policy: Policy::default(),
+        metrics: Metrics::detached(),
     };
     (SchedulerHandle { tx }, scheduler)
 }
@@ -106,6 +109,13 @@ impl Scheduler {
     /// (`Config::policy`), so that it backs off like a failed renewal. Default: the default policy.
     pub fn with_policy(mut self, policy: Policy) -> Self {
         self.policy = policy;
+        self
+    }
+
+    /// Counts panicked renewals in `metrics` (the node's). Default: a detached handle, which
+    /// nothing serves.
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = metrics;
         self
     }
 
@@ -123,6 +133,7 @@ impl Scheduler {
             renewer,
             clock,
             policy: self.policy.clone(),
+            metrics: self.metrics.clone(),
             workers: FairPool::new(concurrency),
             queue: DeadlineQueue::new(),
             running: HashSet::new(),
@@ -161,6 +172,7 @@ struct Loop {
     renewer: Arc<dyn Renewer>,
     clock: Arc<dyn Clock>,
     policy: Policy,
+    metrics: Metrics,
     workers: FairPool,
     queue: DeadlineQueue<String>,
     running: HashSet<String>,
@@ -231,7 +243,7 @@ impl Loop {
                 let now = self.clock.now();
                 let retry_at = now.checked_add(delay).unwrap_or(now);
                 if e.is_panic() {
-                    crate::obs::metrics::global().renewal_panic();
+                    self.metrics.renewal_panic();
                 }
                 error!(volume_id = %volume_id, error = %e, failures = *failures, retry_in = ?delay, "renewal task ended without an outcome; retrying after a backoff");
                 self.queue.schedule(volume_id, retry_at);
@@ -279,6 +291,7 @@ mod tests {
     use super::*;
     use crate::base::clock::TokioClock;
     use parking_lot::Mutex;
+    use prometheus_client::registry::Registry;
 
     type Answer = Box<dyn Fn(&str, SystemTime, usize) -> RenewOutcome + Send + Sync>;
 
@@ -319,6 +332,19 @@ mod tests {
         watch::Sender<bool>,
         tokio::task::JoinHandle<()>,
     ) {
+        start_with(Metrics::detached(), answer)
+    }
+
+    /// [`start`], the scheduler counting into `metrics`.
+    fn start_with(
+        metrics: Metrics,
+        answer: impl Fn(&str, SystemTime, usize) -> RenewOutcome + Send + Sync + 'static,
+    ) -> (
+        SchedulerHandle,
+        Arc<Fake>,
+        watch::Sender<bool>,
+        tokio::task::JoinHandle<()>,
+    ) {
         let clock = TokioClock::starting_at(t0());
         let fake = Arc::new(Fake {
             clock,
@@ -326,6 +352,7 @@ mod tests {
             answer: Box::new(answer),
         });
         let (handle, scheduler) = channel();
+        let scheduler = scheduler.with_metrics(metrics);
         let (stop_tx, stop_rx) = watch::channel(false);
         let task = tokio::spawn(scheduler.run(fake.clone(), Arc::new(clock), 4, stop_rx));
         (handle, fake, stop_tx, task)
@@ -389,9 +416,9 @@ mod tests {
         task.await.unwrap();
     }
 
-    /// The value of `certvol_renewal_panics_total` in the process's metrics.
-    fn panics_counted() -> f64 {
-        let text = crate::obs::metrics::global().encode(t0()).unwrap();
+    /// The value of `certvol_renewal_panics_total` in `registry`.
+    fn panics_counted(registry: &Registry) -> f64 {
+        let text = crate::obs::metrics::encode(registry).unwrap();
         text.lines()
             .find_map(|l| l.strip_prefix("certvol_renewal_panics_total "))
             .map_or(0.0, |v| v.trim().parse().unwrap())
@@ -399,8 +426,10 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_renewal_that_panics_is_retried_after_a_backoff_and_counted() {
-        let before = panics_counted();
-        let (handle, fake, stop, task) = start(|_, now, n| match n {
+        let mut registry = Registry::with_prefix(crate::obs::metrics::PREFIX);
+        let metrics = Metrics::register(&mut registry);
+        let before = panics_counted(&registry);
+        let (handle, fake, stop, task) = start_with(metrics, |_, now, n| match n {
             1 => panic!("a bug in the renewal"),
             2 => RenewOutcome::Renewed {
                 next: now + Duration::from_secs(100),
@@ -420,7 +449,10 @@ mod tests {
             ("v".into(), retried + 100),
             "renewed as usual after"
         );
-        assert!(panics_counted() >= before + 1.0, "the panic is counted");
+        assert!(
+            panics_counted(&registry) >= before + 1.0,
+            "the panic is counted"
+        );
         stop.send(true).unwrap();
         task.await.unwrap();
     }

@@ -228,7 +228,7 @@ impl VolumeManager {
         job.worker.resume().await;
         // Issuers answer Timeout themselves at `issue_timeout`; this outer limit only guards
         // against one that does not.
-        let metrics = crate::obs::metrics::global();
+        let metrics = &self.metrics;
         match answer {
             Ok(result) => {
                 metrics.issuance(self.issuer.kind(), crate::issuer::outcome_of(&result));

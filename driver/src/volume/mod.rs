@@ -43,6 +43,7 @@ use crate::files::store::{self, Phase, Store, StoreError, VolumePaths, VolumeSta
 use crate::issuer::Issuer;
 use crate::issuer::token::BearerToken;
 use crate::kube::discovery::Apis;
+use crate::obs::metrics::Metrics;
 use crate::runtime::scheduler::SchedulerHandle;
 use crate::spec::attrs::{self, AttrError};
 use crate::spec::request::CertRequest;
@@ -106,12 +107,13 @@ type Slot = Arc<VolumeSlot>;
 pub(crate) type Locked = tokio::sync::OwnedMutexGuard<Option<VolumeState>>;
 
 /// What a manager works with besides its configuration and store: the node's mounts, the
-/// issuer, the wall clock and the renewal queue.
+/// issuer, the wall clock, the renewal queue and the metrics it records into.
 pub struct Services {
     pub mounter: Arc<dyn Mounter>,
     pub issuer: Arc<dyn Issuer>,
     pub clock: Arc<dyn Clock>,
     pub scheduler: SchedulerHandle,
+    pub metrics: Metrics,
 }
 
 /// Owns every volume on this node.
@@ -125,6 +127,7 @@ pub struct VolumeManager {
     /// The samples renewal times are jittered with (see `certvol_renewer`).
     random: Arc<dyn Random>,
     scheduler: SchedulerHandle,
+    metrics: Metrics,
     slots: Mutex<HashMap<String, Slot>>,
     /// The newest service-account token kubelet passed for each volume (token-request mode).
     /// Memory only: never written to state, never logged; refreshed by every republish.
@@ -170,11 +173,12 @@ impl VolumeManager {
             issuer,
             clock,
             scheduler,
+            metrics,
         } = services;
         VolumeManager {
             keygen: FairPool::new(cfg.keygen_concurrency),
             slow_keygen: FairPool::new(cfg.keygen_concurrency.saturating_sub(1)),
-            tmpfs: crate::files::budget::TmpfsBudget::new(cfg.max_volume_bytes),
+            tmpfs: crate::files::budget::TmpfsBudget::new(cfg.max_volume_bytes, metrics.clone()),
             cfg,
             store,
             mounter,
@@ -182,6 +186,7 @@ impl VolumeManager {
             clock,
             random: Arc::new(ThreadRng),
             scheduler,
+            metrics,
             slots: Mutex::new(HashMap::new()),
             tokens: Mutex::new(HashMap::new()),
             passwords: Mutex::new(HashMap::new()),
@@ -233,6 +238,9 @@ impl VolumeManager {
     }
     pub fn scheduler(&self) -> &SchedulerHandle {
         &self.scheduler
+    }
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
     pub fn config(&self) -> &Config {
         &self.cfg
@@ -337,7 +345,7 @@ impl VolumeManager {
         if state.phase == Phase::Published
             && let Some(current) = &state.current
         {
-            crate::obs::metrics::global()
+            self.metrics
                 .track_volume(&state.volume_id, store::to_system(current.not_after));
         }
         self.count_pod_volume(&state.target_path, &state.volume_id, true);

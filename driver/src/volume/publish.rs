@@ -234,7 +234,7 @@ impl VolumeManager {
         if result.is_ok()
             && let Some(current) = guard.as_ref().and_then(|s| s.current.as_ref())
         {
-            crate::obs::metrics::global()
+            self.metrics
                 .track_volume(&params.volume_id, store::to_system(current.not_after));
         }
     }

@@ -183,9 +183,9 @@ impl VolumeManager {
         revision: u64,
         trust: Option<VolumeTrust>,
     ) -> RenewOutcome {
-        crate::obs::metrics::global().renewal(true);
+        self.metrics.renewal(true);
         if let Some(c) = &state.current {
-            crate::obs::metrics::global()
+            self.metrics
                 .track_volume(&state.volume_id, store::to_system(c.not_after));
         }
         self.prune_requests(state).await;
@@ -208,7 +208,7 @@ impl VolumeManager {
         current: &CertRecord,
     ) -> RenewOutcome {
         let err = err.on_data_root(self.store.root());
-        crate::obs::metrics::global().renewal(false);
+        self.metrics.renewal(false);
         if let VolumeError::Issue(e) = &err
             && !e.is_transient()
         {

@@ -170,6 +170,7 @@ pub(super) fn fixture_built(
         issuer: issuer.clone(),
         clock: ahead.clone(),
         scheduler: handle,
+        metrics: crate::obs::metrics::Metrics::detached(),
     };
     let mut mgr = VolumeManager::new(cfg, store, services);
     if let Some(apis) = apis {

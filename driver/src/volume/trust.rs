@@ -92,7 +92,7 @@ impl VolumeManager {
             Ok(locked) => locked,
             Err(e) => {
                 warn!(error = %e, "trust refresh could not load the volume");
-                crate::obs::metrics::global()
+                self.metrics
                     .trust_refresh(crate::obs::metrics::RefreshOutcome::Failed);
                 return Refreshed::Kept { next_change: None };
             }
@@ -134,7 +134,7 @@ impl VolumeManager {
                 crate::obs::metrics::RefreshOutcome::Failed
             }
         };
-        crate::obs::metrics::global().trust_refresh(metric);
+        self.metrics.trust_refresh(metric);
         let mut next_change = rotation::next_change(&cas, self.clock.now());
         // Nothing else would bring the rewrite back (its sources did not change again): try
         // again once other volumes may have gone.
@@ -563,6 +563,7 @@ mod tests {
                     issuer: Arc::new(ca),
                     clock: clock.clone(),
                     scheduler: handle,
+                    metrics: crate::obs::metrics::Metrics::detached(),
                 },
             )
             .with_trust(TrustWiring {

@@ -84,7 +84,7 @@ impl VolumeManager {
         self.store.remove(&paths)?;
         self.tmpfs.release(&state.volume_id);
         self.count_pod_volume(&state.target_path, &state.volume_id, false);
-        crate::obs::metrics::global().untrack_volume(&state.volume_id);
+        self.metrics.untrack_volume(&state.volume_id);
         info!(volume_id = %state.volume_id, "volume removed");
         Ok(())
     }

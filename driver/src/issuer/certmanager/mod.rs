@@ -31,6 +31,7 @@ use self::watch::RequestCache;
 use super::cached::{Cached, request_key_of_der};
 use super::filing::{self, Filing};
 use super::{IssueError, IssueRequest, Issued, Issuer};
+use crate::obs::metrics::Metrics;
 
 /// Configuration of the cert-manager backend.
 #[derive(Clone)]
@@ -49,6 +50,8 @@ pub struct CertManagerConfig {
     pub kube_config: Option<kube::Config>,
     /// Which namespaces the node watches for its requests and how much it caches.
     pub requests: filing::RequestWatch,
+    /// Where the request watch counts what it drops.
+    pub metrics: Metrics,
 }
 
 impl fmt::Debug for CertManagerConfig {
@@ -91,7 +94,7 @@ impl CertManagerIssuer {
         cfg: CertManagerConfig,
     ) -> (Self, impl Future<Output = ()> + Send + 'static) {
         let (cache, events, watch) =
-            filing::node_requests(&client, &cfg.node_id, &cfg.requests, true);
+            filing::node_requests(&client, &cfg.node_id, &cfg.requests, true, &cfg.metrics);
         let issuer = CertManagerIssuer {
             client,
             cfg,
@@ -392,6 +395,7 @@ pub(crate) mod tests {
             use_token_request: false,
             kube_config: None,
             requests: filing::RequestWatch::default(),
+            metrics: Metrics::detached(),
         };
         // The watch future is not run: tests feed the cache directly, as the watch would.
         let (issuer, _watch) = CertManagerIssuer::new(client(fake.clone()), cfg);
@@ -641,6 +645,7 @@ pub(crate) mod tests {
             use_token_request: false,
             kube_config: None,
             requests: filing::RequestWatch::default(),
+            metrics: Metrics::detached(),
         };
         // Bind then drop a listener: nothing accepts on that port any more.
         let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -724,6 +729,7 @@ pub(crate) mod tests {
             use_token_request: true,
             kube_config: Some(kube::Config::new("http://127.0.0.1:1".parse().unwrap())),
             requests: filing::RequestWatch::default(),
+            metrics: Metrics::detached(),
         };
         let (token_issuer, _watch) = CertManagerIssuer::new(client(fake.clone()), cfg);
         match token_issuer.issue(&issue_request(cert_request())).await {
@@ -772,6 +778,7 @@ pub(crate) mod tests {
             use_token_request: true,
             kube_config: Some(base),
             requests: filing::RequestWatch::default(),
+            metrics: Metrics::detached(),
         };
         let (issuer, _watch) = CertManagerIssuer::new(client(fake.clone()), cfg);
         let issuer = Arc::new(issuer);
@@ -827,6 +834,8 @@ pub(crate) mod tests {
     #[tokio::test]
     async fn a_request_dropped_by_the_namespace_cap_times_out_saying_so() {
         let fake = Arc::new(Fake::default());
+        let mut registry = prometheus_client::registry::Registry::with_prefix("certvol");
+        let metrics = Metrics::register(&mut registry);
         let cfg = CertManagerConfig {
             node_id: "node-1".into(),
             wait_timeout: Duration::from_millis(50),
@@ -840,6 +849,7 @@ pub(crate) mod tests {
                     ..watch::CacheLimits::default()
                 },
             },
+            metrics,
         };
         let (issuer, _watch) = CertManagerIssuer::new(client(fake.clone()), cfg);
         issuer.cache.apply(Event::InitDone);
@@ -863,6 +873,11 @@ pub(crate) mod tests {
             message.contains("namespace \"shop\" beyond --max-requests-per-namespace"),
             "{message}"
         );
+        let text = crate::obs::metrics::encode(&registry).unwrap();
+        assert!(
+            text.contains(r#"certvol_request_watch_dropped_total{reason="over_limit"} 1"#),
+            "{text}"
+        );
     }
 
     #[tokio::test]
@@ -877,6 +892,7 @@ pub(crate) mod tests {
                 namespaces: vec!["bank".into(), "lib".into()],
                 ..Default::default()
             },
+            metrics: Metrics::detached(),
         };
         let (issuer, _watch) = CertManagerIssuer::new(client(fake.clone()), cfg);
         let err = issuer.check_request(&cert_request()).unwrap_err();

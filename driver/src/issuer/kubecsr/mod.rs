@@ -31,6 +31,7 @@ use super::watch::RequestCache;
 use super::{IssueError, IssueRequest, Issued, Issuer};
 use crate::kube::discovery::Apis;
 use crate::kube::events::EventSink;
+use crate::obs::metrics::Metrics;
 use crate::spec::attrs::{AttrError, CERTVOL_PREFIX};
 use crate::spec::request::{CaSource, CertRequest, KubeCsrRef};
 
@@ -51,6 +52,8 @@ pub struct KubeCsrConfig {
     /// How much the node caches of its requests (requests are cluster-scoped: the watch's
     /// namespaces do not apply).
     pub requests: filing::RequestWatch,
+    /// Where the request watch counts what it drops.
+    pub metrics: Metrics,
 }
 
 /// The Kubernetes CSR API issuer backend ([`Issuer::kind`] `kubernetes-csr`).
@@ -86,7 +89,7 @@ impl KubeCsrIssuer {
         apis: Apis,
     ) -> (Self, impl Future<Output = ()> + Send + 'static) {
         let (cache, events, watch) =
-            filing::node_requests(&client, &cfg.node_id, &cfg.requests, false);
+            filing::node_requests(&client, &cfg.node_id, &cfg.requests, false, &cfg.metrics);
         let issuer = KubeCsrIssuer {
             ca: Arc::new(KubeCaResolver::new(client.clone(), apis, cfg.wait_timeout)),
             client,
@@ -388,6 +391,7 @@ mod tests {
             node_id: "node-1".into(),
             wait_timeout: Duration::from_secs(10),
             requests: filing::RequestWatch::default(),
+            metrics: Metrics::detached(),
         };
         let resolver = Arc::new(FixedCa {
             answer: ca,
