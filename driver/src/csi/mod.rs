@@ -312,7 +312,7 @@ impl Node for NodeService {
             let volumes = self.volumes.clone();
             // Run the publish as its own task: if kubelet gives up on the call, the task still
             // finishes the step it is in and records it, instead of being dropped half-way.
-            // The publish opens its own span (volume id, pod); this one keeps the caller's.
+            // The publish opens its own span (volume id, pod), a child of the handler's.
             tokio::spawn(async move { volumes.publish(params).await }.in_current_span())
                 .await
                 .map_err(|e| VolumeError::Internal(format!("publish task failed: {e}")))??;

@@ -246,7 +246,8 @@ impl Loop {
             let workers = self.workers.clone();
             let namespace = self.namespaces.get(&volume_id).cloned().unwrap_or_default();
             let id = volume_id.clone();
-            // The renewer opens the renewal's span (volume id, namespace); this keeps the loop's.
+            // The renewer opens the renewal's span (volume id, namespace, pod), a child of the
+            // loop's.
             let task = self.tasks.spawn(
                 async move {
                     let permit = workers.acquire(&namespace).await;

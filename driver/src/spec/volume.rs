@@ -71,21 +71,9 @@ impl Deref for VolumeId {
     }
 }
 
-impl AsRef<str> for VolumeId {
-    fn as_ref(&self) -> &str {
-        &self.0
-    }
-}
-
 impl fmt::Display for VolumeId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
-    }
-}
-
-impl PartialEq<str> for VolumeId {
-    fn eq(&self, other: &str) -> bool {
-        self.0 == other
     }
 }
 
