@@ -13,9 +13,10 @@ use csi::node_server::Node;
 use csi::volume_capability::AccessType;
 use csi::volume_capability::access_mode::Mode;
 use tonic::{Code, Request, Response, Status};
-use tracing::{Instrument, info_span, warn};
+use tracing::{Instrument, warn};
 
 use crate::files::store::{self, Phase, VolumeState};
+use crate::spec::volume::{TargetPath, VolumeId};
 use crate::volume::{PublishParams, VolumeError, VolumeManager};
 
 mod status;
@@ -98,12 +99,16 @@ impl NodeService {
     }
 }
 
-/// Checks a NodePublishVolume request as the CSI spec and certvol's volume model require.
-pub fn validate_publish(req: csi::NodePublishVolumeRequest) -> Result<PublishParams, RpcError> {
+/// Checks a NodePublishVolume request as the CSI spec and certvol's volume model require, and
+/// parses its volume id and target path (which must lie in `<kubelet_dir>/pods/`).
+pub fn validate_publish(
+    req: csi::NodePublishVolumeRequest,
+    kubelet_dir: &Path,
+) -> Result<PublishParams, RpcError> {
     if req.volume_id.is_empty() {
         return Err(RpcError::Invalid("volume_id is required".into()));
     }
-    crate::volume::check_volume_id(&req.volume_id)?;
+    let volume_id = VolumeId::parse(&req.volume_id)?;
     if req.target_path.is_empty() {
         return Err(RpcError::Invalid("target_path is required".into()));
     }
@@ -157,9 +162,12 @@ pub fn validate_publish(req: csi::NodePublishVolumeRequest) -> Result<PublishPar
             ))
         })?),
     };
+    // Last, as when the volume layer checked it: a request wrong in several ways is told the
+    // same thing first.
+    let target_path = TargetPath::parse(kubelet_dir, req.target_path)?;
     Ok(PublishParams {
-        volume_id: req.volume_id,
-        target_path: PathBuf::from(req.target_path),
+        volume_id,
+        target_path,
         context: req.volume_context,
         mount_group,
         secrets: req.secrets,
@@ -302,12 +310,12 @@ impl Node for NodeService {
         let pod = pod_of(&req.volume_context);
         let result = async {
             self.check_ready()?;
-            let params = validate_publish(req)?;
+            let params = validate_publish(req, &self.volumes.config().kubelet_dir)?;
             let volumes = self.volumes.clone();
-            let span = info_span!("publish", volume_id = %params.volume_id, pod = %pod);
             // Run the publish as its own task: if kubelet gives up on the call, the task still
             // finishes the step it is in and records it, instead of being dropped half-way.
-            tokio::spawn(async move { volumes.publish(params).await }.instrument(span))
+            // The publish opens its own span (volume id, pod), a child of the handler's.
+            tokio::spawn(async move { volumes.publish(params).await }.in_current_span())
                 .await
                 .map_err(|e| VolumeError::Internal(format!("publish task failed: {e}")))??;
             Ok::<_, RpcError>(())
@@ -334,20 +342,16 @@ impl Node for NodeService {
             if req.volume_id.is_empty() {
                 return Err(RpcError::Invalid("volume_id is required".into()));
             }
-            crate::volume::check_volume_id(&req.volume_id)?;
+            let volume_id = VolumeId::parse(&req.volume_id)?;
             if req.target_path.is_empty() {
                 return Err(RpcError::Invalid("target_path is required".into()));
             }
             self.check_ready()?;
+            let target_path =
+                TargetPath::parse(&self.volumes.config().kubelet_dir, req.target_path)?;
             let volumes = self.volumes.clone();
-            let span = info_span!("unpublish", volume_id = %req.volume_id);
             tokio::spawn(
-                async move {
-                    volumes
-                        .unpublish(&req.volume_id, std::path::Path::new(&req.target_path))
-                        .await
-                }
-                .instrument(span),
+                async move { volumes.unpublish(&volume_id, &target_path).await }.in_current_span(),
             )
             .await
             .map_err(|e| VolumeError::Internal(format!("unpublish task failed: {e}")))??;
@@ -373,7 +377,7 @@ impl Node for NodeService {
             if req.volume_id.is_empty() {
                 return Err(RpcError::Invalid("volume_id is required".into()));
             }
-            crate::volume::check_volume_id(&req.volume_id)?;
+            let volume_id = VolumeId::parse(&req.volume_id)?;
             if req.volume_path.is_empty() {
                 return Err(RpcError::Invalid("volume_path is required".into()));
             }
@@ -382,20 +386,19 @@ impl Node for NodeService {
             // cert-manager). kubelet polls stats on a short deadline, so after a brief wait fall
             // back to state.json, which is written atomically before every step and so is always
             // a consistent (if slightly older) record.
-            let state =
-                match tokio::time::timeout(STATS_LOCK_WAIT, self.volumes.status(&req.volume_id))
-                    .await
-                {
-                    Ok(state) => state?,
-                    Err(_) => {
-                        let volumes = self.volumes.clone();
-                        let id = req.volume_id.clone();
-                        tokio::task::spawn_blocking(move || volumes.store().load(&id))
-                            .await
-                            .map_err(|e| VolumeError::Internal(format!("state read failed: {e}")))?
-                            .map_err(VolumeError::from)?
-                    }
-                };
+            let state = match tokio::time::timeout(STATS_LOCK_WAIT, self.volumes.status(&volume_id))
+                .await
+            {
+                Ok(state) => state?,
+                Err(_) => {
+                    let volumes = self.volumes.clone();
+                    let id = volume_id.clone();
+                    tokio::task::spawn_blocking(move || volumes.store().load(&id))
+                        .await
+                        .map_err(|e| VolumeError::Internal(format!("state read failed: {e}")))?
+                        .map_err(VolumeError::from)?
+                }
+            };
             let path = PathBuf::from(&req.volume_path);
             let state = match state {
                 Some(s) if s.phase == Phase::Published && s.target_path == path => s,
@@ -507,7 +510,7 @@ mod tests {
 
     #[test]
     fn a_kubelet_request_passes_with_its_mount_group() {
-        let params = validate_publish(request()).unwrap();
+        let params = validate_publish(request(), Path::new("/var/lib/kubelet")).unwrap();
         assert_eq!(params.volume_id, "csi-1");
         assert_eq!(params.mount_group, Some(2000));
     }
@@ -520,7 +523,7 @@ mod tests {
             "csi.cert-manager.io/pkcs12-password".into(),
             "literal-2".into(),
         );
-        let params = validate_publish(req).unwrap();
+        let params = validate_publish(req, Path::new("/var/lib/kubelet")).unwrap();
         assert_eq!(params.secrets["pkcs12-password"], "s3cret-1");
         let shown = format!("{params:?}");
         assert!(
@@ -811,9 +814,43 @@ mod tests {
         for (field, mutate) in cases {
             let mut req = request();
             mutate(&mut req);
-            let err = validate_publish(req).unwrap_err();
+            let err = validate_publish(req, Path::new("/var/lib/kubelet")).unwrap_err();
             assert!(matches!(err, RpcError::Invalid(_)), "{field}");
             assert!(err.to_string().contains(field), "{field}: {err}");
         }
+    }
+
+    /// The volume layer takes only parsed targets: one outside the pods directory, or with
+    /// `..`, is refused here for unpublish as for publish, naming the field.
+    #[tokio::test]
+    async fn unpublish_refuses_targets_outside_the_pods_dir() {
+        let f = node_fixture();
+        let dotdot = f.pods.join("u/../../etc-like/mount").display().to_string();
+        for target in ["/etc-like/mount".to_string(), dotdot] {
+            let err = f
+                .node
+                .node_unpublish_volume(Request::new(csi::NodeUnpublishVolumeRequest {
+                    volume_id: "csi-1".into(),
+                    target_path: target.clone(),
+                }))
+                .await
+                .unwrap_err();
+            assert_eq!(err.code(), Code::InvalidArgument, "{target}");
+            assert!(err.message().contains("target_path"), "{}", err.message());
+        }
+        let err = f
+            .node
+            .node_unpublish_volume(Request::new(csi::NodeUnpublishVolumeRequest {
+                volume_id: "a/b".into(),
+                target_path: f.pods.join("u/mount").display().to_string(),
+            }))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument);
+        assert!(
+            err.message().contains("accepted: 1 to 128"),
+            "{}",
+            err.message()
+        );
     }
 }

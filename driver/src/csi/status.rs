@@ -21,6 +21,9 @@ pub enum RpcError {
     /// A request field is missing or not acceptable (CSI argument checks).
     #[error("{0}")]
     Invalid(String),
+    /// A volume id or target path that does not parse.
+    #[error(transparent)]
+    Field(#[from] crate::spec::volume::FieldError),
     /// Start-up recovery has not finished; kubelet retries.
     #[error("certvol is recovering its state after a restart; retry shortly")]
     Recovering,
@@ -48,7 +51,7 @@ pub trait GrpcCode {
 impl GrpcCode for RpcError {
     fn code(&self) -> Code {
         match self {
-            RpcError::Invalid(_) => Code::InvalidArgument,
+            RpcError::Invalid(_) | RpcError::Field(_) => Code::InvalidArgument,
             RpcError::Recovering => Code::Unavailable,
             RpcError::Unsupported(_) => Code::Unimplemented,
             RpcError::NotFound(_) => Code::NotFound,
@@ -179,6 +182,12 @@ mod tests {
         let attr_err = attrs::parse(&HashMap::new()).unwrap_err();
         let cases: Vec<(RpcError, Code)> = vec![
             (RpcError::Invalid("x".into()), Code::InvalidArgument),
+            (
+                crate::spec::volume::VolumeId::parse("a/b")
+                    .unwrap_err()
+                    .into(),
+                Code::InvalidArgument,
+            ),
             (RpcError::Recovering, Code::Unavailable),
             (RpcError::NotFound("gone".into()), Code::NotFound),
             (

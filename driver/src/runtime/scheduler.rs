@@ -22,7 +22,7 @@ use certvol_renewer::{DeadlineQueue, Policy};
 use futures::future::BoxFuture;
 use tokio::sync::{mpsc, watch};
 use tokio::task::{self, JoinError, JoinSet};
-use tracing::{Instrument, debug, error, info_span};
+use tracing::{Instrument, error};
 
 use crate::base::clock::Clock;
 use crate::base::fair::{FairPool, Lease};
@@ -257,16 +257,16 @@ impl Loop {
             let renewer = self.renewer.clone();
             let workers = self.workers.clone();
             let namespace = self.namespaces.get(&volume_id).cloned().unwrap_or_default();
-            let span = info_span!("renew", volume_id = %volume_id, namespace = %namespace);
             let id = volume_id.clone();
+            // The renewer opens the renewal's span (volume id, namespace, pod), a child of the
+            // loop's.
             let task = self.tasks.spawn(
                 async move {
                     let permit = workers.acquire(&namespace).await;
                     let worker = Lease::new(&workers, &namespace, permit);
-                    debug!("renewal due");
                     renewer.renew(id, worker).await
                 }
-                .instrument(span),
+                .in_current_span(),
             );
             self.task_volumes.insert(task.id(), volume_id);
         }

@@ -1,7 +1,9 @@
 //! What a volume asks for, parsed once at the edge: the typed request, the volume-attribute
-//! parser and the operator's limits. Pure data and validation; nothing here touches a file.
+//! parser, the operator's limits, the volume's id and target path. Pure data and validation;
+//! nothing here touches a file.
 
 pub mod attrs;
 pub mod limits;
 pub mod request;
 pub mod subject;
+pub mod volume;

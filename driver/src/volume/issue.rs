@@ -140,7 +140,7 @@ impl VolumeManager {
         request: &str,
     ) -> Result<PrivateKey, VolumeError> {
         if let Some(key) = self.pending_key(state, job)? {
-            debug!(volume_id = %state.volume_id, request = %request, "resuming pending request");
+            debug!(request = %request, "resuming pending request");
             return Ok(key);
         }
         let key = match job.reuse.take() {
@@ -189,7 +189,10 @@ impl VolumeManager {
             Some(p) if p.revision == job.revision => match fs::read(&pending_key) {
                 Ok(der) => Ok(Some(PrivateKey::from_pkcs8_der(&Zeroizing::new(der))?)),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    debug!(volume_id = %state.volume_id, revision = job.revision, "the pending key is gone; filing with a new key");
+                    debug!(
+                        revision = job.revision,
+                        "the pending key is gone; filing with a new key"
+                    );
                     Ok(None)
                 }
                 Err(e) => Err(VolumeError::io_at("read", &pending_key)(e)),
@@ -621,7 +624,7 @@ mod tests {
         let both = crate::files::budget::measure(&paths.mem)
             + crate::files::budget::measure(&f.mgr.store().paths("csi-b").mem);
         assert_eq!(f.mgr.tmpfs_usage().0, both);
-        f.mgr.unpublish("csi-b", &b.target_path).await.unwrap();
+        f.mgr.unpublish(&id("csi-b"), &b.target_path).await.unwrap();
         assert_eq!(
             f.mgr.tmpfs_usage().0,
             crate::files::budget::measure(&paths.mem)

@@ -21,7 +21,6 @@ mod unpublish;
 pub use crate::runtime::refresh::Refreshed;
 pub use error::VolumeError;
 pub use publish::{PublishParams, Published};
-pub use target::{check_in_pods_dir, check_volume_id};
 pub use trust::TrustWiring;
 
 use std::collections::HashMap;
@@ -47,6 +46,7 @@ use crate::obs::metrics::Metrics;
 use crate::runtime::scheduler::SchedulerHandle;
 use crate::spec::attrs::{self, AttrError};
 use crate::spec::request::CertRequest;
+use crate::spec::volume::VolumeId;
 
 /// Tunables of the volume layer.
 #[derive(Clone, Debug)]
@@ -87,10 +87,6 @@ impl Config {
 
 /// kubelet's default `--root-dir`; pods' volumes live in its `pods/` subdirectory.
 pub const DEFAULT_KUBELET_DIR: &str = "/var/lib/kubelet";
-
-/// Longest volume id accepted. kubelet's ids for inline volumes are 68 bytes (`csi-` and a
-/// SHA-256 in hex); the bound keeps ids usable in file names, labels and log lines.
-pub const MAX_VOLUME_ID_BYTES: usize = 128;
 
 /// One volume's place in the manager: its state behind the per-volume async lock, and the
 /// request its attributes describe, parsed once (at publish, at recovery, or from the saved
@@ -320,7 +316,7 @@ impl VolumeManager {
 
     /// A copy of a volume's current state (`None` if certvol has none), for read-only views such
     /// as NodeGetVolumeStats. Taken under the volume's lock so it is never a half-done step.
-    pub async fn status(&self, volume_id: &str) -> Result<Option<VolumeState>, VolumeError> {
+    pub async fn status(&self, volume_id: &VolumeId) -> Result<Option<VolumeState>, VolumeError> {
         let (slot, guard) = self.lock(volume_id).await?;
         let state = guard.clone();
         // An unknown id must not leave an empty slot behind.
@@ -392,7 +388,7 @@ impl VolumeManager {
         };
         let mut pods = self.pod_volumes.lock();
         let volumes = pods.entry(pod).or_default();
-        if !volumes.contains(&params.volume_id) {
+        if !volumes.contains(params.volume_id.as_str()) {
             let shown = match (
                 params.context.get("csi.storage.k8s.io/pod.namespace"),
                 params.context.get("csi.storage.k8s.io/pod.name"),
@@ -401,12 +397,12 @@ impl VolumeManager {
                 _ => params
                     .target_path
                     .strip_prefix(&self.cfg.kubelet_dir)
-                    .unwrap_or(&params.target_path)
+                    .unwrap_or(params.target_path.as_path())
                     .display()
                     .to_string(),
             };
             self.cfg.limits.check_volume_count(&shown, volumes.len())?;
-            volumes.insert(params.volume_id.clone());
+            volumes.insert(params.volume_id.to_string());
         }
         Ok(())
     }
@@ -465,6 +461,15 @@ impl VolumeManager {
     pub fn tmpfs_usage(&self) -> (u64, u64) {
         (self.tmpfs.total(), self.tmpfs.max())
     }
+}
+
+/// Names the request's pod (`namespace/name`) on the current span, one opened with an empty
+/// `pod` field (renewal, trust refresh): its log lines then carry it.
+fn record_pod(req: &CertRequest) {
+    tracing::Span::current().record(
+        "pod",
+        tracing::field::display(format!("{}/{}", req.pod.namespace, req.pod.name)),
+    );
 }
 
 /// The pod's namespace, where the volume's requests were filed.

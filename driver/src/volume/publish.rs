@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::io;
 use std::os::unix::fs::DirBuilderExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use tracing::{debug, info, warn};
@@ -16,26 +16,39 @@ use crate::files::store::{self, Phase, RenewalRecord, STATE_VERSION, VolumePaths
 use crate::issuer::token::{BearerToken, token_from_context};
 use crate::spec::attrs;
 use crate::spec::request::{CertRequest, KeyAlgorithm};
+use crate::spec::volume::{TargetPath, VolumeId};
 use crate::trust::VolumeTrust;
 
 use super::{
     VolumeManager,
     error::VolumeError,
     issue::{BundleFrom, Issuance, Op},
-    target::{check_in_pods_dir, check_target, check_volume_id},
+    target::check_target,
 };
 
-/// A NodePublishVolume request after the CSI layer checked its fields.
+/// A NodePublishVolume request after the CSI layer parsed its fields.
 #[derive(Clone)]
 pub struct PublishParams {
-    pub volume_id: String,
-    pub target_path: PathBuf,
+    pub volume_id: VolumeId,
+    pub target_path: TargetPath,
     pub context: HashMap<String, String>,
     /// kubelet's `volume_mount_group`: the pod's fsGroup.
     pub mount_group: Option<u32>,
     /// The data of the Secret named by the volume's `nodePublishSecretRef`, which kubelet sends
     /// with every publish. Secret values: never logged, never recorded in `state.json`.
     pub secrets: HashMap<String, String>,
+}
+
+impl PublishParams {
+    /// The pod the volume is for, as kubelet names it in the volume context: `namespace/name`.
+    pub fn pod(&self) -> String {
+        let get = |k: &str| self.context.get(k).map_or("", String::as_str);
+        format!(
+            "{}/{}",
+            get("csi.storage.k8s.io/pod.namespace"),
+            get("csi.storage.k8s.io/pod.name")
+        )
+    }
 }
 
 /// What kubelet sent that is a secret (the pod's token, Secret data, a literal keystore password)
@@ -99,7 +112,13 @@ struct Checked {
 }
 
 impl VolumeManager {
-    /// NodePublishVolume: make the volume's certificate available read-only at the target.
+    /// NodePublishVolume: make the volume's certificate available read-only at the target. Its
+    /// log lines carry the volume id and the pod from the operation's span.
+    #[tracing::instrument(
+        name = "publish",
+        skip_all,
+        fields(volume_id = %params.volume_id, pod = %params.pod())
+    )]
     pub async fn publish(&self, params: PublishParams) -> Result<Published, VolumeError> {
         let Checked {
             req,
@@ -131,13 +150,11 @@ impl VolumeManager {
         result
     }
 
-    /// What can be checked of a publish without its volume's lock: the id, the target, the
-    /// attributes against the issuer, the limits and the key policy; and the keystore password
-    /// and the pod's token, resolved before anything is created so that a missing password
-    /// leaves nothing behind.
+    /// What can be checked of a publish without its volume's lock (the id and the target come
+    /// parsed): the attributes against the issuer, the limits and the key policy; and the
+    /// keystore password and the pod's token, resolved before anything is created so that a
+    /// missing password leaves nothing behind.
     fn check_publish(&self, params: &PublishParams) -> Result<Checked, VolumeError> {
-        check_volume_id(&params.volume_id)?;
-        check_in_pods_dir(&self.cfg.kubelet_dir, &params.target_path)?;
         let req = Arc::new(attrs::parse(&params.context)?);
         self.issuer.check_request(&req)?;
         self.issuer.check_policy(&req)?;
@@ -174,15 +191,15 @@ impl VolumeManager {
         match existing {
             Some(state) if state.target_path != params.target_path => {
                 return Err(VolumeError::OtherTarget {
-                    volume_id: params.volume_id.clone(),
+                    volume_id: params.volume_id.to_string(),
                     existing: state.target_path.clone(),
-                    requested: params.target_path.clone(),
+                    requested: params.target_path.to_path_buf(),
                 });
             }
             Some(state) if state.context != *context || state.mount_group != params.mount_group => {
                 return Err(VolumeError::Incompatible {
-                    volume_id: params.volume_id.clone(),
-                    target: params.target_path.clone(),
+                    volume_id: params.volume_id.to_string(),
+                    target: params.target_path.to_path_buf(),
                 });
             }
             Some(_) => {}
@@ -218,7 +235,7 @@ impl VolumeManager {
             && let Some(state) = guard.take()
             && let Err(cleanup) = self.remove_volume(&state).await
         {
-            warn!(volume_id = %params.volume_id, error = %cleanup, "clean-up after a failed publish did not finish; it is retried at the next start");
+            warn!(error = %cleanup, "clean-up after a failed publish did not finish; it is retried at the next start");
             *guard = Some(state);
         }
         if result.is_err() && guard.is_none() {
@@ -271,7 +288,7 @@ impl VolumeManager {
         guard: &mut Option<VolumeState>,
     ) -> Result<(Published, Option<VolumeTrust>), VolumeError> {
         let paths = self.store.paths(&params.volume_id);
-        if self.resume_publish(params, guard).await? {
+        if self.resume_publish(guard).await? {
             return Ok((Published::Unchanged, None));
         }
         let trust = self.check_new_volume(req).await?;
@@ -293,12 +310,7 @@ impl VolumeManager {
         next.phase = Phase::Published;
         self.save(&next).await?;
         *state = next;
-        info!(
-            volume_id = %params.volume_id,
-            pod = %format_args!("{}/{}", req.pod.namespace, req.pod.name),
-            target = %params.target_path.display(),
-            "volume published"
-        );
+        info!(target = %params.target_path.display(), "volume published");
         let revision = issued.unwrap_or_else(|| state.current.as_ref().map_or(0, |c| c.revision));
         Ok((Published::Issued { revision }, trust))
     }
@@ -306,11 +318,7 @@ impl VolumeManager {
     /// An earlier attempt's state: published already (`true`: nothing to do), interrupted
     /// before its tmpfs was ready (removed, to start over), or interrupted while issuing
     /// (resumed).
-    async fn resume_publish(
-        &self,
-        params: &PublishParams,
-        guard: &mut Option<VolumeState>,
-    ) -> Result<bool, VolumeError> {
+    async fn resume_publish(&self, guard: &mut Option<VolumeState>) -> Result<bool, VolumeError> {
         let Some(state) = guard.as_ref() else {
             return Ok(false);
         };
@@ -322,7 +330,6 @@ impl VolumeManager {
                 }
             }
             Phase::Issuing => debug!(
-                volume_id = %params.volume_id,
                 pending = ?state.pending.as_ref().map(|p| p.revision),
                 last_revision = state.last_revision,
                 "resuming an interrupted publish"
@@ -374,8 +381,8 @@ impl VolumeManager {
         self.refuse_foreign_mount(&params.target_path, &paths.key)?;
         let state = VolumeState {
             version: STATE_VERSION,
-            volume_id: params.volume_id.clone(),
-            target_path: params.target_path.clone(),
+            volume_id: params.volume_id.to_string(),
+            target_path: params.target_path.to_path_buf(),
             node_id: self.cfg.node_id.clone(),
             issuer: self.issuer.kind().to_string(),
             context,
@@ -678,7 +685,8 @@ mod tests {
 
         // The same volume id at another target is refused and must not replace the live token.
         let mut elsewhere = with_token(p.clone(), "t2");
-        elsewhere.target_path = f.pods.join("other/volumes/kubernetes.io~csi/tls/mount");
+        elsewhere.target_path =
+            target_path(&f, f.pods.join("other/volumes/kubernetes.io~csi/tls/mount"));
         let err = f.mgr.publish(elsewhere).await.unwrap_err();
         assert!(matches!(err, VolumeError::OtherTarget { .. }), "{err}");
         assert_eq!(token_of(&f, "csi-tok").as_deref(), Some("t1"));
@@ -695,7 +703,10 @@ mod tests {
         assert_eq!(token_of(&f, "csi-nope"), None);
 
         set(&f, OK);
-        f.mgr.unpublish("csi-tok", &p.target_path).await.unwrap();
+        f.mgr
+            .unpublish(&id("csi-tok"), &p.target_path)
+            .await
+            .unwrap();
         assert_eq!(token_of(&f, "csi-tok"), None);
     }
 

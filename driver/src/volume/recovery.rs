@@ -4,7 +4,7 @@
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
-use tracing::{info, warn};
+use tracing::{Instrument, info, info_span, warn};
 
 use std::sync::Arc;
 
@@ -239,7 +239,12 @@ async fn discard(
     report: &mut Report,
 ) {
     let result = match &state {
-        Some(state) => mgr.remove_volume(state).await,
+        // The removal's log lines name the volume through this span, as unpublish's do.
+        Some(state) => {
+            mgr.remove_volume(state)
+                .instrument(info_span!("discard", volume_id = %state.volume_id))
+                .await
+        }
         None => mgr
             .mounter()
             .unmount(&paths.mem)

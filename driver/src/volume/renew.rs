@@ -4,7 +4,7 @@ use std::fs;
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 use zeroize::Zeroizing;
 
 use crate::base::fair::Lease;
@@ -81,20 +81,37 @@ impl VolumeManager {
     }
 
     /// One renewal of a published volume on the scheduler's `worker`. Failures keep the old,
-    /// still-valid files in place.
+    /// still-valid files in place. Its log lines carry the volume id and (once the state is
+    /// loaded) the pod's namespace and name from the operation's span.
+    #[tracing::instrument(
+        name = "renew",
+        skip_all,
+        fields(
+            volume_id = %volume_id,
+            namespace = tracing::field::Empty,
+            pod = tracing::field::Empty
+        )
+    )]
     async fn renew_on(&self, volume_id: &str, worker: &Lease) -> RenewOutcome {
+        debug!("renewal due");
         let (slot, mut guard) = match self.lock(volume_id).await {
             Ok(locked) => locked,
             Err(e) => {
-                warn!(volume_id, error = %e, "renewal could not load the volume");
+                warn!(error = %e, "renewal could not load the volume");
                 return RenewOutcome::Done;
             }
         };
+        if let Some(state) = guard.as_ref() {
+            tracing::Span::current().record("namespace", namespace_of(state));
+        }
         let outcome = match guard.as_mut() {
             Some(state) if state.phase == Phase::Published => match self.request(&slot, state) {
-                Ok(req) => self.renew_locked(state, req, worker).await,
+                Ok(req) => {
+                    super::record_pod(&req);
+                    self.renew_locked(state, req, worker).await
+                }
                 Err(e) => {
-                    warn!(volume_id = %state.volume_id, error = %e, "recorded attributes no longer parse; renewal stopped");
+                    warn!(error = %e, "recorded attributes no longer parse; renewal stopped");
                     RenewOutcome::Done
                 }
             },
@@ -156,7 +173,7 @@ impl VolumeManager {
         let bundle_from = match ready {
             Ok(()) => BundleFrom::Sources(trust.as_ref()),
             Err(e) => {
-                warn!(volume_id = %state.volume_id, error = %e, "renewing with the trust bundle as last written");
+                warn!(error = %e, "renewing with the trust bundle as last written");
                 self.report_source_error(req, &e).await;
                 BundleFrom::LastWritten
             }
@@ -190,7 +207,7 @@ impl VolumeManager {
         }
         self.prune_requests(state).await;
         self.watch_trust(state, req, trust);
-        info!(volume_id = %state.volume_id, revision, "certificate renewed");
+        info!(revision, "certificate renewed");
         match &state.current {
             Some(c) => RenewOutcome::Renewed {
                 next: store::to_system(c.renew_at),
@@ -231,9 +248,9 @@ impl VolumeManager {
             next_attempt: Some(store::to_offset(retry)),
         };
         if let Err(e) = self.save(state).await {
-            warn!(volume_id = %state.volume_id, error = %e, "could not record the renewal failure");
+            warn!(error = %e, "could not record the renewal failure");
         }
-        warn!(volume_id = %state.volume_id, error = %err, failures, "renewal failed; the current certificate stays in place");
+        warn!(error = %err, failures, "renewal failed; the current certificate stays in place");
         RenewOutcome::Failed { retry_at: retry }
     }
 
@@ -248,11 +265,11 @@ impl VolumeManager {
             Ok(()) => {
                 state.requests.drain(..old.len());
                 if let Err(e) = self.save(state).await {
-                    warn!(volume_id = %state.volume_id, error = %e, "could not record pruned requests");
+                    warn!(error = %e, "could not record pruned requests");
                 }
             }
             Err(e) => {
-                warn!(volume_id = %state.volume_id, error = %e, "could not delete old issuer requests")
+                warn!(error = %e, "could not delete old issuer requests")
             }
         }
     }
@@ -384,7 +401,7 @@ mod tests {
         assert_eq!(cert_of(&p.target_path), before);
         assert_eq!(f.mgr.store().load("csi-nosave").unwrap().unwrap(), on_disk);
         // Nothing was recorded, so memory must not claim a pending request either.
-        let in_memory = f.mgr.status("csi-nosave").await.unwrap().unwrap();
+        let in_memory = f.mgr.status(&id("csi-nosave")).await.unwrap().unwrap();
         assert_eq!(in_memory.pending, None);
         assert_eq!(in_memory.last_revision, on_disk.last_revision);
 

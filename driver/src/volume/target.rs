@@ -1,4 +1,5 @@
-//! Target paths: checks that keep certvol inside kubelet's pods directory, and the bind there.
+//! Target paths: the checks on the filesystem that keep certvol inside kubelet's pods directory
+//! (the lexical ones are [`TargetPath::parse`]'s), and the bind there.
 
 use std::fs;
 use std::io;
@@ -7,57 +8,9 @@ use std::path::{Path, PathBuf};
 use crate::files::mount::MountInfo;
 use crate::files::store::VolumePaths;
 
-use super::{MAX_VOLUME_ID_BYTES, VolumeManager, error::VolumeError};
+use crate::spec::volume::TargetPath;
 
-/// Refuses volume ids kubelet would never send: empty, longer than [`MAX_VOLUME_ID_BYTES`], or
-/// with characters outside ASCII letters, digits, `-`, `_` and `.` (starting with a letter or
-/// digit). Ids end up in request names, labels and log lines, so they must stay plain.
-pub fn check_volume_id(volume_id: &str) -> Result<(), VolumeError> {
-    let plain = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
-    let ok = volume_id.len() <= MAX_VOLUME_ID_BYTES
-        && volume_id.starts_with(|c: char| c.is_ascii_alphanumeric())
-        && volume_id.chars().all(plain);
-    if ok {
-        return Ok(());
-    }
-    // A hostile id may be megabytes long: show only its start.
-    let shown: String = volume_id.chars().take(80).collect();
-    let cut = if shown.len() < volume_id.len() {
-        format!(" (first 80 of {} bytes)", volume_id.len())
-    } else {
-        String::new()
-    };
-    Err(VolumeError::InvalidArgument(format!(
-        "volume_id {shown:?}{cut} is not accepted; accepted: 1 to {MAX_VOLUME_ID_BYTES} ASCII letters, digits, '-', '_' or '.', starting with a letter or digit (kubelet sends \"csi-\" and 64 hex digits)"
-    )))
-}
-
-/// The target must be absolute, without `.` or `..` components, and strictly inside
-/// `<kubelet_dir>/pods/`, so that a caller on the CSI socket cannot make certvol mount over, or
-/// unmount and remove, anything else on the node.
-pub fn check_in_pods_dir(kubelet_dir: &Path, target: &Path) -> Result<(), VolumeError> {
-    use std::path::Component;
-    if !target.is_absolute()
-        || target
-            .components()
-            .any(|c| matches!(c, Component::ParentDir | Component::CurDir))
-    {
-        return Err(VolumeError::InvalidArgument(format!(
-            "target_path {:?} must be an absolute path without \".\" or \"..\" components",
-            target.display().to_string()
-        )));
-    }
-    let pods = kubelet_dir.join("pods");
-    if target.starts_with(&pods) && target != pods {
-        return Ok(());
-    }
-    Err(VolumeError::InvalidArgument(format!(
-        "target_path {:?} is not inside the kubelet pods directory {}/; certvol only mounts and unmounts volumes there (set --kubelet-dir, the Helm chart's kubeletRootDir, to kubelet's --root-dir to change it; configured: {})",
-        target.display().to_string(),
-        pods.display(),
-        kubelet_dir.display()
-    )))
-}
+use super::{VolumeManager, error::VolumeError};
 
 impl VolumeManager {
     pub(crate) fn bind_target(
@@ -198,11 +151,11 @@ pub(super) fn check_no_link_below_pods(
     Ok(())
 }
 
-/// The target must be inside kubelet's pods directory (see [`check_in_pods_dir`]) and not a
-/// symlink, and its parent (created by kubelet) must exist as a real directory reached without
-/// symbolic links below the pods directory: certvol creates only the last component.
-pub(super) fn check_target(kubelet_dir: &Path, target: &Path) -> Result<(), VolumeError> {
-    check_in_pods_dir(kubelet_dir, target)?;
+/// The target (inside kubelet's pods directory, as its type says) must not be a symlink, and its
+/// parent (created by kubelet) must exist as a real directory reached without symbolic links
+/// below the pods directory: certvol creates only the last component.
+pub(super) fn check_target(kubelet_dir: &Path, target: &TargetPath) -> Result<(), VolumeError> {
+    let target = target.as_path();
     let parent = target.parent().ok_or_else(|| {
         VolumeError::InvalidArgument("target_path must not be the root directory".into())
     })?;
@@ -241,12 +194,11 @@ mod tests {
     use crate::volume::tests::*;
 
     use std::fs;
-    use std::path::PathBuf;
 
     #[tokio::test]
     async fn targets_that_are_symlinks_or_relative_are_refused() {
         let f = fixture();
-        let mut p = params(&f, "sym");
+        let p = params(&f, "sym");
         let elsewhere = f.pods.join("elsewhere");
         fs::create_dir_all(&elsewhere).unwrap();
         std::os::unix::fs::symlink(&elsewhere, &p.target_path).unwrap();
@@ -257,10 +209,9 @@ mod tests {
             0,
             "nothing written through it"
         );
-        p.target_path = PathBuf::from("relative/mount");
-        p.volume_id = "csi-rel".into();
-        let err = f.mgr.publish(p).await.unwrap_err();
-        assert!(matches!(err, VolumeError::InvalidArgument(_)), "{err}");
+        // A relative target never reaches the volume layer: it does not parse.
+        let err = TargetPath::parse(&f.mgr.config().kubelet_dir, "relative/mount").unwrap_err();
+        assert!(err.to_string().contains("target_path"), "{err}");
         assert!(calls(&f).is_empty());
     }
 
@@ -276,8 +227,8 @@ mod tests {
         fs::create_dir_all(&pod).unwrap();
         std::os::unix::fs::symlink(&outside, pod.join("volumes")).unwrap();
         let mut p = params(&f, "ok");
-        p.volume_id = "csi-linked".into();
-        p.target_path = pod.join("volumes/kubernetes.io~csi/tls/mount");
+        p.volume_id = id("csi-linked");
+        p.target_path = target_path(&f, pod.join("volumes/kubernetes.io~csi/tls/mount"));
         let err = f.mgr.publish(p.clone()).await.unwrap_err();
         assert!(matches!(err, VolumeError::InvalidArgument(_)), "{err}");
         let text = err.to_string();
@@ -294,7 +245,7 @@ mod tests {
         let before = tree(&outside);
         let err = f
             .mgr
-            .unpublish("csi-linked", &p.target_path)
+            .unpublish(&id("csi-linked"), &p.target_path)
             .await
             .unwrap_err();
         assert!(err.to_string().contains("symbolic link"), "{err}");
@@ -327,7 +278,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn targets_outside_the_kubelet_pods_dir_are_refused_both_ways() {
+    async fn targets_outside_the_kubelet_pods_dir_do_not_parse() {
         let f = fixture();
         let outside = f._dir.path().join("etc-like");
         fs::create_dir_all(outside.join("mount")).unwrap();
@@ -335,11 +286,9 @@ mod tests {
         let before = tree(&outside);
         let pods = f.pods.display().to_string();
         let dotdot = f.pods.join("u/../../etc-like/mount");
+        // Such targets do not parse, so neither publish nor unpublish can be handed one.
         for target in [outside.join("mount"), dotdot, f.pods.clone()] {
-            let mut p = params(&f, "out");
-            p.target_path = target.clone();
-            let err = f.mgr.publish(p).await.unwrap_err();
-            assert!(matches!(err, VolumeError::InvalidArgument(_)), "{err}");
+            let err = TargetPath::parse(&f.mgr.config().kubelet_dir, target.clone()).unwrap_err();
             let text = err.to_string();
             assert!(text.contains("target_path"), "{text}");
             if !target.to_string_lossy().contains("..") {
@@ -348,46 +297,9 @@ mod tests {
                     "{text}"
                 );
             }
-            let err = f.mgr.unpublish("csi-out", &target).await.unwrap_err();
-            assert!(matches!(err, VolumeError::InvalidArgument(_)), "{err}");
         }
         assert_eq!(tree(&outside), before, "nothing created or removed");
         assert!(calls(&f).is_empty());
         assert_eq!(f.mgr.volume_count(), 0);
-    }
-
-    #[test]
-    fn volume_ids_are_plain_and_bounded() {
-        for good in [
-            "csi-5f2c0e6d4b1a9c8e7f6a5b4c3d2e1f0a9b8c7d6e5f4a3b2c1d0e9f8a7b6c5d4e",
-            "a",
-            "vol_1.x-2",
-            &"a".repeat(MAX_VOLUME_ID_BYTES),
-        ] {
-            assert!(check_volume_id(good).is_ok(), "{good}");
-        }
-        for bad in [
-            "",
-            "..",
-            "-x",
-            "a/b",
-            "../etc",
-            "a\0b",
-            "a b",
-            "é",
-            &"a".repeat(MAX_VOLUME_ID_BYTES + 1),
-        ] {
-            let err = check_volume_id(bad).unwrap_err();
-            assert!(matches!(err, VolumeError::InvalidArgument(_)), "{bad:?}");
-            let text = err.to_string();
-            assert!(
-                text.contains("volume_id") && text.contains("accepted: 1 to 128"),
-                "{text}"
-            );
-        }
-        let huge = "x/".repeat(1 << 20);
-        let text = check_volume_id(&huge).unwrap_err().to_string();
-        assert!(text.len() < 600, "the message stays short: {}", text.len());
-        assert!(text.contains("first 80 of 2097152 bytes"), "{text}");
     }
 }

@@ -20,6 +20,7 @@ use crate::issuer::{IssueError, IssueRequest, Issuer};
 use crate::kube::discovery::Apis;
 use crate::runtime::scheduler::RenewOutcome;
 use crate::spec::attrs;
+use crate::spec::volume::{TargetPath, VolumeId};
 use crate::x509::keys::{self, PrivateKey};
 use crate::x509::pki;
 
@@ -210,12 +211,22 @@ pub(super) fn params(f: &Fixture, name: &str) -> PublishParams {
     .map(|(k, v)| (k.to_string(), v.to_string()))
     .collect();
     PublishParams {
-        volume_id: format!("csi-{name}"),
-        target_path: target,
+        volume_id: id(&format!("csi-{name}")),
+        target_path: target_path(f, target),
         context,
         mount_group: None,
         secrets: HashMap::new(),
     }
+}
+
+/// A volume id as the CSI layer parses it.
+pub(super) fn id(volume_id: &str) -> VolumeId {
+    VolumeId::parse(volume_id).unwrap()
+}
+
+/// A target path as the CSI layer parses it, against the fixture's kubelet directory.
+pub(super) fn target_path(f: &Fixture, path: impl Into<PathBuf>) -> TargetPath {
+    TargetPath::parse(&f.mgr.config().kubelet_dir, path).unwrap()
 }
 
 pub(super) fn cert_of(target: &Path) -> Vec<u8> {
@@ -239,7 +250,7 @@ async fn a_volumes_request_is_parsed_at_publish_and_kept_with_its_slot() {
     f.mgr.publish(p.clone()).await.unwrap();
     let kept = || {
         let slots = f.mgr.slots.lock();
-        slots[&p.volume_id].request.lock().clone().unwrap()
+        slots[p.volume_id.as_str()].request.lock().clone().unwrap()
     };
     let at_publish = kept();
     assert!(matches!(
@@ -266,11 +277,13 @@ pub(super) fn with_token(p: PublishParams, token: &str) -> PublishParams {
 /// The `n`th certvol volume of pod `pod`: same pod directory, its own volume name and id.
 pub(super) fn pod_volume(f: &Fixture, pod: &str, n: usize) -> PublishParams {
     let mut p = params(f, pod);
-    p.volume_id = format!("csi-{pod}-{n}");
-    p.target_path = f
-        .pods
-        .join(pod)
-        .join(format!("volumes/kubernetes.io~csi/tls-{n}/mount"));
+    p.volume_id = id(&format!("csi-{pod}-{n}"));
+    p.target_path = target_path(
+        f,
+        f.pods
+            .join(pod)
+            .join(format!("volumes/kubernetes.io~csi/tls-{n}/mount")),
+    );
     fs::create_dir_all(p.target_path.parent().unwrap()).unwrap();
     p
 }

@@ -46,7 +46,8 @@ impl std::fmt::Debug for TrustWiring {
     }
 }
 
-/// The refresher's calls run in a span naming the volume, which the log lines inside carry.
+/// The refresher's calls run in a span naming the volume (and, once its request is known, the
+/// pod), which the log lines inside carry.
 impl TrustRefresher for VolumeManager {
     fn now(&self) -> SystemTime {
         self.clock.now()
@@ -57,10 +58,11 @@ impl TrustRefresher for VolumeManager {
         volume_id: &'a str,
         trust: Option<&'a mut VolumeTrust>,
     ) -> BoxFuture<'a, Refreshed> {
-        Box::pin(
-            self.refresh_trust(volume_id, trust)
-                .instrument(info_span!("refresh", volume_id)),
-        )
+        Box::pin(self.refresh_trust(volume_id, trust).instrument(info_span!(
+            "refresh",
+            volume_id,
+            pod = tracing::field::Empty
+        )))
     }
 
     fn resume<'a>(&'a self, volume_id: &'a str) -> BoxFuture<'a, (Option<VolumeTrust>, Refreshed)> {
@@ -101,6 +103,7 @@ impl VolumeManager {
             Some(state) if state.phase == Phase::Published && state.current.is_some() => {
                 match self.request(&slot, state) {
                     Ok(req) if req.trust.is_some() => {
+                        super::record_pod(&req);
                         let outcome = match ready {
                             Ok(trust) => self.rewrite_bundle(state, &req, trust).await,
                             Err(e) => Err(VolumeError::Trust(e)),
@@ -324,11 +327,12 @@ impl VolumeManager {
         }
     }
 
-    /// Entries of trust sources that are not certificates are left out: log and event.
+    /// Entries of trust sources that are not certificates are left out: log and event. The log
+    /// line names the pod through the operation's span (publish, renewal, refresh).
     pub(super) async fn report_rejected(&self, req: &CertRequest, rejected: &[Rejected]) {
         for r in rejected {
             let message = format!("trust bundle: left out {r}");
-            warn!(pod = %format_args!("{}/{}", req.pod.namespace, req.pod.name), "{message}");
+            warn!("{message}");
             if let Some(events) = &self.trust.events {
                 events
                     .report(&req.pod, events::REASON_TRUST_REJECTED, &message, &message)
@@ -378,6 +382,7 @@ pub(super) fn build_bundle(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::spec::volume::TargetPath;
     use crate::volume::tests::*;
     use crate::volume::*;
 
@@ -481,7 +486,10 @@ mod tests {
         assert_eq!(calls(&f).len(), 1, "no issuance");
 
         // Unpublished: the refresher is told to stop.
-        f.mgr.unpublish("csi-roots", &p.target_path).await.unwrap();
+        f.mgr
+            .unpublish(&id("csi-roots"), &p.target_path)
+            .await
+            .unwrap();
         assert_eq!(
             f.mgr.refresh_trust("csi-roots", None).await,
             Refreshed::Gone
@@ -588,8 +596,8 @@ mod tests {
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
         let p = PublishParams {
-            volume_id: "csi-p".into(),
-            target_path: target.clone(),
+            volume_id: id("csi-p"),
+            target_path: TargetPath::parse(&mgr.config().kubelet_dir, target.clone()).unwrap(),
             context,
             mount_group: None,
             secrets: HashMap::new(),
@@ -642,7 +650,7 @@ mod tests {
         assert_eq!(got.len(), 1);
         assert!(!got.contains(&retired_der));
         assert_eq!(cert_of(&target), cert, "same certificate");
-        mgr.unpublish("csi-p", &target).await.unwrap();
+        mgr.unpublish(&p.volume_id, &p.target_path).await.unwrap();
         running.abort();
     }
 }

@@ -9,28 +9,28 @@ use tracing::{info, warn};
 use crate::base::crashpoint::{self, Point};
 use crate::files::store::{Phase, VolumeState};
 use crate::runtime::refresh::Message;
+use crate::spec::volume::{TargetPath, VolumeId};
 
-use super::{
-    VolumeManager,
-    error::VolumeError,
-    namespace_of,
-    target::{check_in_pods_dir, check_no_link_below_pods, check_volume_id},
-};
+use super::{VolumeManager, error::VolumeError, namespace_of, target::check_no_link_below_pods};
 
 impl VolumeManager {
     /// NodeUnpublishVolume. Unknown volumes are fine (kubelet repeats unpublish after restarts).
-    /// A target outside kubelet's pods directory, or reached through a symbolic link below it,
-    /// is refused before anything is unmounted or removed.
-    pub async fn unpublish(&self, volume_id: &str, target_path: &Path) -> Result<(), VolumeError> {
-        check_volume_id(volume_id)?;
-        check_in_pods_dir(&self.cfg.kubelet_dir, target_path)?;
+    /// The target is inside kubelet's pods directory (its type says so); one reached through a
+    /// symbolic link below it is refused before anything is unmounted or removed. Its log lines
+    /// carry the volume id from the operation's span.
+    #[tracing::instrument(name = "unpublish", skip_all, fields(volume_id = %volume_id))]
+    pub async fn unpublish(
+        &self,
+        volume_id: &VolumeId,
+        target_path: &TargetPath,
+    ) -> Result<(), VolumeError> {
         check_no_link_below_pods(&self.cfg.kubelet_dir, target_path, false)?;
         self.refuse_link_at_target(target_path)?;
         let (slot, mut guard) = self.lock(volume_id).await?;
         let result = match guard.take() {
             Some(state) => {
-                if state.target_path != target_path {
-                    warn!(volume_id, recorded = %state.target_path.display(), requested = %target_path.display(), "unpublish names another target than the one published; removing the published one");
+                if state.target_path != *target_path {
+                    warn!(recorded = %state.target_path.display(), requested = %target_path.display(), "unpublish names another target than the one published; removing the published one");
                 }
                 match self.remove_volume(&state).await {
                     Ok(()) => Ok(()),
@@ -48,6 +48,7 @@ impl VolumeManager {
 
     /// Removes everything a volume has: renewal, target bind, target dir, tmpfs, issuer requests,
     /// and state last, recording `Unpublishing` first so that a crash part-way is finished later.
+    /// Runs inside the span of the operation that removes the volume, which names it.
     pub(crate) async fn remove_volume(&self, state: &VolumeState) -> Result<(), VolumeError> {
         let paths = self.store.paths(&state.volume_id);
         if state.phase != Phase::Unpublishing && paths.state.exists() {
@@ -79,13 +80,13 @@ impl VolumeManager {
         {
             // The issuer keeps the requests (e.g. garbage collection removes them with the pod);
             // the volume itself is gone either way.
-            warn!(volume_id = %state.volume_id, error = %e, "could not delete the volume's issuer requests");
+            warn!(error = %e, "could not delete the volume's issuer requests");
         }
         self.store.remove(&paths)?;
         self.tmpfs.release(&state.volume_id);
         self.count_pod_volume(&state.target_path, &state.volume_id, false);
         self.metrics.untrack_volume(&state.volume_id);
-        info!(volume_id = %state.volume_id, "volume removed");
+        info!("volume removed");
         Ok(())
     }
 
@@ -185,11 +186,11 @@ mod tests {
         let blocker = block_saves(&f, "csi-stay");
         fs::create_dir(&blocker).unwrap();
         f.mgr
-            .unpublish("csi-stay", &p.target_path)
+            .unpublish(&id("csi-stay"), &p.target_path)
             .await
             .unwrap_err();
         assert_eq!(cert_of(&p.target_path), before, "still bound and serving");
-        let state = f.mgr.status("csi-stay").await.unwrap().unwrap();
+        let state = f.mgr.status(&id("csi-stay")).await.unwrap().unwrap();
         assert_eq!(state.phase, Phase::Published);
         // Still renewable, as it was.
         fs::remove_dir(&blocker).unwrap();
@@ -198,7 +199,10 @@ mod tests {
             matches!(outcome, RenewOutcome::Renewed { .. }),
             "{outcome:?}"
         );
-        f.mgr.unpublish("csi-stay", &p.target_path).await.unwrap();
+        f.mgr
+            .unpublish(&id("csi-stay"), &p.target_path)
+            .await
+            .unwrap();
         assert!(!p.target_path.exists());
         assert_eq!(f.mgr.store().load("csi-stay").unwrap(), None);
     }
@@ -208,13 +212,22 @@ mod tests {
         let f = fixture();
         let p = params(&f, "gone");
         f.mgr.publish(p.clone()).await.unwrap();
-        f.mgr.unpublish("csi-gone", &p.target_path).await.unwrap();
+        f.mgr
+            .unpublish(&id("csi-gone"), &p.target_path)
+            .await
+            .unwrap();
         assert!(fs::symlink_metadata(&p.target_path).is_err());
         assert!(!f.mgr.store().paths("csi-gone").dir.exists());
         assert!(f.issuer.ca.issued_names().unwrap().is_empty());
-        f.mgr.unpublish("csi-gone", &p.target_path).await.unwrap();
         f.mgr
-            .unpublish("csi-never", &f.pods.join("never/mount"))
+            .unpublish(&id("csi-gone"), &p.target_path)
+            .await
+            .unwrap();
+        f.mgr
+            .unpublish(
+                &id("csi-never"),
+                &target_path(&f, f.pods.join("never/mount")),
+            )
             .await
             .unwrap();
         assert!(matches!(
