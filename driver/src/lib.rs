@@ -15,9 +15,12 @@
 //!    `node` (the server) · `demo` (a kubelet-shaped client and the local demo) — the edges.
 
 #![forbid(unsafe_code)]
+// The public surface is what the binary and the e2e harness use; everything else is
+// pub(crate), and this lint keeps it so.
+#![warn(unreachable_pub)]
 
 pub mod base;
-pub mod csi;
+pub(crate) mod csi;
 #[cfg(feature = "demo")]
 pub mod demo;
 pub mod files;
@@ -25,8 +28,8 @@ pub mod issuer;
 pub mod kube;
 pub mod node;
 pub mod obs;
-pub mod runtime;
+pub(crate) mod runtime;
 pub mod spec;
 pub mod trust;
-pub mod volume;
+pub(crate) mod volume;
 pub mod x509;

@@ -260,9 +260,7 @@ async fn issuance_end_to_end_with_the_ca_from_a_cluster_trust_bundle() {
     let labels = csr.metadata.labels.clone().unwrap_or_default();
     assert_eq!(labels.get(LABEL_NODE).map(String::as_str), Some(NODE_ID));
     assert_eq!(
-        labels
-            .get(kubecsr::resource::LABEL_NAMESPACE)
-            .map(String::as_str),
+        labels.get(kubecsr::LABEL_NAMESPACE).map(String::as_str),
         Some("default")
     );
     assert_eq!(
@@ -797,7 +795,7 @@ async fn a_flood_of_big_labelled_csrs_does_not_exhaust_the_node() {
                     "metadata": {
                         "name": name,
                         "labels": {LABEL_NODE: NODE_ID, LABEL_VOLUME: hashed_label(&name),
-                                   kubecsr::resource::LABEL_NAMESPACE: "tenant"},
+                                   kubecsr::LABEL_NAMESPACE: "tenant"},
                         "annotations": {"certvol.io/node-name": NODE_ID, "example.com/padding": padding},
                     },
                     "spec": {"request": request, "signerName": "example.com/hog",

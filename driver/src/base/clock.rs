@@ -8,13 +8,13 @@ use std::fmt::Debug;
 use std::time::SystemTime;
 
 /// A source of wall-clock time.
-pub trait Clock: Send + Sync + Debug + 'static {
+pub(crate) trait Clock: Send + Sync + Debug + 'static {
     fn now(&self) -> SystemTime;
 }
 
 /// The operating system's clock.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct SystemClock;
+pub(crate) struct SystemClock;
 
 impl Clock for SystemClock {
     fn now(&self) -> SystemTime {
@@ -25,13 +25,15 @@ impl Clock for SystemClock {
 /// A wall clock that starts at a chosen time and then follows `tokio::time::Instant`, so it
 /// advances when a test calls `tokio::time::advance` or auto-advances paused time.
 #[derive(Clone, Copy, Debug)]
-pub struct TokioClock {
+#[cfg(test)]
+pub(crate) struct TokioClock {
     wall_start: SystemTime,
     instant_start: tokio::time::Instant,
 }
 
+#[cfg(test)]
 impl TokioClock {
-    pub fn starting_at(wall_start: SystemTime) -> Self {
+    pub(crate) fn starting_at(wall_start: SystemTime) -> Self {
         TokioClock {
             wall_start,
             instant_start: tokio::time::Instant::now(),
@@ -39,6 +41,7 @@ impl TokioClock {
     }
 }
 
+#[cfg(test)]
 impl Clock for TokioClock {
     fn now(&self) -> SystemTime {
         self.wall_start + self.instant_start.elapsed()

@@ -4,13 +4,13 @@
 use std::fmt::Debug;
 
 /// A source of samples uniformly distributed in `[0, 1)`.
-pub trait Random: Send + Sync + Debug + 'static {
+pub(crate) trait Random: Send + Sync + Debug + 'static {
     fn sample(&self) -> f64;
 }
 
 /// The thread's random number generator.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct ThreadRng;
+pub(crate) struct ThreadRng;
 
 impl Random for ThreadRng {
     fn sample(&self) -> f64 {
@@ -20,8 +20,10 @@ impl Random for ThreadRng {
 
 /// The same sample every time.
 #[derive(Clone, Copy, Debug)]
-pub struct Fixed(pub f64);
+#[cfg(test)]
+pub(crate) struct Fixed(pub f64);
 
+#[cfg(test)]
 impl Random for Fixed {
     fn sample(&self) -> f64 {
         self.0

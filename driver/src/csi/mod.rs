@@ -21,27 +21,27 @@ use crate::volume::{PublishParams, VolumeError, VolumeManager};
 
 mod status;
 
-pub use status::{GrpcCode, RpcError};
+pub(crate) use status::RpcError;
 
 /// The volume context key kubelet sets to "true" for inline ephemeral volumes.
-pub const EPHEMERAL_KEY: &str = "csi.storage.k8s.io/ephemeral";
+pub(crate) const EPHEMERAL_KEY: &str = "csi.storage.k8s.io/ephemeral";
 
 /// Probe readiness, shared by the server and the recovery pass.
 #[derive(Clone, Debug, Default)]
-pub struct Readiness(Arc<AtomicBool>);
+pub(crate) struct Readiness(Arc<AtomicBool>);
 
 impl Readiness {
-    pub fn set_ready(&self) {
+    pub(crate) fn set_ready(&self) {
         self.0.store(true, Ordering::SeqCst);
     }
-    pub fn is_ready(&self) -> bool {
+    pub(crate) fn is_ready(&self) -> bool {
         self.0.load(Ordering::SeqCst)
     }
 }
 
 /// CSI Identity service.
 #[derive(Clone, Debug)]
-pub struct IdentityService {
+pub(crate) struct IdentityService {
     pub driver_name: String,
     pub ready: Readiness,
 }
@@ -81,7 +81,7 @@ impl Identity for IdentityService {
 
 /// CSI Node service.
 #[derive(Clone, Debug)]
-pub struct NodeService {
+pub(crate) struct NodeService {
     pub node_id: String,
     pub volumes: Arc<VolumeManager>,
     pub ready: Readiness,
@@ -101,7 +101,7 @@ impl NodeService {
 
 /// Checks a NodePublishVolume request as the CSI spec and certvol's volume model require, and
 /// parses its volume id and target path (which must lie in `<kubelet_dir>/pods/`).
-pub fn validate_publish(
+pub(crate) fn validate_publish(
     req: csi::NodePublishVolumeRequest,
     kubelet_dir: &Path,
 ) -> Result<PublishParams, RpcError> {
@@ -180,11 +180,11 @@ const STATS_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Consecutive failed renewals after which a volume is reported abnormal. One or two failures
 /// are routine (an issuer restart); three in a row usually need a human.
-pub const ABNORMAL_RENEWAL_FAILURES: u32 = 3;
+pub(crate) const ABNORMAL_RENEWAL_FAILURES: u32 = 3;
 
 /// The health kubelet shows for a volume (VolumeCondition): abnormal when the certificate the pod
 /// reads has expired or renewal keeps failing, since either will soon break the pod's TLS.
-pub fn volume_condition(state: &VolumeState, now: SystemTime) -> csi::VolumeCondition {
+pub(crate) fn volume_condition(state: &VolumeState, now: SystemTime) -> csi::VolumeCondition {
     let abnormal = |message: String| csi::VolumeCondition {
         abnormal: true,
         message,
@@ -223,7 +223,7 @@ fn rfc3339(t: time::OffsetDateTime) -> String {
 }
 
 /// Byte and inode usage of the filesystem at `path` (the volume's tmpfs, seen through its bind).
-pub fn filesystem_usage(path: &Path) -> Result<Vec<csi::VolumeUsage>, VolumeError> {
+pub(crate) fn filesystem_usage(path: &Path) -> Result<Vec<csi::VolumeUsage>, VolumeError> {
     use csi::volume_usage::Unit;
     let st = nix::sys::statvfs::statvfs(path)
         .map_err(|e| VolumeError::Internal(format!("statvfs {}: {e}", path.display())))?;

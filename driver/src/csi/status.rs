@@ -17,7 +17,7 @@ use crate::volume::VolumeError;
 /// Why an RPC failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-pub enum RpcError {
+pub(crate) enum RpcError {
     /// A request field is missing or not acceptable (CSI argument checks).
     #[error("{0}")]
     Invalid(String),
@@ -38,13 +38,13 @@ pub enum RpcError {
 
 impl RpcError {
     /// The gRPC status kubelet gets for this error.
-    pub fn status(&self) -> Status {
+    pub(crate) fn status(&self) -> Status {
         Status::new(self.code(), self.to_string())
     }
 }
 
 /// The gRPC code an error means to kubelet.
-pub trait GrpcCode {
+pub(crate) trait GrpcCode {
     fn code(&self) -> Code;
 }
 

@@ -208,7 +208,7 @@ impl Demo {
                 .load(&id)
                 .ok()
                 .flatten()
-                .and_then(|s| crate::volume::next_renewal(&s));
+                .and_then(|s| s.next_renewal());
             let mut sans: Vec<String> = cert.dns_names.clone();
             sans.extend(cert.ip_addresses.iter().map(|ip| ip.to_string()));
             sans.extend(cert.uris.iter().cloned());

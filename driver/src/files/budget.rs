@@ -72,7 +72,7 @@ pub(crate) struct TmpfsBudget {
 
 impl TmpfsBudget {
     /// A budget of `max` bytes, whose use is recorded in `metrics`.
-    pub fn new(max: u64, metrics: Metrics) -> Self {
+    pub(crate) fn new(max: u64, metrics: Metrics) -> Self {
         TmpfsBudget {
             max,
             used: Mutex::new(HashMap::new()),
@@ -80,19 +80,20 @@ impl TmpfsBudget {
         }
     }
 
-    pub fn max(&self) -> u64 {
+    #[cfg(test)]
+    pub(crate) fn max(&self) -> u64 {
         self.max
     }
 
     /// The bytes every volume keeps, summed.
-    pub fn total(&self) -> u64 {
+    pub(crate) fn total(&self) -> u64 {
         self.used.lock().values().sum()
     }
 
     /// Charges `volume_id` with `bytes` (replacing what it was charged before) if the node stays
     /// within the budget; returns the previous charge, for [`TmpfsBudget::set`] to restore
     /// should the write then fail. Over budget nothing changes.
-    pub fn charge(&self, volume_id: &str, bytes: u64) -> Result<u64, OverBudget> {
+    pub(crate) fn charge(&self, volume_id: &str, bytes: u64) -> Result<u64, OverBudget> {
         let mut used = self.used.lock();
         let previous = used.get(volume_id).copied().unwrap_or(0);
         let others = used.values().sum::<u64>() - previous;
@@ -115,7 +116,7 @@ impl TmpfsBudget {
     /// Whether a new volume of at least `bytes` fits: checked before a publish is issued, so a
     /// node whose budget is full does not sign a certificate at every kubelet retry only to
     /// refuse writing it. The write itself is charged exactly by [`TmpfsBudget::charge`].
-    pub fn has_room(&self, bytes: u64) -> Result<(), OverBudget> {
+    pub(crate) fn has_room(&self, bytes: u64) -> Result<(), OverBudget> {
         let others = self.total();
         let total = others.saturating_add(bytes);
         if total > self.max {
@@ -131,7 +132,7 @@ impl TmpfsBudget {
 
     /// Records what a volume keeps without checking (recovery's measure, a failed write's
     /// rollback); zero forgets the volume.
-    pub fn set(&self, volume_id: &str, bytes: u64) {
+    pub(crate) fn set(&self, volume_id: &str, bytes: u64) {
         let mut used = self.used.lock();
         if bytes == 0 {
             used.remove(volume_id);
@@ -143,7 +144,7 @@ impl TmpfsBudget {
     }
 
     /// The volume is gone.
-    pub fn release(&self, volume_id: &str) {
+    pub(crate) fn release(&self, volume_id: &str) {
         self.set(volume_id, 0);
     }
 

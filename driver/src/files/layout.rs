@@ -23,12 +23,12 @@ use p12_keystore::{
 use zeroize::Zeroizing;
 
 use crate::files::writer::FileSpec;
-pub use crate::spec::request::Password;
+pub(crate) use crate::spec::request::Password;
 use crate::spec::request::{CertRequest, Pkcs12Profile};
 use crate::x509::keys::{self, KeyError, PrivateKey};
 
 /// Friendly name (Java alias) of the keystore's key entry; cert-manager uses the same.
-pub const KEYSTORE_ALIAS: &str = "certificate";
+pub(crate) const KEYSTORE_ALIAS: &str = "certificate";
 
 /// PBKDF2 iterations of the modern profile (Java's default for PKCS#12 since JDK 12).
 const MODERN_ITERATIONS: u32 = 10_000;
@@ -38,7 +38,7 @@ const LEGACY_ITERATIONS: u32 = 2048;
 /// Everything a volume's files are made of. Nothing in here is a file name: names come from the
 /// request's [`FileNames`](crate::spec::request::FileNames).
 #[derive(Clone)]
-pub struct Material {
+pub(crate) struct Material {
     pub key: PrivateKey,
     /// The issued chain, leaf first, as the issuer returned it (PEM).
     pub chain_pem: String,
@@ -68,7 +68,7 @@ impl std::fmt::Debug for Material {
 
 impl Material {
     /// The trust bundle the volume serves: its own, or the issuing CA.
-    pub fn trust_bundle(&self) -> &str {
+    pub(crate) fn trust_bundle(&self) -> &str {
         self.trust_bundle_pem.as_deref().unwrap_or(&self.ca_pem)
     }
 }
@@ -98,7 +98,7 @@ pub enum LayoutError {
 
 /// The files of a volume for `req` made from `material`, in a fixed order: key, certificate, CA,
 /// then the optional files the request names.
-pub fn render(req: &CertRequest, material: &Material) -> Result<Vec<FileSpec>, LayoutError> {
+pub(crate) fn render(req: &CertRequest, material: &Material) -> Result<Vec<FileSpec>, LayoutError> {
     let names = &req.files;
     let key_pem = material.key.to_pem(req.key_encoding)?;
     let chain = pem_certificates(&material.chain_pem, "the issued chain")?;

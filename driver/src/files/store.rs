@@ -114,6 +114,17 @@ pub struct VolumeState {
     pub issuing_cas: Vec<crate::trust::IssuingCa>,
 }
 
+impl VolumeState {
+    /// When the volume renews next, as recorded (the retry of a failed renewal, else the current
+    /// certificate's renewal time), for display.
+    pub fn next_renewal(&self) -> Option<SystemTime> {
+        self.renewal
+            .next_attempt
+            .or(self.current.as_ref().map(|c| c.renew_at))
+            .map(to_system)
+    }
+}
+
 /// Why state could not be read or written.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

@@ -179,18 +179,18 @@ impl Cached {
 }
 
 /// SHA-256 of the SubjectPublicKeyInfo of a PEM CSR, as [`Cached::request_key`] keeps it.
-pub fn request_key_of_pem(pem: &[u8]) -> Option<[u8; 32]> {
+pub(crate) fn request_key_of_pem(pem: &[u8]) -> Option<[u8; 32]> {
     spki_of_pem(pem).map(|spki| Sha256::digest(spki).into())
 }
 
 /// SHA-256 of the SubjectPublicKeyInfo of a DER CSR (ours, to compare with
 /// [`Cached::request_key`]).
-pub fn request_key_of_der(der: &[u8]) -> Option<[u8; 32]> {
+pub(crate) fn request_key_of_der(der: &[u8]) -> Option<[u8; 32]> {
     spki_of_der(der).map(|spki| Sha256::digest(spki).into())
 }
 
 /// A request object kind the node watches.
-pub trait Watched:
+pub(crate) trait Watched:
     Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static
 {
     /// What the cache keeps of the object.

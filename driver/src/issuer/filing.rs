@@ -30,7 +30,7 @@ const FIELD_MANAGER: &str = "certvol";
 
 /// The Event reasons a backend records on the pod for each kind of final failure.
 #[derive(Clone, Copy, Debug)]
-pub struct Reasons {
+pub(crate) struct Reasons {
     pub denied: &'static str,
     pub failed: &'static str,
     pub invalid: &'static str,
@@ -39,7 +39,7 @@ pub struct Reasons {
 
 /// A request object an issuer files and waits on. `kind` and `plural` (from [`Resource`]) name it
 /// in messages.
-pub trait RequestObject: Watched + Serialize {
+pub(crate) trait RequestObject: Watched + Serialize {
     /// Reasons of the warning Events on the pod.
     const REASONS: Reasons;
     /// Appended to the message when the object disappeared before it was signed (starts with a
@@ -88,7 +88,7 @@ impl RequestWatch {
 /// file their requests but time out waiting. `namespaced` kinds are watched in
 /// `watch.namespaces` (all when empty), cluster-scoped ones with one cluster-wide watch. What
 /// the cache drops is counted in `metrics`.
-pub fn node_requests<R: RequestObject>(
+pub(crate) fn node_requests<R: RequestObject>(
     client: &kube::Client,
     node_id: &str,
     watch: &RequestWatch,
@@ -133,7 +133,7 @@ fn kind<R: RequestObject>() -> String {
 }
 
 /// The Event for denial, failure, invalidity and timeout, worded with the object's kind.
-pub fn standard_event<'e, R: RequestObject>(
+pub(crate) fn standard_event<'e, R: RequestObject>(
     error: &'e IssueError,
     wait_timeout: Duration,
     timeout_state: Option<&str>,
@@ -171,7 +171,7 @@ pub fn standard_event<'e, R: RequestObject>(
 
 /// Passes an issuance's result through, first recording a warning Event on the pod for a final
 /// (or timed-out) failure. The error side carries the request's state on a timeout.
-pub async fn reported<R: RequestObject>(
+pub(crate) async fn reported<R: RequestObject>(
     events: &EventSink,
     req: &IssueRequest,
     wait_timeout: Duration,
@@ -194,7 +194,7 @@ pub async fn reported<R: RequestObject>(
 /// Creates `object`; on 409 AlreadyExists adopts the existing one. Returns whether it was adopted
 /// and the created object's uid. `created` runs right after a successful CREATE (the backend's
 /// log line and crash point).
-pub async fn create_or_adopt<R: RequestObject>(
+pub(crate) async fn create_or_adopt<R: RequestObject>(
     api: &Api<R>,
     object: &R,
     request: &str,
@@ -247,7 +247,7 @@ fn create_error<R: RequestObject>(request: &str, error: kube::Error) -> IssueErr
 }
 
 /// One request [`file_and_wait`] files and waits for.
-pub struct Filing<'a, R> {
+pub(crate) struct Filing<'a, R> {
     /// The node's watch of requests of its kind.
     pub cache: &'a RequestCache<R>,
     /// Where the request shows in `cache`.
@@ -265,7 +265,7 @@ pub struct Filing<'a, R> {
 /// that is not ours. A timeout also returns what the request looked like, for the Event.
 /// The worker is put down once the request is filed: waiting on the watch costs the node
 /// nothing, and the signer may never answer.
-pub async fn file_and_wait<R, File, Filed, Check>(
+pub(crate) async fn file_and_wait<R, File, Filed, Check>(
     filing: Filing<'_, R>,
     file: File,
     check: Check,
@@ -339,7 +339,7 @@ where
 
 /// Deletes the named requests (in `namespace`, or cluster-wide for `None`), ignoring ones already
 /// gone and trying every name; the first failure is returned.
-pub async fn delete_all<R: RequestObject>(
+pub(crate) async fn delete_all<R: RequestObject>(
     api: &Api<R>,
     namespace: Option<&str>,
     names: &[String],

@@ -76,13 +76,13 @@ pub fn hashed_label(v: &str) -> String {
 /// this node's name in the `certvol.io/node-name` annotation (when present), and a volume label as certvol
 /// writes it. Objects that lack any of these are ignored: not cached, and they wake no waiter.
 #[derive(Clone, Debug)]
-pub struct Owner {
+pub(crate) struct Owner {
     node_id: String,
     node_label: String,
 }
 
 impl Owner {
-    pub fn new(node_id: &str) -> Self {
+    pub(crate) fn new(node_id: &str) -> Self {
         Owner {
             node_id: node_id.to_owned(),
             node_label: label_value(node_id),
@@ -90,7 +90,7 @@ impl Owner {
     }
 
     /// Why `meta` is not one of this node's requests, or `None` when it is.
-    pub fn foreign(&self, meta: &ObjectMeta) -> Option<&'static str> {
+    pub(crate) fn foreign(&self, meta: &ObjectMeta) -> Option<&'static str> {
         if !meta.name.as_deref().is_some_and(is_request_name) {
             return Some("name");
         }
@@ -117,7 +117,7 @@ impl Owner {
 
 /// Whether `name` has the shape of [`crate::issuer::request_name`]: `certvol-`, 20 hex digits,
 /// `-` and a revision.
-pub fn is_request_name(name: &str) -> bool {
+pub(crate) fn is_request_name(name: &str) -> bool {
     let Some(rest) = name.strip_prefix("certvol-") else {
         return false;
     };

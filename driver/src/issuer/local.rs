@@ -34,7 +34,7 @@ const GENERATED_CA_NAME: &str = "certvol local CA";
 
 /// Where the CA lives and how long the certificates it signs may be.
 #[derive(Clone, Debug)]
-pub struct LocalCaConfig {
+pub(crate) struct LocalCaConfig {
     /// `<data-root>/local-ca`: the generated CA (when no files are given) and the issued records.
     pub dir: PathBuf,
     /// PEM certificate of an existing CA; needs `key_file` too.
@@ -67,7 +67,7 @@ pub enum LocalCaError {
 }
 
 /// The embedded CA. Cheap to share behind an `Arc`.
-pub struct LocalCa {
+pub(crate) struct LocalCa {
     issued_dir: PathBuf,
     max_duration: Duration,
     policy: LocalPolicy,
@@ -106,7 +106,7 @@ impl LocalCa {
     /// `<dir>/ca.key`, else generates an ECDSA P-256 CA valid for 10 years and keeps it there
     /// (directory 0700, key 0600). `ca.crt` is written after `ca.key`, so its presence marks a
     /// complete CA; a lone `ca.key` left by a crash is replaced.
-    pub fn open(cfg: LocalCaConfig, clock: Arc<dyn Clock>) -> Result<Self, LocalCaError> {
+    pub(crate) fn open(cfg: LocalCaConfig, clock: Arc<dyn Clock>) -> Result<Self, LocalCaError> {
         if cfg.max_duration.is_zero() {
             return Err(LocalCaError::Config {
                 message: "max_duration must be positive".into(),
@@ -186,12 +186,14 @@ impl LocalCa {
     }
 
     /// The CA certificate, PEM.
-    pub fn ca_pem(&self) -> &str {
+    #[cfg(test)]
+    pub(crate) fn ca_pem(&self) -> &str {
         &self.pem
     }
 
     /// The names of the requests this CA has signed and still remembers, sorted.
-    pub fn issued_names(&self) -> io::Result<Vec<String>> {
+    #[cfg(test)]
+    pub(crate) fn issued_names(&self) -> io::Result<Vec<String>> {
         let mut names = Vec::new();
         for entry in fs::read_dir(&self.issued_dir)? {
             let name = entry?.file_name();

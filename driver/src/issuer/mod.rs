@@ -1,15 +1,15 @@
 //! Issuers sign a CSR for a volume. Backends (the embedded local CA here; cert-manager and the
 //! Kubernetes CSR API later) plug in behind [`Issuer`].
 
-pub mod cached;
+pub(crate) mod cached;
 pub mod certmanager;
-pub mod filing;
+pub(crate) mod filing;
 pub mod kubecsr;
-pub mod labels;
-pub mod local;
-pub mod policy;
-pub mod token;
-pub mod watch;
+pub(crate) mod labels;
+pub(crate) mod local;
+pub(crate) mod policy;
+pub(crate) mod token;
+pub(crate) mod watch;
 
 use std::sync::Arc;
 

@@ -236,8 +236,8 @@ pub struct LocalPolicy {
     pub allow_ips: Vec<IpCidr>,
 }
 
-pub const DEFAULT_CLUSTER_DOMAIN: &str = "cluster.local";
-pub const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
+pub(crate) const DEFAULT_CLUSTER_DOMAIN: &str = "cluster.local";
+pub(crate) const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
 
 impl Default for LocalPolicy {
     fn default() -> Self {
@@ -254,7 +254,7 @@ impl Default for LocalPolicy {
 
 /// Normalises a `--cluster-domain` / `--trust-domain` value: lowercase, no trailing dot, labels
 /// of letters, digits and '-'.
-pub fn parse_domain(s: &str) -> Result<String, String> {
+pub(crate) fn parse_domain(s: &str) -> Result<String, String> {
     let lower = s.to_ascii_lowercase();
     let name = lower.strip_suffix('.').unwrap_or(&lower);
     if name.is_empty() || !name.split('.').all(is_label) {

@@ -9,7 +9,7 @@ use serde::Deserialize;
 use zeroize::Zeroizing;
 
 /// Volume-context key kubelet fills with `{"<audience>": {"token", "expirationTimestamp"}}`.
-pub const TOKENS_KEY: &str = "csi.storage.k8s.io/serviceAccount.tokens";
+pub(crate) const TOKENS_KEY: &str = "csi.storage.k8s.io/serviceAccount.tokens";
 
 /// A bearer token held only in memory: zeroed on drop and redacted from `Debug`, so a request that
 /// carries one can be logged with `?req` without leaking it.

@@ -28,7 +28,7 @@ use crate::kube::client::{REQUEST_PAGE_SIZE, retry_delay};
 use crate::obs::metrics::Metrics;
 
 /// `(namespace, name)` of a request; the namespace is empty for cluster-scoped kinds.
-pub type Key = (String, String);
+pub(crate) type Key = (String, String);
 
 /// How many objects the cache holds at most.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -63,7 +63,7 @@ impl Default for CacheLimits {
 
 /// Why an object the watch delivered was not cached.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Dropped {
+pub(crate) enum Dropped {
     /// Not one of this node's requests (see [`Owner`]).
     Foreign,
     /// Its namespace (or the node) already has as many objects cached as allowed.
@@ -71,7 +71,7 @@ pub enum Dropped {
 }
 
 impl Dropped {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Dropped::Foreign => "foreign",
             Dropped::OverLimit => "over_limit",
@@ -251,7 +251,7 @@ impl State {
 }
 
 /// The cache of this node's requests of kind `R` plus a change counter waiters subscribe to.
-pub struct RequestCache<R> {
+pub(crate) struct RequestCache<R> {
     state: Mutex<State>,
     owner: Owner,
     limits: CacheLimits,
@@ -263,14 +263,14 @@ pub struct RequestCache<R> {
 }
 
 /// A waiter's view of the change counter, taken before its request was created.
-pub struct Subscription {
+pub(crate) struct Subscription {
     changes: watch::Receiver<u64>,
     since: u64,
 }
 
 /// How waiting for a request ended.
 #[derive(Debug)]
-pub enum Waited {
+pub(crate) enum Waited {
     /// The check function returned a final result.
     Done(Result<Issued, IssueError>),
     /// The request was in the cache and then disappeared (deleted, e.g. garbage-collected).
@@ -285,7 +285,12 @@ pub enum Waited {
 impl<R: Watched> RequestCache<R> {
     /// A cache for the requests of `owner`'s node, fed by `streams` watch streams (one per
     /// watched namespace; at least one), counting what it drops in `metrics`.
-    pub fn new(owner: Owner, limits: CacheLimits, streams: usize, metrics: Metrics) -> Arc<Self> {
+    pub(crate) fn new(
+        owner: Owner,
+        limits: CacheLimits,
+        streams: usize,
+        metrics: Metrics,
+    ) -> Arc<Self> {
         Arc::new(RequestCache {
             state: Mutex::new(State::new(streams)),
             owner,
@@ -305,50 +310,53 @@ impl<R: Watched> RequestCache<R> {
 
     /// Subscribe before creating a request, so that a change between the create and the first
     /// look at the cache still wakes the waiter, and a deletion after this point is recognised.
-    pub fn subscribe(&self) -> Subscription {
+    pub(crate) fn subscribe(&self) -> Subscription {
         let changes = self.changes.subscribe();
         let since = *changes.borrow();
         Subscription { changes, since }
     }
 
-    pub fn get(&self, key: &Key) -> Option<Cached> {
+    pub(crate) fn get(&self, key: &Key) -> Option<Cached> {
         self.lock().live.get(key).map(|e| e.cached.clone())
     }
 
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.lock().live.len()
     }
 
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_empty(&self) -> bool {
         self.lock().live.is_empty()
     }
 
     /// How many delivered objects were not cached, by reason: (foreign, over a limit).
-    pub fn dropped(&self) -> (u64, u64) {
+    #[cfg(test)]
+    pub(crate) fn dropped(&self) -> (u64, u64) {
         let state = self.lock();
         (state.dropped_foreign, state.dropped_over_limit)
     }
 
     /// Whether objects of `scope` (a namespace) were ever dropped for being over a limit: a
     /// request of ours missing from the cache may be one of them.
-    pub fn was_over_limit(&self, scope: &str) -> bool {
+    pub(crate) fn was_over_limit(&self, scope: &str) -> bool {
         self.lock().warned.contains(scope)
     }
 
     /// Whether the watch is serving: every stream has listed once and none's latest attempt
     /// failed. This is the issuer's part of the node's readiness.
-    pub fn healthy(&self) -> bool {
+    pub(crate) fn healthy(&self) -> bool {
         let state = self.lock();
         state.streams.iter().all(|s| s.synced && !s.failing)
     }
 
     /// Records that the watch stream failed; the watcher retries with backoff.
-    pub fn watch_failed(&self) {
+    #[cfg(test)]
+    pub(crate) fn watch_failed(&self) {
         self.stream_failed(0);
     }
 
     /// Records that watch stream `stream` failed.
-    pub fn stream_failed(&self, stream: usize) {
+    pub(crate) fn stream_failed(&self, stream: usize) {
         let mut state = self.lock();
         if let Some(s) = state.streams.get_mut(stream) {
             s.failing = true;
@@ -359,18 +367,19 @@ impl<R: Watched> RequestCache<R> {
     /// Changes each time a watch stream completes a list after having failed, i.e. when the API
     /// server answers again after an outage. Work that backed off because the API was down (failed
     /// renewals) can be retried at once instead of sleeping out its backoff.
-    pub fn recoveries(&self) -> watch::Receiver<u64> {
+    pub(crate) fn recoveries(&self) -> watch::Receiver<u64> {
         self.recoveries.subscribe()
     }
 
     /// Applies one event of the (single) watch stream and wakes waiters.
-    pub fn apply(&self, event: Event<R>) {
+    #[cfg(test)]
+    pub(crate) fn apply(&self, event: Event<R>) {
         self.apply_from(0, event);
     }
 
     /// Applies one event of watch stream `stream` and wakes waiters, unless the event was about
     /// an object that is not the node's (those change nothing, so they wake no one).
-    pub fn apply_from(&self, stream: usize, event: Event<R>) {
+    pub(crate) fn apply_from(&self, stream: usize, event: Event<R>) {
         let mut recovered = false;
         {
             let mut state = self.lock();
@@ -472,7 +481,7 @@ impl<R: Watched> RequestCache<R> {
     /// Waits up to `timeout` for `check` to return a final result for `key`, looking at the cache
     /// first (the result may already be there) and then after every change. `subscription` must
     /// be taken before the request is created; `uid` is the created object's, if known.
-    pub async fn wait<F>(
+    pub(crate) async fn wait<F>(
         &self,
         key: &Key,
         subscription: Subscription,
@@ -536,7 +545,7 @@ fn key_of<R: Resource>(object: &R) -> Option<Key> {
 /// After an error the watch starts over with a fresh list once a backoff has passed, instead of
 /// letting the watcher resume its watch: a resumed watch yields nothing until a request changes,
 /// so only a completed relist proves the API server answers again (readiness depends on it).
-pub async fn run<R: Watched>(
+pub(crate) async fn run<R: Watched>(
     api: Api<R>,
     selector: String,
     cache: Arc<RequestCache<R>>,

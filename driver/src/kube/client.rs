@@ -33,7 +33,7 @@ impl Default for RateLimit {
 
 /// Builds a client from `config` whose requests pass through the limiter, are counted in
 /// `metrics`, and whose responses are bounded.
-pub fn client(
+pub(crate) fn client(
     config: kube::Config,
     limit: RateLimit,
     metrics: &Metrics,
@@ -46,7 +46,7 @@ pub fn client(
 /// on the node's other client never queue ahead of filing a request), and responses bounded by
 /// [`MAX_ISSUANCE_RESPONSE_BYTES`], since its biggest answers are the request watch's small list
 /// pages.
-pub fn issuance_client(
+pub(crate) fn issuance_client(
     config: kube::Config,
     limit: RateLimit,
     metrics: &Metrics,
@@ -64,13 +64,13 @@ pub fn issuance_client(
 /// Events and discovery (`--kube-api-qps/-burst`), `issuance` for the issuer's requests and
 /// their watch (`--issuance-api-qps/-burst`). Both count their requests in the same metrics.
 #[derive(Clone)]
-pub struct ApiClients {
+pub(crate) struct ApiClients {
     pub general: kube::Client,
     pub issuance: kube::Client,
 }
 
 impl ApiClients {
-    pub fn new(
+    pub(crate) fn new(
         config: &kube::Config,
         general: RateLimit,
         issuance: RateLimit,
@@ -140,7 +140,7 @@ where
 
 /// A client with bounded responses only (no rate limit, no request metrics): for short-lived
 /// clients that act with someone else's credentials (a pod's token).
-pub fn bounded_client(config: kube::Config) -> Result<kube::Client, kube::Error> {
+pub(crate) fn bounded_client(config: kube::Config) -> Result<kube::Client, kube::Error> {
     let builder = kube::client::ClientBuilder::try_from(config)?;
     Ok(builder.with_layer(&BodyLimitLayer::default()).build())
 }
@@ -148,12 +148,12 @@ pub fn bounded_client(config: kube::Config) -> Result<kube::Client, kube::Error>
 /// Largest watch event accepted: one line of a watch stream, i.e. one object. etcd caps an object
 /// at about 1.5 MiB, so a longer line is not a Kubernetes object; reading on would let the sender
 /// grow the driver's memory without bound (kube reads a line until its newline).
-pub const MAX_EVENT_BYTES: usize = 4 << 20;
+pub(crate) const MAX_EVENT_BYTES: usize = 4 << 20;
 
 /// Largest response to any other request. The biggest ones are list pages of the watches (up to
 /// 500 objects each, the watcher's page size); a node's requests and trust sources come to a few
 /// MiB at most.
-pub const MAX_RESPONSE_BYTES: usize = 64 << 20;
+pub(crate) const MAX_RESPONSE_BYTES: usize = 64 << 20;
 
 /// Objects per list page of the node's request watch (`issuer::watch`). The watcher holds one page at a time, and a page costs about four
 /// times its JSON while it is read (hyper's chunks, their concatenation, the parsed objects); a
@@ -162,7 +162,7 @@ pub const MAX_RESPONSE_BYTES: usize = 64 << 20;
 /// MiB, against 65 MiB with pages of 8 and 128 MiB with the watcher's default of 500). A node's
 /// hundred or so requests still list in a few dozen small requests (about 2 s at the issuance
 /// client's default 10 QPS, burst 20).
-pub const REQUEST_PAGE_SIZE: u32 = 4;
+pub(crate) const REQUEST_PAGE_SIZE: u32 = 4;
 
 /// Largest response to the issuer's client ([`issuance_client`]). Its biggest answers are list
 /// pages of the request watch, [`REQUEST_PAGE_SIZE`] (4) objects each. certvol's
@@ -171,7 +171,7 @@ pub const REQUEST_PAGE_SIZE: u32 = 4;
 /// label to objects of up to etcd's 1.5 MiB (about 2 MiB as JSON once a protobuf-stored CSR's
 /// bytes are base64), and a list that always failed would keep the node unready. 4 × 2 MiB plus
 /// the list's envelope fits in 12 MiB, a fifth of [`MAX_RESPONSE_BYTES`].
-pub const MAX_ISSUANCE_RESPONSE_BYTES: usize = 12 << 20;
+pub(crate) const MAX_ISSUANCE_RESPONSE_BYTES: usize = 12 << 20;
 
 // etcd refuses requests over 1.5 MiB; an event adds a few bytes of envelope around the object.
 const _: () = assert!(MAX_EVENT_BYTES > (3 << 19) + 4096 && MAX_RESPONSE_BYTES >= MAX_EVENT_BYTES);
@@ -183,7 +183,7 @@ const _: () = assert!(
 /// Backoff before relisting after `failures` consecutive failed attempts (at least 1): 1 s
 /// doubling to 30 s, shortened by up to a fifth at random (`jitter` in [0, 1)) so that the nodes
 /// of a cluster do not relist in lockstep after an API server outage.
-pub fn retry_delay(failures: u32, jitter: f64) -> Duration {
+pub(crate) fn retry_delay(failures: u32, jitter: f64) -> Duration {
     let exp = failures.saturating_sub(1).min(5);
     let base = Duration::from_secs(1u64 << exp).min(Duration::from_secs(30));
     base.mul_f64(1.0 - 0.2 * jitter.clamp(0.0, 1.0))
@@ -193,7 +193,7 @@ pub fn retry_delay(failures: u32, jitter: f64) -> Duration {
 /// fails with this error; watches relist after their backoff.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-pub enum LimitError {
+pub(crate) enum LimitError {
     #[error(
         "a watch event from the Kubernetes API is larger than {max} bytes, certvol's limit per event (Kubernetes objects are at most about 1.5 MiB); the watch was dropped"
     )]
@@ -207,7 +207,7 @@ pub enum LimitError {
 /// Tower layer for [`BodyLimited`]: watch events are bounded by [`MAX_EVENT_BYTES`], other
 /// responses by `response` bytes.
 #[derive(Clone, Copy, Debug)]
-pub struct BodyLimitLayer {
+pub(crate) struct BodyLimitLayer {
     pub response: usize,
 }
 
@@ -241,7 +241,7 @@ struct Limits {
 /// Wraps each response body in a [`LimitedBody`]: watch responses are bounded per event (a
 /// watch may stream for hours), everything else in total.
 #[derive(Clone, Debug)]
-pub struct BodyLimited<S> {
+pub(crate) struct BodyLimited<S> {
     inner: S,
     limits: Limits,
 }
@@ -288,7 +288,7 @@ enum Limit {
 
 /// A response body that fails once it exceeds its [`Limit`], before the caller buffers more.
 #[derive(Debug)]
-pub struct LimitedBody<B> {
+pub(crate) struct LimitedBody<B> {
     inner: B,
     limit: Limit,
     /// Bytes counted against the limit so far.
@@ -356,7 +356,7 @@ where
 
 /// Tower layer for [`Counted`], counting into its metrics.
 #[derive(Clone, Debug)]
-pub struct CountLayer(pub Metrics);
+pub(crate) struct CountLayer(pub Metrics);
 
 impl<S> Layer<S> for CountLayer {
     type Service = Counted<S>;
@@ -373,7 +373,7 @@ impl<S> Layer<S> for CountLayer {
 /// with `with_layer` sit outside kube's own retry of 429/503/504, so a call counts once, with its
 /// final status.
 #[derive(Clone, Debug)]
-pub struct Counted<S> {
+pub(crate) struct Counted<S> {
     inner: S,
     metrics: Metrics,
 }
@@ -425,7 +425,7 @@ where
 
 /// Tower layer for [`RateLimited`].
 #[derive(Clone, Copy, Debug)]
-pub struct RateLimitLayer(pub RateLimit);
+pub(crate) struct RateLimitLayer(pub RateLimit);
 
 impl<S> Layer<S> for RateLimitLayer {
     type Service = RateLimited<S>;
@@ -437,7 +437,7 @@ impl<S> Layer<S> for RateLimitLayer {
 /// A token bucket in front of a service: `burst` requests may go at once, then one every
 /// `1/qps` seconds. Waiting happens in `poll_ready` (with tokio time), so callers queue in order
 /// instead of failing.
-pub struct RateLimited<S> {
+pub(crate) struct RateLimited<S> {
     inner: S,
     qps: f64,
     burst: f64,
@@ -447,7 +447,7 @@ pub struct RateLimited<S> {
 }
 
 impl<S> RateLimited<S> {
-    pub fn new(inner: S, limit: RateLimit) -> Self {
+    pub(crate) fn new(inner: S, limit: RateLimit) -> Self {
         // A non-positive or NaN rate would never refill; treat it as "no limit" rather than hang.
         let qps = if limit.qps.is_finite() && limit.qps > 0.0 {
             limit.qps

@@ -20,7 +20,7 @@ pub(crate) struct ApiCall {
 
 impl ApiCall {
     /// `path?query`, as tests record what was asked.
-    pub fn path_and_query(&self) -> String {
+    pub(crate) fn path_and_query(&self) -> String {
         if self.query.is_empty() {
             self.path.clone()
         } else {

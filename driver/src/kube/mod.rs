@@ -1,7 +1,7 @@
 //! Talking to the Kubernetes API: the rate-limited client, Warning events, API discovery and
 //! the node's pod watch.
 
-pub mod client;
+pub(crate) mod client;
 pub mod discovery;
 pub mod events;
 #[cfg(test)]

@@ -14,7 +14,6 @@ use serde::Serialize;
 use crate::files::store::{self, Store, StoreError, VolumePaths, VolumeState};
 use crate::spec::attrs;
 use crate::spec::request::CertRequest;
-use crate::volume;
 use crate::x509::pki;
 
 const POD_NAMESPACE_KEY: &str = "csi.storage.k8s.io/pod.namespace";
@@ -239,7 +238,7 @@ pub fn view(paths: &VolumePaths, state: &VolumeState) -> VolumeView {
         dns_names: shown.dns_names,
         serial: shown.serial,
         not_after: shown.not_after,
-        next_renewal: volume::next_renewal(state).map(rfc3339_system),
+        next_renewal: state.next_renewal().map(rfc3339_system),
         phase: Some(phase_name(state.phase)),
         failures: state.renewal.failures,
         last_error: state.renewal.last_error.clone(),

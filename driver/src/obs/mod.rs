@@ -2,4 +2,4 @@
 
 pub mod inspect;
 pub mod metrics;
-pub mod ops;
+pub(crate) mod ops;

@@ -20,10 +20,10 @@ use crate::obs::metrics;
 
 /// The default `--metrics-address`: 9402 is the port cert-manager's csi-driver uses for metrics,
 /// which Prometheus scrape configs for cert-manager components already expect.
-pub const DEFAULT_ADDRESS: &str = "0.0.0.0:9402";
+pub(crate) const DEFAULT_ADDRESS: &str = "0.0.0.0:9402";
 
 /// Answers whether the driver is ready, or why not (the `/readyz` body).
-pub type ReadyCheck = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
+pub(crate) type ReadyCheck = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
 
 /// Why the ops endpoint could not start or stopped.
 #[derive(Debug, thiserror::Error)]
@@ -40,7 +40,7 @@ pub enum OpsError {
 }
 
 /// Parses `--metrics-address`: `off` or an empty value disables the endpoint.
-pub fn parse_address(s: &str) -> Result<Option<SocketAddr>, String> {
+pub(crate) fn parse_address(s: &str) -> Result<Option<SocketAddr>, String> {
     let s = s.trim();
     if s.is_empty() || s.eq_ignore_ascii_case("off") {
         return Ok(None);
@@ -59,7 +59,7 @@ struct Ops {
 }
 
 /// The routes, over the metrics registered in `registry` and `ready`.
-pub fn router(registry: Registry, ready: ReadyCheck) -> Router {
+pub(crate) fn router(registry: Registry, ready: ReadyCheck) -> Router {
     Router::new()
         .route("/metrics", get(scrape))
         .route("/healthz", get(|| async { "ok\n" }))
@@ -93,14 +93,14 @@ async fn readyz(State(ops): State<Ops>) -> Response {
 }
 
 /// Binds the endpoint (done before serving so a taken port fails start-up, not a background task).
-pub async fn bind(address: SocketAddr) -> Result<TcpListener, OpsError> {
+pub(crate) async fn bind(address: SocketAddr) -> Result<TcpListener, OpsError> {
     TcpListener::bind(address)
         .await
         .map_err(|source| OpsError::Bind { address, source })
 }
 
 /// Serves the routes on `listener` until `shutdown` resolves.
-pub async fn serve(
+pub(crate) async fn serve(
     listener: TcpListener,
     registry: Registry,
     ready: ReadyCheck,

@@ -1,4 +1,4 @@
 //! Background loops: the renewal scheduler and the trust-bundle refresher.
 
-pub mod refresh;
-pub mod scheduler;
+pub(crate) mod refresh;
+pub(crate) mod scheduler;

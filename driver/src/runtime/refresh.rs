@@ -27,7 +27,7 @@ const WAKE_MARGIN: Duration = Duration::from_secs(1);
 
 /// What the loop asks of the volume layer, which sits above it (the volume manager implements
 /// it): the wall clock, and one rebuild of a volume's bundle.
-pub trait TrustRefresher: Send + Sync + 'static {
+pub(crate) trait TrustRefresher: Send + Sync + 'static {
     /// The wall clock overlap ends are measured on.
     fn now(&self) -> SystemTime;
 
@@ -44,7 +44,7 @@ pub trait TrustRefresher: Send + Sync + 'static {
 
 /// What a trust refresh left behind, for the refresher.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Refreshed {
+pub(crate) enum Refreshed {
     /// The volume is no longer published (or has no trust bundle): stop watching it.
     Gone,
     /// The volume stays; rebuild again at `next_change` (a retired CA's overlap end) or when a
@@ -53,7 +53,7 @@ pub enum Refreshed {
 }
 
 /// What the volume layer tells the refresher.
-pub enum Message {
+pub(crate) enum Message {
     /// A publish or renewal just wrote the volume's bundle from `trust` (`None`: the bundle has
     /// no Kubernetes sources); watch it from here, and rebuild at `next_change`.
     Watch {
@@ -94,10 +94,10 @@ impl std::fmt::Debug for Message {
 
 /// The sending side, held by the volume layer. Cheap to clone.
 #[derive(Clone, Debug)]
-pub struct RefreshHandle(mpsc::UnboundedSender<Message>);
+pub(crate) struct RefreshHandle(mpsc::UnboundedSender<Message>);
 
 impl RefreshHandle {
-    pub fn send(&self, message: Message) {
+    pub(crate) fn send(&self, message: Message) {
         // The receiver lives in the refresher; once it is gone the node is shutting down and
         // nothing needs refreshing.
         let _ = self.0.send(message);
@@ -105,12 +105,12 @@ impl RefreshHandle {
 }
 
 /// The receiving side; run it once with [`Refresher::run`].
-pub struct Refresher {
+pub(crate) struct Refresher {
     rx: mpsc::UnboundedReceiver<Message>,
 }
 
 /// A handle for the volume layer and the loop that serves it.
-pub fn channel() -> (RefreshHandle, Refresher) {
+pub(crate) fn channel() -> (RefreshHandle, Refresher) {
     let (tx, rx) = mpsc::unbounded_channel();
     (RefreshHandle(tx), Refresher { rx })
 }
@@ -143,7 +143,7 @@ impl Refresher {
     /// Serves messages for the life of the node: the volume manager holds a handle, so the
     /// channel stays open and `node.rs` aborts this with the rest of the background work. (Should
     /// every handle go away, it finishes the work in flight and returns.)
-    pub async fn run(mut self, mgr: Arc<dyn TrustRefresher>) {
+    pub(crate) async fn run(mut self, mgr: Arc<dyn TrustRefresher>) {
         let mut entries: HashMap<String, Entry> = HashMap::new();
         let mut tasks: FuturesUnordered<BoxFuture<'static, Done>> = FuturesUnordered::new();
         let mut generation = 0u64;

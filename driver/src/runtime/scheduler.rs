@@ -30,7 +30,7 @@ use crate::obs::metrics::Metrics;
 
 /// What a renewal attempt says about the next one.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum RenewOutcome {
+pub(crate) enum RenewOutcome {
     /// Renewed; renew again at `next`.
     Renewed { next: SystemTime },
     /// Failed; try again at `retry_at`.
@@ -40,7 +40,7 @@ pub enum RenewOutcome {
 }
 
 /// Something that can renew a volume: the volume manager, or a fake in tests.
-pub trait Renewer: Send + Sync + 'static {
+pub(crate) trait Renewer: Send + Sync + 'static {
     /// Renews `volume_id` holding `worker`, a worker permit of the scheduler's pool. The renewer
     /// puts it down ([`Lease::pause`]) while it waits for something outside the node (the
     /// signer's answer) and picks it up again ([`Lease::resume`]) before it goes on working.
@@ -62,14 +62,14 @@ enum Command {
 
 /// Cheap handle for scheduling and cancelling renewals.
 #[derive(Clone, Debug)]
-pub struct SchedulerHandle {
+pub(crate) struct SchedulerHandle {
     tx: mpsc::UnboundedSender<Command>,
 }
 
 impl SchedulerHandle {
     /// Renew `volume_id`, a volume of a pod in `namespace` (the tenant whose turn its renewal
     /// takes), at `at` (replacing any earlier deadline for it).
-    pub fn schedule(&self, volume_id: &str, namespace: &str, at: SystemTime) {
+    pub(crate) fn schedule(&self, volume_id: &str, namespace: &str, at: SystemTime) {
         // A send fails only once the loop has stopped (shutdown); there is nothing to renew then.
         let _ = self.tx.send(Command::Schedule {
             volume_id: volume_id.to_string(),
@@ -78,7 +78,7 @@ impl SchedulerHandle {
         });
     }
 
-    pub fn cancel(&self, volume_id: &str) {
+    pub(crate) fn cancel(&self, volume_id: &str) {
         let _ = self.tx.send(Command::Cancel {
             volume_id: volume_id.to_string(),
         });
@@ -87,14 +87,14 @@ impl SchedulerHandle {
 
 /// The loop's receiving end; turned into a future by [`Scheduler::run`].
 #[derive(Debug)]
-pub struct Scheduler {
+pub(crate) struct Scheduler {
     rx: mpsc::UnboundedReceiver<Command>,
     policy: Policy,
     metrics: Metrics,
 }
 
 /// A handle and the loop it feeds.
-pub fn channel() -> (SchedulerHandle, Scheduler) {
+pub(crate) fn channel() -> (SchedulerHandle, Scheduler) {
     let (tx, rx) = mpsc::unbounded_channel();
     let scheduler = Scheduler {
         rx,
@@ -107,14 +107,14 @@ pub fn channel() -> (SchedulerHandle, Scheduler) {
 impl Scheduler {
     /// Retries a renewal that panicked with `policy`'s backoff: the volume manager's
     /// (`Config::policy`), so that it backs off like a failed renewal. Default: the default policy.
-    pub fn with_policy(mut self, policy: Policy) -> Self {
+    pub(crate) fn with_policy(mut self, policy: Policy) -> Self {
         self.policy = policy;
         self
     }
 
     /// Counts panicked renewals in `metrics` (the node's). Default: a detached handle, which
     /// nothing serves.
-    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+    pub(crate) fn with_metrics(mut self, metrics: Metrics) -> Self {
         self.metrics = metrics;
         self
     }
@@ -122,7 +122,7 @@ impl Scheduler {
     /// Runs until `shutdown` turns true or every handle is dropped. At most `concurrency`
     /// renewals work at once, shared round-robin between namespaces. In-flight renewals are
     /// awaited before returning so that none is cut off half-way.
-    pub async fn run(
+    pub(crate) async fn run(
         mut self,
         renewer: Arc<dyn Renewer>,
         clock: Arc<dyn Clock>,

@@ -3,7 +3,7 @@
 //! nothing here touches a file.
 
 pub mod attrs;
-pub mod limits;
+pub(crate) mod limits;
 pub mod request;
-pub mod subject;
-pub mod volume;
+pub(crate) mod subject;
+pub(crate) mod volume;

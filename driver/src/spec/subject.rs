@@ -25,7 +25,7 @@ const ATTRIBUTE_TYPES: [(&str, &[u64]); 11] = [
 ];
 
 /// What a literal subject may hold, for messages.
-pub const ACCEPTED: &str = "an RFC 4514 distinguished name such as \"CN=app,O=Example,C=GB\" \
+pub(crate) const ACCEPTED: &str = "an RFC 4514 distinguished name such as \"CN=app,O=Example,C=GB\" \
                             whose attribute types are CN, SERIALNUMBER, C, L, ST, STREET, O, OU, \
                             POSTALCODE, UID, DC or a dotted OID, with values as text (no #hex \
                             form)";

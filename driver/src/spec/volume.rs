@@ -9,7 +9,7 @@ use std::path::{Component, Path, PathBuf};
 
 /// Longest volume id accepted. kubelet's ids for inline volumes are 68 bytes (`csi-` and a
 /// SHA-256 in hex); the bound keeps ids usable in file names, labels and log lines.
-pub const MAX_VOLUME_ID_BYTES: usize = 128;
+pub(crate) const MAX_VOLUME_ID_BYTES: usize = 128;
 
 /// Why a volume id or target path is not accepted; the text names the field and what is.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -39,10 +39,10 @@ pub enum FieldError {
 /// `-`, `_` and `.`, starting with a letter or digit. Ids end up in request names, labels and log
 /// lines, so they must stay plain.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct VolumeId(String);
+pub(crate) struct VolumeId(String);
 
 impl VolumeId {
-    pub fn parse(volume_id: &str) -> Result<VolumeId, FieldError> {
+    pub(crate) fn parse(volume_id: &str) -> Result<VolumeId, FieldError> {
         let plain = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
         let ok = volume_id.len() <= MAX_VOLUME_ID_BYTES
             && volume_id.starts_with(|c: char| c.is_ascii_alphanumeric())
@@ -59,7 +59,7 @@ impl VolumeId {
         Err(FieldError::VolumeId { shown, cut })
     }
 
-    pub fn as_str(&self) -> &str {
+    pub(crate) fn as_str(&self) -> &str {
         &self.0
     }
 }

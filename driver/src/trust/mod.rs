@@ -6,11 +6,12 @@
 //! name, at the I/O edge.
 
 pub mod bundle;
-pub mod rotation;
+pub(crate) mod rotation;
 pub mod source;
-pub mod watch;
+pub(crate) mod watch;
 
 pub use bundle::{Bundle, Rejected, SourcePem, assemble, public_roots};
 pub use rotation::IssuingCa;
 pub use source::{ObjectRef, TrustSpec};
-pub use watch::{SourceError, TrustCache, TrustLimits, VolumeTrust};
+pub use watch::{SourceError, TrustCache};
+pub(crate) use watch::{TrustLimits, VolumeTrust};

@@ -151,7 +151,7 @@ pub(crate) struct ResolvedSource {
 
 impl ResolvedSource {
     /// How bundles and reports name this source, e.g. `ConfigMap shop/ca key ca.crt`.
-    pub fn label(&self) -> String {
+    pub(crate) fn label(&self) -> String {
         match &self.key {
             Some(k) => format!("{} key {k}", self.object),
             None => self.object.to_string(),

@@ -12,22 +12,21 @@
 mod error;
 mod issue;
 mod publish;
-pub mod recovery;
+pub(crate) mod recovery;
 mod renew;
 mod target;
 mod trust;
 mod unpublish;
 
-pub use crate::runtime::refresh::Refreshed;
-pub use error::VolumeError;
-pub use publish::{PublishParams, Published};
-pub use trust::TrustWiring;
+pub(crate) use error::VolumeError;
+pub(crate) use publish::PublishParams;
+pub(crate) use trust::TrustWiring;
 
 use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use parking_lot::Mutex;
 use zeroize::Zeroizing;
@@ -86,7 +85,7 @@ impl Config {
 }
 
 /// kubelet's default `--root-dir`; pods' volumes live in its `pods/` subdirectory.
-pub const DEFAULT_KUBELET_DIR: &str = "/var/lib/kubelet";
+pub(crate) const DEFAULT_KUBELET_DIR: &str = "/var/lib/kubelet";
 
 /// One volume's place in the manager: its state behind the per-volume async lock, and the
 /// request its attributes describe, parsed once (at publish, at recovery, or from the saved
@@ -104,7 +103,7 @@ pub(crate) type Locked = tokio::sync::OwnedMutexGuard<Option<VolumeState>>;
 
 /// What a manager works with besides its configuration and store: the node's mounts, the
 /// issuer, the wall clock, the renewal queue and the metrics it records into.
-pub struct Services {
+pub(crate) struct Services {
     pub mounter: Arc<dyn Mounter>,
     pub issuer: Arc<dyn Issuer>,
     pub clock: Arc<dyn Clock>,
@@ -114,7 +113,7 @@ pub struct Services {
 
 /// Owns every volume on this node.
 #[derive(Debug)]
-pub struct VolumeManager {
+pub(crate) struct VolumeManager {
     cfg: Config,
     store: Store,
     mounter: Arc<dyn Mounter>,
@@ -153,17 +152,8 @@ pub struct VolumeManager {
     tmpfs: crate::files::budget::TmpfsBudget,
 }
 
-/// Renewal time as recorded, for display.
-pub fn next_renewal(state: &VolumeState) -> Option<SystemTime> {
-    state
-        .renewal
-        .next_attempt
-        .or(state.current.as_ref().map(|c| c.renew_at))
-        .map(store::to_system)
-}
-
 impl VolumeManager {
-    pub fn new(cfg: Config, store: Store, services: Services) -> Self {
+    pub(crate) fn new(cfg: Config, store: Store, services: Services) -> Self {
         let Services {
             mounter,
             issuer,
@@ -195,50 +185,48 @@ impl VolumeManager {
 
     /// Gives the manager the source of its renewal jitter (tests fix it; the default is the
     /// thread's random number generator).
-    pub fn with_random(mut self, random: Arc<dyn Random>) -> Self {
+    #[cfg(test)]
+    pub(crate) fn with_random(mut self, random: Arc<dyn Random>) -> Self {
         self.random = random;
         self
     }
 
     /// Gives the manager its trust-bundle wiring (before it is shared).
-    pub fn with_trust(mut self, trust: TrustWiring) -> Self {
+    pub(crate) fn with_trust(mut self, trust: TrustWiring) -> Self {
         self.trust = trust;
         self
     }
 
     /// Gives the manager the API discovery of a node with Kubernetes API access: publishes then
     /// check the APIs they need first (see [`crate::kube::discovery::Apis::check`]).
-    pub fn with_apis(mut self, apis: Apis) -> Self {
+    pub(crate) fn with_apis(mut self, apis: Apis) -> Self {
         self.apis = Some(apis);
         self
     }
 
     /// Gives the manager the pod-identity checks of a node with Kubernetes API access:
     /// publishes then check the claimed pod first (see [`crate::kube::pods::PodIdentity::verify`]).
-    pub fn with_identity(mut self, identity: crate::kube::pods::PodIdentity) -> Self {
+    pub(crate) fn with_identity(mut self, identity: crate::kube::pods::PodIdentity) -> Self {
         self.identity = Some(identity);
         self
     }
 
-    pub fn store(&self) -> &Store {
+    pub(crate) fn store(&self) -> &Store {
         &self.store
     }
-    pub fn mounter(&self) -> &Arc<dyn Mounter> {
+    pub(crate) fn mounter(&self) -> &Arc<dyn Mounter> {
         &self.mounter
     }
-    pub fn issuer(&self) -> &Arc<dyn Issuer> {
+    pub(crate) fn issuer(&self) -> &Arc<dyn Issuer> {
         &self.issuer
     }
-    pub fn clock(&self) -> &Arc<dyn Clock> {
+    pub(crate) fn clock(&self) -> &Arc<dyn Clock> {
         &self.clock
     }
-    pub fn scheduler(&self) -> &SchedulerHandle {
-        &self.scheduler
-    }
-    pub fn metrics(&self) -> &Metrics {
+    pub(crate) fn metrics(&self) -> &Metrics {
         &self.metrics
     }
-    pub fn config(&self) -> &Config {
+    pub(crate) fn config(&self) -> &Config {
         &self.cfg
     }
     /// The key generation pool (tests fill it to hold key generation back).
@@ -248,7 +236,8 @@ impl VolumeManager {
     }
 
     /// Number of volumes with state in memory.
-    pub fn volume_count(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn volume_count(&self) -> usize {
         self.slots.lock().len()
     }
 
@@ -316,7 +305,10 @@ impl VolumeManager {
 
     /// A copy of a volume's current state (`None` if certvol has none), for read-only views such
     /// as NodeGetVolumeStats. Taken under the volume's lock so it is never a half-done step.
-    pub async fn status(&self, volume_id: &VolumeId) -> Result<Option<VolumeState>, VolumeError> {
+    pub(crate) async fn status(
+        &self,
+        volume_id: &VolumeId,
+    ) -> Result<Option<VolumeState>, VolumeError> {
         let (slot, guard) = self.lock(volume_id).await?;
         let state = guard.clone();
         // An unknown id must not leave an empty slot behind.
@@ -458,7 +450,8 @@ impl VolumeManager {
     }
 
     /// The bytes all volumes keep in tmpfs, and the budget (`--max-volume-bytes`).
-    pub fn tmpfs_usage(&self) -> (u64, u64) {
+    #[cfg(test)]
+    pub(crate) fn tmpfs_usage(&self) -> (u64, u64) {
         (self.tmpfs.total(), self.tmpfs.max())
     }
 }

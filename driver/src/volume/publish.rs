@@ -28,7 +28,7 @@ use super::{
 
 /// A NodePublishVolume request after the CSI layer parsed its fields.
 #[derive(Clone)]
-pub struct PublishParams {
+pub(crate) struct PublishParams {
     pub volume_id: VolumeId,
     pub target_path: TargetPath,
     pub context: HashMap<String, String>,
@@ -41,7 +41,7 @@ pub struct PublishParams {
 
 impl PublishParams {
     /// The pod the volume is for, as kubelet names it in the volume context: `namespace/name`.
-    pub fn pod(&self) -> String {
+    pub(crate) fn pod(&self) -> String {
         let get = |k: &str| self.context.get(k).map_or("", String::as_str);
         format!(
             "{}/{}",
@@ -95,7 +95,7 @@ impl std::fmt::Debug for PublishParams {
 
 /// What a successful publish did.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Published {
+pub(crate) enum Published {
     /// A certificate was issued and bound at the target.
     Issued { revision: u64 },
     /// The volume was already published there; nothing changed.
@@ -119,7 +119,7 @@ impl VolumeManager {
         skip_all,
         fields(volume_id = %params.volume_id, pod = %params.pod())
     )]
-    pub async fn publish(&self, params: PublishParams) -> Result<Published, VolumeError> {
+    pub(crate) async fn publish(&self, params: PublishParams) -> Result<Published, VolumeError> {
         let Checked {
             req,
             context,

@@ -14,7 +14,7 @@ use crate::volume::{VolumeError, VolumeManager};
 
 /// What the pass found and did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Report {
+pub(crate) struct Report {
     /// Volumes kept, published or with a request pending.
     pub kept: usize,
     /// Of those, renewals that were in flight and resume now.
@@ -30,7 +30,7 @@ pub struct Report {
 
 /// Runs the pass. Errors on single volumes are logged and leave that volume for the next start;
 /// only a failure to read the mount table or the data root stops the pass.
-pub async fn recover(mgr: &VolumeManager) -> Result<Report, VolumeError> {
+pub(crate) async fn recover(mgr: &VolumeManager) -> Result<Report, VolumeError> {
     let store = mgr.store();
     let mounts = mgr
         .mounter()

@@ -47,7 +47,7 @@ impl VolumeManager {
     /// during it are renewed at once rather than after a backoff grown during the outage (up to
     /// the policy's cap, minutes). A volume busy with another operation is skipped: that
     /// operation reschedules it. Returns how many renewals were moved.
-    pub fn retry_failed_renewals(&self) -> usize {
+    pub(crate) fn retry_failed_renewals(&self) -> usize {
         let slots: Vec<(String, Slot)> = self
             .slots
             .lock()
@@ -76,7 +76,8 @@ impl VolumeManager {
     }
 
     /// One renewal of a published volume, outside the scheduler's workers (tests, tools).
-    pub async fn renew_volume(&self, volume_id: &str) -> RenewOutcome {
+    #[cfg(test)]
+    pub(crate) async fn renew_volume(&self, volume_id: &str) -> RenewOutcome {
         self.renew_on(volume_id, &Lease::default()).await
     }
 

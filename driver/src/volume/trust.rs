@@ -25,7 +25,7 @@ use super::{VolumeManager, error::VolumeError};
 
 /// How volumes get their trust bundles on this node.
 #[derive(Clone, Default)]
-pub struct TrustWiring {
+pub(crate) struct TrustWiring {
     /// The watch-driven cache of ConfigMaps, Secrets and ClusterTrustBundles; `None` without
     /// Kubernetes API access (`--issuer local`), where only the issuing CA and the public roots
     /// can go into a bundle.

@@ -19,7 +19,7 @@ impl VolumeManager {
     /// symbolic link below it is refused before anything is unmounted or removed. Its log lines
     /// carry the volume id from the operation's span.
     #[tracing::instrument(name = "unpublish", skip_all, fields(volume_id = %volume_id))]
-    pub async fn unpublish(
+    pub(crate) async fn unpublish(
         &self,
         volume_id: &VolumeId,
         target_path: &TargetPath,

@@ -53,7 +53,7 @@ impl Campaign {
                 let due = self
                     .live()
                     .filter_map(|t| store.load(&t.id()).ok().flatten())
-                    .filter_map(|s| certvol_driver::volume::next_renewal(&s))
+                    .filter_map(|s| s.next_renewal())
                     .min();
                 let wait = due
                     .and_then(|d| d.duration_since(SystemTime::now()).ok())

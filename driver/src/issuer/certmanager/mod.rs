@@ -10,9 +10,6 @@
 pub use crate::kube::events;
 pub mod resource;
 
-/// The shared request watch (it began here, with cert-manager's requests).
-pub use super::watch;
-
 use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
@@ -27,9 +24,9 @@ pub use super::token::{BearerToken, token_from_context};
 pub use resource::{CertificateRequest, outcome};
 
 use self::events::EventSink;
-use self::watch::RequestCache;
 use super::cached::{Cached, request_key_of_der};
 use super::filing::{self, Filing};
+use super::watch::RequestCache;
 use super::{IssueError, IssueRequest, Issued, Issuer};
 use crate::obs::metrics::Metrics;
 
@@ -843,10 +840,10 @@ pub(crate) mod tests {
             kube_config: None,
             requests: filing::RequestWatch {
                 namespaces: Vec::new(),
-                limits: watch::CacheLimits {
+                limits: crate::issuer::watch::CacheLimits {
                     per_namespace: 1,
                     total: 10,
-                    ..watch::CacheLimits::default()
+                    ..crate::issuer::watch::CacheLimits::default()
                 },
             },
             metrics,

@@ -61,7 +61,7 @@ pub trait CaResolver: Send + Sync + fmt::Debug + 'static {
 }
 
 /// Reads the source from the API server on every call.
-pub struct KubeCaResolver {
+pub(crate) struct KubeCaResolver {
     client: kube::Client,
     apis: Apis,
     /// How long a ClusterTrustBundle read waits for API discovery to answer.
@@ -77,7 +77,7 @@ impl fmt::Debug for KubeCaResolver {
 impl KubeCaResolver {
     /// `apis` tells which ClusterTrustBundle version to read; a read waits for it at most
     /// `discovery_wait` (then answers Unavailable).
-    pub fn new(client: kube::Client, apis: Apis, discovery_wait: Duration) -> Self {
+    pub(crate) fn new(client: kube::Client, apis: Apis, discovery_wait: Duration) -> Self {
         KubeCaResolver {
             client,
             apis,
@@ -114,7 +114,7 @@ fn trust_bundle(b: &DynamicObject) -> &str {
 
 /// Keeps the CERTIFICATE blocks of `pem` (re-encoded, in order); errors when there are none or
 /// the text is not PEM.
-pub fn certificates_only(pem: &[u8]) -> Result<String, String> {
+pub(crate) fn certificates_only(pem: &[u8]) -> Result<String, String> {
     let mut out = String::new();
     for block in x509_parser::pem::Pem::iter_from_buffer(pem) {
         let block = block.map_err(|e| format!("is not PEM text ({e})"))?;

@@ -11,8 +11,11 @@
 //! The driver never approves its own requests: an approver (a controller, or an administrator
 //! with `kubectl certificate approve`) must, and the signer for `signer-name` then issues.
 
-pub mod ca;
-pub mod resource;
+pub(crate) mod ca;
+pub(crate) mod resource;
+
+/// The label naming the pod's namespace on a CertificateSigningRequest (cluster-scoped).
+pub use resource::LABEL_NAMESPACE;
 
 use std::fmt;
 use std::future::Future;

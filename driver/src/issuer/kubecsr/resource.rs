@@ -22,17 +22,21 @@ use crate::spec::request::KubeCsrRef;
 pub const LABEL_NAMESPACE: &str = "certvol.io/namespace";
 
 /// The shortest `expirationSeconds` the API accepts (10 minutes).
-pub const MIN_EXPIRATION: Duration = Duration::from_secs(600);
+pub(crate) const MIN_EXPIRATION: Duration = Duration::from_secs(600);
 
 /// `spec.expirationSeconds` for a requested duration: whole seconds, at most `i32::MAX`.
-pub fn expiration_seconds(duration: Duration) -> i32 {
+pub(crate) fn expiration_seconds(duration: Duration) -> i32 {
     i32::try_from(duration.as_secs()).unwrap_or(i32::MAX)
 }
 
 /// Builds the request for `req` and its signer, labelled for `node_label`'s watch. No owner
 /// reference: a cluster-scoped object cannot be owned by a namespaced pod, so `forget` (and the
 /// cluster's CSR cleaner for requests of vanished nodes) removes it.
-pub fn build(req: &IssueRequest, signer: &KubeCsrRef, node_id: &str) -> CertificateSigningRequest {
+pub(crate) fn build(
+    req: &IssueRequest,
+    signer: &KubeCsrRef,
+    node_id: &str,
+) -> CertificateSigningRequest {
     let cert = &req.cert;
     let pod = &cert.pod;
     let mut labels = request_labels(node_id, &req.volume_id, pod);
@@ -75,14 +79,15 @@ fn message_of(c: &CachedCondition) -> String {
 }
 
 /// [`outcome_of`] of a whole request.
-pub fn outcome(csr: &CertificateSigningRequest) -> Option<Result<Issued, IssueError>> {
+#[cfg(test)]
+pub(crate) fn outcome(csr: &CertificateSigningRequest) -> Option<Result<Issued, IssueError>> {
     outcome_of(&csr.cached())
 }
 
 /// What a request's status says: `None` while pending, otherwise the final result. Denied and
 /// Failed are final (the signer never signs such a request); a certificate ends the wait. The CA
 /// is not part of the answer (the CSR API has none), so `ca_pem` is empty here.
-pub fn outcome_of(csr: &Cached) -> Option<Result<Issued, IssueError>> {
+pub(crate) fn outcome_of(csr: &Cached) -> Option<Result<Issued, IssueError>> {
     let request = csr.name.clone();
     if let Some(c) = condition(csr, "Denied") {
         return Some(Err(IssueError::Denied {
@@ -110,12 +115,13 @@ pub fn outcome_of(csr: &Cached) -> Option<Result<Issued, IssueError>> {
 }
 
 /// [`describe_cached`] of a whole request.
-pub fn describe_status(csr: &CertificateSigningRequest) -> String {
+#[cfg(test)]
+pub(crate) fn describe_status(csr: &CertificateSigningRequest) -> String {
     describe_cached(&csr.cached())
 }
 
 /// A one-line summary of the status, for timeout messages.
-pub fn describe_cached(csr: &Cached) -> String {
+pub(crate) fn describe_cached(csr: &Cached) -> String {
     if csr.conditions.is_empty() {
         return "no conditions yet (not approved or denied by any approver)".into();
     }

@@ -24,7 +24,7 @@ pub(crate) const DEFAULT_MAX_SOURCE_BYTES: usize = 1 << 20;
 /// Four times the sources one volume may name by default: room for several workloads with
 /// different CAs in one namespace, while a namespace that lists thousands of names costs the
 /// node's API budget 64 lists and watches, not thousands.
-pub const DEFAULT_MAX_WATCHES_PER_NAMESPACE: usize = 64;
+pub(crate) const DEFAULT_MAX_WATCHES_PER_NAMESPACE: usize = 64;
 /// A quarter of the chart's 128 MiB memory limit: thousands of typical CA sources (a few KiB
 /// each), while one namespace at its watch budget with 1 MiB sources (64 MiB of text, about
 /// 104 MiB resident) cannot take the driver past its limit.

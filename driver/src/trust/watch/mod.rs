@@ -43,8 +43,8 @@ mod volume;
 
 pub use cache::TrustCache;
 pub use error::SourceError;
-pub use limits::{DEFAULT_MAX_WATCHES_PER_NAMESPACE, TrustLimits};
-pub use volume::VolumeTrust;
+pub(crate) use limits::{DEFAULT_MAX_WATCHES_PER_NAMESPACE, TrustLimits};
+pub(crate) use volume::VolumeTrust;
 
 #[cfg(test)]
 mod tests;
