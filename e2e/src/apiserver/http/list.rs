@@ -105,15 +105,22 @@ pub(super) fn list(
             o["metadata"]["name"].as_str().unwrap_or("")
         )
     };
+    // As the API server does, every page of one list reports the resourceVersion of its first
+    // page (the token carries it): a watch started from the list's version then delivers what
+    // changed while the pages were read, including objects that sort before the token's key.
+    let mut list_rv = rv.to_string();
     if let Some(token) = q.get("continue").filter(|t| !t.is_empty()) {
-        let after = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        let (token_rv, after) = base64::engine::general_purpose::URL_SAFE_NO_PAD
             .decode(token)
             .ok()
             .and_then(|b| String::from_utf8(b).ok())
+            .and_then(|t| t.split_once(':').map(|(v, k)| (v.to_owned(), k.to_owned())))
+            .filter(|(v, _)| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
             .ok_or_else(|| ApiError::BadRequest("continue key is not valid".into()))?;
         items.retain(|o| key(o) > after);
+        list_rv = token_rv;
     }
-    let mut meta = json!({"resourceVersion": rv.to_string()});
+    let mut meta = json!({"resourceVersion": list_rv});
     if let Some(limit) = q
         .get("limit")
         .and_then(|l| l.parse::<usize>().ok())
@@ -123,8 +130,9 @@ pub(super) fn list(
         let remaining = items.len() - limit;
         items.truncate(limit);
         if let Some(last) = items.last() {
+            let token = format!("{list_rv}:{}", key(last));
             meta["continue"] =
-                json!(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(key(last)));
+                json!(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(token));
             meta["remainingItemCount"] = json!(remaining);
         }
     }
