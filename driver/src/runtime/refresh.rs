@@ -184,15 +184,9 @@ impl Refresher {
                         entries.remove(&volume_id);
                     }
                     Refreshed::Kept { next_change } => {
-                        let (task, cancel) =
+                        let (task, entry) =
                             wait(&mgr, volume_id.clone(), generation, trust, next_change);
-                        entries.insert(
-                            volume_id,
-                            Entry {
-                                generation,
-                                _cancel: Some(cancel),
-                            },
-                        );
+                        entries.insert(volume_id, entry);
                         tasks.push(task);
                     }
                 },
@@ -217,15 +211,9 @@ fn handle(
             trust,
             next_change,
         } => {
-            let (task, cancel) = wait(mgr, volume_id.clone(), generation, trust, next_change);
+            let (task, entry) = wait(mgr, volume_id.clone(), generation, trust, next_change);
             // Replacing the entry drops the previous wait's cancel sender, which ends it.
-            entries.insert(
-                volume_id,
-                Entry {
-                    generation,
-                    _cancel: Some(cancel),
-                },
-            );
+            entries.insert(volume_id, entry);
             tasks.push(task);
         }
         Message::Resume { volume_id } => {
@@ -253,14 +241,15 @@ fn handle(
     }
 }
 
-/// Waits for a change of the volume's sources or its next overlap end, whichever comes first.
+/// Waits for a change of the volume's sources or its next overlap end, whichever comes first;
+/// the entry to keep for the volume holds the wait's cancel sender.
 fn wait(
     mgr: &Arc<dyn TrustRefresher>,
     volume_id: String,
     generation: u64,
     mut trust: Option<VolumeTrust>,
     next_change: Option<SystemTime>,
-) -> (BoxFuture<'static, Done>, oneshot::Sender<()>) {
+) -> (BoxFuture<'static, Done>, Entry) {
     let (cancel_tx, cancel_rx) = oneshot::channel::<()>();
     let sleep_for =
         next_change.map(|at| at.duration_since(mgr.now()).unwrap_or(Duration::ZERO) + WAKE_MARGIN);
@@ -295,7 +284,11 @@ fn wait(
             Done::Ended
         }
     };
-    (Box::pin(task), cancel_tx)
+    let entry = Entry {
+        generation,
+        _cancel: Some(cancel_tx),
+    };
+    (Box::pin(task), entry)
 }
 
 fn rebuild(
